@@ -1,0 +1,1 @@
+"""Science library of the single-cell foundation-model interpretability explorer (importable without Dash)."""

@@ -1,0 +1,224 @@
+"""Run configuration: one frozen tree of dataclasses whose hash names a run and keys every stage.
+
+Values are layered defaults -> TOML file -> environment (``SCFMX_<SECTION>__<FIELD>``) -> CLI, each
+layer a flat mapping of dotted keys (``"extraction.panel_size"``) applied by :func:`with_overrides`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "SCFMX_"
+DIRECTIONS = ("tf_to_target", "target_to_tf", "symmetric")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or has the wrong type."""
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """The embedded default's GRN-driven synthetic screen (see analysis.simulate)."""
+
+    n_cells: int = 1200
+    n_tfs: int = 24
+    n_targets: int = 216
+    n_states: int = 4
+    targets_per_tf: int = 9
+    n_perturbed: int = 12
+    control_fraction: float = 0.4
+    knockdown_residual: float = 0.15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The embedded default's tiny Geneformer-architecture BertForMaskedLM and its MLM training."""
+
+    hidden_size: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    intermediate_size: int = 128
+    max_len: int = 2048
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    mask_probability: float = 0.15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cells come from. ``path=None`` means the embedded simulation."""
+
+    path: str | None = None
+    perturbation_col: str | None = None
+    control_label: str = "control"
+    cell_state_col: str | None = None
+    gene_id_col: str | None = None
+    max_cells: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model. ``path=None`` means the embedded tiny model (trained on first use, then reused).
+
+    ``path`` is a HF checkpoint directory; with ``random_init`` only its ``config.json`` is read and the
+    weights are random (tests and benchmarks). ``dictionaries`` is a directory holding Geneformer's
+    token and gene-median dictionary pickles; by default the checkpoint directory is searched.
+    """
+
+    path: str | None = None
+    dictionaries: str | None = None
+    random_init: bool = False
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """Streaming attention extraction over a gene panel (analysis.attention)."""
+
+    batch_size: int = 8
+    n_hvg: int = 300
+    panel_size: int = 600
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """Per-head reference ranking (analysis.ranking). ``references`` are ``kind:path`` strings."""
+
+    references: tuple[str, ...] = ()
+    dorothea_min_confidence: str = "B"
+    directions: tuple[str, ...] = DIRECTIONS
+    top_k: tuple[int, ...] = (20, 50, 100, 200, 500)
+    n_null: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the run uses the embedded simulation and tiny model."""
+        return self.data.path is None and self.model.path is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of the whole tree (hex)."""
+        return stable_hash(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        flat = {}
+        for section, values in data.items():
+            if isinstance(values, Mapping):
+                flat.update({f"{section}.{k}": v for k, v in values.items()})
+            else:
+                flat[section] = values
+        return with_overrides(cls(), flat)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 hex of ``obj`` serialised as canonical JSON."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (often a string from env/CLI) to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
+        return tuple(_coerce(i, args[0], key) for i in items)
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation in (int, float, str):
+            return annotation(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key {key!r}: cannot read {value!r} as {annotation.__name__}") from exc
+    return value
+
+
+def with_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
+    """Return a copy of ``cfg`` with dotted-key overrides applied (``{"extraction.panel_size": 300}``)."""
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in overrides.items():
+        if "." not in key:
+            if key not in hints or dataclasses.is_dataclass(getattr(cfg, key, None)):
+                raise ConfigError(f"unknown config key {key!r}")
+            top[key] = _coerce(value, hints[key], key)
+            continue
+        section, name = key.split(".", 1)
+        sub = getattr(cfg, section, None)
+        if not dataclasses.is_dataclass(sub):
+            raise ConfigError(f"unknown config section {section!r} in {key!r}")
+        sub_hints = typing.get_type_hints(type(sub))
+        if name not in sub_hints:
+            valid = ", ".join(sorted(sub_hints))
+            raise ConfigError(f"unknown config key {key!r}; {section} has: {valid}")
+        sections.setdefault(section, {})[name] = _coerce(value, sub_hints[name], key)
+    replaced = {s: dataclasses.replace(getattr(cfg, s), **v) for s, v in sections.items()}
+    return dataclasses.replace(cfg, **top, **replaced)
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Dotted-key overrides from ``SCFMX_<SECTION>__<FIELD>`` environment variables."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            section, name = key[len(ENV_PREFIX):].lower().split("__", 1)
+            out[f"{section}.{name}"] = value
+    return out
+
+
+def load_config(toml_path: str | Path | None = None, cli: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> RunConfig:
+    """Defaults -> TOML -> environment -> CLI."""
+    cfg = RunConfig()
+    if toml_path is not None:
+        path = Path(toml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            cfg = RunConfig.from_dict(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    cfg = with_overrides(cfg, env_overrides(environ))
+    return with_overrides(cfg, dict(cli or {}))

@@ -1,0 +1,81 @@
+"""Edge scores: attention (per layer and head, and per-layer head means) and Spearman correlation baselines.
+
+An :class:`EdgeScores` stacks ``S`` directed ``[G, G]`` score matrices over the gene panel, one per *source*
+(edge type, layer, head); row = query / regulator-side gene, column = key / target-side gene. Direction is
+applied at evaluation time (:func:`oriented_pair_scores`). Correlation edges follow the paper's baseline
+(section 2.3): Spearman correlation of log1p(CP10k) expression across cells.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.stats import rankdata
+
+from .attention import AttentionStore
+from .config import DIRECTIONS
+from .data import CellData
+
+
+@dataclass(frozen=True)
+class EdgeScores:
+    """``scores``: ``[S, G, G]`` float (NaN = not observed); ``sources``: S rows (edge_type, layer, head), with
+    head = -1 for a layer's head mean and layer = head = -1 for non-attention edges; ``observed``: ``[G, G]``
+    bool, pairs co-observed in at least one cell; ``panel``: G rows."""
+
+    scores: np.ndarray
+    sources: pd.DataFrame
+    observed: np.ndarray
+    panel: pd.DataFrame
+    params: dict
+
+
+def attention_edges(store: AttentionStore) -> EdgeScores:
+    """Per-head mean attention plus the per-layer mean over heads."""
+    mean = store.mean_attention()                       # [L, H, G, G]
+    n_layers, n_heads = mean.shape[:2]
+    layer_mean = mean.mean(axis=1)                      # [L, G, G]
+    scores = np.concatenate([mean.reshape(n_layers * n_heads, *mean.shape[2:]), layer_mean], axis=0)
+    sources = pd.DataFrame({
+        "edge_type": ["attention"] * (n_layers * n_heads) + ["attention_layer_mean"] * n_layers,
+        "layer": list(np.repeat(np.arange(n_layers), n_heads)) + list(range(n_layers)),
+        "head": list(np.tile(np.arange(n_heads), n_layers)) + [-1] * n_layers,
+    })
+    return EdgeScores(scores, sources, np.asarray(store.counts) > 0, store.panel,
+                      {"kind": "attention", "n_cells": store.n_cells})
+
+
+def expression_matrix(cells: CellData, gene_ids: np.ndarray) -> np.ndarray:
+    """Dense log1p(CP10k) expression ``[cells, len(gene_ids)]`` for the given genes."""
+    col_of = {g: i for i, g in enumerate(cells.gene_ids)}
+    cols = np.array([col_of[g] for g in gene_ids])
+    norm = sp.diags(1e4 / cells.obs["n_counts"].to_numpy(dtype=float)) @ cells.counts[:, cols]
+    return np.log1p(np.asarray(norm.todense()))
+
+
+def spearman_edges(cells: CellData, panel: pd.DataFrame) -> EdgeScores:
+    """Spearman correlation across all cells between panel genes (symmetric; constant genes score 0)."""
+    x = expression_matrix(cells, panel["gene_id"].to_numpy())
+    r = rankdata(x, axis=0)
+    r -= r.mean(axis=0)
+    norm = np.sqrt((r ** 2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (r.T @ r) / np.outer(norm, norm)
+    corr = np.nan_to_num(corr, nan=0.0)
+    sources = pd.DataFrame({"edge_type": ["spearman"], "layer": [-1], "head": [-1]})
+    return EdgeScores(corr[None], sources, np.ones_like(corr, dtype=bool), panel,
+                      {"kind": "spearman", "n_cells": cells.n_cells, "expression": "log1p CP10k"})
+
+
+def oriented_pair_scores(scores: np.ndarray, tf_rows: np.ndarray, direction: str) -> np.ndarray:
+    """``[S, n_tf, G]`` scores of pairs (TF, gene) under ``direction``: ``tf_to_target`` reads A[tf, gene]
+    (TF as query), ``target_to_tf`` reads A[gene, tf], ``symmetric`` averages the two."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    forward = scores[:, tf_rows, :]
+    if direction == "tf_to_target":
+        return forward
+    backward = np.swapaxes(scores[:, :, tf_rows], 1, 2)
+    return backward if direction == "target_to_tf" else (forward + backward) / 2

@@ -1,0 +1,170 @@
+"""The precompute stages, in order: inputs -> tokens + panel -> attention -> edges -> ranking -> manifest.
+
+Every input is loaded and validated before anything is written under ``cache/artifacts`` (a bad input leaves
+no trace there). Stages are keyed by the hash of their inputs so a killed run resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import schemas
+from .artifacts import RunWriter, sha256_path
+from .config import RunConfig, stable_hash
+from .data import CellData, InputError, load_cells
+from .references import ReferenceNetwork, load_reference, load_trrust
+from .tokenize import GeneformerDictionaries, TokenizedCells, load_dictionaries, tokenize
+
+log = logging.getLogger("precompute")
+SIM_REFERENCE = "simulated truth"
+
+
+@dataclass
+class Inputs:
+    cfg: RunConfig
+    cells: CellData
+    dicts: GeneformerDictionaries
+    references: list[ReferenceNetwork]
+    model_dir: Path
+    input_hashes: dict[str, str]
+    provenance: dict
+
+
+@contextmanager
+def timed(name: str):
+    t0 = time.perf_counter()
+    log.info("[%s] start", name)
+    yield
+    log.info("[%s] done in %.2fs", name, time.perf_counter() - t0)
+
+
+def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs:
+    """Load and validate data, dictionaries, references and the checkpoint location (embedded default when unset)."""
+    from .embedded import CELL_STATE_COL, CONTROL, PERTURBATION_COL, ensure_dataset, ensure_model
+
+    provenance: dict = {}
+    data_cfg = cfg.data
+    references: list[ReferenceNetwork] = []
+    if data_cfg.path is None:
+        data_path, truth = ensure_dataset(cfg.simulation, cache)
+        data_cfg = dataclasses.replace(data_cfg, path=str(data_path), perturbation_col=PERTURBATION_COL,
+                                       control_label=CONTROL, cell_state_col=CELL_STATE_COL)
+        references.append(load_trrust(truth, name=SIM_REFERENCE))
+        provenance["data"] = "embedded simulation"
+    if cfg.model.path is None:
+        with timed("embedded model"):
+            model_dir, history = ensure_model(cfg.simulation, cfg.train, cache, progress=progress)
+        provenance["model"] = {"embedded": True, "training_log": history}
+    else:
+        model_dir = Path(cfg.model.path)
+        if not (model_dir / "config.json").is_file():
+            raise InputError(f"{model_dir} is not a model checkpoint directory (no config.json)")
+    dict_dir = Path(cfg.model.dictionaries) if cfg.model.dictionaries else model_dir
+    dicts = load_dictionaries(dict_dir)
+    cells = load_cells(data_cfg.path, perturbation_col=data_cfg.perturbation_col,
+                       control_label=data_cfg.control_label, cell_state_col=data_cfg.cell_state_col,
+                       gene_id_col=data_cfg.gene_id_col, symbol_to_id=dicts.name_to_id or None,
+                       max_cells=data_cfg.max_cells, seed=cfg.extraction.seed)
+    references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]
+    if not references:
+        raise InputError("no reference network: pass --reference trrust_rawdata.human.tsv (or dorothea:PATH)")
+    hashes = {"data": sha256_path(Path(data_cfg.path))}
+    hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"])) for r in references})
+    return Inputs(dataclasses.replace(cfg, data=data_cfg), cells, dicts, references, model_dir, hashes, provenance)
+
+
+def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
+    """Run every stage of issue-level precompute for ``cfg`` into ``cache``; returns the run directory."""
+    from .attention import AttentionStore, extract_attention
+    from .edges import attention_edges, spearman_edges
+    from .models.geneformer import GeneformerAdapter
+    from .panel import select_panel
+    from .ranking import rank_heads
+
+    t_start = time.perf_counter()
+    with timed("inputs"):
+        inp = resolve_inputs(cfg, cache, progress=progress)
+        adapter = GeneformerAdapter.from_pretrained(inp.model_dir, device=cfg.model.device,
+                                                    random_init=cfg.model.random_init, seed=cfg.model.seed)
+        tokens = tokenize(inp.cells, inp.dicts, adapter.max_len)
+        ref_tfs = set().union(*(r.tfs for r in inp.references))
+        panel = schemas.validate("panel", select_panel(inp.cells, tokens, reference_tfs=ref_tfs,
+                                                       n_hvg=cfg.extraction.n_hvg,
+                                                       panel_size=cfg.extraction.panel_size))
+    model_hash = adapter.checkpoint_sha256 or stable_hash({"random_init": cfg.model.random_init,
+                                                           "config": adapter.model.config.to_dict(),
+                                                           "seed": cfg.model.seed})
+    run_key = stable_hash({"config": inp.cfg.to_dict(), "inputs": inp.input_hashes, "model": model_hash})
+    run_id = f"{cfg.name}-{run_key[:10]}"
+    writer = RunWriter(cache, run_id).open()
+    log.info("run %s -> %s", run_id, writer.final)
+    try:
+        att_key = stable_hash({"run": run_key, "stage": "attention"})
+        t0 = time.perf_counter()
+        if writer.is_done("attention", att_key):
+            store = AttentionStore.load(writer.dir)
+            writer.mark_done("attention", att_key, time.perf_counter() - t0, skipped=True)
+        else:
+            with timed(f"attention ({tokens.n_cells} cells, {len(panel)} panel genes, {adapter.device})"):
+                store = extract_attention(adapter, tokens, panel, batch_size=cfg.extraction.batch_size,
+                                          progress=progress)
+                store.save(writer.dir)
+            writer.mark_done("attention", att_key, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with timed("edges"):
+            att_edges = attention_edges(store)
+            corr_edges = spearman_edges(inp.cells, store.panel)
+            np.save(writer.dir / "edges_attention.npy", att_edges.scores.astype(np.float32))
+            np.save(writer.dir / "edges_spearman.npy", corr_edges.scores.astype(np.float32))
+            att_edges.sources.to_parquet(writer.dir / "edge_sources.parquet", index=False)
+        writer.mark_done("edges", att_key, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tables, per_tf, ref_tables = [], [], []
+        with timed("ranking"):
+            for ref in inp.references:
+                ref_tables.append(ref.edges)
+                for direction in cfg.ranking.directions:
+                    for edges in (att_edges, corr_edges):
+                        res = rank_heads(edges, ref, direction=direction, top_k=cfg.ranking.top_k,
+                                         n_null=cfg.ranking.n_null, seed=cfg.ranking.seed)
+                        tables.append(res.table)
+                        per_tf.append(res.per_tf)
+            ranking = schemas.validate("head_ranking", pd.concat(tables, ignore_index=True))
+            ranking.to_parquet(writer.dir / "head_ranking.parquet", index=False)
+            schemas.validate("per_tf", pd.concat(per_tf, ignore_index=True)).to_parquet(
+                writer.dir / "per_tf.parquet", index=False)
+            refs = pd.concat(ref_tables, ignore_index=True)
+            panel_symbols = set(store.panel["symbol"])
+            refs = refs[refs["tf"].isin(panel_symbols) & refs["target"].isin(panel_symbols)]
+            schemas.validate("reference_edges", refs).to_parquet(writer.dir / "reference_edges.parquet", index=False)
+        writer.mark_done("ranking", att_key, time.perf_counter() - t0)
+        pd.DataFrame(writer.timings).pipe(lambda f: schemas.validate("stage_timings", f)).to_parquet(
+            writer.dir / "stage_timings.parquet", index=False)
+        manifest = {
+            "config": inp.cfg.to_dict(), "config_hash": inp.cfg.config_hash(), "run_key": run_key,
+            "inputs": {**inp.input_hashes, "model_dir": str(inp.model_dir), "model_sha256": adapter.checkpoint_sha256,
+                       "official_model": adapter.official_name, "dictionaries": inp.dicts.source},
+            "model": {"name": adapter.name, "n_layers": adapter.n_layers, "n_heads": adapter.n_heads,
+                      "d_head": adapter.d_head, "max_len": adapter.max_len, "device": str(adapter.device),
+                      "random_init": cfg.model.random_init},
+            "data": {"n_cells": inp.cells.n_cells, "n_genes": int(inp.cells.gene_ids.size),
+                     "n_vocab_genes": int(len(tokens.genes)), "panel_size": int(len(store.panel)),
+                     "perturbations": inp.cells.perturbed_genes(),
+                     "cell_state_col": inp.cells.cell_state_col},
+            "references": [r.params | {"name": r.name} for r in inp.references],
+            "seeds": {"extraction": cfg.extraction.seed, "ranking": cfg.ranking.seed, "model": cfg.model.seed,
+                      "simulation": cfg.simulation.seed, "train": cfg.train.seed},
+            "provenance": inp.provenance, "tokenizer": tokens.params,
+            "wall_seconds": round(time.perf_counter() - t_start, 2),
+        }
+        return writer.finish(manifest)
+    except InputError:
+        writer.discard()
+        raise

@@ -1,0 +1,150 @@
+"""Per-head reference ranking (paper section 2.1; Supplementary Notes 1 and 13).
+
+Evaluable universe: reference TFs in the panel with at least one reference target in the panel; candidate
+pairs are (TF, gene) for every other panel gene co-observed with the TF in at least one cell. Label = the pair
+is a reference edge. Per source (head, layer mean, correlation) we report AUROC (Mann-Whitney, average ranks
+for ties), AUPRC (average precision, step-wise as scikit-learn), precision@k and top-k F1 (top-k scored pairs
+as the predicted network), and the mean per-TF AUROC. Nulls: a label-shuffle permutation null for AUROC
+(``n_null`` shuffles shared by all sources) and the exact hypergeometric law of top-k hits under label
+shuffling; Benjamini-Hochberg q-values across the attention heads of each (reference, direction, metric).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import hypergeom, rankdata
+
+from . import schemas
+from .edges import EdgeScores, oriented_pair_scores
+from .references import ReferenceNetwork
+from .stats import benjamini_hochberg, hanley_mcneil_ci
+
+
+@dataclass(frozen=True)
+class Universe:
+    """Candidate pairs: ``tf_rows`` (panel index of each evaluable TF), ``pair_mask`` ``[n_tf, G]`` bool and
+    ``labels`` ``[n_tf, G]`` bool (reference edge)."""
+
+    tf_rows: np.ndarray
+    pair_mask: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.labels[self.pair_mask].sum())
+
+    @property
+    def n_neg(self) -> int:
+        return int(self.pair_mask.sum()) - self.n_pos
+
+
+@dataclass(frozen=True)
+class HeadRanking:
+    """``table``: tidy metrics (schema ``head_ranking``); ``per_tf``: per-TF AUROC (schema ``per_tf``)."""
+
+    table: pd.DataFrame
+    per_tf: pd.DataFrame
+    params: dict
+
+
+def evaluable_universe(panel: pd.DataFrame, reference: ReferenceNetwork, observed: np.ndarray) -> Universe:
+    symbols = panel["symbol"].to_numpy()
+    index = {s: i for i, s in enumerate(symbols)}
+    pairs = reference.pairs()
+    labels_all = np.zeros((len(symbols), len(symbols)), dtype=bool)
+    for tf, target in pairs:
+        if tf in index and target in index and tf != target:
+            labels_all[index[tf], index[target]] = True
+    mask_all = observed.copy()
+    np.fill_diagonal(mask_all, False)
+    tf_rows = np.array([i for i in range(len(symbols)) if (labels_all[i] & mask_all[i]).any()], dtype=np.int64)
+    return Universe(tf_rows, mask_all[tf_rows], labels_all[tf_rows])
+
+
+def auroc_from_ranks(ranks: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """AUROC per row of ``ranks`` ``[S, N]`` for boolean labels ``pos`` ``[N]`` (or ``[..., N]`` broadcast)."""
+    n_pos = pos.sum(axis=-1)
+    n_neg = pos.shape[-1] - n_pos
+    return ((ranks * pos).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision with tied scores as one threshold (scikit-learn's definition)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall = tp / max(y.sum(), 1)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def rank_heads(edges: EdgeScores, reference: ReferenceNetwork, *, direction: str = "tf_to_target",
+               top_k: tuple[int, ...] = (20, 50, 100, 200, 500), n_null: int = 200, seed: int = 0) -> HeadRanking:
+    """Score every source of ``edges`` against ``reference`` (see module doc). Raises ``ValueError`` when the
+    evaluable universe is empty (no reference TF with a target in the panel)."""
+    uni = evaluable_universe(edges.panel, reference, edges.observed)
+    if uni.tf_rows.size == 0 or uni.n_pos == 0:
+        raise ValueError(f"no evaluable pairs: no {reference.name} TF has a reference target in the gene panel")
+    oriented = oriented_pair_scores(edges.scores, uni.tf_rows, direction)        # [S, n_tf, G]
+    flat = np.nan_to_num(oriented[:, uni.pair_mask], nan=0.0)                    # [S, N]
+    y = uni.labels[uni.pair_mask]                                                # [N]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    ranks = rankdata(flat, axis=1)
+    auroc = auroc_from_ranks(ranks, y)
+    rng = np.random.default_rng(seed)
+    null = np.stack([auroc_from_ranks(ranks, rng.permutation(y)) for _ in range(n_null)], axis=1)  # [S, n_null]
+    p_auroc = (1 + (null >= auroc[:, None]).sum(axis=1)) / (n_null + 1)
+    lo, hi = hanley_mcneil_ci(auroc, n_pos, n_neg)
+    rows = []
+
+    def add(metric, values, p=None, ci=(None, None)):
+        for s, src in enumerate(edges.sources.itertuples(index=False)):
+            rows.append((src.edge_type, src.layer, src.head, metric, float(values[s]),
+                         np.nan if ci[0] is None else float(ci[0][s]), np.nan if ci[1] is None else float(ci[1][s]),
+                         np.nan if p is None else float(p[s])))
+
+    add("auroc", auroc, p_auroc, (lo, hi))
+    add("auroc_null_mean", null.mean(axis=1))
+    add("auprc", np.array([average_precision(f, y) for f in flat]))
+    order = np.argsort(-flat, axis=1, kind="stable")
+    hits_sorted = y[order]
+    for k in top_k:
+        if k > y.size:
+            continue
+        hits = hits_sorted[:, :k].sum(axis=1)
+        precision, recall = hits / k, hits / n_pos
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0)
+        p_hits = hypergeom.sf(hits - 1, y.size, n_pos, k)
+        add(f"precision_at_{k}", precision, p_hits)
+        add(f"f1_at_{k}", f1, p_hits)
+    per_tf_rows = []
+    tf_symbols = edges.panel["symbol"].to_numpy()[uni.tf_rows]
+    tf_auroc = np.full((len(edges.sources), uni.tf_rows.size), np.nan)
+    for t in range(uni.tf_rows.size):
+        m, lab = uni.pair_mask[t], uni.labels[t][uni.pair_mask[t]]
+        if 0 < lab.sum() < lab.size:
+            tf_auroc[:, t] = auroc_from_ranks(rankdata(np.nan_to_num(oriented[:, t, m]), axis=1), lab)
+            for s, src in enumerate(edges.sources.itertuples(index=False)):
+                per_tf_rows.append((src.edge_type, src.layer, src.head, tf_symbols[t], tf_auroc[s, t],
+                                    int(lab.sum()), int(lab.size - lab.sum())))
+    add("per_tf_auroc_mean", np.nanmean(tf_auroc, axis=1) if np.isfinite(tf_auroc).any() else np.full(len(auroc), 0.5))
+    table = pd.DataFrame(rows, columns=["edge_type", "layer", "head", "metric", "value", "ci_low", "ci_high", "p"])
+    table.insert(0, "direction", direction)
+    table.insert(0, "reference", reference.name)
+    table["n_pos"], table["n_neg"] = n_pos, n_neg
+    table["q"] = np.nan
+    for (etype, metric), grp in table.groupby(["edge_type", "metric"]):
+        if grp["p"].notna().any():
+            table.loc[grp.index, "q"] = benjamini_hochberg(grp["p"].to_numpy())
+    table["rank"] = table.groupby(["edge_type", "metric"])["value"].rank(ascending=False, method="min").astype(int)
+    per_tf = pd.DataFrame(per_tf_rows, columns=["edge_type", "layer", "head", "tf", "auroc", "n_pos", "n_neg"])
+    per_tf.insert(0, "direction", direction)
+    per_tf.insert(0, "reference", reference.name)
+    params = {"reference": reference.name, "direction": direction, "n_tfs": int(uni.tf_rows.size), "n_pos": n_pos,
+              "n_neg": n_neg, "top_k": list(top_k), "n_null": n_null, "seed": seed,
+              "universe": "reference TFs in panel x co-observed panel genes"}
+    return HeadRanking(schemas.validate("head_ranking", table), schemas.validate("per_tf", per_tf), params)

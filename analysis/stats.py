@@ -1,0 +1,35 @@
+"""Multiple-testing correction and small shared statistics (paper section 4.6, Supplementary Note 16).
+
+Benjamini-Hochberg step-up FDR control: sort the m p-values, q_(i) = min_{j>=i} p_(j) * m / j, capped at 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
+    """BH q-values for a 1-D array of p-values (NaN entries stay NaN and do not count towards m)."""
+    p = np.asarray(pvalues, dtype=float)
+    q = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    if m == 0:
+        return q
+    pv = p[ok]
+    order = np.argsort(pv, kind="stable")
+    scaled = pv[order] * m / np.arange(1, m + 1)
+    monotone = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(monotone, 1.0)
+    q[ok] = out
+    return q
+
+
+def hanley_mcneil_ci(auc: np.ndarray, n_pos: int, n_neg: int, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
+    """95% normal-approximation CI for AUROC from Hanley & McNeil (1982), vectorised over ``auc``."""
+    a = np.asarray(auc, dtype=float)
+    q1 = a / (2 - a)
+    q2 = 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
+    se = np.sqrt(np.clip(var, 0, None))
+    return np.clip(a - z * se, 0, 1), np.clip(a + z * se, 0, 1)

@@ -1,0 +1,188 @@
+"""Geneformer rank-value encoding (Theodoris et al. 2023; paper section 4.1), reproduced from the Geneformer
+package's ``TranscriptomeTokenizer``:
+
+1. keep genes present in the gene-median dictionary (duplicate Ensembl ids are summed),
+2. normalise each cell to ``counts / n_counts * 10,000`` (``n_counts`` = total counts over *all* genes),
+3. divide by the gene's median (non-zero, corpus-wide) normalised expression,
+4. rank the cell's non-zero genes by that value, descending, and map them to token ids,
+5. truncate to the model input size; V2 dictionaries (which hold ``<cls>``/``<eos>``) truncate to size - 2
+   and wrap the ranks in ``<cls>`` ... ``<eos>``.
+
+Deviation: ties are broken by the gene's order in the data (stable sort); Geneformer's ``np.argsort``
+leaves tie order to numpy's default quicksort.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .data import CellData, InputError
+
+TARGET_SUM = 10_000
+PAD, MASK, CLS, EOS = "<pad>", "<mask>", "<cls>", "<eos>"
+
+
+@dataclass(frozen=True)
+class GeneformerDictionaries:
+    """Geneformer's dictionaries: Ensembl id -> token id, Ensembl id -> median, optional symbol -> Ensembl id."""
+
+    token: dict[str, int]
+    median: dict[str, float]
+    name_to_id: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def special_tokens(self) -> bool:
+        """True for V2-style dictionaries (``<cls>``/``<eos>`` present)."""
+        return CLS in self.token and EOS in self.token
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.token[PAD])
+
+    @property
+    def mask_id(self) -> int:
+        return int(self.token[MASK])
+
+
+def _one(directory: Path, pattern: str, required: bool = True) -> Path | None:
+    hits = sorted(directory.glob(pattern))
+    if not hits and required:
+        raise InputError(f"no file matching {pattern!r} in {directory}; pass --dictionaries DIR holding "
+                         "Geneformer's token_dictionary*.pkl and gene_median_dictionary*.pkl")
+    if len(hits) > 1:
+        raise InputError(f"several files match {pattern!r} in {directory}: {[h.name for h in hits]}")
+    return hits[0] if hits else None
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable pickled dictionary ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise InputError(f"{path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def load_dictionaries(directory: str | Path) -> GeneformerDictionaries:
+    """Load ``token_dictionary*.pkl``, ``gene_median_dictionary*.pkl`` and (optional) ``gene_name_id_dict*.pkl``."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputError(f"dictionary directory {d} does not exist")
+    token = {str(k): int(v) for k, v in _unpickle(_one(d, "token_dictionary*.pkl")).items()}
+    median = {str(k): float(v) for k, v in _unpickle(_one(d, "gene_median_dictionary*.pkl")).items()}
+    names_path = _one(d, "gene_name_id_dict*.pkl", required=False)
+    names = {str(k): str(v) for k, v in _unpickle(names_path).items()} if names_path else {}
+    if PAD not in token or MASK not in token:
+        raise InputError(f"token dictionary in {d} lacks {PAD!r}/{MASK!r}; is it a Geneformer dictionary?")
+    return GeneformerDictionaries(token=token, median=median, name_to_id=names, source=str(d))
+
+
+def save_dictionaries(dicts: GeneformerDictionaries, directory: Path, suffix: str) -> None:
+    """Write the dictionaries as Geneformer-format pickles (``token_dictionary_<suffix>.pkl`` ...)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, obj in (("token_dictionary", dicts.token), ("gene_median_dictionary", dicts.median),
+                      ("gene_name_id_dict", dicts.name_to_id)):
+        with open(directory / f"{stem}_{suffix}.pkl", "wb") as fh:
+            pickle.dump(obj, fh)
+
+
+@dataclass(frozen=True)
+class TokenizedCells:
+    """Rank-value encoded cells.
+
+    ``input_ids``: ``[cells, seq]`` int64, right-padded with the pad token; ``attention_mask``: ``[cells, seq]``
+    (1 = real token, special tokens included); ``gene_index``: ``[cells, seq]`` index into ``genes`` for each
+    position (-1 for pad and special tokens); ``genes``: one row per vocabulary gene seen in the data
+    (``gene_id``, ``symbol``, ``token_id``); ``obs``: the cells' metadata in row order.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    gene_index: np.ndarray
+    genes: pd.DataFrame
+    obs: pd.DataFrame
+    params: dict
+
+    @property
+    def n_cells(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.attention_mask.sum(axis=1)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Cell-index batches grouped by length (longest first), so padding is minimal."""
+        order = np.argsort(-self.lengths, kind="stable")
+        for start in range(0, order.size, batch_size):
+            yield order[start:start + batch_size]
+
+    def subset(self, idx: np.ndarray) -> "TokenizedCells":
+        """Cells ``idx`` with the padded length trimmed to their longest input."""
+        width = int(self.attention_mask[idx].sum(axis=1).max())
+        return TokenizedCells(self.input_ids[idx, :width], self.attention_mask[idx, :width],
+                              self.gene_index[idx, :width], self.genes, self.obs.iloc[idx], self.params)
+
+
+def _collapse_duplicate_ids(counts: sp.csr_matrix, ids: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Sum columns sharing an Ensembl id; returns (counts, unique ids, first column index of each id)."""
+    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    if uniq.size == ids.size:
+        return counts, ids, np.arange(ids.size)
+    agg = sp.csr_matrix((np.ones(ids.size), (np.arange(ids.size), inverse)), shape=(ids.size, uniq.size))
+    return (counts @ agg).tocsr(), uniq, first
+
+
+def tokenize(cells: CellData, dicts: GeneformerDictionaries, max_len: int) -> TokenizedCells:
+    """Rank-value encode ``cells`` with ``dicts`` into at most ``max_len`` tokens per cell (see module doc)."""
+    in_vocab = np.array([(g in dicts.median) and (g in dicts.token) for g in cells.gene_ids])
+    if not in_vocab.any():
+        example = ", ".join(map(str, cells.gene_ids[:3]))
+        raise InputError(f"none of the {cells.gene_ids.size} genes is in the model's vocabulary "
+                         f"({dicts.source or 'dictionaries'}); gene ids look like {example}. Use Ensembl ids "
+                         "matching the dictionaries (or symbols with a gene_name_id dictionary) and the "
+                         "dictionaries that belong to the model (gc30M for V1, gc104M for V2)")
+    counts, ids, first = _collapse_duplicate_ids(cells.counts[:, in_vocab], cells.gene_ids[in_vocab])
+    symbols = cells.symbols[in_vocab][first]
+    medians = np.array([dicts.median[g] for g in ids])
+    tokens = np.array([dicts.token[g] for g in ids], dtype=np.int64)
+    n_counts = cells.obs["n_counts"].to_numpy(dtype=float)
+    if (n_counts <= 0).any():
+        raise InputError(f"{int((n_counts <= 0).sum())} cell(s) have zero total counts; filter them out first")
+    norm = sp.csr_matrix(sp.diags(TARGET_SUM / n_counts) @ counts @ sp.diags(1.0 / medians))
+    special = dicts.special_tokens
+    budget = max_len - 2 if special else max_len
+    ranked: list[np.ndarray] = []
+    for i in range(norm.shape[0]):
+        row = slice(norm.indptr[i], norm.indptr[i + 1])
+        cols, vals = norm.indices[row], norm.data[row]
+        keep = vals > 0
+        cols, vals = cols[keep], vals[keep]
+        by_gene = np.argsort(cols, kind="stable")  # data order first, so ties keep gene order
+        cols, vals = cols[by_gene], vals[by_gene]
+        ranked.append(cols[np.argsort(-vals, kind="stable")][:budget])
+    width = max(r.size for r in ranked) + (2 if special else 0)
+    input_ids = np.full((len(ranked), width), dicts.pad_id, dtype=np.int64)
+    gene_index = np.full((len(ranked), width), -1, dtype=np.int64)
+    offset = 1 if special else 0
+    for i, r in enumerate(ranked):
+        input_ids[i, offset:offset + r.size] = tokens[r]
+        gene_index[i, offset:offset + r.size] = r
+        if special:
+            input_ids[i, 0] = dicts.token[CLS]
+            input_ids[i, r.size + 1] = dicts.token[EOS]
+    lengths = np.array([r.size for r in ranked]) + (2 if special else 0)
+    attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    genes = pd.DataFrame({"gene_id": ids, "symbol": symbols, "token_id": tokens})
+    params = {"method": "geneformer_rank_value", "max_len": max_len, "special_tokens": special,
+              "target_sum": TARGET_SUM, "dictionaries": dicts.source, "n_genes_in_vocab": int(ids.size)}
+    return TokenizedCells(input_ids, attention_mask, gene_index, genes, cells.obs.reset_index(drop=False), params)

@@ -1,0 +1,80 @@
+"""Precompute CLI: build a RunConfig (defaults -> --config TOML -> SCFMX_* env -> flags), run the analysis
+stages into the cache, print the run id and where the run is.
+
+    python precompute.py                         # embedded default (simulated screen + tiny model)
+    python precompute.py --data cells.h5ad --model /path/Geneformer-V1-10M \\
+        --dictionaries /path/dict_gc30M --reference trrust_rawdata.human.tsv
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from analysis.config import ConfigError, load_config
+from analysis.data import InputError
+
+FLAGS = {  # flag -> dotted config key
+    "data": "data.path", "perturbation_col": "data.perturbation_col", "control_label": "data.control_label",
+    "cell_state_col": "data.cell_state_col", "gene_id_col": "data.gene_id_col", "max_cells": "data.max_cells",
+    "model": "model.path", "dictionaries": "model.dictionaries", "device": "model.device",
+    "batch_size": "extraction.batch_size", "n_hvg": "extraction.n_hvg", "panel_size": "extraction.panel_size",
+    "n_null": "ranking.n_null", "name": "name",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default=str(Path(__file__).resolve().parent / "cache"), help="cache directory")
+    ap.add_argument("--config", help="TOML file with [data], [model], [extraction], [ranking] ... sections")
+    ap.add_argument("--data", help="AnnData .h5ad with raw counts (default: embedded simulation)")
+    ap.add_argument("--perturbation-col", help="obs column with the perturbed gene per cell")
+    ap.add_argument("--control-label", help="label of control cells in the perturbation column")
+    ap.add_argument("--cell-state-col", help="obs column with cell state / type")
+    ap.add_argument("--gene-id-col", help="var column holding Ensembl ids")
+    ap.add_argument("--max-cells", type=int, help="subsample to at most this many cells")
+    ap.add_argument("--model", help="local Geneformer checkpoint directory (default: embedded tiny model)")
+    ap.add_argument("--dictionaries", help="directory with token_dictionary*.pkl and gene_median_dictionary*.pkl")
+    ap.add_argument("--random-weights", action="store_true", help="use the checkpoint's config with random weights")
+    ap.add_argument("--device", help="auto, cpu or cuda")
+    ap.add_argument("--reference", action="append", default=[],
+                    help="reference network, kind:path (trrust, dorothea); repeatable")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--n-hvg", type=int)
+    ap.add_argument("--panel-size", type=int)
+    ap.add_argument("--n-null", type=int)
+    ap.add_argument("--name", help="run name (prefix of the run id)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any config key, e.g. --set train.epochs=4")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    cli = {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None}
+    if args.random_weights:
+        cli["model.random_init"] = True
+    if args.reference:
+        cli["ranking.references"] = tuple(args.reference)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        cli[key] = value
+    try:
+        cfg = load_config(args.config, cli)
+        from analysis.pipeline import run_precompute  # heavy imports after argument errors
+        run_dir = run_precompute(cfg, Path(args.cache), progress=not args.quiet)
+    except (InputError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run id: {run_dir.name}\nrun directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
