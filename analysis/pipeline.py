@@ -93,6 +93,8 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
         inp = resolve_inputs(cfg, cache, progress=progress)
         adapter = GeneformerAdapter.from_pretrained(inp.model_dir, device=cfg.model.device,
                                                     random_init=cfg.model.random_init, seed=cfg.model.seed)
+        if cfg.model.path is None:
+            adapter.name = "embedded tiny Geneformer"
         tokens = tokenize(inp.cells, inp.dicts, adapter.max_len)
         ref_tfs = set().union(*(r.tfs for r in inp.references))
         panel = schemas.validate("panel", select_panel(inp.cells, tokens, reference_tfs=ref_tfs,

@@ -1,0 +1,1 @@
+"""Dash explorer over precomputed runs (never imports torch at module level)."""

@@ -1,0 +1,22 @@
+"""`python -m app [--host H] [--port P] [--cache DIR] [--run RUN_ID]` serves the explorer (127.0.0.1:8050)."""
+from __future__ import annotations
+
+import argparse
+
+from .main import create_app
+from .settings import AppSettings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--host", help="bind address (default 127.0.0.1, or $HOST)")
+    ap.add_argument("--port", type=int, help="port (default 8050, or $PORT)")
+    ap.add_argument("--cache", dest="cache_dir", help="cache directory holding artifacts/")
+    ap.add_argument("--run", dest="run_id", help="run id to open first")
+    args = ap.parse_args()
+    settings = AppSettings.from_env(**vars(args))
+    create_app(settings).run(host=settings.host, port=settings.port, debug=settings.debug)
+
+
+if __name__ == "__main__":
+    main()

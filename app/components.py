@@ -1,0 +1,22 @@
+"""Reusable layout pieces: a figure card = graph + the data it draws + an export bar (every figure exports)."""
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+from dash import dcc, html
+
+from . import ids
+from .export import FORMATS
+
+
+def figure_card(name: str, explanation: str = "", height: int | None = None) -> html.Div:
+    style = {"height": f"{height}px"} if height else None
+    return html.Div(className="figure-card", children=[
+        dcc.Loading(dcc.Graph(id=ids.graph(name), style=style, config={"displaylogo": False})),
+        dcc.Store(id=ids.figdata(name)),
+        html.Div(className="export-bar", children=[html.Span("Export", className="label")] + [
+            dbc.Button(fmt.upper(), id=ids.export_button(name, fmt), size="sm", color="secondary", outline=True,
+                       n_clicks=0, title=f"download this figure as {fmt.upper()}" if fmt not in ("csv", "zip")
+                       else ("the data behind this figure" if fmt == "csv" else "all formats + data + run manifest"))
+            for fmt in FORMATS] + [dcc.Download(id=ids.download(name))]),
+        html.P(explanation, className="explain mt-2 mb-0") if explanation else None,
+    ])

@@ -1,0 +1,117 @@
+"""ArtifactStore: the only way the UI reads a run. Read-only, memoised, and confined to ``cache/artifacts``:
+a run id that is not the name of a complete run directory there is refused, so no request reaches another path.
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import schemas
+from analysis.artifacts import MANIFEST, list_runs
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+class ArtifactStore:
+    def __init__(self, cache_dir: Path):
+        self.root = (Path(cache_dir) / "artifacts").resolve()
+
+    def runs(self) -> list[dict]:
+        """Manifests of complete runs, newest first."""
+        return list_runs(self.root.parent)
+
+    def run_dir(self, run_id: str) -> Path:
+        if not run_id or not RUN_ID.match(run_id) or run_id.endswith(".partial"):
+            raise RunNotFound(f"not a run id: {run_id!r}")
+        path = (self.root / run_id).resolve()
+        if path.parent != self.root or not (path / MANIFEST).is_file():
+            raise RunNotFound(f"no complete run {run_id!r} in {self.root}")
+        return path
+
+    @lru_cache(maxsize=32)
+    def manifest(self, run_id: str) -> dict:
+        return json.loads((self.run_dir(run_id) / MANIFEST).read_text())
+
+    @lru_cache(maxsize=16)
+    def ranking(self, run_id: str) -> pd.DataFrame:
+        return schemas.validate("head_ranking", pd.read_parquet(self.run_dir(run_id) / "head_ranking.parquet"))
+
+    @lru_cache(maxsize=16)
+    def per_tf(self, run_id: str) -> pd.DataFrame:
+        return schemas.validate("per_tf", pd.read_parquet(self.run_dir(run_id) / "per_tf.parquet"))
+
+    @lru_cache(maxsize=16)
+    def panel(self, run_id: str) -> pd.DataFrame:
+        return schemas.validate("panel", pd.read_parquet(self.run_dir(run_id) / "panel.parquet"))
+
+    @lru_cache(maxsize=16)
+    def reference_edges(self, run_id: str) -> pd.DataFrame:
+        return schemas.validate("reference_edges", pd.read_parquet(self.run_dir(run_id) / "reference_edges.parquet"))
+
+    @lru_cache(maxsize=16)
+    def stage_timings(self, run_id: str) -> pd.DataFrame:
+        return pd.read_parquet(self.run_dir(run_id) / "stage_timings.parquet")
+
+    @lru_cache(maxsize=16)
+    def _edge_sources(self, run_id: str) -> pd.DataFrame:
+        return pd.read_parquet(self.run_dir(run_id) / "edge_sources.parquet")
+
+    @lru_cache(maxsize=16)
+    def _pair_counts(self, run_id: str) -> np.ndarray:
+        return np.load(self.run_dir(run_id) / "pair_counts.npy", mmap_mode="r")
+
+    def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
+        """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.
+        Reads only that slice of the memory-mapped edge array."""
+        src = self._edge_sources(run_id)
+        hit = src.index[(src["layer"] == layer) & (src["head"] == head) & src["edge_type"].str.startswith("attention")]
+        if len(hit) == 0:
+            raise KeyError(f"run {run_id} has no attention edges for layer {layer} head {head}")
+        edges = np.load(self.run_dir(run_id) / "edges_attention.npy", mmap_mode="r")
+        return np.array(edges[int(hit[0])])
+
+    def pair_counts(self, run_id: str) -> np.ndarray:
+        return self._pair_counts(run_id)
+
+
+def head_view(matrix: np.ndarray, counts: np.ndarray, panel: pd.DataFrame, reference_edges: pd.DataFrame, *,
+              reference: str, direction: str, n_rows: int, n_cols: int, n_edges: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What the per-head view draws: the top ``n_rows`` reference TFs (by attention mass to other panel genes) x
+    top ``n_cols`` genes, as a tidy block, and the ``n_edges`` highest-scoring (TF, gene) pairs with reference
+    hits marked. ``matrix``: ``[G, G]``, row = query gene."""
+    from analysis.edges import oriented_pair_scores
+
+    symbols = panel["symbol"].to_numpy()
+    ref = reference_edges[reference_edges["reference"] == reference]
+    tf_rows = np.array(sorted({int(i) for i in np.nonzero(np.isin(symbols, ref["tf"].unique()))[0]}), dtype=np.int64)
+    if tf_rows.size == 0:
+        return (pd.DataFrame(columns=["row_gene", "col_gene", "score", "in_reference"]),
+                pd.DataFrame(columns=["tf", "target", "score", "n_cells", "in_reference", "mode"]))
+    scores = oriented_pair_scores(matrix[None], tf_rows, direction)[0]                 # [n_tf, G]
+    scores[np.arange(tf_rows.size), tf_rows] = np.nan
+    mode = {(a, b): m for a, b, m in zip(ref["tf"], ref["target"], ref["mode"])}
+    mass = np.nan_to_num(scores).sum(axis=1)
+    rows = np.argsort(-mass, kind="stable")[:n_rows]
+    cols = np.argsort(-np.nan_to_num(scores[rows]).sum(axis=0), kind="stable")[:n_cols]
+    block = pd.DataFrame([(symbols[tf_rows[r]], symbols[c], float(scores[r, c]),
+                           (symbols[tf_rows[r]], symbols[c]) in mode) for r in rows for c in cols],
+                         columns=["row_gene", "col_gene", "score", "in_reference"])
+    flat = np.nan_to_num(scores, nan=-np.inf).ravel()
+    top = np.argsort(-flat, kind="stable")[:n_edges]
+    r_idx, c_idx = np.unravel_index(top, scores.shape)
+    edges = pd.DataFrame({
+        "tf": symbols[tf_rows[r_idx]], "target": symbols[c_idx], "score": scores[r_idx, c_idx],
+        "n_cells": np.asarray(counts)[tf_rows[r_idx], c_idx],
+    })
+    edges["mode"] = [mode.get((a, b), "") for a, b in zip(edges["tf"], edges["target"])]
+    edges["in_reference"] = edges["mode"] != ""
+    return block, edges[np.isfinite(edges["score"])]

@@ -1,0 +1,29 @@
+"""Component ids, one prefix per page; pattern-matching ids for the figure/export machinery."""
+
+RUN_SELECT = "app-run-select"
+SELECTED_HEAD = "app-selected-head"   # dcc.Store {"layer": int, "head": int}, shared by every page
+
+OVERVIEW_SUMMARY = "overview-summary"
+OVERVIEW_BEST = "overview-best-heads"
+
+HEADS_REFERENCE = "heads-reference"
+HEADS_DIRECTION = "heads-direction"
+HEADS_METRIC = "heads-metric"
+HEADS_EDGES = "heads-top-edges"
+HEADS_HEAD_LABEL = "heads-head-label"
+
+
+def graph(name: str) -> dict:
+    return {"type": "graph", "figure": name}
+
+
+def figdata(name: str) -> dict:
+    return {"type": "figdata", "figure": name}
+
+
+def export_button(name: str, fmt: str) -> dict:
+    return {"type": "export-btn", "figure": name, "fmt": fmt}
+
+
+def download(name: str) -> dict:
+    return {"type": "export-dl", "figure": name}

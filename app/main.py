@@ -1,0 +1,56 @@
+"""create_app(settings) -> Dash. Pages are registered explicitly (no pages folder scan); every page's
+callbacks close over one read-only ArtifactStore. The export callback is generic over every figure card."""
+from __future__ import annotations
+
+import dash
+import dash_bootstrap_components as dbc
+import pandas as pd
+import plotly.graph_objects as go
+from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from . import ids
+from .data import ArtifactStore
+from .export import MIME, export_bytes
+from .pages import heads, overview
+from .settings import PROJECT_ROOT, AppSettings
+
+PAGES = (overview, heads)
+
+
+def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
+    runs = store.runs()
+    options = [{"label": f"{m['run_id']} ({m['model']['name']}, {m['data']['n_cells']} cells)", "value": m["run_id"]}
+               for m in runs]
+    initial = settings.run_id or (runs[0]["run_id"] if runs else None)
+    nav = dbc.Navbar(dbc.Container([
+        dbc.NavbarBrand("scFM attention explorer"),
+        dbc.Nav([dbc.NavLink(p.NAME, href=p.PATH, active="exact") for p in PAGES]),
+        html.Div(dcc.Dropdown(id=ids.RUN_SELECT, options=options, value=initial, clearable=False,
+                              placeholder="no runs in cache"), style={"minWidth": "420px"}),
+    ], fluid=True), color="dark", dark=True, className="mb-3")
+    return html.Div([nav, dcc.Store(id=ids.SELECTED_HEAD, storage_type="session"), dash.page_container])
+
+
+def create_app(settings: AppSettings | None = None) -> Dash:
+    settings = settings or AppSettings()
+    store = ArtifactStore(settings.cache_dir)
+    app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
+               suppress_callback_exceptions=True, title="scFM attention explorer")
+    for page in PAGES:
+        dash.register_page(page.__name__, path=page.PATH, name=page.NAME, layout=page.layout)
+        page.register(app, store, settings)
+    app.layout = lambda: _shell(store, settings)
+
+    @app.callback(Output(ids.download(MATCH), "data"), Input(ids.export_button(MATCH, ALL), "n_clicks"),
+                  State(ids.graph(MATCH), "figure"), State(ids.figdata(MATCH), "data"),
+                  State(ids.RUN_SELECT, "value"), prevent_initial_call=True)
+    def export(_clicks, figure, data, run_id):
+        trigger = ctx.triggered_id
+        if not trigger or not figure or not any(_clicks):
+            return no_update
+        manifest = store.manifest(run_id) if run_id else {}
+        name, content = export_bytes(go.Figure(figure), pd.DataFrame(data or []), manifest,
+                                     f"{trigger['figure']}_{run_id}", trigger["fmt"])
+        return dcc.send_bytes(content, name, type=MIME[trigger["fmt"]])
+
+    return app

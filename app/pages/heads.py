@@ -1,0 +1,96 @@
+"""Heads: layer x head heatmap of any ranking metric; click a head for its gene x gene attention and top edges."""
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, dash_table, dcc, html, no_update
+
+from .. import ids
+from ..components import figure_card
+from ..data import head_view
+from ..figures import DIRECTION_LABELS, gene_gene_heatmap, head_grid, head_heatmap, metric_label
+
+PATH, NAME = "/heads", "Heads"
+
+
+def layout(**_):
+    controls = dbc.Row([
+        dbc.Col([dbc.Label("Reference"), dcc.Dropdown(id=ids.HEADS_REFERENCE, clearable=False)], md=3),
+        dbc.Col([dbc.Label("Metric"), dcc.Dropdown(id=ids.HEADS_METRIC, clearable=False)], md=3),
+        dbc.Col([dbc.Label("Direction"), dbc.RadioItems(
+            id=ids.HEADS_DIRECTION, value="tf_to_target", inline=True,
+            options=[{"label": k, "value": k} for k in DIRECTION_LABELS])], md=6),
+    ], className="mb-2")
+    return dbc.Container([
+        html.H3("Attention heads"),
+        html.P("Each cell is one attention head scored against the reference over the evaluable universe "
+               "(reference TFs in the gene panel x co-observed panel genes). Click a head to open it.",
+               className="explain"),
+        controls,
+        figure_card("heads-heatmap"),
+        html.H5(id=ids.HEADS_HEAD_LABEL, className="mt-3"),
+        figure_card("heads-gene-gene", "Edge score = attention summed over cells / cells in which both genes are in "
+                    "the input. Crosses mark reference edges."),
+        html.H5("Top edges of the selected head"),
+        dash_table.DataTable(id=ids.HEADS_EDGES, page_size=15, sort_action="native", style_table={"overflowX": "auto"},
+                             style_data_conditional=[{"if": {"filter_query": "{in_reference} eq 'True'"},
+                                                      "backgroundColor": "#fff3cd"}]),
+    ], fluid=True)
+
+
+def register(app, store, settings):
+    @app.callback(Output(ids.HEADS_REFERENCE, "options"), Output(ids.HEADS_REFERENCE, "value"),
+                  Output(ids.HEADS_METRIC, "options"), Output(ids.HEADS_METRIC, "value"),
+                  Input(ids.RUN_SELECT, "value"))
+    def options(run_id):
+        if not run_id:
+            return [], None, [], None
+        r = store.ranking(run_id)
+        refs = list(dict.fromkeys(r["reference"]))
+        metrics = [m for m in dict.fromkeys(r["metric"])]
+        return refs, refs[0], [{"label": metric_label(m), "value": m} for m in metrics], "auroc"
+
+    @app.callback(Output(ids.graph("heads-heatmap"), "figure"), Output(ids.figdata("heads-heatmap"), "data"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.HEADS_REFERENCE, "value"),
+                  Input(ids.HEADS_DIRECTION, "value"), Input(ids.HEADS_METRIC, "value"),
+                  Input(ids.SELECTED_HEAD, "data"))
+    def heatmap(run_id, reference, direction, metric, selected):
+        if not (run_id and reference and metric):
+            return {}, []
+        r = store.ranking(run_id)
+        sel = r[(r["reference"] == reference) & (r["direction"] == direction) & (r["metric"] == metric)]
+        grid = head_grid(sel)
+        base = sel.loc[sel["edge_type"] == "spearman", "value"]
+        pick = (selected["layer"], selected["head"]) if selected else None
+        fig = head_heatmap(grid, metric=metric, reference=reference, direction=direction,
+                           baseline=float(base.iloc[0]) if len(base) else None, selected=pick)
+        return fig, sel.to_dict("records")
+
+    @app.callback(Output(ids.SELECTED_HEAD, "data"), Input(ids.graph("heads-heatmap"), "clickData"),
+                  prevent_initial_call=True)
+    def select(click):
+        if not click or not click.get("points"):
+            return no_update
+        pt = click["points"][0]
+        return {"layer": int(str(pt["y"]).lstrip("L")), "head": int(str(pt["x"]).lstrip("H"))}
+
+    @app.callback(Output(ids.graph("heads-gene-gene"), "figure"), Output(ids.figdata("heads-gene-gene"), "data"),
+                  Output(ids.HEADS_EDGES, "data"), Output(ids.HEADS_HEAD_LABEL, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"),
+                  Input(ids.HEADS_REFERENCE, "value"), Input(ids.HEADS_DIRECTION, "value"))
+    def head_detail(run_id, selected, reference, direction):
+        if not (run_id and reference):
+            return {}, [], [], ""
+        if not selected:
+            return {}, [], [], "Click a head in the heatmap to open its gene x gene attention."
+        layer, head = selected["layer"], selected["head"]
+        try:
+            matrix = store.head_matrix(run_id, layer, head)
+        except KeyError as exc:
+            return {}, [], [], str(exc)
+        block, edges = head_view(matrix, store.pair_counts(run_id), store.panel(run_id), store.reference_edges(run_id),
+                                 reference=reference, direction=direction, n_rows=min(25, settings.max_genes_drawn),
+                                 n_cols=settings.max_genes_drawn, n_edges=settings.top_edges)
+        title = f"Layer {layer}, head {head} ({reference})"
+        fig = gene_gene_heatmap(block, title=title, direction=direction)
+        table = edges.assign(score=edges["score"].round(5), in_reference=edges["in_reference"].astype(str))
+        return fig, block.to_dict("records"), table.to_dict("records"), f"Selected: layer {layer}, head {head}"

@@ -1,0 +1,54 @@
+"""Run overview: what was run (model, data, references, config hash), how long each stage took, best heads."""
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, dash_table, html
+
+from .. import ids
+from ..components import figure_card
+from ..figures import layer_profile
+
+PATH, NAME = "/", "Run overview"
+
+
+def layout(**_):
+    return dbc.Container([
+        html.H3("Run overview"),
+        html.Div(id=ids.OVERVIEW_SUMMARY),
+        figure_card("overview-layer-profile", "Per layer: the best and median head, the layer-mean attention, the "
+                    "Spearman-correlation baseline on the same gene pairs, and chance."),
+        html.H5("Best heads (AUROC, first reference, TF -> target)"),
+        dash_table.DataTable(id=ids.OVERVIEW_BEST, page_size=10, sort_action="native",
+                             style_table={"overflowX": "auto"}),
+    ], fluid=True)
+
+
+def register(app, store, settings):
+    @app.callback(Output(ids.OVERVIEW_SUMMARY, "children"), Output(ids.graph("overview-layer-profile"), "figure"),
+                  Output(ids.figdata("overview-layer-profile"), "data"), Output(ids.OVERVIEW_BEST, "data"),
+                  Input(ids.RUN_SELECT, "value"))
+    def show(run_id):
+        if not run_id:
+            return dbc.Alert("No run in the cache yet: run `python precompute.py` first.", color="warning"), {}, [], []
+        m = store.manifest(run_id)
+        ranking = store.ranking(run_id)
+        ref = m["references"][0]["name"]
+        sel = ranking[(ranking["reference"] == ref) & (ranking["direction"] == "tf_to_target")
+                      & (ranking["metric"] == "auroc")]
+        timings = ", ".join(f"{t['stage']} {t['seconds']:.1f}s" + (" (cached)" if t["skipped"] else "")
+                            for t in m["stage_timings"])
+        model = m["model"]
+        summary = dbc.Card(dbc.CardBody([
+            html.P([html.B("Run "), html.Code(m["run_id"]), " - config hash ", html.Code(m["config_hash"][:12])]),
+            html.P(f"Model {model['name']}: {model['n_layers']} layers x {model['n_heads']} heads "
+                   f"(d_head {model['d_head']}, max {model['max_len']} tokens) on {model['device']}"
+                   + (" - RANDOM WEIGHTS" if model["random_init"] else "")),
+            html.P(f"Data: {m['data']['n_cells']} cells, {m['data']['n_vocab_genes']} genes in the vocabulary, "
+                   f"panel of {m['data']['panel_size']} genes; {len(m['data']['perturbations'])} perturbations"),
+            html.P("References: " + "; ".join(f"{r['name']} ({r['n_edges']} edges)" for r in m["references"])),
+            html.P(f"Stages: {timings}; total {m['wall_seconds']}s"),
+        ]), className="mb-3")
+        fig = layer_profile(sel, metric="auroc", reference=ref, direction="tf_to_target")
+        best = (sel[sel["edge_type"] == "attention"].sort_values("value", ascending=False).head(10)
+                [["layer", "head", "value", "ci_low", "ci_high", "p", "q", "n_pos", "n_neg"]].round(4))
+        return summary, fig, sel.to_dict("records"), best.to_dict("records")
