@@ -1,0 +1,80 @@
+"""Reference loaders on the real TRRUST / DoRothEA files, and clear errors for bad tables and bad AnnData."""
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from analysis.config import ConfigError, load_config
+from analysis.data import InputError, from_anndata, load_cells
+from analysis.references import load_dorothea, load_reference, load_trrust
+from tests.conftest import shared_path
+
+
+def test_real_trrust():
+    ref = load_trrust(shared_path("regulatory/trrust_rawdata.human.tsv"))
+    assert len(ref.edges) == 8427 and len(ref.tfs) == 795  # PROVENANCE.md: unique pairs and TFs
+    assert set(ref.edges["mode"]) <= {"Activation", "Repression", "Unknown"}
+
+
+def test_real_dorothea_confidence_filter():
+    path = shared_path("regulatory/dorothea_hs_ABC.tsv")
+    raw = pd.read_csv(path, sep="\t")
+    ref = load_dorothea(path, "B")
+    expected = raw[raw["confidence"].isin(["A", "B"])].drop_duplicates(["tf", "target"])
+    assert len(ref.edges) == len(expected) and set(ref.edges["confidence"]) == {"A", "B"}
+    assert load_reference(f"dorothea:{path}", "A").edges["confidence"].eq("A").all()
+
+
+@pytest.mark.parametrize("content,message", [
+    ("TP53\tMDM2\n", "has 2 tab-separated column"),
+    ("TP53\tMDM2\tActivates\t123\n", "line 1: mode 'Activates'"),
+    ("TP53,MDM2,Activation,1\n", "tab-separated column"),
+])
+def test_malformed_trrust(tmp_path, content, message):
+    p = tmp_path / "bad.tsv"
+    p.write_text(content)
+    with pytest.raises(InputError, match=message):
+        load_trrust(p)
+
+
+def _adata(x, **obs):
+    return ad.AnnData(X=sp.csr_matrix(np.asarray(x, dtype=np.float32)),
+                      obs=pd.DataFrame(obs or None, index=[f"c{i}" for i in range(len(x))]),
+                      var=pd.DataFrame(index=[f"ENSG{i:011d}" for i in range(len(x[0]))]))
+
+
+def test_log_normalised_is_rejected():
+    with pytest.raises(InputError, match="looks normalised or log-transformed"):
+        from_anndata(_adata(np.log1p([[1, 2, 0], [3, 0, 1]]) ))
+
+
+def test_counts_layer_is_used():
+    a = _adata(np.log1p([[1, 2, 0], [3, 0, 1]]))
+    a.layers["counts"] = sp.csr_matrix(np.array([[1, 2, 0], [3, 0, 1]], dtype=np.float32))
+    assert from_anndata(a).counts.sum() == 7
+
+
+def test_not_an_h5ad(tmp_path):
+    p = tmp_path / "cells.h5ad"
+    p.write_text("gene,cell\n")
+    with pytest.raises(InputError, match="not a readable AnnData"):
+        load_cells(p)
+
+
+def test_missing_control_label():
+    a = _adata([[1, 2, 0], [3, 0, 1]], pert=["TP53", "MYC"])
+    with pytest.raises(InputError, match="no control cells"):
+        from_anndata(a, perturbation_col="pert")
+    with pytest.raises(InputError, match="perturbation column 'nope'"):
+        from_anndata(a, perturbation_col="nope")
+
+
+def test_config_layers(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('name = "t"\n[extraction]\npanel_size = 100\n[ranking]\ntop_k = [10, 20]\n')
+    cfg = load_config(toml, {"extraction.batch_size": "3"}, environ={"SCFMX_EXTRACTION__PANEL_SIZE": "200"})
+    assert (cfg.name, cfg.extraction.panel_size, cfg.extraction.batch_size, cfg.ranking.top_k) == ("t", 200, 3, (10, 20))
+    assert cfg.config_hash() != load_config().config_hash()
+    with pytest.raises(ConfigError, match="unknown config key 'extraction.nope'"):
+        load_config(cli={"extraction.nope": 1})

@@ -1,0 +1,76 @@
+"""Metrics against independent references: statsmodels BH, scikit-learn AUROC / AUPRC, hand-counted top-k."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+from statsmodels.stats.multitest import multipletests
+
+from analysis.edges import EdgeScores
+from analysis.ranking import average_precision, rank_heads
+from analysis.references import ReferenceNetwork
+from analysis.stats import benjamini_hochberg
+
+
+def test_bh_matches_statsmodels(rng):
+    p = np.concatenate([rng.uniform(size=200), rng.uniform(0, 0.01, size=20), [1.0, 0.0]])
+    assert np.allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1])
+
+
+def test_bh_ignores_nan():
+    q = benjamini_hochberg(np.array([0.01, np.nan, 0.04]))
+    assert np.isnan(q[1]) and np.allclose(q[[0, 2]], multipletests([0.01, 0.04], method="fdr_bh")[1])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_average_precision_matches_sklearn(rng, ties):
+    s = rng.normal(size=500)
+    if ties:
+        s = np.round(s, 1)
+    y = rng.random(500) < 0.1
+    assert average_precision(s, y) == pytest.approx(average_precision_score(y, s))
+
+
+def _toy_edges(rng, n_genes=30, n_sources=3):
+    symbols = [f"TF{i}" for i in range(4)] + [f"G{i}" for i in range(n_genes - 4)]
+    panel = pd.DataFrame({"symbol": symbols})
+    scores = rng.random((n_sources, n_genes, n_genes))
+    scores[0, :4, 4:10] += 0.5  # source 0 favours TF -> G0..G5
+    observed = np.ones((n_genes, n_genes), dtype=bool)
+    observed[3, 20:] = False
+    sources = pd.DataFrame({"edge_type": "attention", "layer": 0, "head": np.arange(n_sources)})
+    edges = pd.DataFrame({"reference": "toy", "tf": ["TF0", "TF0", "TF1", "TF2", "TF3", "TF3", "TF1"],
+                          "target": ["G0", "G1", "G2", "G10", "G3", "G21", "NOT_IN_PANEL"],
+                          "mode": "Activation", "confidence": "NA"})
+    return EdgeScores(scores, sources, observed, panel, {}), ReferenceNetwork("toy", edges, {})
+
+
+@pytest.mark.parametrize("direction", ["tf_to_target", "target_to_tf", "symmetric"])
+def test_rank_heads_matches_sklearn(rng, direction):
+    edges, ref = _toy_edges(rng)
+    res = rank_heads(edges, ref, direction=direction, top_k=(5, 20), n_null=50, seed=1)
+    index = {s: i for i, s in enumerate(edges.panel["symbol"])}
+    pairs = set(zip(ref.edges["tf"], ref.edges["target"]))
+    for s in range(3):
+        m = edges.scores[s]
+        oriented = {"tf_to_target": m, "target_to_tf": m.T, "symmetric": (m + m.T) / 2}[direction]
+        ys, xs = [], []
+        for tf in ["TF0", "TF1", "TF2", "TF3"]:
+            for g, j in index.items():
+                if g != tf and edges.observed[index[tf], j]:
+                    ys.append((tf, g) in pairs)
+                    xs.append(oriented[index[tf], j])
+        ys, xs = np.array(ys), np.array(xs)
+        row = res.table[(res.table["head"] == s)].set_index("metric")["value"]
+        assert row["auroc"] == pytest.approx(roc_auc_score(ys, xs))
+        assert row["auprc"] == pytest.approx(average_precision_score(ys, xs))
+        top5 = np.argsort(-xs, kind="stable")[:5]
+        assert row["precision_at_5"] == pytest.approx(ys[top5].sum() / 5)
+    assert res.params["n_pos"] == 5  # TF3 -> G21 is never co-observed, NOT_IN_PANEL is outside the universe
+    assert res.table["q"].notna().sum() > 0 and res.table["rank"].min() == 1
+
+
+def test_planted_head_is_significant(rng):
+    edges, ref = _toy_edges(rng)
+    res = rank_heads(edges, ref, direction="tf_to_target", n_null=99, seed=0)
+    auroc = res.table[res.table["metric"] == "auroc"].set_index("head")
+    assert auroc.loc[0, "rank"] == 1 and auroc.loc[0, "p"] <= 0.02
