@@ -100,7 +100,7 @@ class RankingConfig:
     dorothea_min_confidence: str = "B"
     directions: tuple[str, ...] = DIRECTIONS
     top_k: tuple[int, ...] = (20, 50, 100, 200, 500)
-    n_null: int = 200
+    n_null: int = 2000
     seed: int = 0
 
 

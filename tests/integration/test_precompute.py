@@ -1,0 +1,124 @@
+"""precompute end to end: embedded default (small), the real 297-cell dataset with real gc30M dictionaries,
+a V1-10M-shaped random model and real TRRUST; resume after completion; bad inputs leave nothing in the cache."""
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import precompute
+from analysis.artifacts import sha256_path
+from app.data import ArtifactStore
+from tests.conftest import shared_path
+
+SMALL = ["--quiet", "--set", "simulation.n_cells=150", "--set", "train.epochs=1", "--set", "train.hidden_size=32",
+         "--set", "train.n_layers=2", "--set", "ranking.n_null=30", "--name", "small"]
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    assert precompute.main(["--cache", str(cache), *SMALL]) == 0
+    (run_dir,) = (cache / "artifacts").iterdir()
+    return cache, run_dir
+
+
+def test_embedded_run_is_complete(embedded_run):
+    cache, run_dir = embedded_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for rel, meta in manifest["files"].items():
+        assert sha256_path(run_dir / rel) == meta["sha256"]
+    assert {"head_ranking.parquet", "attention_sums.npy", "edges_attention.npy", "panel.parquet"} <= set(manifest["files"])
+    assert manifest["model"]["n_layers"] == 2 and manifest["references"][0]["name"] == "simulated truth"
+    assert manifest["versions"]["torch"] and manifest["inputs"]["data"]
+    store = ArtifactStore(cache)
+    ranking = store.ranking(run_dir.name)
+    assert set(ranking["direction"]) == {"tf_to_target", "target_to_tf", "symmetric"}
+    assert set(ranking["edge_type"]) == {"attention", "attention_layer_mean", "spearman"}
+    auroc = ranking[(ranking["metric"] == "auroc") & (ranking["edge_type"] == "spearman")]["value"]
+    assert (auroc > 0.6).all()  # correlation recovers the simulated network: the simulation has signal
+    assert store.head_matrix(run_dir.name, 1, 0).shape == (len(store.panel(run_dir.name)),) * 2
+
+
+def test_rerun_reuses_finished_stages(embedded_run):
+    cache, run_dir = embedded_run
+    before = (run_dir / "attention_sums.npy").stat().st_mtime_ns
+    # simulate a killed run: the complete run becomes a partial one, then precompute resumes it
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    run_dir.rename(partial)
+    (partial / "manifest.json").unlink()
+    assert precompute.main(["--cache", str(cache), *SMALL]) == 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    attention = [t for t in manifest["stage_timings"] if t["stage"] == "attention"][0]
+    assert attention["skipped"] and (run_dir / "attention_sums.npy").stat().st_mtime_ns == before
+    assert not partial.exists()
+
+
+def mixology_h5ad(path, n_cells=None):
+    counts = pd.read_csv(shared_path("scrnaseq/sc_mixology/sc_celseq2_5cl_p1.count.csv.gz"), index_col=0)
+    meta = pd.read_csv(shared_path("scrnaseq/sc_mixology/sc_celseq2_5cl_p1.metadata.csv.gz"), index_col=0)
+    counts = counts.iloc[:, : n_cells or counts.shape[1]]
+    adata = ad.AnnData(X=sp.csr_matrix(counts.T.to_numpy(dtype=np.float32)),
+                       obs=meta.reindex(counts.columns)[["cell_line_demuxlet"]].astype(str),
+                       var=pd.DataFrame(index=counts.index))
+    adata.write_h5ad(path)
+    return path
+
+
+def test_real_dataset_v1_shape_real_trrust(tmp_path):
+    data = mixology_h5ad(tmp_path / "mixology.h5ad")
+    model = shared_path("geneformer/configs/Geneformer-V1-10M")
+    cache = tmp_path / "cache"
+    rc = precompute.main(["--cache", str(cache), "--quiet", "--data", str(data), "--model", str(model),
+                          "--random-weights", "--dictionaries", str(shared_path("geneformer/dict_gc30M")),
+                          "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
+                          "--cell-state-col", "cell_line_demuxlet", "--max-cells", "24", "--panel-size", "200",
+                          "--n-null", "20", "--name", "mixology"])
+    assert rc == 0
+    (run_dir,) = (cache / "artifacts").iterdir()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert (m["model"]["n_layers"], m["model"]["n_heads"], m["model"]["max_len"]) == (6, 4, 2048)
+    assert m["data"]["n_cells"] == 24 and m["model"]["random_init"]
+    ranking = pd.read_parquet(run_dir / "head_ranking.parquet")
+    heads = ranking[(ranking["edge_type"] == "attention") & (ranking["metric"] == "auroc")]
+    assert len(heads) == 6 * 4 * 3 and heads["n_pos"].iloc[0] > 0
+    assert set(ranking["reference"]) == {"TRRUST"}
+
+
+def _assert_no_artifacts(cache):
+    arts = cache / "artifacts"
+    assert not arts.exists() or not any(arts.iterdir())
+
+
+@pytest.mark.parametrize("case", ["not_h5ad", "log_normalised", "no_vocabulary_overlap", "malformed_trrust"])
+def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case):
+    dicts = shared_path("geneformer/dict_gc30M")
+    trrust = shared_path("regulatory/trrust_rawdata.human.tsv")
+    data = mixology_h5ad(tmp_path / "cells.h5ad", n_cells=10)
+    expected = {"not_h5ad": "not a readable AnnData", "log_normalised": "looks normalised or log-transformed",
+                "no_vocabulary_overlap": "none of the", "malformed_trrust": "mode 'Activates'"}[case]
+    if case == "not_h5ad":
+        data = tmp_path / "counts.h5ad"
+        data.write_text("this is a csv,not h5ad\n")
+    elif case == "log_normalised":
+        a = ad.read_h5ad(tmp_path / "cells.h5ad")
+        a.X = a.X.log1p()
+        a.write_h5ad(data)
+    elif case == "no_vocabulary_overlap":
+        a = ad.read_h5ad(tmp_path / "cells.h5ad")
+        a.var_names = [f"ENSMUSG{i:011d}" for i in range(a.n_vars)]
+        a.write_h5ad(data)
+    elif case == "malformed_trrust":
+        trrust = tmp_path / "trrust.tsv"
+        trrust.write_text("TP53\tMDM2\tActivates\t1\n")
+    cache = tmp_path / "cache"
+    rc = precompute.main(["--cache", str(cache), "--quiet", "--data", str(data), "--model",
+                          str(shared_path("geneformer/configs/Geneformer-V1-10M")), "--random-weights",
+                          "--dictionaries", str(dicts), "--reference", str(trrust)])
+    assert rc == 2
+    assert expected in capsys.readouterr().err
+    _assert_no_artifacts(cache)
