@@ -105,6 +105,27 @@ class RankingConfig:
 
 
 @dataclass(frozen=True)
+class PerturbationConfig:
+    """Perturbation-first evaluation and confound decomposition (analysis.perturbation, analysis.confounds).
+
+    ``readout_layer`` is the pre-specified attention layer (head mean) of the primary tests, fixed here before
+    results are seen (-1 = last layer), as the paper pre-specified L13 from independent data.
+    """
+
+    test: str = "welch"
+    lfc_threshold: float = 0.5
+    alpha: float = 0.05
+    n_control: int | None = None
+    readout_layer: int = -1
+    grid_lfc: tuple[float, ...] = (0.25, 0.5, 1.0)
+    grid_control_fraction: tuple[float, ...] = (0.25, 0.5, 1.0)
+    grid_universe_fraction: tuple[float, ...] = (0.5, 0.75, 1.0)
+    n_boot: int = 200
+    n_degree_null: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -113,6 +134,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
 
     @property
     def embedded(self) -> bool:

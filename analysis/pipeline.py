@@ -19,7 +19,9 @@ from . import schemas
 from .artifacts import RunWriter, sha256_path
 from .config import RunConfig, stable_hash
 from .data import CellData, InputError, load_cells
+from . import perturbation_stage
 from .references import ReferenceNetwork, load_reference, load_trrust
+from .registry import StatsRegistry
 from .tokenize import GeneformerDictionaries, TokenizedCells, load_dictionaries, tokenize
 
 log = logging.getLogger("precompute")
@@ -86,7 +88,7 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
     from .edges import attention_edges, spearman_edges
     from .models.geneformer import GeneformerAdapter
     from .panel import select_panel
-    from .ranking import rank_heads
+    from .ranking import evaluable_universe, rank_heads
 
     t_start = time.perf_counter()
     with timed("inputs"):
@@ -100,6 +102,11 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
         panel = schemas.validate("panel", select_panel(inp.cells, tokens, reference_tfs=ref_tfs,
                                                        n_hvg=cfg.extraction.n_hvg,
                                                        panel_size=cfg.extraction.panel_size))
+        for ref in inp.references:
+            universe = evaluable_universe(panel, ref, np.ones((len(panel), len(panel)), dtype=bool))
+            if universe.tf_rows.size == 0:
+                raise InputError(f"reference {ref.name} has no TF with a target among the {len(panel)} panel genes "
+                                 "(check that gene symbols match, or raise --panel-size / --n-hvg)")
     model_hash = adapter.checkpoint_sha256 or stable_hash({"random_init": cfg.model.random_init,
                                                            "config": adapter.model.config.to_dict(),
                                                            "seed": cfg.model.seed})
@@ -147,6 +154,22 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
             refs = refs[refs["tf"].isin(panel_symbols) & refs["target"].isin(panel_symbols)]
             schemas.validate("reference_edges", refs).to_parquet(writer.dir / "reference_edges.parquet", index=False)
         writer.mark_done("ranking", att_key, time.perf_counter() - t0)
+        registry = ranking_registry(ranking, cfg.perturbation.readout_layer % adapter.n_layers)
+        if inp.cells.perturbation_col is not None:
+            t0 = time.perf_counter()
+            with timed("perturbation + confounds"):
+                constructed = None
+                if cfg.data.path is None:  # embedded default: planted edges with known incremental value
+                    constructed = embedded_constructed_edges(cfg, inp.cells, store.panel)
+                pert = perturbation_stage.run(inp.cells, store.panel, att_edges, inp.references, cfg.perturbation,
+                                              constructed=constructed)
+                for name, frame in pert.tables.items():
+                    schemas.validate(name, frame).to_parquet(writer.dir / f"{name}.parquet", index=False)
+                registry.extend(pert.registry)
+            writer.mark_done("perturbation", att_key, time.perf_counter() - t0)
+        stats_table = schemas.validate("statistics_registry", registry.table())
+        stats_table.to_parquet(writer.dir / "statistics_registry.parquet", index=False)
+        stats_table.to_csv(writer.dir / "statistics_registry.csv", index=False)
         pd.DataFrame(writer.timings).pipe(lambda f: schemas.validate("stage_timings", f)).to_parquet(
             writer.dir / "stage_timings.parquet", index=False)
         manifest = {
@@ -170,3 +193,34 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
     except InputError:
         writer.discard()
         raise
+
+
+def ranking_registry(ranking: pd.DataFrame, readout_layer: int) -> StatsRegistry:
+    """Reference-ranking tests: the pre-specified read-out layer's head-mean AUROC (confirmatory for
+    TF -> target, descriptive for the other directions) and every head's AUROC (exploratory screen)."""
+    reg = StatsRegistry()
+    auroc = ranking[ranking["metric"] == "auroc"]
+    for r in auroc.itertuples():
+        if r.edge_type == "attention_layer_mean" and r.layer == readout_layer:
+            reg.register("reference_recovery", f"{r.reference} {r.direction}: attention L{r.layer} AUROC > null",
+                         "label-shuffle permutation", r.p, effect=r.value, effect_name="AUROC", n=r.n_pos + r.n_neg,
+                         confirmatory=r.direction == "tf_to_target")
+        elif r.edge_type == "attention":
+            reg.register("head_screen", f"{r.reference} {r.direction}: L{r.layer}H{r.head} AUROC > null",
+                         "label-shuffle permutation", r.p, effect=r.value, effect_name="AUROC", n=r.n_pos + r.n_neg,
+                         confirmatory=False, exploratory=True)
+        elif r.edge_type == "spearman":
+            reg.register("reference_recovery", f"{r.reference} {r.direction}: correlation AUROC > null",
+                         "label-shuffle permutation", r.p, effect=r.value, effect_name="AUROC", n=r.n_pos + r.n_neg,
+                         confirmatory=False)
+    return reg
+
+
+def embedded_constructed_edges(cfg: RunConfig, cells: CellData, panel: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The simulation's planted edge scores (oracle pairwise signal, and gene-level-only) over the panel."""
+    from .edges import expression_matrix
+    from .simulate import constructed_edges, make_network
+
+    # control cells only, like the gene-level features: variance over perturbed cells would leak DE status
+    variance = expression_matrix(perturbation_stage.control_cells(cells), panel["gene_id"].to_numpy()).var(0)
+    return constructed_edges(make_network(cfg.simulation), list(panel["symbol"]), variance, seed=cfg.simulation.seed)

@@ -131,7 +131,8 @@ def rank_heads(edges: EdgeScores, reference: ReferenceNetwork, *, direction: str
             for s, src in enumerate(edges.sources.itertuples(index=False)):
                 per_tf_rows.append((src.edge_type, src.layer, src.head, tf_symbols[t], tf_auroc[s, t],
                                     int(lab.sum()), int(lab.size - lab.sum())))
-    add("per_tf_auroc_mean", np.nanmean(tf_auroc, axis=1) if np.isfinite(tf_auroc).any() else np.full(len(auroc), 0.5))
+    if np.isfinite(tf_auroc).any():
+        add("per_tf_auroc_mean", np.nanmean(tf_auroc, axis=1))
     table = pd.DataFrame(rows, columns=["edge_type", "layer", "head", "metric", "value", "ci_low", "ci_high", "p"])
     table.insert(0, "direction", direction)
     table.insert(0, "reference", reference.name)

@@ -19,12 +19,39 @@ PANEL = (("gene_index", "gene_id", "symbol", "is_hvg", "is_tf", "is_perturbed", 
 REFERENCE_EDGES = (("reference", "tf", "target", "mode", "confidence"), ())
 STAGE_TIMINGS = (("stage", "seconds", "skipped"), ())
 
+PERTURBATION_AUROC = (("perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"), ())
+DE_RESULTS = (("perturbation", "gene_id", "symbol", "lfc", "p", "q", "is_de", "is_self"), ())
+DE_GROUPS = (("perturbation", "n_cells", "n_de"), ())
+SENSITIVITY_GRID = (("lfc_threshold", "n_control", "universe_size", "edge_type", "layer", "mean_auroc",
+                     "n_evaluable", "p"), ("p",))
+INCREMENTAL_VALUE = (("split", "model", "feature_set", "metric", "value", "delta", "delta_ci_low", "delta_ci_high",
+                      "p_delta", "n_obs"), ("delta", "delta_ci_low", "delta_ci_high", "p_delta", "value"))
+RESIDUALISATION = (("reference", "edge", "model", "auroc", "auroc_residual", "retained", "r2_covariates"),
+                   ("retained",))
+PROPENSITY = (("edge", "auroc_matched", "auroc_unmatched", "n_pairs"), ("auroc_matched",))
+PROPENSITY_BALANCE = (("covariate", "smd_before", "smd_after"), ("smd_after",))
+DEGREE_NULL = (("reference", "edge", "auroc", "degree_null_mean", "shuffle_null_mean", "chance", "degree",
+                "excess", "p_excess"), ())
+STATISTICS_REGISTRY = (("test_id", "analysis", "hypothesis", "test", "p", "effect", "effect_name", "n",
+                        "confirmatory", "exploratory", "q", "q_all", "q_primary_per_analysis", "significant"),
+                       ("p", "q", "q_all", "q_primary_per_analysis", "q_confirmatory"))
+
 TABLES = {
     "head_ranking": HEAD_RANKING,
     "per_tf": PER_TF,
     "panel": PANEL,
     "reference_edges": REFERENCE_EDGES,
     "stage_timings": STAGE_TIMINGS,
+    "perturbation_auroc": PERTURBATION_AUROC,
+    "de_results": DE_RESULTS,
+    "de_groups": DE_GROUPS,
+    "sensitivity_grid": SENSITIVITY_GRID,
+    "incremental_value": INCREMENTAL_VALUE,
+    "residualisation": RESIDUALISATION,
+    "propensity": PROPENSITY,
+    "propensity_balance": PROPENSITY_BALANCE,
+    "degree_null": DEGREE_NULL,
+    "statistics_registry": STATISTICS_REGISTRY,
 }
 
 

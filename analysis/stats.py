@@ -5,6 +5,7 @@ Benjamini-Hochberg step-up FDR control: sort the m p-values, q_(i) = min_{j>=i} 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import wilcoxon
 
 
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
@@ -33,3 +34,14 @@ def hanley_mcneil_ci(auc: np.ndarray, n_pos: int, n_neg: int, z: float = 1.95996
     var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
     se = np.sqrt(np.clip(var, 0, None))
     return np.clip(a - z * se, 0, 1), np.clip(a + z * se, 0, 1)
+
+
+def wilcoxon_p(diff: np.ndarray, alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p for paired differences ``diff``: the exact null when there are no zeros or ties
+    (and n <= 50), else the normal approximation (scipy's permutation fallback is too slow per test). NaN when
+    every difference is zero or n < 2."""
+    d = np.asarray(diff, dtype=float)
+    if d.size < 2 or not np.any(d != 0):
+        return float("nan")
+    clean = np.all(d != 0) and np.unique(np.abs(d)).size == d.size and d.size <= 50
+    return float(wilcoxon(d, alternative=alternative, method="exact" if clean else "approx").pvalue)

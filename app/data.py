@@ -41,46 +41,35 @@ class ArtifactStore:
     def manifest(self, run_id: str) -> dict:
         return json.loads((self.run_dir(run_id) / MANIFEST).read_text())
 
-    @lru_cache(maxsize=16)
+    @lru_cache(maxsize=64)
+    def table(self, run_id: str, name: str) -> pd.DataFrame:
+        """``<name>.parquet`` of a run, validated against its schema when one is declared."""
+        frame = pd.read_parquet(self.run_dir(run_id) / f"{name}.parquet")
+        return schemas.validate(name, frame) if name in schemas.TABLES else frame
+
     def ranking(self, run_id: str) -> pd.DataFrame:
-        return schemas.validate("head_ranking", pd.read_parquet(self.run_dir(run_id) / "head_ranking.parquet"))
+        return self.table(run_id, "head_ranking")
 
-    @lru_cache(maxsize=16)
-    def per_tf(self, run_id: str) -> pd.DataFrame:
-        return schemas.validate("per_tf", pd.read_parquet(self.run_dir(run_id) / "per_tf.parquet"))
-
-    @lru_cache(maxsize=16)
     def panel(self, run_id: str) -> pd.DataFrame:
-        return schemas.validate("panel", pd.read_parquet(self.run_dir(run_id) / "panel.parquet"))
+        return self.table(run_id, "panel")
 
-    @lru_cache(maxsize=16)
     def reference_edges(self, run_id: str) -> pd.DataFrame:
-        return schemas.validate("reference_edges", pd.read_parquet(self.run_dir(run_id) / "reference_edges.parquet"))
+        return self.table(run_id, "reference_edges")
 
     @lru_cache(maxsize=16)
-    def stage_timings(self, run_id: str) -> pd.DataFrame:
-        return pd.read_parquet(self.run_dir(run_id) / "stage_timings.parquet")
-
-    @lru_cache(maxsize=16)
-    def _edge_sources(self, run_id: str) -> pd.DataFrame:
-        return pd.read_parquet(self.run_dir(run_id) / "edge_sources.parquet")
-
-    @lru_cache(maxsize=16)
-    def _pair_counts(self, run_id: str) -> np.ndarray:
+    def pair_counts(self, run_id: str) -> np.ndarray:
+        """``[G, G]`` cells in which both panel genes were in the input (memory-mapped)."""
         return np.load(self.run_dir(run_id) / "pair_counts.npy", mmap_mode="r")
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.
         Reads only that slice of the memory-mapped edge array."""
-        src = self._edge_sources(run_id)
+        src = self.table(run_id, "edge_sources")
         hit = src.index[(src["layer"] == layer) & (src["head"] == head) & src["edge_type"].str.startswith("attention")]
         if len(hit) == 0:
             raise KeyError(f"run {run_id} has no attention edges for layer {layer} head {head}")
         edges = np.load(self.run_dir(run_id) / "edges_attention.npy", mmap_mode="r")
         return np.array(edges[int(hit[0])])
-
-    def pair_counts(self, run_id: str) -> np.ndarray:
-        return self._pair_counts(run_id)
 
 
 def head_view(matrix: np.ndarray, counts: np.ndarray, panel: pd.DataFrame, reference_edges: pd.DataFrame, *,

@@ -5,10 +5,12 @@
 - naive: eager forward with ``output_attentions=True``, then a per-cell Python loop over panel gene pairs;
 - ours: :func:`analysis.attention.extract_attention` (SDPA forward + hooked panel-row attention + index_add_).
 
-Each method runs in its own fresh process (so peak RSS is its own) with the same allocator environment.
-Prints cells/s, peak RSS and the ratios ours/floor (target <= 1.25) and naive/ours (target >= 2).
+Each method runs in its own fresh process (so peak RSS is its own) with the same allocator environment:
+glibc defaults, or ``--allocator tuned`` (the MALLOC_* settings of DESIGN.md section 5, which mostly help eager
+attention, i.e. the naive method). Prints cells/s, peak RSS and the ratios ours/floor (target <= 1.25) and
+naive/ours (target >= 2). Run nothing else meanwhile: the machine has 2 cores.
 
-    python tests/benchmarks/extraction.py [--cells 6] [--panel 200] [--shapes V1-10M V2-104M]
+    python tests/benchmarks/extraction.py [--cells 6] [--panel 200] [--allocator default|tuned]
 """
 from __future__ import annotations
 
@@ -95,7 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=6)
     ap.add_argument("--panel", type=int, default=200)
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--allocator", choices=("default", "tuned"), default="default")
     ap.add_argument("--shapes", nargs="+", default=["V1-10M", "V2-104M"])
     ap.add_argument("--methods", nargs="+", default=["floor", "naive", "ours"])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -109,12 +112,12 @@ def main() -> None:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--worker", f"{method}:{shape}", "--cells", str(args.cells),
                    "--panel", str(args.panel), "--batch", str(args.batch)]
-            out = subprocess.run(cmd, env={**os.environ, **MALLOC_ENV}, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, env={**os.environ, **(MALLOC_ENV if args.allocator == "tuned" else {})}, capture_output=True, text=True, check=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(res)
             print(f"{shape:8s} {method:6s} {res['cells_per_s']:7.3f} cells/s  {res['seconds']:7.1f}s  "
                   f"peak RSS {res['peak_rss_mib']:7.0f} MiB  ({res['cells']} cells x {res['tokens_per_cell']} "
-                  f"tokens, panel {res['panel']})", flush=True)
+                  f"tokens, panel {res['panel']}, {args.allocator} allocator)", flush=True)
     by = {(r["shape"], r["method"]): r for r in results}
     for shape in args.shapes:
         if all((shape, m) in by for m in ("floor", "naive", "ours")):

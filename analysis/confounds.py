@@ -1,0 +1,257 @@
+"""Confound decomposition (paper sections 2.4 and 4.4, Supplementary Notes 13.3-13.4, 14.2, 14.8, 15).
+
+- Incremental value: on the perturbation x gene observation table, logistic regression and gradient-boosted
+  trees on gene-level features alone, edges alone, and gene-level plus each edge, under GroupKFold by
+  perturbation, by target gene, and jointly (test = held-out perturbations x held-out genes); AUROC, AUPRC and
+  recall@k of out-of-fold predictions with perturbation-bootstrap CIs on the difference to gene-only.
+- Residualisation: cross-fitted (5-fold) OLS and GBDT regression of reference-pair edge scores on expression
+  covariates of both genes; AUROC of the residual and the share of above-chance signal retained,
+  ``(AUROC_resid - 0.5) / (AUROC - 0.5)``.
+- Propensity matching: logistic propensity of being a DE target from gene-level covariates; 1:1 nearest
+  neighbour matching of DE-positive to DE-negative genes within perturbation (caliper 0.2 SD of the logit);
+  standardised mean differences before and after; edge AUROC on the matched set.
+- Degree-preserving null: curveball randomisation of the reference TF x gene matrix (row and column sums
+  and the set of allowed pairs preserved) decomposes AUROC into chance + degree + excess.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold, KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .ranking import auroc_from_ranks, average_precision
+
+GENE_FEATURES = ("mean", "variance", "detection")
+SPLITS = ("perturbation", "gene", "joint")
+MODELS = ("logistic", "gbdt")
+
+
+def observation_table(de_table: pd.DataFrame, features: pd.DataFrame, edge_columns: dict[str, pd.DataFrame]
+                      ) -> pd.DataFrame:
+    """Rows = (perturbation, target gene) of evaluable perturbations; columns: label, gene-level ``features``
+    (indexed by symbol) of the target gene, and one column per edge type (frames with perturbation, symbol,
+    score)."""
+    obs = de_table.loc[~de_table["is_self"], ["perturbation", "symbol", "is_de"]].rename(columns={"is_de": "label"})
+    obs = obs.join(features, on="symbol", how="inner")
+    for name, frame in edge_columns.items():
+        obs = obs.merge(frame.rename(columns={"score": name}), on=["perturbation", "symbol"], how="inner")
+    counts = obs.groupby("perturbation")["label"].agg(["sum", "size"])
+    ok = counts.index[(counts["sum"] > 0) & (counts["sum"] < counts["size"])]
+    return obs[obs["perturbation"].isin(ok)].reset_index(drop=True)
+
+
+def _model(kind: str, seed: int):
+    if kind == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    return HistGradientBoostingClassifier(max_iter=100, max_leaf_nodes=15, random_state=seed)
+
+
+def _folds(obs: pd.DataFrame, split: str, n_splits: int):
+    """Yield (train index, test index) for one split design."""
+    if split in ("perturbation", "gene"):
+        groups = obs["perturbation" if split == "perturbation" else "symbol"].to_numpy()
+        n = min(n_splits, len(np.unique(groups)))
+        yield from GroupKFold(n_splits=n).split(obs, groups=groups)
+        return
+    pert_fold = _group_folds(obs["perturbation"].to_numpy(), n_splits)
+    gene_fold = _group_folds(obs["symbol"].to_numpy(), n_splits)
+    for k in range(n_splits):
+        test = np.nonzero((pert_fold == k) & (gene_fold == k))[0]
+        train = np.nonzero((pert_fold != k) & (gene_fold != k))[0]
+        if test.size and train.size:
+            yield train, test
+
+
+def _group_folds(groups: np.ndarray, n_splits: int) -> np.ndarray:
+    uniq = np.unique(groups)
+    fold_of = dict(zip(uniq, np.arange(uniq.size) % n_splits))
+    return np.array([fold_of[g] for g in groups])
+
+
+def recall_at_k(y: np.ndarray, score: np.ndarray, members: list[np.ndarray], k: int = 10) -> np.ndarray:
+    """Per group (perturbation; ``members`` = index arrays): share of its DE targets among its top-k scored
+    genes (NaN for a group without DE targets). The reported recall@k is the mean over groups."""
+    out = np.full(len(members), np.nan)
+    for g, m in enumerate(members):
+        if y[m].sum():
+            top = np.argsort(-score[m], kind="stable")[:k]
+            out[g] = y[m][top].sum() / y[m].sum()
+    return out
+
+
+def _metrics(y, p, members, picks=None) -> dict[str, float]:
+    """AUROC, AUPRC and mean recall@10 of predictions ``p``; ``picks`` = a bootstrap sample of group indices."""
+    recall = recall_at_k(y, p, members)
+    if picks is not None:
+        idx = np.concatenate([members[g] for g in picks])
+        y, p, recall = y[idx], p[idx], recall[picks]
+    if y.min() == y.max():
+        return {"auroc": np.nan, "auprc": np.nan, "recall_at_10": np.nan}
+    return {"auroc": float(auroc_from_ranks(rankdata(p), y.astype(bool))),
+            "auprc": average_precision(p, y.astype(bool)),
+            "recall_at_10": float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan}
+
+
+def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS, splits=SPLITS,
+                      n_splits: int = 5, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Out-of-fold performance of every (split, model, feature set) and bootstrap CIs of gene+edge - gene-only.
+
+    Feature sets: ``gene`` (mean, variance, detection of the target), ``<edge>`` alone, ``gene+<edge>``.
+    The bootstrap resamples perturbations (paper section 4.6: 200 iterations, perturbation-level resampling).
+    Returns tidy rows: split, model, feature_set, metric, value, delta, delta_ci_low, delta_ci_high, p_delta
+    (one-sided bootstrap share of differences <= 0; NaN for non-combined rows), n_obs.
+    """
+    sets = {"gene": list(GENE_FEATURES)}
+    for e in edge_names:
+        sets[e] = [e]
+        sets[f"gene+{e}"] = list(GENE_FEATURES) + [e]
+    y_all = obs["label"].to_numpy().astype(int)
+    pert_all = obs["perturbation"].to_numpy()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split in splits:
+        folds = list(_folds(obs, split, n_splits))
+        test_idx = np.concatenate([t for _, t in folds])
+        if len(np.unique(y_all[test_idx])) < 2:
+            continue
+        y, groups = y_all[test_idx], pert_all[test_idx]
+        uniq = np.unique(groups)
+        members = [np.nonzero(groups == g)[0] for g in uniq]
+        picks = [rng.integers(0, uniq.size, uniq.size) for _ in range(n_boot)]
+        for model in models:
+            preds = {}
+            for name, cols in sets.items():
+                p = np.full(len(obs), np.nan)
+                x = obs[cols].to_numpy(dtype=float)
+                for train, test in folds:
+                    if len(np.unique(y_all[train])) < 2:
+                        continue
+                    p[test] = _model(model, seed).fit(x[train], y_all[train]).predict_proba(x[test])[:, 1]
+                preds[name] = np.nan_to_num(p[test_idx], nan=0.5)
+            base = _metrics(y, preds["gene"], members)
+            base_boot = [_metrics(y, preds["gene"], members, b) for b in picks]
+            for name, p in preds.items():
+                values = _metrics(y, p, members)
+                boot = [_metrics(y, p, members, b) for b in picks] if name.startswith("gene+") else None
+                for metric, value in values.items():
+                    row = {"split": split, "model": model, "feature_set": name, "metric": metric, "value": value,
+                           "delta": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan, "p_delta": np.nan,
+                           "n_obs": int(y.size)}
+                    if boot is not None:
+                        diffs = np.array([b[metric] - bb[metric] for b, bb in zip(boot, base_boot)])
+                        diffs = diffs[np.isfinite(diffs)]
+                        row.update(delta=value - base[metric], delta_ci_low=np.percentile(diffs, 2.5),
+                                   delta_ci_high=np.percentile(diffs, 97.5),
+                                   p_delta=(1 + np.sum(diffs <= 0)) / (1 + diffs.size))
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def residualise(scores: np.ndarray, covariates: np.ndarray, labels: np.ndarray, *, model: str = "ols",
+                n_splits: int = 5, seed: int = 0) -> dict[str, float]:
+    """Cross-fitted residual AUROC of pair ``scores`` ``[N]`` on ``covariates`` ``[N, C]`` against ``labels``."""
+    resid = np.empty_like(scores, dtype=float)
+    fitted = np.empty_like(scores, dtype=float)
+    for train, test in KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(scores):
+        reg = LinearRegression() if model == "ols" else HistGradientBoostingRegressor(max_iter=150, random_state=seed)
+        reg.fit(covariates[train], scores[train])
+        fitted[test] = reg.predict(covariates[test])
+        resid[test] = scores[test] - fitted[test]
+    before, after = roc_auc_score(labels, scores), roc_auc_score(labels, resid)
+    ss_tot = np.sum((scores - scores.mean()) ** 2)
+    r2 = 1 - np.sum(resid ** 2) / ss_tot if ss_tot > 0 else 0.0
+    retained = (after - 0.5) / (before - 0.5) if abs(before - 0.5) > 1e-9 else np.nan
+    return {"auroc": before, "auroc_residual": after, "retained": retained, "r2_covariates": r2}
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    matched: pd.DataFrame
+    balance: pd.DataFrame
+    params: dict
+
+
+def standardised_mean_difference(x_pos: np.ndarray, x_neg: np.ndarray) -> np.ndarray:
+    pooled = np.sqrt((x_pos.var(0, ddof=1) + x_neg.var(0, ddof=1)) / 2)
+    return (x_pos.mean(0) - x_neg.mean(0)) / np.where(pooled > 0, pooled, 1.0)
+
+
+def propensity_match(obs: pd.DataFrame, *, covariates=GENE_FEATURES, caliper_sd: float = 0.2, seed: int = 0
+                     ) -> MatchResult:
+    """1:1 nearest-neighbour propensity matching of DE-positive to DE-negative targets within perturbation,
+    without replacement, within ``caliper_sd`` SD of the propensity logit."""
+    x = obs[list(covariates)].to_numpy(dtype=float)
+    y = obs["label"].to_numpy().astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
+    logit = model.decision_function(x)
+    caliper = caliper_sd * logit.std()
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, idx in obs.groupby("perturbation").indices.items():
+        pos = rng.permutation(idx[y[idx] == 1])
+        neg = list(idx[y[idx] == 0])
+        for i in pos:
+            if not neg:
+                break
+            d = np.abs(logit[neg] - logit[i])
+            j = int(np.argmin(d))
+            if d[j] <= caliper:
+                keep += [i, neg.pop(j)]
+    matched = obs.iloc[np.sort(keep)].reset_index(drop=True)
+    xm, ym = matched[list(covariates)].to_numpy(dtype=float), matched["label"].to_numpy().astype(int)
+    balance = pd.DataFrame({
+        "covariate": list(covariates),
+        "smd_before": standardised_mean_difference(x[y == 1], x[y == 0]),
+        "smd_after": standardised_mean_difference(xm[ym == 1], xm[ym == 0]) if ym.sum() > 1 else np.nan,
+    })
+    params = {"n_pairs": int(ym.sum()), "n_positive_before": int(y.sum()), "caliper_sd": caliper_sd,
+              "positive_rate_before": float(y.mean()), "positive_rate_after": float(ym.mean()) if ym.size else np.nan}
+    return MatchResult(matched, balance, params)
+
+
+def curveball(matrix: np.ndarray, allowed: np.ndarray, *, n_trades: int, rng: np.random.Generator) -> np.ndarray:
+    """Curveball randomisation (Strona et al. 2014) of a binary ``[rows, cols]`` matrix that preserves every row
+    and column sum and never places a 1 where ``allowed`` is False."""
+    rows = [set(np.nonzero(r)[0]) for r in matrix]
+    n = len(rows)
+    for _ in range(n_trades):
+        a, b = rng.choice(n, 2, replace=False)
+        only_a = [c for c in rows[a] - rows[b] if allowed[b, c]]
+        only_b = [c for c in rows[b] - rows[a] if allowed[a, c]]
+        pool = only_a + only_b
+        if not only_a or not only_b:
+            continue
+        rng.shuffle(pool)
+        new_a = set(pool[: len(only_a)])
+        new_b = set(pool[len(only_a):])
+        rows[a] = (rows[a] - set(only_a)) | new_a
+        rows[b] = (rows[b] - set(only_b)) | new_b
+    out = np.zeros_like(matrix, dtype=bool)
+    for i, r in enumerate(rows):
+        out[i, list(r)] = True
+    return out
+
+
+def degree_null(scores: np.ndarray, labels: np.ndarray, allowed: np.ndarray, *, n_null: int = 100,
+                seed: int = 0) -> dict[str, float]:
+    """AUROC of ``scores`` ``[n_tf, G]`` over ``allowed`` pairs vs the curveball degree-preserving null and the
+    label-shuffle null: chance (0.5) + degree (null mean - 0.5) + excess (observed - null mean)."""
+    rng = np.random.default_rng(seed)
+    flat_scores = np.nan_to_num(scores[allowed])
+    ranks = rankdata(flat_scores)
+    observed = auroc_from_ranks(ranks, labels[allowed])
+    trades = 5 * labels.shape[0] * max(1, int(labels.sum(1).mean()))
+    null = np.array([auroc_from_ranks(ranks, curveball(labels, allowed, n_trades=trades, rng=rng)[allowed])
+                     for _ in range(n_null)])
+    shuffle = np.array([auroc_from_ranks(ranks, rng.permutation(labels[allowed])) for _ in range(n_null)])
+    return {"auroc": observed, "degree_null_mean": null.mean(), "shuffle_null_mean": shuffle.mean(),
+            "chance": 0.5, "degree": null.mean() - 0.5, "excess": observed - null.mean(),
+            "p_excess": (1 + np.sum(null >= observed)) / (1 + n_null), "n_null": n_null}

@@ -1,0 +1,206 @@
+"""The perturbation / confound stage of precompute: DE, perturbation-first AUROC for every edge source, the
+27-condition sensitivity grid, incremental value, residualisation, propensity matching and degree nulls,
+with every test registered in the statistics registry (paper sections 2.3-2.4, 4.3-4.4, 4.6)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from . import confounds
+from .config import PerturbationConfig
+from .data import CellData
+from .edges import EdgeScores, expression_matrix, spearman_edges
+from .perturbation import differential_expression, gene_level_scores, perturbation_auroc
+from .ranking import evaluable_universe
+from .references import ReferenceNetwork
+from .registry import StatsRegistry
+from .stats import wilcoxon_p
+
+log = logging.getLogger("precompute")
+
+
+@dataclass
+class PerturbationResults:
+    tables: dict[str, pd.DataFrame]
+    registry: StatsRegistry
+    params: dict
+
+
+def control_cells(cells: CellData) -> CellData:
+    keep = cells.obs[cells.perturbation_col].astype(str).to_numpy() == cells.control_label
+    return dataclasses.replace(cells, counts=cells.counts[keep], obs=cells.obs[keep])
+
+
+def combine(*edges: EdgeScores) -> EdgeScores:
+    """Stack edge sources over the same panel."""
+    return EdgeScores(np.concatenate([e.scores for e in edges]), pd.concat([e.sources for e in edges], ignore_index=True),
+                      edges[0].observed, edges[0].panel, {"kind": "combined"})
+
+
+def _one_sample(values: np.ndarray) -> float:
+    return wilcoxon_p(values - 0.5, alternative="greater")
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> float:
+    return wilcoxon_p(a - b)
+
+
+def _cohens_d(values: np.ndarray, against: float | np.ndarray) -> float:
+    d = values - against
+    return float(d.mean() / d.std(ddof=1)) if d.size > 1 and d.std(ddof=1) > 0 else 0.0
+
+
+def _pair_scores(edges: EdgeScores, source: int, de: pd.DataFrame) -> pd.DataFrame:
+    index = {s: i for i, s in enumerate(edges.panel["symbol"])}
+    sub = de[de["perturbation"].isin(index) & de["symbol"].isin(index)]
+    rows = sub["perturbation"].map(index).to_numpy()
+    cols = sub["symbol"].map(index).to_numpy()
+    return pd.DataFrame({"perturbation": sub["perturbation"].to_numpy(), "symbol": sub["symbol"].to_numpy(),
+                         "score": edges.scores[source][rows, cols]})
+
+
+def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references: list[ReferenceNetwork],
+        cfg: PerturbationConfig, *, constructed: dict[str, np.ndarray] | None = None) -> PerturbationResults:
+    reg = StatsRegistry()
+    n_layers = int(attention.sources["layer"].max()) + 1
+    readout = cfg.readout_layer % n_layers
+    src = attention.sources
+    readout_idx = int(src.index[(src["edge_type"] == "attention_layer_mean") & (src["layer"] == readout)][0])
+    controls = control_cells(cells)
+    corr = spearman_edges(controls, panel)
+    degree = references[0].edges.groupby("tf").size().to_dict()
+    baselines = gene_level_scores(cells, panel, reference_degree=degree)
+    everything = combine(attention, corr, baselines)
+    de = differential_expression(cells, panel, lfc_threshold=cfg.lfc_threshold, n_control=cfg.n_control,
+                                 alpha=cfg.alpha, test=cfg.test, seed=cfg.seed)
+    per_pert = perturbation_auroc(everything, de)
+    log.info("perturbation-first: %d evaluable perturbations of %d", per_pert["perturbation"].nunique(),
+             len(de.groups))
+    tables = {"de_results": de.table, "de_groups": de.groups, "perturbation_auroc": per_pert}
+    if per_pert.empty:
+        return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": 0})
+
+    def values(edge_type, layer=-1, head=-1):
+        sel = per_pert[(per_pert["edge_type"] == edge_type) & (per_pert["layer"] == layer) & (per_pert["head"] == head)]
+        return sel.sort_values("perturbation")["auroc"].to_numpy()
+
+    att, cor = values("attention_layer_mean", readout), values("spearman")
+    n = att.size
+    reg.register("perturbation_first", f"attention L{readout} AUROC > 0.5", "Wilcoxon signed-rank (one-sided)",
+                 _one_sample(att), effect=float(att.mean()), effect_name="mean AUROC", n=n)
+    reg.register("perturbation_first", "correlation AUROC > 0.5", "Wilcoxon signed-rank (one-sided)",
+                 _one_sample(cor), effect=float(cor.mean()), effect_name="mean AUROC", n=n)
+    reg.register("perturbation_first", f"attention L{readout} vs correlation", "Wilcoxon signed-rank (paired)",
+                 _paired(att, cor), effect=_cohens_d(att, cor), effect_name="Cohen's d", n=n)
+    for b in baselines.sources["edge_type"]:
+        base = values(b)
+        reg.register("trivial_baselines", f"{b} vs attention L{readout}", "Wilcoxon signed-rank (paired)",
+                     _paired(base, att), effect=_cohens_d(base, att), effect_name="Cohen's d", n=n)
+        reg.register("trivial_baselines", f"{b} vs correlation", "Wilcoxon signed-rank (paired)",
+                     _paired(base, cor), effect=_cohens_d(base, cor), effect_name="Cohen's d", n=n)
+    for layer in range(n_layers):
+        if layer != readout:
+            v = values("attention_layer_mean", layer)
+            reg.register("perturbation_first_layers", f"attention L{layer} AUROC > 0.5",
+                         "Wilcoxon signed-rank (one-sided)", _one_sample(v), effect=float(v.mean()),
+                         effect_name="mean AUROC", n=v.size, confirmatory=False)
+    tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(attention, corr, baselines), readout_idx,
+                                                  attention.sources.shape[0], cfg, reg)
+    # incremental value, propensity matching
+    features = pd.DataFrame({"symbol": panel["symbol"],
+                             **{k: baselines.scores[i, 0] for i, k in enumerate(("mean", "variance", "detection"))}}
+                            ).set_index("symbol")
+    edge_cols = {"attention": _pair_scores(attention, readout_idx, de.table),
+                 "correlation": _pair_scores(corr, 0, de.table)}
+    if constructed:
+        for name, matrix in constructed.items():
+            fake = EdgeScores(matrix[None], pd.DataFrame({"edge_type": [name], "layer": [-1], "head": [-1]}),
+                              attention.observed, panel, {})
+            edge_cols[f"sim_{name}"] = _pair_scores(fake, 0, de.table)
+    obs = confounds.observation_table(de.table, features, edge_cols)
+    inc = confounds.incremental_value(obs, list(edge_cols), n_boot=cfg.n_boot, seed=cfg.seed)
+    tables["incremental_value"] = inc
+    for r in inc[(inc["feature_set"].str.startswith("gene+")) & (inc["metric"] == "auroc")].itertuples():
+        primary = r.split == "perturbation" and r.model == "logistic" and not r.feature_set.startswith("gene+sim_")
+        reg.register("incremental_value", f"{r.feature_set} > gene ({r.split} split, {r.model})",
+                     "perturbation bootstrap (one-sided)", r.p_delta, effect=r.delta, effect_name="delta AUROC",
+                     n=r.n_obs, confirmatory=primary)
+    match = confounds.propensity_match(obs, seed=cfg.seed)
+    tables["propensity_balance"] = match.balance
+    prop_rows = []
+    for name in edge_cols:
+        m = match.matched
+        auc = roc_auc_score(m["label"], m[name]) if m["label"].nunique() == 2 else np.nan
+        prop_rows.append({"edge": name, "auroc_matched": auc, "auroc_unmatched": roc_auc_score(obs["label"], obs[name]),
+                          **match.params})
+    tables["propensity"] = pd.DataFrame(prop_rows)
+    # residualisation and degree nulls against each reference
+    x_all = expression_matrix(cells, panel["gene_id"].to_numpy())
+    cov = np.column_stack([x_all.mean(0), x_all.var(0), (x_all > 0).mean(0)])
+    resid_rows, degree_rows = [], []
+    for ref in references:
+        uni = evaluable_universe(panel, ref, attention.observed)
+        if uni.n_pos == 0:
+            continue
+        tf_idx, col_idx = np.nonzero(uni.pair_mask)
+        labels = uni.labels[uni.pair_mask]
+        pair_cov = np.column_stack([cov[uni.tf_rows[tf_idx]], cov[col_idx]])
+        for edge_name, matrix in (("attention", attention.scores[readout_idx]), ("correlation", corr.scores[0])):
+            sc = np.nan_to_num(matrix[uni.tf_rows][uni.pair_mask])
+            for model in ("ols", "gbdt"):
+                res = confounds.residualise(sc, pair_cov, labels, model=model, seed=cfg.seed)
+                resid_rows.append({"reference": ref.name, "edge": edge_name, "model": model, **res})
+                reg.register("residualisation", f"{edge_name} vs {ref.name}, {model}: share retained",
+                             "cross-fitted residual AUROC", np.nan, effect=res["retained"],
+                             effect_name="share of above-chance AUROC retained", n=int(labels.size),
+                             confirmatory=False)
+            dn = confounds.degree_null(matrix[uni.tf_rows], uni.labels, uni.pair_mask, n_null=cfg.n_degree_null,
+                                       seed=cfg.seed)
+            degree_rows.append({"reference": ref.name, "edge": edge_name, **dn})
+            reg.register("degree_null", f"{edge_name} vs {ref.name}: excess over degree null",
+                         "curveball permutation (one-sided)", dn["p_excess"], effect=dn["excess"],
+                         effect_name="AUROC excess", n=int(labels.size))
+    tables["residualisation"] = pd.DataFrame(resid_rows)
+    tables["degree_null"] = pd.DataFrame(degree_rows)
+    return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": int(n),
+                                             "de": de.params})
+
+
+def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, readout_idx: int, n_attention: int,
+                     cfg: PerturbationConfig, reg: StatsRegistry) -> pd.DataFrame:
+    """Mean per-perturbation AUROC of correlation, the read-out attention layer and the baselines over
+    LFC threshold x control-cell count x universe size (3 x 3 x 3 = 27 conditions; Supplementary Note 6.3).
+    The universe is the top fraction of panel genes by control-cell variance (perturbed genes kept)."""
+    keep_sources = [readout_idx] + list(range(n_attention, edges.scores.shape[0]))
+    sub = EdgeScores(edges.scores[keep_sources], edges.sources.iloc[keep_sources].reset_index(drop=True),
+                     edges.observed, edges.panel, {})
+    n_ctrl = int((cells.obs[cells.perturbation_col].astype(str) == cells.control_label).sum())
+    variance = expression_matrix(control_cells(cells), panel["gene_id"].to_numpy()).var(0)
+    order = panel["symbol"].to_numpy()[np.argsort(-variance, kind="stable")]
+    perturbed = set(cells.perturbed_genes())
+    rows = []
+    for lfc in cfg.grid_lfc:
+        for frac_c in cfg.grid_control_fraction:
+            n_control = max(3, int(round(frac_c * n_ctrl)))
+            de = differential_expression(cells, panel, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha,
+                                         test=cfg.test, seed=cfg.seed)
+            for frac_u in cfg.grid_universe_fraction:
+                universe = set(order[: max(2, int(round(frac_u * len(order))))]) | perturbed
+                res = perturbation_auroc(sub, de, universe=universe)
+                for (etype, layer), grp in res.groupby(["edge_type", "layer"]):
+                    v = grp["auroc"].to_numpy()
+                    p = _one_sample(v)
+                    rows.append({"lfc_threshold": lfc, "n_control": n_control, "universe_size": len(universe),
+                                 "edge_type": etype, "layer": layer, "mean_auroc": float(v.mean()),
+                                 "n_evaluable": int(v.size), "p": p})
+                    if etype == "spearman":
+                        reg.register("sensitivity_grid",
+                                     f"correlation AUROC > 0.5 (lfc {lfc}, {n_control} controls, {len(universe)} genes)",
+                                     "Wilcoxon signed-rank (one-sided)", p, effect=float(v.mean()),
+                                     effect_name="mean AUROC", n=int(v.size), confirmatory=False)
+    return pd.DataFrame(rows)

@@ -1,0 +1,66 @@
+"""Statistics registry (paper section 4.6, Supplementary Note 16): every test of every stage is registered
+once (analysis, hypothesis, test, raw p, effect size, N, confirmatory or descriptive) and corrected with one
+framework-wide Benjamini-Hochberg at the end.
+
+Families (Supplementary Note 16.1): ``confirmatory`` (primary: all confirmatory p-values), ``all`` (every
+registered p-value, confirmatory and descriptive), ``primary_per_analysis`` (one primary test per analysis:
+the first confirmatory test registered for it). ``q`` is the primary family's q-value; the alternatives are
+reported alongside so a reader can see which conclusions depend on the family definition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .stats import benjamini_hochberg
+
+COLUMNS = ("test_id", "analysis", "hypothesis", "test", "p", "effect", "effect_name", "n", "confirmatory",
+           "exploratory")
+FAMILIES = ("confirmatory", "all", "primary_per_analysis")
+
+
+@dataclass
+class StatsRegistry:
+    rows: list[dict] = field(default_factory=list)
+
+    def register(self, analysis: str, hypothesis: str, test: str, p: float, *, effect: float, effect_name: str,
+                 n: int, confirmatory: bool = True, exploratory: bool = False) -> None:
+        """Add one test; ``p`` may be NaN for descriptive entries (bootstrap CIs, point estimates)."""
+        test_id = f"{analysis}::{hypothesis}"
+        if any(r["test_id"] == test_id for r in self.rows):
+            raise ValueError(f"test {test_id!r} registered twice")
+        self.rows.append({"test_id": test_id, "analysis": analysis, "hypothesis": hypothesis, "test": test,
+                          "p": float(p), "effect": float(effect), "effect_name": effect_name, "n": int(n),
+                          "confirmatory": bool(confirmatory), "exploratory": bool(exploratory)})
+
+    def extend(self, other: "StatsRegistry") -> None:
+        for r in other.rows:
+            self.register(**{k: r[k] for k in ("analysis", "hypothesis", "test", "p", "effect", "effect_name",
+                                               "n", "confirmatory", "exploratory")})
+
+    def table(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Tidy registry with q-values under each family and ``significant`` at ``alpha`` (primary family)."""
+        frame = pd.DataFrame(self.rows, columns=list(COLUMNS))
+        return correct(frame, alpha)
+
+
+def correct(frame: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Add ``q_confirmatory`` (= ``q``), ``q_all``, ``q_primary_per_analysis`` and ``significant`` columns."""
+    out = frame.copy()
+    has_p = out["p"].notna()
+    for family in FAMILIES:
+        if family == "confirmatory":
+            member = has_p & out["confirmatory"]
+        elif family == "all":
+            member = has_p
+        else:
+            first = out[has_p & out["confirmatory"]].groupby("analysis").head(1).index
+            member = pd.Series(out.index.isin(first), index=out.index)
+        q = np.full(len(out), np.nan)
+        q[member.to_numpy()] = benjamini_hochberg(out.loc[member, "p"].to_numpy())
+        out[f"q_{family}"] = q
+    out["q"] = out["q_confirmatory"]
+    out["significant"] = out["q"] < alpha
+    return out

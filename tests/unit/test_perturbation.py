@@ -1,0 +1,134 @@
+"""Perturbation-first evaluation and confounds against independent references (scipy, sklearn) and known truth."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from analysis import confounds
+from analysis.config import SimulationConfig
+from analysis.data import from_anndata
+from analysis.edges import EdgeScores, expression_matrix
+from analysis.perturbation import differential_expression, gene_level_scores, perturbation_auroc
+from analysis.registry import StatsRegistry
+from analysis.simulate import constructed_edges, simulate_screen
+from analysis.stats import benjamini_hochberg
+
+
+@pytest.fixture(scope="module")
+def screen():
+    cfg = SimulationConfig(n_cells=900, n_perturbed=6, seed=5)
+    adata, net = simulate_screen(cfg)
+    cells = from_anndata(adata, perturbation_col="perturbation", cell_state_col="cell_state")
+    universe = pd.DataFrame({"gene_id": list(net.gene_ids), "symbol": list(net.symbols)})
+    return cells, net, universe
+
+
+@pytest.mark.parametrize("test", ["welch", "mannwhitney"])
+def test_de_matches_scipy(screen, test):
+    cells, _, universe = screen
+    de = differential_expression(cells, universe, test=test, lfc_threshold=0.0)
+    x = expression_matrix(cells, universe["gene_id"].to_numpy())
+    labels = cells.obs["perturbation"].astype(str).to_numpy()
+    pert = de.groups["perturbation"].iloc[0]
+    a, b = x[labels == pert], x[labels == "control"]
+    expected = (stats.ttest_ind(a, b, equal_var=False).pvalue if test == "welch"
+                else stats.mannwhitneyu(a, b, axis=0).pvalue)
+    expected = np.where(np.isfinite(expected), expected, 1.0)
+    got = de.table[de.table["perturbation"] == pert]
+    assert np.allclose(got["p"], expected, rtol=1e-6, atol=1e-12)
+    assert np.allclose(got["q"], benjamini_hochberg(expected))
+    assert np.allclose(got["lfc"], (a.mean(0) - b.mean(0)) / np.log(2))
+
+
+def test_known_targets_recovered(screen):
+    cells, net, universe = screen
+    de = differential_expression(cells, universe, lfc_threshold=0.25)
+    idx = {s: i for i, s in enumerate(net.symbols)}
+    hits, total = 0, 0
+    for pert, tab in de.table.groupby("perturbation"):
+        true = set(np.array(net.symbols)[np.nonzero(net.weights[idx[pert]])[0]])
+        called = set(tab.loc[tab["is_de"], "symbol"])
+        hits += len(true & called)
+        total += len(called)
+        assert not tab.loc[tab["is_self"], "is_de"].any()
+    assert total > 0 and hits / total > 0.5  # most called DE genes are true direct targets
+
+
+def test_perturbation_auroc_matches_sklearn(screen, rng):
+    cells, net, universe = screen
+    de = differential_expression(cells, universe, lfc_threshold=0.25)
+    g = len(universe)
+    scores = rng.random((2, g, g))
+    edges = EdgeScores(scores, pd.DataFrame({"edge_type": ["a", "b"], "layer": -1, "head": -1}),
+                       np.ones((g, g), bool), universe, {})
+    res = perturbation_auroc(edges, de)
+    assert res["perturbation"].nunique() >= 3
+    idx = {s: i for i, s in enumerate(universe["symbol"])}
+    for pert, grp in res.groupby("perturbation"):
+        tab = de.table[(de.table["perturbation"] == pert) & ~de.table["is_self"]]
+        cols = tab["symbol"].map(idx).to_numpy()
+        for s, et in enumerate(["a", "b"]):
+            expected = roc_auc_score(tab["is_de"], scores[s, idx[pert], cols])
+            assert grp.set_index("edge_type").loc[et, "auroc"] == pytest.approx(expected)
+
+
+def test_curveball_preserves_degrees_and_mask(rng):
+    allowed = rng.random((12, 40)) < 0.8
+    m = (rng.random((12, 40)) < 0.2) & allowed
+    out = confounds.curveball(m, allowed, n_trades=500, rng=rng)
+    assert np.array_equal(out.sum(1), m.sum(1)) and np.array_equal(out.sum(0), m.sum(0))
+    assert not (out & ~allowed).any() and not np.array_equal(out, m)
+
+
+def _observations(screen, seed=0):
+    cells, net, universe = screen
+    de = differential_expression(cells, universe, lfc_threshold=0.25)
+    base = gene_level_scores(cells, universe)
+    features = pd.DataFrame({"symbol": universe["symbol"], "mean": base.scores[0, 0], "variance": base.scores[1, 0],
+                             "detection": base.scores[2, 0]}).set_index("symbol")
+    planted = constructed_edges(net, list(universe["symbol"]), base.scores[1, 0], seed=seed)
+    idx = {s: i for i, s in enumerate(universe["symbol"])}
+    cols = {}
+    for name, mat in planted.items():
+        t = de.table
+        cols[name] = pd.DataFrame({"perturbation": t["perturbation"], "symbol": t["symbol"],
+                                   "score": mat[t["perturbation"].map(idx), t["symbol"].map(idx)]})
+    return confounds.observation_table(de.table, features, cols)
+
+
+def test_incremental_value_detects_planted_signal_only(screen):
+    obs = _observations(screen)
+    inc = confounds.incremental_value(obs, ["oracle", "gene_only"], models=("logistic",), splits=("perturbation",),
+                                      n_boot=100, seed=0)
+    auroc = inc[inc["metric"] == "auroc"].set_index("feature_set")
+    assert auroc.loc["gene+oracle", "delta_ci_low"] > 0 and auroc.loc["gene+oracle", "p_delta"] < 0.05
+    assert auroc.loc["gene+gene_only", "delta_ci_low"] <= 0 <= auroc.loc["gene+gene_only", "delta_ci_high"]
+
+
+def test_propensity_matching_improves_balance(screen):
+    obs = _observations(screen)
+    res = confounds.propensity_match(obs, seed=0)
+    assert res.params["n_pairs"] > 5
+    assert (res.balance["smd_after"].abs() < res.balance["smd_before"].abs()).all()
+
+
+def test_residualisation_removes_gene_level_signal(rng):
+    cov = rng.normal(size=(2000, 3))
+    labels = (cov[:, 0] + rng.normal(size=2000)) > 1.0
+    confounded = cov[:, 0] + rng.normal(scale=0.1, size=2000)  # carries only covariate information
+    res = confounds.residualise(confounded, cov, labels, model="ols")
+    assert res["auroc"] > 0.7 and abs(res["auroc_residual"] - 0.5) < 0.06 and res["retained"] < 0.2
+
+
+def test_registry_bh_families():
+    reg = StatsRegistry()
+    for i, p in enumerate([0.001, 0.02, 0.04, 0.3]):
+        reg.register("a" if i < 2 else "b", f"h{i}", "t", p, effect=0.1, effect_name="d", n=10, confirmatory=i != 3)
+    reg.register("c", "descriptive", "bootstrap", np.nan, effect=0.2, effect_name="d", n=10, confirmatory=False)
+    t = reg.table()
+    assert np.allclose(t["q"].iloc[:3], benjamini_hochberg(np.array([0.001, 0.02, 0.04])))
+    assert np.allclose(t["q_all"].iloc[:4], benjamini_hochberg(np.array([0.001, 0.02, 0.04, 0.3])))
+    assert t["q_primary_per_analysis"].notna().sum() == 2 and np.isnan(t["q"].iloc[4])
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a", "h0", "t", 0.5, effect=0, effect_name="d", n=1)
