@@ -47,6 +47,9 @@ class ArtifactStore:
         frame = pd.read_parquet(self.run_dir(run_id) / f"{name}.parquet")
         return schemas.validate(name, frame) if name in schemas.TABLES else frame
 
+    def has_table(self, run_id: str, name: str) -> bool:
+        return (self.run_dir(run_id) / f"{name}.parquet").is_file()
+
     def ranking(self, run_id: str) -> pd.DataFrame:
         return self.table(run_id, "head_ranking")
 

@@ -110,3 +110,152 @@ def gene_gene_heatmap(block: pd.DataFrame, *, title: str, direction: str) -> go.
                       height=620, margin={"l": 80, "r": 20, "t": 80, "b": 110},
                       legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right"})
     return fig
+
+
+def source_label(edge_type: str, layer: int, head: int) -> str:
+    """Human label of an edge source (attention head, layer mean, correlation, gene-level baseline)."""
+    if edge_type == "attention":
+        return f"L{layer}H{head}"
+    if edge_type == "attention_layer_mean":
+        return f"L{layer} mean"
+    if edge_type == "spearman":
+        return "Spearman"
+    return edge_type.replace("baseline_", "gene: ")
+
+
+def perturbation_box(frame: pd.DataFrame, *, readout_layer: int) -> go.Figure:
+    """Per-perturbation AUROC distributions, one box per source (rows of ``frame``: source, auroc, kind)."""
+    fig = go.Figure()
+    for source, grp in frame.groupby("source", sort=False):
+        kind = grp["kind"].iloc[0]
+        color = {"attention": "#4c72b0", "readout": "#1b3b6f", "head": "#dd8452", "correlation": "#55a868",
+                 "baseline": "#8c8c8c"}[kind]
+        fig.add_box(y=grp["auroc"], name=source, marker_color=color, boxpoints="all", jitter=0.3, pointpos=0,
+                    customdata=grp["perturbation"], hovertemplate="%{customdata}: AUROC %{y:.3f}<extra>" + source + "</extra>")
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey", annotation_text="chance")
+    fig.update_layout(title={"text": "Perturbation-first AUROC per perturbation<br><sup>edge scores from the perturbed "
+                                     f"gene (query) to every other universe gene vs its DE targets; read-out layer "
+                                     f"L{readout_layer} pre-specified in the config</sup>"},
+                      yaxis={"title": "AUROC", "range": [0, 1]}, showlegend=False, height=440,
+                      margin={"l": 60, "r": 20, "t": 80, "b": 80})
+    return fig
+
+
+def paired_scatter(frame: pd.DataFrame, *, x_label: str, y_label: str) -> go.Figure:
+    """One point per perturbation: AUROC of source x (columns ``x``) vs source y (``y``), diagonal = equal."""
+    fig = go.Figure(go.Scatter(x=frame["x"], y=frame["y"], mode="markers", text=frame["perturbation"],
+                               marker={"size": 9, "color": "#4c72b0"},
+                               hovertemplate="%{text}<br>" + x_label + " %{x:.3f}<br>" + y_label + " %{y:.3f}<extra></extra>"))
+    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dash", "color": "grey"})
+    above = int((frame["y"] > frame["x"]).sum())
+    fig.update_layout(title={"text": f"{y_label} vs {x_label} per perturbation<br><sup>{above}/{len(frame)} "
+                                     f"perturbations favour {y_label}</sup>"},
+                      xaxis={"title": f"{x_label} AUROC", "range": [0, 1]}, yaxis={"title": f"{y_label} AUROC",
+                                                                                  "range": [0, 1]},
+                      height=440, margin={"l": 60, "r": 20, "t": 80, "b": 60})
+    return fig
+
+
+def sensitivity_heatmap(grid: pd.DataFrame, *, source: str) -> go.Figure:
+    """27-condition grid of mean AUROC: columns = (LFC threshold, control cells), rows = universe size."""
+    grid = grid.assign(condition=[f"LFC {a:g} / {c} ctrl" for a, c in zip(grid["lfc_threshold"], grid["n_control"])])
+    z = grid.pivot_table(index="universe_size", columns="condition", values="mean_auroc", sort=False)
+    n = grid.pivot_table(index="universe_size", columns="condition", values="n_evaluable", sort=False)
+    fig = go.Figure(go.Heatmap(z=z.to_numpy(), x=list(z.columns), y=[f"{u} genes" for u in z.index],
+                               text=np.vectorize(lambda v: f"{v:.3f}")(z.to_numpy()), texttemplate="%{text}",
+                               customdata=n.to_numpy(), colorscale="RdBu_r", zmid=0.5,
+                               colorbar={"title": "mean AUROC"},
+                               hovertemplate="%{x}, %{y}<br>mean AUROC %{z:.3f}<br>%{customdata} evaluable "
+                                             "perturbations<extra></extra>"))
+    fig.update_layout(title={"text": f"Sensitivity grid: {source}<br><sup>LFC threshold x control cells x universe "
+                                     "size (top genes by control variance)</sup>"},
+                      xaxis={"tickangle": -30}, height=380, margin={"l": 90, "r": 20, "t": 80, "b": 110})
+    return fig
+
+
+def incremental_deltas(frame: pd.DataFrame, *, metric: str) -> go.Figure:
+    """Gain of gene-level + edge over gene-level alone (delta with 95% bootstrap CI), per split and model."""
+    splits = list(dict.fromkeys(frame["split"]))
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True,
+                        subplot_titles=[f"GroupKFold by {s}" if s != "joint" else "joint split" for s in splits])
+    colors = {"logistic": "#4c72b0", "gbdt": "#dd8452"}
+    for c, split in enumerate(splits, start=1):
+        for model, grp in frame[frame["split"] == split].groupby("model"):
+            fig.add_scatter(x=grp["feature_set"], y=grp["delta"], mode="markers", name=model, legendgroup=model,
+                            showlegend=c == 1, marker={"size": 10, "color": colors.get(model)},
+                            error_y={"type": "data", "symmetric": False,
+                                     "array": grp["delta_ci_high"] - grp["delta"],
+                                     "arrayminus": grp["delta"] - grp["delta_ci_low"]},
+                            customdata=grp[["value", "p_delta"]].to_numpy(),
+                            hovertemplate="%{x}<br>delta %{y:.3f}<br>" + metric + " %{customdata[0]:.3f}<br>"
+                                          "bootstrap p %{customdata[1]:.3g}<extra>" + model + "</extra>", row=1, col=c)
+        fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1, col=c)
+    fig.update_layout(title={"text": f"Incremental value over gene-level features ({metric_label(metric)})<br>"
+                                     "<sup>delta = (gene + edge) - gene only, out-of-fold; 95% CI from a perturbation "
+                                     "bootstrap</sup>"},
+                      yaxis={"title": f"delta {metric_label(metric)}"}, height=440,
+                      margin={"l": 60, "r": 20, "t": 90, "b": 90})
+    return fig
+
+
+def residualisation_bars(frame: pd.DataFrame) -> go.Figure:
+    """Reference AUROC before and after cross-fitted residualisation on expression covariates."""
+    fig = go.Figure()
+    labels = [f"{e} ({m})<br>{r}" for e, m, r in zip(frame["edge"], frame["model"], frame["reference"])]
+    fig.add_bar(x=labels, y=frame["auroc"], name="raw", marker_color="#4c72b0")
+    fig.add_bar(x=labels, y=frame["auroc_residual"], name="residual", marker_color="#dd8452",
+                text=[f"{r:.0%} kept" if np.isfinite(r) else "" for r in frame["retained"]], textposition="outside")
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey")
+    fig.update_layout(barmode="group", title={"text": "Residualisation on expression covariates<br><sup>share of "
+                                              "above-chance AUROC retained after removing mean / variance / detection "
+                                              "of both genes (5-fold cross-fitted)</sup>"},
+                      yaxis={"title": "AUROC", "range": [0.3, 1]}, height=420, margin={"t": 90})
+    return fig
+
+
+def balance_plot(frame: pd.DataFrame) -> go.Figure:
+    """Love plot: standardised mean difference of each covariate before and after propensity matching."""
+    fig = go.Figure()
+    fig.add_scatter(x=frame["smd_before"], y=frame["covariate"], mode="markers", name="before", marker={"size": 11})
+    fig.add_scatter(x=frame["smd_after"], y=frame["covariate"], mode="markers", name="after matching",
+                    marker={"size": 11, "symbol": "diamond"})
+    for v in (-0.1, 0.1):
+        fig.add_vline(x=v, line_dash="dot", line_color="grey")
+    fig.update_layout(title={"text": "Covariate balance, DE-positive vs DE-negative targets<br><sup>|SMD| < 0.1 "
+                                     "(dotted) is conventionally balanced</sup>"},
+                      xaxis={"title": "standardised mean difference"}, height=320, margin={"t": 80})
+    return fig
+
+
+def degree_decomposition(frame: pd.DataFrame) -> go.Figure:
+    """AUROC = chance + degree (curveball null mean - 0.5) + excess (observed - null mean), stacked."""
+    labels = [f"{e}<br>{r}" for e, r in zip(frame["edge"], frame["reference"])]
+    fig = go.Figure()
+    fig.add_bar(x=labels, y=frame["chance"], name="chance", marker_color="#c7c7c7")
+    fig.add_bar(x=labels, y=frame["degree"], name="degree structure", marker_color="#8172b2")
+    fig.add_bar(x=labels, y=frame["excess"], name="excess over degree null", marker_color="#55a868",
+                customdata=frame["p_excess"], hovertemplate="excess %{y:.3f}, p %{customdata:.3g}<extra></extra>")
+    fig.update_layout(barmode="relative", title={"text": "Degree-preserving null decomposition<br><sup>curveball "
+                                                 "randomisation keeps every TF's and target's degree</sup>"},
+                      yaxis={"title": "AUROC"}, height=400, margin={"t": 80})
+    return fig
+
+
+def effect_vs_q(frame: pd.DataFrame) -> go.Figure:
+    """Registry: effect size vs -log10 BH q (framework-wide), confirmatory tests filled, others open."""
+    fig = go.Figure()
+    for analysis, grp in frame.groupby("analysis"):
+        q = grp["q"].where(grp["q"].notna(), grp["q_all"])
+        fig.add_scatter(x=grp["effect"], y=-np.log10(q.clip(lower=1e-300)), mode="markers", name=analysis,
+                        text=grp["hypothesis"],
+                        marker={"size": 9, "symbol": ["circle" if c else "circle-open" for c in grp["confirmatory"]]},
+                        hovertemplate="%{text}<br>effect %{x:.3f}<br>-log10 q %{y:.2f}<extra>" + analysis + "</extra>")
+    fig.add_hline(y=-np.log10(0.05), line_dash="dot", line_color="grey", annotation_text="q = 0.05")
+    fig.update_layout(title={"text": "Statistics registry: effect vs framework-wide BH q<br><sup>filled = "
+                                     "confirmatory family; open = descriptive / exploratory (q from the all-tests "
+                                     "family)</sup>"},
+                      xaxis={"title": "effect (see effect_name)"}, yaxis={"title": "-log10 q"}, height=460,
+                      margin={"t": 80})
+    return fig

@@ -27,3 +27,13 @@ def export_button(name: str, fmt: str) -> dict:
 
 def download(name: str) -> dict:
     return {"type": "export-dl", "figure": name}
+
+PERT_GRID_SOURCE = "pert-grid-source"
+PERT_NOTE = "pert-note"
+
+CONF_METRIC = "conf-metric"
+CONF_NOTE = "conf-note"
+CONF_PROPENSITY = "conf-propensity-table"
+
+STATS_TABLE = "stats-table"
+STATS_NOTE = "stats-note"

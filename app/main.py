@@ -11,10 +11,10 @@ from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_upda
 from . import ids
 from .data import ArtifactStore
 from .export import MIME, export_bytes
-from .pages import heads, overview
+from .pages import confounds, heads, overview, perturbation, statistics
 from .settings import PROJECT_ROOT, AppSettings
 
-PAGES = (overview, heads)
+PAGES = (overview, heads, perturbation, confounds, statistics)
 
 
 def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:

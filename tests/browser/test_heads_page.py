@@ -64,6 +64,21 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
+@pytest.mark.parametrize("page,figures", [
+    ("perturbation", ["pert-box", "pert-scatter", "pert-grid"]),
+    ("confounds", ["conf-incremental", "conf-residual", "conf-degree", "conf-balance"]),
+    ("statistics", ["stats-volcano"]),
+])
+def test_analysis_pages_render(server, browser, page, figures):
+    browser.get(f"{server}/{page}")
+    wait = WebDriverWait(browser, 60)
+    for name in figures:
+        wait.until(lambda d, n=name: len(trace_types(d, n)) > 0)
+    if page == "statistics":
+        rows = browser.find_elements(By.CSS_SELECTOR, "#stats-table tbody tr")
+        assert len(rows) > 2
+
+
 def trace_types(driver, name):
     return driver.execute_script(
         "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"

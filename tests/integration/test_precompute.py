@@ -44,6 +44,26 @@ def test_embedded_run_is_complete(embedded_run):
     assert store.head_matrix(run_dir.name, 1, 0).shape == (len(store.panel(run_dir.name)),) * 2
 
 
+def test_embedded_run_has_perturbation_and_confound_tables(embedded_run):
+    cache, run_dir = embedded_run
+    store = ArtifactStore(cache)
+    run = run_dir.name
+    per = store.table(run, "perturbation_auroc")
+    assert per["perturbation"].nunique() >= 3
+    assert {"attention", "attention_layer_mean", "spearman", "baseline_variance", "baseline_mean",
+            "baseline_detection", "baseline_tf_degree"} <= set(per["edge_type"])
+    grid = store.table(run, "sensitivity_grid")
+    assert grid[["lfc_threshold", "n_control", "universe_size"]].drop_duplicates().shape[0] == 27
+    inc = store.table(run, "incremental_value")
+    assert set(inc["split"]) == {"perturbation", "gene", "joint"} and set(inc["model"]) == {"logistic", "gbdt"}
+    assert {"gene+attention", "gene+correlation", "gene+sim_oracle", "gene+sim_gene_only"} <= set(inc["feature_set"])
+    reg = store.table(run, "statistics_registry")
+    assert {"reference_recovery", "perturbation_first", "trivial_baselines", "incremental_value", "degree_null",
+            "residualisation", "sensitivity_grid", "head_screen"} <= set(reg["analysis"])
+    assert reg["test_id"].is_unique and reg.loc[reg["confirmatory"], "q"].notna().all()
+    assert (run_dir / "statistics_registry.csv").is_file()
+
+
 def test_rerun_reuses_finished_stages(embedded_run):
     cache, run_dir = embedded_run
     before = (run_dir / "attention_sums.npy").stat().st_mtime_ns

@@ -1,0 +1,57 @@
+"""Confounds: incremental value over gene-level features under three splits and two model families,
+residualisation, propensity matching and the degree-preserving null decomposition."""
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+from dash import Input, Output, dash_table, dcc, html
+
+from .. import ids
+from ..components import figure_card
+from ..figures import balance_plot, degree_decomposition, incremental_deltas, residualisation_bars
+
+PATH, NAME = "/confounds", "Confounds"
+METRICS = {"auroc": "AUROC", "auprc": "AUPRC", "recall_at_10": "recall@10"}
+
+
+def layout(**_):
+    return dbc.Container([
+        html.H3("Confound decomposition"),
+        html.P("Do edge scores add anything beyond gene-level features (mean, variance, detection of the target)? "
+               "Rows named sim_* are the embedded simulation's planted controls: an oracle edge with real pairwise "
+               "signal and a gene-level-only edge.", className="explain"),
+        dbc.Row([dbc.Col([dbc.Label("Metric"), dcc.RadioItems(
+            id=ids.CONF_METRIC, value="auroc", inline=True, inputStyle={"marginRight": "4px", "marginLeft": "10px"},
+            options=[{"label": v, "value": k} for k, v in METRICS.items()])])]),
+        html.Div(id=ids.CONF_NOTE, className="explain"),
+        figure_card("conf-incremental"),
+        dbc.Row([dbc.Col(figure_card("conf-residual"), md=6), dbc.Col(figure_card("conf-degree"), md=6)]),
+        dbc.Row([dbc.Col(figure_card("conf-balance"), md=6),
+                 dbc.Col([html.H6("Edge AUROC on the propensity-matched set"),
+                          dash_table.DataTable(id=ids.CONF_PROPENSITY)], md=6)]),
+    ], fluid=True)
+
+
+def register(app, store, settings):
+    @app.callback(Output(ids.graph("conf-incremental"), "figure"), Output(ids.figdata("conf-incremental"), "data"),
+                  Output(ids.CONF_NOTE, "children"), Input(ids.RUN_SELECT, "value"), Input(ids.CONF_METRIC, "value"))
+    def incremental(run_id, metric):
+        if not run_id or not store.has_table(run_id, "incremental_value"):
+            return {}, [], "This run has no perturbation data, so no confound decomposition."
+        inc = store.table(run_id, "incremental_value")
+        rows = inc[(inc["metric"] == metric) & inc["feature_set"].str.startswith("gene+")]
+        gene_only = inc[(inc["metric"] == metric) & (inc["feature_set"] == "gene")]
+        note = "Gene-only " + ", ".join(f"{r.split}/{r.model} {r.value:.3f}" for r in gene_only.itertuples())
+        return incremental_deltas(rows, metric=metric), inc[inc["metric"] == metric].to_dict("records"), note
+
+    @app.callback(Output(ids.graph("conf-residual"), "figure"), Output(ids.figdata("conf-residual"), "data"),
+                  Output(ids.graph("conf-degree"), "figure"), Output(ids.figdata("conf-degree"), "data"),
+                  Output(ids.graph("conf-balance"), "figure"), Output(ids.figdata("conf-balance"), "data"),
+                  Output(ids.CONF_PROPENSITY, "data"), Input(ids.RUN_SELECT, "value"))
+    def others(run_id):
+        if not run_id or not store.has_table(run_id, "residualisation"):
+            return {}, [], {}, [], {}, [], []
+        res, deg = store.table(run_id, "residualisation"), store.table(run_id, "degree_null")
+        bal, prop = store.table(run_id, "propensity_balance"), store.table(run_id, "propensity")
+        table = prop[["edge", "auroc_unmatched", "auroc_matched", "n_pairs"]].round(3).to_dict("records")
+        return (residualisation_bars(res), res.to_dict("records"), degree_decomposition(deg), deg.to_dict("records"),
+                balance_plot(bal), bal.to_dict("records"), table)

@@ -1,0 +1,49 @@
+"""Statistics: the framework-wide registry of every test, filterable, with BH q under each family."""
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, dash_table, html
+
+from .. import ids
+from ..components import figure_card
+from ..figures import effect_vs_q
+
+PATH, NAME = "/statistics", "Statistics"
+COLUMNS = ("analysis", "hypothesis", "test", "p", "q", "q_all", "q_primary_per_analysis", "effect", "effect_name",
+           "n", "confirmatory", "significant")
+
+
+def layout(**_):
+    return dbc.Container([
+        html.H3("Statistics registry"),
+        html.Div(id=ids.STATS_NOTE, className="explain mb-2"),
+        dash_table.DataTable(id=ids.STATS_TABLE, columns=[{"name": c, "id": c} for c in COLUMNS], page_size=15,
+                             filter_action="native", sort_action="native", style_table={"overflowX": "auto"},
+                             style_cell={"maxWidth": "420px", "whiteSpace": "normal", "textAlign": "left"}),
+        html.P("Type in the header filters (e.g. perturbation in 'analysis', < 0.05 in 'q'); the plot follows "
+               "the filtered rows.", className="explain mt-1"),
+        figure_card("stats-volcano"),
+    ], fluid=True)
+
+
+def register(app, store, settings):
+    @app.callback(Output(ids.STATS_TABLE, "data"), Output(ids.STATS_NOTE, "children"), Input(ids.RUN_SELECT, "value"))
+    def table(run_id):
+        if not run_id or not store.has_table(run_id, "statistics_registry"):
+            return [], "No statistics registry in this run."
+        reg = store.table(run_id, "statistics_registry")
+        conf = reg[reg["confirmatory"]]
+        note = (f"{len(reg)} registered tests; {len(conf)} confirmatory, of which {int(conf['significant'].sum())} "
+                f"have BH q < 0.05 framework-wide. Also shown: q over all tests, and over one primary test per "
+                f"analysis (Supplementary Note 16).")
+        ordered = reg.sort_values(["confirmatory", "analysis"], ascending=[False, True], kind="stable")
+        return ordered[list(COLUMNS)].round(5).to_dict("records"), note
+
+    @app.callback(Output(ids.graph("stats-volcano"), "figure"), Output(ids.figdata("stats-volcano"), "data"),
+                  Input(ids.STATS_TABLE, "derived_virtual_data"))
+    def volcano(rows):
+        if not rows:
+            return {}, []
+        frame = pd.DataFrame(rows)
+        return effect_vs_q(frame), rows
