@@ -8,15 +8,18 @@ applied at evaluation time (:func:`oriented_pair_scores`). Correlation edges fol
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
-from .attention import AttentionStore
 from .config import DIRECTIONS
 from .data import CellData
+
+if TYPE_CHECKING:  # keep this module torch-free so the app can import it
+    from .attention import AttentionStore
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class EdgeScores:
     params: dict
 
 
-def attention_edges(store: AttentionStore) -> EdgeScores:
+def attention_edges(store: "AttentionStore") -> EdgeScores:
     """Per-head mean attention plus the per-layer mean over heads."""
     mean = store.mean_attention()                       # [L, H, G, G]
     n_layers, n_heads = mean.shape[:2]

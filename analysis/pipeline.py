@@ -224,3 +224,14 @@ def embedded_constructed_edges(cfg: RunConfig, cells: CellData, panel: pd.DataFr
     # control cells only, like the gene-level features: variance over perturbed cells would leak DE status
     variance = expression_matrix(perturbation_stage.control_cells(cells), panel["gene_id"].to_numpy()).var(0)
     return constructed_edges(make_network(cfg.simulation), list(panel["symbol"]), variance, seed=cfg.simulation.seed)
+
+
+def load_run_cells(manifest: dict) -> CellData:
+    """Reload a finished run's cells exactly as precompute read them (same columns, subsample and seed)."""
+    data = manifest["config"]["data"]
+    dict_dir = manifest["inputs"].get("dictionaries")
+    names = load_dictionaries(dict_dir).name_to_id if dict_dir else {}
+    return load_cells(data["path"], perturbation_col=data["perturbation_col"], control_label=data["control_label"],
+                      cell_state_col=data["cell_state_col"], gene_id_col=data["gene_id_col"],
+                      symbol_to_id=names or None, max_cells=data["max_cells"],
+                      seed=manifest["config"]["extraction"]["seed"])

@@ -30,6 +30,13 @@ def download(name: str) -> dict:
 
 PERT_GRID_SOURCE = "pert-grid-source"
 PERT_NOTE = "pert-note"
+PERT_LFC = "pert-custom-lfc"
+PERT_CONTROLS = "pert-custom-controls"
+PERT_TEST = "pert-custom-test"
+PERT_RUN = "pert-custom-run"
+PERT_CANCEL = "pert-custom-cancel"
+PERT_PROGRESS = "pert-custom-progress"
+PERT_STATUS = "pert-custom-status"
 
 CONF_METRIC = "conf-metric"
 CONF_NOTE = "conf-note"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
+import diskcache
 import pandas as pd
 import plotly.graph_objects as go
-from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash import ALL, MATCH, Dash, DiskcacheManager, Input, Output, State, ctx, dcc, html, no_update
 
 from . import ids
 from .data import ArtifactStore
@@ -34,11 +35,13 @@ def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
 def create_app(settings: AppSettings | None = None) -> Dash:
     settings = settings or AppSettings()
     store = ArtifactStore(settings.cache_dir)
+    jobs = diskcache.Cache(str(settings.cache_dir / "diskcache"), size_limit=settings.diskcache_size_limit)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
-               suppress_callback_exceptions=True, title="scFM attention explorer")
+               suppress_callback_exceptions=True, title="scFM attention explorer",
+               background_callback_manager=DiskcacheManager(jobs))
     for page in PAGES:
         dash.register_page(page.__name__, path=page.PATH, name=page.NAME, layout=page.layout)
-        page.register(app, store, settings)
+        page.register(app, store, settings, jobs)
     app.layout = lambda: _shell(store, settings)
 
     @app.callback(Output(ids.download(MATCH), "data"), Input(ids.export_button(MATCH, ALL), "n_clicks"),

@@ -16,6 +16,8 @@ class AppSettings:
     port: int = 8050
     max_genes_drawn: int = 60
     top_edges: int = 50
+    diskcache_size_limit: int = 2 * 1024 ** 3  # bytes; diskcache's default silently evicts past 1 GiB
+    max_custom_control_cells: int = 200_000
     debug: bool = False
 
     @classmethod

@@ -31,7 +31,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings):
+def register(app, store, settings, jobs):
     @app.callback(Output(ids.graph("conf-incremental"), "figure"), Output(ids.figdata("conf-incremental"), "data"),
                   Output(ids.CONF_NOTE, "children"), Input(ids.RUN_SELECT, "value"), Input(ids.CONF_METRIC, "value"))
     def incremental(run_id, metric):

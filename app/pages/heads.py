@@ -37,7 +37,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings):
+def register(app, store, settings, jobs):
     @app.callback(Output(ids.HEADS_REFERENCE, "options"), Output(ids.HEADS_REFERENCE, "value"),
                   Output(ids.HEADS_METRIC, "options"), Output(ids.HEADS_METRIC, "value"),
                   Input(ids.RUN_SELECT, "value"))

@@ -23,7 +23,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings):
+def register(app, store, settings, jobs):
     @app.callback(Output(ids.OVERVIEW_SUMMARY, "children"), Output(ids.graph("overview-layer-profile"), "figure"),
                   Output(ids.figdata("overview-layer-profile"), "data"), Output(ids.OVERVIEW_BEST, "data"),
                   Input(ids.RUN_SELECT, "value"))

@@ -3,8 +3,9 @@ attention-vs-correlation scatter (the selected head, else the pre-specified read
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
+import numpy as np
 import pandas as pd
-from dash import Input, Output, dcc, html
+from dash import Input, Output, State, dcc, html, no_update
 
 from .. import ids
 from ..components import figure_card
@@ -23,6 +24,23 @@ def layout(**_):
             dbc.Col([dbc.Label("Grid source"), dcc.Dropdown(id=ids.PERT_GRID_SOURCE, clearable=False),
                      figure_card("pert-grid")], md=6),
         ]),
+        html.H5("Recompute with other DE settings", className="mt-3"),
+        dbc.Row([
+            dbc.Col([dbc.Label("|log2FC| threshold"), dbc.Input(id=ids.PERT_LFC, type="number", value=0.5, min=0,
+                                                                 step=0.05)], md=2),
+            dbc.Col([dbc.Label("control cells (empty = all)"), dbc.Input(id=ids.PERT_CONTROLS, type="number",
+                                                                         min=3, step=1)], md=2),
+            dbc.Col([dbc.Label("test"), dbc.RadioItems(id=ids.PERT_TEST, value="welch", inline=True, options=[
+                {"label": "Welch t", "value": "welch"}, {"label": "Mann-Whitney", "value": "mannwhitney"}])], md=3),
+            dbc.Col([dbc.Button("Run", id=ids.PERT_RUN, color="primary", className="me-2 mt-4"),
+                     dbc.Button("Cancel", id=ids.PERT_CANCEL, color="secondary", className="mt-4", disabled=True)],
+                    md=2),
+            dbc.Col(dbc.Progress(id=ids.PERT_PROGRESS, value=0, className="mt-4", style={"height": "22px"}), md=3),
+        ]),
+        html.Div(id=ids.PERT_STATUS, className="explain my-2"),
+        figure_card("pert-custom", "The selected head (else the read-out layer mean), Spearman correlation on "
+                    "control cells and the variance baseline, scored against DE targets called with these settings. "
+                    "Results are cached: repeating a request is instant."),
     ], fluid=True)
 
 
@@ -40,7 +58,7 @@ def _label_frame(per: pd.DataFrame, readout: int, selected: dict | None) -> pd.D
     return frame[["source", "kind", "perturbation", "auroc", "n_pos", "n_neg", "edge_type", "layer", "head"]]
 
 
-def register(app, store, settings):
+def register(app, store, settings, jobs):
     @app.callback(Output(ids.graph("pert-box"), "figure"), Output(ids.figdata("pert-box"), "data"),
                   Output(ids.graph("pert-scatter"), "figure"), Output(ids.figdata("pert-scatter"), "data"),
                   Output(ids.PERT_NOTE, "children"), Output(ids.PERT_GRID_SOURCE, "options"),
@@ -78,3 +96,68 @@ def register(app, store, settings):
         g = store.table(run_id, "sensitivity_grid")
         g = g[[source_label(e, l, -1) == source for e, l in zip(g["edge_type"], g["layer"])]]
         return sensitivity_heatmap(g, source=source), g.to_dict("records")
+
+    @app.callback(Output(ids.graph("pert-custom"), "figure"), Output(ids.figdata("pert-custom"), "data"),
+                  Output(ids.PERT_STATUS, "children"),
+                  Input(ids.PERT_RUN, "n_clicks"),
+                  State(ids.RUN_SELECT, "value"), State(ids.PERT_LFC, "value"), State(ids.PERT_CONTROLS, "value"),
+                  State(ids.PERT_TEST, "value"), State(ids.SELECTED_HEAD, "data"),
+                  background=True, prevent_initial_call=True,
+                  running=[(Output(ids.PERT_RUN, "disabled"), True, False),
+                           (Output(ids.PERT_CANCEL, "disabled"), False, True)],
+                  cancel=[Input(ids.PERT_CANCEL, "n_clicks")],
+                  progress=[Output(ids.PERT_PROGRESS, "value"), Output(ids.PERT_PROGRESS, "label")])
+    def custom(set_progress, _n, run_id, lfc, n_control, test, selected):
+        if not run_id or not store.has_table(run_id, "perturbation_auroc"):
+            return no_update, no_update, "This run has no perturbation data."
+        if lfc is None or lfc < 0 or (n_control is not None and not 3 <= n_control <= settings.max_custom_control_cells):
+            return no_update, no_update, (f"Refused: the threshold must be >= 0 and control cells between 3 and "
+                                          f"{settings.max_custom_control_cells}.")
+        m = store.manifest(run_id)
+        readout = m["config"]["perturbation"]["readout_layer"] % m["model"]["n_layers"]
+        layer, head = (selected["layer"], selected["head"]) if selected else (readout, -1)
+        key = ("custom-de", run_id, float(lfc), n_control, test, layer, head)
+        hit = jobs.get(key)
+        if hit is not None:
+            set_progress((100, "cached"))
+            return hit
+        set_progress((5, "loading cells"))
+        result = custom_de(store, run_id, m, lfc=float(lfc), n_control=n_control, test=test, layer=layer, head=head,
+                           progress=set_progress)
+        jobs.set(key, result)
+        set_progress((100, "done"))
+        return result
+
+
+def custom_de(store, run_id: str, manifest: dict, *, lfc: float, n_control: int | None, test: str, layer: int,
+              head: int, progress) -> tuple:
+    """DE with the given settings, then per-perturbation AUROC of one attention source, control-cell Spearman and
+    the variance baseline (the slow path behind the Run button)."""
+    from analysis.edges import EdgeScores, spearman_edges
+    from analysis.perturbation import differential_expression, gene_level_scores, perturbation_auroc
+    from analysis.perturbation_stage import combine, control_cells
+    from analysis.pipeline import load_run_cells
+
+    cells = load_run_cells(manifest)
+    panel = store.panel(run_id)
+    progress((30, "differential expression"))
+    cfg = manifest["config"]["perturbation"]
+    de = differential_expression(cells, panel, lfc_threshold=lfc, n_control=n_control, alpha=cfg["alpha"], test=test,
+                                 seed=cfg["seed"])
+    progress((60, "edge scores"))
+    matrix = store.head_matrix(run_id, layer, head)
+    att = EdgeScores(matrix[None], pd.DataFrame({"edge_type": ["attention" if head >= 0 else "attention_layer_mean"],
+                                                 "layer": [layer], "head": [head]}),
+                     np.ones(matrix.shape, bool), panel, {})
+    base = gene_level_scores(cells, panel)
+    variance = EdgeScores(base.scores[1:2], base.sources.iloc[1:2].reset_index(drop=True), base.observed, panel, {})
+    progress((80, "AUROC"))
+    per = perturbation_auroc(combine(att, spearman_edges(control_cells(cells), panel), variance), de)
+    frame = _label_frame(per, layer if head < 0 else -99, {"layer": layer, "head": head} if head >= 0 else None)
+    fig = perturbation_box(frame, readout_layer=manifest["config"]["perturbation"]["readout_layer"]
+                           % manifest["model"]["n_layers"])
+    fig.update_layout(title={"text": f"Custom DE: |log2FC| >= {lfc:g}, {de.params['n_control']} control cells, "
+                                     f"{test}<br><sup>{per['perturbation'].nunique()} evaluable perturbations</sup>"})
+    status = (f"{per['perturbation'].nunique()} evaluable perturbations; mean AUROC "
+              + ", ".join(f"{k} {v:.3f}" for k, v in frame.groupby("source", sort=False)["auroc"].mean().items()))
+    return fig, frame.to_dict("records"), status

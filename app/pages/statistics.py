@@ -27,7 +27,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings):
+def register(app, store, settings, jobs):
     @app.callback(Output(ids.STATS_TABLE, "data"), Output(ids.STATS_NOTE, "children"), Input(ids.RUN_SELECT, "value"))
     def table(run_id):
         if not run_id or not store.has_table(run_id, "statistics_registry"):

@@ -79,6 +79,22 @@ def test_analysis_pages_render(server, browser, page, figures):
         assert len(rows) > 2
 
 
+def test_custom_de_runs_in_background_and_is_cached(server, browser):
+    browser.get(f"{server}/perturbation")
+    wait = WebDriverWait(browser, 90)
+    wait.until(lambda d: len(trace_types(d, "pert-box")) > 0)
+    lfc = browser.find_element(By.ID, "pert-custom-lfc")
+    lfc.clear()
+    lfc.send_keys("0.3")
+    browser.find_element(By.ID, "pert-custom-run").click()
+    wait.until(lambda d: "evaluable perturbations" in d.find_element(By.ID, "pert-custom-status").text)
+    assert len(trace_types(browser, "pert-custom")) >= 3
+    first = browser.find_element(By.ID, "pert-custom-status").text
+    browser.find_element(By.ID, "pert-custom-run").click()
+    wait.until(lambda d: "cached" in d.find_element(By.ID, "pert-custom-progress").text)
+    assert browser.find_element(By.ID, "pert-custom-status").text == first
+
+
 def trace_types(driver, name):
     return driver.execute_script(
         "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"
