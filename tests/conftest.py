@@ -50,3 +50,10 @@ def tiny_bert(vocab_size: int, attn: str = "sdpa", seed: int = 0, layers: int = 
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def hook_ids(model) -> set:
+    """Every (module, hook id) installed on ``model``; transformers 5 adds its own output-capturing hooks on
+    first use of output_hidden_states, so tests compare snapshots rather than expecting none."""
+    return {(name, kind, hid) for name, m in model.named_modules()
+            for kind, hooks in (("fwd", m._forward_hooks), ("pre", m._forward_pre_hooks)) for hid in hooks}
