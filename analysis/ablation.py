@@ -32,13 +32,13 @@ from .stats import benjamini_hochberg, wilcoxon_p
 from .tokenize import TokenizedCells
 
 IGNORE = -100
-READOUTS = ("mlm_loss", "mlm_accuracy", "reference_auroc", "perturbation_auroc", "logit_cosine_distance")
 
 
 @dataclass(frozen=True)
 class SweepItem:
     """One intervention of a sweep: ``family`` (top_k, bottom_k, random_k, uniform_top_k, uniform_random_k,
-    whole_layer, mlp_layer, mlp_late_block), its size ``k`` (heads or layers) and random ``draw`` (-1 if none)."""
+    whole_layer, mlp_layer, mlp_late_block), its size ``k`` (heads or layers) and ``draw``: the random draw, or
+    for ``mlp_layer`` the layer; -1 otherwise."""
 
     family: str
     k: int
@@ -201,13 +201,13 @@ def _paired_row(values: np.ndarray, baseline: np.ndarray) -> dict:
 
 
 def summarise(acc: dict[str, _Accumulator], inputs: AblationInputs, items: Sequence[SweepItem],
-              perturbation_auroc: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              perturbation_auroc: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, fidelity): tidy read-outs per sweep item with paired tests vs the baseline and BH q within each
     read-out; fidelity = per-layer hidden-state cosine distance to the baseline (mean and max over cells)."""
     base = acc["baseline"]
     g = len(inputs.panel)
     base_auc = _readout_auroc(base, inputs.universe, g)
-    base_pert = perturbation_auroc(base.sums) if perturbation_auroc else None
+    base_pert = perturbation_auroc(base.sums, base.counts) if perturbation_auroc else None
     rows, fid = [], []
     for item in items:
         a = acc[item.key]
@@ -219,7 +219,7 @@ def summarise(acc: dict[str, _Accumulator], inputs: AblationInputs, items: Seque
         rows.append({**info, "readout": "reference_auroc", "value": auc, "baseline": base_auc, "delta": auc - base_auc,
                      "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "n": inputs.universe.n_pos})
         if base_pert is not None and base_pert.size:
-            rows.append({**info, "readout": "perturbation_auroc", **_paired_row(perturbation_auroc(a.sums), base_pert)})
+            rows.append({**info, "readout": "perturbation_auroc", **_paired_row(perturbation_auroc(a.sums, a.counts), base_pert)})
         for layer in range(a.hidden_cos.shape[1]):
             fid.append({**info, "layer": layer, "hidden_cos_mean": float(a.hidden_cos[:, layer].mean()),
                         "hidden_cos_max": float(a.hidden_cos[:, layer].max())})
@@ -241,7 +241,7 @@ def prepare(adapter: GeneformerAdapter, tokens: TokenizedCells, panel: pd.DataFr
 
 
 def ablate(adapter: GeneformerAdapter, inputs: AblationInputs, items: Sequence[SweepItem], *, batch_size: int = 8,
-           perturbation_auroc: Callable[[np.ndarray], np.ndarray] | None = None,
+           perturbation_auroc: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
            progress: Callable[[float], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``items`` (plus the baseline) and summarise; mean-head outputs are computed on the same cells."""
     needs_means = any(s.kind == "mean_head" for it in items for s in it.specs)

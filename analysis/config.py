@@ -126,6 +126,18 @@ class PerturbationConfig:
 
 
 @dataclass(frozen=True)
+class AblationConfig:
+    """Causal ablation sweep (analysis.ablation): cells, sweep sizes, random draws; ``n_cells = 0`` skips it."""
+
+    n_cells: int = 150
+    ks: tuple[int, ...] = (1, 5, 10, 20, 50)
+    n_random: int = 3
+    batch_size: int = 8
+    mask_probability: float = 0.15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -135,6 +147,7 @@ class RunConfig:
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
     @property
     def embedded(self) -> bool:

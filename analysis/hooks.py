@@ -23,41 +23,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .interventions import HEAD_KINDS, KINDS, InterventionSpec, intervention_key  # noqa: F401 (re-exported)
 from .models.geneformer import GeneformerAdapter
-
-KINDS = ("zero_head", "mean_head", "uniform_head", "zero_mlp")
-HEAD_KINDS = ("zero_head", "mean_head", "uniform_head")
-
-
-@dataclass(frozen=True)
-class InterventionSpec:
-    """One intervention at one layer (0-based); ``heads`` is empty for ``zero_mlp``. Hashable and serialisable;
-    ``key`` is stable and keys caches, manifests and UI options."""
-
-    kind: str
-    layer: int
-    heads: tuple[int, ...] = ()
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"intervention kind must be one of {KINDS}, got {self.kind!r}")
-        if (self.kind in HEAD_KINDS) != bool(self.heads):
-            raise ValueError(f"{self.kind} needs {'at least one head' if self.kind in HEAD_KINDS else 'no heads'}")
-        object.__setattr__(self, "heads", tuple(sorted({int(h) for h in self.heads})))
-
-    @property
-    def key(self) -> str:
-        heads = f"[{','.join(map(str, self.heads))}]" if self.heads else ""
-        return f"{self.kind}@L{self.layer}{heads}"
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "layer": self.layer, "heads": list(self.heads)}
-
-
-def intervention_key(specs: Sequence[InterventionSpec]) -> str:
-    """Stable key of a composition (order-independent); ``baseline`` for none."""
-    return "+".join(sorted(s.key for s in specs)) or "baseline"
-
 
 @dataclass
 class HookReport:

@@ -21,7 +21,7 @@ from .config import RunConfig, stable_hash
 from .data import CellData, InputError, load_cells
 from . import perturbation_stage
 from .references import ReferenceNetwork, load_reference, load_trrust
-from .registry import StatsRegistry
+from .registry import StatsRegistry, ablation_tests
 from .tokenize import GeneformerDictionaries, TokenizedCells, load_dictionaries, tokenize
 
 log = logging.getLogger("precompute")
@@ -167,6 +167,18 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
                     schemas.validate(name, frame).to_parquet(writer.dir / f"{name}.parquet", index=False)
                 registry.extend(pert.registry)
             writer.mark_done("perturbation", att_key, time.perf_counter() - t0)
+        if cfg.ablation.n_cells > 0:
+            t0 = time.perf_counter()
+            with timed(f"ablation sweep ({cfg.ablation.n_cells} cells)"):
+                de = pert.tables.get("de_results") if inp.cells.perturbation_col is not None else None
+                results, fidelity = run_ablation_sweep(adapter, tokens, store, ranking, inp.references[0],
+                                                       inp.dicts.mask_id, cfg, de)
+                schemas.validate("ablation_results", results).to_parquet(writer.dir / "ablation_results.parquet",
+                                                                         index=False)
+                schemas.validate("ablation_fidelity", fidelity).to_parquet(writer.dir / "ablation_fidelity.parquet",
+                                                                           index=False)
+                registry.extend(ablation_tests(results))
+            writer.mark_done("ablation", att_key, time.perf_counter() - t0)
         stats_table = schemas.validate("statistics_registry", registry.table())
         stats_table.to_parquet(writer.dir / "statistics_registry.parquet", index=False)
         stats_table.to_csv(writer.dir / "statistics_registry.csv", index=False)
@@ -235,3 +247,43 @@ def load_run_cells(manifest: dict) -> CellData:
                       cell_state_col=data["cell_state_col"], gene_id_col=data["gene_id_col"],
                       symbol_to_id=names or None, max_cells=data["max_cells"],
                       seed=manifest["config"]["extraction"]["seed"])
+
+
+def run_ablation_sweep(adapter, tokens: TokenizedCells, store, ranking: pd.DataFrame, reference: ReferenceNetwork,
+                       mask_id: int, cfg: RunConfig, de_table: pd.DataFrame | None):
+    """The precomputed dose-response: heads ordered by reference AUROC (first reference, TF -> target)."""
+    from .ablation import ablate, prepare, sweep
+    from .ranking import evaluable_universe
+
+    readout = cfg.perturbation.readout_layer % adapter.n_layers
+    heads = ranking[(ranking["reference"] == reference.name) & (ranking["direction"] == "tf_to_target")
+                    & (ranking["metric"] == "auroc") & (ranking["edge_type"] == "attention")]
+    order = list(heads.sort_values("value", ascending=False, kind="stable")[["layer", "head"]].itertuples(index=False,
+                                                                                                        name=None))
+    panel = store.panel
+    universe = evaluable_universe(panel, reference, np.asarray(store.counts) > 0)
+    inputs = prepare(adapter, tokens, panel, universe, mask_id=mask_id, readout_layer=readout,
+                     n_cells=cfg.ablation.n_cells, seed=cfg.ablation.seed)
+    items = sweep(order, adapter.n_layers, readout_layer=readout, ks=cfg.ablation.ks, n_random=cfg.ablation.n_random,
+                  seed=cfg.ablation.seed)
+    pert_fn = perturbation_readout(panel, de_table, readout) if de_table is not None else None
+    return ablate(adapter, inputs, items, batch_size=cfg.ablation.batch_size, perturbation_auroc=pert_fn)
+
+
+def perturbation_readout(panel: pd.DataFrame, de_table: pd.DataFrame, readout_layer: int):
+    """Callback for the ablation read-out: per-head attention sums ``[heads, G*G]`` of the read-out layer and the
+    pair counts ``[G*G]`` of the same cells -> per-perturbation AUROC (sorted by perturbation) of their head
+    mean against the run's DE targets."""
+    from .edges import EdgeScores
+    from .perturbation import DEResult, perturbation_auroc
+
+    de = DEResult(de_table, pd.DataFrame(), {})
+    g = len(panel)
+    sources = pd.DataFrame({"edge_type": ["attention_layer_mean"], "layer": [readout_layer], "head": [-1]})
+
+    def score(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).mean(0).reshape(g, g)
+        edges = EdgeScores(mean[None], sources, np.ones((g, g), bool), panel, {})
+        return perturbation_auroc(edges, de).sort_values("perturbation")["auroc"].to_numpy()
+    return score

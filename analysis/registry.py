@@ -64,3 +64,18 @@ def correct(frame: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     out["q"] = out["q_confirmatory"]
     out["significant"] = out["q"] < alpha
     return out
+
+
+def ablation_tests(results: pd.DataFrame, exploratory: bool = False) -> StatsRegistry:
+    """Ablation tests (schema ``ablation_results``): masked-gene loss and perturbation AUROC, paired vs the
+    unablated run; confirmatory for the top-k head family, descriptive for controls, exploratory for live
+    requests from the app."""
+    reg = StatsRegistry()
+    rows = results[results["readout"].isin(["mlm_loss", "perturbation_auroc"]) & results["p"].notna()]
+    for r in rows.itertuples():
+        draw = f" #{r.draw}" if r.draw >= 0 else ""
+        reg.register("live_ablation" if exploratory else "ablation",
+                     f"{r.family} k={r.k}{draw} ({r.intervention}, {r.n} obs) changes {r.readout}",
+                     "Wilcoxon signed-rank (paired)", r.p, effect=r.delta, effect_name=f"delta {r.readout}", n=r.n,
+                     confirmatory=(r.family == "top_k") and not exploratory, exploratory=exploratory)
+    return reg

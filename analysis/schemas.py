@@ -36,6 +36,10 @@ STATISTICS_REGISTRY = (("test_id", "analysis", "hypothesis", "test", "p", "effec
                         "confirmatory", "exploratory", "q", "q_all", "q_primary_per_analysis", "significant"),
                        ("p", "q", "q_all", "q_primary_per_analysis", "q_confirmatory"))
 
+ABLATION_RESULTS = (("intervention", "family", "k", "draw", "readout", "value", "baseline", "delta", "ci_low",
+                     "ci_high", "p", "q", "n"), ("ci_low", "ci_high", "p", "q"))
+ABLATION_FIDELITY = (("intervention", "family", "k", "draw", "layer", "hidden_cos_mean", "hidden_cos_max"), ())
+
 TABLES = {
     "head_ranking": HEAD_RANKING,
     "per_tf": PER_TF,
@@ -52,6 +56,8 @@ TABLES = {
     "propensity_balance": PROPENSITY_BALANCE,
     "degree_null": DEGREE_NULL,
     "statistics_registry": STATISTICS_REGISTRY,
+    "ablation_results": ABLATION_RESULTS,
+    "ablation_fidelity": ABLATION_FIDELITY,
 }
 
 

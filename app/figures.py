@@ -259,3 +259,58 @@ def effect_vs_q(frame: pd.DataFrame) -> go.Figure:
                       xaxis={"title": "effect (see effect_name)"}, yaxis={"title": "-log10 q"}, height=460,
                       margin={"t": 80})
     return fig
+
+
+ABLATION_STYLE = {  # family -> (label, colour, dash)
+    "top_k": ("top-k heads (zero)", "#c44e52", "solid"), "bottom_k": ("bottom-k heads (zero)", "#4c72b0", "solid"),
+    "random_k": ("random-k heads (zero)", "#8c8c8c", "dot"), "uniform_top_k": ("top-k heads (uniform)", "#dd8452", "dash"),
+    "uniform_random_k": ("random-k heads (uniform)", "#b0b0b0", "dash"), "custom": ("your selection", "#2ca02c", None),
+}
+
+
+def dose_response(frame: pd.DataFrame, *, readout: str) -> go.Figure:
+    """Change of ``readout`` vs number of heads ablated, per family (random draws: mean line + each draw), with
+    95% CIs; whole-layer, MLP and custom (live) interventions as labelled points."""
+    fig = go.Figure()
+    for family, (label, color, dash) in ABLATION_STYLE.items():
+        grp = frame[frame["family"] == family].sort_values("k")
+        if grp.empty:
+            continue
+        if family.endswith("random_k"):
+            fig.add_scatter(x=grp["k"], y=grp["delta"], mode="markers", name=f"{label}, each draw",
+                            marker={"color": color, "size": 6, "opacity": 0.6}, customdata=grp["intervention"],
+                            hovertemplate="%{customdata}<br>delta %{y:.4g}<extra></extra>")
+            grp = grp.groupby("k", as_index=False)[["delta", "ci_low", "ci_high"]].mean()
+        mode = "markers" if dash is None else "lines+markers"
+        err = {"type": "data", "symmetric": False, "array": (grp["ci_high"] - grp["delta"]).fillna(0),
+               "arrayminus": (grp["delta"] - grp["ci_low"]).fillna(0)}
+        fig.add_scatter(x=grp["k"], y=grp["delta"], mode=mode, name=label, error_y=err,
+                        line={"color": color, "dash": dash} if dash else None, marker={"color": color, "size": 9})
+    others = frame[frame["family"].isin(["whole_layer", "mlp_layer", "mlp_late_block"])]
+    if len(others):
+        fig.add_scatter(x=others["k"], y=others["delta"], mode="markers+text", name="layer / MLP",
+                        text=others["intervention"].str.replace("zero_", ""), textposition="top center",
+                        marker={"symbol": "diamond", "size": 10, "color": "#8172b2"})
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    fig.update_layout(title={"text": f"Ablation dose-response: change in {readout.replace('_', ' ')}<br><sup>"
+                                     "intervened - unablated, paired per cell (per perturbation for perturbation AUROC); "
+                                     "95% CI</sup>"},
+                      xaxis={"title": "heads (or layers) ablated", "type": "log"},
+                      yaxis={"title": f"delta {readout.replace('_', ' ')}"}, height=460, margin={"t": 90})
+    return fig
+
+
+def fidelity_heatmap(frame: pd.DataFrame) -> go.Figure:
+    """Intervention fidelity: mean per-cell hidden-state cosine distance to the baseline by layer (log colour);
+    a row of zeros downstream of the intervention would mean it did nothing."""
+    frame = frame.assign(label=[f"{f} k={k}" + (f" #{d}" if d >= 0 else "") for f, k, d in
+                                zip(frame["family"], frame["k"], frame["draw"])])
+    z = frame.pivot_table(index="label", columns="layer", values="hidden_cos_mean", sort=False)
+    fig = go.Figure(go.Heatmap(z=np.log10(np.clip(z.to_numpy(), 1e-12, None)), x=[f"h{c}" for c in z.columns],
+                               y=list(z.index), colorscale="Magma", colorbar={"title": "log10 cos dist"},
+                               customdata=z.to_numpy(),
+                               hovertemplate="%{y}<br>%{x}: %{customdata:.3g}<extra></extra>"))
+    fig.update_layout(title={"text": "Intervention fidelity: hidden-state cosine distance to the unablated run<br>"
+                                     "<sup>h0 = embeddings, hN = output of layer N-1; mean over cells</sup>"},
+                      height=max(320, 18 * len(z) + 120), margin={"l": 200, "t": 80})
+    return fig

@@ -18,6 +18,7 @@ class AppSettings:
     top_edges: int = 50
     diskcache_size_limit: int = 2 * 1024 ** 3  # bytes; diskcache's default silently evicts past 1 GiB
     max_custom_control_cells: int = 200_000
+    max_live_cells: int = 500
     debug: bool = False
 
     @classmethod

@@ -8,6 +8,7 @@ from dash import Input, Output, dash_table, html
 from .. import ids
 from ..components import figure_card
 from ..figures import effect_vs_q
+from .ablation import live_results
 
 PATH, NAME = "/statistics", "Statistics"
 COLUMNS = ("analysis", "hypothesis", "test", "p", "q", "q_all", "q_primary_per_analysis", "effect", "effect_name",
@@ -32,7 +33,7 @@ def register(app, store, settings, jobs):
     def table(run_id):
         if not run_id or not store.has_table(run_id, "statistics_registry"):
             return [], "No statistics registry in this run."
-        reg = store.table(run_id, "statistics_registry")
+        reg = with_live_tests(store.table(run_id, "statistics_registry"), live_results(jobs, run_id))
         conf = reg[reg["confirmatory"]]
         note = (f"{len(reg)} registered tests; {len(conf)} confirmatory, of which {int(conf['significant'].sum())} "
                 f"have BH q < 0.05 framework-wide. Also shown: q over all tests, and over one primary test per "
@@ -47,3 +48,14 @@ def register(app, store, settings, jobs):
             return {}, []
         frame = pd.DataFrame(rows)
         return effect_vs_q(frame), rows
+
+
+def with_live_tests(registry: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
+    """The run's registry plus live ablations (exploratory), BH recomputed over the union."""
+    if live.empty:
+        return registry
+    from analysis.registry import COLUMNS, ablation_tests, correct
+
+    extra = pd.DataFrame(ablation_tests(live.drop_duplicates(["intervention", "readout", "n"]),
+                                        exploratory=True).rows, columns=list(COLUMNS))
+    return correct(pd.concat([registry[list(COLUMNS)], extra], ignore_index=True))

@@ -95,6 +95,50 @@ def test_custom_de_runs_in_background_and_is_cached(server, browser):
     assert browser.find_element(By.ID, "pert-custom-status").text == first
 
 
+def choose(browser, dropdown_id, text):
+    """Open a Dash 4 dropdown, search for ``text`` and tick the matching option."""
+    from selenium.webdriver.common.keys import Keys
+
+    button = browser.find_element(By.ID, dropdown_id)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+    search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
+    search.send_keys(text)
+    option = WebDriverWait(browser, 10).until(lambda d: next(
+        (o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text.strip() == text), None))
+    option.click()
+    search.send_keys(Keys.ESCAPE)
+
+
+def test_live_ablation_of_two_heads(server, browser):
+    browser.get(f"{server}/ablation")
+    wait = WebDriverWait(browser, 120)
+    wait.until(lambda d: len(trace_types(d, "abl-dose")) > 0 and len(trace_types(d, "abl-fidelity")) > 0)
+    wait.until(lambda d: "Heads ranked by AUROC" in d.find_element(By.ID, "abl-note").text)
+    time.sleep(1)
+    for head in ("L0H1", "L1H2"):
+        choose(browser, "abl-heads", head)
+    chosen = browser.find_element(By.ID, "abl-heads").text
+    assert "L0H1" in chosen and "L1H2" in chosen
+    cells = browser.find_element(By.ID, "abl-cells")
+    cells.clear()
+    cells.send_keys("12")
+    browser.find_element(By.ID, "abl-run").click()
+    wait.until(lambda d: d.find_element(By.ID, "abl-run").get_attribute("disabled") is not None)  # job running
+    wait.until(lambda d: "masked-gene loss" in d.find_element(By.ID, "abl-status").text)
+    status = browser.find_element(By.ID, "abl-status").text
+    assert "zero_head@L0[1]+zero_head@L1[2] on 12 cells" in status
+    wait.until(lambda d: "your selection" in str(d.execute_script(
+        "return document.querySelector(arguments[0] + ' .js-plotly-plot').data.map(t => t.name)",
+        graph_selector("abl-dose"))))
+    browser.find_element(By.ID, "abl-run").click()
+    wait.until(lambda d: "cached" in d.find_element(By.ID, "abl-progress").text)
+    assert browser.find_element(By.ID, "abl-status").text == status
+    browser.get(f"{server}/statistics")
+    wait.until(lambda d: "live_ablation" in d.find_element(By.ID, "stats-table").text
+               or len(d.find_elements(By.CSS_SELECTOR, "#stats-table tbody tr")) > 2)
+
+
 def trace_types(driver, name):
     return driver.execute_script(
         "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"

@@ -1,0 +1,42 @@
+"""Intervention specs (torch-free, so the app can build and key them): frozen, hashable, serialisable; the same
+object keys caches, fills manifests and populates UI options (DESIGN.md section 9.4). Hooks: analysis.hooks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+READOUTS = ("mlm_loss", "mlm_accuracy", "reference_auroc", "perturbation_auroc", "logit_cosine_distance")
+KINDS = ("zero_head", "mean_head", "uniform_head", "zero_mlp")
+HEAD_KINDS = ("zero_head", "mean_head", "uniform_head")
+
+
+@dataclass(frozen=True)
+class InterventionSpec:
+    """One intervention at one layer (0-based); ``heads`` is empty for ``zero_mlp``. Hashable and serialisable;
+    ``key`` is stable and keys caches, manifests and UI options."""
+
+    kind: str
+    layer: int
+    heads: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"intervention kind must be one of {KINDS}, got {self.kind!r}")
+        if (self.kind in HEAD_KINDS) != bool(self.heads):
+            raise ValueError(f"{self.kind} needs {'at least one head' if self.kind in HEAD_KINDS else 'no heads'}")
+        object.__setattr__(self, "heads", tuple(sorted({int(h) for h in self.heads})))
+
+    @property
+    def key(self) -> str:
+        heads = f"[{','.join(map(str, self.heads))}]" if self.heads else ""
+        return f"{self.kind}@L{self.layer}{heads}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "layer": self.layer, "heads": list(self.heads)}
+
+
+def intervention_key(specs: Sequence[InterventionSpec]) -> str:
+    """Stable key of a composition (order-independent); ``baseline`` for none."""
+    return "+".join(sorted(s.key for s in specs)) or "baseline"
+
+

@@ -1,0 +1,128 @@
+"""Ablation: precomputed dose-response and intervention fidelity; live ablation of the heads the user picks
+(background job with progress and cancel, cached by run, intervention, cells and seed)."""
+from __future__ import annotations
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, State, dash_table, dcc, html, no_update
+
+from analysis.interventions import READOUTS, InterventionSpec, intervention_key
+from analysis.schemas import ABLATION_RESULTS
+
+from .. import ids
+from ..components import figure_card
+from ..figures import dose_response, fidelity_heatmap
+
+PATH, NAME = "/ablation", "Ablation"
+LIVE_INDEX = "live-ablation-index"
+
+
+def live_results(jobs, run_id: str) -> pd.DataFrame:
+    """Every live ablation of this run so far (tidy results rows)."""
+    return pd.DataFrame(jobs.get((LIVE_INDEX, run_id), []))
+
+
+def layout(**_):
+    return dbc.Container([
+        html.H3("Causal ablation"),
+        html.Div(id=ids.ABL_NOTE, className="explain mb-2"),
+        dbc.Row([dbc.Col([dbc.Label("Read-out"), dcc.Dropdown(id=ids.ABL_READOUT, value="mlm_loss", clearable=False,
+                                                                options=[{"label": r.replace("_", " "), "value": r}
+                                                                         for r in READOUTS])], md=4)]),
+        figure_card("abl-dose"),
+        figure_card("abl-fidelity"),
+        html.H5("Live ablation", className="mt-3"),
+        dbc.Row([
+            dbc.Col([dbc.Label("Heads (the head selected on the Heads page is added)"),
+                     dcc.Dropdown(id=ids.ABL_HEADS, multi=True)], md=4),
+            dbc.Col([dbc.Label("Intervention"), dbc.RadioItems(id=ids.ABL_KIND, value="zero_head", options=[
+                {"label": "zero", "value": "zero_head"}, {"label": "dataset mean", "value": "mean_head"},
+                {"label": "uniform attention", "value": "uniform_head"}])], md=2),
+            dbc.Col([dbc.Label("cells"), dbc.Input(id=ids.ABL_CELLS, type="number", value=50, min=2, step=1)], md=1),
+            dbc.Col([dbc.Button("Run", id=ids.ABL_RUN, color="primary", className="me-2 mt-4"),
+                     dbc.Button("Cancel", id=ids.ABL_CANCEL, color="secondary", className="mt-4", disabled=True)],
+                    md=2),
+            dbc.Col(dbc.Progress(id=ids.ABL_PROGRESS, value=0, className="mt-4", style={"height": "22px"}), md=3),
+        ]),
+        html.Div(id=ids.ABL_STATUS, className="explain my-2"),
+        dcc.Store(id=ids.ABL_LIVE_VERSION, data=0),
+        html.H5("Results"),
+        dash_table.DataTable(id=ids.ABL_TABLE, page_size=12, sort_action="native", filter_action="native",
+                             columns=[{"name": c, "id": c} for c in ABLATION_RESULTS[0]],
+                             style_table={"overflowX": "auto"}),
+    ], fluid=True)
+
+
+def register(app, store, settings, jobs):
+    @app.callback(Output(ids.ABL_HEADS, "options"), Output(ids.ABL_HEADS, "value"), Output(ids.ABL_NOTE, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"), State(ids.ABL_HEADS, "value"))
+    def heads(run_id, selected, current):
+        if not run_id:
+            return [], [], ""
+        m = store.manifest(run_id)
+        opts = [f"L{l}H{h}" for l in range(m["model"]["n_layers"]) for h in range(m["model"]["n_heads"])]
+        value = list(current or [])
+        if selected and f"L{selected['layer']}H{selected['head']}" not in value:
+            value.append(f"L{selected['layer']}H{selected['head']}")
+        readout = m["config"]["perturbation"]["readout_layer"] % m["model"]["n_layers"]
+        note = (f"Heads ranked by AUROC against {m['references'][0]['name']} (TF -> target). Attention read-outs "
+                f"use layer L{readout}, fixed in the run's config before results were seen "
+                f"(perturbation.readout_layer). Behaviour = masked-gene loss / accuracy on one fixed seeded masking.")
+        return opts, value, note
+
+    @app.callback(Output(ids.graph("abl-dose"), "figure"), Output(ids.figdata("abl-dose"), "data"),
+                  Output(ids.graph("abl-fidelity"), "figure"), Output(ids.figdata("abl-fidelity"), "data"),
+                  Output(ids.ABL_TABLE, "data"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.ABL_READOUT, "value"), Input(ids.ABL_LIVE_VERSION, "data"))
+    def precomputed(run_id, readout, _version):
+        if not run_id or not store.has_table(run_id, "ablation_results"):
+            return {}, [], {}, [], []
+        res = pd.concat([store.table(run_id, "ablation_results"), live_results(jobs, run_id)], ignore_index=True)
+        sel = res[res["readout"] == readout]
+        fid = store.table(run_id, "ablation_fidelity")
+        table = res.round(5).to_dict("records")
+        return dose_response(sel, readout=readout), sel.to_dict("records"), fidelity_heatmap(fid), \
+            fid.to_dict("records"), table
+
+    @app.callback(Output(ids.ABL_STATUS, "children"), Output(ids.ABL_LIVE_VERSION, "data"),
+                  Input(ids.ABL_RUN, "n_clicks"),
+                  State(ids.RUN_SELECT, "value"), State(ids.ABL_HEADS, "value"), State(ids.ABL_KIND, "value"),
+                  State(ids.ABL_CELLS, "value"), State(ids.ABL_LIVE_VERSION, "data"),
+                  background=True, prevent_initial_call=True,
+                  running=[(Output(ids.ABL_RUN, "disabled"), True, False),
+                           (Output(ids.ABL_CANCEL, "disabled"), False, True)],
+                  cancel=[Input(ids.ABL_CANCEL, "n_clicks")],
+                  progress=[Output(ids.ABL_PROGRESS, "value"), Output(ids.ABL_PROGRESS, "label")])
+    def live(set_progress, _n, run_id, heads, kind, n_cells, version):
+        if not run_id or not heads:
+            return "Pick at least one head.", no_update
+        m = store.manifest(run_id)
+        if not n_cells or not 2 <= n_cells <= min(settings.max_live_cells, m["data"]["n_cells"]):
+            return (f"Refused: choose between 2 and {min(settings.max_live_cells, m['data']['n_cells'])} cells "
+                    f"(limit max_live_cells = {settings.max_live_cells})."), no_update
+        pairs = sorted({(int(h[1:].split("H")[0]), int(h.split("H")[1])) for h in heads})
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in pairs:
+            by_layer.setdefault(layer, []).append(head)
+        specs = [InterventionSpec(kind, layer, tuple(hs)) for layer, hs in sorted(by_layer.items())]
+        key = ("live-ablation", run_id, intervention_key(specs), int(n_cells), m["config"]["ablation"]["seed"])
+        hit = jobs.get(key)
+        if hit is not None:
+            set_progress((100, "cached"))
+            return hit, no_update
+        from analysis.live import live_ablation  # torch: only in the worker
+
+        de = store.table(run_id, "de_results") if store.has_table(run_id, "de_results") else None
+        results, _fid = live_ablation(m, store.panel(run_id), store.reference_edges(run_id), store.pair_counts(run_id),
+                                      de, specs, n_cells=int(n_cells),
+                                      progress=lambda f, msg: set_progress((int(100 * f), msg)))
+        results = results.assign(n_cells=int(n_cells))
+        index = jobs.get((LIVE_INDEX, run_id), [])
+        jobs.set((LIVE_INDEX, run_id), index + results.to_dict("records"))
+        loss = results[results["readout"] == "mlm_loss"].iloc[0]
+        status = (f"{intervention_key(specs)} on {n_cells} cells: masked-gene loss {loss['baseline']:.4f} -> "
+                  f"{loss['value']:.4f} (delta {loss['delta']:+.4g}, Wilcoxon p {loss['p']:.3g}); "
+                  "added to the dose-response (green) and to the statistics registry as exploratory.")
+        jobs.set(key, status)
+        set_progress((100, "done"))
+        return status, (version or 0) + 1
