@@ -35,7 +35,8 @@ def server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     assert precompute.main(["--cache", str(cache), "--quiet", "--set", "simulation.n_cells=120", "--set",
                             "train.epochs=1", "--set", "train.hidden_size=32", "--set", "train.n_layers=2",
-                            "--set", "ranking.n_null=20", "--name", "browser"]) == 0
+                            "--set", "ranking.n_null=20", "--set", "ablation.n_cells=30",
+                            "--name", "browser"]) == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -16,7 +16,8 @@ from app.data import ArtifactStore
 from tests.conftest import shared_path
 
 SMALL = ["--quiet", "--set", "simulation.n_cells=150", "--set", "train.epochs=1", "--set", "train.hidden_size=32",
-         "--set", "train.n_layers=2", "--set", "ranking.n_null=30", "--name", "small"]
+         "--set", "train.n_layers=2", "--set", "ranking.n_null=30", "--set", "ablation.n_cells=40",
+         "--name", "small"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,12 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_run):
             "residualisation", "sensitivity_grid", "head_screen"} <= set(reg["analysis"])
     assert reg["test_id"].is_unique and reg.loc[reg["confirmatory"], "q"].notna().all()
     assert (run_dir / "statistics_registry.csv").is_file()
+    abl = store.table(run, "ablation_results")
+    assert abl.groupby("family")["draw"].nunique()["random_k"] == 3
+    assert {"mlm_loss", "mlm_accuracy", "reference_auroc", "perturbation_auroc"} <= set(abl["readout"])
+    fid = store.table(run, "ablation_fidelity")
+    # every head intervention moves the hidden states after its layer: no silent no-op
+    assert (fid[fid["layer"] == fid["layer"].max()]["hidden_cos_mean"] > 0).all()
 
 
 def test_rerun_reuses_finished_stages(embedded_run):
@@ -97,7 +104,8 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
                           "--random-weights", "--dictionaries", str(shared_path("geneformer/dict_gc30M")),
                           "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
                           "--cell-state-col", "cell_line_demuxlet", "--max-cells", "24", "--panel-size", "200",
-                          "--n-null", "20", "--name", "mixology"])
+                          "--n-null", "20", "--name", "mixology", "--set", "ablation.n_cells=2", "--set",
+                          "ablation.ks=1", "--set", "ablation.n_random=1"])
     assert rc == 0
     (run_dir,) = (cache / "artifacts").iterdir()
     m = json.loads((run_dir / "manifest.json").read_text())
@@ -107,6 +115,9 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     heads = ranking[(ranking["edge_type"] == "attention") & (ranking["metric"] == "auroc")]
     assert len(heads) == 6 * 4 * 3 and heads["n_pos"].iloc[0] > 0
     assert set(ranking["reference"]) == {"TRRUST"}
+    ablation = pd.read_parquet(run_dir / "ablation_results.parquet")
+    assert {"top_k", "bottom_k", "random_k", "uniform_top_k", "whole_layer", "mlp_layer"} <= set(ablation["family"])
+    assert "perturbation_auroc" not in set(ablation["readout"])  # no perturbation column in this dataset
 
 
 def _assert_no_artifacts(cache):
