@@ -6,7 +6,8 @@ to the unablated baseline, batch by batch, and read out three ways:
 - fidelity: per-layer hidden-state cosine distance and output-logit cosine distance to the baseline (mean over
   a cell's real tokens; mean and max over cells), so a no-op intervention is visible;
 - the model's own behaviour: masked-gene loss and accuracy on one fixed, seeded held-out masking (15% of gene
-  tokens, all replaced by ``<mask>``), paired per cell with the baseline (Wilcoxon signed-rank);
+  tokens, all replaced by ``<mask>``), and the reference-dependent "target recall" behaviour of
+  analysis.positive_control, paired per cell with the baseline (Wilcoxon signed-rank);
 - the pre-specified read-out layer's head-mean attention recomputed under the intervention: reference
   recovery AUROC and (with perturbation data) per-perturbation AUROC, paired per perturbation.
 
@@ -27,6 +28,7 @@ from scipy.stats import rankdata
 from .attention import _capture_projections, _panel_batch, panel_rows_attention
 from .hooks import InterventionSpec, head_output_means, hooked, intervention_key
 from .models.geneformer import GeneformerAdapter
+from .positive_control import TargetSets, target_recall_loss
 from .ranking import Universe, auroc_from_ranks
 from .stats import benjamini_hochberg, wilcoxon_p
 from .tokenize import TokenizedCells
@@ -126,6 +128,7 @@ class _Accumulator:
         self.accuracy = np.zeros(self.n_cells)
         self.hidden_cos = np.zeros((self.n_cells, self.n_layers + 1))
         self.logit_cos = np.zeros(self.n_cells)
+        self.target_recall = np.full(self.n_cells, np.nan)
         self.sums = np.zeros((self.n_heads, self.n_panel * self.n_panel))
 
 
@@ -136,7 +139,7 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.nd
 
 
 def run_interventions(adapter: GeneformerAdapter, inputs: AblationInputs, items: dict[str, Sequence[InterventionSpec]],
-                      *, head_means: dict | None = None, batch_size: int = 8,
+                      *, head_means: dict | None = None, batch_size: int = 8, targets: TargetSets | None = None,
                       progress: Callable[[float], None] | None = None) -> dict[str, _Accumulator]:
     """Per-cell read-outs for the baseline (key ``baseline``) and every intervention in ``items``."""
     tok = inputs.tokens
@@ -177,6 +180,8 @@ def run_interventions(adapter: GeneformerAdapter, inputs: AblationInputs, items:
             for layer, (h, hb) in enumerate(zip(out.hidden_states, base.hidden_states)):
                 a.hidden_cos[idx, layer] = _cos_distance(h, hb, mask)
             a.logit_cos[idx] = _cos_distance(out.logits, base.logits, mask)
+            if targets is not None:
+                a.target_recall[idx] = target_recall_loss(out.logits, targets, idx)
         done += len(idx)
         if progress is not None:
             progress(done / tok.n_cells)
@@ -215,6 +220,10 @@ def summarise(acc: dict[str, _Accumulator], inputs: AblationInputs, items: Seque
         rows.append({**info, "readout": "mlm_loss", **_paired_row(a.loss, base.loss)})
         rows.append({**info, "readout": "mlm_accuracy", **_paired_row(a.accuracy, base.accuracy)})
         rows.append({**info, "readout": "logit_cosine_distance", **_paired_row(a.logit_cos, base.logit_cos)})
+        has = ~np.isnan(base.target_recall)
+        if has.sum() > 1:
+            rows.append({**info, "readout": "target_recall_loss",
+                         **_paired_row(a.target_recall[has], base.target_recall[has])})
         auc = _readout_auroc(a, inputs.universe, g)
         rows.append({**info, "readout": "reference_auroc", "value": auc, "baseline": base_auc, "delta": auc - base_auc,
                      "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "n": inputs.universe.n_pos})
@@ -241,11 +250,12 @@ def prepare(adapter: GeneformerAdapter, tokens: TokenizedCells, panel: pd.DataFr
 
 
 def ablate(adapter: GeneformerAdapter, inputs: AblationInputs, items: Sequence[SweepItem], *, batch_size: int = 8,
+           targets: TargetSets | None = None,
            perturbation_auroc: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
            progress: Callable[[float], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``items`` (plus the baseline) and summarise; mean-head outputs are computed on the same cells."""
     needs_means = any(s.kind == "mean_head" for it in items for s in it.specs)
     means = head_output_means(adapter, inputs.tokens.input_ids, inputs.tokens.attention_mask) if needs_means else None
     acc = run_interventions(adapter, inputs, {it.key: it.specs for it in items}, head_means=means,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, targets=targets, progress=progress)
     return summarise(acc, inputs, items, perturbation_auroc)

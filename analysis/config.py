@@ -52,6 +52,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     mask_probability: float = 0.15
     seed: int = 0
+    planted_head: int = -1  # >= 0: positive-control variant with this head of the last layer planted
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .tokenize import MASK, PAD, GeneformerDictionaries, save_dictionaries, toke
 
 log = logging.getLogger(__name__)
 PERTURBATION_COL, CELL_STATE_COL, CONTROL = "perturbation", "cell_state", "control"
+PLANT_CELLS = 300  # training cells used to plant the positive-control head
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, progres
     final = cache / "models" / key
     if (final / "config.json").is_file():
         return final, json.loads((final / "training_log.json").read_text())
+    if train.planted_head >= 0:
+        return plant_model(sim, train, cache, final, progress)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -89,6 +92,35 @@ def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, progres
     (tmp / "training_log.json").write_text(json.dumps(history, indent=1))
     _publish(tmp, final)
     return final, history
+
+
+def plant_model(sim: SimulationConfig, train: TrainConfig, cache: Path, final: Path, progress: bool) -> tuple[Path, list]:
+    """The positive-control variant: the base embedded model with head ``train.planted_head`` of its last layer
+    trained to carry the simulated network (analysis.positive_control), on the base model's training cells."""
+    from .models.geneformer import GeneformerAdapter
+    from .positive_control import plant_head, target_sets
+    from .tokenize import load_dictionaries
+
+    base_dir, base_log = ensure_model(sim, dataclasses.replace(train, planted_head=-1), cache, progress)
+    adapter = GeneformerAdapter.from_pretrained(base_dir, device="cpu")
+    dicts = load_dictionaries(base_dir)
+    adata, net = simulate_screen(sim, seed_offset=1000, with_perturbations=False)
+    tokens = tokenize(from_anndata(adata), dicts, train.max_len)
+    tokens = tokens.subset(np.arange(min(PLANT_CELLS, tokens.n_cells)))
+    sets = target_sets(tokens, set(zip(net.edges()["tf"], net.edges()["target"])), adapter.model.config.vocab_size)
+    layer = adapter.n_layers - 1
+    log.info("planting head L%dH%d on %d TF positions", layer, train.planted_head, len(sets.cell))
+    history = plant_head(adapter, tokens, sets, layer=layer, head=train.planted_head, seed=train.seed)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adapter.model.save_pretrained(tmp)
+    for f in base_dir.glob("*.pkl"):
+        shutil.copy(f, tmp / f.name)
+    (tmp / "training_log.json").write_text(json.dumps(base_log + [{"planted": f"L{layer}H{train.planted_head}",
+                                                                    "planting_log": history}], indent=1))
+    _publish(tmp, final)
+    return final, json.loads((final / "training_log.json").read_text())
 
 
 def ensure_embedded(sim: SimulationConfig, train: TrainConfig, cache: Path, progress: bool = True) -> EmbeddedDefault:

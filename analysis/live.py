@@ -11,7 +11,7 @@ import pandas as pd
 from .ablation import SweepItem, ablate, prepare
 from .hooks import InterventionSpec
 from .models.geneformer import GeneformerAdapter
-from .pipeline import load_run_cells, perturbation_readout
+from .pipeline import load_run_cells, perturbation_readout, reference_targets
 from .ranking import evaluable_universe
 from .references import ReferenceNetwork
 from .tokenize import load_dictionaries, tokenize
@@ -36,5 +36,7 @@ def live_ablation(manifest: dict, panel: pd.DataFrame, reference_edges: pd.DataF
                      n_cells=n_cells, seed=cfg["ablation"]["seed"])
     item = SweepItem("custom", sum(max(len(s.heads), 1) for s in specs), -1, tuple(specs))
     pert_fn = perturbation_readout(panel, de_table, readout) if de_table is not None else None
+    targets = reference_targets(inputs.tokens, reference, adapter.model.config.vocab_size)
     return ablate(adapter, inputs, [item], batch_size=cfg["ablation"]["batch_size"], perturbation_auroc=pert_fn,
+                  targets=targets,
                   progress=lambda f: progress(0.15 + 0.8 * f, f"{int(f * inputs.tokens.n_cells)} cells"))

@@ -267,7 +267,18 @@ def run_ablation_sweep(adapter, tokens: TokenizedCells, store, ranking: pd.DataF
     items = sweep(order, adapter.n_layers, readout_layer=readout, ks=cfg.ablation.ks, n_random=cfg.ablation.n_random,
                   seed=cfg.ablation.seed)
     pert_fn = perturbation_readout(panel, de_table, readout) if de_table is not None else None
-    return ablate(adapter, inputs, items, batch_size=cfg.ablation.batch_size, perturbation_auroc=pert_fn)
+    return ablate(adapter, inputs, items, batch_size=cfg.ablation.batch_size, perturbation_auroc=pert_fn,
+                  targets=reference_targets(inputs.tokens, reference, adapter.model.config.vocab_size))
+
+
+def reference_targets(tokens: TokenizedCells, reference: ReferenceNetwork, vocab_size: int):
+    """TF positions and present targets for the target-recall behaviour; None when no cell has a TF with one."""
+    from .positive_control import target_sets
+
+    try:
+        return target_sets(tokens, reference.pairs(), vocab_size)
+    except ValueError:
+        return None
 
 
 def perturbation_readout(panel: pd.DataFrame, de_table: pd.DataFrame, readout_layer: int):

@@ -67,11 +67,12 @@ def correct(frame: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
 
 def ablation_tests(results: pd.DataFrame, exploratory: bool = False) -> StatsRegistry:
-    """Ablation tests (schema ``ablation_results``): masked-gene loss and perturbation AUROC, paired vs the
+    """Ablation tests (schema ``ablation_results``): masked-gene loss, target recall and perturbation AUROC, paired vs the
     unablated run; confirmatory for the top-k head family, descriptive for controls, exploratory for live
     requests from the app."""
     reg = StatsRegistry()
-    rows = results[results["readout"].isin(["mlm_loss", "perturbation_auroc"]) & results["p"].notna()]
+    rows = results[results["readout"].isin(["mlm_loss", "target_recall_loss", "perturbation_auroc"])
+                   & results["p"].notna()]
     for r in rows.itertuples():
         draw = f" #{r.draw}" if r.draw >= 0 else ""
         reg.register("live_ablation" if exploratory else "ablation",
