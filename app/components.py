@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-from dash import dcc, html
+from dash import Input, Output, dcc, html
 
 from . import ids
 from .export import FORMATS
@@ -20,3 +20,13 @@ def figure_card(name: str, explanation: str = "", height: int | None = None) -> 
             for fmt in FORMATS] + [dcc.Download(id=ids.download(name))]),
         html.P(explanation, className="explain mt-2 mb-0") if explanation else None,
     ])
+
+
+def background_job(run_button: str, cancel_button: str, progress_bar: str) -> dict:
+    """Keyword arguments of a Dash background callback started by ``run_button``: the buttons are disabled /
+    enabled while it runs, ``cancel_button`` cancels it, and ``set_progress((percent, label))`` drives
+    ``progress_bar``."""
+    return {"background": True, "prevent_initial_call": True,
+            "running": [(Output(run_button, "disabled"), True, False), (Output(cancel_button, "disabled"), False, True)],
+            "cancel": [Input(cancel_button, "n_clicks")],
+            "progress": [Output(progress_bar, "value"), Output(progress_bar, "label")]}

@@ -10,7 +10,7 @@ from analysis.interventions import READOUTS, InterventionSpec, intervention_key
 from analysis.schemas import ABLATION_RESULTS
 
 from .. import ids
-from ..components import figure_card
+from ..components import background_job, figure_card
 from ..figures import dose_response, fidelity_heatmap
 
 PATH, NAME = "/ablation", "Ablation"
@@ -88,11 +88,7 @@ def register(app, store, settings, jobs):
                   Input(ids.ABL_RUN, "n_clicks"),
                   State(ids.RUN_SELECT, "value"), State(ids.ABL_HEADS, "value"), State(ids.ABL_KIND, "value"),
                   State(ids.ABL_CELLS, "value"), State(ids.ABL_LIVE_VERSION, "data"),
-                  background=True, prevent_initial_call=True,
-                  running=[(Output(ids.ABL_RUN, "disabled"), True, False),
-                           (Output(ids.ABL_CANCEL, "disabled"), False, True)],
-                  cancel=[Input(ids.ABL_CANCEL, "n_clicks")],
-                  progress=[Output(ids.ABL_PROGRESS, "value"), Output(ids.ABL_PROGRESS, "label")])
+                  **background_job(ids.ABL_RUN, ids.ABL_CANCEL, ids.ABL_PROGRESS))
     def live(set_progress, _n, run_id, heads, kind, n_cells, version):
         if not run_id or not heads:
             return "Pick at least one head.", no_update

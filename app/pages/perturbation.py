@@ -8,7 +8,7 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
 from .. import ids
-from ..components import figure_card
+from ..components import background_job, figure_card
 from ..figures import paired_scatter, perturbation_box, sensitivity_heatmap, source_label
 
 PATH, NAME = "/perturbation", "Perturbation"
@@ -102,11 +102,7 @@ def register(app, store, settings, jobs):
                   Input(ids.PERT_RUN, "n_clicks"),
                   State(ids.RUN_SELECT, "value"), State(ids.PERT_LFC, "value"), State(ids.PERT_CONTROLS, "value"),
                   State(ids.PERT_TEST, "value"), State(ids.SELECTED_HEAD, "data"),
-                  background=True, prevent_initial_call=True,
-                  running=[(Output(ids.PERT_RUN, "disabled"), True, False),
-                           (Output(ids.PERT_CANCEL, "disabled"), False, True)],
-                  cancel=[Input(ids.PERT_CANCEL, "n_clicks")],
-                  progress=[Output(ids.PERT_PROGRESS, "value"), Output(ids.PERT_PROGRESS, "label")])
+                  **background_job(ids.PERT_RUN, ids.PERT_CANCEL, ids.PERT_PROGRESS))
     def custom(set_progress, _n, run_id, lfc, n_control, test, selected):
         if not run_id or not store.has_table(run_id, "perturbation_auroc"):
             return no_update, no_update, "This run has no perturbation data."
