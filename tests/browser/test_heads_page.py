@@ -129,6 +129,7 @@ def test_live_ablation_of_two_heads(server, browser):
     wait.until(lambda d: "masked-gene loss" in d.find_element(By.ID, "abl-status").text)
     status = browser.find_element(By.ID, "abl-status").text
     assert "zero_head@L0[1]+zero_head@L1[2] on 12 cells" in status
+    wait.until(lambda d: "done" in d.find_element(By.ID, "abl-progress").text)  # the progress bar reached the end
     wait.until(lambda d: "your selection" in str(d.execute_script(
         "return document.querySelector(arguments[0] + ' .js-plotly-plot').data.map(t => t.name)",
         graph_selector("abl-dose"))))
