@@ -26,7 +26,8 @@ import torch
 from scipy.stats import rankdata
 
 from .attention import _capture_projections, _panel_batch, panel_rows_attention
-from .hooks import InterventionSpec, head_output_means, hooked, intervention_key
+from .hooks import head_output_means, hooked
+from .interventions import InterventionSpec, intervention_key
 from .models.geneformer import GeneformerAdapter
 from .positive_control import TargetSets, target_recall_loss
 from .ranking import Universe, auroc_from_ranks

@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .interventions import HEAD_KINDS, KINDS, InterventionSpec, intervention_key  # noqa: F401 (re-exported)
+from .interventions import InterventionSpec
 from .models.geneformer import GeneformerAdapter
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .ablation import SweepItem, ablate, prepare
-from .hooks import InterventionSpec
+from .interventions import InterventionSpec
 from .models.geneformer import GeneformerAdapter
 from .pipeline import load_run_cells, perturbation_readout, reference_targets
 from .ranking import evaluable_universe

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, dash_table, dcc, html, no_update
+from dash import Input, Output, dash_table, dcc, html, no_update
 
 from .. import ids
 from ..components import figure_card

@@ -7,7 +7,7 @@ import torch
 
 from analysis.ablation import SweepItem, ablate, fixed_masking, prepare, sweep, zero_heads
 from analysis.attention import extract_attention
-from analysis.hooks import InterventionSpec
+from analysis.interventions import InterventionSpec
 from analysis.models.geneformer import GeneformerAdapter
 from analysis.panel import select_panel
 from analysis.ranking import evaluable_universe

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.hooks import InterventionSpec, head_output_means, hooked, intervention_key
+from analysis.hooks import head_output_means, hooked
+from analysis.interventions import InterventionSpec, intervention_key
 from analysis.models.geneformer import GeneformerAdapter
 from tests.conftest import hook_ids, tiny_bert
 
