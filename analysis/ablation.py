@@ -131,6 +131,7 @@ class _Accumulator:
         self.logit_cos = np.zeros(self.n_cells)
         self.target_recall = np.full(self.n_cells, np.nan)
         self.sums = np.zeros((self.n_heads, self.n_panel * self.n_panel))
+        self.counts = np.zeros(self.n_panel * self.n_panel)  # shared pair counts of the cells, set at the end
 
 
 def _cos_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

@@ -88,9 +88,9 @@ def recall_at_k(y: np.ndarray, score: np.ndarray, members: list[np.ndarray], k: 
     return out
 
 
-def _metrics(y, p, members, picks=None) -> dict[str, float]:
-    """AUROC, AUPRC and mean recall@10 of predictions ``p``; ``picks`` = a bootstrap sample of group indices."""
-    recall = recall_at_k(y, p, members)
+def _metrics(y, p, members, recall, picks=None) -> dict[str, float]:
+    """AUROC, AUPRC and mean recall@10 of predictions ``p`` (``recall``: its per-group recall@10, computed once);
+    ``picks`` = a bootstrap sample of group indices."""
     if picks is not None:
         idx = np.concatenate([members[g] for g in picks])
         y, p, recall = y[idx], p[idx], recall[picks]
@@ -137,11 +137,13 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
                         continue
                     p[test] = _model(model, seed).fit(x[train], y_all[train]).predict_proba(x[test])[:, 1]
                 preds[name] = np.nan_to_num(p[test_idx], nan=0.5)
-            base = _metrics(y, preds["gene"], members)
-            base_boot = [_metrics(y, preds["gene"], members, b) for b in picks]
+            recall = {name: recall_at_k(y, p, members) for name, p in preds.items()}
+            base = _metrics(y, preds["gene"], members, recall["gene"])
+            base_boot = [_metrics(y, preds["gene"], members, recall["gene"], b) for b in picks]
             for name, p in preds.items():
-                values = _metrics(y, p, members)
-                boot = [_metrics(y, p, members, b) for b in picks] if name.startswith("gene+") else None
+                values = _metrics(y, p, members, recall[name])
+                boot = ([_metrics(y, p, members, recall[name], b) for b in picks] if name.startswith("gene+")
+                        else None)
                 for metric, value in values.items():
                     row = {"split": split, "model": model, "feature_set": name, "metric": metric, "value": value,
                            "delta": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan, "p_delta": np.nan,

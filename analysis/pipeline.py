@@ -1,7 +1,8 @@
 """The precompute stages, in order: inputs -> tokens + panel -> attention -> edges -> ranking -> manifest.
 
 Every input is loaded and validated before anything is written under ``cache/artifacts`` (a bad input leaves
-no trace there). Stages are keyed by the hash of their inputs so a killed run resumes.
+no trace there). The costly stages (attention extraction, ablation sweep) record the hash of their inputs and
+are skipped when a killed run resumes; the others are cheap and recomputed.
 """
 from __future__ import annotations
 
@@ -167,7 +168,12 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
                     schemas.validate(name, frame).to_parquet(writer.dir / f"{name}.parquet", index=False)
                 registry.extend(pert.registry)
             writer.mark_done("perturbation", att_key, time.perf_counter() - t0)
-        if cfg.ablation.n_cells > 0:
+        abl_key = stable_hash({"run": run_key, "stage": "ablation"})
+        if cfg.ablation.n_cells > 0 and writer.is_done("ablation", abl_key):
+            results = schemas.validate("ablation_results", pd.read_parquet(writer.dir / "ablation_results.parquet"))
+            registry.extend(ablation_tests(results))
+            writer.mark_done("ablation", abl_key, 0.0, skipped=True)
+        elif cfg.ablation.n_cells > 0:
             t0 = time.perf_counter()
             with timed(f"ablation sweep ({cfg.ablation.n_cells} cells)"):
                 de = pert.tables.get("de_results") if inp.cells.perturbation_col is not None else None
@@ -178,7 +184,7 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
                 schemas.validate("ablation_fidelity", fidelity).to_parquet(writer.dir / "ablation_fidelity.parquet",
                                                                            index=False)
                 registry.extend(ablation_tests(results))
-            writer.mark_done("ablation", att_key, time.perf_counter() - t0)
+            writer.mark_done("ablation", abl_key, time.perf_counter() - t0)
         stats_table = schemas.validate("statistics_registry", registry.table())
         stats_table.to_parquet(writer.dir / "statistics_registry.parquet", index=False)
         stats_table.to_csv(writer.dir / "statistics_registry.csv", index=False)

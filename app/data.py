@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis import schemas
 from analysis.artifacts import MANIFEST, list_runs
+from analysis.edges import oriented_pair_scores
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -80,8 +81,6 @@ def head_view(matrix: np.ndarray, counts: np.ndarray, panel: pd.DataFrame, refer
     """What the per-head view draws: the top ``n_rows`` reference TFs (by attention mass to other panel genes) x
     top ``n_cols`` genes, as a tidy block, and the ``n_edges`` highest-scoring (TF, gene) pairs with reference
     hits marked. ``matrix``: ``[G, G]``, row = query gene."""
-    from analysis.edges import oriented_pair_scores
-
     symbols = panel["symbol"].to_numpy()
     ref = reference_edges[reference_edges["reference"] == reference]
     tf_rows = np.array(sorted({int(i) for i in np.nonzero(np.isin(symbols, ref["tf"].unique()))[0]}), dtype=np.int64)

@@ -44,9 +44,11 @@ def layout(**_):
     ], fluid=True)
 
 
-def _label_frame(per: pd.DataFrame, readout: int, selected: dict | None) -> pd.DataFrame:
+def _label_frame(per: pd.DataFrame, readout: int | None, selected: dict | None) -> pd.DataFrame:
+    """Per-perturbation AUROC rows labelled for drawing; ``readout``: the layer-mean source to highlight."""
     means = per[per["edge_type"] == "attention_layer_mean"].assign(kind="attention")
-    means.loc[means["layer"] == readout, "kind"] = "readout"
+    if readout is not None:
+        means.loc[means["layer"] == readout, "kind"] = "readout"
     parts = [means]
     if selected:
         parts.append(per[(per["edge_type"] == "attention") & (per["layer"] == selected["layer"])
@@ -149,7 +151,7 @@ def custom_de(store, run_id: str, manifest: dict, *, lfc: float, n_control: int 
     variance = EdgeScores(base.scores[1:2], base.sources.iloc[1:2].reset_index(drop=True), base.observed, panel, {})
     progress((80, "AUROC"))
     per = perturbation_auroc(combine(att, spearman_edges(control_cells(cells), panel), variance), de)
-    frame = _label_frame(per, layer if head < 0 else -99, {"layer": layer, "head": head} if head >= 0 else None)
+    frame = _label_frame(per, layer if head < 0 else None, {"layer": layer, "head": head} if head >= 0 else None)
     fig = perturbation_box(frame, readout_layer=manifest["config"]["perturbation"]["readout_layer"]
                            % manifest["model"]["n_layers"])
     fig.update_layout(title={"text": f"Custom DE: |log2FC| >= {lfc:g}, {de.params['n_control']} control cells, "

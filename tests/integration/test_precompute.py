@@ -80,8 +80,9 @@ def test_rerun_reuses_finished_stages(embedded_run):
     (partial / "manifest.json").unlink()
     assert precompute.main(["--cache", str(cache), *SMALL]) == 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    attention = [t for t in manifest["stage_timings"] if t["stage"] == "attention"][0]
-    assert attention["skipped"] and (run_dir / "attention_sums.npy").stat().st_mtime_ns == before
+    skipped = {t["stage"]: t["skipped"] for t in manifest["stage_timings"]}
+    assert skipped["attention"] and skipped["ablation"]
+    assert (run_dir / "attention_sums.npy").stat().st_mtime_ns == before
     assert not partial.exists()
 
 

@@ -46,7 +46,7 @@ def _adata(x, **obs):
 
 def test_log_normalised_is_rejected():
     with pytest.raises(InputError, match="looks normalised or log-transformed"):
-        from_anndata(_adata(np.log1p([[1, 2, 0], [3, 0, 1]]) ))
+        from_anndata(_adata(np.log1p([[1, 2, 0], [3, 0, 1]])))
 
 
 def test_counts_layer_is_used():
