@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.attention import extract_attention
+from analysis.attention import extract_attention, extract_grouped_attention
 from analysis.models.geneformer import GeneformerAdapter
 from analysis.panel import select_panel
 from analysis.tokenize import tokenize
-from tests.conftest import tiny_bert
+from tests.conftest import hook_ids, tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,41 @@ def test_store_equals_brute_force(setup):
     assert store.sums.sum() > 1.0  # not trivially zero
 
 
+def test_grouped_store_equals_brute_force_per_group(setup):
+    """CSSI's per-group accumulation: each group's block equals the brute force over that group's cells, and the
+    groups of each grouping (clusters, random groups) sum to the pooled store."""
+    tokens, panel, model, adapter = setup
+    rng = np.random.default_rng(0)
+    cluster = rng.integers(0, 3, tokens.n_cells)
+    random_group = 3 + rng.integers(0, 2, tokens.n_cells)
+    grouped = extract_grouped_attention(adapter, tokens, panel, np.stack([cluster, random_group], 1), 5,
+                                        layers=(1,), batch_size=6, progress=False)
+    assert grouped.sums.shape == (5, 1, 4, len(panel), len(panel)) and grouped.sums.dtype == np.float32
+    for g in (0, 2, 4):
+        cells = np.nonzero((cluster == g) | (random_group == g))[0]
+        sums, counts = brute_force(model, tokens.subset(cells), panel)
+        assert np.array_equal(grouped.counts[g], counts)
+        assert np.allclose(grouped.sums[g, 0], sums[1], atol=1e-4)
+    pooled = extract_attention(adapter, tokens, panel, progress=False)
+    for grouping in (slice(0, 3), slice(3, 5)):
+        assert np.array_equal(grouped.counts[grouping].sum(0), pooled.counts)
+        assert np.allclose(grouped.sums[grouping, 0].sum(0), pooled.sums[1], atol=1e-4)
+
+
+def test_cell_embeddings_are_mean_penultimate_hidden_state(setup):
+    """Geneformer's default cell embedding: mean over gene tokens of the second-to-last hidden state."""
+    tokens, panel, model, adapter = setup
+    sub = tokens.subset(np.arange(6))
+    store = extract_attention(adapter, sub, panel, batch_size=4, progress=False)
+    with torch.no_grad():
+        hidden = model(input_ids=torch.as_tensor(sub.input_ids), attention_mask=torch.as_tensor(sub.attention_mask),
+                       output_hidden_states=True).hidden_states[-2].numpy()
+    genes = sub.gene_index >= 0
+    expected = np.stack([hidden[c][genes[c]].mean(0) for c in range(6)])
+    assert store.cell_embeddings.shape == expected.shape
+    assert np.allclose(store.cell_embeddings, expected, atol=1e-5)
+
+
 def test_shards_merge_to_one_pass(setup):
     tokens, panel, _, adapter = setup
     whole = extract_attention(adapter, tokens, panel, batch_size=16, progress=False)
@@ -73,8 +108,9 @@ def test_store_size_does_not_grow_with_cells(setup):
 
 def test_hooks_are_removed(setup):
     tokens, panel, model, adapter = setup
+    before = hook_ids(model)
     extract_attention(adapter, tokens.subset(np.arange(3)), panel, progress=False)
-    assert all(not m._forward_hooks for m in model.modules())
+    assert hook_ids(model) == before
 
 
 def test_output_attentions_requires_eager(setup):
