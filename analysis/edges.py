@@ -58,15 +58,19 @@ def expression_matrix(cells: CellData, gene_ids: np.ndarray) -> np.ndarray:
     return np.log1p(np.asarray(norm.todense()))
 
 
-def spearman_edges(cells: CellData, panel: pd.DataFrame) -> EdgeScores:
-    """Spearman correlation across all cells between panel genes (symmetric; constant genes score 0)."""
-    x = expression_matrix(cells, panel["gene_id"].to_numpy())
+def spearman_matrix(x: np.ndarray) -> np.ndarray:
+    """``[G, G]`` Spearman correlation between the columns of ``x`` ``[cells, G]`` (average ranks for ties);
+    NaN in the rows and columns of genes constant over these cells."""
     r = rankdata(x, axis=0)
     r -= r.mean(axis=0)
     norm = np.sqrt((r ** 2).sum(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = (r.T @ r) / np.outer(norm, norm)
-    corr = np.nan_to_num(corr, nan=0.0)
+        return (r.T @ r) / np.outer(norm, norm)
+
+
+def spearman_edges(cells: CellData, panel: pd.DataFrame) -> EdgeScores:
+    """Spearman correlation across all cells between panel genes (symmetric; constant genes score 0)."""
+    corr = np.nan_to_num(spearman_matrix(expression_matrix(cells, panel["gene_id"].to_numpy())), nan=0.0)
     sources = pd.DataFrame({"edge_type": ["spearman"], "layer": [-1], "head": [-1]})
     return EdgeScores(corr[None], sources, np.ones_like(corr, dtype=bool), panel,
                       {"kind": "spearman", "n_cells": cells.n_cells, "expression": "log1p CP10k"})

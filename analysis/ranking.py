@@ -49,18 +49,27 @@ class HeadRanking:
     params: dict
 
 
-def evaluable_universe(panel: pd.DataFrame, reference: ReferenceNetwork, observed: np.ndarray) -> Universe:
-    symbols = panel["symbol"].to_numpy()
-    index = {s: i for i, s in enumerate(symbols)}
-    pairs = reference.pairs()
-    labels_all = np.zeros((len(symbols), len(symbols)), dtype=bool)
-    for tf, target in pairs:
+def reference_labels(panel: pd.DataFrame, reference: ReferenceNetwork) -> np.ndarray:
+    """``[G, G]`` bool: (TF row, target column) is a reference edge between two distinct panel genes."""
+    index = {s: i for i, s in enumerate(panel["symbol"].to_numpy())}
+    labels = np.zeros((len(index), len(index)), dtype=bool)
+    for tf, target in reference.pairs():
         if tf in index and target in index and tf != target:
-            labels_all[index[tf], index[target]] = True
+            labels[index[tf], index[target]] = True
+    return labels
+
+
+def universe_from_labels(labels_all: np.ndarray, observed: np.ndarray) -> Universe:
+    """Evaluable universe of a ``[G, G]`` label matrix: rows with a co-observed positive, their co-observed
+    off-diagonal pairs."""
     mask_all = observed.copy()
     np.fill_diagonal(mask_all, False)
-    tf_rows = np.array([i for i in range(len(symbols)) if (labels_all[i] & mask_all[i]).any()], dtype=np.int64)
+    tf_rows = np.nonzero((labels_all & mask_all).any(axis=1))[0].astype(np.int64)
     return Universe(tf_rows, mask_all[tf_rows], labels_all[tf_rows])
+
+
+def evaluable_universe(panel: pd.DataFrame, reference: ReferenceNetwork, observed: np.ndarray) -> Universe:
+    return universe_from_labels(reference_labels(panel, reference), observed)
 
 
 def auroc_from_ranks(ranks: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -68,6 +77,34 @@ def auroc_from_ranks(ranks: np.ndarray, pos: np.ndarray) -> np.ndarray:
     n_pos = pos.sum(axis=-1)
     n_neg = pos.shape[-1] - n_pos
     return ((ranks * pos).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def ranks_and_order(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From one stable sort of ``flat`` ``[S, N]``: ascending average ranks ``[S, N]`` (ties averaged, as
+    ``scipy.stats.rankdata``) and the descending order ``[S, N]`` (ties broken by position) that top-k reads."""
+    s, n = flat.shape
+    order = np.argsort(-flat, axis=1, kind="stable")
+    values = np.take_along_axis(flat, order, axis=1)
+    starts = np.ones((s, n), dtype=bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    group = np.cumsum(starts.ravel()) - 1                       # tie groups, never spanning two rows
+    untied = np.tile(np.arange(n, 0, -1, dtype=np.float64), s)  # descending position i -> ascending rank n - i
+    mean = np.bincount(group, untied) / np.bincount(group)
+    ranks = np.empty((s, n))
+    np.put_along_axis(ranks, order, mean[group].reshape(s, n), axis=1)
+    return ranks, order
+
+
+def top_k_f1(flat: np.ndarray, labels: np.ndarray, k: int, order: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` F1 per row of ``flat`` ``[S, N]`` (the ``k`` highest-scored pairs as the predicted network, ties
+    broken by position) and the hit counts ``[S]``; ``order`` reuses :func:`ranks_and_order`'s sort."""
+    if order is None:
+        order = np.argsort(-flat, axis=1, kind="stable")
+    hits = labels[order[:, :k]].sum(axis=1)
+    precision, recall = hits / k, hits / max(int(labels.sum()), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0), hits
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -109,15 +146,11 @@ def rank_heads(edges: EdgeScores, reference: ReferenceNetwork, *, direction: str
     add("auroc", auroc, p_auroc, (lo, hi))
     add("auroc_null_mean", null.mean(axis=1))
     add("auprc", np.array([average_precision(f, y) for f in flat]))
-    order = np.argsort(-flat, axis=1, kind="stable")
-    hits_sorted = y[order]
     for k in top_k:
         if k > y.size:
             continue
-        hits = hits_sorted[:, :k].sum(axis=1)
-        precision, recall = hits / k, hits / n_pos
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f1, hits = top_k_f1(flat, y, k)
+        precision = hits / k
         p_hits = hypergeom.sf(hits - 1, y.size, n_pos, k)
         add(f"precision_at_{k}", precision, p_hits)
         add(f"f1_at_{k}", f1, p_hits)

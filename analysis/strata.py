@@ -23,9 +23,10 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
+from .schemas import CSSI_STRATA
+
 SMOOTH_K_TOLERANCE = 1e-5   # umap.umap_ constants
 MIN_K_DIST_SCALE = 1e-3
-LEVEL_COLUMNS = ("n_strata", "n_found", "fine_cluster", "stratum", "resolution")
 
 
 def knn(x: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +178,8 @@ def stratify(representation: np.ndarray, *, n_strata: tuple[int, ...], n_fine: i
     """Fine clusters and nested strata for every requested number of strata (see module doc).
 
     ``representation``: ``[n_cells, d]`` (model cell embeddings or expression); PCA to ``n_pcs`` components when
-    ``d > n_pcs``. Fine clusters: Leiden on the cell graph, the resolution raised from 1 by factors of 1.5 until
-    there are ``>= n_fine`` clusters, those under ``min_size`` cells then merged into neighbours.
+    ``d > n_pcs``. Fine clusters: Leiden on the cell graph, the resolution raised from 1 (by the ratio of wanted to
+    found clusters, at least 1.25x) until there are ``>= n_fine`` clusters, those under ``min_size`` cells then merged into neighbours.
     """
     from sklearn.decomposition import PCA
 
@@ -190,7 +191,7 @@ def stratify(representation: np.ndarray, *, n_strata: tuple[int, ...], n_fine: i
     resolution = 1.0
     fine = leiden(conn, resolution, seed)
     while np.unique(fine).size < n_fine and resolution < 256:
-        resolution *= 1.5
+        resolution *= max(1.25, n_fine / np.unique(fine).size)
         fine = leiden(conn, resolution, seed)
     n_raw = int(fine.max()) + 1
     fine = _merge_weakest(np.arange(n_raw), aggregate(conn, fine, n_raw), np.bincount(fine), min_size, None)[fine]
@@ -200,7 +201,7 @@ def stratify(representation: np.ndarray, *, n_strata: tuple[int, ...], n_fine: i
     params = {"n_neighbors": n_neighbors, "n_pcs": int(x.shape[1]), "min_size": min_size, "seed": seed,
               "fine_resolution": resolution, "n_fine": n_fine_found, "graph": "exact kNN + UMAP connectivities",
               "clustering": "leidenalg RBConfigurationVertexPartition, directed, n_iterations=-1"}
-    strata = Stratification(fine, pd.DataFrame(columns=list(LEVEL_COLUMNS)), layout, weights, params)
+    strata = Stratification(fine, pd.DataFrame(columns=list(CSSI_STRATA[0])), layout, weights, params)
     for k in sorted(set(n_strata)):
         strata = add_level(strata, k)
     return strata

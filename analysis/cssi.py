@@ -1,0 +1,328 @@
+"""Cell-State Stratified Interpretability (paper sections 2.2 and 4.2, Supplementary Note 11).
+
+Edge scores are computed within each cell-state stratum, then aggregated across strata per (TF, gene) pair:
+``max``, ``mean``, ``range`` (max - min) and ``deviation`` (max over strata of |stratum score - pooled score|),
+ignoring strata where the pair was never co-observed (attention) or a gene is constant (Spearman). Recovery of the
+reference is scored exactly as the head ranking scores it (same evaluable universe, AUROC with average ranks, top-k
+F1 with ``k`` = the number of reference edges in the universe unless set).
+
+Cost design (flat in the number of slider positions): attention is accumulated once per *group* of cells
+(:func:`analysis.attention.extract_grouped_attention`): the ``F`` fine clusters of :mod:`analysis.strata`, whose
+unions are every stratification, and ``M`` random groups of equal size, whose unions are random strata for the
+null. One extraction pass and ``(F + M) x layers x heads x G^2 x 4`` bytes; a stratification then costs one
+``[K, F] @ [F, sites x pairs]`` product. Per-stratum Spearman is recomputed from expression (cheap).
+
+Nulls, each with an empirical p-value ``(1 + #{null >= observed}) / (1 + R)``:
+- random strata: unions of random groups with the real strata's sizes (to the random-group granularity); the null
+  for the CSSI - pooled improvement, drawn as a band;
+- shuffled labels: the reference labels permuted over the candidate pairs (null for the CSSI AUROC itself);
+- gene-permuted reference: the reference's genes relabelled by a random permutation of the panel (degrees kept);
+  null for both the CSSI AUROC and its improvement over pooled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import DIRECTIONS
+from .edges import spearman_matrix
+from .ranking import Universe, auroc_from_ranks, ranks_and_order, top_k_f1, universe_from_labels
+
+AGGREGATIONS = ("max", "mean", "range", "deviation")
+METRICS = ("auroc", "f1")
+
+
+def aggregate(strata: np.ndarray, pooled: np.ndarray, how: str) -> np.ndarray:
+    """Aggregate per-stratum scores ``[K, ...]`` into ``[...]`` (module doc); NaN where no stratum has a value."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    valid = ~np.isnan(strata)
+    any_valid = valid.any(axis=0)
+    hi = np.where(valid, strata, -np.inf).max(axis=0)
+    if how == "max":
+        out = hi
+    elif how == "mean":
+        out = np.where(valid, strata, 0.0).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
+    elif how == "range":
+        out = hi - np.where(valid, strata, np.inf).min(axis=0)
+    else:
+        out = np.where(valid, np.abs(strata - pooled), -np.inf).max(axis=0)
+    return np.where(any_valid, out, np.nan)
+
+
+def group_to_strata(values: np.ndarray, assignment: np.ndarray, n_strata: int) -> np.ndarray:
+    """Sum ``values`` ``[n_groups, ...]`` into ``[n_strata, ...]``; ``assignment[g]`` = stratum of group g, -1 =
+    group not used."""
+    used = np.nonzero(assignment >= 0)[0]
+    block = slice(used.min(), used.max() + 1)   # groupings are numbered contiguously: skip the other grouping
+    onehot = np.zeros((n_strata, block.stop - block.start))
+    onehot[assignment[used], used - block.start] = 1.0
+    return np.tensordot(onehot, np.asarray(values[block], dtype=np.float64), axes=1)
+
+
+def mean_scores(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``sums / counts`` with ``counts`` broadcast over the site axis (``sums`` ``[K, S, P]``, ``counts`` ``[K, P]``);
+    NaN where never co-observed."""
+    c = counts[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c > 0, sums / np.maximum(c, 1), np.nan)
+
+
+def site_sums(group_sums: np.ndarray) -> np.ndarray:
+    """``[groups, layers, heads, P]`` attention sums -> ``[groups, layers * heads + layers, P]``: every head, then
+    each layer's head mean (the sum over heads / heads, additive like the heads)."""
+    g, n_layers, n_heads = group_sums.shape[:3]
+    heads = np.asarray(group_sums, dtype=np.float64).reshape(g, n_layers * n_heads, -1)
+    return np.concatenate([heads, heads.reshape(g, n_layers, n_heads, -1).mean(axis=2)], axis=1)
+
+
+def site_table(layers: tuple[int, ...], n_heads: int) -> pd.DataFrame:
+    """The S sites scored by CSSI, in :func:`site_sums` order then Spearman: edge_type, layer, head, label."""
+    rows = [("attention", layer, h, f"L{layer}H{h}") for layer in layers for h in range(n_heads)]
+    rows += [("attention_layer_mean", layer, -1, f"L{layer} mean") for layer in layers]
+    rows.append(("spearman", -1, -1, "Spearman"))
+    return pd.DataFrame(rows, columns=["edge_type", "layer", "head", "label"])
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Candidate (TF, gene) pairs of one reference and direction over a ``G``-gene panel. ``columns``: flat
+    ``[G * G]`` indices to read (``[N]``, or ``[2N]`` forward then backward for ``symmetric``); ``labels``: ``[N]``;
+    ``tf``/``gene``: ``[N]`` panel indices."""
+
+    columns: np.ndarray
+    labels: np.ndarray
+    tf: np.ndarray
+    gene: np.ndarray
+    direction: str
+    n_genes: int
+
+    @classmethod
+    def from_universe(cls, universe: Universe, direction: str, n_genes: int) -> "PairSet":
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        t, g = np.nonzero(universe.pair_mask)
+        tf = universe.tf_rows[t]
+        forward, backward = tf * n_genes + g, g * n_genes + tf
+        cols = {"tf_to_target": forward, "target_to_tf": backward,
+                "symmetric": np.concatenate([forward, backward])}[direction]
+        return cls(cols, universe.labels[t, g], tf, g, direction, n_genes)
+
+    def orient(self, values: np.ndarray) -> np.ndarray:
+        """``[..., len(columns)]`` -> ``[..., N]`` pair scores (symmetric: mean of both directions)."""
+        if self.direction != "symmetric":
+            return values
+        n = self.labels.size
+        return (values[..., :n] + values[..., n:]) / 2
+
+    @property
+    def top_k(self) -> int:
+        return int(self.labels.sum())
+
+
+def spearman_by_stratum(x: np.ndarray, labels: np.ndarray, n_strata: int, columns: np.ndarray,
+                        min_cells: int = 3) -> np.ndarray:
+    """``[n_strata, len(columns)]`` Spearman correlation within each stratum of cells (``labels`` ``[cells]``) at
+    the flat pair ``columns``; NaN for strata with fewer than ``min_cells`` cells and for constant genes."""
+    out = np.full((n_strata, columns.size), np.nan)
+    for s in range(n_strata):
+        member = labels == s
+        if member.sum() >= min_cells:
+            out[s] = spearman_matrix(x[member]).ravel()[columns]
+    return out
+
+
+def recovery(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUROC and top-k F1 per row of ``scores`` ``[S, N]`` (NaN scored as 0, as the head ranking does), and the
+    average ranks ``[S, N]`` for permutation nulls."""
+    flat = np.nan_to_num(scores, nan=0.0)
+    ranks, order = ranks_and_order(flat)
+    return auroc_from_ranks(ranks, labels), top_k_f1(flat, labels, k, order)[0], ranks
+
+
+@dataclass(frozen=True)
+class CSSIData:
+    """Everything a stratification is scored from, at the candidate pair columns only.
+
+    ``group_sums``: ``[F + M, S_att, C]`` attention sums per group and site (:func:`site_sums`); ``group_counts``:
+    ``[F + M, C]``; ``expression``: ``[cells, G]`` log1p CP10k of the panel genes; ``fine``: ``[cells]`` fine
+    cluster (0..F-1); ``random_group``: ``[cells]`` random group (F..F+M-1); ``sites``: :func:`site_table`;
+    ``top_k``: the F1 cut-off."""
+
+    group_sums: np.ndarray
+    group_counts: np.ndarray
+    expression: np.ndarray
+    fine: np.ndarray
+    random_group: np.ndarray
+    pairs: PairSet
+    sites: pd.DataFrame
+    top_k: int
+
+    @property
+    def n_fine(self) -> int:
+        return int(self.fine.max()) + 1
+
+    @cached_property
+    def pooled(self) -> np.ndarray:
+        """``[S, N]`` pair scores over all cells (the fine clusters partition them)."""
+        fine = np.where(np.arange(self.group_counts.shape[0]) < self.n_fine, 0, -1)
+        att = mean_scores(group_to_strata(self.group_sums, fine, 1), group_to_strata(self.group_counts, fine, 1))
+        corr = spearman_by_stratum(self.expression, np.zeros(self.fine.size, int), 1, self.pairs.columns)
+        return self.pairs.orient(np.concatenate([att[0], corr], axis=0))
+
+    @cached_property
+    def pooled_recovery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`recovery` of :attr:`pooled`."""
+        return recovery(self.pooled, self.pairs.labels, self.top_k)
+
+    def stratum_scores(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int) -> np.ndarray:
+        """Per-stratum ``[K, S, N]`` pair scores of every site for one stratification (``group_assignment``:
+        stratum of each group or -1; ``cell_labels``: stratum of each cell, for Spearman)."""
+        att = mean_scores(group_to_strata(self.group_sums, group_assignment, n_strata),
+                          group_to_strata(self.group_counts, group_assignment, n_strata))
+        corr = spearman_by_stratum(self.expression, cell_labels, n_strata, self.pairs.columns)
+        return self.pairs.orient(np.concatenate([att, corr[:, None, :]], axis=1))
+
+    def score(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int) -> dict:
+        """``{"pooled" | aggregation: (auroc [S], f1 [S], ranks [S, N])}`` for one stratification."""
+        strata = self.stratum_scores(group_assignment, cell_labels, n_strata)
+        y = self.pairs.labels
+        out = {"pooled": self.pooled_recovery}
+        for how in AGGREGATIONS:
+            out[how] = recovery(aggregate(strata, self.pooled, how), y, self.top_k)
+        return out
+
+
+@dataclass(frozen=True)
+class CSSISource:
+    """Full-resolution CSSI inputs of a run: ``group_sums`` ``[F + M, layers, heads, G, G]`` (memory-mapped is
+    fine), ``group_counts`` ``[F + M, G, G]``, ``expression`` ``[cells, G]``, ``fine`` and ``random_group``
+    ``[cells]``, ``layers`` kept."""
+
+    group_sums: np.ndarray
+    group_counts: np.ndarray
+    expression: np.ndarray
+    fine: np.ndarray
+    random_group: np.ndarray
+    layers: tuple[int, ...]
+
+    @property
+    def sites(self) -> pd.DataFrame:
+        return site_table(self.layers, self.group_sums.shape[2])
+
+    def data(self, pairs: PairSet, top_k: int = 0, groups: slice = slice(None)) -> CSSIData:
+        """:class:`CSSIData` at ``pairs`` (``top_k`` 0 = the number of reference edges); ``groups`` limits the
+        groups read (the fine clusters alone suffice when no random strata are drawn)."""
+        sums = np.asarray(self.group_sums[groups])
+        g = sums.shape[0]
+        flat = sums.reshape(g, sums.shape[1], sums.shape[2], -1)[..., pairs.columns]
+        counts = np.asarray(self.group_counts[groups]).reshape(g, -1)[:, pairs.columns]
+        return CSSIData(site_sums(flat), counts, self.expression, self.fine, self.random_group, pairs, self.sites,
+                        top_k or pairs.top_k)
+
+
+def permuted_pairs(labels_all: np.ndarray, observed: np.ndarray, direction: str, rng: np.random.Generator
+                   ) -> PairSet:
+    """Candidate pairs of a gene-permuted reference: every gene's identity relabelled by one random permutation of
+    the panel (edge count, in- and out-degrees kept)."""
+    perm = rng.permutation(labels_all.shape[0])
+    return PairSet.from_universe(universe_from_labels(labels_all[np.ix_(perm, perm)], observed), direction,
+                                 labels_all.shape[0])
+
+
+def random_assignment(group_sizes: np.ndarray, target_sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random groups -> strata so stratum sizes approach ``target_sizes``: groups in random order, each to the
+    stratum furthest below its target."""
+    filled = np.zeros(target_sizes.size)
+    out = np.empty(group_sizes.size, dtype=np.int64)
+    for g in rng.permutation(group_sizes.size):
+        s = int(np.argmax(target_sizes - filled))
+        out[g] = s
+        filled[s] += group_sizes[g]
+    return out
+
+
+def _empirical_p(null: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """``(1 + #{null >= observed}) / (1 + R)`` along the last axis of ``null``."""
+    return (1 + (null >= observed[..., None] - 1e-12).sum(axis=-1)) / (1 + null.shape[-1])
+
+
+def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_null: int, seed: int,
+                   gene_permuted: Callable[[np.random.Generator], "CSSIData"] | None = None, n_gene_null: int = 0,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score one stratification (``assignment``: ``[F]`` stratum of each fine cluster) with its three nulls.
+
+    Returns the curve rows (one per site x aggregation x metric: value, pooled, delta, null band of the random
+    strata, p-values; schema ``cssi_curve``) and the raw random-strata null draws (schema ``cssi_null``).
+    ``n_null`` random strata and label shuffles; ``gene_permuted(rng)`` returns the fine-cluster data at the pairs
+    of a gene-permuted reference, drawn ``n_gene_null`` times (None or 0 skips that null).
+    """
+    rng = np.random.default_rng([seed, n_strata])
+    n_fine = data.n_fine
+    n_groups = data.group_sums.shape[0]
+    fine_assign = np.concatenate([assignment, -np.ones(n_groups - n_fine, dtype=np.int64)])
+    cell_labels = assignment[data.fine]
+    observed = data.score(fine_assign, cell_labels, n_strata)
+    target = np.bincount(cell_labels, minlength=n_strata).astype(float)
+    random_sizes = np.bincount(data.random_group - n_fine, minlength=n_groups - n_fine)
+    if gene_permuted is None:
+        n_gene_null = 0
+    steps = n_null + n_gene_null
+    null = {how: np.zeros((2, len(data.sites), n_null)) for how in AGGREGATIONS}   # [metric, S, R]
+    for r in range(n_null):
+        rand = random_assignment(random_sizes, target, rng)
+        scored = data.score(np.concatenate([-np.ones(n_fine, dtype=np.int64), rand]),
+                            rand[data.random_group - n_fine], n_strata)
+        for how in AGGREGATIONS:
+            null[how][0, :, r], null[how][1, :, r] = scored[how][0], scored[how][1]
+        if progress:
+            progress(r + 1, steps)
+    y = data.pairs.labels
+    shuffles = np.stack([rng.permutation(y) for _ in range(n_null)])                 # [R, N]
+    perm_auroc, perm_delta = {}, {}
+    if n_gene_null:
+        draws = []
+        for r in range(n_gene_null):
+            permuted = gene_permuted(rng)
+            draws.append(permuted.score(fine_assign[:permuted.group_counts.shape[0]], cell_labels, n_strata))
+            if progress:
+                progress(n_null + r + 1, steps)
+        for how in AGGREGATIONS:
+            perm_auroc[how] = np.stack([d[how][0] for d in draws], axis=1)            # [S, R]
+            perm_delta[how] = np.stack([d[how][0] - d["pooled"][0] for d in draws], axis=1)
+    rows = []
+    sites = data.sites
+    pooled_auroc, pooled_f1 = observed["pooled"][0], observed["pooled"][1]
+    for how in AGGREGATIONS:
+        auroc, f1, ranks = observed[how]
+        shuffle_null = np.stack([auroc_from_ranks(ranks, s) for s in shuffles], axis=1)  # [S, R]
+        for m, (metric, value, pooled) in enumerate((("auroc", auroc, pooled_auroc), ("f1", f1, pooled_f1))):
+            band = null[how][m]
+            p_random = _empirical_p(band - pooled[:, None], value - pooled)
+            p_shuffle = _empirical_p(shuffle_null, auroc) if metric == "auroc" else np.full(len(sites), np.nan)
+            if n_gene_null and metric == "auroc":
+                p_gene, p_gene_delta = _empirical_p(perm_auroc[how], auroc), _empirical_p(perm_delta[how],
+                                                                                           auroc - pooled)
+                gene_mean = perm_auroc[how].mean(axis=1)
+            else:
+                p_gene = p_gene_delta = gene_mean = np.full(len(sites), np.nan)
+            for s in range(len(sites)):
+                rows.append((n_strata, int(np.unique(assignment).size), s, how, metric, float(value[s]),
+                             float(pooled[s]), float(value[s] - pooled[s]), float(band[s].mean()),
+                             float(np.quantile(band[s], 0.05)), float(np.quantile(band[s], 0.95)),
+                             float(p_random[s]), float(p_shuffle[s]), float(gene_mean[s]), float(p_gene[s]),
+                             float(p_gene_delta[s]), n_null))
+    curve = pd.DataFrame(rows, columns=["n_strata", "n_found", "site", "aggregation", "metric", "value", "pooled",
+                                        "delta", "null_mean", "null_low", "null_high", "p_random_strata",
+                                        "p_label_shuffle", "gene_permuted_mean", "p_gene_permuted",
+                                        "p_gene_permuted_delta", "n_null"])
+    curve = curve.merge(sites.reset_index(names="site"), on="site")
+    draws = [(n_strata, s, how, metric, r, float(null[how][m, s, r]))
+             for how in AGGREGATIONS for m, metric in enumerate(METRICS)
+             for s in range(len(sites)) for r in range(n_null)]
+    null_table = pd.DataFrame(draws, columns=["n_strata", "site", "aggregation", "metric", "draw", "value"])
+    return curve, null_table
