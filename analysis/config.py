@@ -144,6 +144,35 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
+class CSSIConfig:
+    """Cell-State Stratified Interpretability (analysis.strata, analysis.cssi, analysis.cssi_stage); ``n_fine = 0``
+    skips it.
+
+    Strata come from ``representation`` (``embedding``: the model's cell embeddings captured during extraction;
+    ``expression``: PCA of the panel's log1p CP10k expression). Attention is accumulated once per fine cluster and
+    per random group (``n_random_groups``), so every stratification in ``n_strata`` (and any slider position off
+    it) is a sum of groups. ``layers`` = () keeps every layer when their per-group sums fit in ``max_gib``, else
+    the read-out layer alone. ``primary_n_strata`` is the pre-specified confirmatory level (the paper's optimum
+    was 5-7 strata). ``synthetic_seeds`` = 0 skips the synthetic validation (Supplementary Note 11.1).
+    """
+
+    representation: str = "embedding"
+    n_strata: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+    primary_n_strata: int = 5
+    n_fine: int = 30
+    n_random_groups: int = 40
+    n_neighbors: int = 15
+    min_size: int = 10
+    layers: tuple[int, ...] = ()
+    max_gib: float = 4.0
+    directions: tuple[str, ...] = ("tf_to_target",)
+    n_null: int = 100
+    n_gene_null: int = 30
+    synthetic_seeds: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,6 +183,7 @@ class RunConfig:
     ranking: RankingConfig = field(default_factory=RankingConfig)
     perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    cssi: CSSIConfig = field(default_factory=CSSIConfig)
 
     @property
     def embedded(self) -> bool:

@@ -185,6 +185,8 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
                                                                            index=False)
                 registry.extend(ablation_tests(results))
             writer.mark_done("ablation", abl_key, time.perf_counter() - t0)
+        if cfg.cssi.n_fine > 0:
+            registry.extend(run_cssi(adapter, tokens, inp, store, writer, run_key, progress))
         stats_table = schemas.validate("statistics_registry", registry.table())
         stats_table.to_parquet(writer.dir / "statistics_registry.parquet", index=False)
         stats_table.to_csv(writer.dir / "statistics_registry.csv", index=False)
@@ -211,6 +213,42 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
     except InputError:
         writer.discard()
         raise
+
+
+def run_cssi(adapter, tokens: TokenizedCells, inp: Inputs, store, writer, run_key: str, progress: bool
+             ) -> StatsRegistry:
+    """The CSSI stage (analysis.cssi_stage): strata + grouped extraction (resumable), the grid of levels with
+    nulls, the synthetic validation, and their registry tests."""
+    from . import cssi_stage
+    from .cssi_synthetic import validate
+
+    cfg = inp.cfg
+    key = stable_hash({"run": run_key, "stage": "cssi"})
+    t0 = time.perf_counter()
+    synthetic_file = writer.dir / "cssi_synthetic.parquet"
+    if writer.is_done("cssi", key):
+        curve = schemas.validate("cssi_curve", pd.read_parquet(writer.dir / "cssi_curve.parquet"))
+        synthetic = pd.read_parquet(synthetic_file) if synthetic_file.is_file() else None
+        writer.mark_done("cssi", key, 0.0, skipped=True)
+    else:
+        with timed(f"CSSI strata + grouped attention ({cfg.cssi.representation})"):
+            run = cssi_stage.prepare(adapter, tokens, inp.cells, store, cfg, progress=progress)
+            cssi_stage.save(run, writer.dir)
+        with timed(f"CSSI levels ({cfg.cssi.n_null} random strata, {cfg.cssi.n_gene_null} gene permutations)"):
+            curve, null = cssi_stage.evaluate_grid(run, store.panel, inp.references, cfg.cssi, progress=progress)
+            schemas.validate("cssi_curve", curve).to_parquet(writer.dir / "cssi_curve.parquet", index=False)
+            schemas.validate("cssi_null", null).to_parquet(writer.dir / "cssi_null.parquet", index=False)
+        synthetic = None
+        if cfg.cssi.synthetic_seeds > 0:
+            with timed(f"CSSI synthetic validation ({cfg.cssi.synthetic_seeds} seeds)"):
+                synthetic = schemas.validate("cssi_synthetic", validate(cfg.cssi.synthetic_seeds))
+                synthetic.to_parquet(synthetic_file, index=False)
+        writer.mark_done("cssi", key, time.perf_counter() - t0)
+    registry = cssi_stage.cssi_tests(curve, primary_n_strata=cfg.cssi.primary_n_strata,
+                                     readout_layer=cfg.perturbation.readout_layer % adapter.n_layers)
+    if synthetic is not None:
+        registry.extend(cssi_stage.synthetic_tests(synthetic))
+    return registry
 
 
 def ranking_registry(ranking: pd.DataFrame, readout_layer: int) -> StatsRegistry:

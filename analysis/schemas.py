@@ -40,6 +40,17 @@ ABLATION_RESULTS = (("intervention", "family", "k", "draw", "readout", "value", 
                      "ci_high", "p", "q", "n"), ("ci_low", "ci_high", "p", "q"))
 ABLATION_FIDELITY = (("intervention", "family", "k", "draw", "layer", "hidden_cos_mean", "hidden_cos_max"), ())
 
+CSSI_CURVE = (("reference", "direction", "n_strata", "n_found", "resolution", "site", "edge_type", "layer", "head",
+               "label", "aggregation", "metric", "value", "pooled", "delta", "null_mean", "null_low", "null_high",
+               "p_random_strata", "p_label_shuffle", "gene_permuted_mean", "p_gene_permuted",
+               "p_gene_permuted_delta", "n_null"),
+              ("p_label_shuffle", "gene_permuted_mean", "p_gene_permuted", "p_gene_permuted_delta"))
+CSSI_NULL = (("reference", "direction", "n_strata", "site", "aggregation", "metric", "draw", "value"), ())
+CSSI_SYNTHETIC = (("config", "n_cells", "n_states", "seed", "strata", "pooled_f1", "cssi_f1", "pooled_auroc",
+                   "cssi_auroc", "paper_ratio"), ())
+CSSI_CELLS = (("cell", "obs_name", "fine_cluster", "random_group", "x", "y", "cell_state"), ())
+CSSI_STRATA = (("n_strata", "n_found", "fine_cluster", "stratum", "resolution"), ())
+
 TABLES = {
     "head_ranking": HEAD_RANKING,
     "per_tf": PER_TF,
@@ -58,6 +69,11 @@ TABLES = {
     "statistics_registry": STATISTICS_REGISTRY,
     "ablation_results": ABLATION_RESULTS,
     "ablation_fidelity": ABLATION_FIDELITY,
+    "cssi_curve": CSSI_CURVE,
+    "cssi_null": CSSI_NULL,
+    "cssi_synthetic": CSSI_SYNTHETIC,
+    "cssi_cells": CSSI_CELLS,
+    "cssi_strata": CSSI_STRATA,
 }
 
 

@@ -1,0 +1,283 @@
+"""The CSSI stage of precompute (paper sections 2.2 and 4.2, Supplementary Note 11): strata from the model's cell
+embeddings (or expression), one grouped extraction pass, every stratification of the grid scored with its nulls,
+the synthetic validation, and the registry tests. The same files let the app score slider positions off the grid
+(:func:`load_cssi`, :func:`score_level`) without a forward pass.
+
+Files of a run: ``cssi_cells`` (per cell: fine cluster, random group, 2-D layout, cell state), ``cssi_strata``
+(per level and fine cluster: stratum), ``cssi_curve`` / ``cssi_null`` (scores, null bands, p-values),
+``cssi_synthetic``, and the arrays ``cssi_group_sums.npy`` ``[F + M, layers, heads, G, G]`` float32,
+``cssi_group_counts.npy`` ``[F + M, G, G]``, ``cssi_expression.npy`` ``[cells, G]``, ``cssi_fine_graph.npy``
+``[F, F]`` with ``cssi_params.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import schemas
+from .config import CSSIConfig, RunConfig
+from .cssi import CSSIData, CSSISource, PairSet, evaluate_level, permuted_pairs
+from .ranking import reference_labels, universe_from_labels
+from .references import ReferenceNetwork
+from .registry import StatsRegistry
+from .stats import wilcoxon_p
+from .strata import Stratification, add_level, stratify
+
+log = logging.getLogger("precompute")
+REPRESENTATIONS = ("embedding", "expression")
+ARRAYS = ("cssi_group_sums.npy", "cssi_group_counts.npy", "cssi_expression.npy", "cssi_fine_graph.npy")
+
+
+@dataclass(frozen=True)
+class CSSIRun:
+    """A run's CSSI inputs: the nested stratification and the grouped attention / expression source."""
+
+    strata: Stratification
+    source: CSSISource
+    cells: pd.DataFrame
+    params: dict
+
+
+def choose_layers(cfg: CSSIConfig, n_layers: int, n_heads: int, n_panel: int, readout_layer: int) -> tuple[int, ...]:
+    """Layers accumulated per group: ``cfg.layers`` when set, else all layers if their per-group float32 sums fit
+    in ``cfg.max_gib``, else the read-out layer alone (``(F + M) x layers x heads x G^2 x 4`` bytes)."""
+    if cfg.layers:
+        bad = [layer for layer in cfg.layers if not 0 <= layer < n_layers]
+        if bad:
+            raise ValueError(f"cssi.layers {bad} outside the model's {n_layers} layers")
+        return tuple(sorted(set(cfg.layers)))
+    per_layer = (cfg.n_fine + cfg.n_random_groups) * n_heads * n_panel ** 2 * 4 / 2 ** 30
+    if per_layer * n_layers <= cfg.max_gib:
+        return tuple(range(n_layers))
+    log.info("CSSI: all %d layers would need %.1f GiB of group sums (cssi.max_gib %.1f): keeping the read-out "
+             "layer L%d (set cssi.layers to choose)", n_layers, per_layer * n_layers, cfg.max_gib, readout_layer)
+    return (readout_layer,)
+
+
+def representation(cfg: CSSIConfig, embeddings: np.ndarray | None, expression: np.ndarray) -> np.ndarray:
+    """``[cells, d]`` what the cell graph is built on (see :class:`analysis.config.CSSIConfig`)."""
+    if cfg.representation not in REPRESENTATIONS:
+        raise ValueError(f"cssi.representation must be one of {REPRESENTATIONS}, got {cfg.representation!r}")
+    if cfg.representation == "embedding":
+        if embeddings is None:
+            raise ValueError("no cell embeddings were captured during extraction; rerun the attention stage")
+        return embeddings
+    return expression
+
+
+def random_groups(n_cells: int, n_groups: int, seed: int) -> np.ndarray:
+    """``[cells]`` random group 0..n_groups-1, sizes equal to within one cell."""
+    rng = np.random.default_rng([seed, 11])
+    return rng.permutation(np.arange(n_cells) % n_groups)
+
+
+def build_strata(cfg: CSSIConfig, rep: np.ndarray, n_cells: int) -> tuple[Stratification, np.ndarray]:
+    """Nested strata on ``rep`` and the random null groups (numbered after the fine clusters)."""
+    strata = stratify(rep, n_strata=(), n_fine=cfg.n_fine, n_neighbors=cfg.n_neighbors, min_size=cfg.min_size,
+                      seed=cfg.seed)
+    for k in cfg.n_strata:
+        if k < strata.n_fine:
+            strata = add_level(strata, k)
+    if strata.levels.empty:
+        raise ValueError(f"{strata.n_fine} fine clusters cannot hold any of cssi.n_strata {cfg.n_strata}; raise "
+                         "cssi.n_fine or lower cssi.min_size")
+    return strata, strata.n_fine + random_groups(n_cells, cfg.n_random_groups, cfg.seed)
+
+
+def observed_pairs(run: CSSIRun) -> np.ndarray:
+    """``[G, G]`` bool: the gene pair was co-observed in at least one cell (fine clusters partition the cells)."""
+    return np.asarray(run.source.group_counts[:run.strata.n_fine]).sum(axis=0) > 0
+
+
+def pair_set(panel: pd.DataFrame, reference: ReferenceNetwork, observed: np.ndarray, direction: str) -> PairSet:
+    """Candidate pairs of ``reference`` over the panel: reference TFs x co-observed genes (as the head ranking)."""
+    return PairSet.from_universe(universe_from_labels(reference_labels(panel, reference), observed), direction,
+                                 len(panel))
+
+
+def score_level(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, n_strata: int, *, direction: str,
+                n_null: int, n_gene_null: int, seed: int, data: CSSIData | None = None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Curve and null rows (schemas ``cssi_curve``, ``cssi_null``) of one stratification level of ``run`` against
+    ``reference``; ``data`` reuses an already sliced :class:`analysis.cssi.CSSIData` of the same pairs."""
+    observed = observed_pairs(run)
+    labels_all = reference_labels(panel, reference)
+    data = data or run.source.data(pair_set(panel, reference, observed, direction))
+    fine_only = slice(0, run.strata.n_fine)
+
+    def gene_permuted(rng):
+        return run.source.data(permuted_pairs(labels_all, observed, direction, rng), groups=fine_only)
+
+    curve, null = evaluate_level(data, run.strata.assignment(n_strata), n_strata, n_null=n_null, seed=seed,
+                                 gene_permuted=gene_permuted, n_gene_null=n_gene_null, progress=progress)
+    level = run.strata.levels[run.strata.levels["n_strata"] == n_strata]
+    tag = {"reference": reference.name, "direction": direction}
+    curve = curve.assign(**tag, resolution=float(level["resolution"].iloc[0]))
+    return curve, null.assign(**tag)
+
+
+def evaluate_grid(run: CSSIRun, panel: pd.DataFrame, references: list[ReferenceNetwork], cfg: CSSIConfig,
+                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every (reference, direction, grid level): curve and null tables."""
+    from tqdm.auto import tqdm
+
+    curves, nulls = [], []
+    levels = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
+    observed = observed_pairs(run)
+    bar = tqdm(total=len(references) * len(cfg.directions) * len(levels), desc="CSSI levels", unit="level",
+               disable=not progress)
+    for ref in references:
+        for direction in cfg.directions:
+            data = run.source.data(pair_set(panel, ref, observed, direction))
+            for k in levels:
+                curve, null = score_level(run, panel, ref, k, direction=direction, n_null=cfg.n_null,
+                                          n_gene_null=cfg.n_gene_null, seed=cfg.seed, data=data)
+                curves.append(curve)
+                nulls.append(null)
+                bar.update()
+    bar.close()
+    return pd.concat(curves, ignore_index=True), pd.concat(nulls, ignore_index=True)
+
+
+def prepare(adapter, tokens, cells, store, cfg: RunConfig, progress: bool = True) -> CSSIRun:
+    """Strata and the grouped extraction pass (the costly part; one forward pass over the cells for the chosen
+    layers, memory ``(F + M) x layers x heads x G^2 x 4`` bytes)."""
+    from .attention import extract_grouped_attention
+    from .edges import expression_matrix
+
+    c = cfg.cssi
+    panel = store.panel
+    expression = expression_matrix(cells, panel["gene_id"].to_numpy())
+    strata, random_group = build_strata(c, representation(c, store.cell_embeddings, expression), cells.n_cells)
+    readout = cfg.perturbation.readout_layer % adapter.n_layers
+    layers = choose_layers(c, adapter.n_layers, adapter.n_heads, len(panel), readout)
+    n_groups = strata.n_fine + c.n_random_groups
+    log.info("CSSI: %d fine clusters + %d random groups, layers %s, %.2f GiB of group sums", strata.n_fine,
+             c.n_random_groups, list(layers), n_groups * len(layers) * adapter.n_heads * len(panel) ** 2 * 4 / 2 ** 30)
+    grouped = extract_grouped_attention(adapter, tokens, panel, np.stack([strata.fine, random_group], axis=1),
+                                        n_groups, layers=layers, batch_size=cfg.extraction.batch_size,
+                                        progress=progress)
+    state = (cells.obs[cells.cell_state_col].astype(str).to_numpy() if cells.cell_state_col
+             else np.full(cells.n_cells, ""))
+    table = pd.DataFrame({"cell": np.arange(cells.n_cells), "obs_name": cells.obs.index.astype(str),
+                          "fine_cluster": strata.fine, "random_group": random_group, "x": strata.layout[:, 0],
+                          "y": strata.layout[:, 1], "cell_state": state})
+    params = {"layers": list(layers), "n_fine": strata.n_fine, "n_random_groups": c.n_random_groups,
+              "representation": c.representation, "strata": strata.params,
+              "layout": "first two principal components of the representation"}
+    source = CSSISource(grouped.sums, grouped.counts, expression, strata.fine, random_group, layers)
+    return CSSIRun(strata, source, table, params)
+
+
+def save(run: CSSIRun, directory: Path) -> None:
+    """Write the stratification, cell table and arrays (the curve tables are written by the pipeline)."""
+    np.save(directory / "cssi_group_sums.npy", np.asarray(run.source.group_sums, dtype=np.float32))
+    np.save(directory / "cssi_group_counts.npy", np.asarray(run.source.group_counts))
+    np.save(directory / "cssi_expression.npy", np.asarray(run.source.expression, dtype=np.float32))
+    np.save(directory / "cssi_fine_graph.npy", run.strata.fine_graph)
+    schemas.validate("cssi_cells", run.cells).to_parquet(directory / "cssi_cells.parquet", index=False)
+    schemas.validate("cssi_strata", run.strata.levels).to_parquet(directory / "cssi_strata.parquet", index=False)
+    (directory / "cssi_params.json").write_text(json.dumps(run.params, indent=1, default=str))
+
+
+def load_cssi(directory: Path) -> CSSIRun:
+    """The CSSI inputs of a run directory (arrays memory-mapped)."""
+    params = json.loads((directory / "cssi_params.json").read_text())
+    cells = pd.read_parquet(directory / "cssi_cells.parquet")
+    fine = cells["fine_cluster"].to_numpy()
+    strata = Stratification(fine, pd.read_parquet(directory / "cssi_strata.parquet"),
+                            cells[["x", "y"]].to_numpy(), np.load(directory / "cssi_fine_graph.npy"),
+                            params["strata"])
+    sums, counts, expression = (np.load(directory / name, mmap_mode="r") for name in ARRAYS[:3])
+    source = CSSISource(sums, counts, np.asarray(expression, dtype=np.float64), fine,
+                        cells["random_group"].to_numpy(), tuple(params["layers"]))
+    return CSSIRun(strata, source, cells, params)
+
+
+def stratum_matrices(run: CSSIRun, assignment: np.ndarray, n_strata: int, site: pd.Series) -> np.ndarray:
+    """``[K, G, G]`` edge scores of one site (a row of ``run.source.sites``) within each stratum; ``assignment``:
+    ``[F]`` stratum of each fine cluster. Attention: summed attention / co-occurrence (NaN where never
+    co-observed); Spearman: within-stratum correlation (NaN for constant genes)."""
+    from .cssi import group_to_strata
+    from .edges import spearman_matrix
+
+    f = run.strata.n_fine
+    if site["edge_type"] == "spearman":
+        labels = assignment[run.source.fine]
+        return np.stack([spearman_matrix(run.source.expression[labels == k]) for k in range(n_strata)])
+    i = run.source.layers.index(int(site["layer"]))
+    heads = slice(None) if site["head"] < 0 else slice(int(site["head"]), int(site["head"]) + 1)
+    sums = np.asarray(run.source.group_sums[:f, i, heads], dtype=np.float64).mean(axis=1)     # [F, G, G]
+    strata_sums = group_to_strata(sums, assignment, n_strata)
+    counts = group_to_strata(np.asarray(run.source.group_counts[:f]), assignment, n_strata)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, strata_sums / np.maximum(counts, 1), np.nan)
+
+
+def stratum_top_edges(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, assignment: np.ndarray,
+                      site: pd.Series, *, direction: str, n_top: int = 10) -> pd.DataFrame:
+    """Each stratum's ``n_top`` highest-scoring (reference TF, gene) pairs of one site under ``direction``
+    (``assignment``: ``[F]`` stratum of each fine cluster), with the stratum's size and whether the pair is a
+    reference edge (columns: stratum, n_cells, rank, tf, target, score, in_reference)."""
+    from .edges import oriented_pair_scores
+
+    n_strata = int(assignment.max()) + 1
+    mats = stratum_matrices(run, assignment, n_strata, site)
+    symbols = panel["symbol"].to_numpy()
+    tf_rows = np.nonzero(np.isin(symbols, list(reference.tfs)))[0]
+    scores = oriented_pair_scores(mats, tf_rows, direction)                                   # [K, n_tf, G]
+    scores[:, np.arange(tf_rows.size), tf_rows] = np.nan
+    sizes = np.bincount(assignment[run.source.fine], minlength=n_strata)
+    pairs = reference.pairs()
+    rows = []
+    for k in range(n_strata):
+        flat = np.nan_to_num(scores[k], nan=-np.inf).ravel()
+        top = np.argsort(-flat, kind="stable")[:n_top]
+        for rank, i in enumerate(top[np.isfinite(flat[top])]):
+            t, g = divmod(int(i), len(symbols))
+            tf, target = symbols[tf_rows[t]], symbols[g]
+            rows.append((k, int(sizes[k]), rank + 1, tf, target, float(flat[i]), (tf, target) in pairs))
+    return pd.DataFrame(rows, columns=["stratum", "n_cells", "rank", "tf", "target", "score", "in_reference"])
+
+
+def cssi_tests(curve: pd.DataFrame, *, primary_n_strata: int, readout_layer: int) -> StatsRegistry:
+    """CSSI tests: CSSI-aggregated AUROC exceeds pooled more than random strata of the same sizes do (empirical
+    p). Confirmatory: the read-out layer's head mean, CSSI-max, TF -> target, at the pre-specified number of
+    strata; exploratory: the other levels and aggregations for that site and Spearman, and every head at the
+    pre-specified level. The gene-permuted reference null is registered for the confirmatory site."""
+    reg = StatsRegistry()
+    auroc = curve[curve["metric"] == "auroc"]
+    for r in auroc.itertuples():
+        readout = r.edge_type == "attention_layer_mean" and r.layer == readout_layer
+        primary_level = r.n_strata == primary_n_strata
+        if not (readout or r.edge_type == "spearman" or primary_level):
+            continue
+        confirmatory = readout and primary_level and r.aggregation == "max" and r.direction == "tf_to_target"
+        stem = f"{r.reference} {r.direction}: {r.label} CSSI-{r.aggregation} at {r.n_strata} strata"
+        reg.register("cssi", f"{stem} AUROC gain over pooled > random strata", "random-strata permutation",
+                     r.p_random_strata, effect=r.delta, effect_name="delta AUROC (CSSI - pooled)",
+                     n=r.n_null, confirmatory=confirmatory, exploratory=not confirmatory)
+        if confirmatory and not np.isnan(r.p_gene_permuted_delta):
+            reg.register("cssi", f"{stem} AUROC gain over pooled > gene-permuted reference",
+                         "gene-permuted reference permutation", r.p_gene_permuted_delta, effect=r.delta,
+                         effect_name="delta AUROC (CSSI - pooled)", n=r.n_null, confirmatory=False)
+    return reg
+
+
+def synthetic_tests(table: pd.DataFrame) -> StatsRegistry:
+    """Supplementary Note 11.1: CSSI-max F1 > pooled F1 over (configuration, seed), paired Wilcoxon, per strata
+    source (descriptive: the simulation encodes the method's assumptions)."""
+    reg = StatsRegistry()
+    for source, sub in table.groupby("strata", sort=False):
+        diff = (sub["cssi_f1"] - sub["pooled_f1"]).to_numpy()
+        reg.register("cssi_synthetic", f"state-specific GRN simulation: CSSI-max ({source} strata) F1 > pooled",
+                     "Wilcoxon signed-rank (paired, one-sided)", wilcoxon_p(diff, alternative="greater"),
+                     effect=float((sub["cssi_f1"] / sub["pooled_f1"].where(sub["pooled_f1"] > 0)).mean()),
+                     effect_name="mean F1 ratio (CSSI-max / pooled)", n=len(sub), confirmatory=False)
+    return reg
