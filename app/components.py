@@ -22,11 +22,13 @@ def figure_card(name: str, explanation: str = "", height: int | None = None) -> 
     ])
 
 
-def background_job(run_button: str, cancel_button: str, progress_bar: str) -> dict:
-    """Keyword arguments of a Dash background callback started by ``run_button``: the buttons are disabled /
-    enabled while it runs, ``cancel_button`` cancels it, and ``set_progress((percent, label))`` drives
-    ``progress_bar``."""
-    return {"background": True, "prevent_initial_call": True,
-            "running": [(Output(run_button, "disabled"), True, False), (Output(cancel_button, "disabled"), False, True)],
+def background_job(run_button: str | None, cancel_button: str, progress_bar: str) -> dict:
+    """Keyword arguments of a Dash background callback started by ``run_button`` (None: started by its inputs
+    alone): the buttons are disabled / enabled while it runs, ``cancel_button`` cancels it, and
+    ``set_progress((percent, label))`` drives ``progress_bar``."""
+    running = [(Output(cancel_button, "disabled"), False, True)]
+    if run_button is not None:
+        running.insert(0, (Output(run_button, "disabled"), True, False))
+    return {"background": True, "prevent_initial_call": True, "running": running,
             "cancel": [Input(cancel_button, "n_clicks")],
             "progress": [Output(progress_bar, "value"), Output(progress_bar, "label")]}

@@ -13,7 +13,9 @@ import pandas as pd
 
 from analysis import schemas
 from analysis.artifacts import MANIFEST, list_runs
+from analysis.cssi_stage import CSSIRun, load_cssi
 from analysis.edges import oriented_pair_scores
+from analysis.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -64,6 +66,19 @@ class ArtifactStore:
     def pair_counts(self, run_id: str) -> np.ndarray:
         """``[G, G]`` cells in which both panel genes were in the input (memory-mapped)."""
         return np.load(self.run_dir(run_id) / "pair_counts.npy", mmap_mode="r")
+
+    @lru_cache(maxsize=4)
+    def cssi(self, run_id: str) -> CSSIRun:
+        """The run's CSSI inputs (stratification + memory-mapped group sums); KeyError when the run has none."""
+        if not self.has_table(run_id, "cssi_curve"):
+            raise KeyError(f"run {run_id} has no CSSI results (cssi.n_fine = 0 when it was computed)")
+        return load_cssi(self.run_dir(run_id))
+
+    @lru_cache(maxsize=128)
+    def cssi_assignment(self, run_id: str, n_strata: int) -> np.ndarray:
+        """``[F]`` stratum of each fine cluster at ``n_strata`` (Leiden on the fine-cluster graph when off the
+        precomputed grid; milliseconds)."""
+        return add_level(self.cssi(run_id).strata, n_strata).assignment(n_strata)
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.

@@ -314,3 +314,92 @@ def fidelity_heatmap(frame: pd.DataFrame) -> go.Figure:
                                      "<sup>h0 = embeddings, hN = output of layer N-1; mean over cells</sup>"},
                       height=max(320, 18 * len(z) + 120), margin={"l": 200, "t": 80})
     return fig
+
+
+CSSI_AGGREGATIONS = {"max": "CSSI-max", "mean": "CSSI-mean", "range": "CSSI-range (max - min)",
+                     "deviation": "CSSI-deviation (max |stratum - pooled|)"}
+
+
+def cssi_curve(frame: pd.DataFrame, *, metric: str, aggregation: str, site: str, reference: str, direction: str,
+               selected: int | None = None) -> go.Figure:
+    """Reference recovery vs number of strata for one site and aggregation: the CSSI score, the pooled score, and
+    the random-strata null (5-95% band and mean). ``frame``: one row per n_strata with value, pooled, null_low,
+    null_high, null_mean, p_random_strata and ``source`` (``grid`` precomputed, ``live`` computed in the app)."""
+    frame = frame.sort_values("n_strata")
+    label = "AUROC" if metric == "auroc" else "top-k F1 (k = reference edges)"
+    fig = go.Figure()
+    fig.add_scatter(x=frame["n_strata"], y=frame["null_high"], mode="lines", line={"width": 0}, showlegend=False,
+                    hoverinfo="skip")
+    fig.add_scatter(x=frame["n_strata"], y=frame["null_low"], mode="lines", line={"width": 0}, fill="tonexty",
+                    fillcolor="rgba(140,140,140,0.3)", name="random strata, 5-95%", hoverinfo="skip")
+    fig.add_scatter(x=frame["n_strata"], y=frame["null_mean"], mode="lines", line={"color": "grey", "dash": "dot"},
+                    name="random strata, mean")
+    fig.add_scatter(x=frame["n_strata"], y=frame["pooled"], mode="lines", line={"color": "black", "dash": "dash"},
+                    name="pooled (all cells)")
+    for source, color in (("grid", "#4c72b0"), ("live", "#2ca02c")):
+        grp = frame[frame["source"] == source]
+        if grp.empty:
+            continue
+        fig.add_scatter(x=grp["n_strata"], y=grp["value"], mode="lines+markers" if source == "grid" else "markers",
+                        name=CSSI_AGGREGATIONS.get(aggregation, aggregation) + (" (computed here)" if source == "live"
+                                                                                 else ""),
+                        marker={"color": color, "size": 9}, line={"color": color}, customdata=grp["p_random_strata"],
+                        hovertemplate="%{x} strata: %{y:.4f}<br>random-strata p = %{customdata:.3g}<extra></extra>")
+    if selected is not None:
+        fig.add_vline(x=selected, line_color="#dd8452", line_width=2, annotation_text=f"{selected} strata")
+    fig.update_layout(title={"text": f"{label} of {site} vs {reference}, by number of cell-state strata<br><sup>"
+                                     f"{DIRECTION_LABELS.get(direction, direction)}</sup>"},
+                      xaxis={"title": "number of strata", "dtick": 2}, yaxis={"title": label}, height=460,
+                      margin={"t": 90}, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def cssi_embedding(frame: pd.DataFrame, *, n_strata: int, representation: str) -> go.Figure:
+    """Cells in 2-D (``x``, ``y``) coloured by stratum (``frame``: x, y, stratum, cell_state)."""
+    fig = go.Figure()
+    for stratum, grp in frame.groupby("stratum", sort=True):
+        fig.add_scattergl(x=grp["x"], y=grp["y"], mode="markers", name=f"stratum {stratum} ({len(grp)})",
+                          marker={"size": 5, "opacity": 0.75}, text=grp["cell_state"],
+                          hovertemplate="stratum " + str(stratum) + "<br>%{text}<extra></extra>")
+    fig.update_layout(title={"text": f"Cells by stratum ({n_strata} strata)<br><sup>first two principal components "
+                                     f"of the {representation}; strata = Leiden on its kNN graph</sup>"},
+                      xaxis={"title": "PC1"}, yaxis={"title": "PC2"}, height=460, margin={"t": 90})
+    return fig
+
+
+def cssi_stratum_edges(frame: pd.DataFrame, *, site: str, direction: str) -> go.Figure:
+    """Each stratum's top edges: rows = (TF, target) pairs in any stratum's top list, columns = strata, colour =
+    the pair's score in that stratum's list (blank where it is not in it); reference edges starred."""
+    frame = frame.assign(edge=[f"{'* ' if r else ''}{t} -> {g}" for t, g, r in
+                               zip(frame["tf"], frame["target"], frame["in_reference"])])
+    z = frame.pivot_table(index="edge", columns="stratum", values="score", sort=False)
+    sizes = frame.groupby("stratum")["n_cells"].first()
+    fig = go.Figure(go.Heatmap(z=z.to_numpy(), y=list(z.index), x=[f"S{s} ({sizes[s]})" for s in z.columns],
+                               colorscale="Viridis", colorbar={"title": "score"},
+                               hovertemplate="%{y}<br>%{x}: %{z:.4g}<extra></extra>"))
+    fig.update_layout(title={"text": f"Top edges within each stratum: {site}<br><sup>* = reference edge; "
+                                     f"{DIRECTION_LABELS.get(direction, direction)}; columns: stratum (cells)</sup>"},
+                      yaxis={"autorange": "reversed"}, height=max(360, 14 * len(z) + 140),
+                      margin={"l": 150, "t": 90})
+    return fig
+
+
+def cssi_synthetic(summary: pd.DataFrame) -> go.Figure:
+    """Synthetic validation (Supplementary Note 11.1): CSSI-max / pooled top-k F1 ratio per configuration for
+    oracle and learned strata, next to the paper's ratio."""
+    fig = go.Figure()
+    names = [f"{c} ({n} cells, {s} states)" for c, n, s in
+             summary[["config", "n_cells", "n_states"]].drop_duplicates().itertuples(index=False)]
+    for source, color in (("oracle", "#4c72b0"), ("learned", "#55a868")):
+        grp = summary[summary["strata"] == source]
+        fig.add_bar(x=names, y=grp["ratio"], name=f"ours, {source} strata", marker_color=color,
+                    customdata=grp[["pooled_f1", "cssi_f1"]].to_numpy(),
+                    hovertemplate="%{x}<br>ratio %{y:.2f}<br>pooled F1 %{customdata[0]:.3f}, CSSI-max F1 "
+                                  "%{customdata[1]:.3f}<extra></extra>")
+    paper = summary.drop_duplicates("config")
+    fig.add_bar(x=names, y=paper["paper_ratio"], name="paper (Suppl. Table S5)", marker_color="#8c8c8c")
+    fig.add_hline(y=1, line_dash="dot", line_color="grey")
+    fig.update_layout(title={"text": "Synthetic validation: CSSI-max / pooled top-k F1 on state-specific networks<br>"
+                                     "<sup>Spearman edges; mean over seeds; k = number of true edges</sup>"},
+                      barmode="group", yaxis={"title": "F1 ratio"}, height=440, margin={"t": 90})
+    return fig

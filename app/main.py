@@ -12,10 +12,10 @@ from dash import ALL, MATCH, Dash, DiskcacheManager, Input, Output, State, ctx, 
 from . import ids
 from .data import ArtifactStore
 from .export import MIME, export_bytes
-from .pages import ablation, confounds, heads, overview, perturbation, statistics
+from .pages import ablation, confounds, cssi, heads, overview, perturbation, statistics
 from .settings import PROJECT_ROOT, AppSettings
 
-PAGES = (overview, heads, ablation, perturbation, confounds, statistics)
+PAGES = (overview, heads, ablation, cssi, perturbation, confounds, statistics)
 
 
 def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:

@@ -16,6 +16,7 @@ class AppSettings:
     port: int = 8050
     max_genes_drawn: int = 60
     top_edges: int = 50
+    max_cells_drawn: int = 20_000  # cells sent to the browser in an embedding scatter
     diskcache_size_limit: int = 2 * 1024 ** 3  # bytes; diskcache's default silently evicts past 1 GiB
     max_custom_control_cells: int = 200_000
     max_live_cells: int = 500

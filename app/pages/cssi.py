@@ -1,0 +1,193 @@
+"""CSSI: reference recovery against the number of cell-state strata (slider), with the pooled score and the
+random-strata null band; cells coloured by stratum; each stratum's top edges; the synthetic validation.
+
+Grid positions read precomputed tables. A position between grid points is drawn at once from the fine clusters
+(embedding, per-stratum edges); its CSSI score and nulls are computed by a background job (progress, cancel) and
+cached per run, reference, direction and number of strata, then joined to the curve in green."""
+from __future__ import annotations
+
+import dataclasses
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
+
+from analysis.cssi import AGGREGATIONS
+from analysis.cssi_stage import score_level, stratum_top_edges
+from analysis.cssi_synthetic import summarise
+from analysis.references import ReferenceNetwork
+from analysis.strata import add_level
+
+from .. import ids
+from ..components import background_job, figure_card
+from ..figures import CSSI_AGGREGATIONS, cssi_curve, cssi_embedding, cssi_stratum_edges, cssi_synthetic
+
+PATH, NAME = "/cssi", "CSSI"
+MAX_STRATA = 20
+N_TOP_EDGES = 8
+
+
+def live_key(run_id: str, reference: str, direction: str, n_strata: int) -> tuple:
+    return ("cssi-level", run_id, reference, direction, int(n_strata))
+
+
+def layout(**_):
+    return dbc.Container([
+        html.H3("Cell-State Stratified Interpretability"),
+        html.Div(id=ids.CSSI_NOTE, className="explain mb-2"),
+        dbc.Row([
+            dbc.Col([dbc.Label("Reference"), dcc.Dropdown(id=ids.CSSI_REFERENCE, clearable=False)], md=3),
+            dbc.Col([dbc.Label("Direction"), dcc.Dropdown(id=ids.CSSI_DIRECTION, clearable=False)], md=2),
+            dbc.Col([dbc.Label("Edge source"), dcc.Dropdown(id=ids.CSSI_SITE, clearable=False)], md=2),
+            dbc.Col([dbc.Label("Aggregation across strata"), dbc.RadioItems(
+                id=ids.CSSI_AGGREGATION, value="max", inline=True,
+                options=[{"label": a, "value": a} for a in AGGREGATIONS])], md=3),
+            dbc.Col([dbc.Label("Metric"), dbc.RadioItems(id=ids.CSSI_METRIC, value="auroc", inline=True, options=[
+                {"label": "AUROC", "value": "auroc"}, {"label": "top-k F1", "value": "f1"}])], md=2),
+        ], className="mb-2"),
+        dbc.Row([
+            dbc.Col([dbc.Label("Number of cell-state strata"),
+                     dcc.Slider(id=ids.CSSI_SLIDER, min=2, max=MAX_STRATA, step=1, value=5)], md=7),
+            dbc.Col([dbc.Progress(id=ids.CSSI_PROGRESS, value=0, className="mt-4", style={"height": "22px"})], md=3),
+            dbc.Col(dbc.Button("Cancel", id=ids.CSSI_CANCEL, color="secondary", className="mt-4", disabled=True),
+                    md=2),
+        ]),
+        html.Div(id=ids.CSSI_STATUS, className="explain my-2"),
+        html.Div(id=ids.CSSI_JOB_STATUS, className="explain mb-2"),
+        dcc.Store(id=ids.CSSI_LIVE_VERSION, data=0),
+        figure_card("cssi-curve"),
+        dbc.Row([dbc.Col(figure_card("cssi-embedding"), md=6), dbc.Col(figure_card("cssi-edges"), md=6)]),
+        html.H5("Synthetic validation (Supplementary Note 11.1)", className="mt-3"),
+        figure_card("cssi-synthetic"),
+        dash_table.DataTable(id=ids.CSSI_SYNTHETIC_TABLE, page_size=12, sort_action="native",
+                             style_table={"overflowX": "auto"}),
+    ], fluid=True)
+
+
+def curve_rows(store, jobs, run_id: str, reference: str, direction: str) -> pd.DataFrame:
+    """Precomputed grid rows plus any levels computed in the app for this run, reference and direction."""
+    curve = store.table(run_id, "cssi_curve")
+    grid = curve[(curve["reference"] == reference) & (curve["direction"] == direction)].assign(source="grid")
+    live = [pd.DataFrame(rows).assign(source="live") for k in range(2, MAX_STRATA + 1)
+            if (rows := jobs.get(live_key(run_id, reference, direction, k))) is not None]
+    return pd.concat([grid, *live], ignore_index=True)
+
+
+def register(app, store, settings, jobs):
+    @app.callback(Output(ids.CSSI_REFERENCE, "options"), Output(ids.CSSI_REFERENCE, "value"),
+                  Output(ids.CSSI_DIRECTION, "options"), Output(ids.CSSI_DIRECTION, "value"),
+                  Output(ids.CSSI_SITE, "options"), Output(ids.CSSI_SITE, "value"),
+                  Output(ids.CSSI_SLIDER, "max"), Output(ids.CSSI_SLIDER, "marks"), Output(ids.CSSI_SLIDER, "value"),
+                  Output(ids.CSSI_NOTE, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"),
+                  State(ids.CSSI_SITE, "value"), State(ids.CSSI_SLIDER, "value"))
+    def setup(run_id, selected, site, n_strata):
+        if not run_id or not store.has_table(run_id, "cssi_curve"):
+            return [], None, [], None, [], None, MAX_STRATA, {}, 5, "This run has no CSSI results."
+        run = store.cssi(run_id)
+        heads = [f"L{selected['layer']}H{selected['head']}"] if selected else []
+        labels = list(run.source.sites["label"])
+        if ctx.triggered_id == ids.SELECTED_HEAD and heads and heads[0] in labels:
+            return (no_update,) * 5 + (heads[0],) + (no_update,) * 4
+        m = store.manifest(run_id)
+        curve = store.table(run_id, "cssi_curve")
+        refs, dirs = list(dict.fromkeys(curve["reference"])), list(dict.fromkeys(curve["direction"]))
+        readout = m["config"]["perturbation"]["readout_layer"] % m["model"]["n_layers"]
+        default = f"L{readout} mean" if f"L{readout} mean" in labels else labels[0]
+        site = site if site in labels else (heads[0] if heads and heads[0] in labels else default)
+        grid = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
+        top = min(MAX_STRATA, run.strata.n_fine - 1)
+        primary = m["config"]["cssi"]["primary_n_strata"]
+        value = n_strata if n_strata and 2 <= n_strata <= top else (primary if primary in grid else grid[0])
+        marks = {k: {"label": str(k), "style": {"fontWeight": "bold"}} for k in grid if k <= top}
+        c = m["config"]["cssi"]
+        note = (f"Strata: Leiden on the kNN graph of the {run.params['representation']} of {len(run.cells)} cells, "
+                f"nested in {run.strata.n_fine} fine clusters (so any number of strata is a sum of clusters). "
+                f"Attention layers accumulated per stratum: {', '.join(f'L{x}' for x in run.params['layers'])}. "
+                f"Null band: {c['n_null']} random strata of the same sizes; p-values also against {c['n_null']} "
+                f"label shuffles and {c['n_gene_null']} gene-permuted references. Bold marks are precomputed; "
+                f"other positions are computed in the background. Pre-specified level: {primary} strata.")
+        return ([{"label": r, "value": r} for r in refs], refs[0], [{"label": d, "value": d} for d in dirs], dirs[0],
+                [{"label": x, "value": x} for x in labels], site, top, marks, value, note)
+
+    @app.callback(Output(ids.graph("cssi-curve"), "figure"), Output(ids.figdata("cssi-curve"), "data"),
+                  Output(ids.graph("cssi-embedding"), "figure"), Output(ids.figdata("cssi-embedding"), "data"),
+                  Output(ids.graph("cssi-edges"), "figure"), Output(ids.figdata("cssi-edges"), "data"),
+                  Output(ids.CSSI_STATUS, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.CSSI_REFERENCE, "value"), Input(ids.CSSI_DIRECTION, "value"),
+                  Input(ids.CSSI_SITE, "value"), Input(ids.CSSI_AGGREGATION, "value"), Input(ids.CSSI_METRIC, "value"),
+                  Input(ids.CSSI_SLIDER, "value"), Input(ids.CSSI_LIVE_VERSION, "data"))
+    def view(run_id, reference, direction, site, aggregation, metric, n_strata, _version):
+        if not (run_id and reference and direction and site and n_strata) or not store.has_table(run_id, "cssi_curve"):
+            return {}, [], {}, [], {}, [], ""
+        run = store.cssi(run_id)
+        rows = curve_rows(store, jobs, run_id, reference, direction)
+        sel = rows[(rows["label"] == site) & (rows["aggregation"] == aggregation) & (rows["metric"] == metric)]
+        curve_fig = cssi_curve(sel, metric=metric, aggregation=aggregation, site=site, reference=reference,
+                               direction=direction, selected=n_strata)
+        assignment = store.cssi_assignment(run_id, int(n_strata))
+        cells = run.cells.assign(stratum=assignment[run.cells["fine_cluster"].to_numpy()])
+        if len(cells) > settings.max_cells_drawn:
+            cells = cells.sample(settings.max_cells_drawn, random_state=0)
+        emb_fig = cssi_embedding(cells, n_strata=int(assignment.max()) + 1,
+                                 representation=run.params["representation"])
+        edges_all = store.reference_edges(run_id)
+        ref = ReferenceNetwork(reference, edges_all[edges_all["reference"] == reference], {})
+        sites = run.source.sites
+        edges = stratum_top_edges(run, store.panel(run_id), ref, assignment, sites[sites["label"] == site].iloc[0],
+                                  direction=direction, n_top=N_TOP_EDGES)
+        edges_fig = cssi_stratum_edges(edges, site=site, direction=direction) if len(edges) else {}
+        point = sel[sel["n_strata"] == n_strata]
+        if point.empty:
+            status = (f"{n_strata} strata lies between the precomputed levels: its CSSI score and nulls are being "
+                      "computed in the background (the embedding and per-stratum edges are already drawn).")
+        else:
+            r = point.iloc[0]
+            where = "computed here" if r["source"] == "live" else "precomputed"
+            status = (f"{n_strata} strata ({int(r['n_found'])} found, Leiden resolution {r['resolution']:.3g}; "
+                      f"{where}): {CSSI_AGGREGATIONS[aggregation]} {metric.upper()} {r['value']:.4f} vs pooled "
+                      f"{r['pooled']:.4f} (delta {r['delta']:+.4f}); random-strata null {r['null_mean']:.4f} "
+                      f"[{r['null_low']:.4f}, {r['null_high']:.4f}], p = {r['p_random_strata']:.3g}")
+            if metric == "auroc":
+                status += (f"; label-shuffle p = {r['p_label_shuffle']:.3g}; gene-permuted reference mean "
+                           f"{r['gene_permuted_mean']:.4f}, p = {r['p_gene_permuted']:.3g}")
+        return (curve_fig, sel.drop(columns=["source"]).to_dict("records"), emb_fig, cells.to_dict("records"),
+                edges_fig, edges.to_dict("records"), status)
+
+    @app.callback(Output(ids.CSSI_JOB_STATUS, "children"), Output(ids.CSSI_LIVE_VERSION, "data"),
+                  Input(ids.CSSI_SLIDER, "value"), Input(ids.CSSI_REFERENCE, "value"),
+                  Input(ids.CSSI_DIRECTION, "value"),
+                  State(ids.RUN_SELECT, "value"), State(ids.CSSI_LIVE_VERSION, "data"),
+                  **background_job(None, ids.CSSI_CANCEL, ids.CSSI_PROGRESS))
+    def compute_level(set_progress, n_strata, reference, direction, run_id, version):
+        if not (run_id and reference and direction and n_strata) or not store.has_table(run_id, "cssi_curve"):
+            return no_update, no_update
+        curve = store.table(run_id, "cssi_curve")
+        key = live_key(run_id, reference, direction, n_strata)
+        if (curve["n_strata"] == n_strata).any() or jobs.get(key) is not None:
+            set_progress((100, "precomputed" if (curve["n_strata"] == n_strata).any() else "cached"))
+            return no_update, no_update
+        run = store.cssi(run_id)
+        run = dataclasses.replace(run, strata=add_level(run.strata, int(n_strata)))
+        c = store.manifest(run_id)["config"]["cssi"]
+        edges_all = store.reference_edges(run_id)
+        ref = ReferenceNetwork(reference, edges_all[edges_all["reference"] == reference], {})
+        set_progress((2, f"{n_strata} strata: scoring"))
+        rows, _null = score_level(run, store.panel(run_id), ref, int(n_strata), direction=direction,
+                                  n_null=c["n_null"], n_gene_null=c["n_gene_null"], seed=c["seed"],
+                                  progress=lambda i, n: set_progress((int(100 * i / n), f"null draw {i}/{n}")))
+        jobs.set(key, rows.to_dict("records"))
+        set_progress((100, "done"))
+        return f"Computed {n_strata} strata ({c['n_null']} random strata, {c['n_gene_null']} gene permutations).", \
+            (version or 0) + 1
+
+    @app.callback(Output(ids.graph("cssi-synthetic"), "figure"), Output(ids.figdata("cssi-synthetic"), "data"),
+                  Output(ids.CSSI_SYNTHETIC_TABLE, "data"), Output(ids.CSSI_SYNTHETIC_TABLE, "columns"),
+                  Input(ids.RUN_SELECT, "value"))
+    def synthetic(run_id):
+        if not run_id or not store.has_table(run_id, "cssi_synthetic"):
+            return {}, [], [], []
+        summary = summarise(store.table(run_id, "cssi_synthetic"))
+        table = summary.round(3)
+        return (cssi_synthetic(summary), summary.to_dict("records"), table.to_dict("records"),
+                [{"name": c, "id": c} for c in table.columns])
