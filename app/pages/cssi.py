@@ -54,7 +54,7 @@ def layout(**_):
         ]),
         html.Div(id=ids.CSSI_STATUS, className="explain my-2"),
         html.Div(id=ids.CSSI_JOB_STATUS, className="explain mb-2"),
-        dcc.Store(id=ids.CSSI_LIVE_VERSION, data=0),
+        dcc.Interval(id=ids.CSSI_POLL, interval=1000, disabled=True),
         figure_card("cssi-curve"),
         dbc.Row([dbc.Col(figure_card("cssi-embedding"), md=6), dbc.Col(figure_card("cssi-edges"), md=6)]),
         html.H5("Synthetic validation (Supplementary Note 11.1)", className="mt-3"),
@@ -71,6 +71,19 @@ def curve_rows(store, jobs, run_id: str, reference: str, direction: str) -> pd.D
     live = [pd.DataFrame(rows).assign(source="live") for k in range(2, MAX_STRATA + 1)
             if (rows := jobs.get(live_key(run_id, reference, direction, k))) is not None]
     return pd.concat([grid, *live], ignore_index=True)
+
+
+def level_summary(r: pd.Series, n_strata: int, aggregation: str, metric: str) -> str:
+    """One line on a scored level: CSSI vs pooled, the random-strata band and the p-values."""
+    where = "computed here" if r["source"] == "live" else "precomputed"
+    text = (f"{n_strata} strata ({int(r['n_found'])} found, Leiden resolution {r['resolution']:.3g}; {where}): "
+            f"{CSSI_AGGREGATIONS[aggregation]} {metric.upper()} {r['value']:.4f} vs pooled {r['pooled']:.4f} "
+            f"(delta {r['delta']:+.4f}); random-strata null {r['null_mean']:.4f} [{r['null_low']:.4f}, "
+            f"{r['null_high']:.4f}], p = {r['p_random_strata']:.3g}")
+    if metric == "auroc":
+        text += (f"; label-shuffle p = {r['p_label_shuffle']:.3g}; gene-permuted reference mean "
+                 f"{r['gene_permuted_mean']:.4f}, p = {r['p_gene_permuted']:.3g}")
+    return text
 
 
 def register(app, store, settings, jobs):
@@ -111,20 +124,40 @@ def register(app, store, settings, jobs):
                 [{"label": x, "value": x} for x in labels], site, top, marks, value, note)
 
     @app.callback(Output(ids.graph("cssi-curve"), "figure"), Output(ids.figdata("cssi-curve"), "data"),
-                  Output(ids.graph("cssi-embedding"), "figure"), Output(ids.figdata("cssi-embedding"), "data"),
-                  Output(ids.graph("cssi-edges"), "figure"), Output(ids.figdata("cssi-edges"), "data"),
-                  Output(ids.CSSI_STATUS, "children"),
+                  Output(ids.CSSI_STATUS, "children"), Output(ids.CSSI_POLL, "disabled"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.CSSI_REFERENCE, "value"), Input(ids.CSSI_DIRECTION, "value"),
                   Input(ids.CSSI_SITE, "value"), Input(ids.CSSI_AGGREGATION, "value"), Input(ids.CSSI_METRIC, "value"),
-                  Input(ids.CSSI_SLIDER, "value"), Input(ids.CSSI_LIVE_VERSION, "data"))
-    def view(run_id, reference, direction, site, aggregation, metric, n_strata, _version):
+                  Input(ids.CSSI_SLIDER, "value"), Input(ids.CSSI_POLL, "n_intervals"), Input(ids.CSSI_CANCEL, "n_clicks"))
+    def curve(run_id, reference, direction, site, aggregation, metric, n_strata, _tick, _cancel):
+        """The curve and status; while the slider's level is being computed in the background, polls for it
+        (the job writes only to the job cache, so nothing here waits for it)."""
         if not (run_id and reference and direction and site and n_strata) or not store.has_table(run_id, "cssi_curve"):
-            return {}, [], {}, [], {}, [], ""
-        run = store.cssi(run_id)
+            return {}, [], "", True
         rows = curve_rows(store, jobs, run_id, reference, direction)
         sel = rows[(rows["label"] == site) & (rows["aggregation"] == aggregation) & (rows["metric"] == metric)]
-        curve_fig = cssi_curve(sel, metric=metric, aggregation=aggregation, site=site, reference=reference,
-                               direction=direction, selected=n_strata)
+        fig = cssi_curve(sel, metric=metric, aggregation=aggregation, site=site, reference=reference,
+                         direction=direction, selected=n_strata)
+        point = sel[sel["n_strata"] == n_strata]
+        if point.empty and ctx.triggered_id == ids.CSSI_CANCEL:
+            status, pending = f"Cancelled: {n_strata} strata was not scored; move the slider to start again.", False
+        elif point.empty:
+            status, pending = (f"{n_strata} strata lies between the precomputed levels: its CSSI score and nulls are "
+                               "being computed in the background (the embedding and per-stratum edges are already "
+                               "drawn)."), True
+        else:
+            status, pending = level_summary(point.iloc[0], n_strata, aggregation, metric), False
+        return fig, sel.drop(columns=["source"]).to_dict("records"), status, not pending
+
+    @app.callback(Output(ids.graph("cssi-embedding"), "figure"), Output(ids.figdata("cssi-embedding"), "data"),
+                  Output(ids.graph("cssi-edges"), "figure"), Output(ids.figdata("cssi-edges"), "data"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.CSSI_REFERENCE, "value"), Input(ids.CSSI_DIRECTION, "value"),
+                  Input(ids.CSSI_SITE, "value"), Input(ids.CSSI_SLIDER, "value"))
+    def strata_view(run_id, reference, direction, site, n_strata):
+        """Cells coloured by stratum and each stratum's top edges: sums over fine clusters, drawn at once for
+        any slider position."""
+        if not (run_id and reference and direction and site and n_strata) or not store.has_table(run_id, "cssi_curve"):
+            return {}, [], {}, []
+        run = store.cssi(run_id)
         assignment = store.cssi_assignment(run_id, int(n_strata))
         cells = run.cells.assign(stratum=assignment[run.cells["fine_cluster"].to_numpy()])
         if len(cells) > settings.max_cells_drawn:
@@ -137,36 +170,21 @@ def register(app, store, settings, jobs):
         edges = stratum_top_edges(run, store.panel(run_id), ref, assignment, sites[sites["label"] == site].iloc[0],
                                   direction=direction, n_top=N_TOP_EDGES)
         edges_fig = cssi_stratum_edges(edges, site=site, direction=direction) if len(edges) else {}
-        point = sel[sel["n_strata"] == n_strata]
-        if point.empty:
-            status = (f"{n_strata} strata lies between the precomputed levels: its CSSI score and nulls are being "
-                      "computed in the background (the embedding and per-stratum edges are already drawn).")
-        else:
-            r = point.iloc[0]
-            where = "computed here" if r["source"] == "live" else "precomputed"
-            status = (f"{n_strata} strata ({int(r['n_found'])} found, Leiden resolution {r['resolution']:.3g}; "
-                      f"{where}): {CSSI_AGGREGATIONS[aggregation]} {metric.upper()} {r['value']:.4f} vs pooled "
-                      f"{r['pooled']:.4f} (delta {r['delta']:+.4f}); random-strata null {r['null_mean']:.4f} "
-                      f"[{r['null_low']:.4f}, {r['null_high']:.4f}], p = {r['p_random_strata']:.3g}")
-            if metric == "auroc":
-                status += (f"; label-shuffle p = {r['p_label_shuffle']:.3g}; gene-permuted reference mean "
-                           f"{r['gene_permuted_mean']:.4f}, p = {r['p_gene_permuted']:.3g}")
-        return (curve_fig, sel.drop(columns=["source"]).to_dict("records"), emb_fig, cells.to_dict("records"),
-                edges_fig, edges.to_dict("records"), status)
+        return emb_fig, cells.to_dict("records"), edges_fig, edges.to_dict("records")
 
-    @app.callback(Output(ids.CSSI_JOB_STATUS, "children"), Output(ids.CSSI_LIVE_VERSION, "data"),
+    @app.callback(Output(ids.CSSI_JOB_STATUS, "children"),
                   Input(ids.CSSI_SLIDER, "value"), Input(ids.CSSI_REFERENCE, "value"),
-                  Input(ids.CSSI_DIRECTION, "value"),
-                  State(ids.RUN_SELECT, "value"), State(ids.CSSI_LIVE_VERSION, "data"),
+                  Input(ids.CSSI_DIRECTION, "value"), State(ids.RUN_SELECT, "value"),
                   **background_job(None, ids.CSSI_CANCEL, ids.CSSI_PROGRESS))
-    def compute_level(set_progress, n_strata, reference, direction, run_id, version):
+    def compute_level(set_progress, n_strata, reference, direction, run_id):
+        """Score a level off the precomputed grid with the run's null settings; cached in the job cache."""
         if not (run_id and reference and direction and n_strata) or not store.has_table(run_id, "cssi_curve"):
-            return no_update, no_update
+            return no_update
         curve = store.table(run_id, "cssi_curve")
         key = live_key(run_id, reference, direction, n_strata)
         if (curve["n_strata"] == n_strata).any() or jobs.get(key) is not None:
             set_progress((100, "precomputed" if (curve["n_strata"] == n_strata).any() else "cached"))
-            return no_update, no_update
+            return no_update
         run = store.cssi(run_id)
         run = dataclasses.replace(run, strata=add_level(run.strata, int(n_strata)))
         c = store.manifest(run_id)["config"]["cssi"]
@@ -178,8 +196,7 @@ def register(app, store, settings, jobs):
                                   progress=lambda i, n: set_progress((int(100 * i / n), f"null draw {i}/{n}")))
         jobs.set(key, rows.to_dict("records"))
         set_progress((100, "done"))
-        return f"Computed {n_strata} strata ({c['n_null']} random strata, {c['n_gene_null']} gene permutations).", \
-            (version or 0) + 1
+        return f"Computed {n_strata} strata ({c['n_null']} random strata, {c['n_gene_null']} gene permutations)."
 
     @app.callback(Output(ids.graph("cssi-synthetic"), "figure"), Output(ids.figdata("cssi-synthetic"), "data"),
                   Output(ids.CSSI_SYNTHETIC_TABLE, "data"), Output(ids.CSSI_SYNTHETIC_TABLE, "columns"),
