@@ -1,0 +1,171 @@
+"""CSSI scoring against brute-force and library references, and its two scientific checks: no inflation where
+there is no state structure, and a gain over pooled inference where edges are state-specific."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import rankdata, spearmanr
+from sklearn.metrics import roc_auc_score
+
+from analysis.cssi import (AGGREGATIONS, CSSIData, PairSet, aggregate, evaluate_level, recovery, site_sums,
+                           site_table, spearman_by_stratum)
+from analysis.cssi_synthetic import state_specific_screen, validate
+from analysis.ranking import Universe, ranks_and_order
+from analysis.strata import stratify
+
+
+def brute_aggregate(strata: np.ndarray, pooled: np.ndarray, how: str) -> np.ndarray:
+    out = np.full(pooled.shape, np.nan)
+    for i in np.ndindex(pooled.shape):
+        vals = [strata[(k,) + i] for k in range(strata.shape[0]) if not np.isnan(strata[(k,) + i])]
+        if not vals:
+            continue
+        out[i] = {"max": max(vals), "mean": sum(vals) / len(vals), "range": max(vals) - min(vals),
+                  "deviation": max(abs(v - pooled[i]) for v in vals)}[how]
+    return out
+
+
+@pytest.mark.parametrize("how", AGGREGATIONS)
+def test_aggregations_equal_brute_force(rng, how):
+    strata = rng.normal(size=(4, 3, 7))
+    strata[rng.random(strata.shape) < 0.3] = np.nan
+    strata[:, 0, 0] = np.nan   # a pair no stratum observed
+    pooled = rng.normal(size=(3, 7))
+    got, want = aggregate(strata, pooled, how), brute_aggregate(strata, pooled, how)
+    assert np.isnan(got[0, 0]) and np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.allclose(got[~np.isnan(got)], want[~np.isnan(want)])
+
+
+def test_ranks_and_top_k_equal_scipy_sklearn_and_brute_force(rng):
+    scores = np.round(rng.normal(size=(5, 300)), 1)   # many ties
+    scores[1, :40] = np.nan                           # never co-observed: scored 0
+    labels = rng.random(300) < 0.1
+    auroc, f1, ranks = recovery(scores, labels, 25)
+    flat = np.nan_to_num(scores)
+    assert np.allclose(ranks, rankdata(flat, axis=1))
+    assert np.array_equal(ranks_and_order(flat)[1], np.argsort(-flat, axis=1, kind="stable"))
+    for s in range(5):
+        assert auroc[s] == pytest.approx(roc_auc_score(labels, flat[s]))
+        top = sorted(range(300), key=lambda i: (-flat[s, i], i))[:25]   # ties broken by position
+        hits = labels[top].sum()
+        precision, recall = hits / 25, hits / labels.sum()
+        assert f1[s] == pytest.approx(2 * precision * recall / (precision + recall) if hits else 0.0)
+
+
+def test_stratum_scores_equal_brute_force_over_cells(rng):
+    """Per-stratum attention = summed attention of the stratum's cells / their co-observation count, read from
+    group sums; per-stratum Spearman = scipy within the stratum; symmetric = mean of both directions."""
+    n_cells, g, layers, heads = 60, 6, 2, 3
+    att = rng.random((n_cells, layers, heads, g, g))                   # per-cell attention A[q, k]
+    present = rng.random((n_cells, g)) < 0.8
+    co = present[:, :, None] & present[:, None, :]                     # [cells, G, G] both genes in the input
+    fine = rng.integers(0, 5, n_cells)
+    random_group = 5 + rng.integers(0, 4, n_cells)
+    sums = np.zeros((9, layers, heads, g, g))
+    counts = np.zeros((9, g, g))
+    for c in range(n_cells):
+        for grp in (fine[c], random_group[c]):
+            sums[grp] += att[c] * co[c]
+            counts[grp] += co[c]
+    universe = Universe(np.array([0, 2]), ~np.eye(6, dtype=bool)[[0, 2]], rng.random((2, g)) < 0.4)
+    pairs = PairSet.from_universe(universe, "symmetric", g)
+    x = rng.normal(size=(n_cells, g))
+    data = CSSIData(site_sums(sums.reshape(9, layers, heads, -1)[..., pairs.columns]),
+                    counts.reshape(9, -1)[:, pairs.columns], x, fine, random_group, pairs,
+                    site_table((0, 1), heads), top_k=3)
+    assignment = np.array([0, 1, 1, 0, 2, -1, -1, -1, -1])              # fine cluster -> stratum
+    cell_stratum = assignment[fine]
+    got = data.stratum_scores(assignment, cell_stratum, 3)              # [K, S, N]
+    t, gene = np.nonzero(universe.pair_mask)
+    tf = universe.tf_rows[t]
+    for k in range(3):
+        member = cell_stratum == k
+        with np.errstate(invalid="ignore"):
+            mean_att = (att[member] * co[member][:, None, None]).sum(0) / co[member].sum(0)   # [L, H, G, G]
+        for layer in range(layers):
+            for h in range(heads):
+                want = (mean_att[layer, h, tf, gene] + mean_att[layer, h, gene, tf]) / 2
+                assert np.allclose(got[k, layer * heads + h], want, equal_nan=True)
+            want_mean = (mean_att[layer].mean(0)[tf, gene] + mean_att[layer].mean(0)[gene, tf]) / 2
+            assert np.allclose(got[k, layers * heads + layer], want_mean, equal_nan=True)
+        rho = spearmanr(x[member]).statistic
+        assert np.allclose(got[k, -1], (rho[tf, gene] + rho[gene, tf]) / 2)
+    # pooled = all cells, through the fine clusters
+    with np.errstate(invalid="ignore"):
+        pooled_att = (att * co[:, None, None]).sum(0) / co.sum(0)
+    assert np.allclose(data.pooled[0], (pooled_att[0, 0, tf, gene] + pooled_att[0, 0, gene, tf]) / 2)
+
+
+def test_spearman_by_stratum_marks_small_and_constant_strata(rng):
+    x = rng.normal(size=(20, 4))
+    x[:, 3] = 1.0
+    labels = np.array([0] * 18 + [1] * 2)
+    out = spearman_by_stratum(x, labels, 2, np.array([1, 3]))
+    assert np.isnan(out[1]).all()              # 2 cells: below min_cells
+    assert np.isnan(out[0, 1])                 # constant gene
+    assert out[0, 0] == pytest.approx(spearmanr(x[:18, 0], x[:18, 1]).statistic)
+
+
+def spearman_only(x: np.ndarray, labels: np.ndarray, fine: np.ndarray, n_random: int, seed: int) -> CSSIData:
+    """CSSI data with the Spearman site alone (no attention) for a simulated screen; TFs are the first genes."""
+    n_tfs, g = labels.shape
+    universe = Universe(np.arange(n_tfs), ~np.eye(n_tfs, g, dtype=bool), labels)
+    pairs = PairSet.from_universe(universe, "tf_to_target", g)
+    n_fine = int(fine.max()) + 1
+    random_group = n_fine + np.random.default_rng(seed).permutation(np.arange(x.shape[0]) % n_random)
+    n_pairs = pairs.columns.size
+    return CSSIData(np.zeros((n_fine + n_random, 0, n_pairs)), np.ones((n_fine + n_random, n_pairs)), x, fine,
+                    random_group, pairs, site_table((), 0), pairs.top_k)
+
+
+def learned(x: np.ndarray, n_strata: tuple[int, ...], seed: int):
+    from sklearn.decomposition import PCA
+
+    pcs = PCA(n_components=20, random_state=seed).fit_transform(x)
+    return stratify(pcs, n_strata=n_strata, n_fine=24, n_neighbors=15, min_size=10, seed=seed)
+
+
+def spearman_row(curve: pd.DataFrame, aggregation: str, metric: str) -> pd.Series:
+    return curve[(curve["edge_type"] == "spearman") & (curve["aggregation"] == aggregation)
+                 & (curve["metric"] == metric)].iloc[0]
+
+
+def test_no_inflation_without_state_structure():
+    """One state, one network: whatever strata Leiden finds carry no state-specific edges, so CSSI-max must not
+    beat random strata of the same sizes, and random strata themselves must not beat pooled inference."""
+    x, _, labels = state_specific_screen(600, 1, seed=1)
+    strata = learned(x, (2, 4, 8), seed=1)
+    data = spearman_only(x, labels, strata.fine, n_random=40, seed=1)
+    for k in (2, 4, 8):
+        curve, null = evaluate_level(data, strata.assignment(k), k, n_null=60, seed=k)
+        row = spearman_row(curve, "max", "auroc")
+        assert row["p_random_strata"] > 0.05, f"{k} strata: CSSI inflated (p {row['p_random_strata']})"
+        assert row["value"] <= row["null_high"] + 1e-9
+        assert row["null_mean"] <= row["pooled"] + 0.005   # random strata do not manufacture signal
+        assert row["p_label_shuffle"] < 0.05               # the network itself is recovered
+        draws = null[(null["aggregation"] == "max") & (null["metric"] == "auroc") & (null["site"] == row["site"])]
+        assert len(draws) == 60
+
+
+def test_cssi_beats_pooled_on_state_specific_edges():
+    """Six states, each edge active in one state (Supplementary Note 11.1): CSSI-max on learned strata recovers
+    the union network better than pooled Spearman and better than random strata of the same sizes."""
+    x, states, labels = state_specific_screen(600, 6, seed=0)
+    strata = learned(x, (6,), seed=0)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(states, strata.cell_labels(6)) > 0.5   # the learned strata find the states
+    data = spearman_only(x, labels, strata.fine, n_random=48, seed=0)
+    curve, _ = evaluate_level(data, strata.assignment(6), 6, n_null=60, seed=0)
+    auroc, f1 = spearman_row(curve, "max", "auroc"), spearman_row(curve, "max", "f1")
+    assert auroc["delta"] > 0.02 and f1["delta"] > 0
+    assert auroc["p_random_strata"] < 0.05
+
+
+def test_synthetic_validation_improves_on_pooled():
+    table = validate(2, configs=(("Large", 600, 6, 1.85),))
+    assert set(table["strata"]) == {"oracle", "learned"} and len(table) == 4
+    for source, grp in table.groupby("strata"):
+        assert grp["cssi_f1"].mean() > grp["pooled_f1"].mean(), source
+        assert grp["cssi_auroc"].mean() > grp["pooled_auroc"].mean(), source
