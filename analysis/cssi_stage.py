@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from . import schemas
-from .config import CSSIConfig, RunConfig
+from .config import DIRECTIONS, CSSIConfig, RunConfig
 from .cssi import CSSIData, CSSISource, PairSet, evaluate_level, permuted_pairs
+from .data import InputError
 from .ranking import reference_labels, universe_from_labels
 from .references import ReferenceNetwork
 from .registry import StatsRegistry
@@ -50,7 +51,7 @@ def choose_layers(cfg: CSSIConfig, n_layers: int, n_heads: int, n_panel: int, re
     if cfg.layers:
         bad = [layer for layer in cfg.layers if not 0 <= layer < n_layers]
         if bad:
-            raise ValueError(f"cssi.layers {bad} outside the model's {n_layers} layers")
+            raise InputError(f"cssi.layers {bad} outside the model's {n_layers} layers (0..{n_layers - 1})")
         return tuple(sorted(set(cfg.layers)))
     per_layer = (cfg.n_fine + cfg.n_random_groups) * n_heads * n_panel ** 2 * 4 / 2 ** 30
     if per_layer * n_layers <= cfg.max_gib:
@@ -60,10 +61,28 @@ def choose_layers(cfg: CSSIConfig, n_layers: int, n_heads: int, n_panel: int, re
     return (readout_layer,)
 
 
+def check_config(cfg: CSSIConfig, n_cells: int, n_layers: int) -> None:
+    """Refuse CSSI settings that cannot work before anything is written (InputError naming the setting)."""
+    if cfg.representation not in REPRESENTATIONS:
+        raise InputError(f"cssi.representation must be one of {REPRESENTATIONS}, got {cfg.representation!r}")
+    bad = [d for d in cfg.directions if d not in DIRECTIONS]
+    if bad:
+        raise InputError(f"cssi.directions {bad} unknown; choose from {DIRECTIONS}")
+    if not cfg.n_strata or min(cfg.n_strata) < 2:
+        raise InputError(f"cssi.n_strata {cfg.n_strata} must list numbers of strata >= 2")
+    if cfg.primary_n_strata not in cfg.n_strata:
+        raise InputError(f"cssi.primary_n_strata {cfg.primary_n_strata} is not in cssi.n_strata {cfg.n_strata}")
+    if cfg.n_fine <= min(cfg.n_strata):
+        raise InputError(f"cssi.n_fine {cfg.n_fine} must exceed the smallest number of strata {min(cfg.n_strata)}")
+    if n_cells < max(cfg.n_neighbors + 1, 2 * cfg.min_size, cfg.n_random_groups):
+        raise InputError(f"{n_cells} cells are too few for CSSI (cssi.n_neighbors {cfg.n_neighbors}, cssi.min_size "
+                         f"{cfg.min_size}, cssi.n_random_groups {cfg.n_random_groups}); lower them or set "
+                         "cssi.n_fine=0 to skip CSSI")
+    choose_layers(cfg, n_layers, 1, 1, 0)
+
+
 def representation(cfg: CSSIConfig, embeddings: np.ndarray | None, expression: np.ndarray) -> np.ndarray:
     """``[cells, d]`` what the cell graph is built on (see :class:`analysis.config.CSSIConfig`)."""
-    if cfg.representation not in REPRESENTATIONS:
-        raise ValueError(f"cssi.representation must be one of {REPRESENTATIONS}, got {cfg.representation!r}")
     if cfg.representation == "embedding":
         if embeddings is None:
             raise ValueError("no cell embeddings were captured during extraction; rerun the attention stage")
@@ -84,8 +103,12 @@ def build_strata(cfg: CSSIConfig, rep: np.ndarray, n_cells: int) -> tuple[Strati
     for k in cfg.n_strata:
         if k < strata.n_fine:
             strata = add_level(strata, k)
+    dropped = sorted(k for k in cfg.n_strata if k >= strata.n_fine)
+    if dropped:
+        log.warning("CSSI: %d fine clusters of >= %d cells cannot hold %s strata; those levels are skipped (lower "
+                    "cssi.min_size or raise cssi.n_fine)", strata.n_fine, cfg.min_size, dropped)
     if strata.levels.empty:
-        raise ValueError(f"{strata.n_fine} fine clusters cannot hold any of cssi.n_strata {cfg.n_strata}; raise "
+        raise InputError(f"{strata.n_fine} fine clusters cannot hold any of cssi.n_strata {cfg.n_strata}; raise "
                          "cssi.n_fine or lower cssi.min_size")
     return strata, strata.n_fine + random_groups(n_cells, cfg.n_random_groups, cfg.seed)
 

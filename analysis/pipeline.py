@@ -108,6 +108,10 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
             if universe.tf_rows.size == 0:
                 raise InputError(f"reference {ref.name} has no TF with a target among the {len(panel)} panel genes "
                                  "(check that gene symbols match, or raise --panel-size / --n-hvg)")
+        if cfg.cssi.n_fine > 0:
+            from .cssi_stage import check_config
+
+            check_config(cfg.cssi, inp.cells.n_cells, adapter.n_layers)
     model_hash = adapter.checkpoint_sha256 or stable_hash({"random_init": cfg.model.random_init,
                                                            "config": adapter.model.config.to_dict(),
                                                            "seed": cfg.model.seed})

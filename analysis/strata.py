@@ -178,12 +178,13 @@ def stratify(representation: np.ndarray, *, n_strata: tuple[int, ...], n_fine: i
     """Fine clusters and nested strata for every requested number of strata (see module doc).
 
     ``representation``: ``[n_cells, d]`` (model cell embeddings or expression); PCA to ``n_pcs`` components when
-    ``d > n_pcs``. Fine clusters: Leiden on the cell graph, the resolution raised from 1 (by the ratio of wanted to
+    ``d > n_pcs`` (at most cells - 1). Fine clusters: Leiden on the cell graph, the resolution raised from 1 (by the ratio of wanted to
     found clusters, at least 1.25x) until there are ``>= n_fine`` clusters, those under ``min_size`` cells then merged into neighbours.
     """
     from sklearn.decomposition import PCA
 
     x = np.asarray(representation, dtype=np.float64)
+    n_pcs = min(n_pcs, x.shape[0] - 1)   # PCA cannot give more components than cells - 1
     if x.shape[1] > n_pcs:
         x = PCA(n_components=n_pcs, random_state=seed).fit_transform(x)
     idx, dist = knn(x, n_neighbors)

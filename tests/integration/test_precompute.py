@@ -17,7 +17,8 @@ from tests.conftest import shared_path
 
 SMALL = ["--quiet", "--set", "simulation.n_cells=150", "--set", "train.epochs=1", "--set", "train.hidden_size=32",
          "--set", "train.n_layers=2", "--set", "ranking.n_null=30", "--set", "ablation.n_cells=40",
-         "--name", "small"]
+         "--set", "cssi.n_strata=2,3,5", "--set", "cssi.primary_n_strata=3", "--set", "cssi.min_size=5", "--set", "cssi.n_null=20",
+         "--set", "cssi.n_gene_null=5", "--set", "cssi.synthetic_seeds=1", "--name", "small"]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,35 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_run):
     assert (fid[fid["layer"] == fid["layer"].max()]["hidden_cos_mean"] > 0).all()
 
 
+def test_embedded_run_has_cssi(embedded_run):
+    cache, run_dir = embedded_run
+    store = ArtifactStore(cache)
+    run = run_dir.name
+    cssi = store.cssi(run)
+    assert len(cssi.cells) == 150 and cssi.params["representation"] == "embedding"
+    assert sorted(cssi.strata.levels["n_strata"].unique()) == [2, 3, 5]
+    for k in (2, 3, 5):
+        assert np.unique(cssi.strata.cell_labels(k)).size == k
+    # fine clusters and random groups each partition the cells: their sums are the pooled store of those layers
+    pooled = np.load(run_dir / "attention_sums.npy")[list(cssi.params["layers"])]
+    sums, f = np.asarray(cssi.source.group_sums), cssi.strata.n_fine
+    assert np.allclose(sums[:f].sum(0), pooled, rtol=1e-4, atol=1e-4)
+    assert np.allclose(sums[f:].sum(0), pooled, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(np.asarray(cssi.source.group_counts[:f]).sum(0), np.load(run_dir / "pair_counts.npy"))
+    curve = store.table(run, "cssi_curve")
+    n_sites = len(cssi.source.sites)   # 2 layers x 4 heads + 2 layer means + Spearman
+    assert n_sites == 11 and len(curve) == 3 * n_sites * 4 * 2
+    assert (curve["n_found"] == curve["n_strata"]).all() and (curve["null_low"] <= curve["null_high"]).all()
+    assert len(store.table(run, "cssi_null")) == 3 * n_sites * 4 * 2 * 20
+    reg = store.table(run, "statistics_registry")
+    tests = reg[reg["analysis"] == "cssi"]
+    assert tests["confirmatory"].sum() == 1
+    assert "L1 mean CSSI-max at 3 strata" in tests.loc[tests["confirmatory"], "hypothesis"].iloc[0]
+    assert "cssi_synthetic" in set(reg["analysis"])
+    assert set(store.table(run, "cssi_synthetic")["config"]) == {"Small", "Medium", "Large", "XLarge", "XXLarge",
+                                                                 "Massive"}
+
+
 def test_rerun_reuses_finished_stages(embedded_run):
     cache, run_dir = embedded_run
     before = (run_dir / "attention_sums.npy").stat().st_mtime_ns
@@ -81,7 +111,7 @@ def test_rerun_reuses_finished_stages(embedded_run):
     assert precompute.main(["--cache", str(cache), *SMALL]) == 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
     skipped = {t["stage"]: t["skipped"] for t in manifest["stage_timings"]}
-    assert skipped["attention"] and skipped["ablation"]
+    assert skipped["attention"] and skipped["ablation"] and skipped["cssi"]
     assert (run_dir / "attention_sums.npy").stat().st_mtime_ns == before
     assert not partial.exists()
 
@@ -106,7 +136,7 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
                           "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
                           "--cell-state-col", "cell_line_demuxlet", "--max-cells", "24", "--panel-size", "200",
                           "--n-null", "20", "--name", "mixology", "--set", "ablation.n_cells=2", "--set",
-                          "ablation.ks=1", "--set", "ablation.n_random=1"])
+                          "ablation.ks=1", "--set", "ablation.n_random=1", *CSSI_24_CELLS])
     assert rc == 0
     (run_dir,) = (cache / "artifacts").iterdir()
     m = json.loads((run_dir / "manifest.json").read_text())
@@ -119,6 +149,16 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     ablation = pd.read_parquet(run_dir / "ablation_results.parquet")
     assert {"top_k", "bottom_k", "random_k", "uniform_top_k", "whole_layer", "mlp_layer"} <= set(ablation["family"])
     assert "perturbation_auroc" not in set(ablation["readout"])  # no perturbation column in this dataset
+    cells = pd.read_parquet(run_dir / "cssi_cells.parquet")
+    assert len(cells) == 24 and cells["cell_state"].str.len().gt(0).all()   # the real cell-line labels
+    curve = pd.read_parquet(run_dir / "cssi_curve.parquet")
+    assert set(curve["reference"]) == {"TRRUST"} and set(curve["n_strata"]) == {2, 3}
+    assert curve.loc[curve["edge_type"] == "attention", "layer"].nunique() == 6
+
+
+CSSI_24_CELLS = ["--set", "cssi.n_neighbors=5", "--set", "cssi.min_size=2", "--set", "cssi.n_fine=6", "--set",
+                 "cssi.n_random_groups=4", "--set", "cssi.n_strata=2,3", "--set", "cssi.primary_n_strata=2",
+                 "--set", "cssi.n_null=10", "--set", "cssi.n_gene_null=3", "--set", "cssi.synthetic_seeds=0"]
 
 
 def _assert_no_artifacts(cache):
@@ -126,13 +166,15 @@ def _assert_no_artifacts(cache):
     assert not arts.exists() or not any(arts.iterdir())
 
 
-@pytest.mark.parametrize("case", ["not_h5ad", "log_normalised", "no_vocabulary_overlap", "malformed_trrust"])
+@pytest.mark.parametrize("case", ["not_h5ad", "log_normalised", "no_vocabulary_overlap", "malformed_trrust",
+                                  "too_few_cells_for_cssi"])
 def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case):
     dicts = shared_path("geneformer/dict_gc30M")
     trrust = shared_path("regulatory/trrust_rawdata.human.tsv")
     data = mixology_h5ad(tmp_path / "cells.h5ad", n_cells=10)
     expected = {"not_h5ad": "not a readable AnnData", "log_normalised": "looks normalised or log-transformed",
-                "no_vocabulary_overlap": "none of the", "malformed_trrust": "mode 'Activates'"}[case]
+                "no_vocabulary_overlap": "none of the", "malformed_trrust": "mode 'Activates'",
+                "too_few_cells_for_cssi": "10 cells are too few for CSSI"}[case]
     if case == "not_h5ad":
         data = tmp_path / "counts.h5ad"
         data.write_text("this is a csv,not h5ad\n")
