@@ -92,9 +92,10 @@ def register(app, store, settings, jobs):
                   Output(ids.CSSI_SITE, "options"), Output(ids.CSSI_SITE, "value"),
                   Output(ids.CSSI_SLIDER, "max"), Output(ids.CSSI_SLIDER, "marks"), Output(ids.CSSI_SLIDER, "value"),
                   Output(ids.CSSI_NOTE, "children"),
-                  Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"),
-                  State(ids.CSSI_SITE, "value"), State(ids.CSSI_SLIDER, "value"))
-    def setup(run_id, selected, site, n_strata):
+                  Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"), State(ids.CSSI_SITE, "value"))
+    def setup(run_id, selected, site):
+        """Options of a run; the slider opens at the pre-specified number of strata. A head selected on another
+        page becomes the edge source."""
         if not run_id or not store.has_table(run_id, "cssi_curve"):
             return [], None, [], None, [], None, MAX_STRATA, {}, 5, "This run has no CSSI results."
         run = store.cssi(run_id)
@@ -111,7 +112,7 @@ def register(app, store, settings, jobs):
         grid = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
         top = min(MAX_STRATA, run.strata.n_fine - 1)
         primary = m["config"]["cssi"]["primary_n_strata"]
-        value = n_strata if n_strata and 2 <= n_strata <= top else (primary if primary in grid else grid[0])
+        value = primary if primary in grid else grid[0]
         marks = {k: {"label": str(k), "style": {"fontWeight": "bold"}} for k in grid if k <= top}
         c = m["config"]["cssi"]
         note = (f"Strata: Leiden on the kNN graph of the {run.params['representation']} of {len(run.cells)} cells, "

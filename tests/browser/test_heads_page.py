@@ -2,67 +2,17 @@
 download the SVG of that view."""
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-import precompute
-from app.main import create_app
-from app.settings import AppSettings
+from tests.browser.conftest import graph_selector, trace_types
 
 selenium = pytest.importorskip("selenium")
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian chromium + chromium-driver not installed")
-
-
-def graph_selector(name: str) -> str:
-    return f"div[id='{{\"figure\":\"{name}\",\"type\":\"graph\"}}']"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    assert precompute.main(["--cache", str(cache), "--quiet", "--set", "simulation.n_cells=120", "--set",
-                            "train.epochs=1", "--set", "train.hidden_size=32", "--set", "train.n_layers=2",
-                            "--set", "ranking.n_null=20", "--set", "ablation.n_cells=30",
-                            "--name", "browser"]) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(AppSettings(cache_dir=cache, port=port))
-    srv = make_server("127.0.0.1", port, app.server, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    srv.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    downloads = tmp_path_factory.mktemp("downloads")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1400,2200", f"--user-data-dir={downloads / 'profile'}"):
-        opts.add_argument(arg)
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    driver.downloads = downloads
-    yield driver
-    driver.quit()
 
 
 @pytest.mark.parametrize("page,figures", [
@@ -139,12 +89,6 @@ def test_live_ablation_of_two_heads(server, browser):
     browser.get(f"{server}/statistics")
     wait.until(lambda d: "live_ablation" in d.find_element(By.ID, "stats-table").text
                or len(d.find_elements(By.CSS_SELECTOR, "#stats-table tbody tr")) > 2)
-
-
-def trace_types(driver, name):
-    return driver.execute_script(
-        "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"
-        "return g && g.data ? g.data.map(t => t.type) : [];", graph_selector(name))
 
 
 def test_click_head_then_download_svg(server, browser):

@@ -1,0 +1,74 @@
+"""Browser-test fixtures: one precomputed tiny run served by the real app and one real headless Chromium (Debian's
+chromium + chromium-driver), shared by every browser test of the session."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+import precompute
+from app.main import create_app
+from app.settings import AppSettings
+
+selenium = pytest.importorskip("selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# CSSI grid without 4 strata, so the CSSI test can move the slider off the grid
+TINY_RUN = ["--quiet", "--set", "simulation.n_cells=120", "--set", "train.epochs=1", "--set", "train.hidden_size=32",
+            "--set", "train.n_layers=2", "--set", "ranking.n_null=20", "--set", "ablation.n_cells=30",
+            "--set", "cssi.n_strata=2,3,5", "--set", "cssi.primary_n_strata=3", "--set", "cssi.min_size=5",
+            "--set", "cssi.n_null=10", "--set", "cssi.n_gene_null=3", "--set", "cssi.synthetic_seeds=1",
+            "--name", "browser"]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "browser" in item.path.parts and not (CHROMIUM and DRIVER):
+            item.add_marker(pytest.mark.skip(reason="Debian chromium + chromium-driver not installed"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    assert precompute.main(["--cache", str(cache), *TINY_RUN]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(AppSettings(cache_dir=cache, port=port))
+    srv = make_server("127.0.0.1", port, app.server, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    srv.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    downloads = tmp_path_factory.mktemp("downloads")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-dev-shm-usage", "--window-size=1400,2200", f"--user-data-dir={downloads / 'profile'}"):
+        opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def graph_selector(name: str) -> str:
+    return f"div[id='{{\"figure\":\"{name}\",\"type\":\"graph\"}}']"
+
+
+def trace_types(driver, name):
+    return driver.execute_script(
+        "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"
+        "return g && g.data ? g.data.map(t => t.type) : [];", graph_selector(name))
