@@ -101,11 +101,13 @@ def _panel_batch(gene_index: np.ndarray, panel_of_gene: np.ndarray, n_panel: int
         pos = np.nonzero(in_panel[b])[0]
         positions[b, : pos.size] = pos
         genes[b, : pos.size] = slot[b, pos]
-    valid = genes >= 0
-    cell, row, col = np.nonzero(valid[:, :, None] & valid[:, None, :])
-    flat = genes[cell, row] * n_panel + genes[cell, col]
-    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    return _PanelBatch(t(positions), t(cell), t(row), t(col), t(flat))
+    # the [batch, P, P] pair enumeration runs on the model's device: on a GPU, building millions of pair indices
+    # with numpy and copying them over cost ~10x the forward pass (tests/benchmarks/cssi_extraction.py)
+    g = torch.as_tensor(genes, device=device)
+    valid = g >= 0
+    cell, row, col = torch.nonzero(valid[:, :, None] & valid[:, None, :], as_tuple=True)
+    flat = g[cell, row] * n_panel + g[cell, col]
+    return _PanelBatch(torch.as_tensor(positions, device=device), cell, row, col, flat)
 
 
 @contextmanager
