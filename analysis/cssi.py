@@ -21,6 +21,7 @@ Nulls, each with an empirical p-value ``(1 + #{null >= observed}) / (1 + R)``:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
@@ -214,13 +215,18 @@ class CSSISource:
     def sites(self) -> pd.DataFrame:
         return site_table(self.layers, self.group_sums.shape[2])
 
-    def data(self, pairs: PairSet, top_k: int = 0, groups: slice = slice(None)) -> CSSIData:
-        """:class:`CSSIData` at ``pairs`` (``top_k`` 0 = the number of reference edges); ``groups`` limits the
-        groups read (the fine clusters alone suffice when no random strata are drawn)."""
-        sums = np.asarray(self.group_sums[groups])
+    def fine_groups(self, n_fine: int) -> "CSSISource":
+        """A copy holding only the ``n_fine`` fine clusters' arrays, read into memory once (the gene-permuted
+        null slices them at new pairs many times and draws no random strata)."""
+        return dataclasses.replace(self, group_sums=np.asarray(self.group_sums[:n_fine]),
+                                   group_counts=np.asarray(self.group_counts[:n_fine]))
+
+    def data(self, pairs: PairSet, top_k: int = 0) -> CSSIData:
+        """:class:`CSSIData` at ``pairs`` (``top_k`` 0 = the number of reference edges)."""
+        sums = np.asarray(self.group_sums)
         g = sums.shape[0]
         flat = sums.reshape(g, sums.shape[1], sums.shape[2], -1)[..., pairs.columns]
-        counts = np.asarray(self.group_counts[groups]).reshape(g, -1)[:, pairs.columns]
+        counts = np.asarray(self.group_counts).reshape(g, -1)[:, pairs.columns]
         return CSSIData(site_sums(flat), counts, self.expression, self.fine, self.random_group, pairs, self.sites,
                         top_k or pairs.top_k)
 

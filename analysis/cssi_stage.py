@@ -132,10 +132,10 @@ def score_level(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, 
     observed = observed_pairs(run)
     labels_all = reference_labels(panel, reference)
     data = data or run.source.data(pair_set(panel, reference, observed, direction))
-    fine_only = slice(0, run.strata.n_fine)
+    fine = run.source.fine_groups(run.strata.n_fine) if n_gene_null else None
 
     def gene_permuted(rng):
-        return run.source.data(permuted_pairs(labels_all, observed, direction, rng), groups=fine_only)
+        return fine.data(permuted_pairs(labels_all, observed, direction, rng))
 
     curve, null = evaluate_level(data, run.strata.assignment(n_strata), n_strata, n_null=n_null, seed=seed,
                                  gene_permuted=gene_permuted, n_gene_null=n_gene_null, progress=progress)

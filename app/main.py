@@ -8,6 +8,7 @@ import diskcache
 import pandas as pd
 import plotly.graph_objects as go
 from dash import ALL, MATCH, Dash, DiskcacheManager, Input, Output, State, ctx, dcc, html, no_update
+from threadpoolctl import threadpool_limits
 
 from . import ids
 from .data import ArtifactStore
@@ -34,6 +35,10 @@ def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
 
 def create_app(settings: AppSettings | None = None) -> Dash:
     settings = settings or AppSettings()
+    # Background jobs are forked from this multi-threaded server. A fork while another request thread is inside
+    # OpenBLAS's multi-threaded GEMM leaves its level-3 lock held in the child, which then hangs at its first
+    # matrix product (seen: a CSSI level job stuck in dgemm_thread_nn). Single-threaded BLAS never takes it.
+    threadpool_limits(1, user_api="blas")
     store = ArtifactStore(settings.cache_dir)
     jobs = diskcache.Cache(str(settings.cache_dir / "diskcache"), size_limit=settings.diskcache_size_limit)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),

@@ -17,7 +17,7 @@ def test_planted_head_is_found_and_causal(tmp_path):
                             "train.epochs=1", "--set", "train.hidden_size=32", "--set", "train.n_layers=2",
                             "--set", "train.planted_head=0", "--set", "ranking.n_null=500",
                             "--set", "ablation.n_cells=80", "--set", "ablation.ks=1",
-                            "--set", "ablation.n_random=3", "--name", "planted"]) == 0
+                            "--set", "ablation.n_random=3", "--set", "cssi.n_fine=0", "--name", "planted"]) == 0
     (run_dir,) = (cache / "artifacts").iterdir()
     log = json.loads((run_dir / "manifest.json").read_text())["provenance"]["model"]["training_log"]
     assert log[-1]["planted"] == "L1H0"
