@@ -101,8 +101,8 @@ def register(app, store, settings, jobs):
         run = store.cssi(run_id)
         heads = [f"L{selected['layer']}H{selected['head']}"] if selected else []
         labels = list(run.source.sites["label"])
-        if ctx.triggered_id == ids.SELECTED_HEAD and heads and heads[0] in labels:
-            return (no_update,) * 5 + (heads[0],) + (no_update,) * 4
+        if ctx.triggered_id == ids.SELECTED_HEAD:   # a head picked elsewhere changes the edge source, nothing else
+            return (no_update,) * 5 + (heads[0] if heads and heads[0] in labels else no_update,) + (no_update,) * 4
         m = store.manifest(run_id)
         curve = store.table(run_id, "cssi_curve")
         refs, dirs = list(dict.fromkeys(curve["reference"])), list(dict.fromkeys(curve["direction"]))
