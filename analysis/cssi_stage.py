@@ -48,10 +48,7 @@ class CSSIRun:
 def choose_layers(cfg: CSSIConfig, n_layers: int, n_heads: int, n_panel: int, readout_layer: int) -> tuple[int, ...]:
     """Layers accumulated per group: ``cfg.layers`` when set, else all layers if their per-group float32 sums fit
     in ``cfg.max_gib``, else the read-out layer alone (``(F + M) x layers x heads x G^2 x 4`` bytes)."""
-    if cfg.layers:
-        bad = [layer for layer in cfg.layers if not 0 <= layer < n_layers]
-        if bad:
-            raise InputError(f"cssi.layers {bad} outside the model's {n_layers} layers (0..{n_layers - 1})")
+    if cfg.layers:   # range checked by check_config before anything was written
         return tuple(sorted(set(cfg.layers)))
     per_layer = (cfg.n_fine + cfg.n_random_groups) * n_heads * n_panel ** 2 * 4 / 2 ** 30
     if per_layer * n_layers <= cfg.max_gib:
@@ -78,7 +75,9 @@ def check_config(cfg: CSSIConfig, n_cells: int, n_layers: int) -> None:
         raise InputError(f"{n_cells} cells are too few for CSSI (cssi.n_neighbors {cfg.n_neighbors}, cssi.min_size "
                          f"{cfg.min_size}, cssi.n_random_groups {cfg.n_random_groups}); lower them or set "
                          "cssi.n_fine=0 to skip CSSI")
-    choose_layers(cfg, n_layers, 1, 1, 0)
+    bad = [layer for layer in cfg.layers if not 0 <= layer < n_layers]
+    if bad:
+        raise InputError(f"cssi.layers {bad} outside the model's {n_layers} layers (0..{n_layers - 1})")
 
 
 def representation(cfg: CSSIConfig, embeddings: np.ndarray | None, expression: np.ndarray) -> np.ndarray:

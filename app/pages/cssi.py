@@ -183,8 +183,9 @@ def register(app, store, settings, jobs):
             return no_update
         curve = store.table(run_id, "cssi_curve")
         key = live_key(run_id, reference, direction, n_strata)
-        if (curve["n_strata"] == n_strata).any() or jobs.get(key) is not None:
-            set_progress((100, "precomputed" if (curve["n_strata"] == n_strata).any() else "cached"))
+        on_grid = bool((curve["n_strata"] == n_strata).any())
+        if on_grid or jobs.get(key) is not None:
+            set_progress((100, "precomputed" if on_grid else "cached"))
             return no_update
         run = store.cssi(run_id)
         run = dataclasses.replace(run, strata=add_level(run.strata, int(n_strata)))
