@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from analysis.config import ConfigError, load_config
-from analysis.data import InputError
+from analysis.io.cells import InputError
 
 FLAGS = {  # flag -> dotted config key
     "data": "data.path", "perturbation_col": "data.perturbation_col", "control_label": "data.control_label",
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         cli[key] = value
     try:
         cfg = load_config(args.config, cli)
-        from analysis.pipeline import run_precompute  # heavy imports after argument errors
+        from analysis.stages.pipeline import run_precompute  # heavy imports after argument errors
         run_dir = run_precompute(cfg, Path(args.cache), progress=not args.quiet)
     except (InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

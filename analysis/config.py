@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """The embedded default's GRN-driven synthetic screen (see analysis.simulate)."""
+    """The embedded default's GRN-driven synthetic screen (see analysis.sim.simulate)."""
 
     n_cells: int = 1200
     n_tfs: int = 24
@@ -85,7 +85,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """Streaming attention extraction over a gene panel (analysis.attention)."""
+    """Streaming attention extraction over a gene panel (analysis.interp.attention)."""
 
     batch_size: int = 8
     n_hvg: int = 300
@@ -95,7 +95,7 @@ class ExtractionConfig:
 
 @dataclass(frozen=True)
 class RankingConfig:
-    """Per-head reference ranking (analysis.ranking). ``references`` are ``kind:path`` strings."""
+    """Per-head reference ranking (analysis.scoring.ranking). ``references`` are ``kind:path`` strings."""
 
     references: tuple[str, ...] = ()
     dorothea_min_confidence: str = "B"
@@ -107,7 +107,7 @@ class RankingConfig:
 
 @dataclass(frozen=True)
 class PerturbationConfig:
-    """Perturbation-first evaluation and confound decomposition (analysis.perturbation, analysis.confounds).
+    """Perturbation-first evaluation and confound decomposition (analysis.scoring.perturbation, analysis.scoring.confounds).
 
     ``readout_layer`` is the pre-specified attention layer (head mean) of the primary tests, fixed here before
     results are seen (-1 = last layer), as the paper pre-specified L13 from independent data.
@@ -128,7 +128,7 @@ class PerturbationConfig:
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """Causal ablation sweep (analysis.ablation): cells, sweep sizes, random draws; ``n_cells = 0`` skips it.
+    """Causal ablation sweep (analysis.interp.ablation): cells, sweep sizes, random draws; ``n_cells = 0`` skips it.
 
     Cost: about (number of sweep items + 1) x 2 forward passes over ``n_cells`` cells (~50 items for a 6 x 4
     model): seconds for the embedded model, hours for V1-10M at 2,048 tokens on 2 CPU cores (use a GPU, or
@@ -145,7 +145,7 @@ class AblationConfig:
 
 @dataclass(frozen=True)
 class CSSIConfig:
-    """Cell-State Stratified Interpretability (analysis.strata, analysis.cssi, analysis.cssi_stage); ``n_fine = 0``
+    """Cell-State Stratified Interpretability (analysis.scoring.strata, analysis.scoring.cssi, analysis.scoring.cssi_levels); ``n_fine = 0``
     skips it.
 
     Strata come from ``representation`` (``embedding``: the model's cell embeddings captured during extraction;

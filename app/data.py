@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import schemas
-from analysis.artifacts import MANIFEST, list_runs
-from analysis.cssi_stage import CSSIRun, load_cssi
-from analysis.edges import oriented_pair_scores
-from analysis.strata import add_level
+from analysis.io import schemas
+from analysis.io.artifacts import MANIFEST, list_runs
+from analysis.scoring.cssi_levels import CSSIRun, load_cssi
+from analysis.scoring.edges import oriented_pair_scores
+from analysis.scoring.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 

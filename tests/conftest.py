@@ -23,9 +23,9 @@ def shared_path(rel: str) -> Path:
 def small_screen():
     """(CellData, SimulatedNetwork, GeneformerDictionaries) for 60 simulated cells, identity medians."""
     from analysis.config import SimulationConfig
-    from analysis.data import from_anndata
-    from analysis.simulate import simulate_screen
-    from analysis.tokenize import GeneformerDictionaries
+    from analysis.io.cells import from_anndata
+    from analysis.sim.simulate import simulate_screen
+    from analysis.models.geneformer.tokenizer import GeneformerDictionaries
 
     adata, net = simulate_screen(SimulationConfig(n_cells=60, seed=3))
     cells = from_anndata(adata, perturbation_col="perturbation", cell_state_col="cell_state")

@@ -6,8 +6,8 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, dash_table, dcc, html, no_update
 
-from analysis.interventions import READOUTS, InterventionSpec, intervention_key
-from analysis.schemas import ABLATION_RESULTS
+from analysis.interp.interventions import READOUTS, InterventionSpec, intervention_key
+from analysis.io.schemas import ABLATION_RESULTS
 
 from .. import ids
 from ..components import background_job, figure_card
@@ -106,7 +106,7 @@ def register(app, store, settings, jobs):
         if hit is not None:
             set_progress((100, "cached"))
             return hit, no_update
-        from analysis.live import live_ablation  # torch: only in the worker
+        from analysis.rerun import live_ablation  # torch: only in the worker
 
         de = store.table(run_id, "de_results") if store.has_table(run_id, "de_results") else None
         results, _fid = live_ablation(m, store.panel(run_id), store.reference_edges(run_id), store.pair_counts(run_id),

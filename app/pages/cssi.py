@@ -12,11 +12,11 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
-from analysis.cssi import AGGREGATIONS
-from analysis.cssi_stage import score_level, stratum_top_edges
-from analysis.cssi_synthetic import summarise
-from analysis.references import ReferenceNetwork
-from analysis.strata import add_level
+from analysis.scoring.cssi import AGGREGATIONS
+from analysis.scoring.cssi_levels import score_level, stratum_top_edges
+from analysis.sim.cssi_synthetic import summarise
+from analysis.io.references import ReferenceNetwork
+from analysis.scoring.strata import add_level
 
 from .. import ids
 from ..components import background_job, figure_card

@@ -131,10 +131,10 @@ def custom_de(store, run_id: str, manifest: dict, *, lfc: float, n_control: int 
               head: int, progress) -> tuple:
     """DE with the given settings, then per-perturbation AUROC of one attention source, control-cell Spearman and
     the variance baseline (the slow path behind the Run button)."""
-    from analysis.edges import EdgeScores, spearman_edges
-    from analysis.perturbation import differential_expression, gene_level_scores, perturbation_auroc
-    from analysis.perturbation_stage import combine, control_cells
-    from analysis.pipeline import load_run_cells
+    from analysis.scoring.edges import EdgeScores, spearman_edges
+    from analysis.scoring.perturbation import differential_expression, gene_level_scores, perturbation_auroc
+    from analysis.stages.perturbation import combine, control_cells
+    from analysis.stages.pipeline import load_run_cells
 
     cells = load_run_cells(manifest)
     panel = store.panel(run_id)

@@ -54,7 +54,7 @@ def with_live_tests(registry: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
     """The run's registry plus live ablations (exploratory), BH recomputed over the union."""
     if live.empty:
         return registry
-    from analysis.registry import COLUMNS, ablation_tests, correct
+    from analysis.scoring.registry import COLUMNS, ablation_tests, correct
 
     extra = pd.DataFrame(ablation_tests(live.drop_duplicates(["intervention", "readout", "n"]),
                                         exploratory=True).rows, columns=list(COLUMNS))

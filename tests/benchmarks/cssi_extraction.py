@@ -3,8 +3,8 @@ forward pass, on the same cells, on CUDA when present (else CPU), with a Genefor
 (6 layers x 4 heads, d_model 256, 2,048 positions) on simulated cells of ~2,000 expressed genes.
 
 - floor: plain SDPA forward, no extraction;
-- pooled: :func:`analysis.attention.extract_attention` (every layer, one ``[L, H, G, G]`` store);
-- grouped: :func:`analysis.attention.extract_grouped_attention` (every layer, ``F + M`` group stores at once: the
+- pooled: :func:`analysis.interp.attention.extract_attention` (every layer, one ``[L, H, G, G]`` store);
+- grouped: :func:`analysis.interp.attention.extract_grouped_attention` (every layer, ``F + M`` group stores at once: the
   CSSI fine clusters and the random null groups, each cell adding to one group of each).
 
 Also checks that the fine groups sum to the pooled store, and (on CUDA) that CUDA and CPU agree on a few cells.
@@ -28,10 +28,10 @@ def build(n_cells: int, panel_size: int, seed: int = 0):
     from transformers import BertConfig, BertForMaskedLM
 
     from analysis.config import SimulationConfig
-    from analysis.data import from_anndata
-    from analysis.panel import select_panel
-    from analysis.simulate import simulate_screen
-    from analysis.tokenize import GeneformerDictionaries, tokenize
+    from analysis.io.cells import from_anndata
+    from analysis.scoring.panel import select_panel
+    from analysis.sim.simulate import simulate_screen
+    from analysis.models.geneformer.tokenizer import GeneformerDictionaries, tokenize
 
     adata, net = simulate_screen(SimulationConfig(n_cells=n_cells, n_tfs=40, n_targets=1960, seed=seed))
     cells = from_anndata(adata, perturbation_col="perturbation", cell_state_col="cell_state")
@@ -63,8 +63,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from analysis.attention import extract_attention, extract_grouped_attention
-    from analysis.models.geneformer import GeneformerAdapter, resolve_device
+    from analysis.interp.attention import extract_attention, extract_grouped_attention
+    from analysis.models.geneformer.adapter import GeneformerAdapter, resolve_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=256)

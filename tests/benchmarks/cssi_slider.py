@@ -4,7 +4,7 @@ Serves the app on a finished run (default: the newest in ./cache), opens the CSS
 slider with the keyboard. For each move it times key press -> the embedding scatter redrawn with the new number
 of strata and the status line updated (a precomputed grid position), and, for a position off the grid, key
 press -> the background job's point on the curve. Baseline, in this process: scoring that level from scratch
-(``analysis.cssi_stage.score_level`` with the run's null settings), which a slider without the precomputed grid
+(``analysis.scoring.cssi_levels.score_level`` with the run's null settings), which a slider without the precomputed grid
 would wait for on every move.
 
     python tests/benchmarks/cssi_slider.py [--cache cache] [--run RUN_ID] [--moves 6]
@@ -60,9 +60,9 @@ def main() -> None:
 
     import diskcache
 
-    from analysis.cssi_stage import score_level
-    from analysis.references import ReferenceNetwork
-    from analysis.strata import add_level
+    from analysis.scoring.cssi_levels import score_level
+    from analysis.io.references import ReferenceNetwork
+    from analysis.scoring.strata import add_level
     from app.data import ArtifactStore
     from app.main import create_app
     from app.pages.cssi import live_key

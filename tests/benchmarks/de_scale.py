@@ -1,7 +1,7 @@
 """Benchmark (not a test): vectorised differential expression at Perturb-seq scale on this machine.
 
 Synthetic raw counts (negative binomial) for ``--cells`` cells x ``--genes`` genes split into ``--perts``
-perturbation groups plus controls; times :func:`analysis.perturbation.differential_expression` (Welch, all
+perturbation groups plus controls; times :func:`analysis.scoring.perturbation.differential_expression` (Welch, all
 perturbations x all genes) against a per-perturbation scipy ``ttest_ind`` loop on the same matrix (the
 baseline), and checks they agree.
 
@@ -21,9 +21,9 @@ import scipy.sparse as sp
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from analysis.data import from_anndata  # noqa: E402
-from analysis.edges import expression_matrix  # noqa: E402
-from analysis.perturbation import differential_expression  # noqa: E402
+from analysis.io.cells import from_anndata  # noqa: E402
+from analysis.scoring.edges import expression_matrix  # noqa: E402
+from analysis.scoring.perturbation import differential_expression  # noqa: E402
 
 
 def main() -> None:

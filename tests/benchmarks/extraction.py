@@ -3,7 +3,7 @@
 
 - floor: plain SDPA forward, no extraction;
 - naive: eager forward with ``output_attentions=True``, then a per-cell Python loop over panel gene pairs;
-- ours: :func:`analysis.attention.extract_attention` (SDPA forward + hooked panel-row attention + index_add_).
+- ours: :func:`analysis.interp.attention.extract_attention` (SDPA forward + hooked panel-row attention + index_add_).
 
 Each method runs in its own fresh process (so peak RSS is its own) with the same allocator environment:
 glibc defaults, or ``--allocator tuned`` (the MALLOC_* settings of DESIGN.md section 5, which mostly help eager
@@ -38,11 +38,11 @@ def prepare(shape: str, n_cells: int, panel_size: int):
     import pandas as pd
     import scipy.sparse as sp
 
-    from analysis.data import from_anndata
-    from analysis.models.geneformer import GeneformerAdapter
-    from analysis.panel import select_panel
-    from analysis.references import load_trrust
-    from analysis.tokenize import load_dictionaries, tokenize
+    from analysis.io.cells import from_anndata
+    from analysis.models.geneformer.adapter import GeneformerAdapter
+    from analysis.scoring.panel import select_panel
+    from analysis.io.references import load_trrust
+    from analysis.models.geneformer.tokenizer import load_dictionaries, tokenize
 
     counts = pd.read_csv(SHARED / "scrnaseq/sc_mixology/sc_celseq2_5cl_p1.count.csv.gz", index_col=0).iloc[:, :n_cells]
     adata = ad.AnnData(X=sp.csr_matrix(counts.T.to_numpy(dtype=np.float32)), var=pd.DataFrame(index=counts.index),
@@ -71,7 +71,7 @@ def run_method(method: str, shape: str, n_cells: int, panel_size: int, batch: in
             sub = tokens.subset(idx)
             adapter.forward(sub.input_ids, sub.attention_mask)
     elif method == "ours":
-        from analysis.attention import extract_attention
+        from analysis.interp.attention import extract_attention
         extract_attention(adapter, tokens, panel, batch_size=batch, progress=False)
     else:
         slot = {int(g): i for i, g in enumerate(panel["gene_index"])}

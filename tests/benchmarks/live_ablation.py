@@ -16,11 +16,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from analysis.ablation import SweepItem, ablate, prepare  # noqa: E402
-from analysis.interventions import InterventionSpec  # noqa: E402
-from analysis.models.geneformer import GeneformerAdapter  # noqa: E402
-from analysis.ranking import evaluable_universe  # noqa: E402
-from analysis.references import load_trrust  # noqa: E402
+from analysis.interp.ablation import SweepItem, ablate, prepare  # noqa: E402
+from analysis.interp.interventions import InterventionSpec  # noqa: E402
+from analysis.models.geneformer.adapter import GeneformerAdapter  # noqa: E402
+from analysis.scoring.ranking import evaluable_universe  # noqa: E402
+from analysis.io.references import load_trrust  # noqa: E402
 from tests.benchmarks.extraction import SHARED, prepare as prepare_cells  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """The planted-circuit positive control end to end: precompute on the embedded default with one head of the
-last layer trained to carry the simulated network (analysis.positive_control). The framework must rank that
+last layer trained to carry the simulated network (analysis.interp.positive_control). The framework must rank that
 head first against the simulated truth; zeroing it must degrade the dependent behaviour (target recall) by
 more than the smallest effect of interest, and zeroing random heads must not."""
 import json

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 import precompute
-from analysis.artifacts import sha256_path
+from analysis.io.artifacts import sha256_path
 from app.data import ArtifactStore
 from tests.conftest import shared_path
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.ablation import SweepItem, ablate, fixed_masking, prepare, sweep, zero_heads
-from analysis.attention import extract_attention
-from analysis.interventions import InterventionSpec
-from analysis.models.geneformer import GeneformerAdapter
-from analysis.panel import select_panel
-from analysis.ranking import evaluable_universe
-from analysis.references import ReferenceNetwork
-from analysis.tokenize import tokenize
+from analysis.interp.ablation import SweepItem, ablate, fixed_masking, prepare, sweep, zero_heads
+from analysis.interp.attention import extract_attention
+from analysis.interp.interventions import InterventionSpec
+from analysis.models.geneformer.adapter import GeneformerAdapter
+from analysis.scoring.panel import select_panel
+from analysis.scoring.ranking import evaluable_universe
+from analysis.io.references import ReferenceNetwork
+from analysis.models.geneformer.tokenizer import tokenize
 from tests.conftest import tiny_bert
 from tests.unit.test_hooks import sharpen
 
@@ -65,7 +65,7 @@ def test_mlm_loss_and_fidelity_by_hand(setting):
 
 def test_baseline_readout_attention_equals_store(setting):
     adapter, inputs, _, panel, _ = setting
-    from analysis.ablation import run_interventions
+    from analysis.interp.ablation import run_interventions
 
     acc = run_interventions(adapter, inputs, {}, batch_size=7)
     store = extract_attention(adapter, inputs.tokens, panel, batch_size=5, progress=False)

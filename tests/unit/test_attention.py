@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.attention import extract_attention, extract_grouped_attention
-from analysis.models.geneformer import GeneformerAdapter
-from analysis.panel import select_panel
-from analysis.tokenize import tokenize
+from analysis.interp.attention import extract_attention, extract_grouped_attention
+from analysis.models.geneformer.adapter import GeneformerAdapter
+from analysis.scoring.panel import select_panel
+from analysis.models.geneformer.tokenizer import tokenize
 from tests.conftest import hook_ids, tiny_bert
 
 

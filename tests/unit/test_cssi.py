@@ -8,11 +8,11 @@ import pytest
 from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from analysis.cssi import (AGGREGATIONS, CSSIData, PairSet, aggregate, evaluate_level, recovery, site_sums,
+from analysis.scoring.cssi import (AGGREGATIONS, CSSIData, PairSet, aggregate, evaluate_level, recovery, site_sums,
                            site_table, spearman_by_stratum)
-from analysis.cssi_synthetic import state_specific_screen, validate
-from analysis.ranking import Universe, ranks_and_order
-from analysis.strata import stratify
+from analysis.sim.cssi_synthetic import state_specific_screen, validate
+from analysis.scoring.ranking import Universe, ranks_and_order
+from analysis.scoring.strata import stratify
 
 
 def brute_aggregate(strata: np.ndarray, pooled: np.ndarray, how: str) -> np.ndarray:

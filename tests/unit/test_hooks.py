@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.hooks import head_output_means, hooked
-from analysis.interventions import InterventionSpec, intervention_key
-from analysis.models.geneformer import GeneformerAdapter
+from analysis.interp.hooks import head_output_means, hooked
+from analysis.interp.interventions import InterventionSpec, intervention_key
+from analysis.models.geneformer.adapter import GeneformerAdapter
 from tests.conftest import hook_ids, tiny_bert
 
 N_HEADS, D_HEAD, LAYER = 4, 8, 1

@@ -5,14 +5,14 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from analysis import confounds
+from analysis.scoring import confounds
 from analysis.config import SimulationConfig
-from analysis.data import from_anndata
-from analysis.edges import EdgeScores, expression_matrix
-from analysis.perturbation import differential_expression, gene_level_scores, perturbation_auroc
-from analysis.registry import StatsRegistry
-from analysis.simulate import constructed_edges, simulate_screen
-from analysis.stats import benjamini_hochberg
+from analysis.io.cells import from_anndata
+from analysis.scoring.edges import EdgeScores, expression_matrix
+from analysis.scoring.perturbation import differential_expression, gene_level_scores, perturbation_auroc
+from analysis.scoring.registry import StatsRegistry
+from analysis.sim.simulate import constructed_edges, simulate_screen
+from analysis.scoring.stats import benjamini_hochberg
 
 
 @pytest.fixture(scope="module")

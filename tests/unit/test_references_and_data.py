@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from analysis.config import ConfigError, load_config
-from analysis.data import InputError, from_anndata, load_cells
-from analysis.references import load_dorothea, load_reference, load_trrust
+from analysis.io.cells import InputError, from_anndata, load_cells
+from analysis.io.references import load_dorothea, load_reference, load_trrust
 from tests.conftest import shared_path
 
 

@@ -5,10 +5,10 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from analysis.edges import EdgeScores
-from analysis.ranking import average_precision, rank_heads
-from analysis.references import ReferenceNetwork
-from analysis.stats import benjamini_hochberg
+from analysis.scoring.edges import EdgeScores
+from analysis.scoring.ranking import average_precision, rank_heads
+from analysis.io.references import ReferenceNetwork
+from analysis.scoring.stats import benjamini_hochberg
 
 
 def test_bh_matches_statsmodels(rng):

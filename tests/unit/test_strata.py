@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis.strata import add_level, knn, leiden, stratify, umap_connectivities
+from analysis.scoring.strata import add_level, knn, leiden, stratify, umap_connectivities
 
 sc = pytest.importorskip("scanpy")
 ad = pytest.importorskip("anndata")

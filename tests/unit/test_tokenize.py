@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from analysis.data import InputError, from_anndata
-from analysis.tokenize import GeneformerDictionaries, load_dictionaries, tokenize
+from analysis.io.cells import InputError, from_anndata
+from analysis.models.geneformer.tokenizer import GeneformerDictionaries, load_dictionaries, tokenize
 from tests.conftest import shared_path
 
 GENES = ["ENSG_A", "ENSG_B", "ENSG_C", "ENSG_D", "ENSG_E"]

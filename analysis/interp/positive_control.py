@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .attention import _capture_projections
-from .models.geneformer import GeneformerAdapter
-from .tokenize import TokenizedCells
+from ..models.geneformer.adapter import GeneformerAdapter
+from ..models.geneformer.tokenizer import TokenizedCells
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import schemas
-from .artifacts import RunWriter, sha256_path
-from .config import RunConfig, stable_hash
-from .data import CellData, InputError, load_cells
-from . import perturbation_stage
-from .references import ReferenceNetwork, load_reference, load_trrust
-from .registry import StatsRegistry, ablation_tests
-from .tokenize import GeneformerDictionaries, TokenizedCells, load_dictionaries, tokenize
+from ..io import schemas
+from ..io.artifacts import RunWriter, sha256_path
+from ..config import RunConfig, stable_hash
+from ..io.cells import CellData, InputError, load_cells
+from . import perturbation as perturbation_stage
+from ..io.references import ReferenceNetwork, load_reference, load_trrust
+from ..scoring.registry import StatsRegistry, ablation_tests
+from ..models.geneformer.tokenizer import GeneformerDictionaries, TokenizedCells, load_dictionaries, tokenize
 
 log = logging.getLogger("precompute")
 SIM_REFERENCE = "simulated truth"
@@ -50,7 +50,7 @@ def timed(name: str):
 
 def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs:
     """Load and validate data, dictionaries, references and the checkpoint location (embedded default when unset)."""
-    from .embedded import CELL_STATE_COL, CONTROL, PERTURBATION_COL, ensure_dataset, ensure_model
+    from ..sim.embedded import CELL_STATE_COL, CONTROL, PERTURBATION_COL, ensure_dataset, ensure_model
 
     provenance: dict = {}
     data_cfg = cfg.data
@@ -85,11 +85,11 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
 
 def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
     """Run every stage of issue-level precompute for ``cfg`` into ``cache``; returns the run directory."""
-    from .attention import AttentionStore, extract_attention
-    from .edges import attention_edges, spearman_edges
-    from .models.geneformer import GeneformerAdapter
-    from .panel import select_panel
-    from .ranking import evaluable_universe, rank_heads
+    from ..interp.attention import AttentionStore, extract_attention
+    from ..scoring.edges import attention_edges, spearman_edges
+    from ..models.geneformer.adapter import GeneformerAdapter
+    from ..scoring.panel import select_panel
+    from ..scoring.ranking import evaluable_universe, rank_heads
 
     t_start = time.perf_counter()
     with timed("inputs"):
@@ -109,7 +109,7 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
                 raise InputError(f"reference {ref.name} has no TF with a target among the {len(panel)} panel genes "
                                  "(check that gene symbols match, or raise --panel-size / --n-hvg)")
         if cfg.cssi.n_fine > 0:
-            from .cssi_stage import check_config
+            from ..scoring.cssi_levels import check_config
 
             check_config(cfg.cssi, inp.cells.n_cells, adapter.n_layers)
     model_hash = adapter.checkpoint_sha256 or stable_hash({"random_init": cfg.model.random_init,
@@ -221,10 +221,10 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
 
 def run_cssi(adapter, tokens: TokenizedCells, inp: Inputs, store, writer, run_key: str, progress: bool
              ) -> StatsRegistry:
-    """The CSSI stage (analysis.cssi_stage): strata + grouped extraction (resumable), the grid of levels with
+    """The CSSI stage (analysis.scoring.cssi_levels): strata + grouped extraction (resumable), the grid of levels with
     nulls, the synthetic validation, and their registry tests."""
-    from . import cssi_stage
-    from .cssi_synthetic import validate
+    from ..scoring import cssi_levels as cssi_stage
+    from ..sim.cssi_synthetic import validate
 
     cfg = inp.cfg
     key = stable_hash({"run": run_key, "stage": "cssi"})
@@ -278,8 +278,8 @@ def ranking_registry(ranking: pd.DataFrame, readout_layer: int) -> StatsRegistry
 
 def embedded_constructed_edges(cfg: RunConfig, cells: CellData, panel: pd.DataFrame) -> dict[str, np.ndarray]:
     """The simulation's planted edge scores (oracle pairwise signal, and gene-level-only) over the panel."""
-    from .edges import expression_matrix
-    from .simulate import constructed_edges, make_network
+    from ..scoring.edges import expression_matrix
+    from ..sim.simulate import constructed_edges, make_network
 
     # control cells only, like the gene-level features: variance over perturbed cells would leak DE status
     variance = expression_matrix(perturbation_stage.control_cells(cells), panel["gene_id"].to_numpy()).var(0)
@@ -300,8 +300,8 @@ def load_run_cells(manifest: dict) -> CellData:
 def run_ablation_sweep(adapter, tokens: TokenizedCells, store, ranking: pd.DataFrame, reference: ReferenceNetwork,
                        mask_id: int, cfg: RunConfig, de_table: pd.DataFrame | None):
     """The precomputed dose-response: heads ordered by reference AUROC (first reference, TF -> target)."""
-    from .ablation import ablate, prepare, sweep
-    from .ranking import evaluable_universe
+    from ..interp.ablation import ablate, prepare, sweep
+    from ..scoring.ranking import evaluable_universe
 
     readout = cfg.perturbation.readout_layer % adapter.n_layers
     heads = ranking[(ranking["reference"] == reference.name) & (ranking["direction"] == "tf_to_target")
@@ -321,7 +321,7 @@ def run_ablation_sweep(adapter, tokens: TokenizedCells, store, ranking: pd.DataF
 
 def reference_targets(tokens: TokenizedCells, reference: ReferenceNetwork, vocab_size: int):
     """TF positions and present targets for the target-recall behaviour; None when no cell has a TF with one."""
-    from .positive_control import target_sets
+    from ..interp.positive_control import target_sets
 
     try:
         return target_sets(tokens, reference.pairs(), vocab_size)
@@ -333,8 +333,8 @@ def perturbation_readout(panel: pd.DataFrame, de_table: pd.DataFrame, readout_la
     """Callback for the ablation read-out: per-head attention sums ``[heads, G*G]`` of the read-out layer and the
     pair counts ``[G*G]`` of the same cells -> per-perturbation AUROC (sorted by perturbation) of their head
     mean against the run's DE targets."""
-    from .edges import EdgeScores
-    from .perturbation import DEResult, perturbation_auroc
+    from ..scoring.edges import EdgeScores
+    from ..scoring.perturbation import DEResult, perturbation_auroc
 
     de = DEResult(de_table, pd.DataFrame(), {})
     g = len(panel)

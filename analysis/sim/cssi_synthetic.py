@@ -1,11 +1,11 @@
 """Synthetic validation of CSSI (Supplementary Note 11.1, Supplementary Table S5).
 
-Design: state-specific gene regulatory networks. One signed TF -> target network is drawn (analysis.simulate);
+Design: state-specific gene regulatory networks. One signed TF -> target network is drawn (analysis.sim.simulate);
 each edge is active in one random cell state, or in all states with probability ``shared``; cells of state s are
 sampled from the network restricted to the edges active in s, with the state's own TF activity (state means
 ``state_contrast`` times the embedded simulation's spread, so states separate as distinct cell types do). Pooled inference
 (Spearman over all cells) is compared with CSSI-max (per-stratum Spearman, max across strata) with oracle strata
-(the true states) and learned strata (:func:`analysis.strata.stratify` on expression PCA, as many strata as
+(the true states) and learned strata (:func:`analysis.scoring.strata.stratify` on expression PCA, as many strata as
 states). Score: top-k F1 against the union network (``k`` = number of true edges) and AUROC over all (TF, gene)
 pairs. The paper's configurations (cells, states) and its CSSI-max / pooled F1 ratios are in :data:`PAPER`.
 """
@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from .config import SimulationConfig
-from .cssi import aggregate, recovery, spearman_by_stratum
+from ..config import SimulationConfig
+from ..scoring.cssi import aggregate, recovery, spearman_by_stratum
 from .simulate import make_network, sample_counts
 
 # (configuration, cells, states, paper's CSSI-max / pooled F1 ratio), Supplementary Table S5
@@ -65,7 +65,7 @@ def validate(seeds: int, *, configs=PAPER, n_neighbors: int = 15, progress=None)
     ``cssi_synthetic``)."""
     from sklearn.decomposition import PCA
 
-    from .strata import stratify
+    from ..scoring.strata import stratify
 
     rows = []
     total, done = len(configs) * seeds, 0

@@ -7,7 +7,7 @@ reference is scored exactly as the head ranking scores it (same evaluable univer
 F1 with ``k`` = the number of reference edges in the universe unless set).
 
 Cost design (flat in the number of slider positions): attention is accumulated once per *group* of cells
-(:func:`analysis.attention.extract_grouped_attention`): the ``F`` fine clusters of :mod:`analysis.strata`, whose
+(:func:`analysis.interp.attention.extract_grouped_attention`): the ``F`` fine clusters of :mod:`analysis.scoring.strata`, whose
 unions are every stratification, and ``M`` random groups of equal size, whose unions are random strata for the
 null. One extraction pass and ``(F + M) x layers x heads x G^2 x 4`` bytes; a stratification then costs one
 ``[K, F] @ [F, sites x pairs]`` product. Per-stratum Spearman is recomputed from expression (cheap).
@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .config import DIRECTIONS
+from ..config import DIRECTIONS
 from .edges import spearman_matrix
 from .ranking import Universe, auroc_from_ranks, ranks_and_order, top_k_f1, universe_from_labels
 

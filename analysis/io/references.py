@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import InputError
+from .cells import InputError
 
 TRRUST_MODES = {"Activation", "Repression", "Unknown"}
 DOROTHEA_LEVELS = "ABCDE"

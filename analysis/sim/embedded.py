@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .config import SimulationConfig, TrainConfig, stable_hash
-from .data import from_anndata
+from ..config import SimulationConfig, TrainConfig, stable_hash
+from ..io.cells import from_anndata
 from .simulate import simulate_screen
-from .tokenize import MASK, PAD, GeneformerDictionaries, save_dictionaries, tokenize
+from ..models.geneformer.tokenizer import MASK, PAD, GeneformerDictionaries, save_dictionaries, tokenize
 
 log = logging.getLogger(__name__)
 PERTURBATION_COL, CELL_STATE_COL, CONTROL = "perturbation", "cell_state", "control"
@@ -67,7 +67,7 @@ def ensure_dataset(sim: SimulationConfig, cache: Path) -> tuple[Path, Path]:
 def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, progress: bool = True) -> tuple[Path, list]:
     """Train the tiny model on an independent draw of cells from the same network (no perturbations); reuse it
     when a model for the same simulation and training config exists."""
-    from .pretrain import train_mlm  # torch-heavy; only when training
+    from ..models.geneformer.pretrain import train_mlm  # torch-heavy; only when training
 
     key = stable_hash({"simulation": dataclasses.asdict(sim), "train": dataclasses.asdict(train)})[:16]
     final = cache / "models" / key
@@ -96,10 +96,10 @@ def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, progres
 
 def plant_model(sim: SimulationConfig, train: TrainConfig, cache: Path, final: Path, progress: bool) -> tuple[Path, list]:
     """The positive-control variant: the base embedded model with head ``train.planted_head`` of its last layer
-    trained to carry the simulated network (analysis.positive_control), on the base model's training cells."""
-    from .models.geneformer import GeneformerAdapter
-    from .positive_control import plant_head, target_sets
-    from .tokenize import load_dictionaries
+    trained to carry the simulated network (analysis.interp.positive_control), on the base model's training cells."""
+    from ..models.geneformer.adapter import GeneformerAdapter
+    from ..interp.positive_control import plant_head, target_sets
+    from ..models.geneformer.tokenizer import load_dictionaries
 
     base_dir, base_log = ensure_model(sim, dataclasses.replace(train, planted_head=-1), cache, progress)
     adapter = GeneformerAdapter.from_pretrained(base_dir, device="cpu")

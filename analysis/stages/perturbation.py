@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from . import confounds
-from .config import PerturbationConfig
-from .data import CellData
-from .edges import EdgeScores, expression_matrix, spearman_edges
-from .perturbation import differential_expression, gene_level_scores, perturbation_auroc
-from .ranking import evaluable_universe
-from .references import ReferenceNetwork
-from .registry import StatsRegistry
-from .stats import wilcoxon_p
+from ..scoring import confounds
+from ..config import PerturbationConfig
+from ..io.cells import CellData
+from ..scoring.edges import EdgeScores, expression_matrix, spearman_edges
+from ..scoring.perturbation import differential_expression, gene_level_scores, perturbation_auroc
+from ..scoring.ranking import evaluable_universe
+from ..io.references import ReferenceNetwork
+from ..scoring.registry import StatsRegistry
+from ..scoring.stats import wilcoxon_p
 
 log = logging.getLogger("precompute")
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from .config import TrainConfig
-from .tokenize import GeneformerDictionaries, TokenizedCells
+from ...config import TrainConfig
+from .tokenizer import GeneformerDictionaries, TokenizedCells
 
 log = logging.getLogger(__name__)
 IGNORE = -100

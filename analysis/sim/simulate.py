@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .config import SimulationConfig
+from ..config import SimulationConfig
 
 NB_THETA = 4.0          # negative-binomial inverse dispersion
 DROPOUT = 0.08          # extra zero inflation on top of NB zeros

@@ -20,12 +20,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import schemas
-from .config import DIRECTIONS, CSSIConfig, RunConfig
+from ..io import schemas
+from ..config import DIRECTIONS, CSSIConfig, RunConfig
 from .cssi import CSSIData, CSSISource, PairSet, evaluate_level, permuted_pairs
-from .data import InputError
+from ..io.cells import InputError
 from .ranking import reference_labels, universe_from_labels
-from .references import ReferenceNetwork
+from ..io.references import ReferenceNetwork
 from .registry import StatsRegistry
 from .stats import wilcoxon_p
 from .strata import Stratification, add_level, stratify
@@ -127,7 +127,7 @@ def score_level(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, 
                 n_null: int, n_gene_null: int, seed: int, data: CSSIData | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Curve and null rows (schemas ``cssi_curve``, ``cssi_null``) of one stratification level of ``run`` against
-    ``reference``; ``data`` reuses an already sliced :class:`analysis.cssi.CSSIData` of the same pairs."""
+    ``reference``; ``data`` reuses an already sliced :class:`analysis.scoring.cssi.CSSIData` of the same pairs."""
     observed = observed_pairs(run)
     labels_all = reference_labels(panel, reference)
     data = data or run.source.data(pair_set(panel, reference, observed, direction))
@@ -170,7 +170,7 @@ def evaluate_grid(run: CSSIRun, panel: pd.DataFrame, references: list[ReferenceN
 def prepare(adapter, tokens, cells, store, cfg: RunConfig, progress: bool = True) -> CSSIRun:
     """Strata and the grouped extraction pass (the costly part; one forward pass over the cells for the chosen
     layers, memory ``(F + M) x layers x heads x G^2 x 4`` bytes)."""
-    from .attention import extract_grouped_attention
+    from ..interp.attention import extract_grouped_attention
     from .edges import expression_matrix
 
     c = cfg.cssi

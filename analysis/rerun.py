@@ -1,5 +1,5 @@
 """Live ablation on a finished run: reload its model, cells and panel, and run one user-chosen intervention
-with the same read-outs as the precomputed sweep (analysis.ablation). Used by the app's background worker."""
+with the same read-outs as the precomputed sweep (analysis.interp.ablation). Used by the app's background worker."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,13 +8,13 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .ablation import SweepItem, ablate, prepare
-from .interventions import InterventionSpec
-from .models.geneformer import GeneformerAdapter
-from .pipeline import load_run_cells, perturbation_readout, reference_targets
-from .ranking import evaluable_universe
-from .references import ReferenceNetwork
-from .tokenize import load_dictionaries, tokenize
+from .interp.ablation import SweepItem, ablate, prepare
+from .interp.interventions import InterventionSpec
+from .models.geneformer.adapter import GeneformerAdapter
+from .stages.pipeline import load_run_cells, perturbation_readout, reference_targets
+from .scoring.ranking import evaluable_universe
+from .io.references import ReferenceNetwork
+from .models.geneformer.tokenizer import load_dictionaries, tokenize
 
 
 def live_ablation(manifest: dict, panel: pd.DataFrame, reference_edges: pd.DataFrame, pair_counts: np.ndarray,

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import CellData, InputError
-from .tokenize import TokenizedCells
+from ..io.cells import CellData, InputError
+from ..models.geneformer.tokenizer import TokenizedCells
 
 
 def highly_variable(cells: CellData, gene_ids: np.ndarray, n_top: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
-from .data import CellData, InputError
+from ..io.cells import CellData, InputError
 from .edges import EdgeScores, expression_matrix, oriented_pair_scores
 from .ranking import auroc_from_ranks
 from .stats import benjamini_hochberg

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import CellData, InputError
+from ...io.cells import CellData, InputError
 
 TARGET_SUM = 10_000
 PAD, MASK, CLS, EOS = "<pad>", "<mask>", "<cls>", "<eos>"

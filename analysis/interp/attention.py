@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .models.geneformer import GeneformerAdapter
-from .tokenize import TokenizedCells
+from ..models.geneformer.adapter import GeneformerAdapter
+from ..models.geneformer.tokenizer import TokenizedCells
 
 
 @dataclass
@@ -154,7 +154,7 @@ def panel_rows_attention(query: torch.Tensor, key: torch.Tensor, key_mask: torch
 
 @dataclass
 class GroupedAttention:
-    """Attention sums per cell group (CSSI fine clusters and random null groups; analysis.cssi).
+    """Attention sums per cell group (CSSI fine clusters and random null groups; analysis.scoring.cssi).
 
     ``sums``: ``[groups, len(layers), heads, G, G]`` float32; ``counts``: ``[groups, G, G]`` int32 co-occurrence
     counts; ``layers``: the model layers kept. Groups may overlap (a cell can belong to one group of each

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from ..data import InputError
+from ...io.cells import InputError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-KNOWN_WEIGHTS = Path(__file__).resolve().parents[3] / "shared/data/geneformer/configs/weights_lfs_pointers.tsv"
+KNOWN_WEIGHTS = Path(__file__).resolve().parents[4] / "shared/data/geneformer/configs/weights_lfs_pointers.tsv"
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Causal ablation with intervention fidelity (paper sections 2.5 and 4.5, Supplementary Notes 14.3, 14.4, 14.7).
 
-For a fixed set of cells, every intervention (a list of :class:`~analysis.hooks.InterventionSpec`) is run next
+For a fixed set of cells, every intervention (a list of :class:`~analysis.interp.hooks.InterventionSpec`) is run next
 to the unablated baseline, batch by batch, and read out three ways:
 
 - fidelity: per-layer hidden-state cosine distance and output-logit cosine distance to the baseline (mean over
   a cell's real tokens; mean and max over cells), so a no-op intervention is visible;
 - the model's own behaviour: masked-gene loss and accuracy on one fixed, seeded held-out masking (15% of gene
   tokens, all replaced by ``<mask>``), and the reference-dependent "target recall" behaviour of
-  analysis.positive_control, paired per cell with the baseline (Wilcoxon signed-rank);
+  analysis.interp.positive_control, paired per cell with the baseline (Wilcoxon signed-rank);
 - the pre-specified read-out layer's head-mean attention recomputed under the intervention: reference
   recovery AUROC and (with perturbation data) per-perturbation AUROC, paired per perturbation.
 
@@ -28,11 +28,11 @@ from scipy.stats import rankdata
 from .attention import _capture_projections, _panel_batch, panel_rows_attention
 from .hooks import head_output_means, hooked
 from .interventions import InterventionSpec, intervention_key
-from .models.geneformer import GeneformerAdapter
+from ..models.geneformer.adapter import GeneformerAdapter
 from .positive_control import TargetSets, target_recall_loss
-from .ranking import Universe, auroc_from_ranks
-from .stats import benjamini_hochberg, wilcoxon_p
-from .tokenize import TokenizedCells
+from ..scoring.ranking import Universe, auroc_from_ranks
+from ..scoring.stats import benjamini_hochberg, wilcoxon_p
+from ..models.geneformer.tokenizer import TokenizedCells
 
 IGNORE = -100
 

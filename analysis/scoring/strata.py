@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
-from .schemas import CSSI_STRATA
+from ..io.schemas import CSSI_STRATA
 
 SMOOTH_K_TOLERANCE = 1e-5   # umap.umap_ constants
 MIN_K_DIST_SCALE = 1e-3

@@ -1,5 +1,5 @@
 """Intervention specs (torch-free, so the app can build and key them): frozen, hashable, serialisable; the same
-object keys caches, fills manifests and populates UI options (DESIGN.md section 9.4). Hooks: analysis.hooks."""
+object keys caches, fills manifests and populates UI options (DESIGN.md section 9.4). Hooks: analysis.interp.hooks."""
 from __future__ import annotations
 
 from dataclasses import dataclass

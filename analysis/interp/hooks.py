@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .interventions import InterventionSpec
-from .models.geneformer import GeneformerAdapter
+from ..models.geneformer.adapter import GeneformerAdapter
 
 @dataclass
 class HookReport:

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import hypergeom, rankdata
 
-from . import schemas
+from ..io import schemas
 from .edges import EdgeScores, oriented_pair_scores
-from .references import ReferenceNetwork
+from ..io.references import ReferenceNetwork
 from .stats import benjamini_hochberg, hanley_mcneil_ci
 
 

@@ -15,11 +15,11 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
-from .config import DIRECTIONS
-from .data import CellData
+from ..config import DIRECTIONS
+from ..io.cells import CellData
 
 if TYPE_CHECKING:  # keep this module torch-free so the app can import it
-    from .attention import AttentionStore
+    from ..interp.attention import AttentionStore
 
 
 @dataclass(frozen=True)
