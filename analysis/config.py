@@ -9,18 +9,20 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import ConfigError
+
 ENV_PREFIX = "SCFMX_"
 DIRECTIONS = ("tf_to_target", "target_to_tf", "symmetric")
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown or has the wrong type."""
+DE_TESTS = ("welch", "mannwhitney")
+TOKENIZER_MODES = ("panel", "zero_shot")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The embedded default's tiny Geneformer-architecture BertForMaskedLM and its MLM training."""
+    """The embedded default's tiny models (one per model family, same sizes) and their pretraining: masked-gene
+    prediction for the Geneformer architecture (``mask_probability``), masked-value prediction for scGPT's (its own
+    ``mask_ratio`` schedule, recorded in the model's ``args.json``)."""
 
     hidden_size: int = 64
     n_layers: int = 4
@@ -69,17 +73,34 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which model. ``path=None`` means the embedded tiny model (trained on first use, then reused).
+    """Which model. ``path=None`` means the embedded tiny model(s) (trained on first use, then reused).
 
-    ``path`` is a HF checkpoint directory; with ``random_init`` only its ``config.json`` is read and the
-    weights are random (tests and benchmarks). ``dictionaries`` is a directory holding Geneformer's
-    token and gene-median dictionary pickles; by default the checkpoint directory is searched.
+    ``path`` is a local checkpoint directory: Geneformer's HF layout (``config.json`` + weights) or scGPT's release
+    layout (``args.json`` + ``vocab.json`` + ``best_model.pt``); ``family`` (``auto``: detected from the directory;
+    ``auto`` without a path runs every family's embedded model) overrides detection. With ``random_init`` only the
+    architecture files are read and the weights are random (tests and benchmarks). ``dictionaries`` is a directory
+    of gene dictionaries: Geneformer's token and gene-median pickles (default: the checkpoint directory), or for
+    scGPT a ``gene_name_id_dict*.pkl`` symbol table that maps Ensembl-keyed data to its symbol vocabulary.
     """
 
     path: str | None = None
+    family: str = "auto"
     dictionaries: str | None = None
     random_init: bool = False
     device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Settings of value-binning tokenisers (scGPT; rank-value encoding has none): ``mode`` ``panel`` (every cell's
+    input is ``<cls>`` + the run's gene panel, zeros included: the attention tutorial's input) or ``zero_shot`` (the
+    cell's non-zero genes, sampled to the model's length: pretraining's input); ``cls_value`` the ``<cls>`` input value
+    (None: the checkpoint's ``pad_value``, -2, as in pretraining; scGPT's fine-tuning tutorials use 0); ``seed`` of the
+    bin tie-breaking and gene sampling."""
+
+    mode: str = "panel"
+    cls_value: float | None = None
     seed: int = 0
 
 
@@ -125,6 +146,13 @@ class PerturbationConfig:
     n_degree_null: int = 100
     seed: int = 0
 
+    def resolve_readout_layer(self, n_layers: int) -> int:
+        """``readout_layer`` as a 0-based index into a model of ``n_layers`` (negative counts from the end)."""
+        if not -n_layers <= self.readout_layer < n_layers:
+            raise ConfigError(f"perturbation.readout_layer {self.readout_layer} is outside the model's {n_layers} "
+                              f"layers (0..{n_layers - 1}, or -1 for the last)")
+        return self.readout_layer % n_layers
+
 
 @dataclass(frozen=True)
 class AblationConfig:
@@ -148,8 +176,10 @@ class CSSIConfig:
     """Cell-State Stratified Interpretability (analysis.scoring.strata, analysis.scoring.cssi, analysis.scoring.cssi_levels); ``n_fine = 0``
     skips it.
 
-    Strata come from ``representation`` (``embedding``: the model's cell embeddings captured during extraction;
-    ``expression``: PCA of the panel's log1p CP10k expression). Attention is accumulated once per fine cluster and
+    Strata come from ``representation`` (``embedding``: the model's cell embeddings captured during extraction, of
+    kind ``cell_embedding``: ``native`` is the family's own (Geneformer: mean over gene tokens of the second-to-last
+    hidden state; scGPT: the final ``<cls>`` output), ``mean_penultimate`` or ``cls`` force one; ``expression``: PCA
+    of the panel's log1p CP10k expression). Attention is accumulated once per fine cluster and
     per random group (``n_random_groups``), so every stratification in ``n_strata`` (and any slider position off
     it) is a sum of groups. ``layers`` = () keeps every layer when their per-group sums fit in ``max_gib``, else
     the read-out layer alone. ``primary_n_strata`` is the pre-specified confirmatory level (the paper's optimum
@@ -157,6 +187,7 @@ class CSSIConfig:
     """
 
     representation: str = "embedding"
+    cell_embedding: str = "native"
     n_strata: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
     primary_n_strata: int = 5
     n_fine: int = 30
@@ -177,6 +208,7 @@ class RunConfig:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
@@ -279,9 +311,45 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
+def check(cfg: RunConfig) -> RunConfig:
+    """Refuse settings no stage can run with, before anything starts: a :class:`ConfigError` naming the setting,
+    the value and what is allowed. Returns ``cfg``."""
+    at_least = {"extraction.batch_size": (cfg.extraction.batch_size, 1), "extraction.panel_size":
+                (cfg.extraction.panel_size, 2), "extraction.n_hvg": (cfg.extraction.n_hvg, 0),
+                "ranking.n_null": (cfg.ranking.n_null, 0), "ablation.n_cells": (cfg.ablation.n_cells, 0),
+                "ablation.batch_size": (cfg.ablation.batch_size, 1), "ablation.n_random": (cfg.ablation.n_random, 0),
+                "perturbation.n_boot": (cfg.perturbation.n_boot, 1), "cssi.n_fine": (cfg.cssi.n_fine, 0),
+                "train.epochs": (cfg.train.epochs, 1), "train.batch_size": (cfg.train.batch_size, 1)}
+    if cfg.data.max_cells is not None:
+        at_least["data.max_cells"] = (cfg.data.max_cells, 1)
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} = {value}: must be at least {low}")
+    for key, values in (("ranking.top_k", cfg.ranking.top_k), ("ablation.ks", cfg.ablation.ks)):
+        if not values or min(values) < 1:
+            raise ConfigError(f"{key} = {values}: must list integers >= 1")
+    choices = {"ranking.directions": (cfg.ranking.directions, DIRECTIONS),
+               "perturbation.test": ((cfg.perturbation.test,), DE_TESTS),
+               "tokenizer.mode": ((cfg.tokenizer.mode,), TOKENIZER_MODES)}
+    for key, (values, allowed) in choices.items():
+        bad = [v for v in values if v not in allowed] or ([] if values else ["(none)"])
+        if bad:
+            raise ConfigError(f"{key} = {bad[0]!r} is not allowed; choose from {allowed}")
+    if not RUN_NAME.match(cfg.name):
+        raise ConfigError(f"name = {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a directory under "
+                          "cache/artifacts)")
+    if cfg.model.device != "auto" and not re.match(r"^(cpu|cuda(:\d+)?)$", cfg.model.device):
+        raise ConfigError(f"model.device = {cfg.model.device!r}: use auto, cpu or cuda")
+    for key, value in (("train.mask_probability", cfg.train.mask_probability),
+                       ("ablation.mask_probability", cfg.ablation.mask_probability)):
+        if not 0 < value < 1:
+            raise ConfigError(f"{key} = {value}: must be between 0 and 1")
+    return cfg
+
+
 def load_config(toml_path: str | Path | None = None, cli: Mapping[str, Any] | None = None,
                 environ: Mapping[str, str] | None = None) -> RunConfig:
-    """Defaults -> TOML -> environment -> CLI."""
+    """Defaults -> TOML -> environment -> CLI, then :func:`check`."""
     cfg = RunConfig()
     if toml_path is not None:
         path = Path(toml_path)
@@ -292,4 +360,4 @@ def load_config(toml_path: str | Path | None = None, cli: Mapping[str, Any] | No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     cfg = with_overrides(cfg, env_overrides(environ))
-    return with_overrides(cfg, dict(cli or {}))
+    return check(with_overrides(cfg, dict(cli or {})))

@@ -2,13 +2,15 @@
 
 A run is built in ``<run_id>.partial/``; each finished stage records the hash of its inputs in
 ``stages/<stage>.json`` so a killed precompute resumes where it stopped. The manifest (config and hash,
-package versions, input sha256s, seeds, every file with its sha256) is written last, atomically, and the
-directory is then renamed to ``<run_id>/``: a directory without ``.partial`` is a complete run.
+package versions, input sha256s, seeds, every file with its sha256; :class:`analysis.io.manifest.RunManifest`) is
+validated, written last, atomically, and the directory is then renamed to ``<run_id>/``: a directory without
+``.partial`` is a complete run. File names are declared once in :mod:`analysis.io.files`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -17,7 +19,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from ..errors import SchemaError
+from .files import MANIFEST
+from .manifest import RunManifest
+
+log = logging.getLogger(__name__)
 PARTIAL = ".partial"
 PACKAGES = ("torch", "transformers", "numpy", "scipy", "pandas", "anndata", "scikit-learn", "statsmodels")
 
@@ -70,13 +76,15 @@ class RunWriter:
                                                                      "finished": time.time()})
 
     def finish(self, manifest: dict) -> Path:
-        """Hash every file, write the manifest last, and publish the directory as a complete run."""
+        """Hash every file, write the manifest last (checked to parse as a :class:`RunManifest`), and publish the
+        directory as a complete run."""
         files = {}
         for p in sorted(self.dir.rglob("*")):
             if p.is_file() and p.parent.name != "stages" and p.name != MANIFEST:
                 files[str(p.relative_to(self.dir))] = {"sha256": sha256_path(p), "bytes": p.stat().st_size}
         manifest = {**manifest, "run_id": self.run_id, "files": files, "stage_timings": self.timings,
                     "versions": package_versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        RunManifest.from_dict(json.loads(json.dumps(manifest, default=str)))
         write_json_atomic(self.dir / MANIFEST, manifest)
         if self.final.exists():
             shutil.rmtree(self.final)
@@ -87,16 +95,31 @@ class RunWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def list_runs(cache_root: Path) -> list[dict]:
-    """Manifests of complete runs under ``cache_root/artifacts``, newest first."""
+def read_manifest(run_dir: Path) -> RunManifest:
+    """The typed manifest of a complete run directory (:class:`SchemaError` when missing or unreadable)."""
+    path = Path(run_dir) / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    return RunManifest.from_dict(raw)
+
+
+def scan_runs(cache_root: Path) -> tuple[list[RunManifest], list[str]]:
+    """Complete runs under ``cache_root/artifacts`` (newest first) and one line per directory that looks like a run
+    but cannot be opened (a symlink, an unreadable or old-format manifest), so a reader can say what it skipped."""
     root = Path(cache_root) / "artifacts"
-    runs = []
+    runs, skipped = [], []
     if root.is_dir():
-        for d in root.iterdir():
-            if d.is_dir() and not d.name.endswith(PARTIAL) and (d / MANIFEST).is_file():
-                runs.append(json.loads((d / MANIFEST).read_text()))
-    return sorted(runs, key=lambda m: m.get("finished", ""), reverse=True)
-
-
-def read_manifest(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / MANIFEST).read_text())
+        for d in sorted(root.iterdir()):
+            if d.name.endswith(PARTIAL) or not (d / MANIFEST).is_file():
+                continue
+            if d.is_symlink() or not d.is_dir():
+                skipped.append(f"{d.name}: not a plain run directory (symlink)")
+                continue
+            try:
+                runs.append(read_manifest(d))
+            except SchemaError as exc:
+                log.warning("skipping run %s: %s", d.name, exc)
+                skipped.append(f"{d.name}: {exc}")
+    return sorted(runs, key=lambda m: m.finished, reverse=True), skipped

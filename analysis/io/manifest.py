@@ -1,0 +1,114 @@
+"""The typed run manifest: what a finished run is (config and its hash, model, data, references, tokenisation,
+seeds, input and file sha256s, package versions, stage timings), written last into ``manifest.json`` by
+:class:`analysis.io.artifacts.RunWriter` and read back by the app and by :mod:`analysis.rerun` as one object, so no
+reader indexes a dict by string keys or re-derives a quantity (the read-out layer is resolved once, here)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..config import RunConfig
+from ..errors import SchemaError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model a run used: ``family`` (``geneformer``, ``scgpt``), shapes, device, where it came from, how its
+    behaviour read-outs are labelled (``readout_labels``: read-out key -> what it measures for this family) and which
+    cell embedding is native to it."""
+
+    family: str
+    name: str
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    max_len: int
+    device: str
+    random_init: bool
+    native_embedding: str
+    predicts_tokens: bool
+    readout_labels: dict[str, str] = field(default_factory=dict)
+    attention_convention: str = ""
+
+    @property
+    def label(self) -> str:
+        """``"scgpt: embedded tiny scgpt"`` style: family first, then the checkpoint's name."""
+        return f"{self.family}: {self.name}"
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    n_cells: int
+    n_genes: int
+    n_vocab_genes: int
+    panel_size: int
+    perturbations: tuple[str, ...]
+    cell_state_col: str | None
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """A complete run (module doc). ``readout_layer``: the pre-specified attention read-out layer, 0-based;
+    ``inputs``: sha256 of the data and references, the checkpoint directory, its sha256 and the dictionaries."""
+
+    run_id: str
+    config: RunConfig
+    config_hash: str
+    run_key: str
+    model: ModelInfo
+    data: DataInfo
+    readout_layer: int
+    inputs: dict[str, Any]
+    references: tuple[dict, ...]
+    tokenizer: dict[str, Any]
+    seeds: dict[str, int]
+    provenance: dict[str, Any]
+    files: dict[str, dict]
+    stage_timings: tuple[dict, ...]
+    versions: dict[str, str]
+    finished: str
+    wall_seconds: float
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def reference_names(self) -> list[str]:
+        return [r["name"] for r in self.references]
+
+    @property
+    def title(self) -> str:
+        """One line naming the run for pickers, page headers and exports."""
+        return f"{self.run_id} ({self.model.family}: {self.model.name}, {self.data.n_cells} cells)"
+
+    def readout_label(self, readout: str) -> str:
+        """What a read-out key measures for this run's model family (the key itself when not family-specific)."""
+        return self.model.readout_labels.get(readout, readout.replace("_", " "))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["config"] = self.config.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "RunManifest":
+        """Parse ``manifest.json``; a missing or malformed field raises :class:`SchemaError` naming it."""
+        try:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            missing = sorted(fields - set(raw))
+            if missing:
+                raise SchemaError(f"manifest lacks {missing} (written by an older version of the explorer?)")
+            data = dict(raw["data"])
+            data["perturbations"] = tuple(data["perturbations"])
+            return cls(**{**{k: raw[k] for k in fields},
+                          "config": RunConfig.from_dict(raw["config"]),
+                          "model": ModelInfo(**raw["model"]), "data": DataInfo(**data),
+                          "references": tuple(raw["references"]), "stage_timings": tuple(raw["stage_timings"]),
+                          "readout_layer": int(raw["readout_layer"]), "wall_seconds": float(raw["wall_seconds"])})
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, SchemaError):
+                raise
+            raise SchemaError(f"manifest is malformed ({type(exc).__name__}: {exc})") from exc
