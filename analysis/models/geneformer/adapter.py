@@ -1,13 +1,15 @@
 """Geneformer adapter: a HF ``BertForMaskedLM`` loaded from a local directory, never from a hub implicitly.
 
 transformers 5 silently ignores ``head_mask``, so every intervention and every attention read-out goes through
-hooks at the named sites of :class:`SiteMap` (DESIGN.md section 4). Each adapter owns its own config object
-(``attn_implementation`` is set per model, not shared).
+hooks at the sites of :class:`GeneformerSites` (DESIGN.md section 4). Each adapter owns its own config object
+(``attn_implementation`` is set per model, not shared). Weights whose size matches an official release are checked
+against its sha256. The native cell embedding is Geneformer's default: the mean over gene tokens of the second-to-last
+hidden state. The behaviour read-out is the masked-gene cross-entropy and accuracy (all masked tokens ``<mask>``).
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,45 +17,37 @@ import pandas as pd
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from ...io.cells import InputError
+from ...errors import InputError
+from ..base import ModelAdapter, ModelOutput, Site, SiteMap, TokenizedCells, resolve_device, sha256_file
+from .tokenizer import GeneformerTokenizer, check_against_checkpoint, load_dictionaries
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 KNOWN_WEIGHTS = Path(__file__).resolve().parents[4] / "shared/data/geneformer/configs/weights_lfs_pointers.tsv"
+IGNORE = -100
 
 
-@dataclass(frozen=True)
-class SiteMap:
-    """Module paths of hook sites in a BERT encoder (layer index is 0-based)."""
+class GeneformerSites(SiteMap):
+    """BERT encoder sites: separate query / key / value projections under ``attention.self``."""
 
-    n_layers: int
-    prefix: str = "bert.encoder.layer"
+    prefix = "bert.encoder.layer"
 
-    def attention(self, layer: int) -> str:
-        """Self-attention block; its forward input is the layer's hidden states ``[batch, seq, d_model]``."""
-        return f"{self.prefix}.{layer}.attention.self"
+    def layer(self, layer: int) -> str:
+        return f"{self.prefix}.{layer}"
+
+    def query(self, layer: int) -> Site:
+        return Site(f"{self.prefix}.{layer}.attention.self.query")
+
+    def key(self, layer: int) -> Site:
+        return Site(f"{self.prefix}.{layer}.attention.self.key")
+
+    def value(self, layer: int) -> Site:
+        return Site(f"{self.prefix}.{layer}.attention.self.value")
 
     def head_output(self, layer: int) -> str:
-        """Attention output projection; its *input* is the concatenated head outputs ``[batch, seq, heads*d_head]``."""
         return f"{self.prefix}.{layer}.attention.output.dense"
 
     def mlp_output(self, layer: int) -> str:
-        """Feed-forward output projection (before the post-LN residual add)."""
         return f"{self.prefix}.{layer}.output.dense"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def identify_weights(weights: Path, known_table: Path = KNOWN_WEIGHTS) -> tuple[str, str | None]:
@@ -72,28 +66,47 @@ def identify_weights(weights: Path, known_table: Path = KNOWN_WEIGHTS) -> tuple[
     return digest, None
 
 
-class GeneformerAdapter:
-    """A loaded Geneformer with its shapes and hook sites. ``forward`` takes ``[batch, seq]`` token ids."""
+def read_config(directory: Path) -> BertConfig:
+    """The checkpoint's ``config.json`` as a BERT config; another model type or an inconsistent shape is refused."""
+    path = directory / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable JSON config ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("model_type") != "bert":
+        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+        raise InputError(f"{path} has model_type {found!r}: Geneformer checkpoints are BERT (model_type 'bert')")
+    try:
+        config = BertConfig.from_pretrained(directory, local_files_only=True)
+    except Exception as exc:  # transformers raises several types on a malformed config
+        raise InputError(f"{path} is not a valid BERT config ({type(exc).__name__}: {exc})") from exc
+    if config.hidden_size % config.num_attention_heads:
+        raise InputError(f"{path}: hidden_size {config.hidden_size} is not divisible by num_attention_heads "
+                         f"{config.num_attention_heads}")
+    return config
+
+
+class GeneformerAdapter(ModelAdapter):
+    """A loaded Geneformer (module doc)."""
 
     family = "geneformer"
+    native_embedding = "mean_penultimate"
+    readout_labels = {"mlm_loss": "masked-gene cross-entropy", "mlm_accuracy": "masked-gene top-1 accuracy",
+                      "output_cosine_distance": "cosine distance of the output logits (mean over tokens)"}
+    predicts_tokens = True
+    attention_convention = ("Geneformer: rank-value tokens, so a gene's position is its expression rank in the cell "
+                            "and genes outside the top of the ranking are absent; Geneformer's own network analyses "
+                            "use attention between genes without a fixed direction, so compare the three directions.")
 
     def __init__(self, model: BertForMaskedLM, *, device: torch.device, name: str, checkpoint_sha256: str | None,
-                 official_name: str | None = None):
-        self.model = model.eval().to(device)
-        self.device = device
-        self.name = name
-        self.checkpoint_sha256 = checkpoint_sha256
-        self.official_name = official_name
+                 official_name: str | None = None, checkpoint_dir: Path | None = None):
         cfg = model.config
-        self.n_layers = int(cfg.num_hidden_layers)
-        self.n_heads = int(cfg.num_attention_heads)
-        self.d_head = int(cfg.hidden_size // cfg.num_attention_heads)
-        self.max_len = int(cfg.max_position_embeddings)
-        self.sites = SiteMap(self.n_layers)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        self.checkpoint_dir = checkpoint_dir
+        super().__init__(model, device=device, name=name, checkpoint_sha256=checkpoint_sha256,
+                         official_name=official_name, n_layers=int(cfg.num_hidden_layers),
+                         n_heads=int(cfg.num_attention_heads), d_model=int(cfg.hidden_size),
+                         max_len=int(cfg.max_position_embeddings), vocab_size=int(cfg.vocab_size),
+                         sites=GeneformerSites(int(cfg.num_hidden_layers), int(cfg.hidden_size)))
 
     @property
     def attn_implementation(self) -> str:
@@ -111,7 +124,7 @@ class GeneformerAdapter:
             raise InputError(f"{p} is not a model checkpoint directory (no config.json); pass the directory that "
                              "holds config.json and model.safetensors / pytorch_model.bin")
         dev = resolve_device(device)
-        config = BertConfig.from_pretrained(p, local_files_only=True)
+        config = read_config(p)
         if random_init:
             torch.manual_seed(seed)
             model = BertForMaskedLM(config)
@@ -122,26 +135,64 @@ class GeneformerAdapter:
                 raise InputError(f"{p} has no weights file ({' or '.join(WEIGHT_FILES)}); pass --random-weights "
                                  "to run on random weights with this config")
             digest, official = identify_weights(weights)
-            model = BertForMaskedLM.from_pretrained(p, config=config, local_files_only=True)
+            try:
+                model = BertForMaskedLM.from_pretrained(p, config=config, local_files_only=True)
+            except Exception as exc:  # corrupt or truncated weights
+                raise InputError(f"{weights} could not be loaded as this config's weights "
+                                 f"({type(exc).__name__}: {exc})") from exc
         model.set_attn_implementation(attn_implementation)
         if dev.type == "cuda":
             model = model.half()
-        return cls(model, device=dev, name=official or p.name, checkpoint_sha256=digest, official_name=official)
+        return cls(model, device=dev, name=official or p.name, checkpoint_sha256=digest, official_name=official,
+                   checkpoint_dir=p)
 
-    def module(self, site: str) -> torch.nn.Module:
-        return self.model.get_submodule(site)
-
-    @torch.inference_mode()
-    def forward(self, input_ids: np.ndarray | torch.Tensor, attention_mask: np.ndarray | torch.Tensor,
-                output_attentions: bool = False, output_hidden_states: bool = False):
-        """Run the masked-LM on one batch; with ``output_attentions`` the model must be eager and return one
-        ``[batch, heads, seq, seq]`` tensor per layer (asserted)."""
-        ids = torch.as_tensor(input_ids, device=self.device)
-        mask = torch.as_tensor(attention_mask, device=self.device)
+    def forward(self, batch: TokenizedCells, *, output_hidden_states: bool = False, grad: bool = False,
+                output_attentions: bool = False) -> ModelOutput:
+        """Run the masked-LM on one batch; with ``output_attentions`` the model must be eager and the weights
+        ``[batch, heads, seq, seq]`` per layer come back in ``ModelOutput.attentions``."""
         if output_attentions and self.attn_implementation != "eager":
             raise RuntimeError("output_attentions needs attn_implementation='eager' (sdpa returns no weights)")
-        out = self.model(input_ids=ids, attention_mask=mask, output_attentions=output_attentions,
-                         output_hidden_states=output_hidden_states)
+        with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
+            out = self.model(input_ids=self.as_tensor(batch.input_ids),
+                             attention_mask=self.as_tensor(batch.attention_mask),
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         if output_attentions:
             assert len(out.attentions) == self.n_layers, "model returned attentions for fewer layers than it has"
-        return out
+        return ModelOutput(out.logits, out.logits, out.hidden_states, out.attentions if output_attentions else None)
+
+    def key_mask(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        return torch.ones(ids.shape, dtype=torch.bool, device=ids.device) if mask is None else mask.bool()
+
+    def masked(self, batch: TokenizedCells, chosen: np.ndarray) -> TokenizedCells:
+        return dataclasses.replace(batch, input_ids=np.where(chosen, batch.params["mask_id"], batch.input_ids))
+
+    def masked_prediction(self, out: ModelOutput, batch: TokenizedCells, chosen: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        labels = self.as_tensor(np.where(chosen, batch.input_ids, IGNORE))
+        hit = labels != IGNORE
+        logits = out.prediction.float()
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+        loss = (ce * hit).sum(1) / hit.sum(1)
+        accuracy = ((logits.argmax(-1) == labels) & hit).sum(1) / hit.sum(1)
+        return loss.cpu().numpy(), accuracy.cpu().numpy()
+
+    def output_distance(self, out: ModelOutput, base: ModelOutput, keep: torch.Tensor) -> np.ndarray:
+        d = 1 - torch.nn.functional.cosine_similarity(out.prediction.float(), base.prediction.float(), dim=-1,
+                                                      eps=1e-8)
+        return ((d * keep).sum(1) / keep.sum(1)).cpu().numpy()
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+
+    def tokenizer(self, settings=None, dictionaries: str | Path | None = None) -> GeneformerTokenizer:
+        """Rank-value tokeniser over Geneformer's dictionaries (``dictionaries`` or the checkpoint directory),
+        checked against the checkpoint: the token dictionary must have exactly the embedding's rows. ``settings``
+        (``analysis.config.TokenizerConfig``) holds value-binning options that rank-value encoding does not use."""
+        dicts = load_dictionaries(dictionaries or self.checkpoint_dir)
+        check_against_checkpoint(dicts, self.vocab_size, self.name)
+        return GeneformerTokenizer(dicts, self.max_len)
+
+
+Adapter = GeneformerAdapter

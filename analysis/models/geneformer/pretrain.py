@@ -2,19 +2,26 @@
 
 Geneformer's objective (Theodoris et al. 2023): mask 15% of a cell's gene tokens (80% -> ``<mask>``,
 10% -> a random gene, 10% unchanged) and predict the masked genes from the rest of the ranked transcriptome.
-Used to train the embedded default's tiny model on simulated cells in a few CPU minutes.
+Used to train the embedded default's tiny model on simulated cells in a few CPU minutes (:func:`train_tiny`), saved
+in the file formats of a real Geneformer release (HF checkpoint directory, token / gene-median / gene-name dictionary
+pickles) so the rest of the pipeline treats it exactly like a real checkpoint.
 """
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from ...config import TrainConfig
-from .tokenizer import GeneformerDictionaries, TokenizedCells
+from ...io.cells import CellData
+from ...io.expression import cp10k
+from ..base import TokenizedCells
+from .tokenizer import MASK, PAD, GeneformerDictionaries, save_dictionaries, tokenize
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -84,3 +91,26 @@ def train_mlm(tokens: TokenizedCells, dicts: GeneformerDictionaries, cfg: TrainC
             log.info("pretrain epoch %d loss %.3f acc %.3f (%.1fs)", epoch, history[-1]["loss"],
                      history[-1]["masked_accuracy"], history[-1]["seconds"])
     return model.eval(), history
+
+
+def gene_medians(counts: sp.csr_matrix, n_counts: np.ndarray) -> np.ndarray:
+    """Geneformer's normalisation factors: per gene, the median of its non-zero CP10k values over cells."""
+    norm = sp.csc_matrix(cp10k(counts, n_counts))
+    return np.array([np.median(norm.data[norm.indptr[j]:norm.indptr[j + 1]]) if norm.indptr[j + 1] > norm.indptr[j]
+                     else 1.0 for j in range(norm.shape[1])])
+
+
+def train_tiny(cells: CellData, cfg: TrainConfig, directory: Path, progress: bool = True) -> list[dict]:
+    """Train a tiny Geneformer-architecture model on ``cells`` and save it to ``directory`` as a Geneformer release:
+    dictionaries built from the cells (token ids in data order after ``<pad>``, ``<mask>``; medians of the cells'
+    CP10k), ``config.json`` + ``model.safetensors``. Returns the per-epoch training log."""
+    medians = gene_medians(cells.counts, cells.obs["n_counts"].to_numpy(dtype=float))
+    token = {PAD: 0, MASK: 1, **{g: i + 2 for i, g in enumerate(cells.gene_ids)}}
+    dicts = GeneformerDictionaries(token=token, median=dict(zip(cells.gene_ids, medians.tolist())),
+                                   name_to_id=dict(zip(cells.raw_symbols, cells.gene_ids)), source=str(directory))
+    tokens = tokenize(cells, dicts, cfg.max_len)
+    log.info("training the embedded tiny Geneformer on %d cells (%d genes)", tokens.n_cells, len(token) - 2)
+    model, history = train_mlm(tokens, dicts, cfg, progress=progress)
+    model.save_pretrained(directory)
+    save_dictionaries(dicts, directory, "sim")
+    return history

@@ -16,15 +16,16 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ...io.cells import CellData, InputError
+from ...errors import InputError
+from ...io.cells import CellData
+from ...io.expression import TARGET_SUM, cp10k
+from ..base import Tokenizer, TokenizedCells
 
-TARGET_SUM = 10_000
 PAD, MASK, CLS, EOS = "<pad>", "<mask>", "<cls>", "<eos>"
 
 
@@ -72,6 +73,14 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
+def load_name_table(directory: Path) -> dict[str, str]:
+    """Symbol -> Ensembl id from ``gene_name_id_dict*.pkl`` in ``directory`` (empty when there is none)."""
+    if not directory.is_dir():
+        raise InputError(f"dictionary directory {directory} does not exist")
+    path = _one(directory, "gene_name_id_dict*.pkl", required=False)
+    return {str(k): str(v) for k, v in _unpickle(path).items()} if path else {}
+
+
 def load_dictionaries(directory: str | Path) -> GeneformerDictionaries:
     """Load ``token_dictionary*.pkl``, ``gene_median_dictionary*.pkl`` and (optional) ``gene_name_id_dict*.pkl``."""
     d = Path(directory)
@@ -79,8 +88,7 @@ def load_dictionaries(directory: str | Path) -> GeneformerDictionaries:
         raise InputError(f"dictionary directory {d} does not exist")
     token = {str(k): int(v) for k, v in _unpickle(_one(d, "token_dictionary*.pkl")).items()}
     median = {str(k): float(v) for k, v in _unpickle(_one(d, "gene_median_dictionary*.pkl")).items()}
-    names_path = _one(d, "gene_name_id_dict*.pkl", required=False)
-    names = {str(k): str(v) for k, v in _unpickle(names_path).items()} if names_path else {}
+    names = load_name_table(d)
     if PAD not in token or MASK not in token:
         raise InputError(f"token dictionary in {d} lacks {PAD!r}/{MASK!r}; is it a Geneformer dictionary?")
     return GeneformerDictionaries(token=token, median=median, name_to_id=names, source=str(d))
@@ -95,44 +103,6 @@ def save_dictionaries(dicts: GeneformerDictionaries, directory: Path, suffix: st
             pickle.dump(obj, fh)
 
 
-@dataclass(frozen=True)
-class TokenizedCells:
-    """Rank-value encoded cells.
-
-    ``input_ids``: ``[cells, seq]`` int64, right-padded with the pad token; ``attention_mask``: ``[cells, seq]``
-    (1 = real token, special tokens included); ``gene_index``: ``[cells, seq]`` index into ``genes`` for each
-    position (-1 for pad and special tokens); ``genes``: one row per vocabulary gene seen in the data
-    (``gene_id``, ``symbol``, ``token_id``); ``obs``: the cells' metadata in row order.
-    """
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    gene_index: np.ndarray
-    genes: pd.DataFrame
-    obs: pd.DataFrame
-    params: dict
-
-    @property
-    def n_cells(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.attention_mask.sum(axis=1)
-
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Cell-index batches grouped by length (longest first), so padding is minimal."""
-        order = np.argsort(-self.lengths, kind="stable")
-        for start in range(0, order.size, batch_size):
-            yield order[start:start + batch_size]
-
-    def subset(self, idx: np.ndarray) -> "TokenizedCells":
-        """Cells ``idx`` with the padded length trimmed to their longest input."""
-        width = int(self.attention_mask[idx].sum(axis=1).max())
-        return TokenizedCells(self.input_ids[idx, :width], self.attention_mask[idx, :width],
-                              self.gene_index[idx, :width], self.genes, self.obs.iloc[idx], self.params)
-
-
 def _collapse_duplicate_ids(counts: sp.csr_matrix, ids: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """Sum columns sharing an Ensembl id; returns (counts, unique ids, first column index of each id)."""
     uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
@@ -142,8 +112,9 @@ def _collapse_duplicate_ids(counts: sp.csr_matrix, ids: np.ndarray) -> tuple[sp.
     return (counts @ agg).tocsr(), uniq, first
 
 
-def tokenize(cells: CellData, dicts: GeneformerDictionaries, max_len: int) -> TokenizedCells:
-    """Rank-value encode ``cells`` with ``dicts`` into at most ``max_len`` tokens per cell (see module doc)."""
+def _vocabulary(cells: CellData, dicts: GeneformerDictionaries) -> tuple[sp.csr_matrix, pd.DataFrame]:
+    """Counts ``[cells, genes]`` of the data's genes in the dictionaries (duplicate ids summed) and their table
+    (``gene_id``, ``symbol``, ``token_id``, ``median``)."""
     in_vocab = np.array([(g in dicts.median) and (g in dicts.token) for g in cells.gene_ids])
     if not in_vocab.any():
         example = ", ".join(map(str, cells.gene_ids[:3]))
@@ -152,13 +123,20 @@ def tokenize(cells: CellData, dicts: GeneformerDictionaries, max_len: int) -> To
                          "matching the dictionaries (or symbols with a gene_name_id dictionary) and the "
                          "dictionaries that belong to the model (gc30M for V1, gc104M for V2)")
     counts, ids, first = _collapse_duplicate_ids(cells.counts[:, in_vocab], cells.gene_ids[in_vocab])
-    symbols = cells.symbols[in_vocab][first]
-    medians = np.array([dicts.median[g] for g in ids])
-    tokens = np.array([dicts.token[g] for g in ids], dtype=np.int64)
+    genes = pd.DataFrame({"gene_id": ids, "symbol": cells.symbols[in_vocab][first],
+                          "token_id": np.array([dicts.token[g] for g in ids], dtype=np.int64),
+                          "median": np.array([dicts.median[g] for g in ids])})
+    return counts, genes
+
+
+def tokenize(cells: CellData, dicts: GeneformerDictionaries, max_len: int) -> TokenizedCells:
+    """Rank-value encode ``cells`` with ``dicts`` into at most ``max_len`` tokens per cell (see module doc)."""
+    counts, genes = _vocabulary(cells, dicts)
+    tokens = genes["token_id"].to_numpy()
     n_counts = cells.obs["n_counts"].to_numpy(dtype=float)
     if (n_counts <= 0).any():
         raise InputError(f"{int((n_counts <= 0).sum())} cell(s) have zero total counts; filter them out first")
-    norm = sp.csr_matrix(sp.diags(TARGET_SUM / n_counts) @ counts @ sp.diags(1.0 / medians))
+    norm = sp.csr_matrix(cp10k(counts, n_counts) @ sp.diags(1.0 / genes["median"].to_numpy()))
     special = dicts.special_tokens
     budget = max_len - 2 if special else max_len
     ranked: list[np.ndarray] = []
@@ -182,7 +160,34 @@ def tokenize(cells: CellData, dicts: GeneformerDictionaries, max_len: int) -> To
             input_ids[i, r.size + 1] = dicts.token[EOS]
     lengths = np.array([r.size for r in ranked]) + (2 if special else 0)
     attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-    genes = pd.DataFrame({"gene_id": ids, "symbol": symbols, "token_id": tokens})
     params = {"method": "geneformer_rank_value", "max_len": max_len, "special_tokens": special,
-              "target_sum": TARGET_SUM, "dictionaries": dicts.source, "n_genes_in_vocab": int(ids.size)}
+              "target_sum": TARGET_SUM, "dictionaries": dicts.source, "n_genes_in_vocab": int(len(genes)),
+              "mask_id": dicts.mask_id, "pad_id": dicts.pad_id, "cls_position": 0 if special else None}
     return TokenizedCells(input_ids, attention_mask, gene_index, genes, cells.obs.reset_index(drop=False), params)
+
+
+def check_against_checkpoint(dicts: GeneformerDictionaries, vocab_size: int, checkpoint: str) -> None:
+    """Refuse dictionaries that do not belong to the checkpoint: the token dictionary must have exactly the
+    embedding's rows (gc30M: 25,426 for V1; gc104M: 20,275 for V2), so a V2 dictionary with a V1 model (every id in
+    range, every id wrong) is caught as well as a V1 dictionary with a V2 model (ids past the embedding)."""
+    n, top = len(dicts.token), max(dicts.token.values())
+    if n != vocab_size or top >= vocab_size:
+        raise InputError(f"the token dictionary in {dicts.source or 'the dictionaries'} has {n} tokens (largest id "
+                         f"{top}) but {checkpoint} has an embedding of {vocab_size} rows: these dictionaries belong "
+                         "to another model (V1 models use gc30M, V2 models gc104M); pass --dictionaries for this "
+                         "checkpoint")
+
+
+class GeneformerTokenizer(Tokenizer):
+    """Rank-value encoding of cells (module doc) for one checkpoint's dictionaries and input size."""
+
+    def __init__(self, dicts: GeneformerDictionaries, max_len: int):
+        self.dicts, self.max_len = dicts, max_len
+        self.symbol_to_id = dicts.name_to_id
+        self.source = dicts.source
+
+    def tokenize(self, cells: CellData, panel: pd.DataFrame | None = None) -> TokenizedCells:
+        return tokenize(cells, self.dicts, self.max_len)
+
+    def vocabulary_genes(self, cells: CellData) -> pd.DataFrame:
+        return _vocabulary(cells, self.dicts)[1]
