@@ -6,14 +6,19 @@ cells, divided by the number of cells in which both genes are in the model input
 on each layer's query/key projections recompute softmax attention only for the rows of panel genes
 (``[batch, heads, panel_rows, seq]``, normalised over all non-padded keys, exactly as the model does), gather the
 panel columns, and add them into per-(layer, head) sums with one ``index_add_`` per layer and batch. Memory is
-independent of the number of cells, and stores over disjoint cell shards merge by summation.
+independent of the number of cells, and stores over disjoint cell shards merge by summation. The sites come from the
+model family's adapter (:class:`analysis.models.base.SiteMap`): separate BERT projections for Geneformer, the q and k
+blocks of scGPT's packed ``Wqkv``; the same loop serves both.
+
+Cell embeddings are captured on the way, at no extra pass: ``mean_penultimate`` (mean over gene tokens of the hidden
+state entering the last layer, Geneformer's default) always, and ``cls`` (the last layer's output at ``<cls>``,
+scGPT's) when the input has a ``<cls>`` token.
 """
 from __future__ import annotations
 
-import json
+from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -21,64 +26,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..models.geneformer.adapter import GeneformerAdapter
-from ..models.geneformer.tokenizer import TokenizedCells
-
-
-@dataclass
-class AttentionStore:
-    """``sums``: ``[layers, heads, G, G]`` float64, ``sums[l, h, q, k]`` = attention of panel gene q (query, row)
-    on panel gene k (key, column) summed over cells; ``counts``: ``[G, G]`` int64, cells in which both q and k
-    were in the input (diagonal = cells expressing the gene); ``panel``: G rows (schema ``panel``);
-    ``cell_embeddings``: ``[cells, d_model]`` float32 captured during extraction (None when not captured)."""
-
-    sums: np.ndarray
-    counts: np.ndarray
-    n_cells: int
-    panel: pd.DataFrame
-    params: dict = field(default_factory=dict)
-    cell_embeddings: np.ndarray | None = None
-
-    def __add__(self, other: "AttentionStore") -> "AttentionStore":
-        """Merge two shards (disjoint cells, same model and panel) by summation."""
-        if self.sums.shape != other.sums.shape or not self.panel["gene_id"].equals(other.panel["gene_id"]):
-            raise ValueError("attention stores over different panels or model shapes cannot be merged")
-        embeddings = None
-        if self.cell_embeddings is not None and other.cell_embeddings is not None:
-            embeddings = np.concatenate([self.cell_embeddings, other.cell_embeddings])
-        return AttentionStore(self.sums + other.sums, self.counts + other.counts, self.n_cells + other.n_cells,
-                              self.panel, {**self.params, "merged": True}, embeddings)
-
-    def mean_attention(self) -> np.ndarray:
-        """``[layers, heads, G, G]`` edge scores: sums / co-occurrence counts (NaN where never co-observed)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
-
-    def save(self, directory: Path) -> list[Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "attention_sums.npy", self.sums)
-        np.save(directory / "pair_counts.npy", self.counts)
-        self.panel.to_parquet(directory / "panel.parquet", index=False)
-        (directory / "attention_params.json").write_text(json.dumps({"n_cells": self.n_cells, **self.params},
-                                                                     default=str, indent=1))
-        names = ["attention_sums.npy", "pair_counts.npy", "panel.parquet", "attention_params.json"]
-        if self.cell_embeddings is not None:
-            np.save(directory / "cell_embeddings.npy", self.cell_embeddings)
-            names.append("cell_embeddings.npy")
-        return [directory / n for n in names]
-
-    @classmethod
-    def load(cls, directory: Path, mmap: bool = True) -> "AttentionStore":
-        params = json.loads((directory / "attention_params.json").read_text())
-        mode = "r" if mmap else None
-        emb = directory / "cell_embeddings.npy"
-        return cls(np.load(directory / "attention_sums.npy", mmap_mode=mode),
-                   np.load(directory / "pair_counts.npy", mmap_mode=mode), int(params.pop("n_cells")),
-                   pd.read_parquet(directory / "panel.parquet"), params, np.load(emb) if emb.is_file() else None)
+from ..io.stores import AttentionStore, GroupedAttention
+from ..models.base import ModelAdapter, TokenizedCells
 
 
 @dataclass(frozen=True)
-class _PanelBatch:
+class PanelBatch:
     """Where panel genes sit in one padded batch. ``positions``/``valid``: ``[batch, P]``; ``pair_cell``,
     ``pair_row``, ``pair_col``: coordinates of every valid (query, key) panel pair; ``pair_flat``: its index
     into a flattened ``[G * G]`` matrix."""
@@ -90,8 +43,8 @@ class _PanelBatch:
     pair_flat: torch.Tensor
 
 
-def _panel_batch(gene_index: np.ndarray, panel_of_gene: np.ndarray, n_panel: int,
-                 device: torch.device) -> _PanelBatch:
+def panel_batch(gene_index: np.ndarray, panel_of_gene: np.ndarray, n_panel: int,
+                 device: torch.device) -> PanelBatch:
     slot = np.where(gene_index >= 0, panel_of_gene[np.maximum(gene_index, 0)], -1)  # [batch, seq]
     in_panel = slot >= 0
     width = max(int(in_panel.sum(axis=1).max()), 1)
@@ -107,29 +60,51 @@ def _panel_batch(gene_index: np.ndarray, panel_of_gene: np.ndarray, n_panel: int
     valid = g >= 0
     cell, row, col = torch.nonzero(valid[:, :, None] & valid[:, None, :], as_tuple=True)
     flat = g[cell, row] * n_panel + g[cell, col]
-    return _PanelBatch(torch.as_tensor(positions, device=device), cell, row, col, flat)
+    return PanelBatch(torch.as_tensor(positions, device=device), cell, row, col, flat)
 
 
 @contextmanager
-def _capture_projections(adapter: GeneformerAdapter) -> Iterator[dict]:
-    """Forward hooks keeping each layer's query and key projection outputs ``[batch, seq, heads*d_head]``, and the
-    hidden states entering the last layer (``"embedding"``, ``[batch, seq, d_model]``: Geneformer's default cell
-    embedding layer, the second to last hidden state)."""
+def capture_projections(adapter: ModelAdapter, *, cls: bool = False) -> Iterator[dict]:
+    """Forward hooks keeping each layer's query and key projections ``[batch, seq, heads*d_head]`` (keys
+    ``(layer, "query")`` / ``(layer, "key")``), the hidden states entering the last layer (``"penultimate"``,
+    ``[batch, seq, d_model]``) and, with ``cls``, the last layer's output (``"final"``). One hook per module, so a
+    packed projection is hooked once and sliced."""
     captured: dict = {}
-    handles = []
+    by_module: dict[str, list] = defaultdict(list)
     for layer in range(adapter.n_layers):
-        attn = adapter.module(adapter.sites.attention(layer))
-        for name in ("query", "key"):
-            def hook(_m, inp, out, layer=layer, name=name):
-                captured[(layer, name)] = out
-                if name == "query" and layer == adapter.n_layers - 1:
-                    captured["embedding"] = inp[0]
-            handles.append(getattr(attn, name).register_forward_hook(hook))
+        by_module[adapter.sites.query(layer).module].append(((layer, "query"), adapter.sites.query(layer)))
+        by_module[adapter.sites.key(layer).module].append(((layer, "key"), adapter.sites.key(layer)))
+    penultimate = adapter.sites.query(adapter.n_layers - 1).module
+    handles = []
+
+    def keep(entries, is_penultimate):
+        def hook(_m, inp, out):
+            for key, site in entries:
+                captured[key] = site.take(out)
+            if is_penultimate:
+                captured["penultimate"] = inp[0]
+        return hook
+    for module, entries in by_module.items():
+        handles.append(adapter.module(module).register_forward_hook(keep(entries, module == penultimate)))
+    if cls:
+        handles.append(adapter.module(adapter.sites.layer(adapter.n_layers - 1)).register_forward_hook(
+            lambda _m, _inp, out: captured.__setitem__("final", out[0] if isinstance(out, tuple) else out)))
     try:
         yield captured
     finally:
         for h in handles:
             h.remove()
+
+
+def cell_embeddings(captured: dict, batch: TokenizedCells) -> dict[str, torch.Tensor]:
+    """Per kind, ``[batch, d_model]`` from one forward's captures (module doc): ``mean_penultimate`` always, ``cls``
+    when ``"final"`` was captured and the input has a ``<cls>`` position."""
+    genes = torch.as_tensor(batch.gene_positions(), device=captured["penultimate"].device)[:, :, None].float()
+    out = {"mean_penultimate": (captured["penultimate"].float() * genes).sum(1) / genes.sum(1).clamp(min=1)}
+    position = batch.params.get("cls_position")
+    if "final" in captured and position is not None:
+        out["cls"] = captured["final"][:, position].float()
+    return out
 
 
 def panel_rows_attention(query: torch.Tensor, key: torch.Tensor, key_mask: torch.Tensor, positions: torch.Tensor,
@@ -138,13 +113,14 @@ def panel_rows_attention(query: torch.Tensor, key: torch.Tensor, key_mask: torch
 
     ``query``/``key``: ``[batch, seq, heads*d_head]`` projections; ``key_mask``: ``[batch, seq]`` bool (True =
     real token); ``positions``: ``[batch, P]`` sequence positions of panel genes. Returns ``[batch, heads, P, P]``
-    float32, identical to the model's eager ``softmax(QK^T / sqrt(d_head) + mask)`` at those rows/columns.
+    in float32 (float64 for float64 inputs), identical to the model's eager ``softmax(QK^T / sqrt(d_head) + mask)`` at those rows/columns.
     """
     b, s, hd = key.shape
     d = hd // n_heads
+    dtype = torch.promote_types(query.dtype, torch.float32)    # half precision is computed in fp32, fp64 kept
     idx = positions[:, :, None].expand(-1, -1, hd)
-    q = torch.gather(query, 1, idx).float().view(b, -1, n_heads, d).transpose(1, 2)   # [b, h, P, d]
-    k = key.float().view(b, s, n_heads, d).transpose(1, 2)                              # [b, h, s, d]
+    q = torch.gather(query, 1, idx).to(dtype).reshape(b, -1, n_heads, d).transpose(1, 2)  # [b, h, P, d]
+    k = key.to(dtype).reshape(b, s, n_heads, d).transpose(1, 2)                            # [b, h, s, d]
     scores = torch.matmul(q, k.transpose(-1, -2)) * d ** -0.5                            # [b, h, P, s]
     scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
@@ -152,37 +128,13 @@ def panel_rows_attention(query: torch.Tensor, key: torch.Tensor, key_mask: torch
     return torch.gather(probs, 3, col)                                                   # [b, h, P, P]
 
 
-@dataclass
-class GroupedAttention:
-    """Attention sums per cell group (CSSI fine clusters and random null groups; analysis.scoring.cssi).
-
-    ``sums``: ``[groups, len(layers), heads, G, G]`` float32; ``counts``: ``[groups, G, G]`` int32 co-occurrence
-    counts; ``layers``: the model layers kept. Groups may overlap (a cell can belong to one group of each
-    grouping); summing the groups of one grouping gives the pooled store of those layers."""
-
-    sums: np.ndarray
-    counts: np.ndarray
-    layers: tuple[int, ...]
-    panel: pd.DataFrame
-
-    def save(self, directory: Path) -> list[Path]:
-        np.save(directory / "cssi_group_sums.npy", self.sums)
-        np.save(directory / "cssi_group_counts.npy", self.counts)
-        return [directory / "cssi_group_sums.npy", directory / "cssi_group_counts.npy"]
-
-    @classmethod
-    def load(cls, directory: Path, layers: tuple[int, ...], panel: pd.DataFrame) -> "GroupedAttention":
-        return cls(np.load(directory / "cssi_group_sums.npy", mmap_mode="r"),
-                   np.load(directory / "cssi_group_counts.npy", mmap_mode="r"), tuple(layers), panel)
-
-
-def _stream(adapter: GeneformerAdapter, cells: TokenizedCells, panel: pd.DataFrame, *, groups: np.ndarray,
+def _stream(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame, *, groups: np.ndarray,
             n_groups: int, layers: tuple[int, ...], batch_size: int, dtype: torch.dtype, progress: bool,
-            embeddings: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            embeddings: dict[str, np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The extraction loop (module doc). ``groups``: ``[cells, n_groupings]`` group index of each cell in each
     grouping (every cell adds to one group per column). Returns sums ``[len(layers), heads, n_groups * G * G]``
-    and counts ``[n_groups * G * G]``; fills ``embeddings`` ``[cells, d_model]`` (mean over gene tokens of the
-    hidden states entering the last layer) when given."""
+    and counts ``[n_groups * G * G]``; fills ``embeddings`` (kind -> ``[cells, d_model]``, see
+    :func:`cell_embeddings`) when given."""
     n_panel = len(panel)
     panel_of_gene = np.full(len(cells.genes), -1, dtype=np.int64)
     panel_of_gene[panel["gene_index"].to_numpy()] = np.arange(n_panel)
@@ -191,16 +143,16 @@ def _stream(adapter: GeneformerAdapter, cells: TokenizedCells, panel: pd.DataFra
     sums = torch.zeros(len(layers), adapter.n_heads, n_groups * block_size, dtype=dtype, device=dev)
     counts = torch.zeros(n_groups * block_size, dtype=torch.int64, device=dev)
     group_of = torch.as_tensor(groups, device=dev)
-    with _capture_projections(adapter) as captured:
+    with capture_projections(adapter, cls=embeddings is not None) as captured:
         for idx in tqdm(list(cells.batches(batch_size)), desc="attention", unit="batch", disable=not progress):
             sub = cells.subset(idx)
-            pb = _panel_batch(sub.gene_index, panel_of_gene, n_panel, dev)
+            pb = panel_batch(sub.gene_index, panel_of_gene, n_panel, dev)
             cell_groups = group_of[torch.as_tensor(idx, device=dev)][pb.pair_cell]        # [pairs, groupings]
             targets = [pb.pair_flat + cell_groups[:, c] * block_size for c in range(groups.shape[1])]
             for t in targets:
                 counts.index_add_(0, t, torch.ones_like(t))
             mask = torch.as_tensor(sub.attention_mask, device=dev).bool()
-            adapter.forward(sub.input_ids, sub.attention_mask)
+            adapter.forward(sub)
             for i, layer in enumerate(layers):
                 block = panel_rows_attention(captured[(layer, "query")], captured[(layer, "key")], mask,
                                              pb.positions, adapter.n_heads)
@@ -208,27 +160,27 @@ def _stream(adapter: GeneformerAdapter, cells: TokenizedCells, panel: pd.DataFra
                 for t in targets:
                     sums[i].index_add_(1, t, vals)
             if embeddings is not None:
-                genes = torch.as_tensor(sub.gene_index >= 0, device=dev)[:, :, None].float()
-                hidden = captured["embedding"].float()
-                embeddings[idx] = ((hidden * genes).sum(1) / genes.sum(1).clamp(min=1)).cpu().numpy()
+                for kind, emb in cell_embeddings(captured, sub).items():
+                    embeddings.setdefault(kind, np.zeros((cells.n_cells, adapter.d_model), np.float32))[idx] = \
+                        emb.cpu().numpy()
             captured.clear()
     return sums, counts
 
 
-def extract_attention(adapter: GeneformerAdapter, cells: TokenizedCells, panel: pd.DataFrame, *,
+def extract_attention(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame, *,
                       batch_size: int = 8, progress: bool = True) -> AttentionStore:
     """Stream ``cells`` through ``adapter`` and accumulate panel x panel attention (see module doc), capturing
-    each cell's embedding on the way (``cell_embeddings``, used for CSSI strata).
+    each cell's embeddings on the way (``cell_embeddings``, used for CSSI strata).
 
     ``panel`` rows index ``cells.genes`` through ``gene_index``. Peak memory: the model's forward plus
     ``[batch, heads, P, seq]`` for one layer, plus the fixed ``[layers, heads, G, G]`` store.
     """
     n_panel = len(panel)
-    embeddings = np.zeros((cells.n_cells, adapter.model.config.hidden_size), dtype=np.float32)
+    embeddings: dict[str, np.ndarray] = {}
     sums, counts = _stream(adapter, cells, panel, groups=np.zeros((cells.n_cells, 1), dtype=np.int64), n_groups=1,
                            layers=tuple(range(adapter.n_layers)), batch_size=batch_size, dtype=torch.float64,
                            progress=progress, embeddings=embeddings)
-    params = {"model": adapter.name, "n_layers": adapter.n_layers, "n_heads": adapter.n_heads,
+    params = {"model": adapter.name, "family": adapter.family, "n_layers": adapter.n_layers, "n_heads": adapter.n_heads,
               "batch_size": batch_size, "definition": "sum over cells of A[q,k] (query q attends to key k)",
               "attention_site": "softmax(QK^T/sqrt(d)) recomputed from hooked query/key projections"}
     return AttentionStore(
@@ -237,7 +189,7 @@ def extract_attention(adapter: GeneformerAdapter, cells: TokenizedCells, panel: 
         panel=panel.reset_index(drop=True), params=params, cell_embeddings=embeddings)
 
 
-def extract_grouped_attention(adapter: GeneformerAdapter, cells: TokenizedCells, panel: pd.DataFrame,
+def extract_grouped_attention(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame,
                               groups: np.ndarray, n_groups: int, *, layers: tuple[int, ...], batch_size: int = 8,
                               progress: bool = True) -> GroupedAttention:
     """Attention of ``layers`` accumulated per cell group: one extraction pass whatever the number of groups.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 READOUTS = ("mlm_loss", "mlm_accuracy", "target_recall_loss", "reference_auroc", "perturbation_auroc",
-            "logit_cosine_distance")
+            "output_cosine_distance")
 KINDS = ("zero_head", "mean_head", "uniform_head", "zero_mlp")
 HEAD_KINDS = ("zero_head", "mean_head", "uniform_head")
 

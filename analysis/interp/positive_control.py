@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attention import _capture_projections
-from ..models.geneformer.adapter import GeneformerAdapter
-from ..models.geneformer.tokenizer import TokenizedCells
+from ..models.base import ModelAdapter, TokenizedCells
+from .attention import capture_projections
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,15 @@ def target_sets(tokens: TokenizedCells, edges: set[tuple[str, str]], vocab_size:
     return TargetSets(np.array(cells), np.array(positions), np.stack(multi), np.stack(pos_multi))
 
 
+def reference_targets(tokens: TokenizedCells, edges: set[tuple[str, str]], vocab_size: int) -> TargetSets | None:
+    """:func:`target_sets` of a reference, or None when no cell has a reference TF together with one of its
+    targets (the target-recall read-out is then skipped)."""
+    try:
+        return target_sets(tokens, edges, vocab_size)
+    except ValueError:
+        return None
+
+
 def target_recall_loss(logits: torch.Tensor, sets: TargetSets, cells: np.ndarray) -> np.ndarray:
     """Per cell of the batch (``cells``: original indices in batch order), the behaviour loss (NaN when the cell
     has no TF with a present target). ``logits``: ``[batch, seq, vocab]``."""
@@ -89,31 +97,17 @@ def target_recall_loss(logits: torch.Tensor, sets: TargetSets, cells: np.ndarray
     return out
 
 
-def _slice_mask(shape: tuple[int, ...], head: int, d_head: int, dim: int) -> torch.Tensor:
-    mask = torch.zeros(shape)
-    index = [slice(None)] * len(shape)
-    index[dim] = slice(head * d_head, (head + 1) * d_head)
-    mask[tuple(index)] = 1
-    return mask
-
-
-def plant_head(adapter: GeneformerAdapter, tokens: TokenizedCells, sets: TargetSets, *, layer: int, head: int,
+def plant_head(adapter: ModelAdapter, tokens: TokenizedCells, sets: TargetSets, *, layer: int, head: int,
                epochs: int = 30, batch_size: int = 16, learning_rate: float = 3e-2, attention_weight: float = 1.0,
                seed: int = 0) -> list[dict]:
-    """Train the planted head in place (see module doc); returns the per-epoch loss log."""
+    """Train the planted head in place (see module doc); returns the per-epoch loss log. The adapter must predict
+    gene tokens (``predicts_tokens``): the behaviour is a distribution over the vocabulary."""
+    if not adapter.predicts_tokens:
+        raise ValueError(f"planting needs a model that predicts gene tokens; {adapter.family} predicts values")
     torch.manual_seed(seed)
     model = adapter.model
     d = adapter.d_head
-    lay = model.bert.encoder.layer[layer]
-    trainable = {
-        lay.attention.self.query.weight: _slice_mask(lay.attention.self.query.weight.shape, head, d, 0),
-        lay.attention.self.query.bias: _slice_mask(lay.attention.self.query.bias.shape, head, d, 0),
-        lay.attention.self.key.weight: _slice_mask(lay.attention.self.key.weight.shape, head, d, 0),
-        lay.attention.self.key.bias: _slice_mask(lay.attention.self.key.bias.shape, head, d, 0),
-        lay.attention.self.value.weight: _slice_mask(lay.attention.self.value.weight.shape, head, d, 0),
-        lay.attention.self.value.bias: _slice_mask(lay.attention.self.value.bias.shape, head, d, 0),
-        lay.attention.output.dense.weight: _slice_mask(lay.attention.output.dense.weight.shape, head, d, 1),
-    }
+    trainable = adapter.head_parameters(layer, head)
     for p in model.parameters():
         p.requires_grad_(False)
     hooks = []
@@ -134,15 +128,14 @@ def plant_head(adapter: GeneformerAdapter, tokens: TokenizedCells, sets: TargetS
                 keep = np.isin(sets.cell, idx)
                 if not keep.any():
                     continue
-                with _capture_projections(adapter) as cap:
-                    out = model(input_ids=torch.as_tensor(sub.input_ids, device=adapter.device),
-                                attention_mask=torch.as_tensor(sub.attention_mask, device=adapter.device))
+                with capture_projections(adapter) as cap:
+                    out = adapter.forward(sub, grad=True)
                     q, k = cap[(layer, "query")], cap[(layer, "key")]
                 where = {c: i for i, c in enumerate(idx)}
                 b = torch.as_tensor([where[c] for c in sets.cell[keep]])
                 p = torch.as_tensor(sets.position[keep])
                 multi = torch.as_tensor(sets.targets[keep])
-                behaviour = -(torch.log_softmax(out.logits[b, p], -1) * multi).sum(-1) / multi.sum(-1)
+                behaviour = -(torch.log_softmax(out.token_logits[b, p], -1) * multi).sum(-1) / multi.sum(-1)
                 qh = q[b, p, head * d:(head + 1) * d]                                   # [rows, d]
                 kh = k[b, :, head * d:(head + 1) * d]                                   # [rows, seq, d]
                 scores = torch.einsum("rd,rsd->rs", qh, kh) * d ** -0.5

@@ -19,20 +19,22 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from ..io import schemas
-from ..config import DIRECTIONS, CSSIConfig, RunConfig
-from .cssi import CSSIData, CSSISource, PairSet, evaluate_level, permuted_pairs
-from ..io.cells import InputError
-from .ranking import reference_labels, universe_from_labels
+from ..config import DIRECTIONS, CSSIConfig
+from ..errors import InputError
+from ..io import files, schemas
 from ..io.references import ReferenceNetwork
+from .cssi import CSSIData, CSSISource, PairSet, evaluate_level, group_to_strata, permuted_pairs
+from .edges import oriented_pair_scores, spearman_matrix
+from .ranking import reference_labels, universe_from_labels
 from .registry import StatsRegistry
 from .stats import wilcoxon_p
 from .strata import Stratification, add_level, stratify
 
 log = logging.getLogger("precompute")
 REPRESENTATIONS = ("embedding", "expression")
-ARRAYS = ("cssi_group_sums.npy", "cssi_group_counts.npy", "cssi_expression.npy", "cssi_fine_graph.npy")
+CELL_EMBEDDINGS = ("native",) + files.EMBEDDING_KINDS
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,21 @@ def choose_layers(cfg: CSSIConfig, n_layers: int, n_heads: int, n_panel: int, re
     return (readout_layer,)
 
 
-def check_config(cfg: CSSIConfig, n_cells: int, n_layers: int) -> None:
-    """Refuse CSSI settings that cannot work before anything is written (InputError naming the setting)."""
+def embedding_kind(cfg: CSSIConfig, native: str) -> str:
+    """The cell-embedding kind CSSI uses: ``cfg.cell_embedding``, or the model family's ``native`` one."""
+    return native if cfg.cell_embedding == "native" else cfg.cell_embedding
+
+
+def check_config(cfg: CSSIConfig, n_cells: int, n_layers: int, *, native_embedding: str, has_cls: bool) -> None:
+    """Refuse CSSI settings that cannot work before anything is written (InputError naming the setting);
+    ``has_cls``: the tokenised input has a ``<cls>`` position (the ``cls`` embedding exists)."""
     if cfg.representation not in REPRESENTATIONS:
         raise InputError(f"cssi.representation must be one of {REPRESENTATIONS}, got {cfg.representation!r}")
+    if cfg.cell_embedding not in CELL_EMBEDDINGS:
+        raise InputError(f"cssi.cell_embedding must be one of {CELL_EMBEDDINGS}, got {cfg.cell_embedding!r}")
+    if cfg.representation == "embedding" and embedding_kind(cfg, native_embedding) == "cls" and not has_cls:
+        raise InputError("cssi.cell_embedding 'cls' needs a <cls> token in the model input, and this tokenisation "
+                         "has none (Geneformer V1 dictionaries); use mean_penultimate or native")
     bad = [d for d in cfg.directions if d not in DIRECTIONS]
     if bad:
         raise InputError(f"cssi.directions {bad} unknown; choose from {DIRECTIONS}")
@@ -80,12 +93,14 @@ def check_config(cfg: CSSIConfig, n_cells: int, n_layers: int) -> None:
         raise InputError(f"cssi.layers {bad} outside the model's {n_layers} layers (0..{n_layers - 1})")
 
 
-def representation(cfg: CSSIConfig, embeddings: np.ndarray | None, expression: np.ndarray) -> np.ndarray:
+def representation(cfg: CSSIConfig, embeddings: dict[str, np.ndarray], expression: np.ndarray,
+                   native_embedding: str) -> np.ndarray:
     """``[cells, d]`` what the cell graph is built on (see :class:`analysis.config.CSSIConfig`)."""
     if cfg.representation == "embedding":
-        if embeddings is None:
-            raise ValueError("no cell embeddings were captured during extraction; rerun the attention stage")
-        return embeddings
+        kind = embedding_kind(cfg, native_embedding)
+        if kind not in embeddings:
+            raise ValueError(f"no {kind} cell embeddings were captured during extraction; rerun the attention stage")
+        return embeddings[kind]
     return expression
 
 
@@ -147,8 +162,6 @@ def score_level(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, 
 def evaluate_grid(run: CSSIRun, panel: pd.DataFrame, references: list[ReferenceNetwork], cfg: CSSIConfig,
                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (reference, direction, grid level): curve and null tables."""
-    from tqdm.auto import tqdm
-
     curves, nulls = [], []
     levels = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
     observed = observed_pairs(run)
@@ -167,56 +180,40 @@ def evaluate_grid(run: CSSIRun, panel: pd.DataFrame, references: list[ReferenceN
     return pd.concat(curves, ignore_index=True), pd.concat(nulls, ignore_index=True)
 
 
-def prepare(adapter, tokens, cells, store, cfg: RunConfig, progress: bool = True) -> CSSIRun:
-    """Strata and the grouped extraction pass (the costly part; one forward pass over the cells for the chosen
-    layers, memory ``(F + M) x layers x heads x G^2 x 4`` bytes)."""
-    from ..interp.attention import extract_grouped_attention
-    from .edges import expression_matrix
-
-    c = cfg.cssi
-    panel = store.panel
-    expression = expression_matrix(cells, panel["gene_id"].to_numpy())
-    strata, random_group = build_strata(c, representation(c, store.cell_embeddings, expression), cells.n_cells)
-    readout = cfg.perturbation.readout_layer % adapter.n_layers
-    layers = choose_layers(c, adapter.n_layers, adapter.n_heads, len(panel), readout)
-    n_groups = strata.n_fine + c.n_random_groups
-    log.info("CSSI: %d fine clusters + %d random groups, layers %s, %.2f GiB of group sums", strata.n_fine,
-             c.n_random_groups, list(layers), n_groups * len(layers) * adapter.n_heads * len(panel) ** 2 * 4 / 2 ** 30)
-    grouped = extract_grouped_attention(adapter, tokens, panel, np.stack([strata.fine, random_group], axis=1),
-                                        n_groups, layers=layers, batch_size=cfg.extraction.batch_size,
-                                        progress=progress)
+def assemble(cells, strata: Stratification, random_group: np.ndarray, grouped, expression: np.ndarray,
+             params: dict) -> CSSIRun:
+    """A :class:`CSSIRun` from its parts: ``cells`` (``CellData``), the nested strata and random groups, the grouped
+    attention (``analysis.io.stores.GroupedAttention``) and the panel's expression ``[cells, G]``."""
     state = (cells.obs[cells.cell_state_col].astype(str).to_numpy() if cells.cell_state_col
              else np.full(cells.n_cells, ""))
     table = pd.DataFrame({"cell": np.arange(cells.n_cells), "obs_name": cells.obs.index.astype(str),
                           "fine_cluster": strata.fine, "random_group": random_group, "x": strata.layout[:, 0],
                           "y": strata.layout[:, 1], "cell_state": state})
-    params = {"layers": list(layers), "n_fine": strata.n_fine, "n_random_groups": c.n_random_groups,
-              "representation": c.representation, "strata": strata.params,
-              "layout": "first two principal components of the representation"}
-    source = CSSISource(grouped.sums, grouped.counts, expression, strata.fine, random_group, layers)
+    source = CSSISource(grouped.sums, grouped.counts, expression, strata.fine, random_group, grouped.layers)
     return CSSIRun(strata, source, table, params)
 
 
 def save(run: CSSIRun, directory: Path) -> None:
     """Write the stratification, cell table and arrays (the curve tables are written by the pipeline)."""
-    np.save(directory / "cssi_group_sums.npy", np.asarray(run.source.group_sums, dtype=np.float32))
-    np.save(directory / "cssi_group_counts.npy", np.asarray(run.source.group_counts))
-    np.save(directory / "cssi_expression.npy", np.asarray(run.source.expression, dtype=np.float32))
-    np.save(directory / "cssi_fine_graph.npy", run.strata.fine_graph)
-    schemas.validate("cssi_cells", run.cells).to_parquet(directory / "cssi_cells.parquet", index=False)
-    schemas.validate("cssi_strata", run.strata.levels).to_parquet(directory / "cssi_strata.parquet", index=False)
-    (directory / "cssi_params.json").write_text(json.dumps(run.params, indent=1, default=str))
+    np.save(directory / files.CSSI_GROUP_SUMS, np.asarray(run.source.group_sums, dtype=np.float32))
+    np.save(directory / files.CSSI_GROUP_COUNTS, np.asarray(run.source.group_counts))
+    np.save(directory / files.CSSI_EXPRESSION, np.asarray(run.source.expression, dtype=np.float32))
+    np.save(directory / files.CSSI_FINE_GRAPH, run.strata.fine_graph)
+    schemas.validate("cssi_cells", run.cells).to_parquet(directory / files.table("cssi_cells"), index=False)
+    schemas.validate("cssi_strata", run.strata.levels).to_parquet(directory / files.table("cssi_strata"), index=False)
+    (directory / files.CSSI_PARAMS).write_text(json.dumps(run.params, indent=1, default=str))
 
 
 def load_cssi(directory: Path) -> CSSIRun:
     """The CSSI inputs of a run directory (arrays memory-mapped)."""
-    params = json.loads((directory / "cssi_params.json").read_text())
-    cells = pd.read_parquet(directory / "cssi_cells.parquet")
+    params = json.loads((directory / files.CSSI_PARAMS).read_text())
+    cells = pd.read_parquet(directory / files.table("cssi_cells"))
     fine = cells["fine_cluster"].to_numpy()
-    strata = Stratification(fine, pd.read_parquet(directory / "cssi_strata.parquet"),
-                            cells[["x", "y"]].to_numpy(), np.load(directory / "cssi_fine_graph.npy"),
+    strata = Stratification(fine, pd.read_parquet(directory / files.table("cssi_strata")),
+                            cells[["x", "y"]].to_numpy(), np.load(directory / files.CSSI_FINE_GRAPH),
                             params["strata"])
-    sums, counts, expression = (np.load(directory / name, mmap_mode="r") for name in ARRAYS[:3])
+    sums, counts, expression = (np.load(directory / name, mmap_mode="r") for name in
+                                (files.CSSI_GROUP_SUMS, files.CSSI_GROUP_COUNTS, files.CSSI_EXPRESSION))
     source = CSSISource(sums, counts, np.asarray(expression, dtype=np.float64), fine,
                         cells["random_group"].to_numpy(), tuple(params["layers"]))
     return CSSIRun(strata, source, cells, params)
@@ -226,9 +223,6 @@ def stratum_matrices(run: CSSIRun, assignment: np.ndarray, n_strata: int, site: 
     """``[K, G, G]`` edge scores of one site (a row of ``run.source.sites``) within each stratum; ``assignment``:
     ``[F]`` stratum of each fine cluster. Attention: summed attention / co-occurrence (NaN where never
     co-observed); Spearman: within-stratum correlation (NaN for constant genes)."""
-    from .cssi import group_to_strata
-    from .edges import spearman_matrix
-
     f = run.strata.n_fine
     if site["edge_type"] == "spearman":
         labels = assignment[run.source.fine]
@@ -247,8 +241,6 @@ def stratum_top_edges(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNet
     """Each stratum's ``n_top`` highest-scoring (reference TF, gene) pairs of one site under ``direction``
     (``assignment``: ``[F]`` stratum of each fine cluster), with the stratum's size and whether the pair is a
     reference edge (columns: stratum, n_cells, rank, tf, target, score, in_reference)."""
-    from .edges import oriented_pair_scores
-
     n_strata = int(assignment.max()) + 1
     mats = stratum_matrices(run, assignment, n_strata, site)
     symbols = panel["symbol"].to_numpy()

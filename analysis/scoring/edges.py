@@ -8,18 +8,15 @@ applied at evaluation time (:func:`oriented_pair_scores`). Correlation edges fol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from ..config import DIRECTIONS
 from ..io.cells import CellData
-
-if TYPE_CHECKING:  # keep this module torch-free so the app can import it
-    from ..interp.attention import AttentionStore
+from ..io.expression import expression_matrix
+from ..io.stores import AttentionStore
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class EdgeScores:
     params: dict
 
 
-def attention_edges(store: "AttentionStore") -> EdgeScores:
+def attention_edges(store: AttentionStore) -> EdgeScores:
     """Per-head mean attention plus the per-layer mean over heads."""
     mean = store.mean_attention()                       # [L, H, G, G]
     n_layers, n_heads = mean.shape[:2]
@@ -48,14 +45,6 @@ def attention_edges(store: "AttentionStore") -> EdgeScores:
     })
     return EdgeScores(scores, sources, np.asarray(store.counts) > 0, store.panel,
                       {"kind": "attention", "n_cells": store.n_cells})
-
-
-def expression_matrix(cells: CellData, gene_ids: np.ndarray) -> np.ndarray:
-    """Dense log1p(CP10k) expression ``[cells, len(gene_ids)]`` for the given genes."""
-    col_of = {g: i for i, g in enumerate(cells.gene_ids)}
-    cols = np.array([col_of[g] for g in gene_ids])
-    norm = sp.diags(1e4 / cells.obs["n_counts"].to_numpy(dtype=float)) @ cells.counts[:, cols]
-    return np.log1p(np.asarray(norm.todense()))
 
 
 def spearman_matrix(x: np.ndarray) -> np.ndarray:
@@ -86,3 +75,9 @@ def oriented_pair_scores(scores: np.ndarray, tf_rows: np.ndarray, direction: str
         return forward
     backward = np.swapaxes(scores[:, :, tf_rows], 1, 2)
     return backward if direction == "target_to_tf" else (forward + backward) / 2
+
+
+def combine(*edges: EdgeScores) -> EdgeScores:
+    """Stack edge sources over the same panel."""
+    return EdgeScores(np.concatenate([e.scores for e in edges]), pd.concat([e.sources for e in edges], ignore_index=True),
+                      edges[0].observed, edges[0].panel, {"kind": "combined"})

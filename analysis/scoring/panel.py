@@ -9,31 +9,28 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from ..io.cells import CellData, InputError
-from ..models.geneformer.tokenizer import TokenizedCells
+from ..errors import InputError
+from ..io.cells import CellData
+from ..io.expression import expression_matrix
 
 
 def highly_variable(cells: CellData, gene_ids: np.ndarray, n_top: int) -> np.ndarray:
     """Indices into ``gene_ids`` of the ``n_top`` genes with the highest variance of log1p(CP10k) expression."""
-    col_of = {g: i for i, g in enumerate(cells.gene_ids)}
-    cols = np.array([col_of[g] for g in gene_ids])
-    norm = sp.diags(1e4 / cells.obs["n_counts"].to_numpy(dtype=float)) @ cells.counts[:, cols]
-    x = norm.tocsr().log1p()
+    x = expression_matrix(cells, gene_ids, dense=False)
     mean = np.asarray(x.mean(axis=0)).ravel()
     var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean ** 2
     return np.argsort(-var, kind="stable")[: min(n_top, gene_ids.size)]
 
 
-def select_panel(cells: CellData, tokens: TokenizedCells, *, reference_tfs: set[str], n_hvg: int,
+def select_panel(cells: CellData, genes: pd.DataFrame, present: np.ndarray, *, reference_tfs: set[str], n_hvg: int,
                  panel_size: int) -> pd.DataFrame:
-    """Panel table (schema ``panel``): one row per panel gene with its index into ``tokens.genes``."""
-    genes = tokens.genes
+    """Panel table (schema ``panel``): one row per panel gene with its index into ``genes`` (the vocabulary genes
+    of the data, ``gene_id`` and ``symbol``; a tokenisation's ``genes``). ``present``: ``[len(genes)]`` cells in
+    which each gene can be in the model input (in the tokens, or expressed when every cell's input is the panel);
+    genes present in no cell are never chosen."""
     symbols = genes["symbol"].to_numpy()
-    present = np.zeros(len(genes), dtype=np.int64)
-    gi = tokens.gene_index[tokens.gene_index >= 0]
-    np.add.at(present, gi, 1)
+    present = np.asarray(present)
     perturbed = set(cells.perturbed_genes())
     chosen: list[int] = [i for i in np.nonzero(np.isin(symbols, list(perturbed)))[0] if present[i] > 0]
     tf_idx = [i for i in np.argsort(-present, kind="stable") if symbols[i] in reference_tfs and present[i] > 0]

@@ -19,12 +19,13 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
-from ..io.cells import CellData, InputError
-from .edges import EdgeScores, expression_matrix, oriented_pair_scores
+from ..config import DE_TESTS
+from ..errors import InputError
+from ..io.cells import CellData
+from ..io.expression import expression_matrix
+from .edges import EdgeScores, oriented_pair_scores
 from .ranking import auroc_from_ranks
 from .stats import benjamini_hochberg
-
-TESTS = ("welch", "mannwhitney")
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_thre
     """DE of each perturbation vs control over ``universe`` genes (rows with ``gene_id``, ``symbol``)."""
     if cells.perturbation_col is None:
         raise InputError("perturbation-first evaluation needs a perturbation column (--perturbation-col)")
-    if test not in TESTS:
-        raise ValueError(f"test must be one of {TESTS}")
+    if test not in DE_TESTS:
+        raise ValueError(f"test must be one of {DE_TESTS}")
     labels = cells.obs[cells.perturbation_col].astype(str).to_numpy()
     control = np.nonzero(labels == cells.control_label)[0]
     if n_control is not None and control.size > n_control:
@@ -137,3 +138,19 @@ def perturbation_auroc(edges: EdgeScores, de: DEResult, *, direction: str = "tf_
             rows.append((pert, src.edge_type, src.layer, src.head, float(auc[s]), int(labels.sum()),
                          int(labels.size - labels.sum())))
     return pd.DataFrame(rows, columns=["perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"])
+
+
+def readout_auroc(panel: pd.DataFrame, de_table: pd.DataFrame, readout_layer: int):
+    """The ablation's perturbation read-out: a function of one layer's per-head attention sums ``[heads, G*G]`` and
+    the pair counts ``[G*G]`` of the same cells -> per-perturbation AUROC (sorted by perturbation) of their head
+    mean against the run's DE targets (``de_table``: schema ``de_results``)."""
+    de = DEResult(de_table, pd.DataFrame(), {})
+    g = len(panel)
+    sources = pd.DataFrame({"edge_type": ["attention_layer_mean"], "layer": [readout_layer], "head": [-1]})
+
+    def score(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).mean(0).reshape(g, g)
+        edges = EdgeScores(mean[None], sources, np.ones((g, g), bool), panel, {})
+        return perturbation_auroc(edges, de).sort_values("perturbation")["auroc"].to_numpy()
+    return score

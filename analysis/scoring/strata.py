@@ -13,6 +13,10 @@ partitions, so each coarse stratification is Leiden's own objective restricted t
 quantity that is a sum over cells (attention, co-occurrence counts) is a sum over fine clusters. A target number of
 strata is met by the smallest resolution reaching it, then merging the weakest-linked smallest stratum; strata below
 ``min_size`` cells are merged into their most strongly connected neighbour.
+
+Every dependency is imported with the module, never inside a function: the app runs this module in request threads
+while Dash forks background jobs from the same server, and a fork while another thread holds a module's import lock
+leaves the child waiting on that lock forever (seen: a CSSI level job stuck importing leidenalg).
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import igraph as ig
+import leidenalg
+from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
 from ..io.schemas import CSSI_STRATA
@@ -79,9 +86,6 @@ def umap_connectivities(idx: np.ndarray, dist: np.ndarray) -> sp.csr_matrix:
 def leiden(adjacency: sp.spmatrix, resolution: float, seed: int) -> np.ndarray:
     """Leiden labels ``[n]`` (0 = largest community) exactly as ``sc.tl.leiden(flavor="leidenalg")`` computes them
     for this adjacency, resolution and ``random_state``."""
-    import igraph as ig
-    import leidenalg
-
     coo = sp.csr_matrix(adjacency)
     src, dst = coo.nonzero()
     weights = np.asarray(coo[src, dst]).ravel().astype(np.float64)
@@ -181,8 +185,6 @@ def stratify(representation: np.ndarray, *, n_strata: tuple[int, ...], n_fine: i
     ``d > n_pcs`` (at most cells - 1). Fine clusters: Leiden on the cell graph, the resolution raised from 1 (by the ratio of wanted to
     found clusters, at least 1.25x) until there are ``>= n_fine`` clusters, those under ``min_size`` cells then merged into neighbours.
     """
-    from sklearn.decomposition import PCA
-
     x = np.asarray(representation, dtype=np.float64)
     n_pcs = min(n_pcs, x.shape[0] - 1)   # PCA cannot give more components than cells - 1
     if x.shape[1] > n_pcs:

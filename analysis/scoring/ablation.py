@@ -1,0 +1,71 @@
+"""Statistics of an ablation sweep (paper sections 2.5 and 4.5, Supplementary Notes 14.3, 14.4): every read-out of
+every intervention paired per cell (behaviour, fidelity, target recall) or per perturbation (perturbation AUROC) with
+the unablated baseline on the same cells (Wilcoxon signed-rank, normal CI of the mean difference), BH q within each
+read-out; the read-out layer's reference AUROC as a point estimate. The per-cell read-outs come from
+:func:`analysis.interp.ablation.ablate`."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from .ranking import Universe, auroc_from_ranks
+from .stats import benjamini_hochberg, wilcoxon_p
+
+
+def _readout_auroc(a, universe: Universe, n_panel: int) -> float:
+    """Reference-recovery AUROC of the read-out layer's head-mean attention in ``a`` (a ``ReadoutAccumulator``)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(a.counts > 0, a.sums / np.maximum(a.counts, 1), np.nan).mean(0).reshape(n_panel, n_panel)
+    scores = np.nan_to_num(mean[universe.tf_rows][universe.pair_mask])
+    return float(auroc_from_ranks(rankdata(scores), universe.labels[universe.pair_mask]))
+
+
+def _paired_row(values: np.ndarray, baseline: np.ndarray) -> dict:
+    diff = values - baseline
+    se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.nan
+    return {"value": float(values.mean()), "baseline": float(baseline.mean()), "delta": float(diff.mean()),
+            "ci_low": float(diff.mean() - 1.96 * se), "ci_high": float(diff.mean() + 1.96 * se),
+            "p": wilcoxon_p(diff), "n": int(diff.size)}
+
+
+def summarise(acc: dict, items: Sequence, universe: Universe, n_panel: int, *,
+              perturbation_auroc: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, fidelity) of sweep ``items`` (``analysis.interp.ablation.SweepItem``) from per-cell read-outs
+    ``acc`` (key -> ``ReadoutAccumulator``, ``baseline`` included): tidy rows with paired tests against the baseline
+    and BH q within each read-out (schema ``ablation_results``), and per-layer hidden-state cosine distance to the
+    baseline, mean and max over cells (schema ``ablation_fidelity``). ``universe``: the read-out layer's reference
+    recovery pairs; ``perturbation_auroc``: per-perturbation AUROC of the read-out layer's sums (see
+    :func:`analysis.scoring.perturbation.readout_auroc`)."""
+    base = acc["baseline"]
+    g = n_panel
+    base_auc = _readout_auroc(base, universe, g)
+    base_pert = perturbation_auroc(base.sums, base.counts) if perturbation_auroc else None
+    rows, fid = [], []
+    for item in items:
+        a = acc[item.key]
+        info = {"intervention": item.key, "family": item.family, "k": item.k, "draw": item.draw}
+        rows.append({**info, "readout": "mlm_loss", **_paired_row(a.loss, base.loss)})
+        rows.append({**info, "readout": "mlm_accuracy", **_paired_row(a.accuracy, base.accuracy)})
+        rows.append({**info, "readout": "output_cosine_distance", **_paired_row(a.output_cos, base.output_cos)})
+        has = ~np.isnan(base.target_recall)
+        if has.sum() > 1:
+            rows.append({**info, "readout": "target_recall_loss",
+                         **_paired_row(a.target_recall[has], base.target_recall[has])})
+        auc = _readout_auroc(a, universe, g)
+        rows.append({**info, "readout": "reference_auroc", "value": auc, "baseline": base_auc, "delta": auc - base_auc,
+                     "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "n": universe.n_pos})
+        if base_pert is not None and base_pert.size:
+            rows.append({**info, "readout": "perturbation_auroc", **_paired_row(perturbation_auroc(a.sums, a.counts), base_pert)})
+        for layer in range(a.hidden_cos.shape[1]):
+            fid.append({**info, "layer": layer, "hidden_cos_mean": float(a.hidden_cos[:, layer].mean()),
+                        "hidden_cos_max": float(a.hidden_cos[:, layer].max())})
+    results = pd.DataFrame(rows)
+    results["q"] = np.nan
+    for _, grp in results.groupby("readout"):
+        if grp["p"].notna().any():
+            results.loc[grp.index, "q"] = benjamini_hochberg(grp["p"].to_numpy())
+    return results, pd.DataFrame(fid)
