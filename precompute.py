@@ -1,9 +1,10 @@
 """Precompute CLI: build a RunConfig (defaults -> --config TOML -> SCFMX_* env -> flags), run the analysis
-stages into the cache, print the run id and where the run is.
+stages into the cache, print each run id and where the run is.
 
-    python precompute.py                         # embedded default (simulated screen + tiny model)
+    python precompute.py                         # embedded default: simulated screen + a tiny model per family
     python precompute.py --data cells.h5ad --model /path/Geneformer-V1-10M \\
         --dictionaries /path/dict_gc30M --reference trrust_rawdata.human.tsv
+    python precompute.py --data cells.h5ad --model /path/scGPT_human --reference trrust_rawdata.human.tsv
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import logging
 import sys
 from pathlib import Path
 
-from analysis.config import ConfigError, load_config
-from analysis.io.cells import InputError
+from analysis.config import load_config
+from analysis.errors import ConfigError, InputError
 
 FLAGS = {  # flag -> dotted config key
     "data": "data.path", "perturbation_col": "data.perturbation_col", "control_label": "data.control_label",
     "cell_state_col": "data.cell_state_col", "gene_id_col": "data.gene_id_col", "max_cells": "data.max_cells",
-    "model": "model.path", "dictionaries": "model.dictionaries", "device": "model.device",
+    "model": "model.path", "model_family": "model.family", "dictionaries": "model.dictionaries",
+    "device": "model.device",
     "batch_size": "extraction.batch_size", "n_hvg": "extraction.n_hvg", "panel_size": "extraction.panel_size",
     "n_null": "ranking.n_null", "name": "name",
 }
@@ -34,8 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cell-state-col", help="obs column with cell state / type")
     ap.add_argument("--gene-id-col", help="var column holding Ensembl ids")
     ap.add_argument("--max-cells", type=int, help="subsample to at most this many cells")
-    ap.add_argument("--model", help="local Geneformer checkpoint directory (default: embedded tiny model)")
-    ap.add_argument("--dictionaries", help="directory with token_dictionary*.pkl and gene_median_dictionary*.pkl")
+    ap.add_argument("--model", help="local checkpoint directory: Geneformer (config.json + weights) or scGPT "
+                                    "(args.json + vocab.json + best_model.pt); default: the embedded tiny models")
+    ap.add_argument("--model-family", help="auto (detect from the directory), geneformer or scgpt")
+    ap.add_argument("--dictionaries", help="Geneformer: directory with token_dictionary*.pkl and "
+                                           "gene_median_dictionary*.pkl; scGPT: directory with gene_name_id_dict*.pkl "
+                                           "to map Ensembl ids to symbols")
     ap.add_argument("--random-weights", action="store_true", help="use the checkpoint's config with random weights")
     ap.add_argument("--device", help="auto, cpu or cuda")
     ap.add_argument("--reference", action="append", default=[],
@@ -67,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         cli[key] = value
     try:
         cfg = load_config(args.config, cli)
-        from analysis.stages.pipeline import run_precompute  # heavy imports after argument errors
-        run_dir = run_precompute(cfg, Path(args.cache), progress=not args.quiet)
+        from analysis.stages.pipeline import configs_to_run, run_precompute  # heavy imports after argument errors
+        for run_cfg in configs_to_run(cfg):
+            run_dir = run_precompute(run_cfg, Path(args.cache), progress=not args.quiet)
+            print(f"run id: {run_dir.name}\nrun directory: {run_dir}", flush=True)
     except (InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"run id: {run_dir.name}\nrun directory: {run_dir}")
     return 0
 
 

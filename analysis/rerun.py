@@ -1,42 +1,102 @@
-"""Live ablation on a finished run: reload its model, cells and panel, and run one user-chosen intervention
-with the same read-outs as the precomputed sweep (analysis.interp.ablation). Used by the app's background worker."""
+"""A finished run, rebuilt for work after precompute: the app's background jobs (live ablation, custom DE) and,
+later, distributed workers. :meth:`RunContext.from_manifest` reloads the run's model (through its family's adapter),
+tokeniser, cells (same columns, subsample and seed) and tokens (over the run's own panel) lazily, so a job pays only
+for what it uses; :func:`ablation_tables` runs interventions with the read-outs and statistics of the precomputed
+sweep, and is what the ablation stage itself calls.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .config import AblationConfig, DataConfig
 from .interp.ablation import SweepItem, ablate, prepare
 from .interp.interventions import InterventionSpec
-from .models.geneformer.adapter import GeneformerAdapter
-from .stages.pipeline import load_run_cells, perturbation_readout, reference_targets
-from .scoring.ranking import evaluable_universe
+from .interp.positive_control import reference_targets
+from .io.cells import CellData, load_cells
+from .io.manifest import RunManifest
 from .io.references import ReferenceNetwork
-from .models.geneformer.tokenizer import load_dictionaries, tokenize
+from .models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter
+from .scoring.ablation import summarise
+from .scoring.perturbation import readout_auroc
+from .scoring.ranking import evaluable_universe
 
 
-def live_ablation(manifest: dict, panel: pd.DataFrame, reference_edges: pd.DataFrame, pair_counts: np.ndarray,
+def load_cells_for(data: DataConfig, tokenizer: Tokenizer, *, seed: int) -> CellData:
+    """The cells of ``data`` validated for ``tokenizer``: genes mapped through its symbol table, Ensembl ids
+    required only when it looks genes up by them; ``data.max_cells`` subsampled with ``seed``."""
+    return load_cells(data.path, perturbation_col=data.perturbation_col, control_label=data.control_label,
+                      cell_state_col=data.cell_state_col, gene_id_col=data.gene_id_col,
+                      symbol_to_id=tokenizer.symbol_to_id or None, require_ensembl=tokenizer.requires_ensembl,
+                      max_cells=data.max_cells, seed=seed)
+
+
+@dataclass
+class RunContext:
+    """A finished run's inputs, rebuilt from its manifest and its panel (schema ``panel``)."""
+
+    manifest: RunManifest
+    panel: pd.DataFrame
+
+    @classmethod
+    def from_manifest(cls, manifest: RunManifest, panel: pd.DataFrame) -> "RunContext":
+        return cls(manifest, panel)
+
+    @cached_property
+    def adapter(self) -> ModelAdapter:
+        model = self.manifest.config.model
+        return load_adapter(self.manifest.inputs["model_dir"], family=self.manifest.family, device=model.device,
+                            random_init=model.random_init, seed=model.seed)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        return self.adapter.tokenizer(self.manifest.config.tokenizer, self.manifest.config.model.dictionaries)
+
+    @cached_property
+    def cells(self) -> CellData:
+        return load_cells_for(self.manifest.config.data, self.tokenizer, seed=self.manifest.config.extraction.seed)
+
+    @cached_property
+    def tokens(self) -> TokenizedCells:
+        return self.tokenizer.tokenize(self.cells, panel=self.panel if self.tokenizer.panel_dependent else None)
+
+    def reference(self, reference_edges: pd.DataFrame, name: str | None = None) -> ReferenceNetwork:
+        """A reference network of the run (default: its first) from its ``reference_edges`` table."""
+        name = name or self.manifest.reference_names[0]
+        return ReferenceNetwork(name, reference_edges[reference_edges["reference"] == name], {})
+
+
+def ablation_tables(adapter: ModelAdapter, tokens: TokenizedCells, panel: pd.DataFrame, reference: ReferenceNetwork,
+                    observed: np.ndarray, items: Sequence[SweepItem], *, settings: AblationConfig, readout_layer: int,
+                    de_table: pd.DataFrame | None = None, n_cells: int | None = None,
+                    progress: Callable[[float], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, fidelity) of ``items`` on ``n_cells`` (default ``settings.n_cells``) seeded cells of ``tokens``:
+    behaviour on one fixed masking, fidelity, target recall (token-predicting models), and the read-out layer's
+    reference and per-perturbation AUROC (``observed``: ``[G, G]`` co-observed pairs)."""
+    inputs = prepare(tokens, panel, readout_layer=readout_layer, n_cells=n_cells or settings.n_cells,
+                     probability=settings.mask_probability, seed=settings.seed)
+    targets = reference_targets(inputs.tokens, reference.pairs(), adapter.vocab_size) if adapter.predicts_tokens \
+        else None
+    acc = ablate(adapter, inputs, items, batch_size=settings.batch_size, targets=targets, progress=progress)
+    universe = evaluable_universe(panel, reference, observed)
+    pert = readout_auroc(panel, de_table, readout_layer) if de_table is not None else None
+    return summarise(acc, items, universe, len(panel), perturbation_auroc=pert)
+
+
+def live_ablation(context: RunContext, reference_edges: pd.DataFrame, pair_counts: np.ndarray,
                   de_table: pd.DataFrame | None, specs: Sequence[InterventionSpec], *, n_cells: int,
                   progress: Callable[[float, str], None] = lambda f, msg: None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, fidelity) for ``specs`` on ``n_cells`` cells of the run (same seed as the precomputed sweep)."""
-    cfg = manifest["config"]
     progress(0.02, "loading model")
-    adapter = GeneformerAdapter.from_pretrained(Path(manifest["inputs"]["model_dir"]), device=cfg["model"]["device"],
-                                                random_init=cfg["model"]["random_init"], seed=cfg["model"]["seed"])
+    adapter = context.adapter
     progress(0.1, "loading cells")
-    dicts = load_dictionaries(manifest["inputs"]["dictionaries"])
-    tokens = tokenize(load_run_cells(manifest), dicts, adapter.max_len)
-    readout = cfg["perturbation"]["readout_layer"] % adapter.n_layers
-    name = manifest["references"][0]["name"]
-    reference = ReferenceNetwork(name, reference_edges[reference_edges["reference"] == name], {})
-    universe = evaluable_universe(panel, reference, np.asarray(pair_counts) > 0)
-    inputs = prepare(adapter, tokens, panel, universe, mask_id=dicts.mask_id, readout_layer=readout,
-                     n_cells=n_cells, seed=cfg["ablation"]["seed"])
+    tokens = context.tokens
     item = SweepItem("custom", sum(max(len(s.heads), 1) for s in specs), -1, tuple(specs))
-    pert_fn = perturbation_readout(panel, de_table, readout) if de_table is not None else None
-    targets = reference_targets(inputs.tokens, reference, adapter.model.config.vocab_size)
-    return ablate(adapter, inputs, [item], batch_size=cfg["ablation"]["batch_size"], perturbation_auroc=pert_fn,
-                  targets=targets,
-                  progress=lambda f: progress(0.15 + 0.8 * f, f"{int(f * inputs.tokens.n_cells)} cells"))
+    return ablation_tables(adapter, tokens, context.panel, context.reference(reference_edges),
+                           np.asarray(pair_counts) > 0, [item], settings=context.manifest.config.ablation,
+                           readout_layer=context.manifest.readout_layer, de_table=de_table, n_cells=n_cells,
+                           progress=lambda f: progress(0.15 + 0.8 * f, f"{int(f * n_cells)} cells"))

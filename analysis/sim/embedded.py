@@ -1,39 +1,31 @@
-"""The embedded default, built once and reused: simulated screen + a tiny Geneformer-architecture model trained
-on it, saved in the file formats of a real Geneformer release (HF checkpoint directory, token and gene-median
-dictionary pickles), so the rest of the pipeline treats it exactly like a real checkpoint.
+"""The embedded default, built once and reused: a simulated screen and, per model family, a tiny model of that
+family's architecture trained on cells of the same simulated network, saved in the family's release layout (a
+Geneformer HF checkpoint with dictionary pickles; scGPT's ``args.json`` + ``vocab.json`` + ``best_model.pt``), so the
+rest of the pipeline treats it exactly like a real checkpoint.
 
 Layout: ``cache/datasets/<sim hash>/{cells.h5ad, true_network_trrust.tsv}`` and
-``cache/models/<sim+train hash>/{config.json, model.safetensors, token_dictionary_sim.pkl, ...}``; each is
-written into a temporary directory and renamed into place when complete.
+``cache/models/<family + sim + train hash>/`` (the checkpoint plus ``training_log.json``); each is written into a
+temporary directory and renamed into place when complete.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
-from ..config import SimulationConfig, TrainConfig, stable_hash
-from ..io.cells import from_anndata
+from ..config import ConfigError, SimulationConfig, TokenizerConfig, TrainConfig, stable_hash
+from ..io.cells import CellData, from_anndata
 from .simulate import simulate_screen
-from ..models.geneformer.tokenizer import MASK, PAD, GeneformerDictionaries, save_dictionaries, tokenize
 
 log = logging.getLogger(__name__)
 PERTURBATION_COL, CELL_STATE_COL, CONTROL = "perturbation", "cell_state", "control"
 PLANT_CELLS = 300  # training cells used to plant the positive-control head
-
-
-@dataclass(frozen=True)
-class EmbeddedDefault:
-    data_path: Path
-    reference_path: Path
-    model_dir: Path
-    training_log: list
+TRAINING_LOG = "training_log.json"
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -43,20 +35,18 @@ def _publish(tmp: Path, final: Path) -> None:
         tmp.rename(final)
 
 
-def gene_medians(counts: sp.csr_matrix, n_counts: np.ndarray) -> np.ndarray:
-    """Geneformer's normalisation factors: per gene, the median of its non-zero CP10k values over cells."""
-    norm = sp.csc_matrix(sp.diags(1e4 / n_counts) @ counts)
-    return np.array([np.median(norm.data[norm.indptr[j]:norm.indptr[j + 1]]) if norm.indptr[j + 1] > norm.indptr[j]
-                     else 1.0 for j in range(norm.shape[1])])
+def _fresh(final: Path) -> Path:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def ensure_dataset(sim: SimulationConfig, cache: Path) -> tuple[Path, Path]:
     """The simulated screen (h5ad) and its true network (TRRUST layout); created if absent."""
     final = cache / "datasets" / stable_hash(dataclasses.asdict(sim))[:16]
     if not (final / "cells.h5ad").is_file():
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = _fresh(final)
         adata, net = simulate_screen(sim)
         adata.write_h5ad(tmp / "cells.h5ad")
         net.write_trrust(tmp / "true_network_trrust.tsv")
@@ -64,66 +54,58 @@ def ensure_dataset(sim: SimulationConfig, cache: Path) -> tuple[Path, Path]:
     return final / "cells.h5ad", final / "true_network_trrust.tsv"
 
 
-def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, progress: bool = True) -> tuple[Path, list]:
-    """Train the tiny model on an independent draw of cells from the same network (no perturbations); reuse it
-    when a model for the same simulation and training config exists."""
-    from ..models.geneformer.pretrain import train_mlm  # torch-heavy; only when training
-
-    key = stable_hash({"simulation": dataclasses.asdict(sim), "train": dataclasses.asdict(train)})[:16]
-    final = cache / "models" / key
-    if (final / "config.json").is_file():
-        return final, json.loads((final / "training_log.json").read_text())
-    if train.planted_head >= 0:
-        return plant_model(sim, train, cache, final, progress)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def training_cells(sim: SimulationConfig) -> tuple[CellData, set[tuple[str, str]]]:
+    """An independent draw of unperturbed cells from the simulated network, and its true (TF, target) edges."""
     adata, net = simulate_screen(sim, seed_offset=1000, with_perturbations=False)
-    counts = sp.csr_matrix(adata.X)
-    medians = gene_medians(counts, adata.obs["n_counts"].to_numpy(dtype=float))
-    token = {PAD: 0, MASK: 1, **{g: i + 2 for i, g in enumerate(net.gene_ids)}}
-    dicts = GeneformerDictionaries(token=token, median=dict(zip(net.gene_ids, medians.tolist())),
-                                   name_to_id=dict(zip(net.symbols, net.gene_ids)), source=str(final))
-    tokens = tokenize(from_anndata(adata), dicts, train.max_len)
-    log.info("training the embedded tiny model on %d simulated cells (%d genes)", tokens.n_cells, len(net.symbols))
-    model, history = train_mlm(tokens, dicts, train, progress=progress)
-    model.save_pretrained(tmp)
-    save_dictionaries(dicts, tmp, "sim")
-    (tmp / "training_log.json").write_text(json.dumps(history, indent=1))
+    edges = net.edges()
+    return from_anndata(adata), set(zip(edges["tf"], edges["target"]))
+
+
+def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, family: str,
+                 progress: bool = True) -> tuple[Path, list]:
+    """The tiny ``family`` model (trained on :func:`training_cells`), reused when one for the same simulation and
+    training config exists; ``train.planted_head >= 0`` gives the positive-control variant (:func:`plant_model`)."""
+    from ..models.base import FAMILIES
+
+    key = stable_hash({"family": family, "simulation": dataclasses.asdict(sim),
+                       "train": dataclasses.asdict(train)})[:16]
+    final = cache / "models" / f"{family}-{key}"
+    if (final / TRAINING_LOG).is_file():
+        return final, json.loads((final / TRAINING_LOG).read_text())
+    if train.planted_head >= 0:
+        return plant_model(sim, train, cache, final, family, progress)
+    tmp = _fresh(final)
+    cells, _ = training_cells(sim)
+    history = importlib.import_module(FAMILIES[family]).train_tiny(cells, train, tmp, progress=progress)
+    (tmp / TRAINING_LOG).write_text(json.dumps(history, indent=1))
     _publish(tmp, final)
     return final, history
 
 
-def plant_model(sim: SimulationConfig, train: TrainConfig, cache: Path, final: Path, progress: bool) -> tuple[Path, list]:
+def plant_model(sim: SimulationConfig, train: TrainConfig, cache: Path, final: Path, family: str,
+                progress: bool) -> tuple[Path, list]:
     """The positive-control variant: the base embedded model with head ``train.planted_head`` of its last layer
     trained to carry the simulated network (analysis.interp.positive_control), on the base model's training cells."""
-    from ..models.geneformer.adapter import GeneformerAdapter
     from ..interp.positive_control import plant_head, target_sets
-    from ..models.geneformer.tokenizer import load_dictionaries
+    from ..models.base import load_adapter
 
-    base_dir, base_log = ensure_model(sim, dataclasses.replace(train, planted_head=-1), cache, progress)
-    adapter = GeneformerAdapter.from_pretrained(base_dir, device="cpu")
-    dicts = load_dictionaries(base_dir)
-    adata, net = simulate_screen(sim, seed_offset=1000, with_perturbations=False)
-    tokens = tokenize(from_anndata(adata), dicts, train.max_len)
+    base_dir, base_log = ensure_model(sim, dataclasses.replace(train, planted_head=-1), cache, family, progress)
+    adapter = load_adapter(base_dir, family=family, device="cpu")
+    if not adapter.predicts_tokens:
+        raise ConfigError(f"train.planted_head: the positive control's behaviour (target recall) needs a model that "
+                          f"predicts gene tokens; {family} predicts expression values")
+    cells, edges = training_cells(sim)
+    tokens = adapter.tokenizer(TokenizerConfig()).tokenize(cells)
     tokens = tokens.subset(np.arange(min(PLANT_CELLS, tokens.n_cells)))
-    sets = target_sets(tokens, set(zip(net.edges()["tf"], net.edges()["target"])), adapter.model.config.vocab_size)
+    sets = target_sets(tokens, edges, adapter.vocab_size)
     layer = adapter.n_layers - 1
     log.info("planting head L%dH%d on %d TF positions", layer, train.planted_head, len(sets.cell))
     history = plant_head(adapter, tokens, sets, layer=layer, head=train.planted_head, seed=train.seed)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    adapter.model.save_pretrained(tmp)
-    for f in base_dir.glob("*.pkl"):
-        shutil.copy(f, tmp / f.name)
-    (tmp / "training_log.json").write_text(json.dumps(base_log + [{"planted": f"L{layer}H{train.planted_head}",
-                                                                    "planting_log": history}], indent=1))
+    shutil.copytree(base_dir, tmp)
+    adapter.save(tmp)
+    (tmp / TRAINING_LOG).write_text(json.dumps(base_log + [{"planted": f"L{layer}H{train.planted_head}",
+                                                             "planting_log": history}], indent=1))
     _publish(tmp, final)
-    return final, json.loads((final / "training_log.json").read_text())
-
-
-def ensure_embedded(sim: SimulationConfig, train: TrainConfig, cache: Path, progress: bool = True) -> EmbeddedDefault:
-    data, ref = ensure_dataset(sim, cache)
-    model_dir, history = ensure_model(sim, train, cache, progress=progress)
-    return EmbeddedDefault(data, ref, model_dir, history)
+    return final, json.loads((final / TRAINING_LOG).read_text())

@@ -1,0 +1,46 @@
+"""The attention stage: streaming extraction into the pooled :class:`~analysis.io.stores.AttentionStore` (resumable:
+a finished extraction is reloaded, not redone), then the edge scores every later stage reads: per-head and
+layer-mean attention, and the Spearman-correlation baseline over the same panel (paper sections 2.1, 2.3)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..config import stable_hash
+from ..interp.attention import extract_attention
+from ..io import files
+from ..io.artifacts import RunWriter
+from ..io.stores import AttentionStore
+from ..scoring.edges import EdgeScores, attention_edges, spearman_edges
+from .inputs import Inputs
+from .timing import timed
+
+
+def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool) -> tuple[AttentionStore, str]:
+    """The pooled store (extracted, or reloaded when a killed run already finished it) and the stage key."""
+    key = stable_hash({"run": run_key, "stage": "attention"})
+    t0 = time.perf_counter()
+    if writer.is_done("attention", key):
+        store = AttentionStore.load(writer.dir)
+        writer.mark_done("attention", key, time.perf_counter() - t0, skipped=True)
+        return store, key
+    with timed(f"attention ({inp.tokens.n_cells} cells, {len(inp.panel)} panel genes, {inp.adapter.device})"):
+        store = extract_attention(inp.adapter, inp.tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
+                                  progress=progress)
+        store.save(writer.dir)
+    writer.mark_done("attention", key, time.perf_counter() - t0)
+    return store, key
+
+
+def edges(inp: Inputs, store: AttentionStore, writer: RunWriter, key: str) -> tuple[EdgeScores, EdgeScores]:
+    """(attention edges, Spearman edges over all cells), written as float32 arrays with the sources table."""
+    t0 = time.perf_counter()
+    with timed("edges"):
+        att_edges = attention_edges(store)
+        corr_edges = spearman_edges(inp.cells, store.panel)
+        np.save(writer.dir / files.EDGES_ATTENTION, att_edges.scores.astype(np.float32))
+        np.save(writer.dir / files.EDGES_SPEARMAN, corr_edges.scores.astype(np.float32))
+        att_edges.sources.to_parquet(writer.dir / files.table("edge_sources"), index=False)
+    writer.mark_done("edges", key, time.perf_counter() - t0)
+    return att_edges, corr_edges

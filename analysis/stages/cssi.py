@@ -1,0 +1,75 @@
+"""The CSSI stage (paper sections 2.2 and 4.2, Supplementary Note 11), resumable: strata from the model's cell
+embeddings (or expression), one grouped extraction pass over fine clusters and random groups, every level of the
+grid scored with its nulls (:mod:`analysis.scoring.cssi_levels`), the synthetic validation, and the registry tests."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from ..config import stable_hash
+from ..interp.attention import extract_grouped_attention
+from ..io import files, schemas
+from ..io.artifacts import RunWriter
+from ..io.expression import expression_matrix
+from ..io.stores import AttentionStore
+from ..scoring import cssi_levels
+from ..scoring.registry import StatsRegistry
+from ..sim.cssi_synthetic import validate
+from .inputs import Inputs
+from .timing import timed
+
+log = logging.getLogger("precompute")
+
+
+def prepare(inp: Inputs, store: AttentionStore, progress: bool = True) -> cssi_levels.CSSIRun:
+    """Strata and the grouped extraction pass (the costly part; one forward pass over the cells for the chosen
+    layers, memory ``(F + M) x layers x heads x G^2 x 4`` bytes)."""
+    c, adapter, cells, panel = inp.cfg.cssi, inp.adapter, inp.cells, store.panel
+    expression = expression_matrix(cells, panel["gene_id"].to_numpy())
+    rep = cssi_levels.representation(c, store.cell_embeddings, expression, adapter.native_embedding)
+    strata, random_group = cssi_levels.build_strata(c, rep, cells.n_cells)
+    layers = cssi_levels.choose_layers(c, adapter.n_layers, adapter.n_heads, len(panel), inp.readout_layer)
+    n_groups = strata.n_fine + c.n_random_groups
+    log.info("CSSI: %d fine clusters + %d random groups, layers %s, %.2f GiB of group sums", strata.n_fine,
+             c.n_random_groups, list(layers), n_groups * len(layers) * adapter.n_heads * len(panel) ** 2 * 4 / 2 ** 30)
+    grouped = extract_grouped_attention(adapter, inp.tokens, panel, np.stack([strata.fine, random_group], axis=1),
+                                        n_groups, layers=layers, batch_size=inp.cfg.extraction.batch_size,
+                                        progress=progress)
+    kind = cssi_levels.embedding_kind(c, adapter.native_embedding) if c.representation == "embedding" else None
+    params = {"layers": list(layers), "n_fine": strata.n_fine, "n_random_groups": c.n_random_groups,
+              "representation": c.representation, "cell_embedding": kind, "strata": strata.params,
+              "layout": "first two principal components of the representation"}
+    return cssi_levels.assemble(cells, strata, random_group, grouped, expression, params)
+
+
+def run(inp: Inputs, store: AttentionStore, writer: RunWriter, run_key: str, progress: bool) -> StatsRegistry:
+    """Run (or reload) CSSI and return its registry tests."""
+    cfg = inp.cfg.cssi
+    key = stable_hash({"run": run_key, "stage": "cssi"})
+    t0 = time.perf_counter()
+    synthetic_file = writer.dir / files.table("cssi_synthetic")
+    if writer.is_done("cssi", key):
+        curve = schemas.validate("cssi_curve", pd.read_parquet(writer.dir / files.table("cssi_curve")))
+        synthetic = pd.read_parquet(synthetic_file) if synthetic_file.is_file() else None
+        writer.mark_done("cssi", key, 0.0, skipped=True)
+    else:
+        with timed(f"CSSI strata + grouped attention ({cfg.representation})"):
+            cssi_run = prepare(inp, store, progress=progress)
+            cssi_levels.save(cssi_run, writer.dir)
+        with timed(f"CSSI levels ({cfg.n_null} random strata, {cfg.n_gene_null} gene permutations)"):
+            curve, null = cssi_levels.evaluate_grid(cssi_run, store.panel, inp.references, cfg, progress=progress)
+            schemas.validate("cssi_curve", curve).to_parquet(writer.dir / files.table("cssi_curve"), index=False)
+            schemas.validate("cssi_null", null).to_parquet(writer.dir / files.table("cssi_null"), index=False)
+        synthetic = None
+        if cfg.synthetic_seeds > 0:
+            with timed(f"CSSI synthetic validation ({cfg.synthetic_seeds} seeds)"):
+                synthetic = schemas.validate("cssi_synthetic", validate(cfg.synthetic_seeds))
+                synthetic.to_parquet(synthetic_file, index=False)
+        writer.mark_done("cssi", key, time.perf_counter() - t0)
+    registry = cssi_levels.cssi_tests(curve, primary_n_strata=cfg.primary_n_strata, readout_layer=inp.readout_layer)
+    if synthetic is not None:
+        registry.extend(cssi_levels.synthetic_tests(synthetic))
+    return registry

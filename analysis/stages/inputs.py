@@ -1,0 +1,125 @@
+"""The inputs stage: everything a run needs, loaded and checked before anything is written under ``cache/artifacts``
+(a bad input leaves no trace there). The embedded default's data and model are built here on first use.
+
+Order: the checkpoint (family detected from its directory), its tokeniser checked against it (dictionaries or
+vocabulary), the cells (genes mapped the way the tokeniser needs), the references, then tokens and the gene panel.
+A panel-dependent tokeniser (scGPT's ``panel`` mode: every cell's input is the panel) gets the panel first, chosen
+from expression; otherwise cells are tokenised first and the panel chosen among the genes their inputs hold.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import RunConfig, stable_hash
+from ..errors import InputError
+from ..io import schemas
+from ..io.artifacts import sha256_path
+from ..io.cells import CellData
+from ..io.expression import expression_matrix
+from ..io.references import ReferenceNetwork, load_reference, load_trrust
+from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter
+from ..rerun import load_cells_for
+from ..scoring.cssi_levels import check_config as check_cssi
+from ..scoring.panel import select_panel
+from ..scoring.ranking import evaluable_universe
+from .timing import timed
+
+log = logging.getLogger("precompute")
+SIM_REFERENCE = "simulated truth"
+
+
+@dataclass
+class Inputs:
+    """A run's validated inputs (module doc); ``cfg`` has the embedded default's data columns filled in."""
+
+    cfg: RunConfig
+    cells: CellData
+    adapter: ModelAdapter
+    tokenizer: Tokenizer
+    tokens: TokenizedCells
+    panel: pd.DataFrame
+    references: list[ReferenceNetwork]
+    model_dir: Path
+    input_hashes: dict[str, str]
+    provenance: dict
+
+    @property
+    def readout_layer(self) -> int:
+        return self.cfg.perturbation.resolve_readout_layer(self.adapter.n_layers)
+
+    def model_hash(self) -> str:
+        """The checkpoint's sha256, or for random weights a hash of what determines them."""
+        return self.adapter.checkpoint_sha256 or stable_hash({"random_init": self.cfg.model.random_init,
+                                                              "model": self.adapter.describe(),
+                                                              "seed": self.cfg.model.seed})
+
+
+def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, reference_tfs: set[str],
+                     max_len: int) -> tuple[TokenizedCells, pd.DataFrame]:
+    """Tokenise ``cells`` and choose the panel (module doc); panel schema-validated."""
+    ext = cfg.extraction
+    if tokenizer.panel_dependent:
+        genes = tokenizer.vocabulary_genes(cells)
+        present = np.asarray((expression_matrix(cells, genes["gene_id"].to_numpy(), dense=False) > 0).sum(axis=0))
+        size = min(ext.panel_size, max_len - 1)
+        if size < ext.panel_size:
+            log.info("panel capped at %d genes: every cell's input is <cls> + the panel, and the model takes %d "
+                     "tokens", size, max_len)
+        panel = select_panel(cells, genes, present.ravel(), reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
+                             panel_size=size)
+        tokens = tokenizer.tokenize(cells, panel=panel)
+    else:
+        tokens = tokenizer.tokenize(cells)
+        panel = select_panel(cells, tokens.genes, tokens.gene_presence(), reference_tfs=reference_tfs,
+                             n_hvg=ext.n_hvg, panel_size=ext.panel_size)
+    return tokens, schemas.validate("panel", panel)
+
+
+def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs:
+    """Load and validate model, tokeniser, data, references, tokens and panel (embedded default when unset)."""
+    from ..sim.embedded import CELL_STATE_COL, CONTROL, PERTURBATION_COL, ensure_dataset, ensure_model
+
+    provenance: dict = {}
+    data_cfg = cfg.data
+    references: list[ReferenceNetwork] = []
+    if data_cfg.path is None:
+        data_path, truth = ensure_dataset(cfg.simulation, cache)
+        data_cfg = dataclasses.replace(data_cfg, path=str(data_path), perturbation_col=PERTURBATION_COL,
+                                       control_label=CONTROL, cell_state_col=CELL_STATE_COL)
+        references.append(load_trrust(truth, name=SIM_REFERENCE))
+        provenance["data"] = "embedded simulation"
+    if cfg.model.path is None:
+        with timed(f"embedded {cfg.model.family} model"):
+            model_dir, history = ensure_model(cfg.simulation, cfg.train, cache, cfg.model.family, progress=progress)
+        provenance["model"] = {"embedded": True, "training_log": history}
+    else:
+        model_dir = Path(cfg.model.path)
+    adapter = load_adapter(model_dir, family=cfg.model.family, device=cfg.model.device,
+                           random_init=cfg.model.random_init, seed=cfg.model.seed)
+    if cfg.model.path is None:
+        adapter.name = f"embedded tiny {adapter.family}"
+    cfg = dataclasses.replace(cfg, data=data_cfg, model=dataclasses.replace(cfg.model, family=adapter.family))
+    cfg.perturbation.resolve_readout_layer(adapter.n_layers)
+    tokenizer = adapter.tokenizer(cfg.tokenizer, cfg.model.dictionaries)
+    cells = load_cells_for(data_cfg, tokenizer, seed=cfg.extraction.seed)
+    references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]
+    if not references:
+        raise InputError("no reference network: pass --reference trrust_rawdata.human.tsv (or dorothea:PATH)")
+    tokens, panel = tokens_and_panel(cfg, cells, tokenizer, set().union(*(r.tfs for r in references)), adapter.max_len)
+    for ref in references:
+        universe = evaluable_universe(panel, ref, np.ones((len(panel), len(panel)), dtype=bool))
+        if universe.tf_rows.size == 0:
+            raise InputError(f"reference {ref.name} has no TF with a target among the {len(panel)} panel genes "
+                             "(check that gene symbols match, or raise --panel-size / --n-hvg)")
+    if cfg.cssi.n_fine > 0:
+        check_cssi(cfg.cssi, cells.n_cells, adapter.n_layers, native_embedding=adapter.native_embedding,
+                   has_cls=tokens.params.get("cls_position") is not None)
+    hashes = {"data": sha256_path(Path(data_cfg.path))}
+    hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"])) for r in references})
+    return Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance)
