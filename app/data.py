@@ -3,7 +3,6 @@ a run id that is not the name of a complete run directory there is refused, so n
 """
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -11,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.io import schemas
-from analysis.io.artifacts import MANIFEST, list_runs
+from analysis.errors import SchemaError
+from analysis.io import files, schemas
+from analysis.io.artifacts import read_manifest, scan_runs
+from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.scoring.edges import oriented_pair_scores
 from analysis.scoring.strata import add_level
@@ -28,30 +29,34 @@ class ArtifactStore:
     def __init__(self, cache_dir: Path):
         self.root = (Path(cache_dir) / "artifacts").resolve()
 
-    def runs(self) -> list[dict]:
-        """Manifests of complete runs, newest first."""
-        return list_runs(self.root.parent)
+    def runs(self) -> tuple[list[RunManifest], list[str]]:
+        """Manifests of the runs that can be opened (newest first), and one line per run directory skipped."""
+        return scan_runs(self.root.parent)
 
     def run_dir(self, run_id: str) -> Path:
         if not run_id or not RUN_ID.match(run_id) or run_id.endswith(".partial"):
             raise RunNotFound(f"not a run id: {run_id!r}")
         path = (self.root / run_id).resolve()
-        if path.parent != self.root or not (path / MANIFEST).is_file():
+        if path.parent != self.root or not (path / files.MANIFEST).is_file():
             raise RunNotFound(f"no complete run {run_id!r} in {self.root}")
         return path
 
     @lru_cache(maxsize=32)
-    def manifest(self, run_id: str) -> dict:
-        return json.loads((self.run_dir(run_id) / MANIFEST).read_text())
+    def manifest(self, run_id: str) -> RunManifest:
+        """The run's typed manifest; a malformed one is :class:`RunNotFound` (the run cannot be opened)."""
+        try:
+            return read_manifest(self.run_dir(run_id))
+        except SchemaError as exc:
+            raise RunNotFound(f"run {run_id!r} cannot be opened: {exc}") from exc
 
     @lru_cache(maxsize=64)
     def table(self, run_id: str, name: str) -> pd.DataFrame:
         """``<name>.parquet`` of a run, validated against its schema when one is declared."""
-        frame = pd.read_parquet(self.run_dir(run_id) / f"{name}.parquet")
+        frame = pd.read_parquet(self.run_dir(run_id) / files.table(name))
         return schemas.validate(name, frame) if name in schemas.TABLES else frame
 
     def has_table(self, run_id: str, name: str) -> bool:
-        return (self.run_dir(run_id) / f"{name}.parquet").is_file()
+        return (self.run_dir(run_id) / files.table(name)).is_file()
 
     def ranking(self, run_id: str) -> pd.DataFrame:
         return self.table(run_id, "head_ranking")
@@ -65,7 +70,7 @@ class ArtifactStore:
     @lru_cache(maxsize=16)
     def pair_counts(self, run_id: str) -> np.ndarray:
         """``[G, G]`` cells in which both panel genes were in the input (memory-mapped)."""
-        return np.load(self.run_dir(run_id) / "pair_counts.npy", mmap_mode="r")
+        return np.load(self.run_dir(run_id) / files.PAIR_COUNTS, mmap_mode="r")
 
     @lru_cache(maxsize=4)
     def cssi(self, run_id: str) -> CSSIRun:
@@ -87,7 +92,7 @@ class ArtifactStore:
         hit = src.index[(src["layer"] == layer) & (src["head"] == head) & src["edge_type"].str.startswith("attention")]
         if len(hit) == 0:
             raise KeyError(f"run {run_id} has no attention edges for layer {layer} head {head}")
-        edges = np.load(self.run_dir(run_id) / "edges_attention.npy", mmap_mode="r")
+        edges = np.load(self.run_dir(run_id) / files.EDGES_ATTENTION, mmap_mode="r")
         return np.array(edges[int(hit[0])])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 CHANCE = {"auroc": 0.5, "per_tf_auroc_mean": 0.5, "auroc_null_mean": 0.5}
 METRIC_LABELS = {
@@ -176,7 +177,6 @@ def sensitivity_heatmap(grid: pd.DataFrame, *, source: str) -> go.Figure:
 def incremental_deltas(frame: pd.DataFrame, *, metric: str) -> go.Figure:
     """Gain of gene-level + edge over gene-level alone (delta with 95% bootstrap CI), per split and model."""
     splits = list(dict.fromkeys(frame["split"]))
-    from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True,
                         subplot_titles=[f"GroupKFold by {s}" if s != "joint" else "joint split" for s in splits])

@@ -2,6 +2,7 @@
 
 RUN_SELECT = "app-run-select"
 SELECTED_HEAD = "app-selected-head"   # dcc.Store {"layer": int, "head": int}, shared by every page
+RUN_HEADER = "app-run-header"         # model family, model and run of the run on screen, above every page
 
 OVERVIEW_SUMMARY = "overview-summary"
 OVERVIEW_BEST = "overview-best-heads"
@@ -11,6 +12,7 @@ HEADS_DIRECTION = "heads-direction"
 HEADS_METRIC = "heads-metric"
 HEADS_EDGES = "heads-top-edges"
 HEADS_HEAD_LABEL = "heads-head-label"
+HEADS_CONVENTION = "heads-convention"
 
 
 def graph(name: str) -> dict:

@@ -20,17 +20,19 @@ PAGES = (overview, heads, ablation, cssi, perturbation, confounds, statistics)
 
 
 def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
-    runs = store.runs()
-    options = [{"label": f"{m['run_id']} ({m['model']['name']}, {m['data']['n_cells']} cells)", "value": m["run_id"]}
-               for m in runs]
-    initial = settings.run_id or (runs[0]["run_id"] if runs else None)
+    runs, skipped = store.runs()
+    options = [{"label": m.title, "value": m.run_id} for m in runs]
+    initial = settings.run_id or (runs[0].run_id if runs else None)
+    warning = dbc.Alert([html.B(f"{len(skipped)} run(s) in the cache cannot be opened and are not listed: "),
+                         "; ".join(skipped)], color="warning", className="mx-3") if skipped else None
     nav = dbc.Navbar(dbc.Container([
         dbc.NavbarBrand("scFM attention explorer"),
         dbc.Nav([dbc.NavLink(p.NAME, href=p.PATH, active="exact") for p in PAGES]),
         html.Div(dcc.Dropdown(id=ids.RUN_SELECT, options=options, value=initial, clearable=False,
                               placeholder="no runs in cache"), style={"minWidth": "420px"}),
     ], fluid=True), color="dark", dark=True, className="mb-3")
-    return html.Div([nav, dcc.Store(id=ids.SELECTED_HEAD, storage_type="session"), dash.page_container])
+    return html.Div([nav, warning, dcc.Store(id=ids.SELECTED_HEAD, storage_type="session"),
+                     html.Div(id=ids.RUN_HEADER, className="run-header mx-3 mb-2"), dash.page_container])
 
 
 def create_app(settings: AppSettings | None = None) -> Dash:
@@ -49,6 +51,16 @@ def create_app(settings: AppSettings | None = None) -> Dash:
         page.register(app, store, settings, jobs)
     app.layout = lambda: _shell(store, settings)
 
+    @app.callback(Output(ids.RUN_HEADER, "children"), Input(ids.RUN_SELECT, "value"))
+    def run_header(run_id):
+        """Every page names the model family and model of the run on screen."""
+        if not run_id:
+            return None
+        m = store.manifest(run_id)
+        return [dbc.Badge(m.family, color="info", className="me-2 family-badge"),
+                html.Span(f"{m.model.name} - {m.model.n_layers} layers x {m.model.n_heads} heads - "
+                          f"{m.data.n_cells} cells - run {m.run_id}")]
+
     @app.callback(Output(ids.download(MATCH), "data"), Input(ids.export_button(MATCH, ALL), "n_clicks"),
                   State(ids.graph(MATCH), "figure"), State(ids.figdata(MATCH), "data"),
                   State(ids.RUN_SELECT, "value"), prevent_initial_call=True)
@@ -56,9 +68,14 @@ def create_app(settings: AppSettings | None = None) -> Dash:
         trigger = ctx.triggered_id
         if not trigger or not figure or not any(_clicks):
             return no_update
-        manifest = store.manifest(run_id) if run_id else {}
-        name, content = export_bytes(go.Figure(figure), pd.DataFrame(data or []), manifest,
-                                     f"{trigger['figure']}_{run_id}", trigger["fmt"])
+        manifest = store.manifest(run_id) if run_id else None
+        figure = go.Figure(figure)
+        if manifest is not None:   # the exported figure and its file name say which model family it shows
+            title = figure.layout.title.text or ""
+            figure.update_layout(title={"text": f"{title}<br><sup>{manifest.title}</sup>" if title else manifest.title})
+        stem = f"{trigger['figure']}_{manifest.family}_{run_id}" if manifest else trigger["figure"]
+        name, content = export_bytes(figure, pd.DataFrame(data or []), manifest.to_dict() if manifest else {},
+                                     stem, trigger["fmt"])
         return dcc.send_bytes(content, name, type=MIME[trigger["fmt"]])
 
     return app

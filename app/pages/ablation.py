@@ -55,20 +55,24 @@ def layout(**_):
 
 def register(app, store, settings, jobs):
     @app.callback(Output(ids.ABL_HEADS, "options"), Output(ids.ABL_HEADS, "value"), Output(ids.ABL_NOTE, "children"),
+                  Output(ids.ABL_READOUT, "options"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"), State(ids.ABL_HEADS, "value"))
     def heads(run_id, selected, current):
         if not run_id:
-            return [], [], ""
+            return [], [], "", no_update
         m = store.manifest(run_id)
-        opts = [f"L{l}H{h}" for l in range(m["model"]["n_layers"]) for h in range(m["model"]["n_heads"])]
+        opts = [f"L{l}H{h}" for l in range(m.model.n_layers) for h in range(m.model.n_heads)]
         value = list(current or [])
         if selected and f"L{selected['layer']}H{selected['head']}" not in value:
             value.append(f"L{selected['layer']}H{selected['head']}")
-        readout = m["config"]["perturbation"]["readout_layer"] % m["model"]["n_layers"]
-        note = (f"Heads ranked by AUROC against {m['references'][0]['name']} (TF -> target). Attention read-outs "
-                f"use layer L{readout}, fixed in the run's config before results were seen "
-                f"(perturbation.readout_layer). Behaviour = masked-gene loss / accuracy on one fixed seeded masking.")
-        return opts, value, note
+        note = (f"{m.family} model. Heads ranked by AUROC against {m.reference_names[0]} (TF -> target). Attention "
+                f"read-outs use layer L{m.readout_layer}, fixed in the run's config before results were seen "
+                f"(perturbation.readout_layer). Behaviour on one fixed seeded masking: mlm loss = "
+                f"{m.readout_label('mlm_loss')}, mlm accuracy = {m.readout_label('mlm_accuracy')}; output cosine "
+                f"distance = {m.readout_label('output_cosine_distance')}.")
+        readouts = [{"label": f"{r.replace('_', ' ')}: {m.readout_label(r)}" if r in m.model.readout_labels
+                     else r.replace("_", " "), "value": r} for r in READOUTS]
+        return opts, value, note, readouts
 
     @app.callback(Output(ids.graph("abl-dose"), "figure"), Output(ids.figdata("abl-dose"), "data"),
                   Output(ids.graph("abl-fidelity"), "figure"), Output(ids.figdata("abl-fidelity"), "data"),
@@ -93,30 +97,30 @@ def register(app, store, settings, jobs):
         if not run_id or not heads:
             return "Pick at least one head.", no_update
         m = store.manifest(run_id)
-        if not n_cells or not 2 <= n_cells <= min(settings.max_live_cells, m["data"]["n_cells"]):
-            return (f"Refused: choose between 2 and {min(settings.max_live_cells, m['data']['n_cells'])} cells "
+        if not n_cells or not 2 <= n_cells <= min(settings.max_live_cells, m.data.n_cells):
+            return (f"Refused: choose between 2 and {min(settings.max_live_cells, m.data.n_cells)} cells "
                     f"(limit max_live_cells = {settings.max_live_cells})."), no_update
         pairs = sorted({(int(h[1:].split("H")[0]), int(h.split("H")[1])) for h in heads})
         by_layer: dict[int, list[int]] = {}
         for layer, head in pairs:
             by_layer.setdefault(layer, []).append(head)
         specs = [InterventionSpec(kind, layer, tuple(hs)) for layer, hs in sorted(by_layer.items())]
-        key = ("live-ablation", run_id, intervention_key(specs), int(n_cells), m["config"]["ablation"]["seed"])
+        key = ("live-ablation", run_id, intervention_key(specs), int(n_cells), m.config.ablation.seed)
         hit = jobs.get(key)
         if hit is not None:
             set_progress((100, "cached"))
             return hit, no_update
-        from analysis.rerun import live_ablation  # torch: only in the worker
+        from analysis.rerun import RunContext, live_ablation  # torch: only in the worker
 
         de = store.table(run_id, "de_results") if store.has_table(run_id, "de_results") else None
-        results, _fid = live_ablation(m, store.panel(run_id), store.reference_edges(run_id), store.pair_counts(run_id),
-                                      de, specs, n_cells=int(n_cells),
-                                      progress=lambda f, msg: set_progress((int(100 * f), msg)))
+        context = RunContext.from_manifest(m, store.panel(run_id))
+        results, _fid = live_ablation(context, store.reference_edges(run_id), store.pair_counts(run_id), de, specs,
+                                      n_cells=int(n_cells), progress=lambda f, msg: set_progress((int(100 * f), msg)))
         results = results.assign(n_cells=int(n_cells))
         index = jobs.get((LIVE_INDEX, run_id), [])
         jobs.set((LIVE_INDEX, run_id), index + results.to_dict("records"))
         loss = results[results["readout"] == "mlm_loss"].iloc[0]
-        status = (f"{intervention_key(specs)} on {n_cells} cells: masked-gene loss {loss['baseline']:.4f} -> "
+        status = (f"{intervention_key(specs)} on {n_cells} cells: {m.readout_label('mlm_loss')} {loss['baseline']:.4f} -> "
                   f"{loss['value']:.4f} (delta {loss['delta']:+.4g}, Wilcoxon p {loss['p']:.3g}); "
                   "added to the dose-response (green) and to the statistics registry as exploratory.")
         jobs.set(key, status)

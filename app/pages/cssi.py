@@ -106,20 +106,23 @@ def register(app, store, settings, jobs):
         m = store.manifest(run_id)
         curve = store.table(run_id, "cssi_curve")
         refs, dirs = list(dict.fromkeys(curve["reference"])), list(dict.fromkeys(curve["direction"]))
-        readout = m["config"]["perturbation"]["readout_layer"] % m["model"]["n_layers"]
+        readout = m.readout_layer
         default = f"L{readout} mean" if f"L{readout} mean" in labels else labels[0]
         site = site if site in labels else (heads[0] if heads and heads[0] in labels else default)
         grid = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
         top = min(MAX_STRATA, run.strata.n_fine - 1)
-        primary = m["config"]["cssi"]["primary_n_strata"]
+        primary = m.config.cssi.primary_n_strata
         value = primary if primary in grid else grid[0]
         marks = {k: {"label": str(k), "style": {"fontWeight": "bold"}} for k in grid if k <= top}
-        c = m["config"]["cssi"]
-        note = (f"Strata: Leiden on the kNN graph of the {run.params['representation']} of {len(run.cells)} cells, "
+        c = m.config.cssi
+        rep = run.params["representation"]
+        if run.params.get("cell_embedding"):
+            rep = f"{m.family} cell embeddings ({run.params['cell_embedding']})"
+        note = (f"Strata: Leiden on the kNN graph of the {rep} of {len(run.cells)} cells, "
                 f"nested in {run.strata.n_fine} fine clusters (so any number of strata is a sum of clusters). "
                 f"Attention layers accumulated per stratum: {', '.join(f'L{x}' for x in run.params['layers'])}. "
-                f"Null band: {c['n_null']} random strata of the same sizes; p-values also against {c['n_null']} "
-                f"label shuffles and {c['n_gene_null']} gene-permuted references. Bold marks are precomputed; "
+                f"Null band: {c.n_null} random strata of the same sizes; p-values also against {c.n_null} "
+                f"label shuffles and {c.n_gene_null} gene-permuted references. Bold marks are precomputed; "
                 f"other positions are computed in the background. Pre-specified level: {primary} strata.")
         return ([{"label": r, "value": r} for r in refs], refs[0], [{"label": d, "value": d} for d in dirs], dirs[0],
                 [{"label": x, "value": x} for x in labels], site, top, marks, value, note)
@@ -189,16 +192,16 @@ def register(app, store, settings, jobs):
             return no_update
         run = store.cssi(run_id)
         run = dataclasses.replace(run, strata=add_level(run.strata, int(n_strata)))
-        c = store.manifest(run_id)["config"]["cssi"]
+        c = store.manifest(run_id).config.cssi
         edges_all = store.reference_edges(run_id)
         ref = ReferenceNetwork(reference, edges_all[edges_all["reference"] == reference], {})
         set_progress((2, f"{n_strata} strata: scoring"))
         rows, _null = score_level(run, store.panel(run_id), ref, int(n_strata), direction=direction,
-                                  n_null=c["n_null"], n_gene_null=c["n_gene_null"], seed=c["seed"],
+                                  n_null=c.n_null, n_gene_null=c.n_gene_null, seed=c.seed,
                                   progress=lambda i, n: set_progress((int(100 * i / n), f"null draw {i}/{n}")))
         jobs.set(key, rows.to_dict("records"))
         set_progress((100, "done"))
-        return f"Computed {n_strata} strata ({c['n_null']} random strata, {c['n_gene_null']} gene permutations)."
+        return f"Computed {n_strata} strata ({c.n_null} random strata, {c.n_gene_null} gene permutations)."
 
     @app.callback(Output(ids.graph("cssi-synthetic"), "figure"), Output(ids.figdata("cssi-synthetic"), "data"),
                   Output(ids.CSSI_SYNTHETIC_TABLE, "data"), Output(ids.CSSI_SYNTHETIC_TABLE, "columns"),

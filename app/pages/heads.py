@@ -25,6 +25,7 @@ def layout(**_):
         html.P("Each cell is one attention head scored against the reference over the evaluable universe "
                "(reference TFs in the gene panel x co-observed panel genes). Click a head to open it.",
                className="explain"),
+        html.P(id=ids.HEADS_CONVENTION, className="explain"),
         controls,
         figure_card("heads-heatmap"),
         html.H5(id=ids.HEADS_HEAD_LABEL, className="mt-3"),
@@ -38,6 +39,11 @@ def layout(**_):
 
 
 def register(app, store, settings, jobs):
+    @app.callback(Output(ids.HEADS_CONVENTION, "children"), Input(ids.RUN_SELECT, "value"))
+    def convention(run_id):
+        """How the run's model family reads attention as edges (its tools' direction convention)."""
+        return store.manifest(run_id).model.attention_convention if run_id else ""
+
     @app.callback(Output(ids.HEADS_REFERENCE, "options"), Output(ids.HEADS_REFERENCE, "value"),
                   Output(ids.HEADS_METRIC, "options"), Output(ids.HEADS_METRIC, "value"),
                   Input(ids.RUN_SELECT, "value"))

@@ -32,21 +32,25 @@ def register(app, store, settings, jobs):
             return dbc.Alert("No run in the cache yet: run `python precompute.py` first.", color="warning"), {}, [], []
         m = store.manifest(run_id)
         ranking = store.ranking(run_id)
-        ref = m["references"][0]["name"]
+        ref = m.reference_names[0]
         sel = ranking[(ranking["reference"] == ref) & (ranking["direction"] == "tf_to_target")
                       & (ranking["metric"] == "auroc")]
         timings = ", ".join(f"{t['stage']} {t['seconds']:.1f}s" + (" (cached)" if t["skipped"] else "")
-                            for t in m["stage_timings"])
-        model = m["model"]
+                            for t in m.stage_timings)
+        model, tok = m.model, m.tokenizer
         summary = dbc.Card(dbc.CardBody([
-            html.P([html.B("Run "), html.Code(m["run_id"]), " - config hash ", html.Code(m["config_hash"][:12])]),
-            html.P(f"Model {model['name']}: {model['n_layers']} layers x {model['n_heads']} heads "
-                   f"(d_head {model['d_head']}, max {model['max_len']} tokens) on {model['device']}"
-                   + (" - RANDOM WEIGHTS" if model["random_init"] else "")),
-            html.P(f"Data: {m['data']['n_cells']} cells, {m['data']['n_vocab_genes']} genes in the vocabulary, "
-                   f"panel of {m['data']['panel_size']} genes; {len(m['data']['perturbations'])} perturbations"),
-            html.P("References: " + "; ".join(f"{r['name']} ({r['n_edges']} edges)" for r in m["references"])),
-            html.P(f"Stages: {timings}; total {m['wall_seconds']}s"),
+            html.P([html.B("Run "), html.Code(m.run_id), " - config hash ", html.Code(m.config_hash[:12])]),
+            html.P(f"Model family {model.family}: {model.name}, {model.n_layers} layers x {model.n_heads} heads "
+                   f"(d_head {model.d_head}, max {model.max_len} tokens) on {model.device}"
+                   + (" - RANDOM WEIGHTS" if model.random_init else "")),
+            html.P(f"Tokenisation: {tok.get('method')}" + (f", mode {tok['mode']}, {tok['n_bins']} bins, <cls> value "
+                                                            f"{tok['cls_value']}" if "mode" in tok else "")
+                   + f"; cell embedding {model.native_embedding}; behaviour read-out: "
+                     f"{m.readout_label('mlm_loss')}"),
+            html.P(f"Data: {m.data.n_cells} cells, {m.data.n_vocab_genes} genes in the vocabulary, "
+                   f"panel of {m.data.panel_size} genes; {len(m.data.perturbations)} perturbations"),
+            html.P("References: " + "; ".join(f"{r['name']} ({r['n_edges']} edges)" for r in m.references)),
+            html.P(f"Stages: {timings}; total {m.wall_seconds}s"),
         ]), className="mb-3")
         fig = layer_profile(sel, metric="auroc", reference=ref, direction="tf_to_target")
         best = (sel[sel["edge_type"] == "attention"].sort_values("value", ascending=False).head(10)

@@ -70,7 +70,7 @@ def register(app, store, settings, jobs):
         if not run_id or not store.has_table(run_id, "perturbation_auroc"):
             return {}, [], {}, [], "This run has no perturbation column, so no perturbation-first evaluation.", [], None
         m = store.manifest(run_id)
-        readout = m["config"]["perturbation"]["readout_layer"] % m["model"]["n_layers"]
+        readout = m.readout_layer
         per = store.table(run_id, "perturbation_auroc")
         frame = _label_frame(per, readout, selected)
         box = perturbation_box(frame, readout_layer=readout)
@@ -83,8 +83,8 @@ def register(app, store, settings, jobs):
         groups = store.table(run_id, "de_groups")
         note = (f"{per['perturbation'].nunique()} evaluable perturbations of {len(groups)} tested "
                 f"(evaluable: perturbed gene in the panel and at least one DE and one non-DE target). "
-                f"DE: {m['config']['perturbation']['test']} test, |log2FC| >= "
-                f"{m['config']['perturbation']['lfc_threshold']}, BH q < {m['config']['perturbation']['alpha']}.")
+                f"DE: {m.config.perturbation.test} test, |log2FC| >= "
+                f"{m.config.perturbation.lfc_threshold}, BH q < {m.config.perturbation.alpha}.")
         grid = store.table(run_id, "sensitivity_grid")
         sources = sorted({source_label(e, l, -1) for e, l in zip(grid["edge_type"], grid["layer"])})
         return (box, frame.to_dict("records"), scatter, pairs.to_dict("records"), note, sources,
@@ -112,8 +112,7 @@ def register(app, store, settings, jobs):
             return no_update, no_update, (f"Refused: the threshold must be >= 0 and control cells between 3 and "
                                           f"{settings.max_custom_control_cells}.")
         m = store.manifest(run_id)
-        readout = m["config"]["perturbation"]["readout_layer"] % m["model"]["n_layers"]
-        layer, head = (selected["layer"], selected["head"]) if selected else (readout, -1)
+        layer, head = (selected["layer"], selected["head"]) if selected else (m.readout_layer, -1)
         key = ("custom-de", run_id, float(lfc), n_control, test, layer, head)
         hit = jobs.get(key)
         if hit is not None:
@@ -127,21 +126,20 @@ def register(app, store, settings, jobs):
         return result
 
 
-def custom_de(store, run_id: str, manifest: dict, *, lfc: float, n_control: int | None, test: str, layer: int,
+def custom_de(store, run_id: str, manifest, *, lfc: float, n_control: int | None, test: str, layer: int,
               head: int, progress) -> tuple:
     """DE with the given settings, then per-perturbation AUROC of one attention source, control-cell Spearman and
     the variance baseline (the slow path behind the Run button)."""
-    from analysis.scoring.edges import EdgeScores, spearman_edges
+    from analysis.rerun import RunContext
+    from analysis.scoring.edges import EdgeScores, combine, spearman_edges
     from analysis.scoring.perturbation import differential_expression, gene_level_scores, perturbation_auroc
-    from analysis.stages.perturbation import combine, control_cells
-    from analysis.stages.pipeline import load_run_cells
 
-    cells = load_run_cells(manifest)
     panel = store.panel(run_id)
+    cells = RunContext.from_manifest(manifest, panel).cells
     progress((30, "differential expression"))
-    cfg = manifest["config"]["perturbation"]
-    de = differential_expression(cells, panel, lfc_threshold=lfc, n_control=n_control, alpha=cfg["alpha"], test=test,
-                                 seed=cfg["seed"])
+    cfg = manifest.config.perturbation
+    de = differential_expression(cells, panel, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha, test=test,
+                                 seed=cfg.seed)
     progress((60, "edge scores"))
     matrix = store.head_matrix(run_id, layer, head)
     att = EdgeScores(matrix[None], pd.DataFrame({"edge_type": ["attention" if head >= 0 else "attention_layer_mean"],
@@ -150,10 +148,9 @@ def custom_de(store, run_id: str, manifest: dict, *, lfc: float, n_control: int 
     base = gene_level_scores(cells, panel)
     variance = EdgeScores(base.scores[1:2], base.sources.iloc[1:2].reset_index(drop=True), base.observed, panel, {})
     progress((80, "AUROC"))
-    per = perturbation_auroc(combine(att, spearman_edges(control_cells(cells), panel), variance), de)
+    per = perturbation_auroc(combine(att, spearman_edges(cells.controls(), panel), variance), de)
     frame = _label_frame(per, layer if head < 0 else None, {"layer": layer, "head": head} if head >= 0 else None)
-    fig = perturbation_box(frame, readout_layer=manifest["config"]["perturbation"]["readout_layer"]
-                           % manifest["model"]["n_layers"])
+    fig = perturbation_box(frame, readout_layer=manifest.readout_layer)
     fig.update_layout(title={"text": f"Custom DE: |log2FC| >= {lfc:g}, {de.params['n_control']} control cells, "
                                      f"{test}<br><sup>{per['perturbation'].nunique()} evaluable perturbations</sup>"})
     status = (f"{per['perturbation'].nunique()} evaluable perturbations; mean AUROC "

@@ -5,6 +5,9 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, dash_table, html
 
+from analysis.scoring.registry import COLUMNS as REGISTRY_COLUMNS
+from analysis.scoring.registry import ablation_tests, correct
+
 from .. import ids
 from ..components import figure_card
 from ..figures import effect_vs_q
@@ -54,8 +57,7 @@ def with_live_tests(registry: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
     """The run's registry plus live ablations (exploratory), BH recomputed over the union."""
     if live.empty:
         return registry
-    from analysis.scoring.registry import COLUMNS, ablation_tests, correct
 
     extra = pd.DataFrame(ablation_tests(live.drop_duplicates(["intervention", "readout", "n"]),
-                                        exploratory=True).rows, columns=list(COLUMNS))
-    return correct(pd.concat([registry[list(COLUMNS)], extra], ignore_index=True))
+                                        exploratory=True).rows, columns=list(REGISTRY_COLUMNS))
+    return correct(pd.concat([registry[list(REGISTRY_COLUMNS)], extra], ignore_index=True))
