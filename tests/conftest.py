@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random BERT models, small simulated screens, paths to the real data in ../shared/data."""
+"""Shared fixtures: tiny random models of both families (a BERT for Geneformer, the native scGPT), small simulated
+screens tokenised for each, paths to the real data in ../shared/data."""
 from __future__ import annotations
 
 import sys
@@ -45,6 +46,95 @@ def tiny_bert(vocab_size: int, attn: str = "sdpa", seed: int = 0, layers: int = 
     model = BertForMaskedLM(cfg).eval()
     model.set_attn_implementation(attn)
     return model
+
+
+def tiny_scgpt_parts(symbols, *, seed: int = 0, layers: int = 2, heads: int = 4, hidden: int = 32, d_hid: int = 48,
+                     flag_rows: int = 2):
+    """(model, args, vocab) of a tiny random scGPT over ``symbols`` (+ <pad>, <cls>, <eoc> as in whole-human)."""
+    import torch
+
+    from analysis.models.scgpt.checkpoint import config_from_args
+    from analysis.models.scgpt.model import ScGPTModel
+
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({"<pad>": len(vocab), "<cls>": len(vocab) + 1, "<eoc>": len(vocab) + 2})
+    args = {"embsize": hidden, "nheads": heads, "nlayers": layers, "d_hid": d_hid, "dropout": 0.0, "n_bins": 51,
+            "max_seq_len": 1200, "pad_token": "<pad>", "pad_value": -2, "mask_value": -1,
+            "input_emb_style": "continuous"}
+    torch.manual_seed(seed)
+    model = ScGPTModel(config_from_args(args, vocab, n_flag_rows=flag_rows)).eval()
+    return model, args, vocab
+
+
+def scgpt_adapter(model, args, vocab):
+    import torch
+
+    from analysis.models.scgpt.adapter import ScGPTAdapter
+
+    return ScGPTAdapter(model, device=torch.device("cpu"), name="tiny-scgpt", checkpoint_sha256=None, args=args,
+                        vocab=vocab)
+
+
+def geneformer_adapter(model):
+    import torch
+
+    from analysis.models.geneformer.adapter import GeneformerAdapter
+
+    return GeneformerAdapter(model, device=torch.device("cpu"), name="tiny", checkpoint_sha256=None)
+
+
+@pytest.fixture(scope="session")
+def family_setups(small_screen):
+    """Per family: (adapter, tokens, panel) of the 60-cell screen on a tiny random model with sharpened attention.
+    Geneformer: rank-value tokens (max 96). scGPT: panel mode over a 45-gene panel (every cell: <cls> + panel)."""
+    from analysis.config import TokenizerConfig
+    from analysis.models.geneformer.tokenizer import tokenize
+    from analysis.scoring.panel import select_panel
+
+    cells, net, dicts = small_screen
+    tfs = set(net.symbols[: net.n_tfs])
+    tokens = tokenize(cells, dicts, max_len=96)
+    panel = select_panel(cells, tokens.genes, tokens.gene_presence(), reference_tfs=tfs, n_hvg=30, panel_size=45)
+    gf = geneformer_adapter(sharpen(tiny_bert(len(dicts.token), attn="sdpa", seed=1)))
+    sc = scgpt_adapter(*tiny_scgpt_parts(list(cells.raw_symbols), seed=1))
+    sharpen(sc)
+    tokenizer = sc.tokenizer(TokenizerConfig())
+    genes = tokenizer.vocabulary_genes(cells)
+    sc_panel = select_panel(cells, genes, np.asarray((cells.counts > 0).sum(0)).ravel(), reference_tfs=tfs,
+                            n_hvg=30, panel_size=45)
+    return {"geneformer": (gf, tokens, panel), "scgpt": (sc, tokenizer.tokenize(cells, panel=sc_panel), sc_panel)}
+
+
+def sharpen(model_or_adapter, factor: float = 30.0):
+    """Random init attends almost uniformly (scores ~ 0); scale every query and key projection so that uniform
+    attention is a real change (works on a model or an adapter of either family)."""
+    import torch
+
+    adapter = model_or_adapter if hasattr(model_or_adapter, "sites") else geneformer_adapter(model_or_adapter)
+    with torch.no_grad():
+        for layer in range(adapter.n_layers):
+            for site in (adapter.sites.query(layer), adapter.sites.key(layer)):
+                adapter.module(site.module).weight[site.start:site.stop].mul_(factor)
+    return model_or_adapter
+
+
+# the embedded default at test size: both families, 150 cells, CSSI grid without 4 strata (so the CSSI page can move
+# the slider off the grid); one precompute per session, shared by the integration and browser tests
+SMALL = ["--quiet", "--set", "simulation.n_cells=150", "--set", "train.epochs=1", "--set", "train.hidden_size=32",
+         "--set", "train.n_layers=2", "--set", "ranking.n_null=30", "--set", "ablation.n_cells=40",
+         "--set", "cssi.n_strata=2,3,5", "--set", "cssi.primary_n_strata=3", "--set", "cssi.min_size=5",
+         "--set", "cssi.n_null=20", "--set", "cssi.n_gene_null=5", "--set", "cssi.synthetic_seeds=1", "--name", "small"]
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """(cache, family -> run directory) of one precompute of the embedded default at test size."""
+    import precompute
+
+    cache = tmp_path_factory.mktemp("embedded")
+    assert precompute.main(["--cache", str(cache), *SMALL]) == 0
+    runs = {d.name.split("-")[1]: d for d in (cache / "artifacts").iterdir()}
+    return cache, runs
 
 
 @pytest.fixture

@@ -39,8 +39,8 @@ def build(n_cells: int, panel_size: int, seed: int = 0):
     dicts = GeneformerDictionaries(token=token, median={g: 1.0 for g in net.gene_ids},
                                    name_to_id=dict(zip(net.symbols, net.gene_ids)))
     tokens = tokenize(cells, dicts, max_len=2048)
-    panel = select_panel(cells, tokens, reference_tfs=set(net.symbols[: net.n_tfs]), n_hvg=panel_size,
-                         panel_size=panel_size)
+    panel = select_panel(cells, tokens.genes, tokens.gene_presence(), reference_tfs=set(net.symbols[: net.n_tfs]),
+                         n_hvg=panel_size, panel_size=panel_size)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(token), hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
                      intermediate_size=512, max_position_embeddings=2048, hidden_act="relu")
@@ -64,7 +64,8 @@ def main() -> None:
     import torch
 
     from analysis.interp.attention import extract_attention, extract_grouped_attention
-    from analysis.models.geneformer.adapter import GeneformerAdapter, resolve_device
+    from analysis.models.base import resolve_device
+    from analysis.models.geneformer.adapter import GeneformerAdapter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=256)
@@ -91,7 +92,7 @@ def main() -> None:
         with torch.no_grad():
             for idx in tokens.batches(bs):
                 sub = tokens.subset(idx)
-                adapter.forward(sub.input_ids, sub.attention_mask)
+                adapter.forward(sub)
 
     _, t_floor = timed(floor, device)
     pooled, t_pooled = timed(lambda: extract_attention(adapter, tokens, panel, batch_size=bs, progress=False), device)

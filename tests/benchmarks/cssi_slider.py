@@ -74,20 +74,20 @@ def main() -> None:
     ap.add_argument("--moves", type=int, default=6)
     args = ap.parse_args()
     store = ArtifactStore(Path(args.cache))
-    run_id = args.run or next(m["run_id"] for m in store.runs() if store.has_table(m["run_id"], "cssi_curve"))
+    run_id = args.run or next(m.run_id for m in store.runs()[0] if store.has_table(m.run_id, "cssi_curve"))
     run = store.cssi(run_id)
     grid = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
     off_grid = next(k for k in range(2, min(20, run.strata.n_fine - 1) + 1) if k not in grid)
     manifest = store.manifest(run_id)
-    cfg = manifest["config"]["cssi"]
+    cfg = manifest.config.cssi
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = AppSettings(cache_dir=Path(args.cache), port=port, run_id=run_id)
     with diskcache.Cache(str(settings.cache_dir / "diskcache")) as jobs:   # the off-grid level is really computed
-        for reference in manifest["references"]:
-            for direction in cfg["directions"]:
+        for reference in manifest.references:
+            for direction in cfg.directions:
                 jobs.delete(live_key(run_id, reference["name"], direction, off_grid))
     app = create_app(settings)
     server = make_server("127.0.0.1", port, app.server, threaded=True)
@@ -131,12 +131,12 @@ def main() -> None:
         server.shutdown()
 
     edges = store.reference_edges(run_id)
-    name = manifest["references"][0]["name"]
+    name = manifest.reference_names[0]
     ref = ReferenceNetwork(name, edges[edges["reference"] == name], {})
     t0 = time.perf_counter()
     level = dataclasses.replace(run, strata=add_level(run.strata, grid[len(grid) // 2]))
-    score_level(level, store.panel(run_id), ref, grid[len(grid) // 2], direction=cfg["directions"][0],
-                n_null=cfg["n_null"], n_gene_null=cfg["n_gene_null"], seed=cfg["seed"])
+    score_level(level, store.panel(run_id), ref, grid[len(grid) // 2], direction=cfg.directions[0],
+                n_null=cfg.n_null, n_gene_null=cfg.n_gene_null, seed=cfg.seed)
     scratch = time.perf_counter() - t0
     median = sorted(on_grid)[len(on_grid) // 2]
     print(f"run {run_id}: {len(run.cells)} cells, {run.strata.n_fine} fine clusters, grid {grid}")

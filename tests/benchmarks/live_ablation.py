@@ -16,11 +16,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from analysis.interp.ablation import SweepItem, ablate, prepare  # noqa: E402
+from analysis.config import AblationConfig  # noqa: E402
+from analysis.interp.ablation import SweepItem  # noqa: E402
 from analysis.interp.interventions import InterventionSpec  # noqa: E402
-from analysis.models.geneformer.adapter import GeneformerAdapter  # noqa: E402
-from analysis.scoring.ranking import evaluable_universe  # noqa: E402
 from analysis.io.references import load_trrust  # noqa: E402
+from analysis.rerun import ablation_tables  # noqa: E402
 from tests.benchmarks.extraction import SHARED, prepare as prepare_cells  # noqa: E402
 
 
@@ -30,24 +30,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    tokens, panel, _, config_dir = prepare_cells("V1-10M", args.cells, 200)
-    adapter = GeneformerAdapter.from_pretrained(config_dir, device=args.device, random_init=True)
+    adapter, tokens, panel = prepare_cells("V1-10M", args.cells, 200, device=args.device)
     ref = load_trrust(SHARED / "regulatory/trrust_rawdata.human.tsv")
-    universe = evaluable_universe(panel, ref, np.ones((len(panel),) * 2, bool))
-    inputs = prepare(adapter, tokens, panel, universe, mask_id=1, readout_layer=adapter.n_layers - 1,
-                     n_cells=args.cells)
     item = SweepItem("custom", 2, -1, (InterventionSpec("zero_head", 4, (0, 2)),))
-    warm = tokens.subset(np.arange(1))
-    adapter.forward(warm.input_ids, warm.attention_mask)
+    adapter.forward(tokens.subset(np.arange(1)))
     sync = torch.cuda.synchronize if adapter.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     for idx in tokens.batches(args.batch):
-        sub = tokens.subset(idx)
-        adapter.forward(sub.input_ids, sub.attention_mask)
+        adapter.forward(tokens.subset(idx))
     sync()
     floor = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results, _ = ablate(adapter, inputs, [item], batch_size=args.batch)
+    results, _ = ablation_tables(adapter, tokens, panel, ref, np.ones((len(panel),) * 2, bool), [item],
+                                 settings=AblationConfig(n_cells=args.cells, batch_size=args.batch),
+                                 readout_layer=adapter.n_layers - 1)
     sync()
     live = time.perf_counter() - t0
     loss = results[results["readout"] == "mlm_loss"].iloc[0]

@@ -1,5 +1,6 @@
-"""Browser-test fixtures: one precomputed tiny run served by the real app and one real headless Chromium (Debian's
-chromium + chromium-driver), shared by every browser test of the session."""
+"""Browser-test fixtures: the session's precomputed embedded default (a tiny Geneformer run and a tiny scGPT run)
+served by the real app, opening on the Geneformer run, and one real headless Chromium (Debian's chromium +
+chromium-driver), shared by every browser test of the session."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +10,6 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-import precompute
 from app.main import create_app
 from app.settings import AppSettings
 
@@ -18,12 +18,6 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-# CSSI grid without 4 strata, so the CSSI test can move the slider off the grid
-TINY_RUN = ["--quiet", "--set", "simulation.n_cells=120", "--set", "train.epochs=1", "--set", "train.hidden_size=32",
-            "--set", "train.n_layers=2", "--set", "ranking.n_null=20", "--set", "ablation.n_cells=30",
-            "--set", "cssi.n_strata=2,3,5", "--set", "cssi.primary_n_strata=3", "--set", "cssi.min_size=5",
-            "--set", "cssi.n_null=10", "--set", "cssi.n_gene_null=3", "--set", "cssi.synthetic_seeds=1",
-            "--name", "browser"]
 
 
 def pytest_collection_modifyitems(items):
@@ -33,13 +27,12 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    assert precompute.main(["--cache", str(cache), *TINY_RUN]) == 0
+def server(embedded_cache):
+    cache, runs = embedded_cache
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(AppSettings(cache_dir=cache, port=port))
+    app = create_app(AppSettings(cache_dir=cache, port=port, run_id=runs["geneformer"].name))
     srv = make_server("127.0.0.1", port, app.server, threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()

@@ -76,7 +76,7 @@ def test_live_ablation_of_two_heads(server, browser):
     cells.send_keys("12")
     browser.find_element(By.ID, "abl-run").click()
     wait.until(lambda d: d.find_element(By.ID, "abl-run").get_attribute("disabled") is not None)  # job running
-    wait.until(lambda d: "masked-gene loss" in d.find_element(By.ID, "abl-status").text)
+    wait.until(lambda d: "masked-gene cross-entropy" in d.find_element(By.ID, "abl-status").text)
     status = browser.find_element(By.ID, "abl-status").text
     assert "zero_head@L0[1]+zero_head@L1[2] on 12 cells" in status
     wait.until(lambda d: "done" in d.find_element(By.ID, "abl-progress").text)  # the progress bar reached the end

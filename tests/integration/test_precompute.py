@@ -1,5 +1,7 @@
-"""precompute end to end: embedded default (small), the real 297-cell dataset with real gc30M dictionaries,
-a V1-10M-shaped random model and real TRRUST; resume after completion; bad inputs leave nothing in the cache."""
+"""precompute end to end: the embedded default (both model families, small), the real 297-cell dataset with real
+gc30M dictionaries, a V1-10M-shaped random Geneformer and real TRRUST, and a tiny scGPT checkpoint in scGPT's own
+release layout with the real whole-human vocabulary on the same real cells; resume after completion; bad inputs
+leave nothing in the cache."""
 from __future__ import annotations
 
 import json
@@ -11,32 +13,34 @@ import pytest
 import scipy.sparse as sp
 
 import precompute
-from analysis.io.artifacts import sha256_path
+from analysis.io.artifacts import read_manifest, sha256_path
+from analysis.models.scgpt.checkpoint import read_vocab, save_release
 from app.data import ArtifactStore
-from tests.conftest import shared_path
-
-SMALL = ["--quiet", "--set", "simulation.n_cells=150", "--set", "train.epochs=1", "--set", "train.hidden_size=32",
-         "--set", "train.n_layers=2", "--set", "ranking.n_null=30", "--set", "ablation.n_cells=40",
-         "--set", "cssi.n_strata=2,3,5", "--set", "cssi.primary_n_strata=3", "--set", "cssi.min_size=5", "--set", "cssi.n_null=20",
-         "--set", "cssi.n_gene_null=5", "--set", "cssi.synthetic_seeds=1", "--name", "small"]
+from tests.conftest import SMALL, shared_path, tiny_scgpt_parts
 
 
-@pytest.fixture(scope="module")
-def embedded_run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    assert precompute.main(["--cache", str(cache), *SMALL]) == 0
-    (run_dir,) = (cache / "artifacts").iterdir()
-    return cache, run_dir
+def test_embedded_default_writes_one_complete_run_per_family(embedded_cache):
+    cache, runs = embedded_cache
+    assert set(runs) == {"geneformer", "scgpt"}
+    for family, run_dir in runs.items():
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        for rel, meta in manifest["files"].items():
+            assert sha256_path(run_dir / rel) == meta["sha256"]
+        m = read_manifest(run_dir)
+        assert m.family == family and m.config.model.family == family and m.run_id.startswith(f"small-{family}-")
+        assert m.model.n_layers == 2 and m.reference_names == ["simulated truth"] and m.readout_layer == 1
+        assert m.versions["torch"] and m.inputs["data"] and m.model.readout_labels["mlm_loss"]
+    assert read_manifest(runs["scgpt"]).tokenizer["mode"] == "panel"
+    assert read_manifest(runs["scgpt"]).model.native_embedding == "cls"
+    assert read_manifest(runs["geneformer"]).tokenizer["method"] == "geneformer_rank_value"
 
 
-def test_embedded_run_is_complete(embedded_run):
-    cache, run_dir = embedded_run
+@pytest.mark.parametrize("family", ["geneformer", "scgpt"])
+def test_embedded_run_is_complete(embedded_cache, family):
+    cache, runs = embedded_cache
+    run_dir = runs[family]
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    for rel, meta in manifest["files"].items():
-        assert sha256_path(run_dir / rel) == meta["sha256"]
     assert {"head_ranking.parquet", "attention_sums.npy", "edges_attention.npy", "panel.parquet"} <= set(manifest["files"])
-    assert manifest["model"]["n_layers"] == 2 and manifest["references"][0]["name"] == "simulated truth"
-    assert manifest["versions"]["torch"] and manifest["inputs"]["data"]
     store = ArtifactStore(cache)
     ranking = store.ranking(run_dir.name)
     assert set(ranking["direction"]) == {"tf_to_target", "target_to_tf", "symmetric"}
@@ -46,10 +50,11 @@ def test_embedded_run_is_complete(embedded_run):
     assert store.head_matrix(run_dir.name, 1, 0).shape == (len(store.panel(run_dir.name)),) * 2
 
 
-def test_embedded_run_has_perturbation_and_confound_tables(embedded_run):
-    cache, run_dir = embedded_run
+@pytest.mark.parametrize("family", ["geneformer", "scgpt"])
+def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, family):
+    cache, runs = embedded_cache
     store = ArtifactStore(cache)
-    run = run_dir.name
+    run = runs[family].name
     per = store.table(run, "perturbation_auroc")
     assert per["perturbation"].nunique() >= 3
     assert {"attention", "attention_layer_mean", "spearman", "baseline_variance", "baseline_mean",
@@ -63,21 +68,27 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_run):
     assert {"reference_recovery", "perturbation_first", "trivial_baselines", "incremental_value", "degree_null",
             "residualisation", "sensitivity_grid", "head_screen"} <= set(reg["analysis"])
     assert reg["test_id"].is_unique and reg.loc[reg["confirmatory"], "q"].notna().all()
-    assert (run_dir / "statistics_registry.csv").is_file()
+    assert (runs[family] / "statistics_registry.csv").is_file()
     abl = store.table(run, "ablation_results")
     assert abl.groupby("family")["draw"].nunique()["random_k"] == 3
-    assert {"mlm_loss", "mlm_accuracy", "reference_auroc", "perturbation_auroc"} <= set(abl["readout"])
+    assert {"mlm_loss", "mlm_accuracy", "reference_auroc", "perturbation_auroc",
+            "output_cosine_distance"} <= set(abl["readout"])
+    # target recall needs a model that predicts gene tokens (Geneformer), not values (scGPT)
+    assert ("target_recall_loss" in set(abl["readout"])) == (family == "geneformer")
     fid = store.table(run, "ablation_fidelity")
     # every head intervention moves the hidden states after its layer: no silent no-op
     assert (fid[fid["layer"] == fid["layer"].max()]["hidden_cos_mean"] > 0).all()
 
 
-def test_embedded_run_has_cssi(embedded_run):
-    cache, run_dir = embedded_run
+@pytest.mark.parametrize("family", ["geneformer", "scgpt"])
+def test_embedded_run_has_cssi(embedded_cache, family):
+    cache, runs = embedded_cache
+    run_dir = runs[family]
     store = ArtifactStore(cache)
     run = run_dir.name
     cssi = store.cssi(run)
     assert len(cssi.cells) == 150 and cssi.params["representation"] == "embedding"
+    assert cssi.params["cell_embedding"] == {"geneformer": "mean_penultimate", "scgpt": "cls"}[family]
     assert sorted(cssi.strata.levels["n_strata"].unique()) == [2, 3, 5]
     for k in (2, 3, 5):
         assert np.unique(cssi.strata.cell_labels(k)).size == k
@@ -101,19 +112,22 @@ def test_embedded_run_has_cssi(embedded_run):
                                                                  "Massive"}
 
 
-def test_rerun_reuses_finished_stages(embedded_run):
-    cache, run_dir = embedded_run
+def test_rerun_reuses_finished_stages(embedded_cache):
+    cache, runs = embedded_cache
+    run_dir = runs["geneformer"]
     before = (run_dir / "attention_sums.npy").stat().st_mtime_ns
+    scgpt_before = (runs["scgpt"] / "manifest.json").stat().st_mtime_ns
     # simulate a killed run: the complete run becomes a partial one, then precompute resumes it
     partial = run_dir.with_name(run_dir.name + ".partial")
     run_dir.rename(partial)
     (partial / "manifest.json").unlink()
-    assert precompute.main(["--cache", str(cache), *SMALL]) == 0
+    assert precompute.main(["--cache", str(cache), *SMALL, "--model-family", "geneformer"]) == 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
     skipped = {t["stage"]: t["skipped"] for t in manifest["stage_timings"]}
     assert skipped["attention"] and skipped["ablation"] and skipped["cssi"]
     assert (run_dir / "attention_sums.npy").stat().st_mtime_ns == before
     assert not partial.exists()
+    assert (runs["scgpt"] / "manifest.json").stat().st_mtime_ns == scgpt_before   # the other family untouched
 
 
 def mixology_h5ad(path, n_cells=None):
@@ -139,9 +153,9 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
                           "ablation.ks=1", "--set", "ablation.n_random=1", *CSSI_24_CELLS])
     assert rc == 0
     (run_dir,) = (cache / "artifacts").iterdir()
-    m = json.loads((run_dir / "manifest.json").read_text())
-    assert (m["model"]["n_layers"], m["model"]["n_heads"], m["model"]["max_len"]) == (6, 4, 2048)
-    assert m["data"]["n_cells"] == 24 and m["model"]["random_init"]
+    m = read_manifest(run_dir)
+    assert m.family == "geneformer" and (m.model.n_layers, m.model.n_heads, m.model.max_len) == (6, 4, 2048)
+    assert m.data.n_cells == 24 and m.model.random_init
     ranking = pd.read_parquet(run_dir / "head_ranking.parquet")
     heads = ranking[(ranking["edge_type"] == "attention") & (ranking["metric"] == "auroc")]
     assert len(heads) == 6 * 4 * 3 and heads["n_pos"].iloc[0] > 0
@@ -156,6 +170,58 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     assert curve.loc[curve["edge_type"] == "attention", "layer"].nunique() == 6
 
 
+@pytest.fixture(scope="module")
+def tiny_scgpt_release(tmp_path_factory):
+    """A tiny random scGPT (2 layers x 4 heads, d 32) over the real 60,697-token whole-human vocabulary, saved in
+    scGPT's release layout: args.json, vocab.json, best_model.pt."""
+    vocab = read_vocab(shared_path("scgpt/vocab_whole_human_60697.json"))
+    symbols = [s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])][:-3]
+    model, args, built = tiny_scgpt_parts(symbols, seed=2)
+    directory = tmp_path_factory.mktemp("scGPT_tiny")
+    save_release(model, args, built, directory)
+    return directory
+
+
+def test_real_dataset_tiny_scgpt_release_real_vocab_real_trrust(tmp_path, tiny_scgpt_release):
+    """All 297 real cells, Ensembl ids mapped to the real vocabulary through gc104M's symbol table, panel mode; every
+    stage that applies (no perturbation column here) runs, ablation with fidelity included."""
+    data = mixology_h5ad(tmp_path / "mixology.h5ad")
+    cache = tmp_path / "cache"
+    rc = precompute.main(["--cache", str(cache), "--quiet", "--data", str(data), "--model", str(tiny_scgpt_release),
+                          "--dictionaries", str(shared_path("geneformer/dict_gc104M")),
+                          "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
+                          "--cell-state-col", "cell_line_demuxlet", "--panel-size", "150", "--n-null", "20",
+                          "--name", "mixology", "--set", "ablation.n_cells=6", "--set", "ablation.ks=1,3",
+                          "--set", "ablation.n_random=1", "--set", "cssi.n_strata=2,3,5", "--set",
+                          "cssi.primary_n_strata=5", "--set", "cssi.n_null=10", "--set", "cssi.n_gene_null=3",
+                          "--set", "cssi.synthetic_seeds=0"])
+    assert rc == 0
+    (run_dir,) = (cache / "artifacts").iterdir()
+    m = read_manifest(run_dir)
+    assert m.family == "scgpt" and run_dir.name.startswith("mixology-scgpt-")
+    assert (m.model.n_layers, m.model.n_heads, m.model.max_len) == (2, 4, 1200) and not m.model.random_init
+    assert m.inputs["model_sha256"] == sha256_path(tiny_scgpt_release / "best_model.pt")
+    assert m.data.n_cells == 297 and m.data.n_vocab_genes > 13_000
+    assert m.tokenizer["mode"] == "panel" and m.tokenizer["cls_value"] == -2 and m.tokenizer["n_bins"] == 51
+    assert m.config.tokenizer.seed == m.seeds["tokenizer"]
+    panel = pd.read_parquet(run_dir / "panel.parquet")
+    counts = np.load(run_dir / "pair_counts.npy")
+    assert len(panel) == 150 and (counts == 297).all()   # every panel pair in every cell's input
+    ranking = pd.read_parquet(run_dir / "head_ranking.parquet")
+    heads = ranking[(ranking["edge_type"] == "attention") & (ranking["metric"] == "auroc")]
+    assert len(heads) == 2 * 4 * 3 and heads["n_pos"].iloc[0] > 0 and set(ranking["reference"]) == {"TRRUST"}
+    ablation = pd.read_parquet(run_dir / "ablation_results.parquet")
+    assert {"top_k", "bottom_k", "random_k", "uniform_top_k", "whole_layer", "mlp_layer"} <= set(ablation["family"])
+    assert "target_recall_loss" not in set(ablation["readout"])
+    loss = ablation[ablation["readout"] == "mlm_loss"]
+    assert (loss["baseline"] > 0).all() and (loss["delta"] != 0).any()
+    fidelity = pd.read_parquet(run_dir / "ablation_fidelity.parquet")
+    assert (fidelity[fidelity["layer"] == 2]["hidden_cos_mean"] > 0).all()
+    cells = pd.read_parquet(run_dir / "cssi_cells.parquet")
+    assert len(cells) == 297 and json.loads((run_dir / "cssi_params.json").read_text())["cell_embedding"] == "cls"
+    assert set(pd.read_parquet(run_dir / "cssi_curve.parquet")["n_strata"]) == {2, 3, 5}
+
+
 CSSI_24_CELLS = ["--set", "cssi.n_neighbors=5", "--set", "cssi.min_size=2", "--set", "cssi.n_fine=6", "--set",
                  "cssi.n_random_groups=4", "--set", "cssi.n_strata=2,3", "--set", "cssi.primary_n_strata=2",
                  "--set", "cssi.n_null=10", "--set", "cssi.n_gene_null=3", "--set", "cssi.synthetic_seeds=0"]
@@ -166,15 +232,22 @@ def _assert_no_artifacts(cache):
     assert not arts.exists() or not any(arts.iterdir())
 
 
-@pytest.mark.parametrize("case", ["not_h5ad", "log_normalised", "no_vocabulary_overlap", "malformed_trrust",
-                                  "too_few_cells_for_cssi"])
-def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case):
+@pytest.mark.parametrize("case", ["not_h5ad", "log_normalised", "nan_counts", "no_vocabulary_overlap",
+                                  "malformed_trrust", "too_few_cells_for_cssi", "dictionaries_of_another_model",
+                                  "gpt2_config", "scgpt_missing_key", "scgpt_no_symbol_table"])
+def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgpt_release):
     dicts = shared_path("geneformer/dict_gc30M")
     trrust = shared_path("regulatory/trrust_rawdata.human.tsv")
+    model = shared_path("geneformer/configs/Geneformer-V1-10M")
     data = mixology_h5ad(tmp_path / "cells.h5ad", n_cells=10)
     expected = {"not_h5ad": "not a readable AnnData", "log_normalised": "looks normalised or log-transformed",
+                "nan_counts": "NaN or infinite value(s) in 1 cell(s)",
                 "no_vocabulary_overlap": "none of the", "malformed_trrust": "mode 'Activates'",
-                "too_few_cells_for_cssi": "10 cells are too few for CSSI"}[case]
+                "too_few_cells_for_cssi": "10 cells are too few for CSSI",
+                "dictionaries_of_another_model": "these dictionaries belong to another model",
+                "gpt2_config": "model_type 'gpt2': not a Geneformer checkpoint",
+                "scgpt_missing_key": "lacks 1 key(s) of the scGPT model, first 'transformer_encoder.layers.0.self_attn.Wqkv.weight'",
+                "scgpt_no_symbol_table": "genes matches the scGPT vocabulary"}[case]
     if case == "not_h5ad":
         data = tmp_path / "counts.h5ad"
         data.write_text("this is a csv,not h5ad\n")
@@ -186,12 +259,36 @@ def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case):
         a = ad.read_h5ad(tmp_path / "cells.h5ad")
         a.var_names = [f"ENSMUSG{i:011d}" for i in range(a.n_vars)]
         a.write_h5ad(data)
+    elif case == "nan_counts":
+        a = ad.read_h5ad(tmp_path / "cells.h5ad")
+        x = a.X.tolil()
+        x[3, :5] = np.nan
+        a.X = x.tocsr()
+        a.write_h5ad(data)
     elif case == "malformed_trrust":
         trrust = tmp_path / "trrust.tsv"
         trrust.write_text("TP53\tMDM2\tActivates\t1\n")
+    elif case == "dictionaries_of_another_model":
+        dicts = shared_path("geneformer/dict_gc104M")
+    elif case == "gpt2_config":
+        model = tmp_path / "gpt2"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12}))
+    elif case.startswith("scgpt"):
+        model = tmp_path / "scgpt"
+        import shutil
+        import torch
+
+        shutil.copytree(tiny_scgpt_release, model)
+        if case == "scgpt_missing_key":
+            state = torch.load(model / "best_model.pt", weights_only=True)
+            del state["transformer_encoder.layers.0.self_attn.Wqkv.weight"]
+            torch.save(state, model / "best_model.pt")
+        dicts = tmp_path / "no_tables"   # no gene_name_id_dict: Ensembl ids cannot be matched to symbols
+        dicts.mkdir()
     cache = tmp_path / "cache"
-    rc = precompute.main(["--cache", str(cache), "--quiet", "--data", str(data), "--model",
-                          str(shared_path("geneformer/configs/Geneformer-V1-10M")), "--random-weights",
+    weights = [] if case.startswith("scgpt") else ["--random-weights"]
+    rc = precompute.main(["--cache", str(cache), "--quiet", "--data", str(data), "--model", str(model), *weights,
                           "--dictionaries", str(dicts), "--reference", str(trrust)])
     assert rc == 2
     assert expected in capsys.readouterr().err

@@ -1,76 +1,96 @@
-"""Ablation read-outs against hand computations on a tiny random model."""
+"""Ablation read-outs of both model families against hand computations on tiny random models: the behaviour loss
+(Geneformer masked-gene cross-entropy, scGPT masked-value MSE) under an intervention done by weight surgery, the
+fidelity profile, the read-out attention, and the sweep's design."""
 import copy
 
 import numpy as np
 import pytest
 import torch
 
-from analysis.interp.ablation import SweepItem, ablate, fixed_masking, prepare, sweep, zero_heads
+from analysis.interp.ablation import SweepItem, ablate, prepare, run_interventions, sweep, zero_heads
 from analysis.interp.attention import extract_attention
 from analysis.interp.interventions import InterventionSpec
-from analysis.models.geneformer.adapter import GeneformerAdapter
-from analysis.scoring.panel import select_panel
-from analysis.scoring.ranking import evaluable_universe
 from analysis.io.references import ReferenceNetwork
-from analysis.models.geneformer.tokenizer import tokenize
-from tests.conftest import tiny_bert
-from tests.unit.test_hooks import sharpen
+from analysis.models.base import masked_positions
+from analysis.scoring.ablation import summarise
+from analysis.scoring.ranking import evaluable_universe
+
+FAMILIES = ("geneformer", "scgpt")
 
 
 @pytest.fixture(scope="module")
-def setting(small_screen):
-    cells, net, dicts = small_screen
-    tokens = tokenize(cells, dicts, max_len=80)
-    panel = select_panel(cells, tokens, reference_tfs=set(net.symbols[: net.n_tfs]), n_hvg=40, panel_size=60)
-    e = net.edges()
-    ref = ReferenceNetwork("truth", e.assign(reference="truth", confidence="NA"), {})
-    uni = evaluable_universe(panel, ref, np.ones((len(panel),) * 2, bool))
-    model = sharpen(tiny_bert(len(dicts.token), seed=7, layers=3, heads=4, hidden=32))
-    adapter = GeneformerAdapter(model, device=torch.device("cpu"), name="tiny", checkpoint_sha256=None)
-    inputs = prepare(adapter, tokens, panel, uni, mask_id=dicts.mask_id, readout_layer=2, n_cells=20, seed=1)
-    return adapter, inputs, tokens, panel, model
+def settings(family_setups, small_screen):
+    _, net, _ = small_screen
+    ref = ReferenceNetwork("truth", net.edges().assign(reference="truth", confidence="NA"), {})
+    out = {}
+    for family, (adapter, tokens, panel) in family_setups.items():
+        inputs = prepare(tokens, panel, readout_layer=1, n_cells=20, seed=1)
+        out[family] = (adapter, inputs, panel, evaluable_universe(panel, ref, np.ones((len(panel),) * 2, bool)))
+    return out
 
 
-def test_fixed_masking_is_seeded_and_masks_every_cell(setting):
-    _, inputs, *_ = setting
-    again = fixed_masking(inputs.tokens, 1, seed=1)
-    assert np.array_equal(again[1], inputs.labels) and ((inputs.labels != -100).sum(1) >= 1).all()
-    assert (inputs.masked_ids[inputs.labels != -100] == 1).all()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fixed_masking_is_seeded_and_masks_every_cell(settings, family):
+    _, inputs, *_ = settings[family]
+    again = masked_positions(inputs.tokens, seed=1)
+    assert np.array_equal(again, inputs.chosen) and (inputs.chosen.sum(1) >= 1).all()
+    assert not inputs.chosen[~inputs.tokens.gene_positions()].any()   # never pad or <cls>
 
 
-def test_mlm_loss_and_fidelity_by_hand(setting):
-    adapter, inputs, _, _, model = setting
-    spec = InterventionSpec("zero_mlp", 1)
-    item = SweepItem("mlp_layer", 1, 1, (spec,))
-    results, fidelity = ablate(adapter, inputs, [item], batch_size=6)
-    surgery = copy.deepcopy(model)
+def zero_mlp_by_surgery(adapter, layer):
+    a = copy.deepcopy(adapter)
+    lin = a.model.bert.encoder.layer[layer].output.dense if a.family == "geneformer" else \
+        a.model.transformer_encoder.layers[layer].linear2
     with torch.no_grad():
-        surgery.bert.encoder.layer[1].output.dense.weight.zero_()
-        surgery.bert.encoder.layer[1].output.dense.bias.zero_()
-    losses, base_losses = [], []
-    for c in range(inputs.tokens.n_cells):
-        n = int(inputs.tokens.lengths[c])
-        ids = torch.as_tensor(inputs.masked_ids[c:c + 1, :n])
-        lab = torch.as_tensor(inputs.labels[c:c + 1, :n])
-        for m, out in ((surgery, losses), (model, base_losses)):
-            with torch.no_grad():
-                logits = m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-            out.append(torch.nn.functional.cross_entropy(logits[0][lab[0] != -100], lab[0][lab[0] != -100]).item())
+        lin.weight.zero_()
+        lin.bias.zero_()
+    return a
+
+
+def behaviour_by_hand(adapter, tokens, chosen):
+    """Per cell, one cell at a time with no padding: Geneformer's cross-entropy of the <mask>-ed genes; scGPT's
+    ``sum((pred - bin)^2 mask) / sum(mask)`` of the expression decoder with the masked values set to -1."""
+    out = []
+    for c in range(tokens.n_cells):
+        n = int(tokens.lengths[c])
+        hit = torch.as_tensor(chosen[c, :n])
+        ids = torch.as_tensor(tokens.input_ids[c:c + 1, :n])
+        keep = torch.ones_like(ids)
+        with torch.no_grad():
+            if adapter.family == "geneformer":
+                masked = torch.where(hit, tokens.params["mask_id"], ids[0])[None]
+                logits = adapter.model(input_ids=masked, attention_mask=keep).logits[0]
+                out.append(torch.nn.functional.cross_entropy(logits[hit], ids[0][hit]).item())
+            else:
+                values = torch.as_tensor(tokens.values[c, :n])
+                pred = adapter.model(ids, torch.where(hit, -1.0, values)[None], keep).mlm_output[0]
+                out.append((((pred - values) ** 2) * hit).sum().item() / hit.sum().item())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_behaviour_loss_and_fidelity_by_hand(settings, family):
+    adapter, inputs, panel, universe = settings[family]
+    item = SweepItem("mlp_layer", 1, 0, (InterventionSpec("zero_mlp", 0),))
+    acc = ablate(adapter, inputs, [item], batch_size=6)
+    results, fidelity = summarise(acc, [item], universe, len(panel))
     row = results[results["readout"] == "mlm_loss"].iloc[0]
-    assert row["value"] == pytest.approx(np.mean(losses), rel=1e-4)
-    assert row["baseline"] == pytest.approx(np.mean(base_losses), rel=1e-4)
+    assert row["value"] == pytest.approx(behaviour_by_hand(zero_mlp_by_surgery(adapter, 0), inputs.tokens,
+                                                           inputs.chosen).mean(), rel=1e-4)
+    assert row["baseline"] == pytest.approx(behaviour_by_hand(adapter, inputs.tokens, inputs.chosen).mean(), rel=1e-4)
+    assert row["delta"] != 0 and 0 <= row["p"] <= 1
     f = fidelity.set_index("layer")["hidden_cos_mean"]
-    assert f[0] == pytest.approx(0, abs=1e-6) and f[1] == pytest.approx(0, abs=1e-6) and f[2] > 1e-6 and f[3] > 1e-6
+    assert f[0] == pytest.approx(0, abs=1e-6) and f[1] > 1e-6 and f[2] > 1e-6   # embeddings untouched, layer 0 on
+    assert {"mlm_loss", "mlm_accuracy", "output_cosine_distance", "reference_auroc"} <= set(results["readout"])
 
 
-def test_baseline_readout_attention_equals_store(setting):
-    adapter, inputs, _, panel, _ = setting
-    from analysis.interp.ablation import run_interventions
-
+@pytest.mark.parametrize("family", FAMILIES)
+def test_baseline_readout_attention_equals_store(settings, family):
+    adapter, inputs, panel, _ = settings[family]
     acc = run_interventions(adapter, inputs, {}, batch_size=7)
     store = extract_attention(adapter, inputs.tokens, panel, batch_size=5, progress=False)
     g = len(panel)
-    assert np.allclose(acc["baseline"].sums.reshape(4, g, g), store.sums[2], atol=1e-8)
+    assert np.allclose(acc["baseline"].sums.reshape(4, g, g), store.sums[1], atol=1e-6)
     assert np.array_equal(acc["baseline"].counts.reshape(g, g), store.counts)
 
 

@@ -6,7 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from analysis.config import ConfigError, load_config
-from analysis.io.cells import InputError, from_anndata, load_cells
+from analysis.errors import InputError
+from analysis.io.cells import from_anndata, load_cells
 from analysis.io.references import load_dorothea, load_reference, load_trrust
 from tests.conftest import shared_path
 
@@ -78,3 +79,25 @@ def test_config_layers(tmp_path):
     assert cfg.config_hash() != load_config().config_hash()
     with pytest.raises(ConfigError, match="unknown config key 'extraction.nope'"):
         load_config(cli={"extraction.nope": 1})
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("name", "../../x", "name = '../../x': use letters"), ("data.max_cells", "0", "data.max_cells = 0: must be at least 1"),
+    ("extraction.batch_size", "0", "extraction.batch_size = 0"), ("ranking.n_null", "-1", "ranking.n_null = -1"),
+    ("ranking.directions", "sideways", "ranking.directions = 'sideways' is not allowed"),
+    ("ranking.top_k", "0", r"ranking.top_k = \(0,\): must list integers >= 1"),
+    ("perturbation.test", "bogus", "perturbation.test = 'bogus' is not allowed"),
+    ("tokenizer.mode", "random", "tokenizer.mode = 'random' is not allowed"),
+    ("model.device", "tpu", "model.device = 'tpu': use auto, cpu or cuda")])
+def test_settings_are_checked_before_anything_runs(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cli={key: value})
+
+
+def test_nan_counts_and_missing_perturbation_labels_are_refused():
+    a = _adata([[1, 2, 0], [np.nan, 0, 1]], pert=["control", "MYC"])
+    with pytest.raises(InputError, match="NaN or infinite value"):
+        from_anndata(a, perturbation_col="pert")
+    b = _adata([[1, 2, 0], [3, 0, 1]], pert=["control", None])
+    with pytest.raises(InputError, match="1 cell\\(s\\) have no label"):
+        from_anndata(b, perturbation_col="pert")

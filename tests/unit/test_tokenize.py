@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from analysis.io.cells import InputError, from_anndata
+from analysis.errors import InputError
+from analysis.io.cells import from_anndata
 from analysis.models.geneformer.tokenizer import GeneformerDictionaries, load_dictionaries, tokenize
 from tests.conftest import shared_path
 
