@@ -1,0 +1,1 @@
+"""Interpretability on a loaded model, torch, written once for every family through the adapter's sites (imports ``models`` and ``io``): attention extraction, interventions as hooks, ablation runs, the planted-head positive control."""

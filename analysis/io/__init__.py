@@ -1,0 +1,1 @@
+"""Inputs and artifacts (torch-free, imports nothing above it): validated cells, the one expression normalisation, reference networks, table schemas, the additive attention stores, artifact file names, the typed run manifest and the run writer."""

@@ -1,0 +1,1 @@
+"""The statistics of the framework, torch-free and model-family-free (imports ``io`` only): edges, the gene panel, reference ranking, perturbation-first evaluation, confounds, strata, CSSI, ablation statistics, the registry."""

@@ -18,7 +18,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 def pick_run(browser, text: str) -> None:
     """Open the run picker, search ``text`` and click the first matching run."""
-    button = browser.find_element(By.ID, "app-run-select")
+    button = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "app-run-select"))
     button.click()
     search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
     search.send_keys(text)

@@ -122,3 +122,16 @@ def test_app_reads_runs_and_never_imports_stages():
             if module.startswith("analysis.rerun") and not nested:
                 problems.append(f"{path.relative_to(ROOT)} imports {module} at module level (background jobs only)")
     assert not problems, problems
+
+
+def test_public_api_resolves_lazily():
+    import subprocess
+    import sys
+
+    import analysis
+
+    for name in analysis.__all__:
+        assert getattr(analysis, name) is not None, name
+    code = "import sys, analysis.io.cells, analysis.scoring.ranking; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"   # the torch-free layers stay torch-free through the package import
