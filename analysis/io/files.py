@@ -15,7 +15,7 @@ CSSI_GROUP_COUNTS = "cssi_group_counts.npy"    # [F + M, G, G]
 CSSI_EXPRESSION = "cssi_expression.npy"        # [cells, G] float32
 CSSI_FINE_GRAPH = "cssi_fine_graph.npy"        # [F, F]
 CSSI_PARAMS = "cssi_params.json"
-EMBEDDING_KINDS = ("mean_penultimate", "cls")  # analysis.models.base.CELL_EMBEDDINGS
+EMBEDDING_KINDS = ("mean_penultimate", "cls")  # cell embeddings captured during extraction (interp.attention)
 
 
 def table(name: str) -> str:

@@ -3,7 +3,7 @@ gene-pair sums of attention per (layer, head) over a panel and one shared co-occ
 all cells (:class:`AttentionStore`) or per cell group (:class:`GroupedAttention`, CSSI). They hold numpy arrays only
 (no torch), are saved as plain ``.npy`` / parquet / JSON files in a run, and merge across cell shards by summation.
 Cell embeddings captured during extraction travel with the pooled store, one array per kind
-(``analysis.models.base.CELL_EMBEDDINGS``).
+(``analysis.io.files.EMBEDDING_KINDS``).
 """
 from __future__ import annotations
 

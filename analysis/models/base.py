@@ -12,7 +12,6 @@ cross-entropy (Geneformer) or masked-value MSE (scGPT).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from abc import ABC, abstractmethod
@@ -25,10 +24,8 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..io.files import EMBEDDING_KINDS
 
 FAMILIES = {"geneformer": "analysis.models.geneformer", "scgpt": "analysis.models.scgpt"}
-CELL_EMBEDDINGS = EMBEDDING_KINDS
 
 
 @dataclass(frozen=True)
@@ -165,7 +162,7 @@ class ModelAdapter(ABC):
     """A loaded model of one family with its shapes, hook sites, tokeniser and behaviour read-out (module doc).
 
     Read-out labels (``readout_labels``) and the native cell embedding (``native_embedding``, one of
-    ``CELL_EMBEDDINGS``) are declared per family and recorded in the run manifest."""
+    ``analysis.io.files.EMBEDDING_KINDS``) are declared per family and recorded in the run manifest."""
 
     family: ClassVar[str]
     native_embedding: ClassVar[str]
@@ -278,14 +275,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"model.device {device!r} is not supported (use auto, cpu or cuda)")
     return dev
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def detect_family(directory: str | Path) -> str:

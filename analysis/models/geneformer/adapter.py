@@ -18,7 +18,8 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from ...errors import InputError
-from ..base import ModelAdapter, ModelOutput, Site, SiteMap, TokenizedCells, resolve_device, sha256_file
+from ...io.artifacts import sha256_path
+from ..base import ModelAdapter, ModelOutput, Site, SiteMap, TokenizedCells, resolve_device
 from .tokenizer import GeneformerTokenizer, check_against_checkpoint, load_dictionaries
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -52,7 +53,7 @@ class GeneformerSites(SiteMap):
 
 def identify_weights(weights: Path, known_table: Path = KNOWN_WEIGHTS) -> tuple[str, str | None]:
     """(sha256, official model name or None). A file with an official model's size but another hash is an error."""
-    digest = sha256_file(weights)
+    digest = sha256_path(weights)
     if not known_table.is_file():
         return digest, None
     known = pd.read_csv(known_table, sep="\t")

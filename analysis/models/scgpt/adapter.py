@@ -11,18 +11,17 @@ prediction equals the true bin) beside it.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..base import ModelAdapter, ModelOutput, Site, SiteMap, TokenizedCells, resolve_device, sha256_file
+from ...io.artifacts import sha256_path
+from ..base import ModelAdapter, ModelOutput, Site, SiteMap, TokenizedCells, resolve_device
 from .checkpoint import WEIGHTS, build_model, save_weights
 from .model import ScGPTModel
 from .tokenizer import ScGPTTokenizer
 
-log = logging.getLogger(__name__)
 MASK_VALUE = -1.0
 
 
@@ -84,7 +83,7 @@ class ScGPTAdapter(ModelAdapter):
         p = Path(path)
         dev = resolve_device(device)
         model, args, vocab = build_model(p, random_init=random_init, seed=seed)
-        digest = None if random_init else sha256_file(p / WEIGHTS)
+        digest = None if random_init else sha256_path(p / WEIGHTS)
         model.set_attn_implementation(attn_implementation)
         if dev.type == "cuda":
             model = model.half()
