@@ -57,12 +57,14 @@ def aggregate(strata: np.ndarray, pooled: np.ndarray, how: str) -> np.ndarray:
 
 def group_to_strata(values: np.ndarray, assignment: np.ndarray, n_strata: int) -> np.ndarray:
     """Sum ``values`` ``[n_groups, ...]`` into ``[n_strata, ...]``; ``assignment[g]`` = stratum of group g, -1 =
-    group not used."""
+    group not used. One ``[K, groups] @ [groups, rest]`` product over the used block of rows, read in place when
+    ``values`` is C-contiguous float64 (as :class:`CSSIData` holds it)."""
     used = np.nonzero(assignment >= 0)[0]
     block = slice(used.min(), used.max() + 1)   # groupings are numbered contiguously: skip the other grouping
     onehot = np.zeros((n_strata, block.stop - block.start))
     onehot[assignment[used], used - block.start] = 1.0
-    return np.tensordot(onehot, np.asarray(values[block], dtype=np.float64), axes=1)
+    rows = np.ascontiguousarray(values[block], dtype=np.float64)
+    return (onehot @ rows.reshape(rows.shape[0], -1)).reshape((n_strata,) + rows.shape[1:])
 
 
 def mean_scores(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -137,12 +139,31 @@ def spearman_by_stratum(x: np.ndarray, labels: np.ndarray, n_strata: int, column
     return out
 
 
-def recovery(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def recovery(scores: np.ndarray, labels: np.ndarray, k: int, *, with_ranks: bool = True
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """AUROC and top-k F1 per row of ``scores`` ``[S, N]`` (NaN scored as 0, as the head ranking does), and the
-    average ranks ``[S, N]`` for permutation nulls."""
+    average ranks ``[S, N]`` for permutation nulls. ``with_ranks=False`` (null draws, which need no ranks) gets the
+    same two numbers from one unstable sort per row: average-rank AUROC from where the positives fall in the sorted
+    scores, and top-k with ties broken by position, as :func:`~analysis.scoring.ranking.top_k_f1` breaks them."""
     flat = np.nan_to_num(scores, nan=0.0)
-    ranks, order = ranks_and_order(flat)
-    return auroc_from_ranks(ranks, labels), top_k_f1(flat, labels, k, order)[0], ranks
+    if with_ranks:
+        ranks, order = ranks_and_order(flat)
+        return auroc_from_ranks(ranks, labels), top_k_f1(flat, labels, k, order)[0], ranks
+    ordered = np.sort(flat, axis=1)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    rank_sum = np.array([(np.searchsorted(row, pos, "left") + np.searchsorted(row, pos, "right") + 1).sum() / 2
+                         for row, pos in zip(ordered, flat[:, labels])])
+    auroc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    threshold = ordered[:, flat.shape[1] - k][:, None]                      # the k-th highest score
+    above = flat > threshold
+    tied = flat == threshold
+    take = tied & (np.cumsum(tied, axis=1) <= (k - above.sum(axis=1))[:, None])   # first tied positions fill k
+    hits = ((above | take) & labels).sum(axis=1)
+    precision, recall = hits / k, hits / max(n_pos, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return auroc, f1, None
 
 
 @dataclass(frozen=True)
@@ -150,7 +171,7 @@ class CSSIData:
     """Everything a stratification is scored from, at the candidate pair columns only.
 
     ``group_sums``: ``[F + M, S_att, C]`` attention sums per group and site (:func:`site_sums`); ``group_counts``:
-    ``[F + M, C]``; ``expression``: ``[cells, G]`` log1p CP10k of the panel genes; ``fine``: ``[cells]`` fine
+    ``[F + M, C]``, both C-contiguous float64 so that every stratification is one matrix product read in place; ``expression``: ``[cells, G]`` log1p CP10k of the panel genes; ``fine``: ``[cells]`` fine
     cluster (0..F-1); ``random_group``: ``[cells]`` random group (F..F+M-1); ``sites``: :func:`site_table`;
     ``top_k``: the F1 cut-off."""
 
@@ -176,9 +197,9 @@ class CSSIData:
         return self.pairs.orient(np.concatenate([att[0], corr], axis=0))
 
     @cached_property
-    def pooled_recovery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:func:`recovery` of :attr:`pooled`."""
-        return recovery(self.pooled, self.pairs.labels, self.top_k)
+    def pooled_recovery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:func:`recovery` of :attr:`pooled` (no ranks: the label-shuffle null ranks the aggregated scores)."""
+        return recovery(self.pooled, self.pairs.labels, self.top_k, with_ranks=False)
 
     def stratum_scores(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int) -> np.ndarray:
         """Per-stratum ``[K, S, N]`` pair scores of every site for one stratification (``group_assignment``:
@@ -188,13 +209,14 @@ class CSSIData:
         corr = spearman_by_stratum(self.expression, cell_labels, n_strata, self.pairs.columns)
         return self.pairs.orient(np.concatenate([att, corr[:, None, :]], axis=1))
 
-    def score(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int) -> dict:
-        """``{"pooled" | aggregation: (auroc [S], f1 [S], ranks [S, N])}`` for one stratification."""
+    def score(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int, *,
+              with_ranks: bool = True) -> dict:
+        """``{"pooled" | aggregation: (auroc [S], f1 [S], ranks [S, N] or None)}`` for one stratification."""
         strata = self.stratum_scores(group_assignment, cell_labels, n_strata)
         y = self.pairs.labels
         out = {"pooled": self.pooled_recovery}
         for how in AGGREGATIONS:
-            out[how] = recovery(aggregate(strata, self.pooled, how), y, self.top_k)
+            out[how] = recovery(aggregate(strata, self.pooled, how), y, self.top_k, with_ranks=with_ranks)
         return out
 
 
@@ -227,7 +249,8 @@ class CSSISource:
         g = sums.shape[0]
         flat = sums.reshape(g, sums.shape[1], sums.shape[2], -1)[..., pairs.columns]
         counts = np.asarray(self.group_counts).reshape(g, -1)[:, pairs.columns]
-        return CSSIData(site_sums(flat), counts, self.expression, self.fine, self.random_group, pairs, self.sites,
+        return CSSIData(np.ascontiguousarray(site_sums(flat)), np.ascontiguousarray(counts, dtype=np.float64),
+                        self.expression, self.fine, self.random_group, pairs, self.sites,
                         top_k or pairs.top_k)
 
 
@@ -282,7 +305,7 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
     for r in range(n_null):
         rand = random_assignment(random_sizes, target, rng)
         scored = data.score(np.concatenate([-np.ones(n_fine, dtype=np.int64), rand]),
-                            rand[data.random_group - n_fine], n_strata)
+                            rand[data.random_group - n_fine], n_strata, with_ranks=False)
         for how in AGGREGATIONS:
             null[how][0, :, r], null[how][1, :, r] = scored[how][0], scored[how][1]
         if progress:
@@ -294,7 +317,8 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
         draws = []
         for r in range(n_gene_null):
             permuted = gene_permuted(rng)
-            draws.append(permuted.score(fine_assign[:permuted.group_counts.shape[0]], cell_labels, n_strata))
+            draws.append(permuted.score(fine_assign[:permuted.group_counts.shape[0]], cell_labels, n_strata,
+                                        with_ranks=False))
             if progress:
                 progress(n_null + r + 1, steps)
         for how in AGGREGATIONS:

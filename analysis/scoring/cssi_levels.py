@@ -295,3 +295,12 @@ def synthetic_tests(table: pd.DataFrame) -> StatsRegistry:
                      effect=float((sub["cssi_f1"] / sub["pooled_f1"].where(sub["pooled_f1"] > 0)).mean()),
                      effect_name="mean F1 ratio (CSSI-max / pooled)", n=len(sub), confirmatory=False)
     return reg
+
+
+def synthetic_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The synthetic validation (schema ``cssi_synthetic``) per configuration and strata source: mean F1 / AUROC, the CSSI-max / pooled F1 ratio, the paper's ratio."""
+    agg = table.groupby(["config", "n_cells", "n_states", "strata", "paper_ratio"], sort=False).agg(
+        pooled_f1=("pooled_f1", "mean"), cssi_f1=("cssi_f1", "mean"), pooled_auroc=("pooled_auroc", "mean"),
+        cssi_auroc=("cssi_auroc", "mean"), seeds=("seed", "nunique")).reset_index()
+    agg["ratio"] = agg["cssi_f1"] / agg["pooled_f1"]
+    return agg

@@ -16,8 +16,11 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from sklearn.decomposition import PCA
+
 from ..config import SimulationConfig
 from ..scoring.cssi import aggregate, recovery, spearman_by_stratum
+from ..scoring.strata import stratify
 from .simulate import make_network, sample_counts
 
 # (configuration, cells, states, paper's CSSI-max / pooled F1 ratio), Supplementary Table S5
@@ -63,10 +66,6 @@ def compare(expression: np.ndarray, labels: np.ndarray, strata: np.ndarray, n_st
 def validate(seeds: int, *, configs=PAPER, n_neighbors: int = 15, progress=None) -> pd.DataFrame:
     """One row per (configuration, seed, strata source) with pooled and CSSI-max F1 / AUROC (schema
     ``cssi_synthetic``)."""
-    from sklearn.decomposition import PCA
-
-    from ..scoring.strata import stratify
-
     rows = []
     total, done = len(configs) * seeds, 0
     for name, n_cells, n_states, paper in configs:
@@ -82,12 +81,3 @@ def validate(seeds: int, *, configs=PAPER, n_neighbors: int = 15, progress=None)
             if progress:
                 progress(done, total)
     return pd.DataFrame(rows)
-
-
-def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration and strata source: mean F1 / AUROC, the CSSI-max / pooled F1 ratio, the paper's ratio."""
-    agg = table.groupby(["config", "n_cells", "n_states", "strata", "paper_ratio"], sort=False).agg(
-        pooled_f1=("pooled_f1", "mean"), cssi_f1=("cssi_f1", "mean"), pooled_auroc=("pooled_auroc", "mean"),
-        cssi_auroc=("cssi_auroc", "mean"), seeds=("seed", "nunique")).reset_index()
-    agg["ratio"] = agg["cssi_f1"] / agg["pooled_f1"]
-    return agg

@@ -13,8 +13,7 @@ import pandas as pd
 from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
 from analysis.scoring.cssi import AGGREGATIONS
-from analysis.scoring.cssi_levels import score_level, stratum_top_edges
-from analysis.sim.cssi_synthetic import summarise
+from analysis.scoring.cssi_levels import score_level, stratum_top_edges, synthetic_summary
 from analysis.io.references import ReferenceNetwork
 from analysis.scoring.strata import add_level
 
@@ -209,7 +208,7 @@ def register(app, store, settings, jobs):
     def synthetic(run_id):
         if not run_id or not store.has_table(run_id, "cssi_synthetic"):
             return {}, [], [], []
-        summary = summarise(store.table(run_id, "cssi_synthetic"))
+        summary = synthetic_summary(store.table(run_id, "cssi_synthetic"))
         table = summary.round(3)
         return (cssi_synthetic(summary), summary.to_dict("records"), table.to_dict("records"),
                 [{"name": c, "id": c} for c in table.columns])

@@ -37,19 +37,25 @@ def test_aggregations_equal_brute_force(rng, how):
     assert np.allclose(got[~np.isnan(got)], want[~np.isnan(want)])
 
 
-def test_ranks_and_top_k_equal_scipy_sklearn_and_brute_force(rng):
+@pytest.mark.parametrize("with_ranks", [True, False], ids=["one stable sort", "sort + searchsorted (null draws)"])
+@pytest.mark.parametrize("k", [25, 1, 300])
+def test_ranks_and_top_k_equal_scipy_sklearn_and_brute_force(rng, with_ranks, k):
     scores = np.round(rng.normal(size=(5, 300)), 1)   # many ties
     scores[1, :40] = np.nan                           # never co-observed: scored 0
+    scores[2] = 0.0                                   # a site tied everywhere
     labels = rng.random(300) < 0.1
-    auroc, f1, ranks = recovery(scores, labels, 25)
+    auroc, f1, ranks = recovery(scores, labels, k, with_ranks=with_ranks)
     flat = np.nan_to_num(scores)
-    assert np.allclose(ranks, rankdata(flat, axis=1))
-    assert np.array_equal(ranks_and_order(flat)[1], np.argsort(-flat, axis=1, kind="stable"))
+    if with_ranks:
+        assert np.allclose(ranks, rankdata(flat, axis=1))
+        assert np.array_equal(ranks_and_order(flat)[1], np.argsort(-flat, axis=1, kind="stable"))
+    else:
+        assert ranks is None
     for s in range(5):
-        assert auroc[s] == pytest.approx(roc_auc_score(labels, flat[s]))
-        top = sorted(range(300), key=lambda i: (-flat[s, i], i))[:25]   # ties broken by position
+        assert auroc[s] == pytest.approx(roc_auc_score(labels, flat[s]), abs=1e-12)
+        top = sorted(range(300), key=lambda i: (-flat[s, i], i))[:k]   # ties broken by position
         hits = labels[top].sum()
-        precision, recall = hits / 25, hits / labels.sum()
+        precision, recall = hits / k, hits / labels.sum()
         assert f1[s] == pytest.approx(2 * precision * recall / (precision + recall) if hits else 0.0)
 
 
