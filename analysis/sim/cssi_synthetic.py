@@ -15,7 +15,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-
 from sklearn.decomposition import PCA
 
 from ..config import SimulationConfig
