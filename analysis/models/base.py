@@ -114,14 +114,17 @@ class Site:
 
 
 class SiteMap(ABC):
-    """Module paths of the hook sites of one family (layer index 0-based)."""
+    """Module paths of the hook sites of one family (layer index 0-based); ``prefix`` is the path of the encoder's
+    layer list."""
+
+    prefix: ClassVar[str]
 
     def __init__(self, n_layers: int, d_model: int):
         self.n_layers, self.d_model = n_layers, d_model
 
-    @abstractmethod
     def layer(self, layer: int) -> str:
         """The encoder layer; its output (first element when a tuple) is the residual stream after the layer."""
+        return f"{self.prefix}.{layer}"
 
     @abstractmethod
     def query(self, layer: int) -> Site:

@@ -32,9 +32,6 @@ class GeneformerSites(SiteMap):
 
     prefix = "bert.encoder.layer"
 
-    def layer(self, layer: int) -> str:
-        return f"{self.prefix}.{layer}"
-
     def query(self, layer: int) -> Site:
         return Site(f"{self.prefix}.{layer}.attention.self.query")
 

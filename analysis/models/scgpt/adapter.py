@@ -26,10 +26,9 @@ MASK_VALUE = -1.0
 
 
 class ScGPTSites(SiteMap):
-    prefix = "transformer_encoder.layers"
+    """scGPT encoder sites: q / k / v are slices of each layer's packed ``Wqkv`` projection."""
 
-    def layer(self, layer: int) -> str:
-        return f"{self.prefix}.{layer}"
+    prefix = "transformer_encoder.layers"
 
     def query(self, layer: int) -> Site:
         return Site(f"{self.prefix}.{layer}.self_attn.Wqkv", 0, self.d_model)
