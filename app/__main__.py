@@ -1,4 +1,4 @@
-"""`python -m app [--host H] [--port P] [--cache DIR] [--run RUN_ID]` serves the explorer (127.0.0.1:8050)."""
+"""`python -m app [--host H] [--port P] [--cache DIR] [--run RUN_ID] [--allow-host NAME]` serves the explorer (127.0.0.1:8050)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, help="port (default 8050, or $PORT)")
     ap.add_argument("--cache", dest="cache_dir", help="cache directory holding artifacts/")
     ap.add_argument("--run", dest="run_id", help="run id to open first")
+    ap.add_argument("--allow-host", dest="allow_hosts", action="append",
+                    help="a Host name to serve besides loopback and the bind address (repeatable), e.g. when "
+                         "behind a proxy; other Host headers are refused (DNS rebinding)")
     args = ap.parse_args()
     settings = AppSettings.from_env(**vars(args))
     create_app(settings).run(host=settings.host, port=settings.port, debug=settings.debug)

@@ -1,4 +1,5 @@
-"""Reusable layout pieces: a figure card = graph + the data it draws + an export bar (every figure exports)."""
+"""Reusable layout pieces: a figure card = graph + the export token of the figure the server drew + an export bar
+(every figure exports; a refused export says why next to the buttons)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
@@ -17,7 +18,8 @@ def figure_card(name: str, explanation: str = "", height: int | None = None) -> 
             dbc.Button(fmt.upper(), id=ids.export_button(name, fmt), size="sm", color="secondary", outline=True,
                        n_clicks=0, title=f"download this figure as {fmt.upper()}" if fmt not in ("csv", "zip")
                        else ("the data behind this figure" if fmt == "csv" else "all formats + data + run manifest"))
-            for fmt in FORMATS] + [dcc.Download(id=ids.download(name))]),
+            for fmt in FORMATS] + [dcc.Download(id=ids.download(name)),
+                                   html.Small(id=ids.export_status(name), className="export-status text-danger ms-2")]),
         html.P(explanation, className="explain mt-2 mb-0") if explanation else None,
     ])
 

@@ -20,6 +20,7 @@ def graph(name: str) -> dict:
 
 
 def figdata(name: str) -> dict:
+    """dcc.Store holding the export token of the figure the server drew for card ``name`` (app.export)."""
     return {"type": "figdata", "figure": name}
 
 
@@ -29,6 +30,10 @@ def export_button(name: str, fmt: str) -> dict:
 
 def download(name: str) -> dict:
     return {"type": "export-dl", "figure": name}
+
+
+def export_status(name: str) -> dict:
+    return {"type": "export-status", "figure": name}
 
 PERT_GRID_SOURCE = "pert-grid-source"
 PERT_NOTE = "pert-note"

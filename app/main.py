@@ -1,19 +1,21 @@
 """create_app(settings) -> Dash. Pages are registered explicitly (no pages folder scan); every page's
-callbacks close over one read-only ArtifactStore. The export callback is generic over every figure card."""
+callbacks close over one read-only ArtifactStore. The export callback is generic over every figure card: it renders
+the figure the server published for the card (app.export), never one sent by the browser. Requests for a Host the
+server was not started for are refused (app.security)."""
 from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
 import diskcache
-import pandas as pd
-import plotly.graph_objects as go
-from dash import ALL, MATCH, Dash, DiskcacheManager, Input, Output, State, ctx, dcc, html, no_update
+from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update
 from threadpoolctl import threadpool_limits
 
 from . import ids
 from .data import ArtifactStore
-from .export import MIME, export_bytes
+from .export import MIME, ExportRefused, FigureExports
+from .jobs import ForkSafeDiskcacheManager
 from .pages import ablation, confounds, cssi, heads, overview, perturbation, statistics
+from .security import refuse_foreign_hosts
 from .settings import PROJECT_ROOT, AppSettings
 
 PAGES = (overview, heads, ablation, cssi, perturbation, confounds, statistics)
@@ -45,10 +47,12 @@ def create_app(settings: AppSettings | None = None) -> Dash:
     jobs = diskcache.Cache(str(settings.cache_dir / "diskcache"), size_limit=settings.diskcache_size_limit)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
                suppress_callback_exceptions=True, title="scFM attention explorer",
-               background_callback_manager=DiskcacheManager(jobs))
+               background_callback_manager=ForkSafeDiskcacheManager(jobs))
+    exports = FigureExports(jobs, max_points=settings.export_max_points)
+    refuse_foreign_hosts(app.server, settings.allowed_hosts())
     for page in PAGES:
         dash.register_page(page.__name__, path=page.PATH, name=page.NAME, layout=page.layout)
-        page.register(app, store, settings, jobs)
+        page.register(app, store, settings, jobs, exports)
     app.layout = lambda: _shell(store, settings)
 
     @app.callback(Output(ids.RUN_HEADER, "children"), Input(ids.RUN_SELECT, "value"))
@@ -61,21 +65,25 @@ def create_app(settings: AppSettings | None = None) -> Dash:
                 html.Span(f"{m.model.name} - {m.model.n_layers} layers x {m.model.n_heads} heads - "
                           f"{m.data.n_cells} cells - run {m.run_id}")]
 
-    @app.callback(Output(ids.download(MATCH), "data"), Input(ids.export_button(MATCH, ALL), "n_clicks"),
-                  State(ids.graph(MATCH), "figure"), State(ids.figdata(MATCH), "data"),
+    @app.callback(Output(ids.download(MATCH), "data"), Output(ids.export_status(MATCH), "children"),
+                  Input(ids.export_button(MATCH, ALL), "n_clicks"), State(ids.figdata(MATCH), "data"),
                   State(ids.RUN_SELECT, "value"), prevent_initial_call=True)
-    def export(_clicks, figure, data, run_id):
+    def export(_clicks, token, run_id):
+        """Render the figure the server drew for this card (named by its token, never sent by the browser)."""
         trigger = ctx.triggered_id
-        if not trigger or not figure or not any(_clicks):
-            return no_update
-        manifest = store.manifest(run_id) if run_id else None
-        figure = go.Figure(figure)
-        if manifest is not None:   # the exported figure and its file name say which model family it shows
-            title = figure.layout.title.text or ""
-            figure.update_layout(title={"text": f"{title}<br><sup>{manifest.title}</sup>" if title else manifest.title})
-        stem = f"{trigger['figure']}_{manifest.family}_{run_id}" if manifest else trigger["figure"]
-        name, content = export_bytes(figure, pd.DataFrame(data or []), manifest.to_dict() if manifest else {},
-                                     stem, trigger["fmt"])
-        return dcc.send_bytes(content, name, type=MIME[trigger["fmt"]])
+        if not trigger or not any(_clicks) or trigger.get("fmt") not in MIME:
+            return no_update, no_update
+        try:
+            figure, data = exports.lookup(trigger["figure"], token)
+            manifest = store.manifest(run_id) if run_id else None
+            if manifest is not None:   # the exported figure and its file name say which model family it shows
+                title = figure.layout.title.text or ""
+                figure.update_layout(title={"text": f"{title}<br><sup>{manifest.title}</sup>" if title
+                                            else manifest.title})
+            stem = f"{trigger['figure']}_{manifest.family}_{run_id}" if manifest else trigger["figure"]
+            name, content = exports.render(figure, data, manifest.to_dict() if manifest else {}, stem, trigger["fmt"])
+        except (ExportRefused, KeyError, ValueError) as exc:
+            return no_update, f"Export refused: {exc}"
+        return dcc.send_bytes(content, name, type=MIME[trigger["fmt"]]), ""
 
     return app

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,25 @@ class AppSettings:
     diskcache_size_limit: int = 2 * 1024 ** 3  # bytes; diskcache's default silently evicts past 1 GiB
     max_custom_control_cells: int = 200_000
     max_live_cells: int = 500
+    export_max_points: int = 1_000_000  # data values one exported figure may draw (CSV is not bounded)
+    allow_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bind address (DNS rebinding)
     debug: bool = False
+
+    def allowed_hosts(self) -> frozenset[str]:
+        """Host headers the server answers: loopback names, the bind address (and this machine's names when it
+        binds every interface), and ``allow_hosts``; each bare and with the port."""
+        names = {"127.0.0.1", "localhost", "[::1]", self.host.lower(), *(h.lower() for h in self.allow_hosts)}
+        if self.host in ("0.0.0.0", "::"):
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        return frozenset(n for name in names for n in (name, f"{name}:{self.port}"))
 
     @classmethod
     def from_env(cls, **overrides) -> "AppSettings":
         """Dash's ``HOST``/``PORT`` environment variables, then explicit overrides (CLI flags)."""
         base = {"host": os.environ.get("HOST", cls.host), "port": int(os.environ.get("PORT", cls.port))}
         base.update({k: v for k, v in overrides.items() if v is not None})
+        if base.get("allow_hosts") is not None:
+            base["allow_hosts"] = tuple(base["allow_hosts"])
         if "cache_dir" in base:
             base["cache_dir"] = Path(base["cache_dir"])
         return cls(**base)

@@ -53,7 +53,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings, jobs):
+def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.ABL_HEADS, "options"), Output(ids.ABL_HEADS, "value"), Output(ids.ABL_NOTE, "children"),
                   Output(ids.ABL_READOUT, "options"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"), State(ids.ABL_HEADS, "value"))
@@ -85,8 +85,8 @@ def register(app, store, settings, jobs):
         sel = res[res["readout"] == readout]
         fid = store.table(run_id, "ablation_fidelity")
         table = res.round(5).to_dict("records")
-        return dose_response(sel, readout=readout), sel.to_dict("records"), fidelity_heatmap(fid), \
-            fid.to_dict("records"), table
+        return (*exports.drawn("abl-dose", dose_response(sel, readout=readout), sel),
+                *exports.drawn("abl-fidelity", fidelity_heatmap(fid), fid), table)
 
     @app.callback(Output(ids.ABL_STATUS, "children"), Output(ids.ABL_LIVE_VERSION, "data"),
                   Input(ids.ABL_RUN, "n_clicks"),

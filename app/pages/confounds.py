@@ -31,7 +31,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings, jobs):
+def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.graph("conf-incremental"), "figure"), Output(ids.figdata("conf-incremental"), "data"),
                   Output(ids.CONF_NOTE, "children"), Input(ids.RUN_SELECT, "value"), Input(ids.CONF_METRIC, "value"))
     def incremental(run_id, metric):
@@ -41,7 +41,8 @@ def register(app, store, settings, jobs):
         rows = inc[(inc["metric"] == metric) & inc["feature_set"].str.startswith("gene+")]
         gene_only = inc[(inc["metric"] == metric) & (inc["feature_set"] == "gene")]
         note = "Gene-only " + ", ".join(f"{r.split}/{r.model} {r.value:.3f}" for r in gene_only.itertuples())
-        return incremental_deltas(rows, metric=metric), inc[inc["metric"] == metric].to_dict("records"), note
+        return (*exports.drawn("conf-incremental", incremental_deltas(rows, metric=metric), inc[inc["metric"] == metric]),
+                note)
 
     @app.callback(Output(ids.graph("conf-residual"), "figure"), Output(ids.figdata("conf-residual"), "data"),
                   Output(ids.graph("conf-degree"), "figure"), Output(ids.figdata("conf-degree"), "data"),
@@ -53,5 +54,6 @@ def register(app, store, settings, jobs):
         res, deg = store.table(run_id, "residualisation"), store.table(run_id, "degree_null")
         bal, prop = store.table(run_id, "propensity_balance"), store.table(run_id, "propensity")
         table = prop[["edge", "auroc_unmatched", "auroc_matched", "n_pairs"]].round(3).to_dict("records")
-        return (residualisation_bars(res), res.to_dict("records"), degree_decomposition(deg), deg.to_dict("records"),
-                balance_plot(bal), bal.to_dict("records"), table)
+        return (*exports.drawn("conf-residual", residualisation_bars(res), res),
+                *exports.drawn("conf-degree", degree_decomposition(deg), deg),
+                *exports.drawn("conf-balance", balance_plot(bal), bal), table)

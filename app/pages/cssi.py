@@ -85,7 +85,7 @@ def level_summary(r: pd.Series, n_strata: int, aggregation: str, metric: str) ->
     return text
 
 
-def register(app, store, settings, jobs):
+def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.CSSI_REFERENCE, "options"), Output(ids.CSSI_REFERENCE, "value"),
                   Output(ids.CSSI_DIRECTION, "options"), Output(ids.CSSI_DIRECTION, "value"),
                   Output(ids.CSSI_SITE, "options"), Output(ids.CSSI_SITE, "value"),
@@ -149,7 +149,7 @@ def register(app, store, settings, jobs):
                                "drawn)."), True
         else:
             status, pending = level_summary(point.iloc[0], n_strata, aggregation, metric), False
-        return fig, sel.drop(columns=["source"]).to_dict("records"), status, not pending
+        return (*exports.drawn("cssi-curve", fig, sel.drop(columns=["source"])), status, not pending)
 
     @app.callback(Output(ids.graph("cssi-embedding"), "figure"), Output(ids.figdata("cssi-embedding"), "data"),
                   Output(ids.graph("cssi-edges"), "figure"), Output(ids.figdata("cssi-edges"), "data"),
@@ -173,7 +173,7 @@ def register(app, store, settings, jobs):
         edges = stratum_top_edges(run, store.panel(run_id), ref, assignment, sites[sites["label"] == site].iloc[0],
                                   direction=direction, n_top=N_TOP_EDGES)
         edges_fig = cssi_stratum_edges(edges, site=site, direction=direction) if len(edges) else {}
-        return emb_fig, cells.to_dict("records"), edges_fig, edges.to_dict("records")
+        return *exports.drawn("cssi-embedding", emb_fig, cells), *exports.drawn("cssi-edges", edges_fig, edges)
 
     @app.callback(Output(ids.CSSI_JOB_STATUS, "children"),
                   Input(ids.CSSI_SLIDER, "value"), Input(ids.CSSI_REFERENCE, "value"),
@@ -210,5 +210,5 @@ def register(app, store, settings, jobs):
             return {}, [], [], []
         summary = synthetic_summary(store.table(run_id, "cssi_synthetic"))
         table = summary.round(3)
-        return (cssi_synthetic(summary), summary.to_dict("records"), table.to_dict("records"),
+        return (*exports.drawn("cssi-synthetic", cssi_synthetic(summary), summary), table.to_dict("records"),
                 [{"name": c, "id": c} for c in table.columns])

@@ -38,7 +38,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings, jobs):
+def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.HEADS_CONVENTION, "children"), Input(ids.RUN_SELECT, "value"))
     def convention(run_id):
         """How the run's model family reads attention as edges (its tools' direction convention)."""
@@ -69,7 +69,7 @@ def register(app, store, settings, jobs):
         pick = (selected["layer"], selected["head"]) if selected else None
         fig = head_heatmap(grid, metric=metric, reference=reference, direction=direction,
                            baseline=float(base.iloc[0]) if len(base) else None, selected=pick)
-        return fig, sel.to_dict("records")
+        return fig, exports.publish("heads-heatmap", fig, sel)
 
     @app.callback(Output(ids.SELECTED_HEAD, "data"), Input(ids.graph("heads-heatmap"), "clickData"),
                   prevent_initial_call=True)
@@ -99,4 +99,4 @@ def register(app, store, settings, jobs):
         title = f"Layer {layer}, head {head} ({reference})"
         fig = gene_gene_heatmap(block, title=title, direction=direction)
         table = edges.assign(score=edges["score"].round(5), in_reference=edges["in_reference"].astype(str))
-        return fig, block.to_dict("records"), table.to_dict("records"), f"Selected: layer {layer}, head {head}"
+        return fig, exports.publish("heads-gene-gene", fig, block), table.to_dict("records"), f"Selected: layer {layer}, head {head}"

@@ -23,7 +23,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings, jobs):
+def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.OVERVIEW_SUMMARY, "children"), Output(ids.graph("overview-layer-profile"), "figure"),
                   Output(ids.figdata("overview-layer-profile"), "data"), Output(ids.OVERVIEW_BEST, "data"),
                   Input(ids.RUN_SELECT, "value"))
@@ -55,4 +55,4 @@ def register(app, store, settings, jobs):
         fig = layer_profile(sel, metric="auroc", reference=ref, direction="tf_to_target")
         best = (sel[sel["edge_type"] == "attention"].sort_values("value", ascending=False).head(10)
                 [["layer", "head", "value", "ci_low", "ci_high", "p", "q", "n_pos", "n_neg"]].round(4))
-        return summary, fig, sel.to_dict("records"), best.to_dict("records")
+        return summary, fig, exports.publish("overview-layer-profile", fig, sel), best.to_dict("records")

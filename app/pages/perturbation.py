@@ -60,7 +60,7 @@ def _label_frame(per: pd.DataFrame, readout: int | None, selected: dict | None) 
     return frame[["source", "kind", "perturbation", "auroc", "n_pos", "n_neg", "edge_type", "layer", "head"]]
 
 
-def register(app, store, settings, jobs):
+def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.graph("pert-box"), "figure"), Output(ids.figdata("pert-box"), "data"),
                   Output(ids.graph("pert-scatter"), "figure"), Output(ids.figdata("pert-scatter"), "data"),
                   Output(ids.PERT_NOTE, "children"), Output(ids.PERT_GRID_SOURCE, "options"),
@@ -87,7 +87,7 @@ def register(app, store, settings, jobs):
                 f"{m.config.perturbation.lfc_threshold}, BH q < {m.config.perturbation.alpha}.")
         grid = store.table(run_id, "sensitivity_grid")
         sources = sorted({source_label(e, l, -1) for e, l in zip(grid["edge_type"], grid["layer"])})
-        return (box, frame.to_dict("records"), scatter, pairs.to_dict("records"), note, sources,
+        return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note, sources,
                 "Spearman" if "Spearman" in sources else sources[0])
 
     @app.callback(Output(ids.graph("pert-grid"), "figure"), Output(ids.figdata("pert-grid"), "data"),
@@ -97,7 +97,7 @@ def register(app, store, settings, jobs):
             return {}, []
         g = store.table(run_id, "sensitivity_grid")
         g = g[[source_label(e, l, -1) == source for e, l in zip(g["edge_type"], g["layer"])]]
-        return sensitivity_heatmap(g, source=source), g.to_dict("records")
+        return exports.drawn("pert-grid", sensitivity_heatmap(g, source=source), g)
 
     @app.callback(Output(ids.graph("pert-custom"), "figure"), Output(ids.figdata("pert-custom"), "data"),
                   Output(ids.PERT_STATUS, "children"),
@@ -114,16 +114,17 @@ def register(app, store, settings, jobs):
         m = store.manifest(run_id)
         layer, head = (selected["layer"], selected["head"]) if selected else (m.readout_layer, -1)
         key = ("custom-de", run_id, float(lfc), n_control, test, layer, head)
-        hit = jobs.get(key)
-        if hit is not None:
+        result = jobs.get(key)
+        if result is not None:
             set_progress((100, "cached"))
-            return hit
-        set_progress((5, "loading cells"))
-        result = custom_de(store, run_id, m, lfc=float(lfc), n_control=n_control, test=test, layer=layer, head=head,
-                           progress=set_progress)
-        jobs.set(key, result)
-        set_progress((100, "done"))
-        return result
+        else:
+            set_progress((5, "loading cells"))
+            result = custom_de(store, run_id, m, lfc=float(lfc), n_control=n_control, test=test, layer=layer,
+                               head=head, progress=set_progress)
+            jobs.set(key, result)
+            set_progress((100, "done"))
+        fig, records, status = result
+        return (*exports.drawn("pert-custom", fig, records), status)
 
 
 def custom_de(store, run_id: str, manifest, *, lfc: float, n_control: int | None, test: str, layer: int,

@@ -31,7 +31,7 @@ def layout(**_):
     ], fluid=True)
 
 
-def register(app, store, settings, jobs):
+def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.STATS_TABLE, "data"), Output(ids.STATS_NOTE, "children"), Input(ids.RUN_SELECT, "value"))
     def table(run_id):
         if not run_id or not store.has_table(run_id, "statistics_registry"):
@@ -49,8 +49,8 @@ def register(app, store, settings, jobs):
     def volcano(rows):
         if not rows:
             return {}, []
-        frame = pd.DataFrame(rows)
-        return effect_vs_q(frame), rows
+        fig = effect_vs_q(pd.DataFrame(rows))
+        return fig, exports.publish("stats-volcano", fig, rows)
 
 
 def with_live_tests(registry: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
