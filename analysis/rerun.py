@@ -84,7 +84,7 @@ def ablation_tables(adapter: ModelAdapter, tokens: TokenizedCells, panel: pd.Dat
     acc = ablate(adapter, inputs, items, batch_size=settings.batch_size, targets=targets, progress=progress)
     universe = evaluable_universe(panel, reference, observed)
     pert = readout_auroc(panel, de_table, readout_layer) if de_table is not None else None
-    return summarise(acc, items, universe, len(panel), perturbation_auroc=pert)
+    return summarise(acc, items, universe, len(panel), readout_layer=readout_layer, perturbation_auroc=pert)
 
 
 def live_ablation(context: RunContext, reference_edges: pd.DataFrame, pair_counts: np.ndarray,

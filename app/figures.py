@@ -270,7 +270,8 @@ ABLATION_STYLE = {  # family -> (label, colour, dash)
 
 def dose_response(frame: pd.DataFrame, *, readout: str) -> go.Figure:
     """Change of ``readout`` vs number of heads ablated, per family (random draws: mean line + each draw), with
-    95% CIs; whole-layer, MLP and custom (live) interventions as labelled points."""
+    95% CIs; whole-layer, MLP and custom (live) interventions as labelled points; structural nulls (``structural``,
+    :func:`analysis.scoring.ablation.structural_null`) crossed out."""
     fig = go.Figure()
     for family, (label, color, dash) in ABLATION_STYLE.items():
         grp = frame[frame["family"] == family].sort_values("k")
@@ -291,6 +292,13 @@ def dose_response(frame: pd.DataFrame, *, readout: str) -> go.Figure:
         fig.add_scatter(x=others["k"], y=others["delta"], mode="markers+text", name="layer / MLP",
                         text=others["intervention"].str.replace("zero_", ""), textposition="top center",
                         marker={"symbol": "diamond", "size": 10, "color": "#8172b2"})
+    structural = frame[frame["structural"].astype(bool)] if "structural" in frame else frame.iloc[:0]
+    if len(structural):
+        fig.add_scatter(x=structural["k"], y=structural["delta"], mode="markers",
+                        name="structural null: at or after the read-out layer, cannot change this read-out",
+                        marker={"symbol": "x-thin-open", "size": 16, "color": "#444", "line": {"width": 2}},
+                        customdata=structural["intervention"],
+                        hovertemplate="%{customdata}<br>structural null (delta exactly 0)<extra></extra>")
     fig.add_hline(y=0, line_dash="dot", line_color="grey")
     fig.update_layout(title={"text": f"Ablation dose-response: change in {readout.replace('_', ' ')}<br><sup>"
                                      "intervened - unablated, paired per cell (per perturbation for perturbation AUROC); "

@@ -37,7 +37,7 @@ STATISTICS_REGISTRY = (("test_id", "analysis", "hypothesis", "test", "p", "effec
                        ("p", "q", "q_all", "q_primary_per_analysis", "q_confirmatory"))
 
 ABLATION_RESULTS = (("intervention", "family", "k", "draw", "readout", "value", "baseline", "delta", "ci_low",
-                     "ci_high", "p", "q", "n"), ("ci_low", "ci_high", "p", "q"))
+                     "ci_high", "p", "q", "n", "structural"), ("ci_low", "ci_high", "p", "q"))
 ABLATION_FIDELITY = (("intervention", "family", "k", "draw", "layer", "hidden_cos_mean", "hidden_cos_max"), ())
 
 CSSI_CURVE = (("reference", "direction", "n_strata", "n_found", "resolution", "site", "edge_type", "layer", "head",

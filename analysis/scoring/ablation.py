@@ -14,6 +14,18 @@ from scipy.stats import rankdata
 from .ranking import Universe, auroc_from_ranks
 from .stats import benjamini_hochberg, wilcoxon_p
 
+# read-outs computed from the read-out layer's attention, recomputed from the q / k entering that layer
+ATTENTION_READOUTS = ("reference_auroc", "perturbation_auroc")
+
+
+def structural_null(specs: Sequence, readout_layer: int) -> bool:
+    """True when interventions ``specs`` (``InterventionSpec``s: anything with a ``layer``) cannot change the
+    attention read-outs (:data:`ATTENTION_READOUTS`): those are the read-out layer's attention recomputed from the
+    query and key of the hidden state *entering* that layer, so an intervention at the read-out layer (head outputs,
+    uniform attention, its MLP) or after it changes them by exactly zero, by construction. Such a result is an artefact of the read-out, not evidence that the heads do nothing
+    (the paper's "exactly baseline" for all heads of L14 and MLPs of L13-L15 with an L13 read-out look like it)."""
+    return bool(specs) and min(s.layer for s in specs) >= readout_layer
+
 
 def _readout_auroc(a, universe: Universe, n_panel: int) -> float:
     """Reference-recovery AUROC of the read-out layer's head-mean attention in ``a`` (a ``ReadoutAccumulator``)."""
@@ -31,13 +43,15 @@ def _paired_row(values: np.ndarray, baseline: np.ndarray) -> dict:
             "p": wilcoxon_p(diff), "n": int(diff.size)}
 
 
-def summarise(acc: dict, items: Sequence, universe: Universe, n_panel: int, *,
+def summarise(acc: dict, items: Sequence, universe: Universe, n_panel: int, *, readout_layer: int,
               perturbation_auroc: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, fidelity) of sweep ``items`` (``analysis.interp.ablation.SweepItem``) from per-cell read-outs
     ``acc`` (key -> ``ReadoutAccumulator``, ``baseline`` included): tidy rows with paired tests against the baseline
     and BH q within each read-out (schema ``ablation_results``), and per-layer hidden-state cosine distance to the
-    baseline, mean and max over cells (schema ``ablation_fidelity``). ``universe``: the read-out layer's reference
+    baseline, mean and max over cells (schema ``ablation_fidelity``). ``structural`` marks the attention read-outs of
+    an intervention at or after ``readout_layer`` (:func:`analysis.interp.interventions.structural_null`): they are
+    kept (delta exactly 0) but left out of BH and of the registry. ``universe``: the read-out layer's reference
     recovery pairs; ``perturbation_auroc``: per-perturbation AUROC of the read-out layer's sums (see
     :func:`analysis.scoring.perturbation.readout_auroc`)."""
     base = acc["baseline"]
@@ -64,8 +78,10 @@ def summarise(acc: dict, items: Sequence, universe: Universe, n_panel: int, *,
             fid.append({**info, "layer": layer, "hidden_cos_mean": float(a.hidden_cos[:, layer].mean()),
                         "hidden_cos_max": float(a.hidden_cos[:, layer].max())})
     results = pd.DataFrame(rows)
+    null_by_item = {item.key: structural_null(item.specs, readout_layer) for item in items}
+    results["structural"] = results["readout"].isin(ATTENTION_READOUTS) & results["intervention"].map(null_by_item)
     results["q"] = np.nan
-    for _, grp in results.groupby("readout"):
+    for _, grp in results[~results["structural"]].groupby("readout"):
         if grp["p"].notna().any():
             results.loc[grp.index, "q"] = benjamini_hochberg(grp["p"].to_numpy())
     return results, pd.DataFrame(fid)

@@ -69,10 +69,12 @@ def correct(frame: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 def ablation_tests(results: pd.DataFrame, exploratory: bool = False) -> StatsRegistry:
     """Ablation tests (schema ``ablation_results``): masked-gene loss, target recall and perturbation AUROC, paired vs the
     unablated run; confirmatory for the top-k head family, descriptive for controls, exploratory for live
-    requests from the app."""
+    requests from the app. Structural nulls (``structural``: an attention read-out that the intervention cannot
+    change) are not tests and are not registered."""
     reg = StatsRegistry()
+    structural = results["structural"].astype(bool) if "structural" in results else False
     rows = results[results["readout"].isin(["mlm_loss", "target_recall_loss", "perturbation_auroc"])
-                   & results["p"].notna()]
+                   & results["p"].notna() & ~structural]
     for r in rows.itertuples():
         draw = f" #{r.draw}" if r.draw >= 0 else ""
         reg.register("live_ablation" if exploratory else "ablation",

@@ -31,7 +31,7 @@ def run(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, de_table: pd.
         writer: RunWriter, run_key: str) -> StatsRegistry:
     """Run (or reload) the sweep, write ``ablation_results`` and ``ablation_fidelity``; return its tests."""
     cfg = inp.cfg.ablation
-    key = stable_hash({"run": run_key, "stage": "ablation"})
+    key = stable_hash({"run": run_key, "stage": "ablation", "schema": 2})   # 2: results carry ``structural``
     if writer.is_done("ablation", key):
         results = schemas.validate("ablation_results", pd.read_parquet(writer.dir / files.table("ablation_results")))
         writer.mark_done("ablation", key, 0.0, skipped=True)

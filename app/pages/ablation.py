@@ -67,7 +67,10 @@ def register(app, store, settings, jobs, exports):
             value.append(f"L{selected['layer']}H{selected['head']}")
         note = (f"{m.family} model. Heads ranked by AUROC against {m.reference_names[0]} (TF -> target). Attention "
                 f"read-outs use layer L{m.readout_layer}, fixed in the run's config before results were seen "
-                f"(perturbation.readout_layer). Behaviour on one fixed seeded masking: mlm loss = "
+                f"(perturbation.readout_layer); interventions at or after L{m.readout_layer} cannot change them "
+                f"(the read-out recomputes attention from what enters that layer), so their attention read-outs are "
+                f"marked structural (crossed out, column 'structural'), not tested and not in the registry. "
+                f"Behaviour on one fixed seeded masking: mlm loss = "
                 f"{m.readout_label('mlm_loss')}, mlm accuracy = {m.readout_label('mlm_accuracy')}; output cosine "
                 f"distance = {m.readout_label('output_cosine_distance')}.")
         readouts = [{"label": f"{r.replace('_', ' ')}: {m.readout_label(r)}" if r in m.model.readout_labels

@@ -4,6 +4,7 @@ fidelity profile, the read-out attention, and the sweep's design."""
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -12,7 +13,8 @@ from analysis.interp.attention import extract_attention
 from analysis.interp.interventions import InterventionSpec
 from analysis.io.references import ReferenceNetwork
 from analysis.models.base import masked_positions
-from analysis.scoring.ablation import summarise
+from analysis.scoring.ablation import structural_null, summarise
+from analysis.scoring.registry import ablation_tests
 from analysis.scoring.ranking import evaluable_universe
 
 FAMILIES = ("geneformer", "scgpt")
@@ -73,7 +75,7 @@ def test_behaviour_loss_and_fidelity_by_hand(settings, family):
     adapter, inputs, panel, universe = settings[family]
     item = SweepItem("mlp_layer", 1, 0, (InterventionSpec("zero_mlp", 0),))
     acc = ablate(adapter, inputs, [item], batch_size=6)
-    results, fidelity = summarise(acc, [item], universe, len(panel))
+    results, fidelity = summarise(acc, [item], universe, len(panel), readout_layer=inputs.readout_layer)
     row = results[results["readout"] == "mlm_loss"].iloc[0]
     assert row["value"] == pytest.approx(behaviour_by_hand(zero_mlp_by_surgery(adapter, 0), inputs.tokens,
                                                            inputs.chosen).mean(), rel=1e-4)
@@ -102,3 +104,42 @@ def test_sweep_families_and_matching():
     top5 = next(i for i in items if i.family == "top_k" and i.k == 5)
     assert sum(len(s.heads) for s in top5.specs) == 5 and top5.specs == zero_heads(order[:5])
     assert all(sum(len(s.heads) for s in i.specs) == i.k for i in items if i.family.endswith("random_k"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_structural_nulls_are_flagged_and_exactly_zero(settings, family):
+    """The read-out layer is 1 (of 2): interventions at layer 1 (heads, uniform attention, MLP) cannot change its
+    attention (exactly zero change, flagged, not in BH); the same interventions at layer 0, alone or with one at
+    layer 1, change it and are not flagged. Behaviour read-outs are never flagged."""
+    adapter, inputs, panel, universe = settings[family]
+    assert inputs.readout_layer == 1
+    after = [SweepItem("whole_layer", 4, -1, zero_heads([(1, h) for h in range(adapter.n_heads)])),
+             SweepItem("mlp_layer", 1, 1, (InterventionSpec("zero_mlp", 1),)),
+             SweepItem("uniform_top_k", 1, -1, (InterventionSpec("uniform_head", 1, (0,)),))]
+    before = [SweepItem("whole_layer", 4, -1, zero_heads([(0, h) for h in range(adapter.n_heads)])),
+              SweepItem("mlp_layer", 1, 0, (InterventionSpec("zero_mlp", 0),)),
+              SweepItem("uniform_top_k", 2, -1, (InterventionSpec("uniform_head", 0, (0,)),
+                                                  InterventionSpec("uniform_head", 1, (0,))))]
+    acc = ablate(adapter, inputs, after + before, batch_size=10)
+    results, _ = summarise(acc, after + before, universe, len(panel), readout_layer=1)
+    for item in after:
+        assert np.array_equal(acc[item.key].sums, acc["baseline"].sums)
+        rows = results[results["intervention"] == item.key].set_index("readout")
+        assert rows.loc["reference_auroc", "structural"] and rows.loc["reference_auroc", "delta"] == 0
+        assert not rows.loc["mlm_loss", "structural"] and np.isfinite(rows.loc["mlm_loss", "q"])
+    for item in before:
+        assert not np.allclose(acc[item.key].sums, acc["baseline"].sums)
+        rows = results[results["intervention"] == item.key].set_index("readout")
+        assert not rows["structural"].any()
+
+
+def test_structural_tests_stay_out_of_the_registry():
+    assert structural_null((InterventionSpec("zero_mlp", 3),), 3) and structural_null(
+        (InterventionSpec("zero_head", 5, (0,)), InterventionSpec("zero_mlp", 3)), 3)
+    assert not structural_null((InterventionSpec("zero_head", 2, (0,)), InterventionSpec("zero_mlp", 3)), 3)
+    assert not structural_null((), 3)
+    rows = [{"intervention": f"i{i}", "family": "top_k", "k": 1, "draw": -1, "readout": "perturbation_auroc",
+             "value": 0.5, "baseline": 0.5, "delta": 0.0, "ci_low": 0, "ci_high": 0, "p": 1.0, "q": np.nan, "n": 9,
+             "structural": flag} for i, flag in enumerate((True, False))]
+    reg = ablation_tests(pd.DataFrame(rows))
+    assert [r["hypothesis"] for r in reg.rows] == ["top_k k=1 (i1, 9 obs) changes perturbation_auroc"]
