@@ -45,10 +45,12 @@ def _values(array) -> int:
     return 0
 
 
-def figure_points(fig: go.Figure) -> int:
-    """Data values drawn: the largest data array of each trace (x, y, z, text, customdata), summed over traces."""
+def figure_points(fig: go.Figure | dict) -> int:
+    """Data values drawn: the largest data array of each trace (x, y, z, text, customdata), summed over traces;
+    ``fig`` may be the figure's ``to_plotly_json()`` already made."""
+    spec = fig if isinstance(fig, dict) else fig.to_plotly_json()
     return sum(max((_values(trace.get(key)) for key in ("x", "y", "z", "text", "customdata")), default=0)
-               for trace in fig.to_plotly_json()["data"])
+               for trace in spec["data"])
 
 
 def check_renderable(fig: go.Figure, max_points: int) -> None:
@@ -61,7 +63,7 @@ def check_renderable(fig: go.Figure, max_points: int) -> None:
     fetching = [key for key in FETCHING_LAYOUT if spec["layout"].get(key)]
     if fetching:
         raise ExportRefused(f"layout {fetching} would load resources by URL")
-    points = figure_points(fig)
+    points = figure_points(spec)
     if points > max_points:
         raise ExportRefused(f"{points:,} values is over the export bound of {max_points:,}; export the CSV, or "
                             f"narrow the figure")
@@ -100,7 +102,7 @@ class FigureExports:
 
     def render(self, fig: go.Figure, data: pd.DataFrame, manifest: dict, name: str, fmt: str) -> tuple[str, bytes]:
         """:func:`export_bytes` after :func:`check_renderable`, one render at a time."""
-        if fmt not in ("csv",):
+        if fmt != "csv":
             check_renderable(fig, self.max_points)
         if not self._render_lock.acquire(timeout=self.wait_s):
             raise ExportRefused(f"another export has been rendering for over {self.wait_s:.0f} s; try again")

@@ -31,7 +31,8 @@ import pandas as pd
 
 from ..config import DIRECTIONS
 from .edges import spearman_matrix
-from .ranking import Universe, auroc_from_ranks, ranks_and_order, top_k_f1, universe_from_labels
+from .ranking import (Universe, auroc_from_ranks, f1_from_hits, ranks_and_order, top_k_f1,
+                      universe_from_labels)
 
 AGGREGATIONS = ("max", "mean", "range", "deviation")
 METRICS = ("auroc", "f1")
@@ -160,10 +161,7 @@ def recovery(scores: np.ndarray, labels: np.ndarray, k: int, *, with_ranks: bool
     tied = flat == threshold
     take = tied & (np.cumsum(tied, axis=1) <= (k - above.sum(axis=1))[:, None])   # first tied positions fill k
     hits = ((above | take) & labels).sum(axis=1)
-    precision, recall = hits / k, hits / max(n_pos, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return auroc, f1, None
+    return auroc, f1_from_hits(hits, k, n_pos), None
 
 
 @dataclass(frozen=True)

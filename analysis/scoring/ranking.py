@@ -102,9 +102,15 @@ def top_k_f1(flat: np.ndarray, labels: np.ndarray, k: int, order: np.ndarray | N
     if order is None:
         order = np.argsort(-flat, axis=1, kind="stable")
     hits = labels[order[:, :k]].sum(axis=1)
-    precision, recall = hits / k, hits / max(int(labels.sum()), 1)
+    return f1_from_hits(hits, k, int(labels.sum())), hits
+
+
+def f1_from_hits(hits: np.ndarray, k: int, n_pos: int) -> np.ndarray:
+    """F1 of a predicted network of ``k`` pairs holding ``hits`` ``[S]`` of the ``n_pos`` reference pairs (0 with no
+    hit)."""
+    precision, recall = hits / k, hits / max(n_pos, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0), hits
+        return np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0)
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
