@@ -45,9 +45,10 @@ def create_app(settings: AppSettings | None = None) -> Dash:
     threadpool_limits(1, user_api="blas")
     store = ArtifactStore(settings.cache_dir)
     jobs = diskcache.Cache(str(settings.cache_dir / "diskcache"), size_limit=settings.diskcache_size_limit)
+    manager = ForkSafeDiskcacheManager(jobs)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
                suppress_callback_exceptions=True, title="scFM attention explorer",
-               background_callback_manager=ForkSafeDiskcacheManager(jobs))
+               background_callback_manager=manager)
     exports = FigureExports(jobs, max_points=settings.export_max_points)
     refuse_foreign_hosts(app.server, settings.allowed_hosts())
     for page in PAGES:
@@ -86,4 +87,5 @@ def create_app(settings: AppSettings | None = None) -> Dash:
             return no_update, f"Export refused: {exc}"
         return dcc.send_bytes(content, name, type=MIME[trigger["fmt"]]), ""
 
+    manager.start_launcher()   # every background callback is registered and no request has arrived (app.jobs)
     return app
