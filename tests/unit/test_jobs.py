@@ -8,7 +8,6 @@ import os
 import time
 
 import diskcache
-import psutil
 import pytest
 
 from app.jobs import ForkSafeDiskcacheManager
