@@ -22,7 +22,7 @@ FLAGS = {  # flag -> dotted config key
     "model": "model.path", "model_family": "model.family", "dictionaries": "model.dictionaries",
     "device": "model.device",
     "batch_size": "extraction.batch_size", "n_hvg": "extraction.n_hvg", "panel_size": "extraction.panel_size",
-    "n_null": "ranking.n_null", "name": "name",
+    "n_null": "ranking.n_null", "name": "name", "protocol": "protocol",
 }
 
 
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--panel-size", type=int)
     ap.add_argument("--n-null", type=int)
     ap.add_argument("--name", help="run name (prefix of the run id)")
+    ap.add_argument("--protocol", help="the paper's settings for a context: paper-k562, paper-rpe1 or paper-crispra "
+                                       "(any other setting given overrides it and is listed as a deviation)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any config key, e.g. --set train.epochs=4")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import protocols
 from .errors import ConfigError
 
 ENV_PREFIX = "SCFMX_"
 DIRECTIONS = ("tf_to_target", "target_to_tf", "symmetric")
 DE_TESTS = ("welch", "mannwhitney")
+LFC_DEFINITIONS = ("scanpy", "log1p_mean_difference")
+UNIVERSES = ("panel", "hvg", "hvg_plus_perturbed")
+CORRELATION_EDGES = ("signed", "absolute", "sign_matched")
+MODALITIES = ("crispri", "crispra")
 TOKENIZER_MODES = ("panel", "zero_shot")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -106,11 +111,14 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """Streaming attention extraction over a gene panel (analysis.interp.attention)."""
+    """Streaming attention extraction over a gene panel (analysis.interp.attention). ``cells``: the cells attention
+    and ablation run on: ``control`` (the paper's; every cell without a perturbation column), ``all`` or one
+    perturbation label (:meth:`analysis.io.cells.CellData.select`). CSSI strata always span every cell."""
 
     batch_size: int = 8
     n_hvg: int = 300
     panel_size: int = 600
+    cells: str = "control"
     seed: int = 0
 
 
@@ -132,16 +140,36 @@ class PerturbationConfig:
 
     ``readout_layer`` is the pre-specified attention layer (head mean) of the primary tests, fixed here before
     results are seen (-1 = last layer), as the paper pre-specified L13 from independent data.
+
+    ``lfc``: ``scanpy`` (the paper's: its DE is Scanpy's Welch t / Mann-Whitney with BH, section 4.1, 4.3, SN6.2,
+    whose log fold change is ``log2((expm1(mean log1p x_pert) + 1e-9) / (expm1(mean log1p x_ctrl) + 1e-9))``) or
+    ``log1p_mean_difference`` (``(mean log1p x_pert - mean log1p x_ctrl) / ln 2``, a pseudocount of 1).
+    ``universe``: the genes DE targets and AUROCs are scored over: ``panel`` (the attention panel), ``hvg`` (the top
+    ``universe_size`` highly variable genes, the paper's K562 protocol) or ``hvg_plus_perturbed`` (those plus every
+    perturbed gene, its RPE1 protocol, SN14.9); the panel always covers it. ``correlation_edge``: ``signed`` Spearman
+    rho (the paper's edge, SN2, SN6.2: named "Spearman correlation", signed in its sign-agreement analysis, SN7),
+    ``absolute`` |rho|, or ``sign_matched`` (rho x on-target direction x observed direction of change: positive when
+    the edge's sign predicts the direction the target moved); every variant is scored, this one is primary.
+    ``modality``: ``crispri`` (knock-down) or ``crispra`` (activation): the on-target direction each perturbation is
+    checked against. The sensitivity grid's control-count and universe axes are absolute when ``grid_n_control`` /
+    ``grid_universe_size`` are set (the paper's, SN6.3), else fractions of what the data has.
     """
 
     test: str = "welch"
+    lfc: str = "scanpy"
     lfc_threshold: float = 0.5
     alpha: float = 0.05
     n_control: int | None = None
     readout_layer: int = -1
+    universe: str = "panel"
+    universe_size: int = 2000
+    correlation_edge: str = "signed"
+    modality: str = "crispri"
     grid_lfc: tuple[float, ...] = (0.25, 0.5, 1.0)
     grid_control_fraction: tuple[float, ...] = (0.25, 0.5, 1.0)
     grid_universe_fraction: tuple[float, ...] = (0.5, 0.75, 1.0)
+    grid_n_control: tuple[int, ...] = ()
+    grid_universe_size: tuple[int, ...] = ()
     n_boot: int = 200
     n_degree_null: int = 100
     seed: int = 0
@@ -205,7 +233,11 @@ class CSSIConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A run's whole configuration. ``protocol``: the paper's preset it follows (:mod:`analysis.protocols`), or
+    ``none``."""
+
     name: str = "default"
+    protocol: str = "none"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -231,13 +263,18 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
-        flat = {}
-        for section, values in data.items():
-            if isinstance(values, Mapping):
-                flat.update({f"{section}.{k}": v for k, v in values.items()})
-            else:
-                flat[section] = values
-        return with_overrides(cls(), flat)
+        return with_overrides(cls(), flatten(data))
+
+
+def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"extraction": {"panel_size": 3}}`` -> ``{"extraction.panel_size": 3}`` (top-level keys kept)."""
+    flat = {}
+    for section, values in data.items():
+        if isinstance(values, Mapping):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            flat[section] = values
+    return flat
 
 
 def stable_hash(obj: Any) -> str:
@@ -319,6 +356,7 @@ def check(cfg: RunConfig) -> RunConfig:
                 "ranking.n_null": (cfg.ranking.n_null, 0), "ablation.n_cells": (cfg.ablation.n_cells, 0),
                 "ablation.batch_size": (cfg.ablation.batch_size, 1), "ablation.n_random": (cfg.ablation.n_random, 0),
                 "perturbation.n_boot": (cfg.perturbation.n_boot, 1), "cssi.n_fine": (cfg.cssi.n_fine, 0),
+                "perturbation.universe_size": (cfg.perturbation.universe_size, 2),
                 "train.epochs": (cfg.train.epochs, 1), "train.batch_size": (cfg.train.batch_size, 1)}
     if cfg.data.max_cells is not None:
         at_least["data.max_cells"] = (cfg.data.max_cells, 1)
@@ -330,11 +368,17 @@ def check(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{key} = {values}: must list integers >= 1")
     choices = {"ranking.directions": (cfg.ranking.directions, DIRECTIONS),
                "perturbation.test": ((cfg.perturbation.test,), DE_TESTS),
-               "tokenizer.mode": ((cfg.tokenizer.mode,), TOKENIZER_MODES)}
+               "tokenizer.mode": ((cfg.tokenizer.mode,), TOKENIZER_MODES),
+               "perturbation.lfc": ((cfg.perturbation.lfc,), LFC_DEFINITIONS),
+               "perturbation.universe": ((cfg.perturbation.universe,), UNIVERSES),
+               "perturbation.correlation_edge": ((cfg.perturbation.correlation_edge,), CORRELATION_EDGES),
+               "perturbation.modality": ((cfg.perturbation.modality,), MODALITIES)}
     for key, (values, allowed) in choices.items():
         bad = [v for v in values if v not in allowed] or ([] if values else ["(none)"])
         if bad:
             raise ConfigError(f"{key} = {bad[0]!r} is not allowed; choose from {allowed}")
+    if cfg.protocol != "none" and cfg.protocol not in protocols.PROTOCOLS:
+        raise ConfigError(f"protocol = {cfg.protocol!r} is not known; choose from none, {', '.join(protocols.PROTOCOLS)}")
     if not RUN_NAME.match(cfg.name):
         raise ConfigError(f"name = {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a directory under "
                           "cache/artifacts)")
@@ -349,15 +393,24 @@ def check(cfg: RunConfig) -> RunConfig:
 
 def load_config(toml_path: str | Path | None = None, cli: Mapping[str, Any] | None = None,
                 environ: Mapping[str, str] | None = None) -> RunConfig:
-    """Defaults -> TOML -> environment -> CLI, then :func:`check`."""
-    cfg = RunConfig()
+    """Defaults -> the protocol's preset (``protocol``, from whichever layer sets it last) -> TOML -> environment
+    -> CLI, then :func:`check`."""
+    toml: dict[str, Any] = {}
     if toml_path is not None:
         path = Path(toml_path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            cfg = RunConfig.from_dict(tomllib.loads(path.read_text()))
+            toml = flatten(tomllib.loads(path.read_text()))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    cfg = with_overrides(cfg, env_overrides(environ))
-    return check(with_overrides(cfg, dict(cli or {})))
+    layers = (toml, env_overrides(environ), dict(cli or {}))
+    protocol = next((str(layer["protocol"]) for layer in reversed(layers) if "protocol" in layer), "none")
+    try:
+        cfg = with_overrides(RunConfig(), {**protocols.preset(protocol), "protocol": protocol})
+    except KeyError:
+        raise ConfigError(f"protocol {protocol!r} is not known; choose from none, "
+                          f"{', '.join(protocols.PROTOCOLS)}") from None
+    for layer in layers:
+        cfg = with_overrides(cfg, layer)
+    return check(cfg)

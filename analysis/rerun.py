@@ -64,6 +64,11 @@ class RunContext:
     def tokens(self) -> TokenizedCells:
         return self.tokenizer.tokenize(self.cells, panel=self.panel if self.tokenizer.panel_dependent else None)
 
+    @cached_property
+    def attention_tokens(self) -> TokenizedCells:
+        """The cells the run's attention and ablation ran on (``extraction.cells``), as model input."""
+        return self.tokens.subset(self.cells.select(self.manifest.config.extraction.cells))
+
     def reference(self, reference_edges: pd.DataFrame, name: str | None = None) -> ReferenceNetwork:
         """A reference network of the run (default: its first) from its ``reference_edges`` table."""
         name = name or self.manifest.reference_names[0]
@@ -94,7 +99,7 @@ def live_ablation(context: RunContext, reference_edges: pd.DataFrame, pair_count
     progress(0.02, "loading model")
     adapter = context.adapter
     progress(0.1, "loading cells")
-    tokens = context.tokens
+    tokens = context.attention_tokens
     item = SweepItem("custom", sum(max(len(s.heads), 1) for s in specs), -1, tuple(specs))
     return ablation_tables(adapter, tokens, context.panel, context.reference(reference_edges),
                            np.asarray(pair_counts) > 0, [item], settings=context.manifest.config.ablation,

@@ -37,6 +37,18 @@ def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
                      html.Div(id=ids.RUN_HEADER, className="run-header mx-3 mb-2"), dash.page_container])
 
 
+def _protocol_badge(m) -> list:
+    """Which of the paper's protocols the run follows, with each deviation listed (none: nothing shown)."""
+    name, rows = m.protocol["name"], m.protocol["deviations"]
+    if name == "none":
+        return []
+    items = [html.Li(f"{r['setting']}: paper {r['paper']}, this run {r['run']} ({r['source']})") for r in rows]
+    return [dbc.Badge(f"protocol {name}" + (f" - {len(rows)} deviation(s)" if rows else " - exact"),
+                      color="warning" if rows else "success", className="me-2 protocol-badge"),
+            html.Details([html.Summary("deviations from the paper"), html.Ul(items)],
+                         className="protocol-deviations small") if rows else None]
+
+
 def create_app(settings: AppSettings | None = None) -> Dash:
     settings = settings or AppSettings()
     # Background jobs are forked from this multi-threaded server. A fork while another request thread is inside
@@ -62,9 +74,10 @@ def create_app(settings: AppSettings | None = None) -> Dash:
         if not run_id:
             return None
         m = store.manifest(run_id)
-        return [dbc.Badge(m.family, color="info", className="me-2 family-badge"),
+        return [dbc.Badge(m.family, color="info", className="me-2 family-badge"), *_protocol_badge(m),
                 html.Span(f"{m.model.name} - {m.model.n_layers} layers x {m.model.n_heads} heads - "
-                          f"{m.data.n_cells} cells - run {m.run_id}")]
+                          f"{m.data.cells_line} - universe: {m.data.universe} ({m.data.universe_genes} genes) - "
+                          f"run {m.run_id}")]
 
     @app.callback(Output(ids.download(MATCH), "data"), Output(ids.export_status(MATCH), "children"),
                   Input(ids.export_button(MATCH, ALL), "n_clicks"), State(ids.figdata(MATCH), "data"),

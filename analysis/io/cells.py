@@ -45,10 +45,31 @@ class CellData:
     def n_cells(self) -> int:
         return self.counts.shape[0]
 
+    def subset(self, idx: np.ndarray) -> "CellData":
+        """Cells ``idx`` (indices or a boolean mask), every gene kept."""
+        return dataclasses.replace(self, counts=self.counts[idx], obs=self.obs.iloc[idx])
+
     def controls(self) -> "CellData":
         """The control cells only (the cells the correlation edges and gene-level baselines are computed on)."""
-        keep = self.obs[self.perturbation_col].astype(str).to_numpy() == self.control_label
-        return dataclasses.replace(self, counts=self.counts[keep], obs=self.obs[keep])
+        return self.subset(self.obs[self.perturbation_col].astype(str).to_numpy() == self.control_label)
+
+    def select(self, selection: str) -> np.ndarray:
+        """Indices of the cells attention and ablation run on (``extraction.cells``): ``control`` (the paper's
+        choice, section 2.5: the control cells, so attention sees no perturbation effect it is then scored
+        against, and is computed on the cells the correlation edges and gene-level baselines use; every cell when
+        the data has no perturbation column), ``all``, or one perturbation label (that condition's cells)."""
+        if selection == "all" or (selection == "control" and self.perturbation_col is None):
+            return np.arange(self.n_cells)
+        if self.perturbation_col is None:
+            raise InputError(f"extraction.cells = {selection!r} names a condition, but the data has no perturbation "
+                             "column; use 'all' or pass --perturbation-col")
+        labels = self.obs[self.perturbation_col].astype(str).to_numpy()
+        label = self.control_label if selection == "control" else selection
+        idx = np.nonzero(labels == label)[0]
+        if idx.size == 0:
+            raise InputError(f"extraction.cells = {selection!r}: no cell has that label in obs[{self.perturbation_col!r}]"
+                             f" (labels include {sorted(pd.unique(labels))[:8]}); use 'control', 'all' or a label")
+        return idx
 
     def perturbed_genes(self) -> list[str]:
         """Symbols of perturbation targets present in the data (control label excluded)."""

@@ -46,6 +46,16 @@ class DataInfo:
     panel_size: int
     perturbations: tuple[str, ...]
     cell_state_col: str | None
+    attention_cells: int = 0                  # cells attention and ablation ran on (``extraction.cells``)
+    attention_cell_selection: str = "all"
+    universe: str = "panel"                   # ``perturbation.universe`` and its size in genes
+    universe_genes: int = 0
+
+    @property
+    def cells_line(self) -> str:
+        """``"1200 cells; attention and ablation on 480 control cells"``: every page header says it."""
+        return (f"{self.n_cells} cells; attention and ablation on {self.attention_cells} "
+                f"{self.attention_cell_selection} cells")
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class RunManifest:
     versions: dict[str, str]
     finished: str
     wall_seconds: float
+    protocol: dict[str, Any] = field(default_factory=lambda: {"name": "none", "deviations": []})
 
     @property
     def family(self) -> str:
@@ -98,12 +109,14 @@ class RunManifest:
         """Parse ``manifest.json``; a missing or malformed field raises :class:`SchemaError` naming it."""
         try:
             fields = {f.name for f in dataclasses.fields(cls)}
-            missing = sorted(fields - set(raw))
+            required = {f.name for f in dataclasses.fields(cls)
+                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+            missing = sorted(required - set(raw))
             if missing:
                 raise SchemaError(f"manifest lacks {missing} (written by an older version of the explorer?)")
             data = dict(raw["data"])
             data["perturbations"] = tuple(data["perturbations"])
-            return cls(**{**{k: raw[k] for k in fields},
+            return cls(**{**{k: raw[k] for k in fields if k in raw},
                           "config": RunConfig.from_dict(raw["config"]),
                           "model": ModelInfo(**raw["model"]), "data": DataInfo(**data),
                           "references": tuple(raw["references"]), "stage_timings": tuple(raw["stage_timings"]),

@@ -15,13 +15,14 @@ HEAD_RANKING = (
     ("ci_low", "ci_high", "p", "q"),
 )
 PER_TF = (("reference", "direction", "edge_type", "layer", "head", "tf", "auroc", "n_pos", "n_neg"), ())
-PANEL = (("gene_index", "gene_id", "symbol", "is_hvg", "is_tf", "is_perturbed", "n_cells"), ())
+PANEL = (("gene_index", "gene_id", "symbol", "is_hvg", "is_tf", "is_perturbed", "n_cells", "in_universe"), ())
 REFERENCE_EDGES = (("reference", "tf", "target", "mode", "confidence"), ())
 STAGE_TIMINGS = (("stage", "seconds", "skipped"), ())
 
 PERTURBATION_AUROC = (("perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"), ())
 DE_RESULTS = (("perturbation", "gene_id", "symbol", "lfc", "p", "q", "is_de", "is_self"), ())
 DE_GROUPS = (("perturbation", "n_cells", "n_de"), ())
+ON_TARGET = (("perturbation", "n_cells", "on_target_lfc", "expected", "status"), ("on_target_lfc",))
 SENSITIVITY_GRID = (("lfc_threshold", "n_control", "universe_size", "edge_type", "layer", "mean_auroc",
                      "n_evaluable", "p"), ("p",))
 INCREMENTAL_VALUE = (("split", "model", "feature_set", "metric", "value", "delta", "delta_ci_low", "delta_ci_high",
@@ -61,6 +62,7 @@ TABLES = {
     "de_results": DE_RESULTS,
     "de_groups": DE_GROUPS,
     "sensitivity_grid": SENSITIVITY_GRID,
+    "on_target": ON_TARGET,
     "incremental_value": INCREMENTAL_VALUE,
     "residualisation": RESIDUALISATION,
     "propensity": PROPENSITY,

@@ -31,6 +31,12 @@ class EdgeScores:
     panel: pd.DataFrame
     params: dict
 
+    def select(self, edge_type: str) -> "EdgeScores":
+        """The sources of one edge type, alone."""
+        keep = np.nonzero(self.sources["edge_type"].to_numpy() == edge_type)[0]
+        return EdgeScores(self.scores[keep], self.sources.iloc[keep].reset_index(drop=True), self.observed,
+                          self.panel, self.params)
+
 
 def attention_edges(store: AttentionStore) -> EdgeScores:
     """Per-head mean attention plus the per-layer mean over heads."""
@@ -63,6 +69,31 @@ def spearman_edges(cells: CellData, panel: pd.DataFrame) -> EdgeScores:
     sources = pd.DataFrame({"edge_type": ["spearman"], "layer": [-1], "head": [-1]})
     return EdgeScores(corr[None], sources, np.ones_like(corr, dtype=bool), panel,
                       {"kind": "spearman", "n_cells": cells.n_cells, "expression": "log1p CP10k"})
+
+
+CORRELATION_EDGE_TYPES = {"signed": "spearman", "absolute": "spearman_absolute", "sign_matched": "spearman_sign_matched"}
+
+
+def correlation_variants(corr: EdgeScores, de_table: pd.DataFrame, modality: str) -> EdgeScores:
+    """The three correlation edges of ``PerturbationConfig.correlation_edge`` as sources over one panel: signed
+    rho (the paper's), |rho|, and sign-matched ``rho[p, g] * d * sign(lfc[p, g])`` for each perturbed gene p (row p;
+    d = -1 for CRISPRi, +1 for CRISPRa), which is +|rho| when the edge's sign predicts the observed direction of
+    change of g and -|rho| when it contradicts it (rows of genes not perturbed keep rho; ``de_table``: schema
+    ``de_results``, genes outside it score 0)."""
+    rho = corr.scores[0]
+    index = {s: i for i, s in enumerate(corr.panel["symbol"])}
+    matched = rho.copy()
+    d = -1.0 if modality == "crispri" else 1.0
+    sub = de_table[de_table["perturbation"].isin(index)]
+    for pert, tab in sub.groupby("perturbation", sort=False):
+        row = np.zeros(rho.shape[1])
+        tab = tab[tab["symbol"].isin(index)]
+        cols = tab["symbol"].map(index).to_numpy()
+        row[cols] = rho[index[pert], cols] * d * np.sign(tab["lfc"].to_numpy())
+        matched[index[pert]] = row
+    sources = pd.DataFrame({"edge_type": list(CORRELATION_EDGE_TYPES.values()), "layer": -1, "head": -1})
+    return EdgeScores(np.stack([rho, np.abs(rho), matched]), sources, corr.observed, corr.panel,
+                      {**corr.params, "modality": modality})
 
 
 def oriented_pair_scores(scores: np.ndarray, tf_rows: np.ndarray, direction: str) -> np.ndarray:

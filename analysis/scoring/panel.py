@@ -1,6 +1,6 @@
 """The gene panel: which genes' attention rows and columns the extraction keeps (DESIGN.md section 5).
 
-Panel = perturbed genes, then reference TFs seen in the cells (most frequently expressed first, at most a third
+Panel = the evaluation universe when it is not the panel itself (:func:`evaluation_universe`), perturbed genes, then reference TFs seen in the cells (most frequently expressed first, at most a third
 of the panel), then highly variable genes (variance of log1p CP10k expression, the evaluation universe of the
 paper's perturbation-first analysis, section 4.3) until ``panel_size`` is reached. Only genes in the model's
 vocabulary can be in the panel.
@@ -23,16 +23,38 @@ def highly_variable(cells: CellData, gene_ids: np.ndarray, n_top: int) -> np.nda
     return np.argsort(-var, kind="stable")[: min(n_top, gene_ids.size)]
 
 
+def evaluation_universe(cells: CellData, genes: pd.DataFrame, present: np.ndarray, kind: str, size: int
+                        ) -> np.ndarray | None:
+    """Indices into ``genes`` of the perturbation-first evaluation universe (``perturbation.universe``): ``hvg``, the
+    ``size`` most variable genes among those present (the paper's K562 protocol, section 4.3: top 2,000 HVGs by
+    variance, SN14.9); ``hvg_plus_perturbed``, those plus every present perturbed gene (its RPE1 protocol); ``panel``:
+    None (the universe is whatever panel is chosen)."""
+    if kind == "panel":
+        return None
+    present = np.asarray(present) > 0
+    hvg = [int(i) for i in highly_variable(cells, genes["gene_id"].to_numpy(), int(present.size)) if present[i]][:size]
+    if kind == "hvg_plus_perturbed":
+        perturbed = np.nonzero(np.isin(genes["symbol"].to_numpy(), cells.perturbed_genes()) & present)[0]
+        hvg += [int(i) for i in perturbed if int(i) not in set(hvg)]
+    return np.array(hvg, dtype=int)
+
+
 def select_panel(cells: CellData, genes: pd.DataFrame, present: np.ndarray, *, reference_tfs: set[str], n_hvg: int,
-                 panel_size: int) -> pd.DataFrame:
+                 panel_size: int, universe: np.ndarray | None = None) -> pd.DataFrame:
     """Panel table (schema ``panel``): one row per panel gene with its index into ``genes`` (the vocabulary genes
     of the data, ``gene_id`` and ``symbol``; a tokenisation's ``genes``). ``present``: ``[len(genes)]`` cells in
     which each gene can be in the model input (in the tokens, or expressed when every cell's input is the panel);
-    genes present in no cell are never chosen."""
+    genes present in no cell are never chosen. ``universe`` (:func:`evaluation_universe`) comes first, whole (an
+    :class:`InputError` when ``panel_size`` cannot hold it); ``in_universe`` marks it (every gene when None)."""
     symbols = genes["symbol"].to_numpy()
     present = np.asarray(present)
     perturbed = set(cells.perturbed_genes())
-    chosen: list[int] = [i for i in np.nonzero(np.isin(symbols, list(perturbed)))[0] if present[i] > 0]
+    chosen: list[int] = [] if universe is None else [int(i) for i in universe]
+    if len(chosen) > panel_size:
+        raise InputError(f"the attention panel must cover the evaluation universe ({len(chosen)} genes) but "
+                         f"extraction.panel_size is {panel_size}: raise --panel-size to at least {len(chosen)}, "
+                         "lower perturbation.universe_size, or use perturbation.universe=panel")
+    chosen += [i for i in np.nonzero(np.isin(symbols, list(perturbed)))[0] if present[i] > 0 and i not in set(chosen)]
     tf_idx = [i for i in np.argsort(-present, kind="stable") if symbols[i] in reference_tfs and present[i] > 0]
     chosen += [i for i in tf_idx if i not in set(chosen)][: max(panel_size // 3 - len(chosen), 0)]
     hvg = highly_variable(cells, genes["gene_id"].to_numpy(), n_hvg)
@@ -56,4 +78,5 @@ def select_panel(cells: CellData, genes: pd.DataFrame, present: np.ndarray, *, r
         "is_tf": [symbols[i] in reference_tfs for i in chosen],
         "is_perturbed": [symbols[i] in perturbed for i in chosen],
         "n_cells": present[chosen],
+        "in_universe": np.ones(chosen.size, bool) if universe is None else np.isin(chosen, universe),
     })

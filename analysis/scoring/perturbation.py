@@ -3,7 +3,7 @@
 1. Differential expression of every perturbation group against (a configurable number of) control cells over
    a gene universe, vectorised across perturbations: Welch's t-test (primary; group sums by one sparse
    indicator product) or Mann-Whitney U, BH within perturbation, and an absolute log2 fold-change threshold.
-   ``lfc = (mean log1p(CP10k) perturbed - mean log1p(CP10k) control) / ln 2``. DE target = q < alpha and
+   ``lfc``: Scanpy's log2 fold change by default (:func:`log_fold_change`). DE target = q < alpha and
    |lfc| >= threshold; the perturbed gene itself is never a target.
 2. Perturbation-first AUROC: for each perturbation whose gene is in the panel, the edge scores from the
    perturbed gene to every other universe gene are scored against its DE targets (evaluable: at least one DE
@@ -47,9 +47,20 @@ def _welch(mean1, var1, n1, mean0, var0, n0) -> np.ndarray:
     return np.where(np.isfinite(p), p, 1.0)  # constant genes in both groups: no evidence
 
 
+def log_fold_change(mean_perturbed: np.ndarray, mean_control: np.ndarray, definition: str = "scanpy") -> np.ndarray:
+    """log2 fold change from mean log1p(CP10k) expression (``PerturbationConfig.lfc``): ``scanpy`` =
+    ``log2((expm1(m1) + 1e-9) / (expm1(m0) + 1e-9))``, Scanpy's ``rank_genes_groups`` definition, which the paper's
+    DE uses; ``log1p_mean_difference`` = ``(m1 - m0) / ln 2``."""
+    if definition == "scanpy":
+        return np.log2((np.expm1(mean_perturbed) + 1e-9) / (np.expm1(mean_control) + 1e-9))
+    if definition == "log1p_mean_difference":
+        return (mean_perturbed - mean_control) / np.log(2)
+    raise ValueError(f"unknown log fold change definition {definition!r}")
+
+
 def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_threshold: float = 0.5,
                             n_control: int | None = None, alpha: float = 0.05, test: str = "welch",
-                            min_cells: int = 3, seed: int = 0) -> DEResult:
+                            lfc: str = "scanpy", min_cells: int = 3, seed: int = 0) -> DEResult:
     """DE of each perturbation vs control over ``universe`` genes (rows with ``gene_id``, ``symbol``)."""
     if cells.perturbation_col is None:
         raise InputError("perturbation-first evaluation needs a perturbation column (--perturbation-col)")
@@ -77,21 +88,45 @@ def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_thre
     else:
         p = np.vstack([stats.mannwhitneyu(x[group == i], x0, axis=0).pvalue for i in range(len(perts))])
         p = np.where(np.isfinite(p), p, 1.0)
-    lfc = (m1 - m0) / np.log(2)
+    lfc_values = log_fold_change(m1, m0, lfc)
     q = np.vstack([benjamini_hochberg(row) for row in p])
     symbols = universe["symbol"].to_numpy()
     is_self = symbols[None, :] == np.array(perts)[:, None]
-    is_de = (q < alpha) & (np.abs(lfc) >= lfc_threshold) & ~is_self
+    is_de = (q < alpha) & (np.abs(lfc_values) >= lfc_threshold) & ~is_self
     table = pd.DataFrame({
         "perturbation": np.repeat(perts, len(symbols)), "gene_id": np.tile(universe["gene_id"].to_numpy(), len(perts)),
-        "symbol": np.tile(symbols, len(perts)), "lfc": lfc.ravel(), "p": p.ravel(), "q": q.ravel(),
+        "symbol": np.tile(symbols, len(perts)), "lfc": lfc_values.ravel(), "p": p.ravel(), "q": q.ravel(),
         "is_de": is_de.ravel(), "is_self": is_self.ravel(),
     })
     groups = pd.DataFrame({"perturbation": perts, "n_cells": n1.astype(int), "n_de": is_de.sum(axis=1)})
     params = {"test": test, "lfc_threshold": lfc_threshold, "alpha": alpha, "n_control": int(n0),
               "n_universe": len(symbols), "min_cells": min_cells, "seed": seed,
-              "lfc": "difference of mean log1p(CP10k) / ln 2"}
+              "lfc": lfc}
     return DEResult(table, groups, params)
+
+
+def on_target_check(cells: CellData, modality: str, *, lfc: str = "scanpy", min_cells: int = 3) -> pd.DataFrame:
+    """The on-target direction of every perturbation (``modality``: ``crispri`` knock-down must lower its gene,
+    ``crispra`` activation raise it): columns perturbation, n_cells, on_target_lfc (perturbed vs all control cells,
+    definition ``lfc``), expected (``down`` / ``up``) and status (``passed``, ``failed``, or ``not measured`` when the
+    gene is not among the data's genes). Failures are excluded from the confirmatory tests."""
+    labels = cells.obs[cells.perturbation_col].astype(str).to_numpy()
+    control = labels == cells.control_label
+    expected = -1.0 if modality == "crispri" else 1.0
+    rows = []
+    for pert in cells.perturbed_genes():
+        members = labels == pert
+        if members.sum() < min_cells:
+            continue
+        column = np.nonzero(cells.symbols == pert.upper())[0]
+        if column.size == 0:
+            rows.append((pert, int(members.sum()), np.nan, "down" if expected < 0 else "up", "not measured"))
+            continue
+        x = expression_matrix(cells, cells.gene_ids[column[:1]])[:, 0]
+        change = float(log_fold_change(x[members].mean(), x[control].mean(), lfc))
+        rows.append((pert, int(members.sum()), change, "down" if expected < 0 else "up",
+                     "passed" if change * expected > 0 else "failed"))
+    return pd.DataFrame(rows, columns=["perturbation", "n_cells", "on_target_lfc", "expected", "status"])
 
 
 def gene_level_scores(cells: CellData, panel: pd.DataFrame, *, reference_degree: dict[str, int] | None = None

@@ -37,11 +37,11 @@ def run(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, de_table: pd.
         writer.mark_done("ablation", key, 0.0, skipped=True)
         return ablation_tests(results)
     t0 = time.perf_counter()
-    with timed(f"ablation sweep ({cfg.n_cells} cells)"):
+    with timed(f"ablation sweep ({cfg.n_cells} of the {inp.attention_cells.size} {inp.cfg.extraction.cells} cells)"):
         reference = inp.references[0]
         items = sweep(head_order(ranking, reference.name), inp.adapter.n_layers, readout_layer=inp.readout_layer,
                       ks=cfg.ks, n_random=cfg.n_random, seed=cfg.seed)
-        results, fidelity = ablation_tables(inp.adapter, inp.tokens, store.panel, reference,
+        results, fidelity = ablation_tables(inp.adapter, inp.attention_tokens, store.panel, reference,
                                             np.asarray(store.counts) > 0, items, settings=cfg,
                                             readout_layer=inp.readout_layer, de_table=de_table)
         schemas.validate("ablation_results", results).to_parquet(writer.dir / files.table("ablation_results"),

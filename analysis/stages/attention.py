@@ -1,6 +1,7 @@
 """The attention stage: streaming extraction into the pooled :class:`~analysis.io.stores.AttentionStore` (resumable:
 a finished extraction is reloaded, not redone), then the edge scores every later stage reads: per-head and
-layer-mean attention, and the Spearman-correlation baseline over the same panel (paper sections 2.1, 2.3)."""
+layer-mean attention, and the Spearman-correlation baseline over the same panel and the same cells (``extraction.cells``;
+control cells by default, as the paper; sections 2.1, 2.3)."""
 from __future__ import annotations
 
 import time
@@ -25,8 +26,10 @@ def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool) -> tuple[A
         store = AttentionStore.load(writer.dir)
         writer.mark_done("attention", key, time.perf_counter() - t0, skipped=True)
         return store, key
-    with timed(f"attention ({inp.tokens.n_cells} cells, {len(inp.panel)} panel genes, {inp.adapter.device})"):
-        store = extract_attention(inp.adapter, inp.tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
+    tokens = inp.attention_tokens
+    with timed(f"attention ({tokens.n_cells} {inp.cfg.extraction.cells} cells, {len(inp.panel)} panel genes, "
+               f"{inp.adapter.device})"):
+        store = extract_attention(inp.adapter, tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
                                   progress=progress)
         store.save(writer.dir)
     writer.mark_done("attention", key, time.perf_counter() - t0)
@@ -34,11 +37,11 @@ def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool) -> tuple[A
 
 
 def edges(inp: Inputs, store: AttentionStore, writer: RunWriter, key: str) -> tuple[EdgeScores, EdgeScores]:
-    """(attention edges, Spearman edges over all cells), written as float32 arrays with the sources table."""
+    """(attention edges, Spearman edges over the same cells), written as float32 arrays with the sources table."""
     t0 = time.perf_counter()
     with timed("edges"):
         att_edges = attention_edges(store)
-        corr_edges = spearman_edges(inp.cells, store.panel)
+        corr_edges = spearman_edges(inp.cells.subset(inp.attention_cells), store.panel)
         np.save(writer.dir / files.EDGES_ATTENTION, att_edges.scores.astype(np.float32))
         np.save(writer.dir / files.EDGES_SPEARMAN, corr_edges.scores.astype(np.float32))
         att_edges.sources.to_parquet(writer.dir / files.table("edge_sources"), index=False)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import RunConfig, stable_hash
+from .. import protocols
+from ..config import PerturbationConfig, RunConfig, stable_hash
 from ..errors import InputError
 from ..io import schemas
 from ..io.artifacts import sha256_path
@@ -26,7 +27,7 @@ from ..io.references import ReferenceNetwork, load_reference, load_trrust
 from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter
 from ..rerun import load_cells_for
 from ..scoring.cssi_levels import check_config as check_cssi
-from ..scoring.panel import select_panel
+from ..scoring.panel import evaluation_universe, select_panel
 from ..scoring.ranking import evaluable_universe
 from .timing import timed
 
@@ -48,10 +49,37 @@ class Inputs:
     model_dir: Path
     input_hashes: dict[str, str]
     provenance: dict
+    attention_cells: np.ndarray    # indices of the cells attention and ablation run on (``extraction.cells``)
+
+    @property
+    def attention_tokens(self) -> TokenizedCells:
+        return self.tokens.subset(self.attention_cells)
 
     @property
     def readout_layer(self) -> int:
         return self.cfg.perturbation.resolve_readout_layer(self.adapter.n_layers)
+
+    def protocol_record(self) -> dict:
+        """The protocol the run follows and every departure from it: settings overridden, the read-out layer when
+        the model is not the paper's, and counts the data cannot reach (control cells, universe genes)."""
+        cfg = self.cfg
+        if cfg.protocol == "none":
+            return {"name": "none", "deviations": []}
+        rows = protocols.deviations(cfg)
+        if protocols.readout_layer_for(cfg.protocol, self.adapter.official_name) is None:
+            rows.append({"setting": "perturbation.readout_layer", "paper": "L13 of Geneformer-V2-316M",
+                         "run": f"L{self.readout_layer} of {self.adapter.name} ({self.adapter.n_layers} layers)",
+                         "source": "2.3: pre-specified from DLPFC data for V2-316M only"})
+        n_control = int(self.attention_cells.size) if cfg.extraction.cells == "control" else None
+        want = cfg.perturbation.n_control
+        if n_control is not None and want is not None and n_control < want:
+            rows.append({"setting": "control cells available", "paper": want, "run": n_control,
+                         "source": "the data holds fewer control cells"})
+        n_universe = int(self.panel["in_universe"].sum())
+        if cfg.perturbation.universe == "hvg" and n_universe < cfg.perturbation.universe_size:
+            rows.append({"setting": "universe genes available", "paper": cfg.perturbation.universe_size,
+                         "run": n_universe, "source": "the data holds fewer expressed vocabulary genes"})
+        return {"name": cfg.protocol, "deviations": rows}
 
     def model_hash(self) -> str:
         """The checkpoint's sha256, or for random weights a hash of what determines them."""
@@ -63,7 +91,7 @@ class Inputs:
 def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, reference_tfs: set[str],
                      max_len: int) -> tuple[TokenizedCells, pd.DataFrame]:
     """Tokenise ``cells`` and choose the panel (module doc); panel schema-validated."""
-    ext = cfg.extraction
+    ext, pert = cfg.extraction, cfg.perturbation
     if tokenizer.panel_dependent:
         genes = tokenizer.vocabulary_genes(cells)
         present = np.asarray((expression_matrix(cells, genes["gene_id"].to_numpy(), dense=False) > 0).sum(axis=0))
@@ -72,12 +100,15 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
             log.info("panel capped at %d genes: every cell's input is <cls> + the panel, and the model takes %d "
                      "tokens", size, max_len)
         panel = select_panel(cells, genes, present.ravel(), reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
-                             panel_size=size)
+                             panel_size=size, universe=evaluation_universe(cells, genes, present.ravel(), pert.universe,
+                                                                           pert.universe_size))
         tokens = tokenizer.tokenize(cells, panel=panel)
     else:
         tokens = tokenizer.tokenize(cells)
-        panel = select_panel(cells, tokens.genes, tokens.gene_presence(), reference_tfs=reference_tfs,
-                             n_hvg=ext.n_hvg, panel_size=ext.panel_size)
+        present = tokens.gene_presence()
+        panel = select_panel(cells, tokens.genes, present, reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
+                             panel_size=ext.panel_size,
+                             universe=evaluation_universe(cells, tokens.genes, present, pert.universe, pert.universe_size))
     return tokens, schemas.validate("panel", panel)
 
 
@@ -105,6 +136,9 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     if cfg.model.path is None:
         adapter.name = f"embedded tiny {adapter.family}"
     cfg = dataclasses.replace(cfg, data=data_cfg, model=dataclasses.replace(cfg.model, family=adapter.family))
+    paper_layer = protocols.readout_layer_for(cfg.protocol, adapter.official_name)
+    if paper_layer is not None and cfg.perturbation.readout_layer == PerturbationConfig.readout_layer:
+        cfg = dataclasses.replace(cfg, perturbation=dataclasses.replace(cfg.perturbation, readout_layer=paper_layer))
     cfg.perturbation.resolve_readout_layer(adapter.n_layers)
     tokenizer = adapter.tokenizer(cfg.tokenizer, cfg.model.dictionaries)
     cells = load_cells_for(data_cfg, tokenizer, seed=cfg.extraction.seed)
@@ -120,6 +154,8 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     if cfg.cssi.n_fine > 0:
         check_cssi(cfg.cssi, cells.n_cells, adapter.n_layers, native_embedding=adapter.native_embedding,
                    has_cls=tokens.params.get("cls_position") is not None)
+    attention_cells = cells.select(cfg.extraction.cells)
     hashes = {"data": sha256_path(Path(data_cfg.path))}
     hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"])) for r in references})
-    return Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance)
+    return Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance,
+                  attention_cells)

@@ -22,7 +22,10 @@ from ..io.expression import expression_matrix
 from ..io.references import ReferenceNetwork
 from ..scoring import confounds
 from ..scoring.edges import EdgeScores, combine, spearman_edges
-from ..scoring.perturbation import differential_expression, gene_level_scores, perturbation_auroc
+from ..scoring.edges import CORRELATION_EDGE_TYPES, correlation_variants
+from ..scoring.panel import highly_variable
+from ..scoring.perturbation import (differential_expression, gene_level_scores, on_target_check,
+                                    perturbation_auroc)
 from ..scoring.ranking import evaluable_universe
 from ..scoring.registry import StatsRegistry
 from ..scoring.stats import wilcoxon_p
@@ -71,25 +74,36 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references:
     src = attention.sources
     readout_idx = int(src.index[(src["edge_type"] == "attention_layer_mean") & (src["layer"] == readout)][0])
     controls = cells.controls()
-    corr = spearman_edges(controls, panel)
     degree = references[0].edges.groupby("tf").size().to_dict()
     baselines = gene_level_scores(cells, panel, reference_degree=degree)
-    everything = combine(attention, corr, baselines)
-    de = differential_expression(cells, panel, lfc_threshold=cfg.lfc_threshold, n_control=cfg.n_control,
-                                 alpha=cfg.alpha, test=cfg.test, seed=cfg.seed)
+    de = differential_expression(cells, panel[panel["in_universe"]], lfc_threshold=cfg.lfc_threshold,
+                                 n_control=cfg.n_control, alpha=cfg.alpha, test=cfg.test, lfc=cfg.lfc, seed=cfg.seed)
+    on_target = on_target_check(cells, cfg.modality, lfc=cfg.lfc)
+    corr_variants = correlation_variants(spearman_edges(controls, panel), de.table, cfg.modality)
+    corr = corr_variants.select(CORRELATION_EDGE_TYPES[cfg.correlation_edge])
+    everything = combine(attention, corr_variants, baselines)
     per_pert = perturbation_auroc(everything, de)
-    log.info("perturbation-first: %d evaluable perturbations of %d", per_pert["perturbation"].nunique(),
-             len(de.groups))
-    tables = {"de_results": de.table, "de_groups": de.groups, "perturbation_auroc": per_pert}
-    if per_pert.empty:
+    failed = set(on_target.loc[on_target["status"] == "failed", "perturbation"])
+    log.info("perturbation-first: %d evaluable perturbations of %d (%d fail the on-target %s check and are left out "
+             "of the confirmatory tests)", per_pert["perturbation"].nunique(), len(de.groups), len(failed), cfg.modality)
+    tables = {"de_results": de.table, "de_groups": de.groups, "perturbation_auroc": per_pert, "on_target": on_target}
+    confirmable = per_pert[~per_pert["perturbation"].isin(failed)]
+    if confirmable.empty:
         return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": 0})
 
     def values(edge_type, layer=-1, head=-1):
-        sel = per_pert[(per_pert["edge_type"] == edge_type) & (per_pert["layer"] == layer) & (per_pert["head"] == head)]
+        sel = confirmable[(confirmable["edge_type"] == edge_type) & (confirmable["layer"] == layer)
+                          & (confirmable["head"] == head)]
         return sel.sort_values("perturbation")["auroc"].to_numpy()
 
-    att, cor = values("attention_layer_mean", readout), values("spearman")
+    att, cor = values("attention_layer_mean", readout), values(CORRELATION_EDGE_TYPES[cfg.correlation_edge])
     n = att.size
+    for variant, edge_type in CORRELATION_EDGE_TYPES.items():
+        if variant != cfg.correlation_edge:
+            v = values(edge_type)
+            reg.register("perturbation_first", f"correlation ({variant}) AUROC > 0.5",
+                         "Wilcoxon signed-rank (one-sided)", _one_sample(v), effect=float(v.mean()),
+                         effect_name="mean AUROC", n=v.size, confirmatory=False)
     reg.register("perturbation_first", f"attention L{readout} AUROC > 0.5", "Wilcoxon signed-rank (one-sided)",
                  _one_sample(att), effect=float(att.mean()), effect_name="mean AUROC", n=n)
     reg.register("perturbation_first", "correlation AUROC > 0.5", "Wilcoxon signed-rank (one-sided)",
@@ -109,7 +123,7 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references:
                          "Wilcoxon signed-rank (one-sided)", _one_sample(v), effect=float(v.mean()),
                          effect_name="mean AUROC", n=v.size, confirmatory=False)
     tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(attention, corr, baselines), readout_idx,
-                                                  attention.sources.shape[0], cfg, reg)
+                                                  attention.sources.shape[0], cfg, reg, exclude=failed)
     # incremental value, propensity matching
     features = pd.DataFrame({"symbol": panel["symbol"],
                              **{k: baselines.scores[i, 0] for i, k in enumerate(("mean", "variance", "detection"))}}
@@ -141,6 +155,9 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references:
     # residualisation and degree nulls against each reference
     x_all = expression_matrix(cells, panel["gene_id"].to_numpy())
     cov = np.column_stack([x_all.mean(0), x_all.var(0), (x_all > 0).mean(0)])
+    # a reference has no observed direction of change: sign-matched correlation is scored as signed rho here
+    reference_corr = corr_variants.select(CORRELATION_EDGE_TYPES[
+        "absolute" if cfg.correlation_edge == "absolute" else "signed"]).scores[0]
     resid_rows, degree_rows = [], []
     for ref in references:
         uni = evaluable_universe(panel, ref, attention.observed)
@@ -149,7 +166,7 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references:
         tf_idx, col_idx = np.nonzero(uni.pair_mask)
         labels = uni.labels[uni.pair_mask]
         pair_cov = np.column_stack([cov[uni.tf_rows[tf_idx]], cov[col_idx]])
-        for edge_name, matrix in (("attention", attention.scores[readout_idx]), ("correlation", corr.scores[0])):
+        for edge_name, matrix in (("attention", attention.scores[readout_idx]), ("correlation", reference_corr)):
             sc = np.nan_to_num(matrix[uni.tf_rows][uni.pair_mask])
             for model in ("ols", "gbdt"):
                 res = confounds.residualise(sc, pair_cov, labels, model=model, seed=cfg.seed)
@@ -167,37 +184,44 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references:
     tables["residualisation"] = pd.DataFrame(resid_rows)
     tables["degree_null"] = pd.DataFrame(degree_rows)
     return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": int(n),
-                                             "de": de.params})
+                                             "n_on_target_failed": len(failed), "de": de.params})
 
 
 def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, readout_idx: int, n_attention: int,
-                     cfg: PerturbationConfig, reg: StatsRegistry) -> pd.DataFrame:
+                     cfg: PerturbationConfig, reg: StatsRegistry, *, exclude: set[str] = frozenset()) -> pd.DataFrame:
     """Mean per-perturbation AUROC of correlation, the read-out attention layer and the baselines over
-    LFC threshold x control-cell count x universe size (3 x 3 x 3 = 27 conditions; Supplementary Note 6.3).
-    The universe is the top fraction of panel genes by control-cell variance (perturbed genes kept)."""
+    LFC threshold x control-cell count x HVG count (3 x 3 x 3 = 27 conditions; Supplementary Note 6.3). Counts are
+    ``grid_n_control`` / ``grid_universe_size`` (absolute, capped at what the data has) or, when those are empty,
+    fractions of the control cells and of the universe. The universe at each HVG count is that many of the run's
+    universe genes by variance (perturbed genes kept for ``hvg_plus_perturbed``); ``exclude``: perturbations left
+    out (failed on-target check)."""
     keep_sources = [readout_idx] + list(range(n_attention, edges.scores.shape[0]))
     sub = EdgeScores(edges.scores[keep_sources], edges.sources.iloc[keep_sources].reset_index(drop=True),
                      edges.observed, edges.panel, {})
     n_ctrl = int((cells.obs[cells.perturbation_col].astype(str) == cells.control_label).sum())
-    variance = expression_matrix(cells.controls(), panel["gene_id"].to_numpy()).var(0)
-    order = panel["symbol"].to_numpy()[np.argsort(-variance, kind="stable")]
-    perturbed = set(cells.perturbed_genes())
+    scored = panel[panel["in_universe"]]
+    order = scored["symbol"].to_numpy()[highly_variable(cells, scored["gene_id"].to_numpy(), len(scored))]
+    forced = set(cells.perturbed_genes()) if cfg.universe != "hvg" else set()
+    n_controls = sorted({min(n, n_ctrl) for n in cfg.grid_n_control}) or \
+        [max(3, int(round(f * n_ctrl))) for f in cfg.grid_control_fraction]
+    sizes = sorted({min(n, len(order)) for n in cfg.grid_universe_size}) or \
+        [max(2, int(round(f * len(order)))) for f in cfg.grid_universe_fraction]
     rows = []
     for lfc in cfg.grid_lfc:
-        for frac_c in cfg.grid_control_fraction:
-            n_control = max(3, int(round(frac_c * n_ctrl)))
-            de = differential_expression(cells, panel, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha,
-                                         test=cfg.test, seed=cfg.seed)
-            for frac_u in cfg.grid_universe_fraction:
-                universe = set(order[: max(2, int(round(frac_u * len(order))))]) | perturbed
+        for n_control in n_controls:
+            de = differential_expression(cells, scored, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha,
+                                         test=cfg.test, lfc=cfg.lfc, seed=cfg.seed)
+            for size in sizes:
+                universe = set(order[:size]) | forced
                 res = perturbation_auroc(sub, de, universe=universe)
+                res = res[~res["perturbation"].isin(exclude)]
                 for (etype, layer), grp in res.groupby(["edge_type", "layer"]):
                     v = grp["auroc"].to_numpy()
                     p = _one_sample(v)
                     rows.append({"lfc_threshold": lfc, "n_control": n_control, "universe_size": len(universe),
                                  "edge_type": etype, "layer": layer, "mean_auroc": float(v.mean()),
                                  "n_evaluable": int(v.size), "p": p})
-                    if etype == "spearman":
+                    if etype.startswith("spearman"):
                         reg.register("sensitivity_grid",
                                      f"correlation AUROC > 0.5 (lfc {lfc}, {n_control} controls, {len(universe)} genes)",
                                      "Wilcoxon signed-rank (one-sided)", p, effect=float(v.mean()),

@@ -146,3 +146,23 @@ def test_output_attentions_requires_eager(family_setups):
     adapter, tokens, _ = family_setups["geneformer"]
     with pytest.raises(RuntimeError, match="eager"):
         adapter.forward(tokens.subset(np.arange(1)), output_attentions=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_control_cell_extraction_matches_brute_force_on_controls(small_screen, family_setups, family):
+    """``extraction.cells = control`` (the paper's): the store over the selected cells equals the brute force over the
+    control cells alone, and differs from the all-cell store (perturbed cells carry their perturbation's effect)."""
+    cells = small_screen[0]
+    adapter, tokens, panel = family_setups[family]
+    controls = cells.select("control")
+    labels = cells.obs["perturbation"].astype(str).to_numpy()
+    assert np.array_equal(controls, np.nonzero(labels == "control")[0]) and 0 < controls.size < cells.n_cells
+    assert np.array_equal(cells.select("all"), np.arange(cells.n_cells))
+    store = extract_attention(adapter, tokens.subset(controls), panel, batch_size=5, progress=False)
+    sums, counts = brute_force(adapter, tokens.subset(controls), panel)
+    assert np.array_equal(store.counts, counts)
+    assert np.allclose(store.sums, sums, rtol=1e-5, atol=TOLERANCE[family])
+    everything = extract_attention(adapter, tokens, panel, batch_size=5, progress=False)
+    assert not np.allclose(store.mean_attention(), everything.mean_attention(), atol=1e-4, equal_nan=True)
+    with pytest.raises(Exception, match="no cell has that label"):
+        cells.select("NOT_A_LABEL")
