@@ -113,7 +113,8 @@ class TokenizerConfig:
 class ExtractionConfig:
     """Streaming attention extraction over a gene panel (analysis.interp.attention). ``cells``: the cells attention
     and ablation run on: ``control`` (the paper's; every cell without a perturbation column), ``all`` or one
-    perturbation label (:meth:`analysis.io.cells.CellData.select`). CSSI strata always span every cell."""
+    perturbation label (:meth:`analysis.io.cells.CellData.select`). CSSI stratifies the same cells (its pooled
+    score is this store)."""
 
     batch_size: int = 8
     n_hvg: int = 300

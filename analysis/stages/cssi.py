@@ -28,7 +28,8 @@ log = logging.getLogger("precompute")
 def prepare(inp: Inputs, store: AttentionStore, progress: bool = True) -> cssi_levels.CSSIRun:
     """Strata and the grouped extraction pass (the costly part; one forward pass over the cells for the chosen
     layers, memory ``(F + M) x layers x heads x G^2 x 4`` bytes)."""
-    c, adapter, cells, panel = inp.cfg.cssi, inp.adapter, inp.cells, store.panel
+    c, adapter, panel = inp.cfg.cssi, inp.adapter, store.panel
+    cells, tokens = inp.cells.subset(inp.attention_cells), inp.attention_tokens   # the pooled store's cells
     expression = expression_matrix(cells, panel["gene_id"].to_numpy())
     rep = cssi_levels.representation(c, store.cell_embeddings, expression, adapter.native_embedding)
     strata, random_group = cssi_levels.build_strata(c, rep, cells.n_cells)
@@ -36,7 +37,7 @@ def prepare(inp: Inputs, store: AttentionStore, progress: bool = True) -> cssi_l
     n_groups = strata.n_fine + c.n_random_groups
     log.info("CSSI: %d fine clusters + %d random groups, layers %s, %.2f GiB of group sums", strata.n_fine,
              c.n_random_groups, list(layers), n_groups * len(layers) * adapter.n_heads * len(panel) ** 2 * 4 / 2 ** 30)
-    grouped = extract_grouped_attention(adapter, inp.tokens, panel, np.stack([strata.fine, random_group], axis=1),
+    grouped = extract_grouped_attention(adapter, tokens, panel, np.stack([strata.fine, random_group], axis=1),
                                         n_groups, layers=layers, batch_size=inp.cfg.extraction.batch_size,
                                         progress=progress)
     kind = cssi_levels.embedding_kind(c, adapter.native_embedding) if c.representation == "embedding" else None

@@ -151,10 +151,10 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
         if universe.tf_rows.size == 0:
             raise InputError(f"reference {ref.name} has no TF with a target among the {len(panel)} panel genes "
                              "(check that gene symbols match, or raise --panel-size / --n-hvg)")
-    if cfg.cssi.n_fine > 0:
-        check_cssi(cfg.cssi, cells.n_cells, adapter.n_layers, native_embedding=adapter.native_embedding,
-                   has_cls=tokens.params.get("cls_position") is not None)
     attention_cells = cells.select(cfg.extraction.cells)
+    if cfg.cssi.n_fine > 0:
+        check_cssi(cfg.cssi, int(attention_cells.size), adapter.n_layers, native_embedding=adapter.native_embedding,
+                   has_cls=tokens.params.get("cls_position") is not None)
     hashes = {"data": sha256_path(Path(data_cfg.path))}
     hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"])) for r in references})
     return Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance,
