@@ -87,10 +87,13 @@ def test_embedded_run_has_cssi(embedded_cache, family):
     store = ArtifactStore(cache)
     run = run_dir.name
     cssi = store.cssi(run)
-    assert len(cssi.cells) == 150 and cssi.params["representation"] == "embedding"
+    data = store.manifest(run).data        # CSSI stratifies the cells attention ran on: the control cells
+    assert data.attention_cell_selection == "control" and 0 < data.attention_cells < 150
+    assert len(cssi.cells) == data.attention_cells and cssi.params["representation"] == "embedding"
     assert cssi.params["cell_embedding"] == {"geneformer": "mean_penultimate", "scgpt": "cls"}[family]
-    assert sorted(cssi.strata.levels["n_strata"].unique()) == [2, 3, 5]
-    for k in (2, 3, 5):
+    levels = sorted(cssi.strata.levels["n_strata"].unique())   # ~60 control cells may not hold 5 strata of 5
+    assert levels in ([2, 3], [2, 3, 5])
+    for k in levels:
         assert np.unique(cssi.strata.cell_labels(k)).size == k
     # fine clusters and random groups each partition the cells: their sums are the pooled store of those layers
     pooled = np.load(run_dir / "attention_sums.npy")[list(cssi.params["layers"])]
@@ -100,9 +103,9 @@ def test_embedded_run_has_cssi(embedded_cache, family):
     assert np.array_equal(np.asarray(cssi.source.group_counts[:f]).sum(0), np.load(run_dir / "pair_counts.npy"))
     curve = store.table(run, "cssi_curve")
     n_sites = len(cssi.source.sites)   # 2 layers x 4 heads + 2 layer means + Spearman
-    assert n_sites == 11 and len(curve) == 3 * n_sites * 4 * 2
+    assert n_sites == 11 and len(curve) == len(levels) * n_sites * 4 * 2
     assert (curve["n_found"] == curve["n_strata"]).all() and (curve["null_low"] <= curve["null_high"]).all()
-    assert len(store.table(run, "cssi_null")) == 3 * n_sites * 4 * 2 * 20
+    assert len(store.table(run, "cssi_null")) == len(levels) * n_sites * 4 * 2 * 20
     reg = store.table(run, "statistics_registry")
     tests = reg[reg["analysis"] == "cssi"]
     assert tests["confirmatory"].sum() == 1
