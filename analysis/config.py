@@ -379,7 +379,7 @@ def check(cfg: RunConfig) -> RunConfig:
         if bad:
             raise ConfigError(f"{key} = {bad[0]!r} is not allowed; choose from {allowed}")
     if cfg.protocol != "none" and cfg.protocol not in protocols.PROTOCOLS:
-        raise ConfigError(f"protocol = {cfg.protocol!r} is not known; choose from none, {', '.join(protocols.PROTOCOLS)}")
+        raise ConfigError(f"protocol {cfg.protocol!r} is not known; choose from none, {', '.join(protocols.PROTOCOLS)}")
     if not RUN_NAME.match(cfg.name):
         raise ConfigError(f"name = {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a directory under "
                           "cache/artifacts)")
@@ -407,11 +407,7 @@ def load_config(toml_path: str | Path | None = None, cli: Mapping[str, Any] | No
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     layers = (toml, env_overrides(environ), dict(cli or {}))
     protocol = next((str(layer["protocol"]) for layer in reversed(layers) if "protocol" in layer), "none")
-    try:
-        cfg = with_overrides(RunConfig(), {**protocols.preset(protocol), "protocol": protocol})
-    except KeyError:
-        raise ConfigError(f"protocol {protocol!r} is not known; choose from none, "
-                          f"{', '.join(protocols.PROTOCOLS)}") from None
+    cfg = with_overrides(RunConfig(), {**protocols.preset(protocol), "protocol": protocol})
     for layer in layers:
         cfg = with_overrides(cfg, layer)
     return check(cfg)

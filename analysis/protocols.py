@@ -48,12 +48,8 @@ PROTOCOLS: dict[str, dict[str, tuple[Any, str]]] = {
 
 
 def preset(name: str) -> dict[str, Any]:
-    """The dotted-key settings of protocol ``name`` (``none``: no settings)."""
-    if name == "none":
-        return {}
-    if name not in PROTOCOLS:
-        raise KeyError(name)
-    return {key: value for key, (value, _source) in PROTOCOLS[name].items()}
+    """The dotted-key settings of protocol ``name`` (``none``, or a name ``config.check`` refuses: no settings)."""
+    return {key: value for key, (value, _source) in PROTOCOLS.get(name, {}).items()}
 
 
 def _get(cfg, dotted: str) -> Any:

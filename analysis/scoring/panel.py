@@ -35,7 +35,8 @@ def evaluation_universe(cells: CellData, genes: pd.DataFrame, present: np.ndarra
     hvg = [int(i) for i in highly_variable(cells, genes["gene_id"].to_numpy(), int(present.size)) if present[i]][:size]
     if kind == "hvg_plus_perturbed":
         perturbed = np.nonzero(np.isin(genes["symbol"].to_numpy(), cells.perturbed_genes()) & present)[0]
-        hvg += [int(i) for i in perturbed if int(i) not in set(hvg)]
+        taken = set(hvg)
+        hvg += [int(i) for i in perturbed if int(i) not in taken]
     return np.array(hvg, dtype=int)
 
 
@@ -54,7 +55,8 @@ def select_panel(cells: CellData, genes: pd.DataFrame, present: np.ndarray, *, r
         raise InputError(f"the attention panel must cover the evaluation universe ({len(chosen)} genes) but "
                          f"extraction.panel_size is {panel_size}: raise --panel-size to at least {len(chosen)}, "
                          "lower perturbation.universe_size, or use perturbation.universe=panel")
-    chosen += [i for i in np.nonzero(np.isin(symbols, list(perturbed)))[0] if present[i] > 0 and i not in set(chosen)]
+    in_universe = set(chosen)
+    chosen += [i for i in np.nonzero(np.isin(symbols, list(perturbed)))[0] if present[i] > 0 and i not in in_universe]
     tf_idx = [i for i in np.argsort(-present, kind="stable") if symbols[i] in reference_tfs and present[i] > 0]
     chosen += [i for i in tf_idx if i not in set(chosen)][: max(panel_size // 3 - len(chosen), 0)]
     hvg = highly_variable(cells, genes["gene_id"].to_numpy(), n_hvg)

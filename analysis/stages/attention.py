@@ -41,7 +41,7 @@ def edges(inp: Inputs, store: AttentionStore, writer: RunWriter, key: str) -> tu
     t0 = time.perf_counter()
     with timed("edges"):
         att_edges = attention_edges(store)
-        corr_edges = spearman_edges(inp.cells.subset(inp.attention_cells), store.panel)
+        corr_edges = spearman_edges(inp.attention_cell_data, store.panel)
         np.save(writer.dir / files.EDGES_ATTENTION, att_edges.scores.astype(np.float32))
         np.save(writer.dir / files.EDGES_SPEARMAN, corr_edges.scores.astype(np.float32))
         att_edges.sources.to_parquet(writer.dir / files.table("edge_sources"), index=False)

@@ -29,7 +29,7 @@ def prepare(inp: Inputs, store: AttentionStore, progress: bool = True) -> cssi_l
     """Strata and the grouped extraction pass (the costly part; one forward pass over the cells for the chosen
     layers, memory ``(F + M) x layers x heads x G^2 x 4`` bytes)."""
     c, adapter, panel = inp.cfg.cssi, inp.adapter, store.panel
-    cells, tokens = inp.cells.subset(inp.attention_cells), inp.attention_tokens   # the pooled store's cells
+    cells, tokens = inp.attention_cell_data, inp.attention_tokens   # the pooled store's cells
     expression = expression_matrix(cells, panel["gene_id"].to_numpy())
     rep = cssi_levels.representation(c, store.cell_embeddings, expression, adapter.native_embedding)
     strata, random_group = cssi_levels.build_strata(c, rep, cells.n_cells)

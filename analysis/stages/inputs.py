@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,15 @@ class Inputs:
     provenance: dict
     attention_cells: np.ndarray    # indices of the cells attention and ablation run on (``extraction.cells``)
 
-    @property
+    @cached_property
     def attention_tokens(self) -> TokenizedCells:
+        """The attention cells as model input (the extraction, ablation and CSSI passes share them)."""
         return self.tokens.subset(self.attention_cells)
+
+    @cached_property
+    def attention_cell_data(self) -> CellData:
+        """The attention cells' counts (the Spearman baseline and CSSI strata use the same cells)."""
+        return self.cells.subset(self.attention_cells)
 
     @property
     def readout_layer(self) -> int:
@@ -70,7 +77,7 @@ class Inputs:
             rows.append({"setting": "perturbation.readout_layer", "paper": "L13 of Geneformer-V2-316M",
                          "run": f"L{self.readout_layer} of {self.adapter.name} ({self.adapter.n_layers} layers)",
                          "source": "2.3: pre-specified from DLPFC data for V2-316M only"})
-        n_control = int(self.attention_cells.size) if cfg.extraction.cells == "control" else None
+        n_control = int(self.cells.select("control").size) if self.cells.perturbation_col else None
         want = cfg.perturbation.n_control
         if n_control is not None and want is not None and n_control < want:
             rows.append({"setting": "control cells available", "paper": want, "run": n_control,
