@@ -26,6 +26,7 @@ LFC_DEFINITIONS = ("scanpy", "log1p_mean_difference")
 UNIVERSES = ("panel", "hvg", "hvg_plus_perturbed")
 CORRELATION_EDGES = ("signed", "absolute", "sign_matched")
 MODALITIES = ("crispri", "crispra")
+RANDOM_MATCHING = ("none", "layer", "entropy")
 TOKENIZER_MODES = ("panel", "zero_shot")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -187,6 +188,12 @@ class PerturbationConfig:
 class AblationConfig:
     """Causal ablation sweep (analysis.interp.ablation): cells, sweep sizes, random draws; ``n_cells = 0`` skips it.
 
+    ``random_matching``: which random-k controls to draw, each ``n_random`` times (``none``: any heads; ``layer``:
+    as many per layer as the top-k; ``entropy``: matched on attention entropy). ``whole_layers``: layers whose every
+    head is zeroed (empty: the best perturbation-first layer, as the paper's L14, or the read-out layer without
+    perturbation data). ``mlp_blocks``: MLP blocks zeroed together, each ``"a-b"`` (inclusive) or ``"a+b+c"``
+    (empty: the late half of the layers); every single layer's MLP is always in the sweep.
+
     Cost: about (number of sweep items + 1) x 2 forward passes over ``n_cells`` cells (~50 items for a 6 x 4
     model): seconds for the embedded model, hours for V1-10M at 2,048 tokens on 2 CPU cores (use a GPU, or
     fewer cells / ``ks`` there).
@@ -195,6 +202,9 @@ class AblationConfig:
     n_cells: int = 100
     ks: tuple[int, ...] = (1, 5, 10, 20, 50)
     n_random: int = 3
+    random_matching: tuple[str, ...] = ("none", "layer", "entropy")
+    whole_layers: tuple[int, ...] = ()
+    mlp_blocks: tuple[str, ...] = ()
     batch_size: int = 8
     mask_probability: float = 0.15
     seed: int = 0
@@ -349,6 +359,21 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
+def mlp_block_layers(block: str) -> tuple[int, ...]:
+    """Layers of an ``ablation.mlp_blocks`` entry: ``"13-15"`` (inclusive range) or ``"2+4"``; ConfigError otherwise."""
+    try:
+        if "-" in block:
+            low, high = (int(x) for x in block.split("-"))
+            layers = tuple(range(low, high + 1))
+        else:
+            layers = tuple(int(x) for x in block.split("+"))
+    except ValueError:
+        layers = ()
+    if not layers or min(layers) < 0:
+        raise ConfigError(f"ablation.mlp_blocks entry {block!r}: write a block as 'a-b' (layers a to b) or 'a+b+c'")
+    return layers
+
+
 def check(cfg: RunConfig) -> RunConfig:
     """Refuse settings no stage can run with, before anything starts: a :class:`ConfigError` naming the setting,
     the value and what is allowed. Returns ``cfg``."""
@@ -364,6 +389,8 @@ def check(cfg: RunConfig) -> RunConfig:
     for key, (value, low) in at_least.items():
         if value < low:
             raise ConfigError(f"{key} = {value}: must be at least {low}")
+    for block in cfg.ablation.mlp_blocks:
+        mlp_block_layers(block)
     for key, values in (("ranking.top_k", cfg.ranking.top_k), ("ablation.ks", cfg.ablation.ks)):
         if not values or min(values) < 1:
             raise ConfigError(f"{key} = {values}: must list integers >= 1")
@@ -373,7 +400,8 @@ def check(cfg: RunConfig) -> RunConfig:
                "perturbation.lfc": ((cfg.perturbation.lfc,), LFC_DEFINITIONS),
                "perturbation.universe": ((cfg.perturbation.universe,), UNIVERSES),
                "perturbation.correlation_edge": ((cfg.perturbation.correlation_edge,), CORRELATION_EDGES),
-               "perturbation.modality": ((cfg.perturbation.modality,), MODALITIES)}
+               "perturbation.modality": ((cfg.perturbation.modality,), MODALITIES),
+               "ablation.random_matching": (cfg.ablation.random_matching, RANDOM_MATCHING)}
     for key, (values, allowed) in choices.items():
         bad = [v for v in values if v not in allowed] or ([] if values else ["(none)"])
         if bad:

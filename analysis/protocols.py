@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 PAPER_READOUT = {"Geneformer-V2-316M": 13}
+PAPER_MLP_BLOCKS = {"Geneformer-V2-316M": ("13-15",)}   # SN14.4: MLP zeroing at L15 (a single layer) and L13-L15
 
 _K562 = {
     "extraction.cells": ("control", "2.5: 2,000 K562 control cells"),
@@ -74,3 +75,8 @@ def deviations(cfg) -> list[dict[str, Any]]:
 def readout_layer_for(protocol: str, official_name: str | None) -> int | None:
     """The paper's read-out layer for an official checkpoint under ``protocol`` (None: the paper fixes none)."""
     return None if protocol == "none" else PAPER_READOUT.get(official_name or "")
+
+
+def mlp_blocks_for(protocol: str, official_name: str | None) -> tuple[str, ...]:
+    """The paper's MLP blocks for an official checkpoint under ``protocol`` (empty: the paper fixes none)."""
+    return () if protocol == "none" else PAPER_MLP_BLOCKS.get(official_name or "", ())

@@ -263,7 +263,11 @@ def effect_vs_q(frame: pd.DataFrame) -> go.Figure:
 
 ABLATION_STYLE = {  # family -> (label, colour, dash)
     "top_k": ("top-k heads (zero)", "#c44e52", "solid"), "bottom_k": ("bottom-k heads (zero)", "#4c72b0", "solid"),
-    "random_k": ("random-k heads (zero)", "#8c8c8c", "dot"), "uniform_top_k": ("top-k heads (uniform)", "#dd8452", "dash"),
+    "composite_top_k": ("top-k by composite score (zero)", "#937860", "solid"),
+    "random_k": ("random-k heads (zero)", "#8c8c8c", "dot"),
+    "layer_matched_random_k": ("random-k, layer-matched (zero)", "#64b5cd", "dot"),
+    "entropy_matched_random_k": ("random-k, entropy-matched (zero)", "#da8bc3", "dot"),
+    "uniform_top_k": ("top-k heads (uniform)", "#dd8452", "dash"),
     "uniform_random_k": ("random-k heads (uniform)", "#b0b0b0", "dash"), "custom": ("your selection", "#2ca02c", None),
 }
 
@@ -287,7 +291,7 @@ def dose_response(frame: pd.DataFrame, *, readout: str) -> go.Figure:
                "arrayminus": (grp["delta"] - grp["ci_low"]).fillna(0)}
         fig.add_scatter(x=grp["k"], y=grp["delta"], mode=mode, name=label, error_y=err,
                         line={"color": color, "dash": dash} if dash else None, marker={"color": color, "size": 9})
-    others = frame[frame["family"].isin(["whole_layer", "mlp_layer", "mlp_late_block"])]
+    others = frame[frame["family"].isin(["whole_layer", "mlp_layer", "mlp_block"])]
     if len(others):
         fig.add_scatter(x=others["k"], y=others["delta"], mode="markers+text", name="layer / MLP",
                         text=others["intervention"].str.replace("zero_", ""), textposition="top center",

@@ -15,8 +15,8 @@ run next to the unablated baseline, batch by batch, through any model family's a
 
 This module produces per-cell read-outs (:class:`ReadoutAccumulator`); the paired tests against the baseline are
 :func:`analysis.scoring.ablation.summarise`'s. Sweeps are written once (:func:`head_set`) and specialised per family
-of intervention: top-k / bottom-k heads by reference AUROC, matched random-k draws, uniform attention on top-k and
-random-k, a whole layer, and MLP blocks.
+of intervention: top-k / bottom-k heads by reference AUROC (and by the composite score), random-k draws (unmatched,
+layer-matched, entropy-matched), uniform attention on top-k and random-k, whole layers, and MLP layers and blocks.
 """
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ from .positive_control import TargetSets, target_recall_loss
 
 @dataclass(frozen=True)
 class SweepItem:
-    """One intervention of a sweep: ``family`` (top_k, bottom_k, random_k, uniform_top_k, uniform_random_k,
-    whole_layer, mlp_layer, mlp_late_block), its size ``k`` (heads or layers) and ``draw``: the random draw, or
-    for ``mlp_layer`` the layer; -1 otherwise."""
+    """One intervention of a sweep: ``family`` (top_k, bottom_k, composite_top_k, random_k, layer_matched_random_k,
+    entropy_matched_random_k, uniform_top_k, uniform_random_k, whole_layer, mlp_layer, mlp_block), its size ``k``
+    (heads or layers) and ``draw``: the random draw; for ``whole_layer`` and ``mlp_layer`` the layer, for
+    ``mlp_block`` its first layer; -1 otherwise."""
 
     family: str
     k: int
@@ -63,9 +64,55 @@ zero_heads = functools.partial(head_set, "zero_head")
 uniform_heads = functools.partial(head_set, "uniform_head")
 
 
+def layer_matched_draw(targets: Sequence[tuple[int, int]], heads: Sequence[tuple[int, int]],
+                       rng: np.random.Generator) -> list[tuple[int, int]] | None:
+    """Random heads with the same number per layer as ``targets``, none of them a target; None when a layer has too
+    few other heads (e.g. ``targets`` is a whole layer)."""
+    taken = set(targets)
+    pick = []
+    for layer in sorted({l for l, _ in targets}):
+        need = sum(1 for l, _ in targets if l == layer)
+        pool = [h for h in heads if h[0] == layer and h not in taken]
+        if len(pool) < need:
+            return None
+        pick += [pool[i] for i in rng.choice(len(pool), need, replace=False)]
+    return pick
+
+
+def entropy_matched_draw(targets: Sequence[tuple[int, int]], heads: Sequence[tuple[int, int]], entropy: np.ndarray,
+                         rng: np.random.Generator, *, n_nearest: int = 3) -> list[tuple[int, int]] | None:
+    """Random heads whose attention entropies (``entropy`` ``[layers, heads]``) follow the targets': for each target in
+    random order, one of the ``n_nearest`` not-yet-drawn non-target heads closest in entropy, uniformly (nearest-
+    neighbour matching without replacement, randomised among near ties so draws differ); None when there are fewer
+    non-target heads than targets."""
+    taken = set(targets)
+    pool = [h for h in heads if h not in taken]
+    if len(pool) < len(targets):
+        return None
+    pick = []
+    for t in rng.permutation(len(targets)):
+        target = entropy[targets[t]]
+        dist = np.abs(np.array([entropy[h] for h in pool]) - target)
+        nearest = np.argsort(dist, kind="stable")[:n_nearest]
+        pick.append(pool.pop(int(nearest[rng.integers(nearest.size)])))
+    return pick
+
+
+RANDOM_MATCHING = {"none": "random_k", "layer": "layer_matched_random_k", "entropy": "entropy_matched_random_k"}
+
+
 def sweep(head_order: Sequence[tuple[int, int]], n_layers: int, *, readout_layer: int,
-          ks: Sequence[int] = (1, 5, 10, 20, 50), n_random: int = 3, seed: int = 0) -> list[SweepItem]:
-    """The standard sweep; ``head_order`` lists every (layer, head), best-ranked first."""
+          ks: Sequence[int] = (1, 5, 10, 20, 50), n_random: int = 3, seed: int = 0,
+          random_matching: Sequence[str] = ("none",), entropy: np.ndarray | None = None,
+          composite_order: Sequence[tuple[int, int]] | None = None, whole_layers: Sequence[int] = (),
+          mlp_blocks: Sequence[Sequence[int]] = ()) -> list[SweepItem]:
+    """The standard sweep (paper section 2.5, Supplementary Note 14.3); ``head_order`` lists every (layer, head),
+    best-ranked first. Per k: top-k, bottom-k and uniform top-k; ``n_random`` random-k draws for each
+    ``random_matching`` (``none``: any heads; ``layer``: :func:`layer_matched_draw`; ``entropy``:
+    :func:`entropy_matched_draw`, needs ``entropy``), zeroed and (unmatched only) uniform; composite top-k when
+    ``composite_order`` is given (the paper's alternative ranking). Every head of each of ``whole_layers`` (default
+    the read-out layer); every layer's MLP alone and each block of ``mlp_blocks`` (default the late half of the
+    layers). A matched draw that cannot exist (no other heads in a layer) is left out."""
     rng = np.random.default_rng(seed)
     heads = list(head_order)
     n = len(heads)
@@ -74,16 +121,27 @@ def sweep(head_order: Sequence[tuple[int, int]], n_layers: int, *, readout_layer
         items.append(SweepItem("top_k", k, -1, zero_heads(heads[:k])))
         items.append(SweepItem("bottom_k", k, -1, zero_heads(heads[-k:])))
         items.append(SweepItem("uniform_top_k", k, -1, uniform_heads(heads[:k])))
-        for d in range(n_random):
-            pick = [heads[i] for i in rng.choice(n, k, replace=False)]
-            items.append(SweepItem("random_k", k, d, zero_heads(pick)))
-            items.append(SweepItem("uniform_random_k", k, d, uniform_heads(pick)))
+        if composite_order is not None:
+            items.append(SweepItem("composite_top_k", k, -1, zero_heads(list(composite_order)[:k])))
+        for matching in random_matching:
+            for d in range(n_random):
+                if matching == "none":
+                    pick = [heads[i] for i in rng.choice(n, k, replace=False)]
+                    items.append(SweepItem("uniform_random_k", k, d, uniform_heads(pick)))
+                elif matching == "layer":
+                    pick = layer_matched_draw(heads[:k], heads, rng)
+                else:
+                    pick = entropy_matched_draw(heads[:k], heads, entropy, rng)
+                if pick is not None:
+                    items.append(SweepItem(RANDOM_MATCHING[matching], k, d, zero_heads(pick)))
     n_heads = n // n_layers
-    items.append(SweepItem("whole_layer", n_heads, -1, zero_heads([(readout_layer, h) for h in range(n_heads)])))
+    for layer in whole_layers or (readout_layer,):
+        items.append(SweepItem("whole_layer", n_heads, layer, zero_heads([(layer, h) for h in range(n_heads)])))
     for layer in range(n_layers):
         items.append(SweepItem("mlp_layer", 1, layer, (InterventionSpec("zero_mlp", layer),)))
-    late = list(range(n_layers // 2, n_layers))
-    items.append(SweepItem("mlp_late_block", len(late), -1, tuple(InterventionSpec("zero_mlp", l) for l in late)))
+    for block in mlp_blocks or (range(n_layers // 2, n_layers),):
+        block = sorted(set(block))
+        items.append(SweepItem("mlp_block", len(block), block[0], tuple(InterventionSpec("zero_mlp", l) for l in block)))
     unique = {}
     for item in items:  # equal spec sets (e.g. top-k = bottom-k when k = all heads) run once
         unique.setdefault((item.family, item.k, item.draw, item.key), item)

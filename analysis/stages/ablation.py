@@ -1,5 +1,8 @@
 """The ablation stage: the precomputed dose-response (paper sections 2.5, 4.5), resumable. Heads are ordered by AUROC
-against the first reference (TF -> target); :func:`analysis.interp.ablation.sweep` defines the items and
+against the first reference (TF -> target) and, with perturbation data, by the composite score (that AUROC x the
+layer's perturbation-first AUROC); random controls are matched on layer and on attention entropy
+(:mod:`analysis.scoring.heads`); the whole-layer item is the best perturbation-first layer, as the paper's L14, unless
+the user names layers. :func:`analysis.interp.ablation.sweep` defines the items and
 :func:`analysis.rerun.ablation_tables` runs and scores them, as it does for the app's live ablations."""
 from __future__ import annotations
 
@@ -8,30 +11,51 @@ import time
 import numpy as np
 import pandas as pd
 
-from ..config import stable_hash
+from ..config import mlp_block_layers, stable_hash
 from ..interp.ablation import sweep
 from ..io import files, schemas
 from ..io.artifacts import RunWriter
 from ..io.stores import AttentionStore
 from ..rerun import ablation_tables
+from ..scoring.heads import attention_entropy, composite_order
 from ..scoring.registry import StatsRegistry, ablation_tests
 from .inputs import Inputs
 from .timing import timed
 
 
-def head_order(ranking: pd.DataFrame, reference: str) -> list[tuple[int, int]]:
-    """Every (layer, head), best AUROC against ``reference`` (TF -> target) first."""
+def head_auroc(ranking: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every head's AUROC against ``reference`` (TF -> target), best first (columns layer, head, value)."""
     heads = ranking[(ranking["reference"] == reference) & (ranking["direction"] == "tf_to_target")
                     & (ranking["metric"] == "auroc") & (ranking["edge_type"] == "attention")]
-    return list(heads.sort_values("value", ascending=False, kind="stable")[["layer", "head"]]
-                .itertuples(index=False, name=None))
+    return heads.sort_values("value", ascending=False, kind="stable")[["layer", "head", "value"]]
 
 
-def run(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, de_table: pd.DataFrame | None,
-        writer: RunWriter, run_key: str) -> StatsRegistry:
+def layer_perturbation_auroc(per_pert: pd.DataFrame | None) -> pd.Series | None:
+    """Mean perturbation-first AUROC of each layer's head-mean attention (indexed by layer), or None."""
+    if per_pert is None or per_pert.empty:
+        return None
+    layers = per_pert[per_pert["edge_type"] == "attention_layer_mean"]
+    return layers.groupby("layer")["auroc"].mean() if len(layers) else None
+
+
+def build_sweep(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, per_pert: pd.DataFrame | None) -> list:
+    """The run's sweep items (:func:`analysis.interp.ablation.sweep`) from its settings and results."""
+    cfg = inp.cfg.ablation
+    aurocs = head_auroc(ranking, inp.references[0].name)
+    by_layer = layer_perturbation_auroc(per_pert)
+    whole = cfg.whole_layers or ((int(by_layer.idxmax()),) if by_layer is not None else ())
+    return sweep(list(aurocs[["layer", "head"]].itertuples(index=False, name=None)), inp.adapter.n_layers,
+                 readout_layer=inp.readout_layer, ks=cfg.ks, n_random=cfg.n_random, seed=cfg.seed,
+                 random_matching=cfg.random_matching, entropy=attention_entropy(store.mean_attention()),
+                 composite_order=composite_order(aurocs, by_layer) if by_layer is not None else None,
+                 whole_layers=whole, mlp_blocks=[mlp_block_layers(b) for b in cfg.mlp_blocks])
+
+
+def run(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, per_pert: pd.DataFrame | None,
+        de_table: pd.DataFrame | None, writer: RunWriter, run_key: str) -> StatsRegistry:
     """Run (or reload) the sweep, write ``ablation_results`` and ``ablation_fidelity``; return its tests."""
     cfg = inp.cfg.ablation
-    key = stable_hash({"run": run_key, "stage": "ablation", "schema": 2})   # 2: results carry ``structural``
+    key = stable_hash({"run": run_key, "stage": "ablation", "schema": 3})   # 3: matched controls, composite, blocks
     if writer.is_done("ablation", key):
         results = schemas.validate("ablation_results", pd.read_parquet(writer.dir / files.table("ablation_results")))
         writer.mark_done("ablation", key, 0.0, skipped=True)
@@ -39,8 +63,7 @@ def run(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, de_table: pd.
     t0 = time.perf_counter()
     with timed(f"ablation sweep ({cfg.n_cells} of the {inp.attention_cells.size} {inp.cfg.extraction.cells} cells)"):
         reference = inp.references[0]
-        items = sweep(head_order(ranking, reference.name), inp.adapter.n_layers, readout_layer=inp.readout_layer,
-                      ks=cfg.ks, n_random=cfg.n_random, seed=cfg.seed)
+        items = build_sweep(inp, store, ranking, per_pert)
         results, fidelity = ablation_tables(inp.adapter, inp.attention_tokens, store.panel, reference,
                                             np.asarray(store.counts) > 0, items, settings=cfg,
                                             readout_layer=inp.readout_layer, de_table=de_table)

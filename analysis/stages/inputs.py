@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .. import protocols
-from ..config import PerturbationConfig, RunConfig, stable_hash
-from ..errors import InputError
+from ..config import AblationConfig, PerturbationConfig, RunConfig, mlp_block_layers, stable_hash
+from ..errors import ConfigError, InputError
 from ..io import schemas
 from ..io.artifacts import sha256_path
 from ..io.cells import CellData
@@ -119,6 +119,15 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
     return tokens, schemas.validate("panel", panel)
 
 
+def check_ablation_layers(cfg: AblationConfig, n_layers: int) -> None:
+    """Refuse whole-layer and MLP-block settings that name a layer the model does not have."""
+    named = [("ablation.whole_layers", l) for l in cfg.whole_layers]
+    named += [("ablation.mlp_blocks", l) for b in cfg.mlp_blocks for l in mlp_block_layers(b)]
+    for key, layer in named:
+        if not 0 <= layer < n_layers:
+            raise ConfigError(f"{key} names layer {layer}; the model has layers 0-{n_layers - 1}")
+
+
 def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs:
     """Load and validate model, tokeniser, data, references, tokens and panel (embedded default when unset)."""
     from ..sim.embedded import CELL_STATE_COL, CONTROL, PERTURBATION_COL, ensure_dataset, ensure_model
@@ -147,6 +156,10 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     if paper_layer is not None and cfg.perturbation.readout_layer == PerturbationConfig.readout_layer:
         cfg = dataclasses.replace(cfg, perturbation=dataclasses.replace(cfg.perturbation, readout_layer=paper_layer))
     cfg.perturbation.resolve_readout_layer(adapter.n_layers)
+    paper_blocks = protocols.mlp_blocks_for(cfg.protocol, adapter.official_name)
+    if paper_blocks and not cfg.ablation.mlp_blocks:
+        cfg = dataclasses.replace(cfg, ablation=dataclasses.replace(cfg.ablation, mlp_blocks=paper_blocks))
+    check_ablation_layers(cfg.ablation, adapter.n_layers)
     tokenizer = adapter.tokenizer(cfg.tokenizer, cfg.model.dictionaries)
     cells = load_cells_for(data_cfg, tokenizer, seed=cfg.extraction.seed)
     references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]

@@ -75,13 +75,13 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
         att_edges, corr_edges = attention.edges(inp, store, writer, key)
         head_ranking = ranking.run(inp, att_edges, corr_edges, writer, key)
         registry = ranking.registry(head_ranking, inp.readout_layer)
-        de_table = None
+        de_table = per_pert = None
         if inp.cells.perturbation_col is not None:
             pert = perturbation.stage(inp, att_edges, writer, key)
             registry.extend(pert.registry)
-            de_table = pert.tables.get("de_results")
+            de_table, per_pert = pert.tables.get("de_results"), pert.tables.get("perturbation_auroc")
         if inp.cfg.ablation.n_cells > 0:
-            registry.extend(ablation.run(inp, store, head_ranking, de_table, writer, run_key))
+            registry.extend(ablation.run(inp, store, head_ranking, per_pert, de_table, writer, run_key))
         if inp.cfg.cssi.n_fine > 0:
             registry.extend(cssi.run(inp, store, writer, run_key, progress))
         stats_table = schemas.validate("statistics_registry", registry.table())

@@ -14,6 +14,7 @@ from analysis.interp.interventions import InterventionSpec
 from analysis.io.references import ReferenceNetwork
 from analysis.models.base import masked_positions
 from analysis.scoring.ablation import structural_null, summarise
+from analysis.scoring.heads import attention_entropy, composite_order
 from analysis.scoring.registry import ablation_tests
 from analysis.scoring.ranking import evaluable_universe
 
@@ -98,12 +99,81 @@ def test_baseline_readout_attention_equals_store(settings, family):
 
 def test_sweep_families_and_matching():
     order = [(l, h) for l in range(3) for h in range(4)][::-1]
-    items = sweep(order, 3, readout_layer=2, ks=(1, 5, 20), n_random=3, seed=0)
+    entropy = np.arange(12.0).reshape(3, 4)
+    items = sweep(order, 3, readout_layer=2, ks=(1, 5, 20), n_random=3, seed=0,
+                  random_matching=("none", "layer", "entropy"), entropy=entropy, composite_order=order[::-1],
+                  whole_layers=(0, 1), mlp_blocks=[(1, 2)])
     fam = {(i.family, i.k, i.draw) for i in items}
-    assert ("top_k", 12, -1) in fam and ("random_k", 5, 2) in fam and ("mlp_late_block", 2, -1) in fam
+    assert ("top_k", 12, -1) in fam and ("random_k", 5, 2) in fam and ("mlp_block", 2, 1) in fam
+    assert {d for f, _, d in fam if f == "whole_layer"} == {0, 1} and ("mlp_layer", 1, 2) in fam
     top5 = next(i for i in items if i.family == "top_k" and i.k == 5)
     assert sum(len(s.heads) for s in top5.specs) == 5 and top5.specs == zero_heads(order[:5])
+    assert next(i for i in items if i.family == "composite_top_k" and i.k == 5).specs == zero_heads(order[::-1][:5])
     assert all(sum(len(s.heads) for s in i.specs) == i.k for i in items if i.family.endswith("random_k"))
+    for item in (i for i in items if i.family == "layer_matched_random_k"):
+        drawn = {(s.layer, h) for s in item.specs for h in s.heads}
+        top = set(order[:item.k])
+        assert not drawn & top
+        assert sorted(l for l, _ in drawn) == sorted(l for l, _ in top)
+    # all 12 heads (k = 20 -> 12) leave nothing to match against; 4 of layer 2 + 1 of layer 1 can be matched
+    assert not any(i.family.endswith("matched_random_k") and i.k == 12 for i in items)
+    assert ("layer_matched_random_k", 5, 0) not in fam   # top-5 holds all 4 heads of layer 2: no match exists
+    assert ("entropy_matched_random_k", 5, 2) in fam
+
+
+def test_entropy_matched_draws_have_the_target_entropy_distribution():
+    """Bimodal head entropies; the top-16 heads all sit in the low mode. Entropy-matched draws reproduce the
+    targets' distribution (two-sample KS does not reject); unmatched draws do not (they span both modes)."""
+    from scipy.stats import ks_2samp
+    rng = np.random.default_rng(0)
+    entropy = rng.permutation(np.concatenate([rng.normal(1.0, 0.1, 64), rng.normal(3.0, 0.1, 64)])).reshape(16, 8)
+    low = [h for h in np.ndindex(16, 8) if entropy[h] < 2]
+    order = [low[i] for i in rng.permutation(len(low))[:16]]
+    order += [h for h in np.ndindex(16, 8) if h not in order]
+    items = sweep(order, 16, readout_layer=15, ks=(16,), n_random=10, seed=1, random_matching=("none", "entropy"),
+                  entropy=entropy)
+    target = np.array([entropy[h] for h in order[:16]])
+
+    def drawn(family):
+        return np.array([entropy[s.layer, h] for i in items if i.family == family for s in i.specs for h in s.heads])
+    matched, unmatched = drawn("entropy_matched_random_k"), drawn("random_k")
+    assert matched.size == unmatched.size == 160
+    assert ks_2samp(matched, target).pvalue > 0.05 and ks_2samp(unmatched, target).pvalue < 1e-3
+    assert (matched < 2).all()
+    assert not set(order[:16]) & {(s.layer, h) for i in items if i.family == "entropy_matched_random_k"
+                                 for s in i.specs for h in s.heads}
+
+
+def test_head_entropy_and_composite_order_by_hand():
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(0, 1, size=(2, 3, 4, 4))
+    mean[0, 0, 1, 2] = np.nan
+    mean[1, 2, 3] = np.nan                         # a query row never observed
+    got = attention_entropy(mean)
+    for l, h in np.ndindex(2, 3):
+        rows = []
+        for q in range(4):
+            vals = [v for v in mean[l, h, q] if not np.isnan(v)]
+            if vals:
+                p = np.array(vals) / sum(vals)
+                rows.append(-sum(x * np.log(x) for x in p))
+        assert np.isclose(got[l, h], np.mean(rows))
+    heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "value": [0.9, 0.8, 0.7, 0.6]})
+    assert composite_order(heads, pd.Series({0: 0.5, 1: 0.8})) == [(1, 0), (1, 1), (0, 0), (0, 1)]
+
+
+def test_ablation_layer_settings_are_checked():
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+    from analysis.stages.inputs import check_ablation_layers
+    cfg = load_config(cli={"ablation.mlp_blocks": ("2-3", "0+2"), "ablation.whole_layers": (1,)})
+    check_ablation_layers(cfg.ablation, 4)
+    with pytest.raises(ConfigError, match="names layer 3; the model has layers 0-2"):
+        check_ablation_layers(cfg.ablation, 3)
+    with pytest.raises(ConfigError, match="ablation.mlp_blocks entry 'x-y'"):
+        load_config(cli={"ablation.mlp_blocks": ("x-y",)})
+    with pytest.raises(ConfigError, match="ablation.random_matching = 'size'"):
+        load_config(cli={"ablation.random_matching": ("size",)})
 
 
 @pytest.mark.parametrize("family", FAMILIES)

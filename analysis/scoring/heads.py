@@ -1,0 +1,30 @@
+"""Head-level summaries that choose ablation controls (paper section 2.5, Supplementary Note 14.3): each head's
+attention entropy (for entropy-matched random heads) and the composite ranking (reference AUROC x the head's
+layer's perturbation-first AUROC)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def attention_entropy(mean_attention: np.ndarray) -> np.ndarray:
+    """``[layers, heads]`` entropy (nats) of each head's attention over the gene panel: every query row of the head's
+    mean attention ``[layers, heads, G, G]`` (NaN = never co-observed, dropped) renormalised over the panel keys,
+    its Shannon entropy, averaged over rows. A panel-restricted entropy: the store keeps only panel pairs, so this
+    ranks heads from diffuse to focused over the genes the analyses score, not over the whole input."""
+    a = np.nan_to_num(np.clip(mean_attention, 0, None))
+    totals = a.sum(-1, keepdims=True)
+    p = np.divide(a, totals, out=np.zeros_like(a), where=totals > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)                # [layers, heads, G]
+    rows = totals[..., 0] > 0
+    return np.where(rows.any(-1), (h * rows).sum(-1) / np.maximum(rows.sum(-1), 1), np.nan)
+
+
+def composite_order(head_auroc: pd.DataFrame, layer_perturbation_auroc: pd.Series) -> list[tuple[int, int]]:
+    """Every (layer, head) by the paper's composite score, highest first: the head's reference AUROC (``head_auroc``:
+    columns layer, head, value) times its layer's mean perturbation-first AUROC (``layer_perturbation_auroc``,
+    indexed by layer); ties keep ``head_auroc``'s order."""
+    score = head_auroc["value"].to_numpy() * head_auroc["layer"].map(layer_perturbation_auroc).to_numpy()
+    order = np.argsort(-score, kind="stable")
+    return list(head_auroc[["layer", "head"]].iloc[order].itertuples(index=False, name=None))
