@@ -64,6 +64,7 @@ TABLES = {
     "sensitivity_grid": SENSITIVITY_GRID,
     "on_target": ON_TARGET,
     "incremental_value": INCREMENTAL_VALUE,
+    "incremental_value_matched": INCREMENTAL_VALUE,
     "residualisation": RESIDUALISATION,
     "propensity": PROPENSITY,
     "propensity_balance": PROPENSITY_BALANCE,

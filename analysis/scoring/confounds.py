@@ -244,17 +244,22 @@ def curveball(matrix: np.ndarray, allowed: np.ndarray, *, n_trades: int, rng: np
 
 
 def degree_null(scores: np.ndarray, labels: np.ndarray, allowed: np.ndarray, *, n_null: int = 100,
-                seed: int = 0) -> dict[str, float]:
-    """AUROC of ``scores`` ``[n_tf, G]`` over ``allowed`` pairs vs the curveball degree-preserving null and the
-    label-shuffle null: chance (0.5) + degree (null mean - 0.5) + excess (observed - null mean)."""
+                seed: int = 0) -> list[dict[str, float]]:
+    """AUROC of each score matrix in ``scores`` ``[E, n_tf, G]`` over ``allowed`` pairs vs the curveball
+    degree-preserving null and the label-shuffle null: chance (0.5) + degree (null mean - 0.5) + excess (observed -
+    null mean). The ``n_null`` randomised label sets are drawn once and shared by every matrix, so their nulls are
+    paired. One dict per matrix."""
     rng = np.random.default_rng(seed)
-    flat_scores = np.nan_to_num(scores[allowed])
-    ranks = rankdata(flat_scores)
-    observed = auroc_from_ranks(ranks, labels[allowed])
+    ranks = [rankdata(np.nan_to_num(s[allowed])) for s in scores]
     trades = 5 * labels.shape[0] * max(1, int(labels.sum(1).mean()))
-    null = np.array([auroc_from_ranks(ranks, curveball(labels, allowed, n_trades=trades, rng=rng)[allowed])
-                     for _ in range(n_null)])
-    shuffle = np.array([auroc_from_ranks(ranks, rng.permutation(labels[allowed])) for _ in range(n_null)])
-    return {"auroc": observed, "degree_null_mean": null.mean(), "shuffle_null_mean": shuffle.mean(),
-            "chance": 0.5, "degree": null.mean() - 0.5, "excess": observed - null.mean(),
-            "p_excess": (1 + np.sum(null >= observed)) / (1 + n_null), "n_null": n_null}
+    curveballs = [curveball(labels, allowed, n_trades=trades, rng=rng)[allowed] for _ in range(n_null)]
+    shuffles = [rng.permutation(labels[allowed]) for _ in range(n_null)]
+    out = []
+    for r in ranks:
+        observed = auroc_from_ranks(r, labels[allowed])
+        null = np.array([auroc_from_ranks(r, c) for c in curveballs])
+        shuffle = np.array([auroc_from_ranks(r, c) for c in shuffles])
+        out.append({"auroc": observed, "degree_null_mean": null.mean(), "shuffle_null_mean": shuffle.mean(),
+                    "chance": 0.5, "degree": null.mean() - 0.5, "excess": observed - null.mean(),
+                    "p_excess": (1 + np.sum(null >= observed)) / (1 + n_null), "n_null": n_null})
+    return out

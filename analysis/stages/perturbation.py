@@ -1,7 +1,10 @@
-"""The perturbation / confound stage of precompute: DE, perturbation-first AUROC for every edge source, the
-27-condition sensitivity grid, incremental value, residualisation, propensity matching and degree nulls,
-with every test registered in the statistics registry (paper sections 2.3-2.4, 4.3-4.4, 4.6). On the embedded
-default two planted edge scores with known incremental value join the confound tests (:func:`constructed_edges`)."""
+"""The perturbation stage of precompute: DE, the on-target check, perturbation-first AUROC for every edge source, the
+27-condition sensitivity grid, incremental value over gene-level features (on every observation, and on the
+propensity-matched set: the paper's "exactly zero", SN14.8) and propensity matching, with every test registered in
+the statistics registry (paper sections 2.3-2.4, 4.3-4.4, 4.6). Correlation enters as all three variants (signed,
+absolute, sign-matched; the configured one is primary). On the embedded default two planted edge scores with known
+incremental value join the confound tests (:func:`constructed_edges`). Residualisation and the degree null need no
+perturbation column: :mod:`analysis.stages.confounds`."""
 from __future__ import annotations
 
 import logging
@@ -21,12 +24,10 @@ from ..io.cells import CellData
 from ..io.expression import expression_matrix
 from ..io.references import ReferenceNetwork
 from ..scoring import confounds
-from ..scoring.edges import EdgeScores, combine, spearman_edges
-from ..scoring.edges import CORRELATION_EDGE_TYPES, correlation_variants
+from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, combine, correlation_variants
 from ..scoring.panel import highly_variable
 from ..scoring.perturbation import (differential_expression, gene_level_scores, on_target_check,
                                     perturbation_auroc)
-from ..scoring.ranking import evaluable_universe
 from ..scoring.registry import StatsRegistry
 from ..scoring.stats import wilcoxon_p
 from ..sim.simulate import constructed_edges as simulated_edges
@@ -66,20 +67,21 @@ def _pair_scores(edges: EdgeScores, source: int, de: pd.DataFrame) -> pd.DataFra
                          "score": edges.scores[source][rows, cols]})
 
 
-def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references: list[ReferenceNetwork],
-        cfg: PerturbationConfig, *, constructed: dict[str, np.ndarray] | None = None) -> PerturbationResults:
+def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeScores,
+        references: list[ReferenceNetwork], cfg: PerturbationConfig, *,
+        constructed: dict[str, np.ndarray] | None = None) -> PerturbationResults:
+    """``corr``: the Spearman edges over the cells attention ran on (:func:`analysis.scoring.edges.spearman_edges`)."""
     reg = StatsRegistry()
     n_layers = int(attention.sources["layer"].max()) + 1
     readout = cfg.resolve_readout_layer(n_layers)
     src = attention.sources
     readout_idx = int(src.index[(src["edge_type"] == "attention_layer_mean") & (src["layer"] == readout)][0])
-    controls = cells.controls()
     degree = references[0].edges.groupby("tf").size().to_dict()
     baselines = gene_level_scores(cells, panel, reference_degree=degree)
     de = differential_expression(cells, panel[panel["in_universe"]], lfc_threshold=cfg.lfc_threshold,
                                  n_control=cfg.n_control, alpha=cfg.alpha, test=cfg.test, lfc=cfg.lfc, seed=cfg.seed)
     on_target = on_target_check(cells, cfg.modality, lfc=cfg.lfc)
-    corr_variants = correlation_variants(spearman_edges(controls, panel), de.table, cfg.modality)
+    corr_variants = correlation_variants(corr, de.table, cfg.modality)
     corr = corr_variants.select(CORRELATION_EDGE_TYPES[cfg.correlation_edge])
     everything = combine(attention, corr_variants, baselines)
     per_pert = perturbation_auroc(everything, de)
@@ -124,27 +126,25 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references:
                          effect_name="mean AUROC", n=v.size, confirmatory=False)
     tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(attention, corr, baselines), readout_idx,
                                                   attention.sources.shape[0], cfg, reg, exclude=failed)
-    # incremental value, propensity matching
     features = pd.DataFrame({"symbol": panel["symbol"],
                              **{k: baselines.scores[i, 0] for i, k in enumerate(("mean", "variance", "detection"))}}
                             ).set_index("symbol")
     edge_cols = {"attention": _pair_scores(attention, readout_idx, de.table),
                  "correlation": _pair_scores(corr, 0, de.table)}
+    for variant, edge_type in CORRELATION_EDGE_TYPES.items():
+        if variant != cfg.correlation_edge:
+            edge_cols[f"correlation_{variant}"] = _pair_scores(corr_variants.select(edge_type), 0, de.table)
     if constructed:
         for name, matrix in constructed.items():
             fake = EdgeScores(matrix[None], pd.DataFrame({"edge_type": [name], "layer": [-1], "head": [-1]}),
                               attention.observed, panel, {})
             edge_cols[f"sim_{name}"] = _pair_scores(fake, 0, de.table)
     obs = confounds.observation_table(de.table, features, edge_cols)
-    inc = confounds.incremental_value(obs, list(edge_cols), n_boot=cfg.n_boot, seed=cfg.seed)
-    tables["incremental_value"] = inc
-    for r in inc[(inc["feature_set"].str.startswith("gene+")) & (inc["metric"] == "auroc")].itertuples():
-        primary = r.split == "perturbation" and r.model == "logistic" and not r.feature_set.startswith("gene+sim_")
-        reg.register("incremental_value", f"{r.feature_set} > gene ({r.split} split, {r.model})",
-                     "perturbation bootstrap (one-sided)", r.p_delta, effect=r.delta, effect_name="delta AUROC",
-                     n=r.n_obs, confirmatory=primary)
+    tables["incremental_value"] = incremental(obs, edge_cols, cfg, reg, sample="all observations")
     match = confounds.propensity_match(obs, seed=cfg.seed)
     tables["propensity_balance"] = match.balance
+    tables["incremental_value_matched"] = incremental(match.matched, edge_cols, cfg, reg,
+                                                      sample="the propensity-matched set", splits=("perturbation",))
     prop_rows = []
     for name in edge_cols:
         m = match.matched
@@ -152,39 +152,31 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, references:
         prop_rows.append({"edge": name, "auroc_matched": auc, "auroc_unmatched": roc_auc_score(obs["label"], obs[name]),
                           **match.params})
     tables["propensity"] = pd.DataFrame(prop_rows)
-    # residualisation and degree nulls against each reference
-    x_all = expression_matrix(cells, panel["gene_id"].to_numpy())
-    cov = np.column_stack([x_all.mean(0), x_all.var(0), (x_all > 0).mean(0)])
-    # a reference has no observed direction of change: sign-matched correlation is scored as signed rho here
-    reference_corr = corr_variants.select(CORRELATION_EDGE_TYPES[
-        "absolute" if cfg.correlation_edge == "absolute" else "signed"]).scores[0]
-    resid_rows, degree_rows = [], []
-    for ref in references:
-        uni = evaluable_universe(panel, ref, attention.observed)
-        if uni.n_pos == 0:
-            continue
-        tf_idx, col_idx = np.nonzero(uni.pair_mask)
-        labels = uni.labels[uni.pair_mask]
-        pair_cov = np.column_stack([cov[uni.tf_rows[tf_idx]], cov[col_idx]])
-        for edge_name, matrix in (("attention", attention.scores[readout_idx]), ("correlation", reference_corr)):
-            sc = np.nan_to_num(matrix[uni.tf_rows][uni.pair_mask])
-            for model in ("ols", "gbdt"):
-                res = confounds.residualise(sc, pair_cov, labels, model=model, seed=cfg.seed)
-                resid_rows.append({"reference": ref.name, "edge": edge_name, "model": model, **res})
-                reg.register("residualisation", f"{edge_name} vs {ref.name}, {model}: share retained",
-                             "cross-fitted residual AUROC", np.nan, effect=res["retained"],
-                             effect_name="share of above-chance AUROC retained", n=int(labels.size),
-                             confirmatory=False)
-            dn = confounds.degree_null(matrix[uni.tf_rows], uni.labels, uni.pair_mask, n_null=cfg.n_degree_null,
-                                       seed=cfg.seed)
-            degree_rows.append({"reference": ref.name, "edge": edge_name, **dn})
-            reg.register("degree_null", f"{edge_name} vs {ref.name}: excess over degree null",
-                         "curveball permutation (one-sided)", dn["p_excess"], effect=dn["excess"],
-                         effect_name="AUROC excess", n=int(labels.size))
-    tables["residualisation"] = pd.DataFrame(resid_rows)
-    tables["degree_null"] = pd.DataFrame(degree_rows)
     return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": int(n),
                                              "n_on_target_failed": len(failed), "de": de.params})
+
+
+def incremental(obs: pd.DataFrame, edge_cols: dict, cfg: PerturbationConfig, reg: StatsRegistry, *, sample: str,
+                splits=confounds.SPLITS) -> pd.DataFrame:
+    """:func:`analysis.scoring.confounds.incremental_value` of every edge on ``obs``, with its tests registered:
+    confirmatory for attention and the primary correlation edge under the paper's design (GroupKFold by
+    perturbation, logistic regression), descriptive otherwise. A split that cannot be made (one perturbation, or
+    one gene) is logged and left out."""
+    inc = confounds.incremental_value(obs, list(edge_cols), splits=splits, n_boot=cfg.n_boot, seed=cfg.seed)
+    missing = [s for s in splits if inc.empty or s not in set(inc["split"])]
+    if missing:
+        log.warning("incremental value on %s: split(s) %s skipped (need at least two perturbations and two genes "
+                    "with both DE and non-DE targets)", sample, ", ".join(missing))
+    if inc.empty:
+        return inc
+    suffix = "" if sample == "all observations" else f" on {sample}"
+    for r in inc[(inc["feature_set"].str.startswith("gene+")) & (inc["metric"] == "auroc")].itertuples():
+        primary = (r.split == "perturbation" and r.model == "logistic"
+                   and r.feature_set in ("gene+attention", "gene+correlation"))
+        reg.register("incremental_value", f"{r.feature_set} > gene ({r.split} split, {r.model}){suffix}",
+                     "perturbation bootstrap (one-sided)", r.p_delta, effect=r.delta, effect_name="delta AUROC",
+                     n=r.n_obs, confirmatory=primary)
+    return inc
 
 
 def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, readout_idx: int, n_attention: int,
@@ -236,7 +228,7 @@ def constructed_edges(cfg: RunConfig, cells: CellData, panel: pd.DataFrame) -> d
     return simulated_edges(make_network(cfg.simulation), list(panel["symbol"]), variance, seed=cfg.simulation.seed)
 
 
-def stage(inp: Inputs, attention: EdgeScores, writer: RunWriter, key: str) -> PerturbationResults:
+def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWriter, key: str) -> PerturbationResults:
     """Run the stage on a run's inputs and write its tables.
 
     OpenMP is held to one thread here: the confound models (scikit-learn's histogram gradient boosting) spin at
@@ -244,10 +236,11 @@ def stage(inp: Inputs, attention: EdgeScores, writer: RunWriter, key: str) -> Pe
     the cores. Measured on this 2-core machine, the stage on the 150-cell test screen: 15.3 s with two threads and
     12.3 s with one; 93 s with two and 12.1 s with one when the app's modules were imported first."""
     t0 = time.perf_counter()
-    with timed("perturbation + confounds"), threadpool_limits(1, user_api="openmp"):
+    with timed("perturbation"), threadpool_limits(1, user_api="openmp"):
         embedded = inp.provenance.get("data") == "embedded simulation"
         planted = constructed_edges(inp.cfg, inp.cells, inp.panel) if embedded else None
-        result = run(inp.cells, inp.panel, attention, inp.references, inp.cfg.perturbation, constructed=planted)
+        result = run(inp.cells, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
+                     constructed=planted)
         for name, frame in result.tables.items():
             schemas.validate(name, frame).to_parquet(writer.dir / files.table(name), index=False)
     writer.mark_done("perturbation", key, time.perf_counter() - t0)

@@ -1,4 +1,4 @@
-"""The precompute stages, in order: inputs -> attention -> edges -> ranking -> perturbation + confounds -> ablation
+"""The precompute stages, in order: inputs -> attention -> edges -> ranking -> reference confounds -> perturbation -> ablation
 -> CSSI -> statistics registry -> manifest, for one model (:func:`run_precompute`) or, for the embedded default,
 for every model family (:func:`configs_to_run`).
 
@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..io import files, schemas
 from ..io.artifacts import RunWriter
 from ..models.base import FAMILIES
-from . import ablation, attention, cssi, perturbation, ranking
+from . import ablation, attention, confounds, cssi, perturbation, ranking
 from .inputs import Inputs, resolve_inputs
 from .timing import timed
 
@@ -75,9 +75,10 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
         att_edges, corr_edges = attention.edges(inp, store, writer, key)
         head_ranking = ranking.run(inp, att_edges, corr_edges, writer, key)
         registry = ranking.registry(head_ranking, inp.readout_layer)
+        registry.extend(confounds.stage(inp, att_edges, corr_edges, writer, key))
         de_table = per_pert = None
         if inp.cells.perturbation_col is not None:
-            pert = perturbation.stage(inp, att_edges, writer, key)
+            pert = perturbation.stage(inp, att_edges, corr_edges, writer, key)
             registry.extend(pert.registry)
             de_table, per_pert = pert.tables.get("de_results"), pert.tables.get("perturbation_auroc")
         if inp.cfg.ablation.n_cells > 0:

@@ -63,14 +63,21 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
     assert grid[["lfc_threshold", "n_control", "universe_size"]].drop_duplicates().shape[0] == 27
     inc = store.table(run, "incremental_value")
     assert set(inc["split"]) == {"perturbation", "gene", "joint"} and set(inc["model"]) == {"logistic", "gbdt"}
-    assert {"gene+attention", "gene+correlation", "gene+sim_oracle", "gene+sim_gene_only"} <= set(inc["feature_set"])
+    assert {"gene+attention", "gene+correlation", "gene+sim_oracle", "gene+sim_gene_only",
+            "gene+correlation_absolute", "gene+correlation_sign_matched"} <= set(inc["feature_set"])
+    matched = store.table(run, "incremental_value_matched")
+    assert set(matched["split"]) == {"perturbation"} and "gene+attention" in set(matched["feature_set"])
     reg = store.table(run, "statistics_registry")
+    assert reg["hypothesis"].str.endswith("on the propensity-matched set").any()
     assert {"reference_recovery", "perturbation_first", "trivial_baselines", "incremental_value", "degree_null",
             "residualisation", "sensitivity_grid", "head_screen"} <= set(reg["analysis"])
     assert reg["test_id"].is_unique and reg.loc[reg["confirmatory"], "q"].notna().all()
     assert (runs[family] / "statistics_registry.csv").is_file()
     abl = store.table(run, "ablation_results")
     assert abl.groupby("family")["draw"].nunique()["random_k"] == 3
+    assert {"composite_top_k", "entropy_matched_random_k", "mlp_block"} <= set(abl["family"])
+    best = per[per["edge_type"] == "attention_layer_mean"].groupby("layer")["auroc"].mean().idxmax()
+    assert set(abl.loc[abl["family"] == "whole_layer", "draw"]) == {best}   # the best perturbation-first layer
     assert {"mlm_loss", "mlm_accuracy", "reference_auroc", "perturbation_auroc",
             "output_cosine_distance"} <= set(abl["readout"])
     # target recall needs a model that predicts gene tokens (Geneformer), not values (scGPT)
@@ -166,6 +173,13 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     ablation = pd.read_parquet(run_dir / "ablation_results.parquet")
     assert {"top_k", "bottom_k", "random_k", "uniform_top_k", "whole_layer", "mlp_layer"} <= set(ablation["family"])
     assert "perturbation_auroc" not in set(ablation["readout"])  # no perturbation column in this dataset
+    # atlas data still gets the reference-side confounds (issue: residualisation and the degree null)
+    resid = pd.read_parquet(run_dir / "residualisation.parquet")
+    assert set(resid["edge"]) == {"attention", "correlation", "correlation_absolute"} and set(resid["model"]) == {
+        "ols", "gbdt"}
+    degree = pd.read_parquet(run_dir / "degree_null.parquet").set_index("edge")
+    assert np.allclose(degree["chance"] + degree["degree"] + degree["excess"], degree["auroc"])
+    assert not (run_dir / "incremental_value.parquet").exists()
     cells = pd.read_parquet(run_dir / "cssi_cells.parquet")
     assert len(cells) == 24 and cells["cell_state"].str.len().gt(0).all()   # the real cell-line labels
     curve = pd.read_parquet(run_dir / "cssi_curve.parquet")

@@ -14,7 +14,7 @@ from analysis.config import RunConfig, load_config
 from analysis.errors import ConfigError, InputError
 from analysis.io.cells import from_anndata
 from analysis.io.expression import expression_matrix
-from analysis.scoring.edges import EdgeScores, correlation_variants
+from analysis.scoring.edges import EdgeScores, correlation_variants, spearman_edges
 from analysis.scoring.panel import evaluation_universe, select_panel
 from analysis.scoring.perturbation import differential_expression, on_target_check
 
@@ -172,11 +172,12 @@ def test_failed_on_target_perturbations_leave_the_confirmatory_tests():
     reference = ReferenceNetwork("truth", edges.assign(reference="truth", mode="", confidence=""), {})
     cfg = PerturbationConfig(n_boot=5, n_degree_null=3, grid_lfc=(0.5,), grid_control_fraction=(1.0,),
                              grid_universe_fraction=(1.0,))
-    kept = run(cells, panel, attention, [reference], cfg)
+    corr = spearman_edges(cells.controls(), panel)
+    kept = run(cells, panel, attention, corr, [reference], cfg)
     assert (kept.tables["on_target"]["status"] == "passed").all() and kept.params["n_evaluable"] > 0
     assert any(t["confirmatory"] for t in kept.registry.table().to_dict("records")
                if t["analysis"] == "perturbation_first")
-    flipped = run(cells, panel, attention, [reference], dataclasses.replace(cfg, modality="crispra"))
+    flipped = run(cells, panel, attention, corr, [reference], dataclasses.replace(cfg, modality="crispra"))
     assert (flipped.tables["on_target"]["status"] == "failed").all()
     assert flipped.params["n_evaluable"] == 0
     assert not any(t["analysis"] == "perturbation_first" for t in flipped.registry.table().to_dict("records"))

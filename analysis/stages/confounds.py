@@ -1,0 +1,86 @@
+"""The reference-side confound stage (paper sections 2.4, 4.4; Supplementary Notes 13.4, 14.2): cross-fitted
+residualisation of reference-pair edge scores on expression covariates of both genes (OLS and GBDT), and the
+degree-preserving null, for the read-out layer's attention and for correlation, against every reference.
+
+Neither needs a perturbation column, so atlas data gets both. Covariates (mean, variance, detection of log1p CP10k)
+and correlation come from the cells attention ran on. Correlation is scored signed (rho, the paper's) and absolute
+(|rho|); the sign-matched variant needs an observed direction of change, which a reference pair does not have, so
+it is not defined here (with ``perturbation.correlation_edge = sign_matched`` the signed edge is primary here)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from ..config import PerturbationConfig
+from ..io import files, schemas
+from ..io.artifacts import RunWriter
+from ..io.cells import CellData
+from ..io.expression import expression_matrix
+from ..io.references import ReferenceNetwork
+from ..scoring import confounds
+from ..scoring.edges import EdgeScores
+from ..scoring.ranking import evaluable_universe
+from ..scoring.registry import StatsRegistry
+from .inputs import Inputs
+from .timing import timed
+
+
+def edge_matrices(attention: EdgeScores, corr: EdgeScores, readout: int, primary: str) -> dict[str, tuple[np.ndarray, bool]]:
+    """name -> (``[G, G]`` scores, confirmatory): the read-out layer's head-mean attention, signed and absolute rho."""
+    src = attention.sources
+    idx = int(src.index[(src["edge_type"] == "attention_layer_mean") & (src["layer"] == readout)][0])
+    rho = corr.scores[0]
+    return {"attention": (attention.scores[idx], True),
+            "correlation": (rho, primary != "absolute"),
+            "correlation_absolute": (np.abs(rho), primary == "absolute")}
+
+
+def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeScores,
+        references: list[ReferenceNetwork], cfg: PerturbationConfig, readout: int
+        ) -> tuple[dict[str, pd.DataFrame], StatsRegistry]:
+    """Tables ``residualisation`` and ``degree_null`` and their tests, over ``cells`` (the attention cells)."""
+    reg = StatsRegistry()
+    x = expression_matrix(cells, panel["gene_id"].to_numpy())
+    cov = np.column_stack([x.mean(0), x.var(0), (x > 0).mean(0)])
+    edges = edge_matrices(attention, corr, readout, cfg.correlation_edge)
+    resid_rows, degree_rows = [], []
+    for ref in references:
+        uni = evaluable_universe(panel, ref, attention.observed)
+        if uni.n_pos == 0:
+            continue
+        tf_idx, col_idx = np.nonzero(uni.pair_mask)
+        labels = uni.labels[uni.pair_mask]
+        pair_cov = np.column_stack([cov[uni.tf_rows[tf_idx]], cov[col_idx]])
+        for name, (matrix, confirmatory) in edges.items():
+            scores = np.nan_to_num(matrix[uni.tf_rows][uni.pair_mask])
+            for model in ("ols", "gbdt"):
+                res = confounds.residualise(scores, pair_cov, labels, model=model, seed=cfg.seed)
+                resid_rows.append({"reference": ref.name, "edge": name, "model": model, **res})
+                reg.register("residualisation", f"{name} vs {ref.name}, {model}: share retained",
+                             "cross-fitted residual AUROC", np.nan, effect=res["retained"],
+                             effect_name="share of above-chance AUROC retained", n=int(labels.size),
+                             confirmatory=False)
+        nulls = confounds.degree_null(np.stack([m[uni.tf_rows] for m, _ in edges.values()]), uni.labels,
+                                      uni.pair_mask, n_null=cfg.n_degree_null, seed=cfg.seed)
+        for (name, (_, confirmatory)), dn in zip(edges.items(), nulls):
+            degree_rows.append({"reference": ref.name, "edge": name, **dn})
+            reg.register("degree_null", f"{name} vs {ref.name}: excess over degree null",
+                         "curveball permutation (one-sided)", dn["p_excess"], effect=dn["excess"],
+                         effect_name="AUROC excess", n=int(uni.pair_mask.sum()), confirmatory=confirmatory)
+    return {"residualisation": pd.DataFrame(resid_rows), "degree_null": pd.DataFrame(degree_rows)}, reg
+
+
+def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWriter, key: str) -> StatsRegistry:
+    """Run on a run's inputs and write the tables (OpenMP held to one thread: see analysis.stages.perturbation)."""
+    t0 = time.perf_counter()
+    with timed("reference confounds"), threadpool_limits(1, user_api="openmp"):
+        tables, reg = run(inp.attention_cell_data, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
+                          inp.readout_layer)
+        for name, frame in tables.items():
+            if len(frame):   # no reference with a positive pair in the panel: nothing to decompose
+                schemas.validate(name, frame).to_parquet(writer.dir / files.table(name), index=False)
+    writer.mark_done("confounds", key, time.perf_counter() - t0)
+    return reg
