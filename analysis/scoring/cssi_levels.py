@@ -110,6 +110,10 @@ def random_groups(n_cells: int, n_groups: int, seed: int) -> np.ndarray:
     return rng.permutation(np.arange(n_cells) % n_groups)
 
 
+class TooFewStrata(InputError):
+    """The cells' fine clusters cannot hold any level of ``cssi.n_strata`` (too few cells or too uniform a state)."""
+
+
 def build_strata(cfg: CSSIConfig, rep: np.ndarray, n_cells: int) -> tuple[Stratification, np.ndarray]:
     """Nested strata on ``rep`` and the random null groups (numbered after the fine clusters)."""
     strata = stratify(rep, n_strata=(), n_fine=cfg.n_fine, n_neighbors=cfg.n_neighbors, min_size=cfg.min_size,
@@ -122,7 +126,7 @@ def build_strata(cfg: CSSIConfig, rep: np.ndarray, n_cells: int) -> tuple[Strati
         log.warning("CSSI: %d fine clusters of >= %d cells cannot hold %s strata; those levels are skipped (lower "
                     "cssi.min_size or raise cssi.n_fine)", strata.n_fine, cfg.min_size, dropped)
     if strata.levels.empty:
-        raise InputError(f"{strata.n_fine} fine clusters cannot hold any of cssi.n_strata {cfg.n_strata}; raise "
+        raise TooFewStrata(f"{strata.n_fine} fine clusters cannot hold any of cssi.n_strata {cfg.n_strata}; raise "
                          "cssi.n_fine or lower cssi.min_size")
     return strata, strata.n_fine + random_groups(n_cells, cfg.n_random_groups, cfg.seed)
 

@@ -70,7 +70,11 @@ def run(inp: Inputs, store: AttentionStore, writer: RunWriter, run_key: str, pro
         writer.mark_done("cssi", key, 0.0, skipped=True)
     else:
         with timed(f"CSSI strata + grouped attention ({cfg.representation})"):
-            cssi_run = prepare(inp, store, progress=progress)
+            try:
+                cssi_run = prepare(inp, store, progress=progress)
+            except cssi_levels.TooFewStrata as exc:   # the rest of the run stands; say what was skipped
+                log.warning("CSSI skipped: %s", exc)
+                return StatsRegistry()
             cssi_levels.save(cssi_run, writer.dir)
         with timed(f"CSSI levels ({cfg.n_null} random strata, {cfg.n_gene_null} gene permutations)"):
             curve, null = cssi_levels.evaluate_grid(cssi_run, store.panel, inp.references, cfg, progress=progress)
