@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--random-weights", action="store_true", help="use the checkpoint's config with random weights")
     ap.add_argument("--device", help="auto, cpu or cuda")
     ap.add_argument("--reference", action="append", default=[],
-                    help="reference network, kind:path (trrust, dorothea); repeatable")
+                    help="reference network, kind:path (trrust, trrust_direction_known, dorothea, collectri); repeatable")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--n-hvg", type=int)
     ap.add_argument("--panel-size", type=int)

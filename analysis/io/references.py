@@ -1,7 +1,8 @@
-"""Reference networks: TRRUST v2 raw TSV and DoRothEA (confidence-filtered) -> :class:`ReferenceNetwork`.
+"""Reference networks: TRRUST v2 raw TSV (all pairs, or the direction-known ones), DoRothEA (confidence-filtered) and
+CollecTRI (signed TF-target table) -> :class:`ReferenceNetwork`.
 
 Edges are TF -> target symbol pairs (upper-cased), deduplicated; mode is Activation / Repression / Unknown
-(TRRUST) or the sign of DoRothEA's ``mor``. Evaluation restricts them to an evaluable universe (paper
+(TRRUST) or the sign of DoRothEA's ``mor`` / CollecTRI's sign. Evaluation restricts them to an evaluable universe (paper
 Supplementary Notes 1 and 13): TFs and targets both in the gene panel.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from .cells import InputError
 
 TRRUST_MODES = {"Activation", "Repression", "Unknown"}
 DOROTHEA_LEVELS = "ABCDE"
-KINDS = ("trrust", "dorothea")
+KINDS = ("trrust", "trrust_direction_known", "dorothea", "collectri")
+DIRECTED_MODES = {"Activation", "Repression"}
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,10 @@ class ReferenceNetwork:
         return set(zip(self.edges["tf"], self.edges["target"]))
 
 
-def load_trrust(path: str | Path, name: str = "TRRUST") -> ReferenceNetwork:
-    """TRRUST v2 raw layout: tab-separated, no header, columns TF, target, mode, PMIDs (a header row is allowed)."""
+def load_trrust(path: str | Path, name: str = "TRRUST", *, direction_known: bool = False) -> ReferenceNetwork:
+    """TRRUST v2 raw layout: tab-separated, no header, columns TF, target, mode, PMIDs (a header row is allowed).
+    ``direction_known`` keeps the pairs with at least one Activation or Repression row (Supplementary Note 13.5: 4,859
+    of TRRUST v2's 8,427 unique human pairs), each with that known mode."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"reference file {p} does not exist")
@@ -59,10 +63,39 @@ def load_trrust(path: str | Path, name: str = "TRRUST") -> ReferenceNetwork:
     if empty.any():
         raise InputError(f"{p} line {int(raw.index[empty][0]) + 1}: empty TF or target")
     edges = raw.assign(tf=raw["tf"].str.upper(), target=raw["target"].str.upper())
+    if direction_known:
+        edges = edges[edges["mode"].isin(DIRECTED_MODES)]
     edges = edges.drop_duplicates(["tf", "target"]).reset_index(drop=True)
     edges.insert(0, "reference", name)
     edges["confidence"] = "NA"
-    return ReferenceNetwork(name, edges, {"kind": "trrust", "path": str(p), "n_edges": len(edges)})
+    kind = "trrust_direction_known" if direction_known else "trrust"
+    return ReferenceNetwork(name, edges, {"kind": kind, "path": str(p), "n_edges": len(edges)})
+
+
+def load_collectri(path: str | Path, name: str = "CollecTRI") -> ReferenceNetwork:
+    """CollecTRI as a table (comma- or tab-separated, with a header): TF column ``tf`` or ``source``, ``target``, and
+    the sign in ``sign``, ``mor`` or ``weight`` (positive: Activation, negative: Repression)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"reference file {p} does not exist")
+    try:
+        raw = pd.read_csv(p, sep=None, engine="python", dtype=str)
+    except Exception as exc:
+        raise InputError(f"{p} is not a readable CollecTRI table ({exc})") from exc
+    tf_col = next((c for c in ("tf", "source") if c in raw.columns), None)
+    sign_col = next((c for c in ("sign", "mor", "weight") if c in raw.columns), None)
+    if tf_col is None or sign_col is None or "target" not in raw.columns:
+        raise InputError(f"{p} is not a CollecTRI table: it needs columns tf (or source), target and sign (or mor / "
+                         f"weight); has {list(raw.columns)}")
+    sign = pd.to_numeric(raw[sign_col], errors="coerce")
+    if sign.isna().any():
+        line = int(sign.index[sign.isna()][0]) + 2
+        raise InputError(f"{p} line {line}: {sign_col} {raw[sign_col][sign.isna()].iloc[0]!r} is not a number")
+    edges = pd.DataFrame({
+        "reference": name, "tf": raw[tf_col].str.strip().str.upper(), "target": raw["target"].str.strip().str.upper(),
+        "mode": sign.map(lambda m: "Activation" if m > 0 else "Repression" if m < 0 else "Unknown"),
+        "confidence": "NA"}).drop_duplicates(["tf", "target"]).reset_index(drop=True)
+    return ReferenceNetwork(name, edges, {"kind": "collectri", "path": str(p), "n_edges": len(edges)})
 
 
 def load_dorothea(path: str | Path, min_confidence: str = "B", name: str | None = None) -> ReferenceNetwork:
@@ -94,10 +127,27 @@ def load_dorothea(path: str | Path, min_confidence: str = "B", name: str | None 
 
 
 def load_reference(spec: str, dorothea_min_confidence: str = "B") -> ReferenceNetwork:
-    """Load ``kind:path`` (kind in trrust, dorothea; a bare path is guessed from its name, default TRRUST)."""
-    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in KINDS else ("", "", spec)
-    kind = kind or ("dorothea" if "dorothea" in Path(path).name.lower() else "trrust")
+    """Load ``kind:path`` (kind in :data:`KINDS`; a bare path is guessed from its name: DoRothEA, CollecTRI, else
+    TRRUST). A ``word:`` prefix that is no kind (and no file) is refused, as is a reference with no edges."""
+    head, sep, rest = spec.partition(":")
+    if sep and head in KINDS:
+        kind, path = head, rest
+    elif sep and head.isidentifier() and not Path(spec).exists():
+        raise InputError(f"reference {spec!r}: unknown kind {head!r}; write KIND:PATH with KIND one of {KINDS}")
+    else:
+        stem = Path(spec).name.lower()
+        kind, path = ("dorothea" if "dorothea" in stem else "collectri" if "collectri" in stem else "trrust"), spec
     if kind == "dorothea":
-        return load_dorothea(path, dorothea_min_confidence)
-    stem = Path(path).name.split(".")[0]
-    return load_trrust(path, name="TRRUST" if "trrust" in stem.lower() else stem)
+        ref = load_dorothea(path, dorothea_min_confidence)
+    elif kind == "collectri":
+        ref = load_collectri(path)
+    else:
+        stem = Path(path).name.split(".")[0]
+        name = "TRRUST" if "trrust" in stem.lower() else stem
+        known = kind == "trrust_direction_known"
+        ref = load_trrust(path, name=f"{name}_direction_known" if known else name, direction_known=known)
+    if ref.edges.empty:
+        kept = f" at confidence A-{dorothea_min_confidence}" if kind == "dorothea" else (
+            " with a known direction" if kind == "trrust_direction_known" else "")
+        raise InputError(f"reference {path} has no TF-target edges{kept}; check the file (and its filter)")
+    return ref

@@ -27,6 +27,39 @@ def test_real_dorothea_confidence_filter():
     assert load_reference(f"dorothea:{path}", "A").edges["confidence"].eq("A").all()
 
 
+def test_direction_known_trrust_is_the_papers_subset():
+    """Supplementary Note 13.5: 4,859 of the 8,427 unique pairs have an Activation or Repression entry."""
+    path = shared_path("regulatory/trrust_rawdata.human.tsv")
+    ref = load_reference(f"trrust_direction_known:{path}")
+    assert len(ref.edges) == 4859 and ref.name == "TRRUST_direction_known"
+    assert set(ref.edges["mode"]) == {"Activation", "Repression"}
+    assert ref.pairs() <= load_trrust(path).pairs()
+
+
+def test_real_collectri_and_reference_spec_errors(tmp_path):
+    path = shared_path("regulatory/collectri_human_tf_target_sign.csv")
+    raw = pd.read_csv(path)
+    ref = load_reference(f"collectri:{path}")
+    assert len(ref.edges) == len(raw.drop_duplicates(["tf", "target"])) and ref.name == "CollecTRI"
+    assert (ref.edges["mode"] == "Repression").sum() == len(raw[raw["sign"] < 0].drop_duplicates(["tf", "target"]))
+    with pytest.raises(InputError, match="unknown kind 'grn'; write KIND:PATH with KIND one of"):
+        load_reference(f"grn:{path}")
+    empty = tmp_path / "empty_trrust.tsv"
+    empty.write_text("")
+    with pytest.raises(InputError, match="not a readable|has no TF-target edges"):
+        load_reference(str(empty))
+    header_only = tmp_path / "trrust_header.tsv"
+    header_only.write_text("tf\ttarget\tmode\tpmid\n")
+    with pytest.raises(InputError, match="has no TF-target edges; check the file"):
+        load_reference(str(header_only))
+    unknown_only = tmp_path / "trrust_unknown.tsv"
+    unknown_only.write_text("TP53\tMDM2\tUnknown\t1\n")
+    with pytest.raises(InputError, match="has no TF-target edges with a known direction"):
+        load_reference(f"trrust_direction_known:{unknown_only}")
+    with pytest.raises(InputError, match="not a CollecTRI table"):
+        load_reference(f"collectri:{unknown_only}")
+
+
 @pytest.mark.parametrize("content,message", [
     ("TP53\tMDM2\n", "has 2 tab-separated column"),
     ("TP53\tMDM2\tActivates\t123\n", "line 1: mode 'Activates'"),
