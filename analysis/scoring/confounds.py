@@ -56,11 +56,13 @@ def _model(kind: str, seed: int):
 
 
 def _folds(obs: pd.DataFrame, split: str, n_splits: int):
-    """Yield (train index, test index) for one split design."""
+    """Yield (train index, test index) for one split design; nothing when it has fewer than two groups (one
+    perturbation, or one gene), where no held-out group exists."""
     if split in ("perturbation", "gene"):
         groups = obs["perturbation" if split == "perturbation" else "symbol"].to_numpy()
         n = min(n_splits, len(np.unique(groups)))
-        yield from GroupKFold(n_splits=n).split(obs, groups=groups)
+        if n >= 2:
+            yield from GroupKFold(n_splits=n).split(obs, groups=groups)
         return
     pert_fold = _group_folds(obs["perturbation"].to_numpy(), n_splits)
     gene_fold = _group_folds(obs["symbol"].to_numpy(), n_splits)
@@ -120,6 +122,8 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
     rows = []
     for split in splits:
         folds = list(_folds(obs, split, n_splits))
+        if not folds:
+            continue
         test_idx = np.concatenate([t for _, t in folds])
         if len(np.unique(y_all[test_idx])) < 2:
             continue

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import ConfigError, SimulationConfig, TokenizerConfig, TrainConfig, stable_hash
 from ..io.cells import CellData, from_anndata
+from ..io.locks import exclusive
 from .simulate import simulate_screen
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,13 @@ def _fresh(final: Path) -> Path:
 def ensure_dataset(sim: SimulationConfig, cache: Path) -> tuple[Path, Path]:
     """The simulated screen (h5ad) and its true network (TRRUST layout); created if absent."""
     final = cache / "datasets" / stable_hash(dataclasses.asdict(sim))[:16]
-    if not (final / "cells.h5ad").is_file():
-        tmp = _fresh(final)
-        adata, net = simulate_screen(sim)
-        adata.write_h5ad(tmp / "cells.h5ad")
-        net.write_trrust(tmp / "true_network_trrust.tsv")
-        _publish(tmp, final)
+    with exclusive(cache, f"dataset-{final.name}", "the embedded dataset"):
+        if not (final / "cells.h5ad").is_file():
+            tmp = _fresh(final)
+            adata, net = simulate_screen(sim)
+            adata.write_h5ad(tmp / "cells.h5ad")
+            net.write_trrust(tmp / "true_network_trrust.tsv")
+            _publish(tmp, final)
     return final / "cells.h5ad", final / "true_network_trrust.tsv"
 
 
@@ -70,16 +72,17 @@ def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, family:
     key = stable_hash({"family": family, "simulation": dataclasses.asdict(sim),
                        "train": dataclasses.asdict(train)})[:16]
     final = cache / "models" / f"{family}-{key}"
-    if (final / TRAINING_LOG).is_file():
-        return final, json.loads((final / TRAINING_LOG).read_text())
-    if train.planted_head >= 0:
-        return plant_model(sim, train, cache, final, family, progress)
-    tmp = _fresh(final)
-    cells, _ = training_cells(sim)
-    history = importlib.import_module(FAMILIES[family]).train_tiny(cells, train, tmp, progress=progress)
-    (tmp / TRAINING_LOG).write_text(json.dumps(history, indent=1))
-    _publish(tmp, final)
-    return final, history
+    with exclusive(cache, f"model-{final.name}", f"the embedded {family} model"):
+        if (final / TRAINING_LOG).is_file():
+            return final, json.loads((final / TRAINING_LOG).read_text())
+        if train.planted_head >= 0:
+            return plant_model(sim, train, cache, final, family, progress)
+        tmp = _fresh(final)
+        cells, _ = training_cells(sim)
+        history = importlib.import_module(FAMILIES[family]).train_tiny(cells, train, tmp, progress=progress)
+        (tmp / TRAINING_LOG).write_text(json.dumps(history, indent=1))
+        _publish(tmp, final)
+        return final, history
 
 
 def plant_model(sim: SimulationConfig, train: TrainConfig, cache: Path, final: Path, family: str,

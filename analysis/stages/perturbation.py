@@ -36,6 +36,7 @@ from .inputs import Inputs
 from .timing import timed
 
 log = logging.getLogger("precompute")
+ALWAYS_WRITTEN = ("de_results", "de_groups", "perturbation_auroc", "on_target")
 
 
 @dataclass
@@ -165,8 +166,9 @@ def incremental(obs: pd.DataFrame, edge_cols: dict, cfg: PerturbationConfig, reg
     inc = confounds.incremental_value(obs, list(edge_cols), splits=splits, n_boot=cfg.n_boot, seed=cfg.seed)
     missing = [s for s in splits if inc.empty or s not in set(inc["split"])]
     if missing:
-        log.warning("incremental value on %s: split(s) %s skipped (need at least two perturbations and two genes "
-                    "with both DE and non-DE targets)", sample, ", ".join(missing))
+        log.warning("incremental value on %s: split(s) %s skipped (a split needs two or more groups to hold out: "
+                    "perturbations for 'perturbation', target genes for 'gene', both for 'joint')", sample,
+                    ", ".join(missing))
     if inc.empty:
         return inc
     suffix = "" if sample == "all observations" else f" on {sample}"
@@ -242,6 +244,7 @@ def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWrite
         result = run(inp.cells, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
                      constructed=planted)
         for name, frame in result.tables.items():
-            schemas.validate(name, frame).to_parquet(writer.dir / files.table(name), index=False)
+            if len(frame) or name in ALWAYS_WRITTEN:   # an analysis the screen cannot support leaves no table
+                schemas.validate(name, frame).to_parquet(writer.dir / files.table(name), index=False)
     writer.mark_done("perturbation", key, time.perf_counter() - t0)
     return result

@@ -20,7 +20,9 @@ import pandas as pd
 from ..config import RunConfig, stable_hash
 from ..errors import InputError
 from ..io import files, schemas
-from ..io.artifacts import RunWriter
+from ..io.artifacts import RunWriter, read_manifest
+from ..io.locks import exclusive
+from ..io.schemas import SchemaError
 from ..models.base import FAMILIES
 from . import ablation, attention, confounds, cssi, perturbation, ranking
 from .inputs import Inputs, resolve_inputs
@@ -68,7 +70,26 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
     with timed("inputs"):
         inp = resolve_inputs(cfg, cache, progress=progress)
     run_key = stable_hash({"config": inp.cfg.to_dict(), "inputs": inp.input_hashes, "model": inp.model_hash()})
-    writer = RunWriter(cache, f"{cfg.name}-{inp.adapter.family}-{run_key[:10]}").open()
+    run_id = f"{cfg.name}-{inp.adapter.family}-{run_key[:10]}"
+    with exclusive(cache, f"run-{run_id}", f"run {run_id}") as waited:
+        if waited and (finished := _finished(cache, run_id, run_key)) is not None:
+            log.info("run %s was just written by the precompute this one waited for; reusing it", run_id)
+            return finished
+        return _write_run(inp, cache, run_id, run_key, t_start, progress)
+
+
+def _finished(cache: Path, run_id: str, run_key: str) -> Path | None:
+    """The complete run directory ``run_id`` when its manifest records ``run_key``, else None."""
+    final = Path(cache) / "artifacts" / run_id
+    try:
+        return final if read_manifest(final).run_key == run_key else None
+    except SchemaError:
+        return None
+
+
+def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: float, progress: bool) -> Path:
+    """Every stage after the inputs, into the run's partial directory, published as complete at the end."""
+    writer = RunWriter(cache, run_id).open()
     log.info("run %s -> %s", writer.run_id, writer.final)
     try:
         store, key = attention.run(inp, writer, run_key, progress)

@@ -5,6 +5,7 @@ leave nothing in the cache."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -310,3 +311,30 @@ def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgp
     assert rc == 2
     assert expected in capsys.readouterr().err
     _assert_no_artifacts(cache)
+
+
+def test_single_perturbation_screen_and_concurrent_identical_precomputes(tmp_path):
+    """Two identical precomputes of a one-perturbation screen started together into one cache: the second waits for
+    the first (dataset, model, run) and reuses its run; both exit 0 with one complete run and nothing half-written.
+    The screen runs what it can (the gene split of incremental value) and says what it skipped."""
+    import subprocess
+    import sys
+    cache = tmp_path / "cache"
+    args = [sys.executable, "precompute.py", "--cache", str(cache), "--model-family", "geneformer", "--set",
+            "simulation.n_cells=150", "--set", "simulation.n_perturbed=1", "--set", "train.epochs=1", "--set",
+            "train.hidden_size=32", "--set", "train.n_layers=2", "--set", "ranking.n_null=10", "--set",
+            "ablation.n_cells=10", "--set", "ablation.ks=1", "--set", "cssi.n_fine=0", "--set",
+            "perturbation.n_boot=20", "--set", "perturbation.n_degree_null=5", "--name", "one"]
+    root = Path(precompute.__file__).parent
+    procs = [subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert sum("waiting for it to finish" in log for log in logs) >= 1
+    assert sum("reusing it" in log for log in logs) == 1
+    (run_dir,) = (cache / "artifacts").iterdir()
+    assert not list(cache.rglob("*.partial")) and not list(cache.rglob("*.tmp"))
+    inc = pd.read_parquet(run_dir / "incremental_value.parquet")
+    assert set(inc["split"]) == {"gene"}
+    assert not (run_dir / "incremental_value_matched.parquet").exists()
+    assert any("split(s) perturbation, joint skipped" in log for log in logs)
