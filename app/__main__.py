@@ -16,6 +16,8 @@ def main() -> None:
     ap.add_argument("--allow-host", dest="allow_hosts", action="append",
                     help="a Host name to serve besides loopback and the bind address (repeatable), e.g. when "
                          "behind a proxy; other Host headers are refused (DNS rebinding)")
+    ap.add_argument("--max-jobs", type=int, help="background jobs computing at once (default 2)")
+    ap.add_argument("--max-queued-jobs", type=int, help="jobs that may wait for a free worker (default 4)")
     args = ap.parse_args()
     settings = AppSettings.from_env(**vars(args))
     create_app(settings).run(host=settings.host, port=settings.port, debug=settings.debug)

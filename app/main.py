@@ -57,7 +57,8 @@ def create_app(settings: AppSettings | None = None) -> Dash:
     threadpool_limits(1, user_api="blas")
     store = ArtifactStore(settings.cache_dir)
     jobs = diskcache.Cache(str(settings.cache_dir / "diskcache"), size_limit=settings.diskcache_size_limit)
-    manager = ForkSafeDiskcacheManager(jobs)
+    manager = ForkSafeDiskcacheManager(jobs, max_jobs=settings.max_jobs, max_queued_jobs=settings.max_queued_jobs,
+                                       abandon_after_s=settings.abandon_after_s)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
                suppress_callback_exceptions=True, title="scFM attention explorer",
                background_callback_manager=manager)

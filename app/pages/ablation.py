@@ -11,10 +11,12 @@ from analysis.io.schemas import ABLATION_RESULTS
 
 from .. import ids
 from ..components import background_job, figure_card
+from ..jobs import admitted_by
 from ..figures import dose_response, fidelity_heatmap
 
 PATH, NAME = "/ablation", "Ablation"
 LIVE_INDEX = "live-ablation-index"
+LIVE_KINDS = ("zero_head", "mean_head", "uniform_head")
 
 
 def live_results(jobs, run_id: str) -> pd.DataFrame:
@@ -91,28 +93,46 @@ def register(app, store, settings, jobs, exports):
         return (*exports.drawn("abl-dose", dose_response(sel, readout=readout), sel),
                 *exports.drawn("abl-fidelity", fidelity_heatmap(fid), fid), table)
 
+    def live_request(run_id, heads, kind, n_cells):
+        """(specs, cache key) of a valid request, or (None, the status that refuses it)."""
+        if not run_id or not heads:
+            return None, "Pick at least one head."
+        m = store.manifest(run_id)
+        limit = min(settings.max_live_cells, m.data.attention_cells or m.data.n_cells)
+        if not isinstance(n_cells, (int, float)) or not 2 <= n_cells <= limit:
+            return None, (f"Refused: choose between 2 and {limit} cells (limit max_live_cells = "
+                          f"{settings.max_live_cells}).")
+        if kind not in LIVE_KINDS:
+            return None, f"Refused: the intervention must be one of {', '.join(LIVE_KINDS)}."
+        try:
+            pairs = sorted({(int(h[1:].split("H")[0]), int(h.split("H")[1])) for h in heads})
+        except (TypeError, ValueError, IndexError):
+            return None, "Refused: heads are named like L2H3."
+        if not all(0 <= l < m.model.n_layers and 0 <= h < m.model.n_heads for l, h in pairs):
+            return None, f"Refused: this model has layers 0-{m.model.n_layers - 1} and heads 0-{m.model.n_heads - 1}."
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in pairs:
+            by_layer.setdefault(layer, []).append(head)
+        specs = [InterventionSpec(kind, layer, tuple(hs)) for layer, hs in sorted(by_layer.items())]
+        return specs, ("live-ablation", run_id, intervention_key(specs), int(n_cells), m.config.ablation.seed)
+
+    def admit_live(_n, run_id, heads, kind, n_cells, version):
+        """In the server, before a worker: refusals and cached results are answered here."""
+        specs, key = live_request(run_id, heads, kind, n_cells)
+        if specs is None:
+            return key, no_update
+        hit = jobs.get(key)
+        return None if hit is None else (hit, no_update)
+
     @app.callback(Output(ids.ABL_STATUS, "children"), Output(ids.ABL_LIVE_VERSION, "data"),
                   Input(ids.ABL_RUN, "n_clicks"),
                   State(ids.RUN_SELECT, "value"), State(ids.ABL_HEADS, "value"), State(ids.ABL_KIND, "value"),
                   State(ids.ABL_CELLS, "value"), State(ids.ABL_LIVE_VERSION, "data"),
                   **background_job(ids.ABL_RUN, ids.ABL_CANCEL, ids.ABL_PROGRESS))
+    @admitted_by(admit_live, busy=lambda message: (message, no_update))
     def live(set_progress, _n, run_id, heads, kind, n_cells, version):
-        if not run_id or not heads:
-            return "Pick at least one head.", no_update
+        specs, key = live_request(run_id, heads, kind, n_cells)
         m = store.manifest(run_id)
-        if not n_cells or not 2 <= n_cells <= min(settings.max_live_cells, m.data.n_cells):
-            return (f"Refused: choose between 2 and {min(settings.max_live_cells, m.data.n_cells)} cells "
-                    f"(limit max_live_cells = {settings.max_live_cells})."), no_update
-        pairs = sorted({(int(h[1:].split("H")[0]), int(h.split("H")[1])) for h in heads})
-        by_layer: dict[int, list[int]] = {}
-        for layer, head in pairs:
-            by_layer.setdefault(layer, []).append(head)
-        specs = [InterventionSpec(kind, layer, tuple(hs)) for layer, hs in sorted(by_layer.items())]
-        key = ("live-ablation", run_id, intervention_key(specs), int(n_cells), m.config.ablation.seed)
-        hit = jobs.get(key)
-        if hit is not None:
-            set_progress((100, "cached"))
-            return hit, no_update
         from analysis.rerun import RunContext, live_ablation  # torch: only in the worker
 
         de = store.table(run_id, "de_results") if store.has_table(run_id, "de_results") else None

@@ -19,6 +19,7 @@ from analysis.scoring.strata import add_level
 
 from .. import ids
 from ..components import background_job, figure_card
+from ..jobs import admitted_by
 from ..figures import CSSI_AGGREGATIONS, cssi_curve, cssi_embedding, cssi_stratum_edges, cssi_synthetic
 
 PATH, NAME = "/cssi", "CSSI"
@@ -175,20 +176,27 @@ def register(app, store, settings, jobs, exports):
         edges_fig = cssi_stratum_edges(edges, site=site, direction=direction) if len(edges) else {}
         return *exports.drawn("cssi-embedding", emb_fig, cells), *exports.drawn("cssi-edges", edges_fig, edges)
 
+    def admit_level(n_strata, reference, direction, run_id):
+        """In the server, before a worker: nothing to compute (no run, a level on the grid or cached) is answered
+        here; a level the run's fine clusters cannot hold is refused."""
+        if not (run_id and reference and direction and n_strata) or not store.has_table(run_id, "cssi_curve"):
+            return no_update
+        curve = store.table(run_id, "cssi_curve")
+        if bool((curve["n_strata"] == n_strata).any()) or jobs.get(live_key(run_id, reference, direction,
+                                                                            n_strata)) is not None:
+            return no_update
+        if not isinstance(n_strata, int) or not 2 <= n_strata < store.cssi(run_id).strata.n_fine:
+            return f"Refused: {n_strata} strata is not a level this run's fine clusters can hold."
+        return None
+
     @app.callback(Output(ids.CSSI_JOB_STATUS, "children"),
                   Input(ids.CSSI_SLIDER, "value"), Input(ids.CSSI_REFERENCE, "value"),
                   Input(ids.CSSI_DIRECTION, "value"), State(ids.RUN_SELECT, "value"),
                   **background_job(None, ids.CSSI_CANCEL, ids.CSSI_PROGRESS))
+    @admitted_by(admit_level, busy=lambda message: message)
     def compute_level(set_progress, n_strata, reference, direction, run_id):
         """Score a level off the precomputed grid with the run's null settings; cached in the job cache."""
-        if not (run_id and reference and direction and n_strata) or not store.has_table(run_id, "cssi_curve"):
-            return no_update
-        curve = store.table(run_id, "cssi_curve")
         key = live_key(run_id, reference, direction, n_strata)
-        on_grid = bool((curve["n_strata"] == n_strata).any())
-        if on_grid or jobs.get(key) is not None:
-            set_progress((100, "precomputed" if on_grid else "cached"))
-            return no_update
         run = store.cssi(run_id)
         run = dataclasses.replace(run, strata=add_level(run.strata, int(n_strata)))
         c = store.manifest(run_id).config.cssi

@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
+from analysis.config import DE_TESTS
+
 from .. import ids
 from ..components import background_job, figure_card
+from ..jobs import admitted_by
 from ..figures import paired_scatter, perturbation_box, sensitivity_heatmap, source_label
 
 PATH, NAME = "/perturbation", "Perturbation"
@@ -99,30 +102,43 @@ def register(app, store, settings, jobs, exports):
         g = g[[source_label(e, l, -1) == source for e, l in zip(g["edge_type"], g["layer"])]]
         return exports.drawn("pert-grid", sensitivity_heatmap(g, source=source), g)
 
+    def custom_request(run_id, lfc, n_control, test, selected):
+        """(cache key, layer, head) of a valid request, or (None, the status that refuses it, None)."""
+        if not run_id or not store.has_table(run_id, "perturbation_auroc"):
+            return None, "This run has no perturbation data.", None
+        if not isinstance(lfc, (int, float)) or lfc < 0 or (
+                n_control is not None and not (isinstance(n_control, (int, float))
+                                               and 3 <= n_control <= settings.max_custom_control_cells)):
+            return None, (f"Refused: the threshold must be >= 0 and control cells between 3 and "
+                          f"{settings.max_custom_control_cells}."), None
+        if test not in DE_TESTS:
+            return None, f"Refused: the test must be one of {', '.join(DE_TESTS)}.", None
+        m = store.manifest(run_id)
+        layer, head = (selected["layer"], selected["head"]) if selected else (m.readout_layer, -1)
+        return ("custom-de", run_id, float(lfc), n_control, test, layer, head), layer, head
+
+    def admit_custom(_n, run_id, lfc, n_control, test, selected):
+        """In the server, before a worker: refusals and cached results are answered here."""
+        key, layer, _head = custom_request(run_id, lfc, n_control, test, selected)
+        if key is None:
+            return no_update, no_update, layer
+        result = jobs.get(key)
+        return None if result is None else (*exports.drawn("pert-custom", result[0], result[1]), result[2])
+
     @app.callback(Output(ids.graph("pert-custom"), "figure"), Output(ids.figdata("pert-custom"), "data"),
                   Output(ids.PERT_STATUS, "children"),
                   Input(ids.PERT_RUN, "n_clicks"),
                   State(ids.RUN_SELECT, "value"), State(ids.PERT_LFC, "value"), State(ids.PERT_CONTROLS, "value"),
                   State(ids.PERT_TEST, "value"), State(ids.SELECTED_HEAD, "data"),
                   **background_job(ids.PERT_RUN, ids.PERT_CANCEL, ids.PERT_PROGRESS))
+    @admitted_by(admit_custom, busy=lambda message: (no_update, no_update, message))
     def custom(set_progress, _n, run_id, lfc, n_control, test, selected):
-        if not run_id or not store.has_table(run_id, "perturbation_auroc"):
-            return no_update, no_update, "This run has no perturbation data."
-        if lfc is None or lfc < 0 or (n_control is not None and not 3 <= n_control <= settings.max_custom_control_cells):
-            return no_update, no_update, (f"Refused: the threshold must be >= 0 and control cells between 3 and "
-                                          f"{settings.max_custom_control_cells}.")
-        m = store.manifest(run_id)
-        layer, head = (selected["layer"], selected["head"]) if selected else (m.readout_layer, -1)
-        key = ("custom-de", run_id, float(lfc), n_control, test, layer, head)
-        result = jobs.get(key)
-        if result is not None:
-            set_progress((100, "cached"))
-        else:
-            set_progress((5, "loading cells"))
-            result = custom_de(store, run_id, m, lfc=float(lfc), n_control=n_control, test=test, layer=layer,
-                               head=head, progress=set_progress)
-            jobs.set(key, result)
-            set_progress((100, "done"))
+        key, layer, head = custom_request(run_id, lfc, n_control, test, selected)
+        set_progress((5, "loading cells"))
+        result = custom_de(store, run_id, store.manifest(run_id), lfc=float(lfc), n_control=n_control, test=test,
+                           layer=layer, head=head, progress=set_progress)
+        jobs.set(key, result)
+        set_progress((100, "done"))
         fig, records, status = result
         return (*exports.drawn("pert-custom", fig, records), status)
 

@@ -1,7 +1,8 @@
 """The app's background jobs are forked from a launcher, never from the threaded server: a real worker started while
 the server holds a diskcache write transaction still writes its result once the transaction ends (a worker forked
 from the server at that instant inherits SQLite's lock bookkeeping and times out), runs in its own process, and
-leaves the server's connection alone; cancelling kills the worker; an unregistered job is refused by name."""
+leaves the server's connection alone; cancelling kills the worker; an unregistered job is refused by name. The queue
+is bounded, a request its admission check refuses forks nothing, and a job nobody polls is ended."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import time
 import diskcache
 import pytest
 
-from app.jobs import ForkSafeDiskcacheManager
+from app.jobs import NO_WORKER, ForkSafeDiskcacheManager
 
 
 def _probe(cache):
@@ -90,3 +91,92 @@ def test_worker_runs_parallel_torch_after_the_server_thread_used_openmp(tmp_path
     finally:
         manager.terminate_job(pid)                                # a hung worker is not left behind
         manager.stop_launcher()
+
+
+def _stamper(cache):
+    """A job that records when it started and ended, holding its worker 1.5 s."""
+    def job(result_key, progress_key, args, context):
+        start = time.monotonic()
+        time.sleep(1.5)
+        cache.set(result_key, (start, time.monotonic()))
+    return job
+
+
+def _admit(value):
+    return None if value == "compute" else f"refused {value}"
+
+
+def _guarded(cache):
+    def fn(value):
+        cache.set("guarded-ran", value)
+        return f"computed {value}"
+    fn.admit, fn.busy = _admit, (lambda message: message)
+    return fn
+
+
+def test_queue_is_bounded(tmp_path):
+    """max_jobs = 1 and one waiting place: the second job waits for the first (its progress says queued); a third
+    is refused by name without a worker (a job without an admission check has no outputs to answer with)."""
+    cache = diskcache.Cache(str(tmp_path / "jobs"))
+    manager = ForkSafeDiskcacheManager(cache, max_jobs=1, max_queued_jobs=1, abandon_after_s=60)
+    manager.func_registry["stamp"] = _stamper(cache)
+    manager.start_launcher()
+    try:
+        first = manager.call_job_fn("a", manager.func_registry["stamp"], [], {})
+        second = manager.call_job_fn("b", manager.func_registry["stamp"], [], {})
+        with pytest.raises(RuntimeError, match="Busy: 2 background jobs are running or queued"):
+            manager.call_job_fn("c", manager.func_registry["stamp"], [], {})
+        assert _wait_for(cache, "b-progress", seconds=10)[1].startswith("queued")
+        a, b = _wait_for(cache, "a", seconds=30), _wait_for(cache, "b", seconds=30)
+        assert b[0] >= a[1] - 0.05                                    # the second started when the first ended
+        assert first != second and not manager.job_running(first)
+    finally:
+        manager.stop_launcher()
+
+
+def test_admission_answers_without_a_worker_and_busy_is_answered(tmp_path):
+    import psutil
+    cache = diskcache.Cache(str(tmp_path / "jobs"))
+    manager = ForkSafeDiskcacheManager(cache, max_jobs=1, max_queued_jobs=0, abandon_after_s=60)
+    manager.func_registry["sleeper"] = _sleeper
+    manager.register("guarded", _guarded(cache), False)
+    manager.start_launcher()
+    try:
+        launcher = psutil.Process(manager._launcher.pid)
+        guarded = manager.func_registry["guarded"]
+        assert manager.call_job_fn("r", guarded, ["bad"], {}) == NO_WORKER
+        assert cache.get("r") == "refused bad" and not launcher.children()   # answered, nothing forked
+        pid = manager.call_job_fn("s", manager.func_registry["sleeper"], [], {})
+        assert manager.call_job_fn("t", guarded, ["compute"], {}) == NO_WORKER   # the one slot is taken
+        assert cache.get("t").startswith("Busy: 1 background jobs") and len(launcher.children()) == 1
+        manager.terminate_job(pid)
+        worker = manager.call_job_fn("u", guarded, ["compute"], {})
+        assert worker != NO_WORKER and _wait_for(cache, "u") == "computed compute"
+    finally:
+        manager.stop_launcher()
+
+
+def test_a_job_nobody_polls_is_ended(tmp_path):
+    cache = diskcache.Cache(str(tmp_path / "jobs"))
+    manager = ForkSafeDiskcacheManager(cache, max_jobs=2, abandon_after_s=1.5)
+    manager.func_registry["sleeper"] = _sleeper
+    manager.start_launcher()
+    try:
+        polled = manager.call_job_fn("p", manager.func_registry["sleeper"], [], {})
+        left = manager.call_job_fn("q", manager.func_registry["sleeper"], [], {})
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert manager.job_running(polled)                       # its page keeps asking: it lives
+            time.sleep(0.3)
+        assert not psutil_running(left)                              # nobody asked about it: ended
+        manager.terminate_job(polled)
+    finally:
+        manager.stop_launcher()
+
+
+def psutil_running(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
