@@ -119,8 +119,9 @@ def source_label(edge_type: str, layer: int, head: int) -> str:
         return f"L{layer}H{head}"
     if edge_type == "attention_layer_mean":
         return f"L{layer} mean"
-    if edge_type == "spearman":
-        return "Spearman"
+    if edge_type.startswith("spearman"):
+        variant = edge_type.removeprefix("spearman").lstrip("_").replace("_", "-")
+        return f"Spearman ({variant})" if variant else "Spearman"
     return edge_type.replace("baseline_", "gene: ")
 
 

@@ -37,6 +37,7 @@ def export_status(name: str) -> dict:
 
 PERT_GRID_SOURCE = "pert-grid-source"
 PERT_NOTE = "pert-note"
+PERT_ON_TARGET = "pert-on-target"
 PERT_LFC = "pert-custom-lfc"
 PERT_CONTROLS = "pert-custom-controls"
 PERT_TEST = "pert-custom-test"
@@ -47,6 +48,7 @@ PERT_STATUS = "pert-custom-status"
 
 CONF_METRIC = "conf-metric"
 CONF_NOTE = "conf-note"
+CONF_MATCHED = "conf-matched-incremental"
 CONF_PROPENSITY = "conf-propensity-table"
 
 STATS_TABLE = "stats-table"

@@ -45,10 +45,14 @@ _INHERITED: list = []   # the launcher's copy of the server's idle per-thread co
 NO_WORKER = -1          # the job handle of a request answered without a worker (no such pid: never running)
 
 
+ANSWERED = (100, "answered at once (cached, or refused)")   # progress (value, label) of a request with no worker
+
+
 def admitted_by(check: Callable, busy: Callable[[str], tuple]):
     """Mark a background callback (put this decorator below ``@app.callback``): ``check(*callback_args)`` runs in the
     server before any worker starts and returns None to start the job, or the callback's outputs (a refusal, a
-    cached result) to answer with at once; ``busy(message)`` gives the outputs that say the queue is full."""
+    cached result) to answer with at once (its progress then reads :data:`ANSWERED`); ``busy(message)`` gives the
+    outputs that say the queue is full."""
     def mark(fn):
         fn.admit, fn.busy = check, busy
         return fn
@@ -186,6 +190,11 @@ class ForkSafeDiskcacheManager(DiskcacheManager):
             self._seen[int(job)] = time.monotonic()
         return super().job_running(job)
 
+    def _answer(self, key: str, outputs) -> None:
+        """Store a callback's outputs as its job's result, with the progress a finished answer shows."""
+        self.handle.set(self._make_progress_key(key), list(ANSWERED))
+        self.handle.set(key, outputs)
+
     def n_alive(self) -> int:
         """Workers started and not yet ended (running or queued)."""
         return sum(1 for pid in list(self._seen) if DiskcacheManager.job_running(self, pid))
@@ -198,7 +207,7 @@ class ForkSafeDiskcacheManager(DiskcacheManager):
         if admit is not None:
             answer = admit(**args) if isinstance(args, dict) else admit(*args)
             if answer is not None:                 # refused or already known: no worker
-                self.handle.set(key, answer)
+                self._answer(key, answer)
                 return NO_WORKER
         limit = self.max_jobs + self.max_queued_jobs
         if self.n_alive() >= limit:
@@ -206,7 +215,7 @@ class ForkSafeDiskcacheManager(DiskcacheManager):
                        f"max_queued_jobs = {self.max_queued_jobs}); try again when one ends, or cancel one.")
             if busy is None:
                 raise RuntimeError(message)
-            self.handle.set(key, busy(message))
+            self._answer(key, busy(message))
             return NO_WORKER
         with self._pipe_lock:
             self._pipe.send((registry_key, (key, self._make_progress_key(key), args, context)))

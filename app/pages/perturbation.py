@@ -5,9 +5,10 @@ from __future__ import annotations
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, State, dcc, html, no_update
+from dash import Input, Output, State, dash_table, dcc, html, no_update
 
 from analysis.config import DE_TESTS
+from analysis.scoring.edges import CORRELATION_EDGE_TYPES
 
 from .. import ids
 from ..components import background_job, figure_card
@@ -27,6 +28,13 @@ def layout(**_):
             dbc.Col([dbc.Label("Grid source"), dcc.Dropdown(id=ids.PERT_GRID_SOURCE, clearable=False),
                      figure_card("pert-grid")], md=6),
         ]),
+        html.H5("On-target check", className="mt-3"),
+        html.P("Each perturbation's own gene must move the modality's way (CRISPRi: down, CRISPRa: up; Scanpy's log2 "
+               "fold change vs control cells). Perturbations that fail are listed here and left out of the "
+               "confirmatory tests.", className="explain"),
+        dash_table.DataTable(id=ids.PERT_ON_TARGET, page_size=10, sort_action="native",
+                             style_data_conditional=[{"if": {"filter_query": "{status} = failed"},
+                                                      "backgroundColor": "#f8d7da"}]),
         html.H5("Recompute with other DE settings", className="mt-3"),
         dbc.Row([
             dbc.Col([dbc.Label("|log2FC| threshold"), dbc.Input(id=ids.PERT_LFC, type="number", value=0.5, min=0,
@@ -56,14 +64,27 @@ def _label_frame(per: pd.DataFrame, readout: int | None, selected: dict | None) 
     if selected:
         parts.append(per[(per["edge_type"] == "attention") & (per["layer"] == selected["layer"])
                          & (per["head"] == selected["head"])].assign(kind="head"))
-    parts.append(per[per["edge_type"] == "spearman"].assign(kind="correlation"))
+    parts.append(per[per["edge_type"].str.startswith("spearman")].assign(kind="correlation"))
     parts.append(per[per["edge_type"].str.startswith("baseline_")].assign(kind="baseline"))
     frame = pd.concat(parts, ignore_index=True)
     frame["source"] = [source_label(e, l, h) for e, l, h in zip(frame["edge_type"], frame["layer"], frame["head"])]
     return frame[["source", "kind", "perturbation", "auroc", "n_pos", "n_neg", "edge_type", "layer", "head"]]
 
 
+def primary_correlation(manifest) -> str:
+    """Edge type of the run's primary correlation edge (``perturbation.correlation_edge``; signed rho by default)."""
+    return CORRELATION_EDGE_TYPES[manifest.config.perturbation.correlation_edge]
+
+
 def register(app, store, settings, jobs, exports):
+    @app.callback(Output(ids.PERT_ON_TARGET, "data"), Output(ids.PERT_ON_TARGET, "columns"),
+                  Input(ids.RUN_SELECT, "value"))
+    def on_target(run_id):
+        if not run_id or not store.has_table(run_id, "on_target"):
+            return [], []
+        table = store.table(run_id, "on_target").round(3)
+        return table.to_dict("records"), [{"name": c.replace("_", " "), "id": c} for c in table.columns]
+
     @app.callback(Output(ids.graph("pert-box"), "figure"), Output(ids.figdata("pert-box"), "data"),
                   Output(ids.graph("pert-scatter"), "figure"), Output(ids.figdata("pert-scatter"), "data"),
                   Output(ids.PERT_NOTE, "children"), Output(ids.PERT_GRID_SOURCE, "options"),
@@ -77,21 +98,31 @@ def register(app, store, settings, jobs, exports):
         per = store.table(run_id, "perturbation_auroc")
         frame = _label_frame(per, readout, selected)
         box = perturbation_box(frame, readout_layer=readout)
-        x_src = frame[frame["kind"] == "correlation"].set_index("perturbation")["auroc"]
+        x_src = frame[frame["edge_type"] == primary_correlation(m)].set_index("perturbation")["auroc"]
         y_kind = "head" if selected and (frame["kind"] == "head").any() else "readout"
         y_src = frame[frame["kind"] == y_kind].set_index("perturbation")["auroc"]
         y_label = (f"L{selected['layer']}H{selected['head']}" if y_kind == "head" else f"L{readout} mean")
         pairs = pd.DataFrame({"x": x_src, "y": y_src}).dropna().reset_index()
-        scatter = paired_scatter(pairs, x_label="Spearman", y_label=y_label)
+        scatter = paired_scatter(pairs, x_label=source_label(primary_correlation(m), -1, -1), y_label=y_label)
         groups = store.table(run_id, "de_groups")
         note = (f"{per['perturbation'].nunique()} evaluable perturbations of {len(groups)} tested "
                 f"(evaluable: perturbed gene in the panel and at least one DE and one non-DE target). "
                 f"DE: {m.config.perturbation.test} test, |log2FC| >= "
-                f"{m.config.perturbation.lfc_threshold}, BH q < {m.config.perturbation.alpha}.")
+                f"{m.config.perturbation.lfc_threshold}, BH q < {m.config.perturbation.alpha}. Correlation edges "
+                f"(mean AUROC): " + ", ".join(
+                    f"{source_label(e, -1, -1)} {per.loc[per['edge_type'] == e, 'auroc'].mean():.3f}"
+                    + (" (primary)" if e == primary_correlation(m) else "")
+                    for e in CORRELATION_EDGE_TYPES.values() if (per["edge_type"] == e).any())
+                + "; signed rho is the paper's (SN2, SN6.2), |rho| and sign-matched (the edge's sign times the "
+                "modality's direction against the observed direction of change) are the checks it lacked.")
+        if not store.has_table(run_id, "sensitivity_grid"):
+            return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note,
+                    [], None)
         grid = store.table(run_id, "sensitivity_grid")
         sources = sorted({source_label(e, l, -1) for e, l in zip(grid["edge_type"], grid["layer"])})
+        primary = source_label(primary_correlation(m), -1, -1)
         return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note, sources,
-                "Spearman" if "Spearman" in sources else sources[0])
+                primary if primary in sources else sources[0])
 
     @app.callback(Output(ids.graph("pert-grid"), "figure"), Output(ids.figdata("pert-grid"), "data"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.PERT_GRID_SOURCE, "value"))
