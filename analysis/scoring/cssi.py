@@ -85,10 +85,12 @@ def site_sums(group_sums: np.ndarray) -> np.ndarray:
 
 
 def site_table(layers: tuple[int, ...], n_heads: int) -> pd.DataFrame:
-    """The S sites scored by CSSI, in :func:`site_sums` order then Spearman: edge_type, layer, head, label."""
+    """The S sites scored by CSSI, in :func:`site_sums` order then the correlation edges (signed rho, the paper's, and
+    |rho|; sign-matched needs an observed direction of change, which a reference pair has not): edge_type, layer,
+    head, label."""
     rows = [("attention", layer, h, f"L{layer}H{h}") for layer in layers for h in range(n_heads)]
     rows += [("attention_layer_mean", layer, -1, f"L{layer} mean") for layer in layers]
-    rows.append(("spearman", -1, -1, "Spearman"))
+    rows += [("spearman", -1, -1, "Spearman"), ("spearman_absolute", -1, -1, "|Spearman|")]
     return pd.DataFrame(rows, columns=["edge_type", "layer", "head", "label"])
 
 
@@ -192,7 +194,7 @@ class CSSIData:
         fine = np.where(np.arange(self.group_counts.shape[0]) < self.n_fine, 0, -1)
         att = mean_scores(group_to_strata(self.group_sums, fine, 1), group_to_strata(self.group_counts, fine, 1))
         corr = spearman_by_stratum(self.expression, np.zeros(self.fine.size, int), 1, self.pairs.columns)
-        return self.pairs.orient(np.concatenate([att[0], corr], axis=0))
+        return self.pairs.orient(np.concatenate([att[0], corr, np.abs(corr)], axis=0))
 
     @cached_property
     def pooled_recovery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -205,7 +207,7 @@ class CSSIData:
         att = mean_scores(group_to_strata(self.group_sums, group_assignment, n_strata),
                           group_to_strata(self.group_counts, group_assignment, n_strata))
         corr = spearman_by_stratum(self.expression, cell_labels, n_strata, self.pairs.columns)
-        return self.pairs.orient(np.concatenate([att, corr[:, None, :]], axis=1))
+        return self.pairs.orient(np.concatenate([att, corr[:, None, :], np.abs(corr)[:, None, :]], axis=1))
 
     def score(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int, *,
               with_ranks: bool = True) -> dict:

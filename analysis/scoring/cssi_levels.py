@@ -226,11 +226,12 @@ def load_cssi(directory: Path) -> CSSIRun:
 def stratum_matrices(run: CSSIRun, assignment: np.ndarray, n_strata: int, site: pd.Series) -> np.ndarray:
     """``[K, G, G]`` edge scores of one site (a row of ``run.source.sites``) within each stratum; ``assignment``:
     ``[F]`` stratum of each fine cluster. Attention: summed attention / co-occurrence (NaN where never
-    co-observed); Spearman: within-stratum correlation (NaN for constant genes)."""
+    co-observed); Spearman: within-stratum correlation, or its absolute value (NaN for constant genes)."""
     f = run.strata.n_fine
-    if site["edge_type"] == "spearman":
+    if site["edge_type"] in ("spearman", "spearman_absolute"):
         labels = assignment[run.source.fine]
-        return np.stack([spearman_matrix(run.source.expression[labels == k]) for k in range(n_strata)])
+        rho = np.stack([spearman_matrix(run.source.expression[labels == k]) for k in range(n_strata)])
+        return np.abs(rho) if site["edge_type"] == "spearman_absolute" else rho
     i = run.source.layers.index(int(site["layer"]))
     heads = slice(None) if site["head"] < 0 else slice(int(site["head"]), int(site["head"]) + 1)
     sums = np.asarray(run.source.group_sums[:f, i, heads], dtype=np.float64).mean(axis=1)     # [F, G, G]
@@ -267,14 +268,14 @@ def stratum_top_edges(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNet
 def cssi_tests(curve: pd.DataFrame, *, primary_n_strata: int, readout_layer: int) -> StatsRegistry:
     """CSSI tests: CSSI-aggregated AUROC exceeds pooled more than random strata of the same sizes do (empirical
     p). Confirmatory: the read-out layer's head mean, CSSI-max, TF -> target, at the pre-specified number of
-    strata; exploratory: the other levels and aggregations for that site and Spearman, and every head at the
+    strata; exploratory: the other levels and aggregations for that site and the correlation edges, and every head at the
     pre-specified level. The gene-permuted reference null is registered for the confirmatory site."""
     reg = StatsRegistry()
     auroc = curve[curve["metric"] == "auroc"]
     for r in auroc.itertuples():
         readout = r.edge_type == "attention_layer_mean" and r.layer == readout_layer
         primary_level = r.n_strata == primary_n_strata
-        if not (readout or r.edge_type == "spearman" or primary_level):
+        if not (readout or r.edge_type.startswith("spearman") or primary_level):
             continue
         confirmatory = readout and primary_level and r.aggregation == "max" and r.direction == "tf_to_target"
         stem = f"{r.reference} {r.direction}: {r.label} CSSI-{r.aggregation} at {r.n_strata} strata"

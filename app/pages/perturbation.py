@@ -114,7 +114,9 @@ def register(app, store, settings, jobs, exports):
                     + (" (primary)" if e == primary_correlation(m) else "")
                     for e in CORRELATION_EDGE_TYPES.values() if (per["edge_type"] == e).any())
                 + "; signed rho is the paper's (SN2, SN6.2), |rho| and sign-matched (the edge's sign times the "
-                "modality's direction against the observed direction of change) are the checks it lacked.")
+                "modality's direction against the observed direction of change) are the checks it lacked. Attention "
+                "is read A[perturbed gene (query), target (key)], the Heads page's TF -> target direction; an "
+                "attention weight has no sign, so it has no signed or sign-matched variant.")
         if not store.has_table(run_id, "sensitivity_grid"):
             return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note,
                     [], None)
