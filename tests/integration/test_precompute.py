@@ -110,8 +110,8 @@ def test_embedded_run_has_cssi(embedded_cache, family):
     assert np.allclose(sums[f:].sum(0), pooled, rtol=1e-4, atol=1e-4)
     assert np.array_equal(np.asarray(cssi.source.group_counts[:f]).sum(0), np.load(run_dir / "pair_counts.npy"))
     curve = store.table(run, "cssi_curve")
-    n_sites = len(cssi.source.sites)   # 2 layers x 4 heads + 2 layer means + Spearman
-    assert n_sites == 11 and len(curve) == len(levels) * n_sites * 4 * 2
+    n_sites = len(cssi.source.sites)   # 2 layers x 4 heads + 2 layer means + Spearman signed and absolute
+    assert n_sites == 12 and len(curve) == len(levels) * n_sites * 4 * 2
     assert (curve["n_found"] == curve["n_strata"]).all() and (curve["null_low"] <= curve["null_high"]).all()
     assert len(store.table(run, "cssi_null")) == len(levels) * n_sites * 4 * 2 * 20
     reg = store.table(run, "statistics_registry")
