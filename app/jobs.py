@@ -210,17 +210,20 @@ class ForkSafeDiskcacheManager(DiskcacheManager):
                 self._answer(key, answer)
                 return NO_WORKER
         limit = self.max_jobs + self.max_queued_jobs
-        if self.n_alive() >= limit:
+        with self._pipe_lock:   # counting and starting together: two requests at once cannot both take the last place
+            full = self.n_alive() >= limit
+            if not full:
+                self._pipe.send((registry_key, (key, self._make_progress_key(key), args, context)))
+                status, value = self._pipe.recv()
+                if status == "ok":
+                    self._seen[int(value)] = time.monotonic()
+        if full:
             message = (f"Busy: {limit} background jobs are running or queued (max_jobs = {self.max_jobs}, "
                        f"max_queued_jobs = {self.max_queued_jobs}); try again when one ends, or cancel one.")
             if busy is None:
                 raise RuntimeError(message)
             self._answer(key, busy(message))
             return NO_WORKER
-        with self._pipe_lock:
-            self._pipe.send((registry_key, (key, self._make_progress_key(key), args, context)))
-            status, value = self._pipe.recv()
         if status != "ok":
             raise RuntimeError(value)
-        self._seen[int(value)] = time.monotonic()
         return value
