@@ -15,7 +15,7 @@ from analysis.io import files, schemas
 from analysis.io.artifacts import read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
-from analysis.scoring.edges import oriented_pair_scores
+from analysis.scoring.edges import EdgeScores, oriented_pair_scores
 from analysis.scoring.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -84,6 +84,19 @@ class ArtifactStore:
         """``[F]`` stratum of each fine cluster at ``n_strata`` (Leiden on the fine-cluster graph when off the
         precomputed grid; milliseconds)."""
         return add_level(self.cssi(run_id).strata, n_strata).assignment(n_strata)
+
+    @lru_cache(maxsize=8)
+    def layer_edges(self, run_id: str) -> EdgeScores:
+        """Every layer's head-mean attention and the Spearman edges, ``[layers + 1, G, G]`` (only those slices of the
+        memory-mapped arrays are read), observed where the pair was co-observed in a cell."""
+        src = self.table(run_id, "edge_sources")
+        means = src.index[src["edge_type"] == "attention_layer_mean"].to_numpy()
+        attention = np.load(self.run_dir(run_id) / files.EDGES_ATTENTION, mmap_mode="r")
+        spearman = np.load(self.run_dir(run_id) / files.EDGES_SPEARMAN, mmap_mode="r")
+        scores = np.concatenate([np.asarray(attention[means], dtype=np.float64), np.asarray(spearman, np.float64)])
+        sources = pd.concat([src.loc[means], pd.DataFrame({"edge_type": ["spearman"], "layer": [-1], "head": [-1]})],
+                            ignore_index=True)
+        return EdgeScores(scores, sources, np.asarray(self.pair_counts(run_id)) > 0, self.panel(run_id), {})
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.

@@ -416,3 +416,26 @@ def cssi_synthetic(summary: pd.DataFrame) -> go.Figure:
                                      "<sup>Spearman edges; mean over seeds; k = number of true edges</sup>"},
                       barmode="group", yaxis={"title": "F1 ratio"}, height=440, margin={"t": 90})
     return fig
+
+
+COMPARE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860")
+
+
+def compare_layer_profiles(frame: pd.DataFrame, *, value: str, title: str, y_title: str) -> go.Figure:
+    """One line per run of ``value`` against relative depth (rows: run, relative_depth, ``value``, kind =
+    ``attention`` or a baseline name drawn as a dashed line in the run's colour)."""
+    fig = go.Figure()
+    for i, (run, grp) in enumerate(frame.groupby("run", sort=False)):
+        colour = COMPARE_COLOURS[i % len(COMPARE_COLOURS)]
+        att = grp[grp["kind"] == "attention"].sort_values("relative_depth")
+        fig.add_scatter(x=att["relative_depth"], y=att[value], mode="lines+markers", name=f"{run}: attention",
+                        line={"color": colour}, customdata=att["layer"],
+                        hovertemplate="L%{customdata} (depth %{x:.2f}): %{y:.3f}<extra>" + run + "</extra>")
+        for j, (kind, base) in enumerate(grp[grp["kind"] != "attention"].groupby("kind", sort=False)):
+            fig.add_scatter(x=[0, 1], y=[float(base[value].iloc[0])] * 2, mode="lines", name=f"{run}: {kind}",
+                            line={"color": colour, "dash": ("dash", "dot", "dashdot")[j % 3], "width": 1.5})
+    fig.add_hline(y=0.5, line_color="grey", line_dash="dot", annotation_text="chance")
+    fig.update_layout(title={"text": title}, xaxis={"title": "relative depth (layer / (layers - 1))",
+                                                   "range": [-0.03, 1.03]},
+                      yaxis={"title": y_title}, height=440, margin={"t": 80}, legend={"font": {"size": 10}})
+    return fig

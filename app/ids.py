@@ -79,3 +79,8 @@ CSSI_CANCEL = "cssi-cancel"
 CSSI_JOB_STATUS = "cssi-job-status"
 CSSI_POLL = "cssi-poll"
 CSSI_SYNTHETIC_TABLE = "cssi-synthetic-table"
+
+COMPARE_RUNS = "compare-runs"
+COMPARE_REFERENCE = "compare-reference"
+COMPARE_NOTE = "compare-note"
+COMPARE_TABLE = "compare-table"

@@ -14,11 +14,11 @@ from . import ids
 from .data import ArtifactStore
 from .export import MIME, ExportRefused, FigureExports
 from .jobs import ForkSafeDiskcacheManager
-from .pages import ablation, confounds, cssi, heads, overview, perturbation, statistics
+from .pages import ablation, compare, confounds, cssi, heads, overview, perturbation, statistics
 from .security import refuse_foreign_hosts
 from .settings import PROJECT_ROOT, AppSettings
 
-PAGES = (overview, heads, ablation, cssi, perturbation, confounds, statistics)
+PAGES = (overview, heads, ablation, cssi, perturbation, confounds, compare, statistics)
 
 
 def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:

@@ -31,6 +31,13 @@ class EdgeScores:
     panel: pd.DataFrame
     params: dict
 
+    def restrict(self, symbols: list[str]) -> "EdgeScores":
+        """The same sources over the genes ``symbols`` (in that order; each must be in the panel)."""
+        index = {s: i for i, s in enumerate(self.panel["symbol"])}
+        idx = np.array([index[s] for s in symbols], dtype=np.int64)
+        return EdgeScores(self.scores[:, idx][:, :, idx], self.sources, self.observed[np.ix_(idx, idx)],
+                          self.panel.iloc[idx].reset_index(drop=True), self.params)
+
     def select(self, edge_type: str) -> "EdgeScores":
         """The sources of one edge type, alone."""
         keep = np.nonzero(self.sources["edge_type"].to_numpy() == edge_type)[0]
