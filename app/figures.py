@@ -201,13 +201,21 @@ def incremental_deltas(frame: pd.DataFrame, *, metric: str) -> go.Figure:
     return fig
 
 
+def retained_label(auroc: float, retained: float) -> str:
+    """The share of above-chance AUROC kept, said only where it means something: a raw AUROC at or below chance has
+    no above-chance signal to keep (the ratio's sign and size are then meaningless, e.g. "-340%")."""
+    if not np.isfinite(retained) or auroc <= 0.5 + 1e-9:
+        return "raw AUROC at/below chance: no share to keep"
+    return f"{retained:.0%} kept" + (" (residual above raw)" if retained > 1 else "")
+
+
 def residualisation_bars(frame: pd.DataFrame) -> go.Figure:
     """Reference AUROC before and after cross-fitted residualisation on expression covariates."""
     fig = go.Figure()
     labels = [f"{e} ({m})<br>{r}" for e, m, r in zip(frame["edge"], frame["model"], frame["reference"])]
     fig.add_bar(x=labels, y=frame["auroc"], name="raw", marker_color="#4c72b0")
     fig.add_bar(x=labels, y=frame["auroc_residual"], name="residual", marker_color="#dd8452",
-                text=[f"{r:.0%} kept" if np.isfinite(r) else "" for r in frame["retained"]], textposition="outside")
+                text=[retained_label(a, r) for a, r in zip(frame["auroc"], frame["retained"])], textposition="outside")
     fig.add_hline(y=0.5, line_dash="dot", line_color="grey")
     fig.update_layout(barmode="group", title={"text": "Residualisation on expression covariates<br><sup>share of "
                                               "above-chance AUROC retained after removing mean / variance / detection "

@@ -86,8 +86,17 @@ def register(app, store, settings, jobs, exports):
     def head_detail(run_id, selected, reference, direction):
         if not (run_id and reference):
             return {}, [], [], ""
-        if not selected:
-            return {}, [], [], "Click a head in the heatmap to open its gene x gene attention."
+        label = None
+        if not selected:   # open on the best head rather than an empty frame
+            r = store.ranking(run_id)
+            best = r[(r["reference"] == reference) & (r["direction"] == direction) & (r["metric"] == "auroc")
+                     & (r["edge_type"] == "attention")]
+            if best.empty:
+                return {}, [], [], "Click a head in the heatmap to open its gene x gene attention."
+            top = best.loc[best["value"].idxmax()]
+            selected = {"layer": int(top["layer"]), "head": int(top["head"])}
+            label = (f"Showing the best head by AUROC, layer {selected['layer']}, head {selected['head']}; click "
+                     "another in the heatmap.")
         layer, head = selected["layer"], selected["head"]
         try:
             matrix = store.head_matrix(run_id, layer, head)
@@ -99,4 +108,5 @@ def register(app, store, settings, jobs, exports):
         title = f"Layer {layer}, head {head} ({reference})"
         fig = gene_gene_heatmap(block, title=title, direction=direction)
         table = edges.assign(score=edges["score"].round(5), in_reference=edges["in_reference"].astype(str))
-        return fig, exports.publish("heads-gene-gene", fig, block), table.to_dict("records"), f"Selected: layer {layer}, head {head}"
+        return (fig, exports.publish("heads-gene-gene", fig, block), table.to_dict("records"),
+                label or f"Selected: layer {layer}, head {head}")

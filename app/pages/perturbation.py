@@ -51,7 +51,8 @@ def layout(**_):
         html.Div(id=ids.PERT_STATUS, className="explain my-2"),
         figure_card("pert-custom", "The selected head (else the read-out layer mean), Spearman correlation on "
                     "control cells and the variance baseline, scored against DE targets called with these settings. "
-                    "Results are cached: repeating a request is instant."),
+                    "Results are cached: repeating a request is instant.",
+                    placeholder="Set a threshold, control cells and a test above, then Run: the result is drawn here."),
     ], fluid=True)
 
 

@@ -95,7 +95,10 @@ def test_click_head_then_download_svg(server, browser):
     wait = WebDriverWait(browser, 60)
     browser.get(server + "/heads")
     wait.until(lambda d: "heatmap" in trace_types(d, "heads-heatmap"))
-    assert trace_types(browser, "heads-gene-gene") in ([], None)
+    # before any click the page opens on the best head by AUROC, not an empty frame
+    wait.until(lambda d: "Showing the best head by AUROC" in d.find_element(By.ID, "heads-head-label").text
+               or "Selected:" in d.find_element(By.ID, "heads-head-label").text)
+    wait.until(lambda d: "heatmap" in trace_types(d, "heads-gene-gene"))
     drag = browser.find_element(By.CSS_SELECTOR, graph_selector("heads-heatmap") + " .nsewdrag")
     # click the lower-right quarter: layer 1 (of 2), head 2 or 3 (of 4)
     ActionChains(browser).move_to_element_with_offset(drag, drag.size["width"] // 4,
