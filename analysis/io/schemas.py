@@ -21,6 +21,7 @@ STAGE_TIMINGS = (("stage", "seconds", "skipped"), ())
 
 PERTURBATION_AUROC = (("perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"), ())
 DE_RESULTS = (("perturbation", "gene_id", "symbol", "lfc", "p", "q", "is_de", "is_self"), ())
+LAYER_SELECTION = (("fold", "perturbation", "selected_layer", "attention_auroc", "correlation_auroc"), ())
 DE_GROUPS = (("perturbation", "n_cells", "n_de"), ())
 ON_TARGET = (("perturbation", "n_cells", "on_target_lfc", "expected", "status"), ("on_target_lfc",))
 SENSITIVITY_GRID = (("lfc_threshold", "n_control", "universe_size", "edge_type", "layer", "mean_auroc",
@@ -63,6 +64,7 @@ TABLES = {
     "de_groups": DE_GROUPS,
     "sensitivity_grid": SENSITIVITY_GRID,
     "on_target": ON_TARGET,
+    "layer_selection": LAYER_SELECTION,
     "incremental_value": INCREMENTAL_VALUE,
     "incremental_value_matched": INCREMENTAL_VALUE,
     "residualisation": RESIDUALISATION,

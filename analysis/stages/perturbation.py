@@ -23,7 +23,7 @@ from ..io.artifacts import RunWriter
 from ..io.cells import CellData
 from ..io.expression import expression_matrix
 from ..io.references import ReferenceNetwork
-from ..scoring import confounds
+from ..scoring import confounds, layer_selection
 from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, combine, correlation_variants
 from ..scoring.panel import highly_variable
 from ..scoring.perturbation import (differential_expression, gene_level_scores, on_target_check,
@@ -125,6 +125,9 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
             reg.register("perturbation_first_layers", f"attention L{layer} AUROC > 0.5",
                          "Wilcoxon signed-rank (one-sided)", _one_sample(v), effect=float(v.mean()),
                          effect_name="mean AUROC", n=v.size, confirmatory=False)
+    selection = select_layers(confirmable, CORRELATION_EDGE_TYPES[cfg.correlation_edge], reg, seed=cfg.seed)
+    if selection is not None:
+        tables["layer_selection"] = selection
     tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(attention, corr, baselines), readout_idx,
                                                   attention.sources.shape[0], cfg, reg, exclude=failed)
     features = pd.DataFrame({"symbol": panel["symbol"],
@@ -155,6 +158,28 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
     tables["propensity"] = pd.DataFrame(prop_rows)
     return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": int(n),
                                              "n_on_target_failed": len(failed), "de": de.params})
+
+
+def select_layers(per_pert: pd.DataFrame, correlation_edge: str, reg: StatsRegistry, *, seed: int
+                  ) -> pd.DataFrame | None:
+    """Every layer vs correlation (paired, descriptive) and nested 5-fold layer selection over perturbations
+    (SN14.1; :mod:`analysis.scoring.layer_selection`), registered under ``layer_selection``; returns the held-out
+    table (None with fewer than two perturbations)."""
+    att, corr = layer_selection.layer_matrix(per_pert, correlation_edge)
+    for r in layer_selection.layer_vs_correlation(att, corr).itertuples():
+        reg.register("layer_selection", f"attention L{r.layer} vs correlation", "Wilcoxon signed-rank (paired)",
+                     r.p, effect=r.advantage, effect_name="mean AUROC advantage", n=r.n, confirmatory=False)
+    if len(att) < 2:
+        return None
+    table, s = layer_selection.nested_selection(att, corr, seed=seed)
+    reg.register("layer_selection", f"nested CV: layer chosen on training folds vs correlation on held-out "
+                 f"perturbations ({s['n_folds']} folds, L{s['modal_layer']} in {s['stability']:.0%})",
+                 "Wilcoxon signed-rank (paired, pooled held-out)", s["p_pooled"], effect=s["advantage"],
+                 effect_name="mean held-out AUROC advantage", n=s["n"], confirmatory=False)
+    reg.register("layer_selection", "nested CV: any fold's held-out advantage (Bonferroni over folds)",
+                 "Wilcoxon signed-rank per fold, Bonferroni", s["p_bonferroni"], effect=s["advantage"],
+                 effect_name="mean held-out AUROC advantage", n=s["n"], confirmatory=False)
+    return table
 
 
 def incremental(obs: pd.DataFrame, edge_cols: dict, cfg: PerturbationConfig, reg: StatsRegistry, *, sample: str,

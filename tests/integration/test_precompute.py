@@ -70,6 +70,11 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
     assert set(matched["split"]) == {"perturbation"} and "gene+attention" in set(matched["feature_set"])
     reg = store.table(run, "statistics_registry")
     assert reg["hypothesis"].str.endswith("on the propensity-matched set").any()
+    held_out = store.table(run, "layer_selection")         # nested layer selection (SN14.1)
+    on_target = store.table(run, "on_target")
+    passed = set(per["perturbation"]) - set(on_target.loc[on_target["status"] == "failed", "perturbation"])
+    assert set(held_out["perturbation"]) == passed and held_out["fold"].nunique() == min(5, len(passed))
+    assert reg["hypothesis"].str.startswith("nested CV: layer chosen on training folds").sum() == 1
     assert {"reference_recovery", "perturbation_first", "trivial_baselines", "incremental_value", "degree_null",
             "residualisation", "sensitivity_grid", "head_screen"} <= set(reg["analysis"])
     assert reg["test_id"].is_unique and reg.loc[reg["confirmatory"], "q"].notna().all()
