@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
+import numpy as np
+import pandas as pd
 from dash import Input, Output, dcc, html
+from dash.dash_table.Format import Format, Scheme
 
 from . import ids
 from .export import FORMATS
+
+
+SMALLEST_P = float(np.finfo(float).tiny)   # a p that underflowed to 0 is shown as this bound, never as 0
+
+
+def without_zero_p(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """``frame`` with exact zeros in the probability ``columns`` replaced by :data:`SMALLEST_P`."""
+    cols = [c for c in columns if c in frame]
+    return frame.assign(**{c: frame[c].mask(frame[c] == 0, SMALLEST_P) for c in cols})
+
+
+def table_column(name: str, numeric: tuple[str, ...] = ()) -> dict:
+    """A DataTable column; those in ``numeric`` are numbers shown to 3 significant digits (1.2e-7, not 0), still
+    sortable and filterable as numbers."""
+    if name in numeric:
+        return {"name": name, "id": name, "type": "numeric",
+                "format": Format(precision=3, scheme=Scheme.decimal_or_exponent)}
+    return {"name": name, "id": name}
 
 
 def placeholder_figure(message: str) -> dict:

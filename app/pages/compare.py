@@ -12,13 +12,17 @@ from analysis.io.references import ReferenceNetwork
 from analysis.scoring.compare import confound_summary, layer_recovery, shared_symbols
 
 from .. import ids
-from ..components import figure_card
+from ..components import figure_card, table_column, without_zero_p
 from ..figures import compare_layer_profiles
 
 PATH, NAME = "/compare", "Compare"
 SUMMARY_TABLES = ("incremental_value", "incremental_value_matched", "residualisation", "degree_null", "cssi_curve",
                   "ablation_results")
 MAX_RUNS = 6
+TABLE_COLUMNS = ("run", "model", "cells", "incremental_delta", "incremental_ci", "matched_delta", "matched_ci",
+                 "retained_attention", "retained_correlation", "degree_excess", "degree_p", "cssi_gain",
+                 "ablation_top_k", "ablation_delta", "ablation_p")
+NUMERIC = tuple(c for c in TABLE_COLUMNS if c not in ("run", "model", "cells", "incremental_ci", "matched_ci"))
 
 
 def layout(**_):
@@ -38,7 +42,8 @@ def layout(**_):
                "null; CSSI gain: CSSI-max minus pooled AUROC of the read-out layer at the pre-specified number of "
                "strata; ablation: change of the masked-behaviour loss when the largest top-k set is zeroed.",
                className="explain"),
-        dash_table.DataTable(id=ids.COMPARE_TABLE, sort_action="native", style_table={"overflowX": "auto"}),
+        dash_table.DataTable(id=ids.COMPARE_TABLE, sort_action="native", style_table={"overflowX": "auto"},
+                             columns=[table_column(c, NUMERIC) for c in TABLE_COLUMNS]),
     ], fluid=True)
 
 
@@ -107,7 +112,7 @@ def register(app, store, settings, jobs, exports):
             out += [*exports.drawn("compare-perturbation", fig, pert)]
         else:
             out += [{}, []]
-        table = pd.DataFrame(rows).round(4).to_dict("records")
+        table = without_zero_p(pd.DataFrame(rows), ("degree_p", "ablation_p")).to_dict("records")
         n_pos = recovery.groupby("run")["n_pos"].first().to_dict()
         note = (f"{len(symbols)} genes are in every chosen run's panel; {reference} positive pairs among them: "
                 + ", ".join(f"{r} {int(n)}" for r, n in n_pos.items()) + ".")

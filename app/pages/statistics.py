@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-import numpy as np
 import pandas as pd
 from dash import Input, Output, dash_table, html
-from dash.dash_table.Format import Format, Scheme
 
 from analysis.scoring.registry import COLUMNS as REGISTRY_COLUMNS
 from analysis.scoring.registry import ablation_tests, correct
 
 from .. import ids
-from ..components import figure_card
+from ..components import SMALLEST_P, figure_card, table_column, without_zero_p
 from ..figures import effect_vs_q
 from .ablation import live_results
 
@@ -19,22 +17,14 @@ PATH, NAME = "/statistics", "Statistics"
 COLUMNS = ("analysis", "hypothesis", "test", "p", "q", "q_all", "q_primary_per_analysis", "effect", "effect_name",
            "n", "confirmatory", "significant")
 PROBABILITIES = ("p", "q", "q_all", "q_primary_per_analysis")
-SMALLEST = float(np.finfo(float).tiny)   # a p that underflowed to 0 is shown as this bound, never as 0
 
-
-def column(name: str) -> dict:
-    """A table column; probabilities are numbers shown to 3 significant digits (1.2e-7, not 0), still sortable."""
-    if name in PROBABILITIES:
-        return {"name": name, "id": name, "type": "numeric",
-                "format": Format(precision=3, scheme=Scheme.decimal_or_exponent)}
-    return {"name": name, "id": name}
 
 
 def layout(**_):
     return dbc.Container([
         html.H3("Statistics registry"),
         html.Div(id=ids.STATS_NOTE, className="explain mb-2"),
-        dash_table.DataTable(id=ids.STATS_TABLE, columns=[column(c) for c in COLUMNS], page_size=15,
+        dash_table.DataTable(id=ids.STATS_TABLE, columns=[table_column(c, PROBABILITIES) for c in COLUMNS], page_size=15,
                              filter_action="native", sort_action="native", style_table={"overflowX": "auto"},
                              style_cell={"maxWidth": "420px", "whiteSpace": "normal", "textAlign": "left"}),
         html.P("Type in the header filters (e.g. perturbation in 'analysis', < 0.05 in 'q'); the plot follows "
@@ -54,10 +44,9 @@ def register(app, store, settings, jobs, exports):
                 f"have BH q < 0.05 framework-wide. Also shown: q over all tests, and over one primary test per "
                 f"analysis (Supplementary Note 16).")
         ordered = reg.sort_values(["confirmatory", "analysis"], ascending=[False, True], kind="stable")[list(COLUMNS)]
-        zero = (ordered[list(PROBABILITIES)] == 0).any(axis=None)
-        ordered[list(PROBABILITIES)] = ordered[list(PROBABILITIES)].mask(ordered[list(PROBABILITIES)] == 0, SMALLEST)
-        if zero:
-            note += f" A p or q shown as {SMALLEST:.3g} underflowed: it is below the smallest representable number."
+        if (ordered[list(PROBABILITIES)] == 0).any(axis=None):
+            note += f" A p or q shown as {SMALLEST_P:.3g} underflowed: it is below the smallest representable number."
+        ordered = without_zero_p(ordered, PROBABILITIES)
         return ordered.round({"effect": 5}).to_dict("records"), note
 
     @app.callback(Output(ids.graph("stats-volcano"), "figure"), Output(ids.figdata("stats-volcano"), "data"),
