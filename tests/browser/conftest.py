@@ -65,3 +65,21 @@ def trace_types(driver, name):
     return driver.execute_script(
         "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"
         "return g && g.data ? g.data.map(t => t.type) : [];", graph_selector(name))
+
+
+def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
+    """Click a figure card's export button and return the downloaded file (``<figure>_*.<fmt>``)."""
+    import time
+    from pathlib import Path
+
+    from selenium.webdriver.common.by import By
+    button = driver.find_element(
+        By.CSS_SELECTOR, f"button[id='{{\"figure\":\"{figure}\",\"fmt\":\"{fmt}\",\"type\":\"export-btn\"}}']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+    deadline, files = time.time() + seconds, []
+    while time.time() < deadline and not files:
+        files = list(Path(driver.downloads).glob(f"{figure}_*.{fmt}"))
+        time.sleep(0.3)
+    assert files, f"no {fmt.upper()} of {figure} was downloaded"
+    return files[0]

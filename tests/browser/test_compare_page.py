@@ -3,12 +3,9 @@ box; both draw a reference-recovery profile by depth (attention and their correl
 perturbation-first profile, and the confound table has one row per run. The CSV export carries both runs' rows."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
-from tests.browser.conftest import graph_selector, trace_types
+from tests.browser.conftest import export_and_wait, graph_selector, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -34,13 +31,5 @@ def test_geneformer_and_scgpt_side_by_side(server, browser):
     table = browser.find_element(By.ID, "compare-table").text
     assert "geneformer" in table and "scgpt" in table
     assert "genes are in every chosen run's panel" in browser.find_element(By.ID, "compare-note").text
-    button = browser.find_element(By.CSS_SELECTOR,
-                                  "button[id='{\"figure\":\"compare-layers\",\"fmt\":\"csv\",\"type\":\"export-btn\"}']")
-    button.click()
-    deadline, csvs = time.time() + 90, []
-    while time.time() < deadline and not csvs:
-        csvs = [p for p in Path(browser.downloads).glob("compare-layers*.csv")]
-        time.sleep(0.5)
-    assert csvs, "no CSV was downloaded"
-    content = csvs[0].read_text()
+    content = export_and_wait(browser, "compare-layers", "csv").read_text()
     assert "geneformer" in content and "scgpt" in content and "relative_depth" in content

@@ -3,13 +3,10 @@ and the curve marker from the precomputed grid; a position off the grid is drawn
 background job whose point joins the curve; the curve exports as CSV with that point."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-from tests.browser.conftest import graph_selector
+from tests.browser.conftest import export_and_wait, graph_selector
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -51,15 +48,6 @@ def test_slider_moves_views_and_scores_off_grid_in_background(server, browser):
     wait.until(lambda d: status(d).startswith("4 strata (") and "computed here" in status(d))
     wait.until(lambda d: "done" in d.find_element(By.ID, "cssi-progress").text)
 
-    button = browser.find_element(
-        By.CSS_SELECTOR, "button[id='{\"figure\":\"cssi-curve\",\"fmt\":\"csv\",\"type\":\"export-btn\"}']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-    button.click()
-    deadline, files = time.time() + 60, []
-    while time.time() < deadline and not files:
-        files = [p for p in Path(browser.downloads).glob("cssi-curve_*.csv")]
-        time.sleep(0.3)
-    assert files, "no CSV was downloaded"
-    data = pd.read_csv(files[0])
+    data = pd.read_csv(export_and_wait(browser, "cssi-curve", "csv"))
     assert sorted(data["n_strata"]) == [2, 3, 4, 5]
     assert {"value", "pooled", "null_low", "null_high", "p_random_strata"} <= set(data.columns)
