@@ -90,8 +90,11 @@ def create_app(settings: AppSettings | None = None) -> Dash:
             return no_update, no_update
         try:
             figure, data = exports.lookup(trigger["figure"], token)
-            manifest = store.manifest(run_id) if run_id else None
-            if manifest is not None:   # the exported figure and its file name say which model family it shows
+            # a figure of one run names that run (its family, in the title and file name); a comparison's data names
+            # every run it shows, and the header's run is not its subject
+            spans_runs = trigger["figure"] in compare.FIGURES
+            manifest = store.manifest(run_id) if run_id and not spans_runs else None
+            if manifest is not None:
                 title = figure.layout.title.text or ""
                 figure.update_layout(title={"text": f"{title}<br><sup>{manifest.title}</sup>" if title
                                             else manifest.title})

@@ -68,7 +68,7 @@ def trace_types(driver, name):
 
 
 def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
-    """Click a figure card's export button and return the downloaded file (``<figure>_*.<fmt>``)."""
+    """Click a figure card's export button and return the downloaded file (``<figure>*.<fmt>``)."""
     import time
     from pathlib import Path
 
@@ -79,7 +79,7 @@ def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
     button.click()
     deadline, files = time.time() + seconds, []
     while time.time() < deadline and not files:
-        files = list(Path(driver.downloads).glob(f"{figure}_*.{fmt}"))
+        files = list(Path(driver.downloads).glob(f"{figure}*.{fmt}"))
         time.sleep(0.3)
     assert files, f"no {fmt.upper()} of {figure} was downloaded"
     return files[0]

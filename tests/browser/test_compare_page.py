@@ -31,5 +31,7 @@ def test_geneformer_and_scgpt_side_by_side(server, browser):
     table = browser.find_element(By.ID, "compare-table").text
     assert "geneformer" in table and "scgpt" in table
     assert "genes are in every chosen run's panel" in browser.find_element(By.ID, "compare-note").text
-    content = export_and_wait(browser, "compare-layers", "csv").read_text()
+    exported = export_and_wait(browser, "compare-layers", "csv")
+    content = exported.read_text()
+    assert exported.name == "compare-layers.csv"              # not named after the header's run
     assert "geneformer" in content and "scgpt" in content and "relative_depth" in content
