@@ -86,17 +86,24 @@ class ArtifactStore:
         return add_level(self.cssi(run_id).strata, n_strata).assignment(n_strata)
 
     @lru_cache(maxsize=8)
-    def layer_edges(self, run_id: str) -> EdgeScores:
-        """Every layer's head-mean attention and the Spearman edges, ``[layers + 1, G, G]`` (only those slices of the
-        memory-mapped arrays are read), observed where the pair was co-observed in a cell."""
+    def layer_edges(self, run_id: str, symbols: tuple[str, ...]) -> EdgeScores:
+        """Every layer's head-mean attention and the Spearman edges over the genes ``symbols`` (each in the panel),
+        ``[layers + 1, n, n]``: only those blocks of the memory-mapped arrays are read, so a 2,500-gene run costs
+        the shared genes' blocks, not every layer's full ``[G, G]``. Observed where the pair was co-observed."""
+        panel = self.panel(run_id)
+        index = {s: i for i, s in enumerate(panel["symbol"])}
+        idx = np.array([index[s] for s in symbols], dtype=np.int64)
+        block = np.ix_(idx, idx)
         src = self.table(run_id, "edge_sources")
         means = src.index[src["edge_type"] == "attention_layer_mean"].to_numpy()
         attention = np.load(self.run_dir(run_id) / files.EDGES_ATTENTION, mmap_mode="r")
         spearman = np.load(self.run_dir(run_id) / files.EDGES_SPEARMAN, mmap_mode="r")
-        scores = np.concatenate([np.asarray(attention[means], dtype=np.float64), np.asarray(spearman, np.float64)])
+        scores = np.stack([np.asarray(attention[i][block], dtype=np.float64) for i in means]
+                          + [np.asarray(spearman[0][block], dtype=np.float64)])
         sources = pd.concat([src.loc[means], pd.DataFrame({"edge_type": ["spearman"], "layer": [-1], "head": [-1]})],
                             ignore_index=True)
-        return EdgeScores(scores, sources, np.asarray(self.pair_counts(run_id)) > 0, self.panel(run_id), {})
+        observed = np.asarray(self.pair_counts(run_id)[block]) > 0
+        return EdgeScores(scores, sources, observed, panel.iloc[idx].reset_index(drop=True), {})
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.

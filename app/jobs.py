@@ -43,8 +43,6 @@ from dash import DiskcacheManager
 log = logging.getLogger(__name__)
 _INHERITED: list = []   # the launcher's copy of the server's idle per-thread connections, held (never closed)
 NO_WORKER = -1          # the job handle of a request answered without a worker (no such pid: never running)
-
-
 ANSWERED = (100, "answered at once (cached, or refused)")   # progress (value, label) of a request with no worker
 
 

@@ -19,7 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..errors import SchemaError
+from . import files, schemas
 from .files import MANIFEST
 from .manifest import RunManifest
 
@@ -74,6 +77,13 @@ class RunWriter:
         if not skipped:
             write_json_atomic(self.dir / "stages" / f"{stage}.json", {"key": key, "seconds": seconds,
                                                                      "finished": time.time()})
+
+    def write_table(self, name: str, frame: pd.DataFrame) -> None:
+        """Validate tidy table ``name`` against its schema and write it. A frame with no columns is an analysis that
+        could not run on this data (one perturbation, no reference pair in the panel): nothing is written, so the
+        app's ``has_table`` says so."""
+        if len(frame.columns):
+            schemas.validate(name, frame).to_parquet(self.dir / files.table(name), index=False)
 
     def finish(self, manifest: dict) -> Path:
         """Hash every file, write the manifest last (checked to parse as a :class:`RunManifest`), and publish the

@@ -31,6 +31,14 @@ class EdgeScores:
     panel: pd.DataFrame
     params: dict
 
+    def source_index(self, edge_type: str, layer: int = -1, head: int = -1) -> int:
+        """Row of ``scores`` holding one source (e.g. a layer's head mean: ``attention_layer_mean``, layer)."""
+        src = self.sources
+        hit = src.index[(src["edge_type"] == edge_type) & (src["layer"] == layer) & (src["head"] == head)]
+        if len(hit) == 0:
+            raise KeyError(f"no {edge_type} source at layer {layer}, head {head}")
+        return int(hit[0])
+
     def restrict(self, symbols: list[str]) -> "EdgeScores":
         """The same sources over the genes ``symbols`` (in that order; each must be in the panel)."""
         index = {s: i for i, s in enumerate(self.panel["symbol"])}

@@ -7,18 +7,24 @@ import numpy as np
 import pandas as pd
 
 
-def attention_entropy(mean_attention: np.ndarray) -> np.ndarray:
-    """``[layers, heads]`` entropy (nats) of each head's attention over the gene panel: every query row of the head's
-    mean attention ``[layers, heads, G, G]`` (NaN = never co-observed, dropped) renormalised over the panel keys,
-    its Shannon entropy, averaged over rows. A panel-restricted entropy: the store keeps only panel pairs, so this
-    ranks heads from diffuse to focused over the genes the analyses score, not over the whole input."""
-    a = np.nan_to_num(np.clip(mean_attention, 0, None))
-    totals = a.sum(-1, keepdims=True)
-    p = np.divide(a, totals, out=np.zeros_like(a), where=totals > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)                # [layers, heads, G]
-    rows = totals[..., 0] > 0
-    return np.where(rows.any(-1), (h * rows).sum(-1) / np.maximum(rows.sum(-1), 1), np.nan)
+def attention_entropy(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[layers, heads]`` entropy (nats) of each head's attention over the gene panel, from the pooled store's
+    ``sums`` ``[layers, heads, G, G]`` and co-observation ``counts`` ``[G, G]``: every query row of the head's mean
+    attention (pairs never co-observed dropped) renormalised over the panel keys, its Shannon entropy, averaged over
+    rows. One layer at a time, so memory stays at one layer's ``[heads, G, G]``. A panel-restricted entropy: the
+    store keeps only panel pairs, so this ranks heads from diffuse to focused over the genes the analyses score, not
+    over the whole input."""
+    seen = np.asarray(counts) > 0
+    out = np.full(sums.shape[:2], np.nan)
+    for layer in range(sums.shape[0]):
+        a = np.where(seen, np.clip(np.asarray(sums[layer], dtype=np.float64), 0, None) / np.maximum(counts, 1), 0.0)
+        totals = a.sum(-1, keepdims=True)                                   # [heads, G, 1]
+        p = np.divide(a, totals, out=np.zeros_like(a), where=totals > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)                 # [heads, G]
+        rows = totals[..., 0] > 0
+        out[layer] = np.where(rows.any(-1), (h * rows).sum(-1) / np.maximum(rows.sum(-1), 1), np.nan)
+    return out
 
 
 def composite_order(head_auroc: pd.DataFrame, layer_perturbation_auroc: pd.Series) -> list[tuple[int, int]]:

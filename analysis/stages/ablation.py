@@ -46,7 +46,8 @@ def build_sweep(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, per_p
     whole = cfg.whole_layers or ((int(by_layer.idxmax()),) if by_layer is not None else ())
     return sweep(list(aurocs[["layer", "head"]].itertuples(index=False, name=None)), inp.adapter.n_layers,
                  readout_layer=inp.readout_layer, ks=cfg.ks, n_random=cfg.n_random, seed=cfg.seed,
-                 random_matching=cfg.random_matching, entropy=attention_entropy(store.mean_attention()),
+                 random_matching=cfg.random_matching,
+                 entropy=attention_entropy(store.sums, store.counts) if "entropy" in cfg.random_matching else None,
                  composite_order=composite_order(aurocs, by_layer) if by_layer is not None else None,
                  whole_layers=whole, mlp_blocks=[mlp_block_layers(b) for b in cfg.mlp_blocks])
 
@@ -67,9 +68,7 @@ def run(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, per_pert: pd.
         results, fidelity = ablation_tables(inp.adapter, inp.attention_tokens, store.panel, reference,
                                             np.asarray(store.counts) > 0, items, settings=cfg,
                                             readout_layer=inp.readout_layer, de_table=de_table)
-        schemas.validate("ablation_results", results).to_parquet(writer.dir / files.table("ablation_results"),
-                                                                 index=False)
-        schemas.validate("ablation_fidelity", fidelity).to_parquet(writer.dir / files.table("ablation_fidelity"),
-                                                                   index=False)
+        writer.write_table("ablation_results", results)
+        writer.write_table("ablation_fidelity", fidelity)
     writer.mark_done("ablation", key, time.perf_counter() - t0)
     return ablation_tests(results)

@@ -15,7 +15,6 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from ..config import PerturbationConfig
-from ..io import files, schemas
 from ..io.artifacts import RunWriter
 from ..io.cells import CellData
 from ..io.expression import expression_matrix
@@ -30,10 +29,8 @@ from .timing import timed
 
 def edge_matrices(attention: EdgeScores, corr: EdgeScores, readout: int, primary: str) -> dict[str, tuple[np.ndarray, bool]]:
     """name -> (``[G, G]`` scores, confirmatory): the read-out layer's head-mean attention, signed and absolute rho."""
-    src = attention.sources
-    idx = int(src.index[(src["edge_type"] == "attention_layer_mean") & (src["layer"] == readout)][0])
     rho = corr.scores[0]
-    return {"attention": (attention.scores[idx], True),
+    return {"attention": (attention.scores[attention.source_index("attention_layer_mean", readout)], True),
             "correlation": (rho, primary != "absolute"),
             "correlation_absolute": (np.abs(rho), primary == "absolute")}
 
@@ -80,7 +77,6 @@ def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWrite
         tables, reg = run(inp.attention_cell_data, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
                           inp.readout_layer)
         for name, frame in tables.items():
-            if len(frame):   # no reference with a positive pair in the panel: nothing to decompose
-                schemas.validate(name, frame).to_parquet(writer.dir / files.table(name), index=False)
+            writer.write_table(name, frame)
     writer.mark_done("confounds", key, time.perf_counter() - t0)
     return reg

@@ -78,8 +78,8 @@ def run(inp: Inputs, store: AttentionStore, writer: RunWriter, run_key: str, pro
             cssi_levels.save(cssi_run, writer.dir)
         with timed(f"CSSI levels ({cfg.n_null} random strata, {cfg.n_gene_null} gene permutations)"):
             curve, null = cssi_levels.evaluate_grid(cssi_run, store.panel, inp.references, cfg, progress=progress)
-            schemas.validate("cssi_curve", curve).to_parquet(writer.dir / files.table("cssi_curve"), index=False)
-            schemas.validate("cssi_null", null).to_parquet(writer.dir / files.table("cssi_null"), index=False)
+            writer.write_table("cssi_curve", curve)
+            writer.write_table("cssi_null", null)
         synthetic = None
         if cfg.synthetic_seeds > 0:
             with timed(f"CSSI synthetic validation ({cfg.synthetic_seeds} seeds)"):

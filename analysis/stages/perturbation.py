@@ -18,7 +18,6 @@ from threadpoolctl import threadpool_limits
 import time
 
 from ..config import PerturbationConfig, RunConfig
-from ..io import files, schemas
 from ..io.artifacts import RunWriter
 from ..io.cells import CellData
 from ..io.expression import expression_matrix
@@ -36,7 +35,6 @@ from .inputs import Inputs
 from .timing import timed
 
 log = logging.getLogger("precompute")
-ALWAYS_WRITTEN = ("de_results", "de_groups", "perturbation_auroc", "on_target")
 
 
 @dataclass
@@ -75,8 +73,7 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
     reg = StatsRegistry()
     n_layers = int(attention.sources["layer"].max()) + 1
     readout = cfg.resolve_readout_layer(n_layers)
-    src = attention.sources
-    readout_idx = int(src.index[(src["edge_type"] == "attention_layer_mean") & (src["layer"] == readout)][0])
+    readout_idx = attention.source_index("attention_layer_mean", readout)
     degree = references[0].edges.groupby("tf").size().to_dict()
     baselines = gene_level_scores(cells, panel, reference_degree=degree)
     de = differential_expression(cells, panel[panel["in_universe"]], lfc_threshold=cfg.lfc_threshold,
@@ -269,7 +266,6 @@ def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWrite
         result = run(inp.cells, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
                      constructed=planted)
         for name, frame in result.tables.items():
-            if len(frame) or name in ALWAYS_WRITTEN:   # an analysis the screen cannot support leaves no table
-                schemas.validate(name, frame).to_parquet(writer.dir / files.table(name), index=False)
+            writer.write_table(name, frame)
     writer.mark_done("perturbation", key, time.perf_counter() - t0)
     return result

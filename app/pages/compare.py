@@ -85,7 +85,7 @@ def register(app, store, settings, jobs, exports):
             label = f"{m.family} {run_id.split('-')[-1]}"
             edges = store.reference_edges(run_id)
             ref = ReferenceNetwork(reference, edges[edges["reference"] == reference], {})
-            rec = layer_recovery(store.layer_edges(run_id), ref, symbols)
+            rec = layer_recovery(store.layer_edges(run_id, tuple(symbols)), ref, symbols)
             kind = rec["edge_type"].map({"attention_layer_mean": "attention", "spearman": "correlation"})
             recovery.append(rec.assign(run=label, kind=kind))
             if store.has_table(run_id, "perturbation_auroc"):

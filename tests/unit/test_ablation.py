@@ -146,10 +146,13 @@ def test_entropy_matched_draws_have_the_target_entropy_distribution():
 
 def test_head_entropy_and_composite_order_by_hand():
     rng = np.random.default_rng(3)
-    mean = rng.uniform(0, 1, size=(2, 3, 4, 4))
-    mean[0, 0, 1, 2] = np.nan
-    mean[1, 2, 3] = np.nan                         # a query row never observed
-    got = attention_entropy(mean)
+    counts = rng.integers(1, 5, size=(4, 4))
+    counts[1, 2] = 0                               # a pair never co-observed
+    counts[3] = 0                                  # a query row never observed
+    sums = rng.uniform(0, 1, size=(2, 3, 4, 4)) * counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / counts, np.nan)
+    got = attention_entropy(sums, counts)
     for l, h in np.ndindex(2, 3):
         rows = []
         for q in range(4):
