@@ -151,3 +151,63 @@ def load_reference(spec: str, dorothea_min_confidence: str = "B") -> ReferenceNe
             " with a known direction" if kind == "trrust_direction_known" else "")
         raise InputError(f"reference {path} has no TF-target edges{kept}; check the file (and its filter)")
     return ref
+
+
+PAIR_KINDS = ("string",)
+STRING_COLUMNS = ("gene_a", "gene_b", "score")
+
+
+def load_string(path: str | Path, min_score: float = 0.7, name: str | None = None) -> ReferenceNetwork:
+    """STRING protein-protein interactions as an undirected pair reference (paper Supplementary Note 17): a
+    tab-separated table with a header holding ``gene_a``, ``gene_b`` and the combined ``score`` (0-1, as the STRING
+    API returns it; 0.7 = the paper's STRING >= 700), kept at ``score >= min_score``. Edges are stored as
+    (gene_a, gene_b) with mode ``undirected``; ``params["undirected"]`` tells analyses to read them both ways."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"pair reference file {p} does not exist")
+    try:
+        raw = pd.read_csv(p, sep="\t", dtype=str)
+    except Exception as exc:
+        raise InputError(f"{p} is not a readable tab-separated STRING table ({exc})") from exc
+    missing = [c for c in STRING_COLUMNS if c not in raw.columns]
+    if missing:
+        raise InputError(f"{p} is not a STRING table: it needs columns {list(STRING_COLUMNS)}, lacks {missing}; "
+                         f"has {list(raw.columns)}")
+    score = pd.to_numeric(raw["score"], errors="coerce")
+    if score.isna().any() or (score > 1).any():
+        line = int(score.index[score.isna() | (score > 1)][0]) + 2
+        raise InputError(f"{p} line {line}: score {raw['score'][line - 2]!r} is not a number in 0-1 (STRING's "
+                         "combined score / 1000)")
+    kept = raw[score >= min_score]
+    name = name or f"STRING>={int(round(min_score * 1000))}"
+    edges = pd.DataFrame({"reference": name, "tf": kept["gene_a"].str.strip().str.upper(),
+                          "target": kept["gene_b"].str.strip().str.upper(), "mode": "undirected",
+                          "confidence": score[score >= min_score].map(lambda v: f"{v:.3f}")})
+    edges = edges[edges["tf"] != edges["target"]].drop_duplicates(["tf", "target"]).reset_index(drop=True)
+    if edges.empty:
+        raise InputError(f"pair reference {p} has no pair with score >= {min_score}; lower biology.string_min_score")
+    return ReferenceNetwork(name, edges, {"kind": "string", "path": str(p), "n_edges": len(edges),
+                                          "min_score": min_score, "undirected": True})
+
+
+def load_pair_reference(spec: str, min_score: float = 0.7) -> ReferenceNetwork:
+    """Load an undirected pair reference ``kind:path`` (kind in :data:`PAIR_KINDS`)."""
+    head, sep, rest = spec.partition(":")
+    if not sep or head not in PAIR_KINDS:
+        raise InputError(f"pair reference {spec!r}: write KIND:PATH with KIND one of {PAIR_KINDS}")
+    return load_string(rest, min_score)
+
+
+def coregulation_pairs(reference: ReferenceNetwork, name: str | None = None) -> ReferenceNetwork:
+    """Undirected pairs of genes that share a regulator in ``reference`` (functional co-membership, as pathway
+    references hold); the embedded default's stand-in for STRING, whose real genes its simulated symbols lack."""
+    rows = []
+    for _tf, grp in reference.edges.groupby("tf"):
+        targets = sorted(set(grp["target"]))
+        rows += [(a, b) for i, a in enumerate(targets) for b in targets[i + 1:]]
+    name = name or f"{reference.name} co-regulation"
+    edges = pd.DataFrame(rows, columns=["tf", "target"]).drop_duplicates().reset_index(drop=True)
+    edges = edges.assign(reference=name, mode="undirected", confidence="NA")[
+        ["reference", "tf", "target", "mode", "confidence"]]
+    return ReferenceNetwork(name, edges, {"kind": "coregulation", "source": reference.name, "n_edges": len(edges),
+                                          "undirected": True, "path": reference.params.get("path")})

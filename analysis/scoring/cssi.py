@@ -191,10 +191,18 @@ class CSSIData:
     @cached_property
     def pooled(self) -> np.ndarray:
         """``[S, N]`` pair scores over all cells (the fine clusters partition them)."""
-        fine = np.where(np.arange(self.group_counts.shape[0]) < self.n_fine, 0, -1)
-        att = mean_scores(group_to_strata(self.group_sums, fine, 1), group_to_strata(self.group_counts, fine, 1))
-        corr = spearman_by_stratum(self.expression, np.zeros(self.fine.size, int), 1, self.pairs.columns)
-        return self.pairs.orient(np.concatenate([att[0], corr, np.abs(corr)], axis=0))
+        fine = (np.arange(self.group_counts.shape[0]) < self.n_fine).astype(float)
+        return self.union_scores(fine, np.arange(self.fine.size))
+
+    def union_scores(self, weights: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        """``[S, N]`` pair scores of every site over a weighted union of groups: ``weights`` ``[F + M]`` is how many
+        times each group's cells are taken (0 = left out; a bootstrap draw repeats groups), ``cells`` the same cells
+        as indices into ``expression`` (repeated as often), from which Spearman is computed."""
+        w = np.asarray(weights, dtype=np.float64)
+        sums = (w @ self.group_sums.reshape(w.size, -1)).reshape(self.group_sums.shape[1:])     # [S_att, C]
+        att = mean_scores(sums[None], (w @ self.group_counts)[None])[0]
+        corr = spearman_by_stratum(self.expression[cells], np.zeros(cells.size, int), 1, self.pairs.columns)
+        return self.pairs.orient(np.concatenate([att, corr, np.abs(corr)], axis=0))
 
     @cached_property
     def pooled_recovery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
