@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+import psutil
 from dash import DiskcacheManager
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,14 @@ class ForkSafeDiskcacheManager(DiskcacheManager):
         if hasattr(fn, "admit"):
             self._admission[key] = (fn.admit, fn.busy)
         return super().make_job_fn(fn, progress, key)
+
+    def terminate_job(self, job) -> None:
+        """Dash's terminate, tolerating a worker that exits while it is being ended (Dash lists its children after
+        checking it exists, and psutil raises NoSuchProcess when it finished in between: nothing is left to end)."""
+        try:
+            super().terminate_job(job)
+        except psutil.NoSuchProcess:
+            pass
 
     def start_launcher(self) -> None:
         """Fork the launcher now, and start the reaper of abandoned jobs. Call once, after every background callback
