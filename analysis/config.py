@@ -243,6 +243,41 @@ class CSSIConfig:
 
 
 @dataclass(frozen=True)
+class ScalingConfig:
+    """Recovery against the number of cells (analysis.scoring.scaling; paper section 2.2, Supplementary Notes 1 and
+    13) and the per-TF cell bootstrap (analysis.scoring.tf_bootstrap; Supplementary Note 14, registry section 16).
+    Both reuse CSSI's grouped extraction pass (its random groups are the resampling units), so they run when CSSI
+    does. ``unit_fractions``: shares of the random groups forming each subsample (1.0 = every attention cell);
+    ``n_seeds`` subsample orders (0 skips the analysis); ``top_k``: the F1 cut-offs besides the number of
+    reference edges; ``n_boot``: group-bootstrap draws per cell count; ``composition_fractions``: cell counts of
+    the controlled-composition conditions as shares of what each condition can hold; ``tf_boot``: draws of the
+    per-TF bootstrap (0 skips it)."""
+
+    unit_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    n_seeds: int = 5
+    top_k: tuple[int, ...] = (20, 50, 100)
+    n_boot: int = 100
+    composition_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    tf_boot: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BiologyConfig:
+    """Layer-wise biological organisation (analysis.scoring.biology; paper Supplementary Note 17): every layer's
+    head-mean attention scored over all gene pairs of the universe against undirected pair references
+    (``pair_references``: ``string:PATH``, STRING's ``gene_a``/``gene_b``/``score`` table kept at ``score >=
+    string_min_score``, 0.7 = the paper's STRING >= 700) next to the run's regulatory references read as
+    undirected pairs. ``n_negatives``: negative pairs per positive in the expression-controlled partial correlation
+    (the paper's matched positive and negative pairs)."""
+
+    pair_references: tuple[str, ...] = ()
+    string_min_score: float = 0.7
+    n_negatives: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A run's whole configuration. ``protocol``: the paper's preset it follows (:mod:`analysis.protocols`), or
     ``none``."""
@@ -259,6 +294,8 @@ class RunConfig:
     perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     cssi: CSSIConfig = field(default_factory=CSSIConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    biology: BiologyConfig = field(default_factory=BiologyConfig)
 
     @property
     def embedded(self) -> bool:
@@ -386,12 +423,19 @@ def check(cfg: RunConfig) -> RunConfig:
                 "train.epochs": (cfg.train.epochs, 1), "train.batch_size": (cfg.train.batch_size, 1)}
     if cfg.data.max_cells is not None:
         at_least["data.max_cells"] = (cfg.data.max_cells, 1)
+    at_least.update({"scaling.n_seeds": (cfg.scaling.n_seeds, 0), "scaling.n_boot": (cfg.scaling.n_boot, 0),
+                     "scaling.tf_boot": (cfg.scaling.tf_boot, 0), "biology.n_negatives": (cfg.biology.n_negatives, 1)})
+    for key, values in (("scaling.unit_fractions", cfg.scaling.unit_fractions),
+                        ("scaling.composition_fractions", cfg.scaling.composition_fractions)):
+        if not values or not all(0 < v <= 1 for v in values):
+            raise ConfigError(f"{key} = {values}: must list shares in (0, 1]")
     for key, (value, low) in at_least.items():
         if value < low:
             raise ConfigError(f"{key} = {value}: must be at least {low}")
     for block in cfg.ablation.mlp_blocks:
         mlp_block_layers(block)
-    for key, values in (("ranking.top_k", cfg.ranking.top_k), ("ablation.ks", cfg.ablation.ks)):
+    for key, values in (("ranking.top_k", cfg.ranking.top_k), ("ablation.ks", cfg.ablation.ks),
+                        ("scaling.top_k", cfg.scaling.top_k)):
         if not values or min(values) < 1:
             raise ConfigError(f"{key} = {values}: must list integers >= 1")
     choices = {"ranking.directions": (cfg.ranking.directions, DIRECTIONS),

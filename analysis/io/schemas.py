@@ -53,6 +53,19 @@ CSSI_SYNTHETIC = (("config", "n_cells", "n_states", "seed", "strata", "pooled_f1
 CSSI_CELLS = (("cell", "obs_name", "fine_cluster", "random_group", "x", "y", "cell_state"), ())
 CSSI_STRATA = (("n_strata", "n_found", "fine_cluster", "stratum", "resolution"), ())
 
+SCALING_CURVE = (("reference", "seed", "n_units", "n_cells", "edge_type", "layer", "head", "label", "metric", "value"),
+                 ())
+SCALING_BOOTSTRAP = (("reference", "n_units", "n_cells", "edge_type", "layer", "head", "label", "auroc_mean",
+                      "ci_low", "ci_high", "n_boot"), ())
+COMPOSITION_CURVE = (("reference", "condition", "seed", "n_cells", "n_states", "auroc", "f1", "states_from"), ())
+TF_BOOTSTRAP = (("reference", "edge_type", "layer", "label", "tf", "auroc", "ci_low", "ci_high", "n_pos", "n_neg",
+                 "ci_side", "n_boot"), ("ci_low", "ci_high"))
+LAYER_BIOLOGY = (("reference", "kind", "edge_type", "layer", "auroc", "n_pos", "n_neg"), ())
+LAYER_BIOLOGY_CONTROL = (("reference", "layer", "r_raw", "r_partial", "p_partial", "retained", "n"),
+                         ("r_partial", "p_partial", "retained"))
+ATTENTION_EXPRESSION = (("layer", "correlation", "rho", "p", "n"), ("rho", "p"))
+UNIVERSE_CHECK = (("protocol", "perturbation", "layer", "attention_auroc", "correlation_auroc", "n_genes"), ())
+
 TABLES = {
     "head_ranking": HEAD_RANKING,
     "per_tf": PER_TF,
@@ -79,6 +92,14 @@ TABLES = {
     "cssi_synthetic": CSSI_SYNTHETIC,
     "cssi_cells": CSSI_CELLS,
     "cssi_strata": CSSI_STRATA,
+    "scaling_curve": SCALING_CURVE,
+    "scaling_bootstrap": SCALING_BOOTSTRAP,
+    "composition_curve": COMPOSITION_CURVE,
+    "tf_bootstrap": TF_BOOTSTRAP,
+    "layer_biology": LAYER_BIOLOGY,
+    "layer_biology_control": LAYER_BIOLOGY_CONTROL,
+    "attention_expression": ATTENTION_EXPRESSION,
+    "universe_check": UNIVERSE_CHECK,
 }
 
 

@@ -24,7 +24,7 @@ from ..io import schemas
 from ..io.artifacts import sha256_path
 from ..io.cells import CellData
 from ..io.expression import expression_matrix
-from ..io.references import ReferenceNetwork, load_reference, load_trrust
+from ..io.references import ReferenceNetwork, coregulation_pairs, load_pair_reference, load_reference, load_trrust
 from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter
 from ..rerun import load_cells_for
 from ..scoring.cssi_levels import check_config as check_cssi
@@ -51,6 +51,7 @@ class Inputs:
     input_hashes: dict[str, str]
     provenance: dict
     attention_cells: np.ndarray    # indices of the cells attention and ablation run on (``extraction.cells``)
+    pair_references: list[ReferenceNetwork]   # undirected pair references (biology stage, SN17)
 
     @cached_property
     def attention_tokens(self) -> TokenizedCells:
@@ -175,7 +176,11 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     if cfg.cssi.n_fine > 0:
         check_cssi(cfg.cssi, int(attention_cells.size), adapter.n_layers, native_embedding=adapter.native_embedding,
                    has_cls=tokens.params.get("cls_position") is not None)
+    pair_references = [load_pair_reference(spec, cfg.biology.string_min_score) for spec in cfg.biology.pair_references]
+    if provenance.get("data") == "embedded simulation":   # simulated symbols: STRING cannot match them
+        pair_references.append(coregulation_pairs(references[0]))
     hashes = {"data": sha256_path(Path(data_cfg.path))}
-    hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"])) for r in references})
+    hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"]))
+                   for r in references + pair_references if r.params.get("kind") != "coregulation"})
     return Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance,
-                  attention_cells)
+                  attention_cells, pair_references)

@@ -1,5 +1,5 @@
-"""The precompute stages, in order: inputs -> attention -> edges -> ranking -> reference confounds -> perturbation -> ablation
--> CSSI -> statistics registry -> manifest, for one model (:func:`run_precompute`) or, for the embedded default,
+"""The precompute stages, in order: inputs -> attention -> edges -> ranking -> layer biology -> reference confounds ->
+perturbation -> ablation -> CSSI -> scaling -> statistics registry -> manifest, for one model (:func:`run_precompute`) or, for the embedded default,
 for every model family (:func:`configs_to_run`).
 
 Every input is loaded and validated before anything is written under ``cache/artifacts`` (a bad input leaves no
@@ -24,7 +24,7 @@ from ..io.artifacts import RunWriter, read_manifest
 from ..io.locks import exclusive
 from ..io.schemas import SchemaError
 from ..models.base import FAMILIES
-from . import ablation, attention, confounds, cssi, perturbation, ranking
+from . import ablation, attention, biology, confounds, cssi, perturbation, ranking, scaling
 from .inputs import Inputs, resolve_inputs
 from .timing import timed
 
@@ -96,6 +96,7 @@ def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: flo
         att_edges, corr_edges = attention.edges(inp, store, writer, key)
         head_ranking = ranking.run(inp, att_edges, corr_edges, writer, key)
         registry = ranking.registry(head_ranking, inp.readout_layer)
+        registry.extend(biology.stage(inp, att_edges, corr_edges, writer, key))
         registry.extend(confounds.stage(inp, att_edges, corr_edges, writer, key))
         de_table = per_pert = None
         if inp.cells.perturbation_col is not None:
@@ -106,6 +107,7 @@ def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: flo
             registry.extend(ablation.run(inp, store, head_ranking, per_pert, de_table, writer, run_key))
         if inp.cfg.cssi.n_fine > 0:
             registry.extend(cssi.run(inp, store, writer, run_key, progress))
+        registry.extend(scaling.stage(inp, store.panel, writer, key))
         stats_table = schemas.validate("statistics_registry", registry.table())
         stats_table.to_parquet(writer.dir / files.table("statistics_registry"), index=False)
         stats_table.to_csv(writer.dir / files.STATISTICS_CSV, index=False)
