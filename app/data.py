@@ -25,6 +25,9 @@ class RunNotFound(LookupError):
     pass
 
 
+GENE_COLUMN_MAX = 1000
+
+
 class ArtifactStore:
     def __init__(self, cache_dir: Path):
         self.root = (Path(cache_dir) / "artifacts").resolve()
@@ -104,6 +107,18 @@ class ArtifactStore:
                             ignore_index=True)
         observed = np.asarray(self.pair_counts(run_id)[block]) > 0
         return EdgeScores(scores, sources, observed, panel.iloc[idx].reset_index(drop=True), {})
+
+    @lru_cache(maxsize=16)
+    def gene_edges(self, run_id: str, symbol: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+        """(edge sources, ``[S, G]`` attention of ``symbol`` as query over every key gene, ``[S, G]`` attention on
+        ``symbol`` as key from every query gene, or None for panels over :data:`GENE_COLUMN_MAX` genes, where a column
+        of the memory-mapped ``[S, G, G]`` array is one page read per element)."""
+        panel = self.panel(run_id)
+        g = int(np.nonzero(panel["symbol"].to_numpy() == symbol)[0][0])
+        edges = np.load(self.run_dir(run_id) / files.EDGES_ATTENTION, mmap_mode="r")
+        rows = np.asarray(edges[:, g, :], dtype=np.float64)
+        cols = np.asarray(edges[:, :, g], dtype=np.float64) if len(panel) <= GENE_COLUMN_MAX else None
+        return self.table(run_id, "edge_sources"), rows, cols
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.

@@ -429,9 +429,11 @@ def cssi_synthetic(summary: pd.DataFrame) -> go.Figure:
 COMPARE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860")
 
 
-def compare_layer_profiles(frame: pd.DataFrame, *, value: str, title: str, y_title: str) -> go.Figure:
+def compare_layer_profiles(frame: pd.DataFrame, *, value: str, title: str, y_title: str,
+                           reference_line: tuple[float, str] | None = (0.5, "chance")) -> go.Figure:
     """One line per run of ``value`` against relative depth (rows: run, relative_depth, ``value``, kind =
-    ``attention`` or a baseline name drawn as a dashed line in the run's colour)."""
+    ``attention`` or a baseline name drawn as a dashed line in the run's colour); ``reference_line``: (y, label)
+    of a dotted line (chance for AUROCs), or None."""
     fig = go.Figure()
     for i, (run, grp) in enumerate(frame.groupby("run", sort=False)):
         colour = COMPARE_COLOURS[i % len(COMPARE_COLOURS)]
@@ -442,8 +444,145 @@ def compare_layer_profiles(frame: pd.DataFrame, *, value: str, title: str, y_tit
         for j, (kind, base) in enumerate(grp[grp["kind"] != "attention"].groupby("kind", sort=False)):
             fig.add_scatter(x=[0, 1], y=[float(base[value].iloc[0])] * 2, mode="lines", name=f"{run}: {kind}",
                             line={"color": colour, "dash": ("dash", "dot", "dashdot")[j % 3], "width": 1.5})
-    fig.add_hline(y=0.5, line_color="grey", line_dash="dot", annotation_text="chance")
+    if reference_line is not None:
+        fig.add_hline(y=reference_line[0], line_color="grey", line_dash="dot", annotation_text=reference_line[1])
     fig.update_layout(title={"text": title}, xaxis={"title": "relative depth (layer / (layers - 1))",
                                                    "range": [-0.03, 1.03]},
                       yaxis={"title": y_title}, height=440, margin={"t": 80}, legend={"font": {"size": 10}})
+    return fig
+
+
+SCALING_METRICS = {"auroc": "AUROC", "f1": "top-k F1 (k = reference edges)"}
+
+
+def scaling_curves(curve: pd.DataFrame, boot: pd.DataFrame | None, *, readout_layer: int, reference: str
+                   ) -> go.Figure:
+    """Recovery against the number of cells (two panels: AUROC, top-k F1) for the read-out layer's head mean and
+    Spearman correlation: per seed a thin line (nested subsamples), the mean in bold, and the group-bootstrap 95% CI
+    of AUROC as a band (``curve``: schema ``scaling_curve`` of one reference; ``boot``: ``scaling_bootstrap``)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(SCALING_METRICS.values()), horizontal_spacing=0.1)
+    sites = ((("attention_layer_mean", readout_layer), f"L{readout_layer} head mean", "#4c72b0"),
+             (("spearman", -1), "Spearman", "#dd8452"))
+    for (etype, layer), label, colour in sites:
+        sel = curve[(curve["edge_type"] == etype) & (curve["layer"] == layer)]
+        for col, metric in enumerate(SCALING_METRICS, start=1):
+            m = sel[sel["metric"] == metric]
+            for seed, grp in m.groupby("seed"):
+                grp = grp.sort_values("n_cells")
+                fig.add_scatter(x=grp["n_cells"], y=grp["value"], mode="lines", line={"color": colour, "width": 0.7},
+                                opacity=0.45, showlegend=False, hoverinfo="skip", row=1, col=col)
+            mean = m.groupby("n_units").agg(n_cells=("n_cells", "mean"), value=("value", "mean")).reset_index()
+            fig.add_scatter(x=mean["n_cells"], y=mean["value"], mode="lines+markers", name=label,
+                            line={"color": colour, "width": 3}, showlegend=col == 1, legendgroup=label,
+                            row=1, col=col)
+        if boot is not None:
+            b = boot[(boot["edge_type"] == etype) & (boot["layer"] == layer)].sort_values("n_cells")
+            if len(b):
+                fig.add_scatter(x=list(b["n_cells"]) + list(b["n_cells"])[::-1],
+                                y=list(b["ci_high"]) + list(b["ci_low"])[::-1], fill="toself", line={"width": 0},
+                                fillcolor=colour, opacity=0.15, name=f"{label}: bootstrap 95% CI", row=1, col=1)
+    fig.update_xaxes(title_text="cells in the subsample")
+    fig.update_layout(title={"text": f"Recovery of {reference} against the number of cells (thin: seeds)"},
+                      height=420, margin={"t": 90})
+    return fig
+
+
+def composition_plot(table: pd.DataFrame, *, reference: str) -> go.Figure:
+    """Controlled composition (Spearman edges): AUROC against n for one state and for a fixed mixture, and against
+    the number of states at fixed n; per-seed points and the mean."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=["one cell state", "fixed mixture", "more states, fixed n"],
+                        horizontal_spacing=0.08)
+    for col, (condition, x) in enumerate((("single_state", "n_cells"), ("fixed_mixture", "n_cells"),
+                                          ("heterogeneity", "n_states")), start=1):
+        sel = table[table["condition"] == condition]
+        if sel.empty:
+            continue
+        fig.add_scatter(x=sel[x], y=sel["auroc"], mode="markers", marker={"color": "#8172b2", "size": 6,
+                                                                           "opacity": 0.5},
+                        showlegend=False, row=1, col=col)
+        mean = sel.groupby(x)["auroc"].mean().reset_index()
+        fig.add_scatter(x=mean[x], y=mean["auroc"], mode="lines", line={"color": "#8172b2", "width": 3},
+                        showlegend=False, row=1, col=col)
+        fig.update_xaxes(title_text="states" if x == "n_states" else "cells", row=1, col=col)
+    fig.update_yaxes(title_text="Spearman AUROC", row=1, col=1)
+    fig.update_layout(title={"text": f"Controlled composition, correlation edges vs {reference} (states from "
+                                     f"{table['states_from'].iloc[0] if len(table) else '-'})"},
+                      height=380, margin={"t": 90})
+    return fig
+
+
+def biology_profiles(frame: pd.DataFrame) -> go.Figure:
+    """SN17: AUROC of each layer's head mean against every reference read as pairs (solid: pair references such
+    as STRING; dashed: regulatory references), with each reference's Spearman baseline as a dotted line."""
+    fig = go.Figure()
+    for i, (ref, grp) in enumerate(frame.groupby("reference", sort=False)):
+        colour = COMPARE_COLOURS[i % len(COMPARE_COLOURS)]
+        att = grp[grp["edge_type"] == "attention_layer_mean"].sort_values("layer")
+        dash = "solid" if grp["kind"].iloc[0] == "pairs" else "dash"
+        fig.add_scatter(x=att["layer"], y=att["auroc"], mode="lines+markers", name=f"{ref} ({grp['kind'].iloc[0]})",
+                        line={"color": colour, "dash": dash})
+        corr = grp[grp["edge_type"] == "spearman"]
+        if len(corr):
+            fig.add_hline(y=float(corr["auroc"].iloc[0]), line_color=colour, line_dash="dot", line_width=1)
+    fig.add_hline(y=0.5, line_color="grey", line_dash="dot", annotation_text="chance")
+    fig.update_layout(title={"text": "Layer-wise recovery over all universe gene pairs (dotted: Spearman)"},
+                      xaxis={"title": "layer", "dtick": 1}, yaxis={"title": "AUROC (pairs, undirected)"},
+                      height=420, margin={"t": 80})
+    return fig
+
+
+def ci_forest(frame: pd.DataFrame, *, label: str, value: str, title: str, x_title: str, null: float) -> go.Figure:
+    """Point estimates with 95% CIs as horizontal bars, one row per ``label`` (columns ``value``, ci_low,
+    ci_high); rows whose CI excludes ``null`` are drawn dark."""
+    frame = frame.reset_index(drop=True)
+    excludes = (frame["ci_low"] > null) | (frame["ci_high"] < null)
+    fig = go.Figure(go.Scatter(
+        x=frame[value], y=frame[label], mode="markers",
+        error_x={"type": "data", "symmetric": False, "array": frame["ci_high"] - frame[value],
+                 "arrayminus": frame[value] - frame["ci_low"]},
+        marker={"color": np.where(excludes, "#1f3b73", "#9aa9c7"), "size": 8},
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.add_vline(x=null, line_color="grey", line_dash="dot")
+    fig.update_layout(title={"text": title}, xaxis={"title": x_title},
+                      yaxis={"autorange": "reversed", "type": "category"},
+                      height=max(300, 22 * len(frame) + 120), margin={"t": 70, "l": 180})
+    return fig
+
+
+def replication_profile(table: pd.DataFrame) -> go.Figure:
+    """Cross-context replication: per run, the mean per-perturbation advantage of each layer's attention over
+    correlation (perturbation-first AUROC) with its perturbation-bootstrap 95% CI, at relative depth."""
+    fig = go.Figure()
+    for i, (run, grp) in enumerate(table.groupby("run", sort=False)):
+        grp = grp.sort_values("relative_depth")
+        fig.add_scatter(x=grp["relative_depth"], y=grp["advantage"], mode="lines+markers", name=run,
+                        line={"color": COMPARE_COLOURS[i % len(COMPARE_COLOURS)]}, customdata=grp[["layer", "n"]],
+                        error_y={"type": "data", "symmetric": False, "array": grp["ci_high"] - grp["advantage"],
+                                 "arrayminus": grp["advantage"] - grp["ci_low"]},
+                        hovertemplate="L%{customdata[0]}: %{y:+.3f} (%{customdata[1]} perturbations)<extra>"
+                                      + run + "</extra>")
+    fig.add_hline(y=0, line_color="grey", line_dash="dot", annotation_text="attention = correlation")
+    fig.update_layout(title={"text": "Attention advantage over correlation per layer (95% bootstrap CI)"},
+                      xaxis={"title": "relative depth", "range": [-0.03, 1.03]},
+                      yaxis={"title": "mean AUROC(attention) - AUROC(correlation)"}, height=420, margin={"t": 80})
+    return fig
+
+
+def convergence_plot(frame: pd.DataFrame) -> go.Figure:
+    """Cross-model convergence (SN13): unstratified AUROC against the number of cells with group-bootstrap 95% CIs,
+    per run (rows: run, kind = ``attention`` (read-out layer) or ``correlation``, n_cells, auroc_mean, ci_low,
+    ci_high)."""
+    fig = go.Figure()
+    for i, (run, grp) in enumerate(frame.groupby("run", sort=False)):
+        colour = COMPARE_COLOURS[i % len(COMPARE_COLOURS)]
+        for kind, sub in grp.groupby("kind", sort=False):
+            sub = sub.sort_values("n_cells")
+            fig.add_scatter(x=sub["n_cells"], y=sub["auroc_mean"], mode="lines+markers", name=f"{run}: {kind}",
+                            line={"color": colour, "dash": "solid" if kind == "attention" else "dash"},
+                            error_y={"type": "data", "symmetric": False, "array": sub["ci_high"] - sub["auroc_mean"],
+                                     "arrayminus": sub["auroc_mean"] - sub["ci_low"]})
+    fig.add_hline(y=0.5, line_color="grey", line_dash="dot", annotation_text="chance")
+    fig.update_layout(title={"text": "Unstratified recovery against the number of cells (bootstrap 95% CI)"},
+                      xaxis={"title": "cells", "type": "log"}, yaxis={"title": "AUROC (read-out layer / Spearman)"},
+                      height=420, margin={"t": 80}, legend={"font": {"size": 10}})
     return fig

@@ -79,8 +79,38 @@ CSSI_CANCEL = "cssi-cancel"
 CSSI_JOB_STATUS = "cssi-job-status"
 CSSI_POLL = "cssi-poll"
 CSSI_SYNTHETIC_TABLE = "cssi-synthetic-table"
+CSSI_SCALING_NOTE = "cssi-scaling-note"
 
 COMPARE_RUNS = "compare-runs"
 COMPARE_REFERENCE = "compare-reference"
 COMPARE_NOTE = "compare-note"
 COMPARE_TABLE = "compare-table"
+COMPARE_HEADS = "compare-heads"
+COMPARE_REPLICATION = "compare-replication-tests"
+COMPARE_UNIVERSE_BUTTON = "compare-universe-button"
+COMPARE_UNIVERSE = "compare-universe"
+COMPARE_CONSISTENCY = "compare-consistency"
+
+
+def compare_head(run_id) -> dict:
+    """The head picked for one run on the Compare page (``ALL`` matches every run's dropdown)."""
+    return {"type": "compare-head", "run": run_id}
+
+LAYERS_TESTS = "layers-tests"
+LAYERS_CONTROL = "layers-control"
+LAYERS_AGREEMENT = "layers-agreement"
+LAYERS_TF_REFERENCE = "layers-tf-reference"
+LAYERS_TF_SOURCE = "layers-tf-source"
+LAYERS_TF_NOTE = "layers-tf-note"
+
+CLAIMS_CONTEXTS = "claims-contexts"
+CLAIMS_TABLE = "claims-table"
+CLAIMS_REPORT_BUTTON = "claims-report"
+CLAIMS_CSV_BUTTON = "claims-csv"
+CLAIMS_DOWNLOAD = "claims-download"
+
+URL = "app-url"                       # dcc.Location the gene search navigates with
+GENE_SEARCH = "app-gene-search"       # the navigation bar's gene search box
+GENE_TITLE = "gene-title"
+GENE_SYMBOL = "gene-symbol"
+GENE_BODY = "gene-body"

@@ -14,11 +14,11 @@ from . import ids
 from .data import ArtifactStore
 from .export import MIME, ExportRefused, FigureExports
 from .jobs import ForkSafeDiskcacheManager
-from .pages import ablation, compare, confounds, cssi, heads, overview, perturbation, statistics
+from .pages import ablation, claims, compare, confounds, cssi, gene, heads, layers, overview, perturbation, statistics
 from .security import refuse_foreign_hosts
 from .settings import PROJECT_ROOT, AppSettings
 
-PAGES = (overview, heads, ablation, cssi, perturbation, confounds, compare, statistics)
+PAGES = (overview, heads, layers, ablation, cssi, perturbation, confounds, compare, claims, statistics, gene)
 
 
 def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
@@ -29,11 +29,14 @@ def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
                          "; ".join(skipped)], color="warning", className="mx-3") if skipped else None
     nav = dbc.Navbar(dbc.Container([
         dbc.NavbarBrand("scFM attention explorer"),
-        dbc.Nav([dbc.NavLink(p.NAME, href=p.PATH, active="exact") for p in PAGES]),
+        dbc.Nav([dbc.NavLink(p.NAME, href=p.PATH, active="exact") for p in PAGES if p is not gene]),
+        html.Div(dcc.Dropdown(id=ids.GENE_SEARCH, placeholder="find a gene...", clearable=True),
+                 style={"minWidth": "180px"}, className="me-2"),
         html.Div(dcc.Dropdown(id=ids.RUN_SELECT, options=options, value=initial, clearable=False,
                               placeholder="no runs in cache"), style={"minWidth": "420px"}),
     ], fluid=True), color="dark", dark=True, className="mb-3")
-    return html.Div([nav, warning, dcc.Store(id=ids.SELECTED_HEAD, storage_type="session"),
+    return html.Div([nav, warning, dcc.Location(id=ids.URL, refresh="callback-nav"),
+                     dcc.Store(id=ids.SELECTED_HEAD, storage_type="session"),
                      html.Div(id=ids.RUN_HEADER, className="run-header mx-3 mb-2"), dash.page_container])
 
 

@@ -5,25 +5,39 @@ AUROC per layer with correlation and the variance baseline; each run's confound 
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
+import numpy as np
 import pandas as pd
-from dash import Input, Output, dash_table, dcc, html
+from dash import ALL, Input, Output, State, dash_table, dcc, html
 
 from analysis.io.references import ReferenceNetwork
-from analysis.scoring.compare import confound_summary, layer_recovery, shared_symbols
+from analysis.scoring.compare import confound_summary, edge_consistency, layer_recovery, shared_symbols
+from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores
+from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
 from ..components import figure_card, table_column, without_zero_p
-from ..figures import compare_layer_profiles
+from ..figures import compare_layer_profiles, convergence_plot, replication_profile
 
 PATH, NAME = "/compare", "Compare"
 SUMMARY_TABLES = ("incremental_value", "incremental_value_matched", "residualisation", "degree_null", "cssi_curve",
                   "ablation_results")
 MAX_RUNS = 6
-FIGURES = ("compare-layers", "compare-perturbation")   # each spans several runs (app.main's export names none)
+FIGURES = ("compare-layers", "compare-perturbation", "compare-replication", "compare-convergence",
+           "compare-agreement")   # each spans several runs (app.main's export names none)
 TABLE_COLUMNS = ("run", "model", "cells", "incremental_delta", "incremental_ci", "matched_delta", "matched_ci",
                  "retained_attention", "retained_correlation", "degree_excess", "degree_p", "cssi_gain",
                  "ablation_top_k", "ablation_delta", "ablation_p")
 NUMERIC = tuple(c for c in TABLE_COLUMNS if c not in ("run", "model", "cells", "incremental_ci", "matched_ci"))
+REPLICATION_COLUMNS = ("hypothesis", "effect", "n", "p", "q", "confirmatory")
+REPLICATION_NUMERIC = ("effect", "p", "q")
+UNIVERSE_COLUMNS = ("run", "protocol", "n_genes", "layer", "n", "attention_mean", "correlation_mean", "advantage",
+                    "ci_low", "ci_high", "p", "p_protocol")
+CONSISTENCY_COLUMNS = ("run_a", "run_b", "edge_type", "layer_a", "layer_b", "rho", "p", "n")
+
+
+def run_label(run_id: str, family: str) -> str:
+    """A run's short name in comparisons: its family and hash."""
+    return f"{family} {run_id.split('-')[-1]}"
 
 
 def layout(**_):
@@ -35,6 +49,8 @@ def layout(**_):
         dbc.Row([dbc.Col([dbc.Label("Runs"), dcc.Dropdown(id=ids.COMPARE_RUNS, multi=True)], md=8),
                  dbc.Col([dbc.Label("Reference"), dcc.Dropdown(id=ids.COMPARE_REFERENCE, clearable=False)], md=4)]),
         html.Div(id=ids.COMPARE_NOTE, className="explain my-2"),
+        html.Div([dbc.Label("Head per run (starred on the recovery profile)"), dbc.Row(id=ids.COMPARE_HEADS)],
+                 className="mb-2"),
         dbc.Row([dbc.Col(figure_card("compare-layers"), md=6), dbc.Col(figure_card("compare-perturbation"), md=6)]),
         html.H5("Confound battery, one row per run", className="mt-3"),
         html.P("incremental / matched: gene + attention minus gene-only AUROC (GroupKFold by perturbation, logistic; "
@@ -45,10 +61,58 @@ def layout(**_):
                className="explain"),
         dash_table.DataTable(id=ids.COMPARE_TABLE, sort_action="native", style_table={"overflowX": "auto"},
                              columns=[table_column(c, NUMERIC) for c in TABLE_COLUMNS]),
+        html.H5("Cross-context replication (paper 2.6-2.7)", className="mt-4"),
+        html.P("Per run and layer: the mean per-perturbation advantage of attention over correlation with a "
+               "10,000-draw perturbation-bootstrap 95% CI, and the paired Wilcoxon test; between runs, whether the "
+               "read-out layers' advantages differ (Mann-Whitney). BH q is over this comparison's tests; the "
+               "read-out layer of each run is confirmatory.", className="explain"),
+        figure_card("compare-replication"),
+        dash_table.DataTable(id=ids.COMPARE_REPLICATION, sort_action="native", page_size=12,
+                             style_table={"overflowX": "auto"},
+                             columns=[table_column(c, REPLICATION_NUMERIC) for c in REPLICATION_COLUMNS]),
+        dbc.Button("HVG-protocol confound check (SN14.9)", id=ids.COMPARE_UNIVERSE_BUTTON, color="primary",
+                   outline=True, className="mt-3", n_clicks=0),
+        html.Div(id=ids.COMPARE_UNIVERSE, className="mt-2"),
+        html.H5("Cross-model convergence (SN13)", className="mt-4"),
+        html.P("Unstratified recovery at several cell counts (subsamples of each run's attention cells, 95% "
+               "group-bootstrap CI) on each run's own panel; how far each layer's attention follows expression "
+               "correlation; and how consistent two runs' edge scores are on the genes they share (layers matched at "
+               "relative depth).", className="explain"),
+        dbc.Row([dbc.Col(figure_card("compare-convergence"), md=7),
+                 dbc.Col(figure_card("compare-agreement"), md=5)]),
+        dash_table.DataTable(id=ids.COMPARE_CONSISTENCY, sort_action="native", page_size=12,
+                             columns=[table_column(c, ("rho", "p")) for c in CONSISTENCY_COLUMNS]),
     ], fluid=True)
 
 
+def head_recovery(store, run_id: str, head: str, reference: str, symbols: list[str]) -> pd.DataFrame:
+    """One head's AUROC on the shared genes (``head``: ``L<layer>H<head>``), at its run's relative depth."""
+    layer, h = (int(x) for x in head[1:].split("H"))
+    m = store.manifest(run_id)
+    panel = store.panel(run_id)
+    matrix = store.head_matrix(run_id, layer, h)
+    sources = pd.DataFrame({"edge_type": ["attention"], "layer": [layer], "head": [h]})
+    edges = EdgeScores(matrix[None], sources, np.asarray(store.pair_counts(run_id)) > 0, panel, {}).restrict(symbols)
+    ref_edges = store.reference_edges(run_id)
+    rec = layer_recovery(edges, ReferenceNetwork(reference, ref_edges[ref_edges["reference"] == reference], {}),
+                         symbols)
+    rec["relative_depth"] = layer / max(m.model.n_layers - 1, 1)
+    return rec.assign(run=run_label(run_id, m.family), head_label=head)
+
+
 def register(app, store, settings, jobs, exports):
+    @app.callback(Output(ids.COMPARE_HEADS, "children"), Input(ids.COMPARE_RUNS, "value"))
+    def head_pickers(run_ids):
+        """One head dropdown per chosen run (heads differ in number between models), opening empty."""
+        cols = []
+        for run_id in (run_ids or [])[:MAX_RUNS]:
+            m = store.manifest(run_id)
+            options = [f"L{layer}H{h}" for layer in range(m.model.n_layers) for h in range(m.model.n_heads)]
+            cols.append(dbc.Col([html.Small(run_label(run_id, m.family)),
+                                 dcc.Dropdown(id=ids.compare_head(run_id), options=options, placeholder="head")],
+                                md=2))
+        return cols
+
     @app.callback(Output(ids.COMPARE_RUNS, "options"), Output(ids.COMPARE_RUNS, "value"),
                   Input(ids.RUN_SELECT, "options"))
     def runs(_options):
@@ -70,8 +134,9 @@ def register(app, store, settings, jobs, exports):
                   Output(ids.graph("compare-perturbation"), "figure"),
                   Output(ids.figdata("compare-perturbation"), "data"),
                   Output(ids.COMPARE_TABLE, "data"), Output(ids.COMPARE_NOTE, "children"),
-                  Input(ids.COMPARE_RUNS, "value"), Input(ids.COMPARE_REFERENCE, "value"))
-    def compare(run_ids, reference):
+                  Input(ids.COMPARE_RUNS, "value"), Input(ids.COMPARE_REFERENCE, "value"),
+                  Input(ids.compare_head(ALL), "value"), State(ids.compare_head(ALL), "id"))
+    def compare(run_ids, reference, head_values, head_ids):
         if not run_ids or len(run_ids) < 2:
             return {}, [], {}, [], [], "Pick at least two runs."
         if len(run_ids) > MAX_RUNS:
@@ -82,7 +147,7 @@ def register(app, store, settings, jobs, exports):
         recovery, perturbation, rows = [], [], []
         for run_id in run_ids:
             m = store.manifest(run_id)
-            label = f"{m.family} {run_id.split('-')[-1]}"
+            label = run_label(run_id, m.family)
             edges = store.reference_edges(run_id)
             ref = ReferenceNetwork(reference, edges[edges["reference"] == reference], {})
             rec = layer_recovery(store.layer_edges(run_id, tuple(symbols)), ref, symbols)
@@ -105,6 +170,14 @@ def register(app, store, settings, jobs, exports):
         recovery = pd.concat(recovery, ignore_index=True)
         layers_fig = compare_layer_profiles(recovery, value="auroc", y_title=f"AUROC vs {reference} (TF -> target)",
                                             title=f"Reference recovery by depth on {len(symbols)} shared genes")
+        chosen = {i["run"]: v for i, v in zip(head_ids or [], head_values or []) if v and i["run"] in run_ids}
+        heads = [head_recovery(store, run_id, head, reference, symbols) for run_id, head in chosen.items()]
+        if heads:
+            heads = pd.concat(heads, ignore_index=True)
+            layers_fig.add_scatter(x=heads["relative_depth"], y=heads["auroc"], mode="markers+text", name="chosen heads",
+                                   text=heads["run"] + " " + heads["head_label"], textposition="top center",
+                                   marker={"symbol": "star", "size": 14, "color": "black"})
+            recovery = pd.concat([recovery, heads.assign(kind="chosen head")], ignore_index=True)
         out = [*exports.drawn("compare-layers", layers_fig, recovery)]
         if perturbation:
             pert = pd.concat(perturbation, ignore_index=True)
@@ -118,3 +191,94 @@ def register(app, store, settings, jobs, exports):
         note = (f"{len(symbols)} genes are in every chosen run's panel; {reference} positive pairs among them: "
                 + ", ".join(f"{r} {int(n)}" for r, n in n_pos.items()) + ".")
         return (*out, table, note)
+
+    def contexts(run_ids) -> dict[str, dict]:
+        """The chosen runs with a perturbation-first table, as :func:`analysis.scoring.replication.replicate` reads
+        them."""
+        out = {}
+        for run_id in run_ids or []:
+            if store.has_table(run_id, "perturbation_auroc"):
+                m = store.manifest(run_id)
+                out[run_label(run_id, m.family)] = {
+                    "per_pert": store.table(run_id, "perturbation_auroc"), "n_layers": m.model.n_layers,
+                    "correlation_edge": CORRELATION_EDGE_TYPES[m.config.perturbation.correlation_edge],
+                    "readout_layer": m.readout_layer}
+        return out
+
+    @app.callback(Output(ids.graph("compare-replication"), "figure"),
+                  Output(ids.figdata("compare-replication"), "data"), Output(ids.COMPARE_REPLICATION, "data"),
+                  Input(ids.COMPARE_RUNS, "value"))
+    def replication(run_ids):
+        runs = contexts(run_ids)
+        if not runs:
+            return {}, [], []
+        table, tests = replicate(runs)
+        if table.empty:
+            return {}, [], []
+        tests = without_zero_p(tests, ("p", "q"))
+        return (*exports.drawn("compare-replication", replication_profile(table), table),
+                tests[list(REPLICATION_COLUMNS)].to_dict("records"))
+
+    @app.callback(Output(ids.COMPARE_UNIVERSE, "children"), Input(ids.COMPARE_UNIVERSE_BUTTON, "n_clicks"),
+                  State(ids.COMPARE_RUNS, "value"), prevent_initial_call=True)
+    def universe(_clicks, run_ids):
+        """SN14.9: each chosen screen under its own universe and under the top HVGs with no perturbed gene forced in
+        (both scored at precompute from the same attention; only the evaluation universe differs)."""
+        frames = []
+        for run_id in run_ids or []:
+            if store.has_table(run_id, "universe_check"):
+                m = store.manifest(run_id)
+                frames.append(universe_protocols(store.table(run_id, "universe_check")).assign(
+                    run=run_label(run_id, m.family)))
+        if not frames:
+            return dbc.Alert("No chosen run has the check: it needs a perturbation screen whose universe forces "
+                             "perturbed genes in (panel or hvg_plus_perturbed).", color="secondary")
+        table = without_zero_p(pd.concat(frames, ignore_index=True), ("p", "p_protocol"))
+        table = table.reindex(columns=UNIVERSE_COLUMNS)
+        return [html.P("run: the run's own universe; hvg_only: its top genes by variance, no perturbed gene forced "
+                       "in. p: attention vs correlation under that protocol; p_protocol: does the advantage move "
+                       "between the two (paired, perturbations evaluable under both).", className="explain"),
+                dash_table.DataTable(data=table.to_dict("records"), sort_action="native", page_size=16,
+                                     columns=[table_column(c, tuple(UNIVERSE_COLUMNS[4:])) for c in UNIVERSE_COLUMNS],
+                                     id=ids.COMPARE_UNIVERSE + "-table")]
+
+    @app.callback(Output(ids.graph("compare-convergence"), "figure"),
+                  Output(ids.figdata("compare-convergence"), "data"),
+                  Output(ids.graph("compare-agreement"), "figure"), Output(ids.figdata("compare-agreement"), "data"),
+                  Output(ids.COMPARE_CONSISTENCY, "data"),
+                  Input(ids.COMPARE_RUNS, "value"), Input(ids.COMPARE_REFERENCE, "value"))
+    def convergence(run_ids, reference):
+        if not run_ids or len(run_ids) < 2 or not reference:
+            return {}, [], {}, [], []
+        boots, agreement, edges = [], [], {}
+        symbols = tuple(shared_symbols([store.panel(r) for r in run_ids]))
+        for run_id in run_ids[:MAX_RUNS]:
+            m = store.manifest(run_id)
+            label = run_label(run_id, m.family)
+            if store.has_table(run_id, "scaling_bootstrap"):
+                b = store.table(run_id, "scaling_bootstrap").query("reference == @reference")
+                b = b[((b["edge_type"] == "attention_layer_mean") & (b["layer"] == m.readout_layer))
+                      | (b["edge_type"] == "spearman")]
+                boots.append(b.assign(run=label, kind=np.where(b["edge_type"] == "spearman", "correlation",
+                                                               "attention")))
+            if store.has_table(run_id, "attention_expression"):
+                a = store.table(run_id, "attention_expression").query("correlation == 'signed'")
+                agreement.append(a.assign(run=label, kind="attention",
+                                          relative_depth=a["layer"] / max(m.model.n_layers - 1, 1)))
+            edges[label] = store.layer_edges(run_id, symbols)
+        out = []
+        if boots:
+            frame = pd.concat(boots, ignore_index=True)
+            out += [*exports.drawn("compare-convergence", convergence_plot(frame), frame)]
+        else:
+            out += [{}, []]
+        if agreement:
+            frame = pd.concat(agreement, ignore_index=True)
+            fig = compare_layer_profiles(frame, value="rho", y_title="Spearman(attention, expression rho)",
+                                         title="Attention-expression agreement by depth (registry 17)",
+                                         reference_line=(0.0, "no agreement"))
+            out += [*exports.drawn("compare-agreement", fig, frame)]
+        else:
+            out += [{}, []]
+        consistency = without_zero_p(edge_consistency(edges), ("p",))
+        return (*out, consistency.to_dict("records"))

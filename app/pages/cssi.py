@@ -18,9 +18,10 @@ from analysis.io.references import ReferenceNetwork
 from analysis.scoring.strata import add_level
 
 from .. import ids
-from ..components import background_job, figure_card
+from ..components import background_job, figure_card, table_column, without_zero_p
 from ..jobs import admitted_by
-from ..figures import CSSI_AGGREGATIONS, cssi_curve, cssi_embedding, cssi_stratum_edges, cssi_synthetic
+from ..figures import (CSSI_AGGREGATIONS, composition_plot, cssi_curve, cssi_embedding, cssi_stratum_edges,
+                       cssi_synthetic, scaling_curves)
 
 PATH, NAME = "/cssi", "CSSI"
 MAX_STRATA = 20
@@ -57,6 +58,15 @@ def layout(**_):
         dcc.Interval(id=ids.CSSI_POLL, interval=1000, disabled=True),
         figure_card("cssi-curve"),
         dbc.Row([dbc.Col(figure_card("cssi-embedding"), md=6), dbc.Col(figure_card("cssi-edges"), md=6)]),
+        html.H5("Recovery against the number of cells (Supplementary Note 1)", className="mt-3"),
+        html.P("Why stratify: pooled attention's top-k recovery can fall as cells (and with them cell states) are "
+               "added, while AUROC rises. Subsamples are unions of the random groups of CSSI's extraction pass, so "
+               "this costs no forward pass; each seed adds groups in its own random order. The band is the "
+               "group-bootstrap 95% CI of AUROC. Below: correlation edges under controlled composition.",
+               className="explain"),
+        html.Div(id=ids.CSSI_SCALING_NOTE, className="explain mb-2"),
+        figure_card("cssi-scaling"),
+        figure_card("cssi-composition"),
         html.H5("Synthetic validation (Supplementary Note 11.1)", className="mt-3"),
         figure_card("cssi-synthetic"),
         dash_table.DataTable(id=ids.CSSI_SYNTHETIC_TABLE, page_size=12, sort_action="native",
@@ -86,7 +96,34 @@ def level_summary(r: pd.Series, n_strata: int, aggregation: str, metric: str) ->
     return text
 
 
+def scaling_note(tests: pd.DataFrame, reference: str) -> dash_table.DataTable:
+    """The registry's scaling and controlled-composition tests for one reference (effect, p, q)."""
+    sel = tests[tests["analysis"].isin(["scaling", "controlled_composition"])
+                & tests["hypothesis"].str.contains(f"({reference})", regex=False)]
+    cols = ["hypothesis", "test", "effect_name", "effect", "n", "p", "q"]
+    return dash_table.DataTable(data=without_zero_p(sel, ("p", "q"))[cols].to_dict("records"), page_size=8,
+                                sort_action="native", columns=[table_column(c, ("effect", "p", "q")) for c in cols],
+                                style_table={"overflowX": "auto"})
+
+
 def register(app, store, settings, jobs, exports):
+    @app.callback(Output(ids.graph("cssi-scaling"), "figure"), Output(ids.figdata("cssi-scaling"), "data"),
+                  Output(ids.graph("cssi-composition"), "figure"), Output(ids.figdata("cssi-composition"), "data"),
+                  Output(ids.CSSI_SCALING_NOTE, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.CSSI_REFERENCE, "value"))
+    def scaling(run_id, reference):
+        if not run_id or not reference or not store.has_table(run_id, "scaling_curve"):
+            return {}, None, {}, None, "This run has no scaling analysis (it needs CSSI's random groups)."
+        m = store.manifest(run_id)
+        curve = store.table(run_id, "scaling_curve").query("reference == @reference")
+        boot = (store.table(run_id, "scaling_bootstrap").query("reference == @reference")
+                if store.has_table(run_id, "scaling_bootstrap") else None)
+        fig = scaling_curves(curve, boot, readout_layer=m.readout_layer, reference=reference)
+        out = [*exports.drawn("cssi-scaling", fig, curve)]
+        comp = store.table(run_id, "composition_curve").query("reference == @reference")
+        out += [*exports.drawn("cssi-composition", composition_plot(comp, reference=reference), comp)]
+        return (*out, scaling_note(store.table(run_id, "statistics_registry"), reference))
+
     @app.callback(Output(ids.CSSI_REFERENCE, "options"), Output(ids.CSSI_REFERENCE, "value"),
                   Output(ids.CSSI_DIRECTION, "options"), Output(ids.CSSI_DIRECTION, "value"),
                   Output(ids.CSSI_SITE, "options"), Output(ids.CSSI_SITE, "value"),

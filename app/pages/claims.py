@@ -1,0 +1,132 @@
+"""Claims: the paper's headline claims (Supplementary Note 16.3), each with its verdict for the run on screen under the
+three Benjamini-Hochberg families, the reason, and the registry tests it rests on
+(:mod:`analysis.scoring.claims`). Other runs can be added as contexts, which makes the cross-context claim testable
+(replication tests of :mod:`analysis.scoring.replication`). The whole map downloads as a self-contained HTML report
+or as CSV."""
+from __future__ import annotations
+
+import html as html_escape
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, State, ctx, dash_table, dcc, html
+
+from analysis.scoring.claims import CLAIM_TABLES, claim_map
+from analysis.scoring.edges import CORRELATION_EDGE_TYPES
+from analysis.scoring.registry import FAMILIES
+from analysis.scoring.replication import replicate
+
+from .. import ids
+
+PATH, NAME = "/claims", "Claims"
+COLOURS = {"supported": "#d4edda", "not supported": "#f8d7da", "not testable": "#e2e3e5"}
+
+
+def layout(**_):
+    return dbc.Container([
+        html.H3("Claim-to-evidence map"),
+        html.P("Each headline claim of the paper, judged on this run from the statistics registry: supported, not "
+               "supported, or not testable here (and why), under the three BH families of SN16.1 (confirmatory: "
+               "every confirmatory test; all: every registered test; primary per analysis: one test per analysis). "
+               "A claim whose verdict changes with the family is marked unstable.", className="explain"),
+        dbc.Row([dbc.Col([dbc.Label("Other contexts (runs) for the cross-context claim"),
+                          dcc.Dropdown(id=ids.CLAIMS_CONTEXTS, multi=True)], md=8),
+                 dbc.Col([dbc.Button("Download report (HTML)", id=ids.CLAIMS_REPORT_BUTTON, className="mt-4 me-2",
+                                     n_clicks=0),
+                          dbc.Button("CSV", id=ids.CLAIMS_CSV_BUTTON, className="mt-4", color="secondary",
+                                     outline=True, n_clicks=0),
+                          dcc.Download(id=ids.CLAIMS_DOWNLOAD)], md=4)]),
+        dash_table.DataTable(id=ids.CLAIMS_TABLE, style_table={"overflowX": "auto"}, page_size=20,
+                             style_cell={"whiteSpace": "normal", "height": "auto", "textAlign": "left",
+                                         "maxWidth": "520px"},
+                             style_data_conditional=[{"if": {"filter_query": f'{{{f}}} = "{v}"', "column_id": f},
+                                                      "backgroundColor": c} for f in FAMILIES
+                                                     for v, c in COLOURS.items()],
+                             columns=[{"name": c, "id": c} for c in ("claim", "section", *FAMILIES, "stable",
+                                                                     "reason", "tests")]),
+    ], fluid=True)
+
+
+def evidence(store, run_id: str, contexts: list[str]) -> tuple[pd.DataFrame, dict]:
+    """The run's registry (plus the replication tests over it and ``contexts``) and the tables the claims read."""
+    registry = store.table(run_id, "statistics_registry")
+    tables = {t: store.table(run_id, t) for t in CLAIM_TABLES if store.has_table(run_id, t)}
+    runs = {}
+    for r in [run_id, *contexts]:
+        if store.has_table(r, "perturbation_auroc"):
+            m = store.manifest(r)
+            runs[f"{m.family} {r.split('-')[-1]}"] = {
+                "per_pert": store.table(r, "perturbation_auroc"), "n_layers": m.model.n_layers,
+                "readout_layer": m.readout_layer,
+                "correlation_edge": CORRELATION_EDGE_TYPES[m.config.perturbation.correlation_edge]}
+    if len(runs) >= 2:
+        _, tests = replicate(runs)
+        registry = pd.concat([registry, tests], ignore_index=True)
+    return registry, tables
+
+
+def wide(claims: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: the verdict in each family, stability, and the confirmatory family's reason and tests."""
+    verdicts = claims.pivot(index="claim", columns="family", values="verdict")
+    first = claims[claims["family"] == "confirmatory"].set_index("claim")
+    out = first[["statement", "section", "reason", "tests", "stable"]].join(verdicts)
+    out = out.loc[list(dict.fromkeys(claims["claim"]))].reset_index()
+    out["claim"] = out["statement"]
+    out["stable"] = out["stable"].map({True: "stable", False: "UNSTABLE"})
+    return out.drop(columns="statement")
+
+
+def report_html(manifest, claims: pd.DataFrame, registry: pd.DataFrame) -> str:
+    """A self-contained HTML report: the run, the claim map (every family) and every registry test it cites."""
+    esc = html_escape.escape
+    rows = []
+    for r in wide(claims).itertuples():
+        cells = "".join(f'<td style="background:{COLOURS[getattr(r, f)]}">{esc(getattr(r, f))}</td>' for f in FAMILIES)
+        rows.append(f"<tr><td>{esc(r.claim)}</td><td>{esc(r.section)}</td>{cells}<td>{esc(r.stable)}</td>"
+                    f"<td>{esc(r.reason)}</td></tr>")
+    cited = {t for ts in claims["tests"] for t in ts.split("; ") if t}
+    tests = registry[registry["test_id"].isin(cited)]
+    test_rows = "".join(
+        f"<tr><td>{esc(t.test_id)}</td><td>{esc(t.test)}</td><td>{t.p:.3g}</td><td>{t.effect:.3g} "
+        f"({esc(t.effect_name)})</td><td>{t.n}</td>" + "".join(f"<td>{getattr(t, 'q_' + f):.3g}</td>" for f in FAMILIES)
+        + "</tr>" for t in tests.itertuples())
+    head = "".join(f"<th>{f}</th>" for f in FAMILIES)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Claim map: {esc(manifest.run_id)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
+td,th{{border:1px solid #bbb;padding:4px 8px;vertical-align:top;font-size:13px}}</style></head><body>
+<h1>Claim-to-evidence map</h1>
+<p>{esc(manifest.title)}<br>Run {esc(manifest.run_id)}, config hash {esc(manifest.config_hash[:12])}; model
+{esc(manifest.model.name)} ({manifest.model.n_layers} layers x {manifest.model.n_heads} heads); {esc(manifest.data.cells_line)}.
+Verdicts under the three Benjamini-Hochberg families of the paper's Supplementary Note 16.1 (alpha 0.05).</p>
+<table><tr><th>claim</th><th>section</th>{head}<th>stable</th><th>reason (confirmatory family)</th></tr>
+{''.join(rows)}</table>
+<h2>Registry tests cited</h2>
+<table><tr><th>test</th><th>method</th><th>p</th><th>effect</th><th>n</th>{''.join(f'<th>q ({f})</th>' for f in FAMILIES)}</tr>
+{test_rows}</table></body></html>"""
+
+
+def register(app, store, settings, jobs, exports):
+    @app.callback(Output(ids.CLAIMS_CONTEXTS, "options"), Input(ids.RUN_SELECT, "value"))
+    def contexts(run_id):
+        manifests, _ = store.runs()
+        return [{"label": m.title, "value": m.run_id} for m in manifests if m.run_id != run_id]
+
+    @app.callback(Output(ids.CLAIMS_TABLE, "data"), Input(ids.RUN_SELECT, "value"), Input(ids.CLAIMS_CONTEXTS, "value"))
+    def show(run_id, others):
+        if not run_id:
+            return []
+        registry, tables = evidence(store, run_id, others or [])
+        return wide(claim_map(registry, tables)).to_dict("records")
+
+    @app.callback(Output(ids.CLAIMS_DOWNLOAD, "data"), Input(ids.CLAIMS_REPORT_BUTTON, "n_clicks"),
+                  Input(ids.CLAIMS_CSV_BUTTON, "n_clicks"), State(ids.RUN_SELECT, "value"),
+                  State(ids.CLAIMS_CONTEXTS, "value"), prevent_initial_call=True)
+    def download(report_clicks, csv_clicks, run_id, others):
+        if not run_id or not (report_clicks or csv_clicks):
+            return None
+        registry, tables = evidence(store, run_id, others or [])
+        claims = claim_map(registry, tables)
+        m = store.manifest(run_id)
+        if ctx.triggered_id == ids.CLAIMS_CSV_BUTTON:
+            return dcc.send_data_frame(claims.to_csv, f"claims_{m.family}_{run_id}.csv", index=False)
+        return dcc.send_string(report_html(m, claims, registry), f"claims_{m.family}_{run_id}.html")
