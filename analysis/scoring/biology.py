@@ -137,24 +137,29 @@ def attention_expression_agreement(layer_means: EdgeScores, corr: EdgeScores) ->
 def biology_tests(profiles: pd.DataFrame, control: pd.DataFrame, agreement: pd.DataFrame) -> StatsRegistry:
     """Trend-with-depth tests per reference (confirmatory: the paper's six trend tests all entered BH), profile
     correlations between references, expression-controlled partial correlations and attention-expression agreement
-    (descriptive)."""
+    (descriptive). A statistic undefined on constant input (a random model's flat profile) is no test and is left
+    out."""
     reg = StatsRegistry()
     att = profiles[profiles["edge_type"] == "attention_layer_mean"]
     wide = att.pivot_table(index="layer", columns="reference", values="auroc")
     if len(wide) >= 3:
         for ref in wide.columns:
             rho, p = spearmanr(wide.index, wide[ref])
+            if not np.isfinite(rho):
+                continue
             reg.register("layer_biology", f"{ref} recovery trends with depth", "Spearman", p, effect=rho,
                          effect_name="Spearman rho (layer, AUROC)", n=len(wide))
         for a, b in combinations(wide.columns, 2):
             rho, p = spearmanr(wide[a], wide[b])
+            if not np.isfinite(rho):
+                continue
             reg.register("layer_biology", f"{a} and {b} layer profiles correlate", "Spearman", p, effect=rho,
                          effect_name="Spearman rho of profiles", n=len(wide), confirmatory=False)
-    for r in control.itertuples():
+    for r in control.dropna(subset=["r_partial"]).itertuples():
         reg.register("layer_biology", f"L{r.layer} attention tracks {r.reference} beyond expression similarity",
                      "partial Spearman", r.p_partial, effect=r.r_partial, effect_name="partial rho", n=r.n,
                      confirmatory=False)
-    for r in agreement.itertuples():
+    for r in agreement.dropna(subset=["rho"]).itertuples():
         reg.register("attention_expression", f"L{r.layer} attention follows {r.correlation} expression correlation",
                      "Spearman", r.p, effect=r.rho, effect_name="Spearman rho", n=r.n, confirmatory=False)
     return reg

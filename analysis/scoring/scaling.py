@@ -140,7 +140,8 @@ def sign_test_degradation(before: np.ndarray, after: np.ndarray) -> tuple[float,
 
 def scaling_tests(curve: pd.DataFrame, *, readout_layer: int, reference: str) -> StatsRegistry:
     """Sign tests between consecutive cell counts and Spearman trends (module doc). Confirmatory: the first step's
-    sign test of the read-out layer's F1 (the paper's headline scaling test); the rest descriptive."""
+    sign test of the read-out layer's F1 (the paper's headline scaling test); the rest descriptive. A step where
+    every seed ties is not a test and is not registered."""
     reg = StatsRegistry()
     sites = ((("attention_layer_mean", readout_layer), f"L{readout_layer} head mean"), (("spearman", -1), "Spearman"))
     for (etype, layer), label in sites:
@@ -152,6 +153,8 @@ def scaling_tests(curve: pd.DataFrame, *, readout_layer: int, reference: str) ->
             cells = sel.groupby("n_units")["n_cells"].mean()
             for step, (a, b) in enumerate(zip(wide.columns[:-1], wide.columns[1:])):
                 p, share, n = sign_test_degradation(wide[a].to_numpy(), wide[b].to_numpy())
+                if n == 0:          # every seed tied (e.g. F1 = 0 at both counts): nothing to test
+                    continue
                 reg.register("scaling", f"{label} {metric} ({reference}) drops from ~{cells[a]:.0f} to "
                              f"~{cells[b]:.0f} cells", "exact sign test (one-sided)", p, effect=share,
                              effect_name="share of seeds dropping", n=n,

@@ -164,3 +164,14 @@ def test_controlled_composition_conditions_hold_their_design(rng):
     tests = {r["hypothesis"].split(" (")[0]: r for r in composition_tests(table, reference="r").rows}
     assert tests["n changes AUROC within one state"]["p"] == pytest.approx(
         spearmanr(single["n_cells"], single["auroc"]).pvalue)
+
+
+def test_steps_where_every_seed_ties_are_not_registered(rng):
+    """A random model's F1 is 0 at every count: the sign test has no untied pair, so no test enters the registry."""
+    labels = rng.random((N_TF, N_GENES)) < 0.02
+    pairs = pair_set(labels)
+    curve = scaling_curve(unit_data(np.zeros((8, pairs.labels.size)), pairs, 2, rng), fractions=(0.5, 1.0),
+                          n_seeds=3, top_k=(5,))
+    hypotheses = [r["hypothesis"] for r in scaling_tests(curve, readout_layer=0, reference="r").rows]
+    assert not any("f1 (r) drops" in h for h in hypotheses)
+    assert all(np.isfinite(r["effect"]) for r in scaling_tests(curve, readout_layer=0, reference="r").rows)
