@@ -4,10 +4,11 @@ Note 16.1 (``confirmatory``, ``all``, ``primary_per_analysis``), so a reader see
 
 A verdict is ``supported``, ``not supported`` or ``not testable`` (the run lacks the analysis, or its premise fails:
 no above-chance signal to residualise, fewer than three layers for a depth trend, one context only), always with the
-reason and the test ids it read. A test counts as significant in a family when its q in that family is below
-``alpha``; a test outside the family (no q there) counts as not significant, and the reason says so. Claims whose
-evidence is descriptive (residualisation shares, intervention fidelity) read the run's tables and give the same
-verdict in every family.
+reason and the test ids it read. The ablation claim judges the top-k sets that both rank heads (not every head) and
+move the hidden states (fidelity, max cosine distance >= 1e-3), as the paper's fidelity check requires. A test
+counts as significant in a family when its q in that family is below ``alpha``; a test outside the family (no q
+there) counts as not significant, and the reason says so. Claims whose evidence is descriptive (residualisation
+shares, intervention fidelity) read the run's tables and give the same verdict in every family.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Evidence:
     tables: dict[str, pd.DataFrame]
     family: str
     alpha: float = 0.05
+    n_heads: int | None = None   # heads in the model: top-k at k = every head ranks nothing
 
     def tests(self, analysis: str, contains: str = "", confirmatory: bool | None = None) -> pd.DataFrame:
         reg = self.registry[self.registry["analysis"] == analysis]
@@ -114,16 +116,27 @@ def ablation_null_with_fidelity(ev: Evidence) -> Verdict:
     fidelity = ev.tables.get("ablation_fidelity")
     if rows.empty or fidelity is None:
         return NOT_TESTABLE, "no top-k head ablation in this run", []
-    top = fidelity[fidelity["family"] == "top_k"]
-    perturbs = top.groupby("k")["hidden_cos_max"].max()
-    if (perturbs < FIDELITY_MIN).any():
-        return NOT_TESTABLE, (f"top-k interventions at k={list(perturbs[perturbs < FIDELITY_MIN].index)} barely move "
-                              "the hidden states (max cosine distance < 1e-3): a null there says nothing"), _ids(rows)
-    hits = rows[ev.significant(rows)]
-    fid = f"; every top-k intervention moves hidden states (max cosine distance {perturbs.min():.3g}-{perturbs.max():.3g})"
+    k = rows["hypothesis"].str.extract(r"k=(\d+)", expand=False).astype(int)
+    every_head = k == ev.n_heads if ev.n_heads else pd.Series(False, index=rows.index)
+    moved = fidelity[fidelity["family"] == "top_k"].groupby("k")["hidden_cos_max"].max()
+    no_op = k.map(moved).fillna(0) < FIDELITY_MIN
+    notes = []
+    if every_head.any():
+        notes.append(f"k={ev.n_heads} (every head: no ranking left) is not a top-ranked set")
+    if (no_op & ~every_head).any():
+        notes.append(f"k={sorted(k[no_op & ~every_head].unique())} barely move the hidden states (max cosine "
+                     f"distance < {FIDELITY_MIN:g}), so a null there says nothing")
+    judged = rows[~every_head & ~no_op]
+    note = ("; left out: " + "; ".join(notes)) if notes else ""
+    if judged.empty:
+        return NOT_TESTABLE, "no top-k ablation both ranks heads and perturbs the model" + note, _ids(rows)
+    spread = moved.loc[sorted(k[judged.index].unique())]
+    fid = f"; they move hidden states by a max cosine distance of {spread.min():.3g}-{spread.max():.3g}"
+    hits = judged[ev.significant(judged)]
     if hits.empty:
-        return SUPPORTED, "no top-k ablation changes the masked-behaviour loss: " + _q_text(ev, rows) + fid, _ids(rows)
-    return NOT_SUPPORTED, "a top-k ablation changes the behaviour: " + _q_text(ev, hits) + fid, _ids(rows)
+        return SUPPORTED, ("no top-k ablation changes the masked-behaviour loss: " + _q_text(ev, judged) + fid
+                           + note), _ids(rows)
+    return NOT_SUPPORTED, "a top-k ablation changes the behaviour: " + _q_text(ev, hits) + fid + note, _ids(rows)
 
 
 def cssi_gain_without_inflation(ev: Evidence) -> Verdict:
@@ -195,13 +208,15 @@ CLAIMS = (
 )
 
 
-def claim_map(registry: pd.DataFrame, tables: dict[str, pd.DataFrame], *, alpha: float = 0.05) -> pd.DataFrame:
+def claim_map(registry: pd.DataFrame, tables: dict[str, pd.DataFrame], *, alpha: float = 0.05,
+              n_heads: int | None = None) -> pd.DataFrame:
     """Rows per claim and family: claim, statement, section, family, verdict, reason, tests (``;``-joined test ids);
-    plus ``stable`` (the verdict is the same in all three families) on every row of the claim."""
+    plus ``stable`` (the verdict is the same in all three families) on every row of the claim. ``n_heads``: the
+    model's heads (layers x heads), so the ablation claim leaves out the top-k set that is every head."""
     rows = []
     for claim in CLAIMS:
         for family in FAMILIES:
-            verdict, reason, tests = claim.judge(Evidence(registry, tables, family, alpha))
+            verdict, reason, tests = claim.judge(Evidence(registry, tables, family, alpha, n_heads))
             rows.append({"claim": claim.key, "statement": claim.statement, "section": claim.section,
                          "family": family, "verdict": verdict, "reason": reason, "tests": "; ".join(tests)})
     out = pd.DataFrame(rows)

@@ -61,7 +61,7 @@ def replicate(runs: dict[str, dict], *, n_boot: int = N_BOOT, seed: int = 0) -> 
     run's primary correlation edge type, "readout_layer": int, "n_layers": int}. Returns (one row per run and layer of
     :func:`advantage_by_layer` plus run and relative_depth; the replication tests with BH q over this comparison:
     per run and layer attention vs correlation, confirmatory at each run's read-out layer, and per pair of runs the
-    Mann-Whitney test that their read-out advantages differ)."""
+    Mann-Whitney test that their read-out advantages differ, confirmatory: the planned comparison of contexts)."""
     reg = StatsRegistry()
     rows, readout_adv = [], {}
     for label, r in runs.items():
@@ -82,7 +82,7 @@ def replicate(runs: dict[str, dict], *, n_boot: int = N_BOOT, seed: int = 0) -> 
         p = float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
         reg.register("replication", f"read-out advantage differs: {a} vs {b}", "Mann-Whitney U (two-sided)", p,
                      effect=float(x.mean() - y.mean()), effect_name="difference of mean advantage",
-                     n=int(x.size + y.size), confirmatory=False)
+                     n=int(x.size + y.size))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     tests = correct(pd.DataFrame(reg.rows)) if reg.rows else pd.DataFrame()
     return table, tests

@@ -12,7 +12,6 @@ import pandas as pd
 from dash import Input, Output, State, ctx, dash_table, dcc, html
 
 from analysis.scoring.claims import CLAIM_TABLES, claim_map
-from analysis.scoring.edges import CORRELATION_EDGE_TYPES
 from analysis.scoring.registry import FAMILIES
 from analysis.scoring.replication import replicate
 
@@ -51,18 +50,17 @@ def evidence(store, run_id: str, contexts: list[str]) -> tuple[pd.DataFrame, dic
     """The run's registry (plus the replication tests over it and ``contexts``) and the tables the claims read."""
     registry = store.table(run_id, "statistics_registry")
     tables = {t: store.table(run_id, t) for t in CLAIM_TABLES if store.has_table(run_id, t)}
-    runs = {}
-    for r in [run_id, *contexts]:
-        if store.has_table(r, "perturbation_auroc"):
-            m = store.manifest(r)
-            runs[f"{m.family} {r.split('-')[-1]}"] = {
-                "per_pert": store.table(r, "perturbation_auroc"), "n_layers": m.model.n_layers,
-                "readout_layer": m.readout_layer,
-                "correlation_edge": CORRELATION_EDGE_TYPES[m.config.perturbation.correlation_edge]}
+    runs = {store.manifest(r).short_name: ctx for r in [run_id, *contexts]
+            if (ctx := store.replication_context(r)) is not None}
     if len(runs) >= 2:
         _, tests = replicate(runs)
         registry = pd.concat([registry, tests], ignore_index=True)
     return registry, tables
+
+
+def heads(store, run_id: str) -> int:
+    m = store.manifest(run_id)
+    return m.model.n_layers * m.model.n_heads
 
 
 def wide(claims: pd.DataFrame) -> pd.DataFrame:
@@ -91,17 +89,19 @@ def report_html(manifest, claims: pd.DataFrame, registry: pd.DataFrame) -> str:
         f"({esc(t.effect_name)})</td><td>{t.n}</td>" + "".join(f"<td>{getattr(t, 'q_' + f):.3g}</td>" for f in FAMILIES)
         + "</tr>" for t in tests.itertuples())
     head = "".join(f"<th>{f}</th>" for f in FAMILIES)
+    q_head = "".join(f"<th>q ({f})</th>" for f in FAMILIES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Claim map: {esc(manifest.run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
 td,th{{border:1px solid #bbb;padding:4px 8px;vertical-align:top;font-size:13px}}</style></head><body>
 <h1>Claim-to-evidence map</h1>
 <p>{esc(manifest.title)}<br>Run {esc(manifest.run_id)}, config hash {esc(manifest.config_hash[:12])}; model
-{esc(manifest.model.name)} ({manifest.model.n_layers} layers x {manifest.model.n_heads} heads); {esc(manifest.data.cells_line)}.
+{esc(manifest.model.name)} ({manifest.model.n_layers} layers x {manifest.model.n_heads} heads);
+{esc(manifest.data.cells_line)}.
 Verdicts under the three Benjamini-Hochberg families of the paper's Supplementary Note 16.1 (alpha 0.05).</p>
 <table><tr><th>claim</th><th>section</th>{head}<th>stable</th><th>reason (confirmatory family)</th></tr>
 {''.join(rows)}</table>
 <h2>Registry tests cited</h2>
-<table><tr><th>test</th><th>method</th><th>p</th><th>effect</th><th>n</th>{''.join(f'<th>q ({f})</th>' for f in FAMILIES)}</tr>
+<table><tr><th>test</th><th>method</th><th>p</th><th>effect</th><th>n</th>{q_head}</tr>
 {test_rows}</table></body></html>"""
 
 
@@ -116,7 +116,7 @@ def register(app, store, settings, jobs, exports):
         if not run_id:
             return []
         registry, tables = evidence(store, run_id, others or [])
-        return wide(claim_map(registry, tables)).to_dict("records")
+        return wide(claim_map(registry, tables, n_heads=heads(store, run_id))).to_dict("records")
 
     @app.callback(Output(ids.CLAIMS_DOWNLOAD, "data"), Input(ids.CLAIMS_REPORT_BUTTON, "n_clicks"),
                   Input(ids.CLAIMS_CSV_BUTTON, "n_clicks"), State(ids.RUN_SELECT, "value"),
@@ -125,7 +125,7 @@ def register(app, store, settings, jobs, exports):
         if not run_id or not (report_clicks or csv_clicks):
             return None
         registry, tables = evidence(store, run_id, others or [])
-        claims = claim_map(registry, tables)
+        claims = claim_map(registry, tables, n_heads=heads(store, run_id))
         m = store.manifest(run_id)
         if ctx.triggered_id == ids.CLAIMS_CSV_BUTTON:
             return dcc.send_data_frame(claims.to_csv, f"claims_{m.family}_{run_id}.csv", index=False)

@@ -101,9 +101,26 @@ def test_premises_make_claims_untestable_and_reversals_are_not_supported():
                                        & (out["family"] == "confirmatory")]["reason"].iloc[0]
 
 
-@pytest.mark.parametrize("k_fidelity", [1e-5])
-def test_a_no_op_intervention_cannot_support_the_ablation_null(k_fidelity):
+def test_a_no_op_intervention_cannot_support_the_ablation_null():
     t = tables()
-    t["ablation_fidelity"]["hidden_cos_max"] = k_fidelity
+    t["ablation_fidelity"]["hidden_cos_max"] = 1e-5
     out = claim_map(registry(extra_nulls=0), t)
     assert set(out[out["claim"] == "ablation_null"]["verdict"]) == {NOT_TESTABLE}
+
+
+def test_zeroing_every_head_is_not_a_top_ranked_set():
+    """A significant k = every head leaves the claim to the ranked sets; without n_heads it counts against it."""
+    reg = registry(extra_nulls=0)
+    extra = StatsRegistry()
+    extra.register("ablation", "top_k k=16 (zero_head@L0[0,1,2,3]+..., 100 obs) changes mlm_loss", "Wilcoxon", 1e-6,
+                   effect=0.05, effect_name="delta", n=100)
+    reg = pd.concat([reg, extra.table()], ignore_index=True)
+    reg.loc[reg["confirmatory"], "q"] = reg.loc[reg["confirmatory"], "p"]   # keep the hand-set significance simple
+    for family in ("confirmatory", "all", "primary_per_analysis"):
+        reg[f"q_{family}"] = reg["q"]
+    t = tables()
+    t["ablation_fidelity"] = pd.concat([t["ablation_fidelity"], t["ablation_fidelity"].assign(k=16)])
+    judged = claim_map(reg, t, n_heads=16).query("claim == 'ablation_null' and family == 'confirmatory'").iloc[0]
+    assert judged["verdict"] == SUPPORTED and "k=16 (every head" in judged["reason"]
+    unknown = claim_map(reg, t).query("claim == 'ablation_null' and family == 'confirmatory'").iloc[0]
+    assert unknown["verdict"] == NOT_SUPPORTED
