@@ -15,7 +15,7 @@ from analysis.io import files, schemas
 from analysis.io.artifacts import read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
-from analysis.scoring.edges import EdgeScores, oriented_pair_scores
+from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, oriented_pair_scores
 from analysis.scoring.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -119,6 +119,16 @@ class ArtifactStore:
         rows = np.asarray(edges[:, g, :], dtype=np.float64)
         cols = np.asarray(edges[:, :, g], dtype=np.float64) if len(panel) <= GENE_COLUMN_MAX else None
         return self.table(run_id, "edge_sources"), rows, cols
+
+    def replication_context(self, run_id: str) -> dict | None:
+        """A run as :func:`analysis.scoring.replication.replicate` reads it (its perturbation-first table, primary
+        correlation edge, read-out layer and depth), or None without a perturbation screen."""
+        if not self.has_table(run_id, "perturbation_auroc"):
+            return None
+        m = self.manifest(run_id)
+        return {"per_pert": self.table(run_id, "perturbation_auroc"), "n_layers": m.model.n_layers,
+                "readout_layer": m.readout_layer,
+                "correlation_edge": CORRELATION_EDGE_TYPES[m.config.perturbation.correlation_edge]}
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.

@@ -96,6 +96,7 @@ def compare_head(run_id) -> dict:
     """The head picked for one run on the Compare page (``ALL`` matches every run's dropdown)."""
     return {"type": "compare-head", "run": run_id}
 
+
 LAYERS_TESTS = "layers-tests"
 LAYERS_CONTROL = "layers-control"
 LAYERS_AGREEMENT = "layers-agreement"

@@ -95,6 +95,11 @@ class RunManifest:
         """One line naming the run for pickers, page headers and exports."""
         return f"{self.run_id} ({self.model.family}: {self.model.name}, {self.data.n_cells} cells)"
 
+    @property
+    def short_name(self) -> str:
+        """The run in a comparison's legends and tables: its family and hash (``geneformer 3ecbb434ef``)."""
+        return f"{self.model.family} {self.run_id.split('-')[-1]}"
+
     def readout_label(self, readout: str) -> str:
         """What a read-out key measures for this run's model family (the key itself when not family-specific)."""
         return self.model.readout_labels.get(readout, readout.replace("_", " "))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
+from scipy.stats import rankdata, spearmanr
 
 from ..io.references import ReferenceNetwork
 from .edges import EdgeScores, oriented_pair_scores
@@ -78,3 +78,35 @@ def confound_summary(tables: dict[str, pd.DataFrame], *, readout_layer: int, pri
     else:
         out["ablation_top_k"], out["ablation_delta"], out["ablation_p"] = 0, np.nan, np.nan
     return out
+
+
+def nearest_layer(relative_depth: float, n_layers: int) -> int:
+    """The layer of an ``n_layers`` model closest to ``relative_depth`` (layer / (layers - 1))."""
+    return int(round(relative_depth * max(n_layers - 1, 1)))
+
+
+def edge_consistency(edges: dict[str, EdgeScores]) -> pd.DataFrame:
+    """Cross-dataset / cross-model consistency of edge scores (paper registry section 4): for every pair of runs
+    (``edges``: label -> :meth:`EdgeScores.restrict`-ed to the same genes, each with its layers' head means and a
+    ``spearman`` source), Spearman between run a's layer and run b's layer at the nearest relative depth, and
+    between their correlation edges, over the ordered off-diagonal gene pairs both runs co-observed. Rows: run_a,
+    run_b, edge_type, layer_a, layer_b, rho, p, n."""
+    rows = []
+    labels = list(edges)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            ea, eb = edges[a], edges[b]
+            mask = ea.observed & eb.observed
+            np.fill_diagonal(mask, False)
+            layers_a = ea.sources.index[ea.sources["edge_type"] == "attention_layer_mean"]
+            n_a = len(layers_a)
+            n_b = int((eb.sources["edge_type"] == "attention_layer_mean").sum())
+            pairs = [("attention_layer_mean", int(ea.sources.loc[s, "layer"]),
+                      nearest_layer(int(ea.sources.loc[s, "layer"]) / max(n_a - 1, 1), n_b)) for s in layers_a]
+            pairs.append(("spearman", -1, -1))
+            for etype, la, lb in pairs:
+                x = ea.scores[ea.source_index(etype, la)][mask]
+                y = eb.scores[eb.source_index(etype, lb)][mask]
+                rho, p = spearmanr(x, y) if mask.sum() > 2 else (np.nan, np.nan)
+                rows.append((a, b, etype, la, lb, float(rho), float(p), int(mask.sum())))
+    return pd.DataFrame(rows, columns=["run_a", "run_b", "edge_type", "layer_a", "layer_b", "rho", "p", "n"])

@@ -11,7 +11,7 @@ from dash import ALL, Input, Output, State, dash_table, dcc, html
 
 from analysis.io.references import ReferenceNetwork
 from analysis.scoring.compare import confound_summary, edge_consistency, layer_recovery, shared_symbols
-from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores
+from analysis.scoring.edges import EdgeScores
 from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
@@ -33,11 +33,6 @@ REPLICATION_NUMERIC = ("effect", "p", "q")
 UNIVERSE_COLUMNS = ("run", "protocol", "n_genes", "layer", "n", "attention_mean", "correlation_mean", "advantage",
                     "ci_low", "ci_high", "p", "p_protocol")
 CONSISTENCY_COLUMNS = ("run_a", "run_b", "edge_type", "layer_a", "layer_b", "rho", "p", "n")
-
-
-def run_label(run_id: str, family: str) -> str:
-    """A run's short name in comparisons: its family and hash."""
-    return f"{family} {run_id.split('-')[-1]}"
 
 
 def layout(**_):
@@ -97,7 +92,7 @@ def head_recovery(store, run_id: str, head: str, reference: str, symbols: list[s
     rec = layer_recovery(edges, ReferenceNetwork(reference, ref_edges[ref_edges["reference"] == reference], {}),
                          symbols)
     rec["relative_depth"] = layer / max(m.model.n_layers - 1, 1)
-    return rec.assign(run=run_label(run_id, m.family), head_label=head)
+    return rec.assign(run=m.short_name, head_label=head)
 
 
 def register(app, store, settings, jobs, exports):
@@ -108,7 +103,7 @@ def register(app, store, settings, jobs, exports):
         for run_id in (run_ids or [])[:MAX_RUNS]:
             m = store.manifest(run_id)
             options = [f"L{layer}H{h}" for layer in range(m.model.n_layers) for h in range(m.model.n_heads)]
-            cols.append(dbc.Col([html.Small(run_label(run_id, m.family)),
+            cols.append(dbc.Col([html.Small(m.short_name),
                                  dcc.Dropdown(id=ids.compare_head(run_id), options=options, placeholder="head")],
                                 md=2))
         return cols
@@ -147,7 +142,7 @@ def register(app, store, settings, jobs, exports):
         recovery, perturbation, rows = [], [], []
         for run_id in run_ids:
             m = store.manifest(run_id)
-            label = run_label(run_id, m.family)
+            label = m.short_name
             edges = store.reference_edges(run_id)
             ref = ReferenceNetwork(reference, edges[edges["reference"] == reference], {})
             rec = layer_recovery(store.layer_edges(run_id, tuple(symbols)), ref, symbols)
@@ -174,7 +169,8 @@ def register(app, store, settings, jobs, exports):
         heads = [head_recovery(store, run_id, head, reference, symbols) for run_id, head in chosen.items()]
         if heads:
             heads = pd.concat(heads, ignore_index=True)
-            layers_fig.add_scatter(x=heads["relative_depth"], y=heads["auroc"], mode="markers+text", name="chosen heads",
+            layers_fig.add_scatter(x=heads["relative_depth"], y=heads["auroc"], mode="markers+text",
+                                   name="chosen heads",
                                    text=heads["run"] + " " + heads["head_label"], textposition="top center",
                                    marker={"symbol": "star", "size": 14, "color": "black"})
             recovery = pd.concat([recovery, heads.assign(kind="chosen head")], ignore_index=True)
@@ -192,24 +188,12 @@ def register(app, store, settings, jobs, exports):
                 + ", ".join(f"{r} {int(n)}" for r, n in n_pos.items()) + ".")
         return (*out, table, note)
 
-    def contexts(run_ids) -> dict[str, dict]:
-        """The chosen runs with a perturbation-first table, as :func:`analysis.scoring.replication.replicate` reads
-        them."""
-        out = {}
-        for run_id in run_ids or []:
-            if store.has_table(run_id, "perturbation_auroc"):
-                m = store.manifest(run_id)
-                out[run_label(run_id, m.family)] = {
-                    "per_pert": store.table(run_id, "perturbation_auroc"), "n_layers": m.model.n_layers,
-                    "correlation_edge": CORRELATION_EDGE_TYPES[m.config.perturbation.correlation_edge],
-                    "readout_layer": m.readout_layer}
-        return out
-
     @app.callback(Output(ids.graph("compare-replication"), "figure"),
                   Output(ids.figdata("compare-replication"), "data"), Output(ids.COMPARE_REPLICATION, "data"),
                   Input(ids.COMPARE_RUNS, "value"))
     def replication(run_ids):
-        runs = contexts(run_ids)
+        runs = {store.manifest(r).short_name: ctx for r in run_ids or []
+                if (ctx := store.replication_context(r)) is not None}
         if not runs:
             return {}, [], []
         table, tests = replicate(runs)
@@ -229,7 +213,7 @@ def register(app, store, settings, jobs, exports):
             if store.has_table(run_id, "universe_check"):
                 m = store.manifest(run_id)
                 frames.append(universe_protocols(store.table(run_id, "universe_check")).assign(
-                    run=run_label(run_id, m.family)))
+                    run=m.short_name))
         if not frames:
             return dbc.Alert("No chosen run has the check: it needs a perturbation screen whose universe forces "
                              "perturbed genes in (panel or hvg_plus_perturbed).", color="secondary")
@@ -254,7 +238,7 @@ def register(app, store, settings, jobs, exports):
         symbols = tuple(shared_symbols([store.panel(r) for r in run_ids]))
         for run_id in run_ids[:MAX_RUNS]:
             m = store.manifest(run_id)
-            label = run_label(run_id, m.family)
+            label = m.short_name
             if store.has_table(run_id, "scaling_bootstrap"):
                 b = store.table(run_id, "scaling_bootstrap").query("reference == @reference")
                 b = b[((b["edge_type"] == "attention_layer_mean") & (b["layer"] == m.readout_layer))
