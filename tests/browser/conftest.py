@@ -83,3 +83,25 @@ def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
         time.sleep(0.3)
     assert files, f"no {fmt.upper()} of {figure} was downloaded"
     return files[0]
+
+
+def choose(browser, dropdown_id, text):
+    """Open a Dash 4 dropdown (``dropdown_id``: its id, or a pattern id's JSON), search for ``text`` and tick the
+    matching option."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    button = browser.find_element(By.CSS_SELECTOR, f"[id='{dropdown_id}']")   # a pattern id is JSON: no By.ID
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+    search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
+    search.send_keys(text)
+    option = WebDriverWait(browser, 10).until(lambda d: next(
+        (o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text.strip() == text), None))
+    option.click()
+    try:
+        search.send_keys(Keys.ESCAPE)      # a multi-select stays open; close it
+    except StaleElementReferenceException:
+        pass                               # a single-select closed itself (or its choice navigated away)

@@ -1,11 +1,15 @@
 """Real headless Chromium on the Compare page: the embedded default's Geneformer and scGPT runs are chosen out of the
 box; both draw a reference-recovery profile by depth (attention and their correlation baseline) and a
-perturbation-first profile, and the confound table has one row per run. The CSV export carries both runs' rows."""
+perturbation-first profile, and the confound table has one row per run. The CSV export carries both runs' rows. A
+head picked for one run is starred on the recovery profile; cross-context replication, the SN14.9 check and
+cross-model convergence are drawn for both runs."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
-from tests.browser.conftest import export_and_wait, graph_selector, trace_types
+from tests.browser.conftest import choose, export_and_wait, graph_selector, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -35,3 +39,27 @@ def test_geneformer_and_scgpt_side_by_side(server, browser):
     content = exported.read_text()
     assert exported.name == "compare-layers.csv"              # not named after the header's run
     assert "geneformer" in content and "scgpt" in content and "relative_depth" in content
+
+
+def test_per_run_head_replication_and_convergence(server, browser, embedded_cache):
+    _, runs = embedded_cache
+    browser.get(f"{server}/compare")
+    wait = WebDriverWait(browser, 90)
+    wait.until(lambda d: len(trace_types(d, "compare-layers") or []) >= 4)
+    picker = json.dumps({"run": runs["scgpt"].name, "type": "compare-head"}, separators=(",", ":"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"[id='{picker}']"))
+    choose(browser, picker, "L1H2")
+    wait.until(lambda d: "chosen heads" in trace_names(d, "compare-layers"))
+    wait.until(lambda d: len(trace_names(d, "compare-replication") or []) == 2)
+    tests = browser.find_element(By.ID, "compare-replication-tests").text
+    assert "read-out advantage differs" in tests and "attention L1 vs correlation" in tests
+    button = browser.find_element(By.ID, "compare-universe-button")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+    wait.until(lambda d: "hvg_only" in d.find_element(By.ID, "compare-universe").text)
+    check = browser.find_element(By.ID, "compare-universe").text
+    assert "geneformer" in check and "scgpt" in check
+    wait.until(lambda d: len(trace_names(d, "compare-convergence") or []) == 4)   # 2 runs x attention, correlation
+    wait.until(lambda d: len(trace_names(d, "compare-agreement") or []) == 2)
+    consistency = browser.find_element(By.ID, "compare-consistency").text
+    assert "attention_layer_mean" in consistency and "spearman" in consistency

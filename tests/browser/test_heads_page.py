@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import graph_selector, trace_types
+from tests.browser.conftest import choose, graph_selector, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -44,21 +44,6 @@ def test_custom_de_runs_in_background_and_is_cached(server, browser):
     browser.find_element(By.ID, "pert-custom-run").click()
     wait.until(lambda d: "cached" in d.find_element(By.ID, "pert-custom-progress").text)
     assert browser.find_element(By.ID, "pert-custom-status").text == first
-
-
-def choose(browser, dropdown_id, text):
-    """Open a Dash 4 dropdown, search for ``text`` and tick the matching option."""
-    from selenium.webdriver.common.keys import Keys
-
-    button = browser.find_element(By.ID, dropdown_id)
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-    button.click()
-    search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
-    search.send_keys(text)
-    option = WebDriverWait(browser, 10).until(lambda d: next(
-        (o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if o.text.strip() == text), None))
-    option.click()
-    search.send_keys(Keys.ESCAPE)
 
 
 def test_live_ablation_of_two_heads(server, browser):

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import precompute
 from analysis.io.artifacts import read_manifest, sha256_path
 from analysis.models.scgpt.checkpoint import read_vocab, save_release
+from analysis.scoring.claims import CLAIM_TABLES, claim_map
 from app.data import ArtifactStore
 from tests.conftest import SMALL, shared_path, tiny_scgpt_parts
 
@@ -128,6 +129,52 @@ def test_embedded_run_has_cssi(embedded_cache, family):
                                                                  "Massive"}
 
 
+@pytest.mark.parametrize("family", ["geneformer", "scgpt"])
+def test_embedded_run_has_issue_11_analyses(embedded_cache, family):
+    """Scaling (nested subsamples of CSSI's 40 random groups), controlled composition on the simulated states, the
+    per-TF bootstrap, layer biology with the co-regulation pairs, the SN14.9 check, their registry entries, and a
+    claim map that reads them."""
+    cache, runs = embedded_cache
+    store = ArtifactStore(cache)
+    run = runs[family].name
+    m = store.manifest(run)
+    curve = store.table(run, "scaling_curve")
+    assert sorted(curve["n_units"].unique()) == [4, 10, 20, 40] and curve["seed"].nunique() == 5
+    assert {"auroc", "f1", "f1_at_20", "f1_at_50", "f1_at_100"} <= set(curve["metric"])
+    full = curve[curve["n_units"] == 40]
+    assert (full["n_cells"] == m.data.attention_cells).all()          # every group: every attention cell
+    assert full.groupby(["label", "metric"])["value"].nunique().eq(1).all()   # the same cells for every seed
+    readout = full.query("label == 'L1 mean' and metric == 'auroc'")["value"].iloc[0]
+    ranking = store.ranking(run).query("edge_type == 'attention_layer_mean' and layer == 1 and metric == 'auroc' "
+                                       "and direction == 'tf_to_target'")
+    assert readout == pytest.approx(ranking["value"].iloc[0], abs=1e-3)   # all groups = the pooled store (float32 sums)
+    boot = store.table(run, "scaling_bootstrap")
+    assert (boot["ci_low"] <= boot["ci_high"]).all() and set(boot["n_units"]) == {4, 10, 20, 40}
+    comp = store.table(run, "composition_curve")
+    assert set(comp["condition"]) == {"single_state", "fixed_mixture", "heterogeneity"}
+    assert (comp["states_from"] == "cell-state column").all() and set(comp.query(
+        "condition == 'heterogeneity'")["n_states"]) == {1, 2, 3, 4}
+    tfb = store.table(run, "tf_bootstrap")
+    assert set(tfb["label"]) == {"L1 mean", "Spearman"} and "(all TFs)" in set(tfb["tf"])
+    biology = store.table(run, "layer_biology")
+    assert set(biology["reference"]) == {"simulated truth", "simulated truth co-regulation"}
+    assert set(biology.query("edge_type == 'attention_layer_mean'")["layer"]) == {0, 1}
+    check = store.table(run, "universe_check")
+    sizes = check.groupby("protocol")["n_genes"].first()
+    universe = store.panel(run).query("in_universe")
+    assert sizes["run"] == len(universe)
+    assert sizes["hvg_only"] == len(universe) - universe["is_perturbed"].sum()
+    reg = store.table(run, "statistics_registry")
+    assert {"scaling", "controlled_composition", "tf_bootstrap", "layer_biology", "attention_expression",
+            "universe_check"} <= set(reg["analysis"])
+    claims = claim_map(reg, {t: store.table(run, t) for t in CLAIM_TABLES if store.has_table(run, t)},
+                       n_heads=m.model.n_layers * m.model.n_heads)
+    assert claims["claim"].nunique() == 8 and set(claims["verdict"]) <= {"supported", "not supported",
+                                                                           "not testable"}
+    layers = claims.query("claim == 'layer_organisation'")
+    assert (layers["verdict"] == "not testable").all()          # two layers: no depth trend can be tested
+
+
 def test_rerun_reuses_finished_stages(embedded_cache):
     cache, runs = embedded_cache
     run_dir = runs["geneformer"]
@@ -144,6 +191,9 @@ def test_rerun_reuses_finished_stages(embedded_cache):
     assert (run_dir / "attention_sums.npy").stat().st_mtime_ns == before
     assert not partial.exists()
     assert (runs["scgpt"] / "manifest.json").stat().st_mtime_ns == scgpt_before   # the other family untouched
+
+
+STRING = "regulatory/string_v12_ppi_subset_208immune_genes.tsv"
 
 
 def mixology_h5ad(path, n_cells=None):
@@ -166,7 +216,9 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
                           "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
                           "--cell-state-col", "cell_line_demuxlet", "--max-cells", "24", "--panel-size", "200",
                           "--n-null", "20", "--name", "mixology", "--set", "ablation.n_cells=2", "--set",
-                          "ablation.ks=1", "--set", "ablation.n_random=1", *CSSI_24_CELLS])
+                          "ablation.ks=1", "--set", "ablation.n_random=1", *CSSI_24_CELLS, "--set",
+                          f"biology.pair_references=string:{shared_path(STRING)}", "--set",
+                          "biology.string_min_score=0.4"])
     assert rc == 0
     (run_dir,) = (cache / "artifacts").iterdir()
     m = read_manifest(run_dir)
@@ -191,6 +243,14 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     curve = pd.read_parquet(run_dir / "cssi_curve.parquet")
     assert set(curve["reference"]) == {"TRRUST"} and set(curve["n_strata"]) == {2, 3}
     assert curve.loc[curve["edge_type"] == "attention", "layer"].nunique() == 6
+    # SN17 on real genes: the real STRING subset (score >= 0.4) and TRRUST as pairs, every layer, depth trends
+    biology = pd.read_parquet(run_dir / "layer_biology.parquet")
+    assert set(biology["reference"]) == {"STRING>=400", "TRRUST"}
+    assert biology.groupby("reference")["layer"].nunique().eq(7).all()          # 6 layers + the Spearman rows (-1)
+    assert biology.query("reference == 'STRING>=400'")["n_pos"].iloc[0] > 0
+    reg = pd.read_parquet(run_dir / "statistics_registry.parquet")
+    assert {"STRING>=400 recovery trends with depth", "TRRUST recovery trends with depth",
+            "STRING>=400 and TRRUST layer profiles correlate"} <= set(reg["hypothesis"])
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,49 @@
+"""Issue 11's figure functions are pure: hand-built tables in, the traces and values they must draw out (no server)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from app.figures import (biology_profiles, ci_forest, composition_plot, convergence_plot, replication_profile,
+                         scaling_curves)
+
+
+def test_scaling_curves_draw_seeds_means_and_the_bootstrap_band():
+    rows = [(seed, m, m * 12, etype, layer, metric, 0.5 + 0.01 * m + 0.001 * seed)
+            for seed in range(3) for m in (4, 40) for etype, layer in (("attention_layer_mean", 1), ("spearman", -1))
+            for metric in ("auroc", "f1")]
+    curve = pd.DataFrame(rows, columns=["seed", "n_units", "n_cells", "edge_type", "layer", "metric", "value"])
+    boot = pd.DataFrame({"n_units": [4, 40], "n_cells": [48, 480], "edge_type": "spearman", "layer": -1,
+                         "ci_low": [0.5, 0.6], "ci_high": [0.55, 0.65]})
+    fig = scaling_curves(curve, boot, readout_layer=1, reference="R")
+    means = [t for t in fig.data if t.name in ("L1 head mean", "Spearman")]
+    assert len(means) == 4                                   # two sites x two metric panels
+    assert np.allclose(means[0].y, [0.5 + 0.04 + 0.001, 0.5 + 0.4 + 0.001])   # mean over seeds 0..2
+    band = [t for t in fig.data if t.name == "Spearman: bootstrap 95% CI"]
+    assert len(band) == 1 and list(band[0].y) == [0.55, 0.65, 0.6, 0.5]
+    assert sum(t.name is None for t in fig.data) == 2 * 2 * 3    # one thin line per seed, site and metric
+
+
+def test_composition_biology_forest_replication_and_convergence_figures():
+    comp = pd.DataFrame({"condition": ["single_state"] * 2 + ["heterogeneity"] * 2, "seed": 0,
+                         "n_cells": [10, 20, 30, 30], "n_states": [1, 1, 1, 2], "auroc": [0.5, 0.6, 0.55, 0.65],
+                         "f1": 0.1, "states_from": "cell-state column"})
+    fig = composition_plot(comp, reference="R")
+    assert len(fig.data) == 4 and "cell-state column" in fig.layout.title.text
+    profiles = pd.DataFrame({"reference": ["P"] * 3 + ["T"] * 3, "kind": ["pairs"] * 3 + ["regulatory"] * 3,
+                             "edge_type": ["attention_layer_mean", "attention_layer_mean", "spearman"] * 2,
+                             "layer": [0, 1, -1] * 2, "auroc": [0.6, 0.55, 0.58, 0.5, 0.7, 0.6]})
+    fig = biology_profiles(profiles)
+    assert [t.line.dash for t in fig.data] == ["solid", "dash"] and list(fig.data[1].y) == [0.5, 0.7]
+    forest = pd.DataFrame({"tf": ["A", "B"], "auroc": [0.7, 0.52], "ci_low": [0.6, 0.45], "ci_high": [0.8, 0.6]})
+    fig = ci_forest(forest, label="tf", value="auroc", title="t", x_title="x", null=0.5)
+    assert list(fig.data[0].marker.color) == ["#1f3b73", "#9aa9c7"]       # only A's CI excludes 0.5
+    assert np.allclose(fig.data[0].error_x.array, [0.1, 0.08])
+    rep = pd.DataFrame({"run": ["a", "a"], "layer": [0, 1], "relative_depth": [0.0, 1.0], "advantage": [0.1, -0.1],
+                        "ci_low": [0.0, -0.2], "ci_high": [0.2, 0.0], "n": 10})
+    fig = replication_profile(rep)
+    assert len(fig.data) == 1 and np.allclose(fig.data[0].error_y.arrayminus, [0.1, 0.1])
+    conv = pd.DataFrame({"run": "a", "kind": ["attention", "attention", "correlation"], "n_cells": [10, 100, 10],
+                         "auroc_mean": [0.5, 0.52, 0.6], "ci_low": [0.45, 0.5, 0.55], "ci_high": [0.55, 0.54, 0.65]})
+    fig = convergence_plot(conv)
+    assert [t.name for t in fig.data] == ["a: attention", "a: correlation"] and fig.layout.xaxis.type == "log"
