@@ -14,6 +14,7 @@ from ..io import files
 from ..io.artifacts import RunWriter
 from ..scoring import cssi_levels
 from ..scoring.registry import StatsRegistry
+from ..scoring.strata import add_level
 from ..scoring.scaling import (bootstrap_curve, composition_curve, composition_tests, scaling_curve,
                                scaling_tests)
 from ..scoring.tf_bootstrap import tf_bootstrap, tf_bootstrap_tests
@@ -30,8 +31,9 @@ def cell_states(run: cssi_levels.CSSIRun, primary_n_strata: int) -> tuple[np.nda
     state = run.cells["cell_state"].astype(str).to_numpy()
     if (state != "").all():
         return state, "cell-state column"
-    return run.strata.assignment(primary_n_strata)[run.strata.fine].astype(str), \
-        f"CSSI strata ({primary_n_strata}; no cell-state column)"
+    k = min(primary_n_strata, run.strata.n_fine)   # the level may be off the grid the fine clusters could hold
+    states = add_level(run.strata, k).assignment(k)[run.strata.fine].astype(str)
+    return states, f"CSSI strata ({k}; no cell-state column)"
 
 
 def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, key: str) -> StatsRegistry:
