@@ -6,15 +6,18 @@ sweep, and is what the ablation stage itself calls.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .config import AblationConfig, DataConfig
+from .config import AblationConfig, DataConfig, stable_hash
 from .interp.ablation import SweepItem, ablate, prepare
+from .interp.ablation_baseline import BaselineStore, baseline_bytes
 from .interp.interventions import InterventionSpec
 from .interp.positive_control import reference_targets
 from .io.cells import CellData, load_cells
@@ -78,24 +81,50 @@ class RunContext:
 def ablation_tables(adapter: ModelAdapter, tokens: TokenizedCells, panel: pd.DataFrame, reference: ReferenceNetwork,
                     observed: np.ndarray, items: Sequence[SweepItem], *, settings: AblationConfig, readout_layer: int,
                     de_table: pd.DataFrame | None = None, n_cells: int | None = None,
-                    progress: Callable[[float], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    progress: Callable[[float], None] | None = None,
+                    baseline_dir: Path | None = None, baseline_gib: float = 4.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, fidelity) of ``items`` on ``n_cells`` (default ``settings.n_cells``) seeded cells of ``tokens``:
     behaviour on one fixed masking, fidelity, target recall (token-predicting models), and the read-out layer's
-    reference and per-perturbation AUROC (``observed``: ``[G, G]`` co-observed pairs)."""
+    reference and per-perturbation AUROC (``observed``: ``[G, G]`` co-observed pairs). ``baseline_dir``: where the
+    unablated pass on these cells is kept for the next request (:func:`baseline_store`, at most ``baseline_gib``)."""
     inputs = prepare(tokens, panel, readout_layer=readout_layer, n_cells=n_cells or settings.n_cells,
                      probability=settings.mask_probability, seed=settings.seed)
     targets = reference_targets(inputs.tokens, reference.pairs(), adapter.vocab_size) if adapter.predicts_tokens \
         else None
-    acc = ablate(adapter, inputs, items, batch_size=settings.batch_size, targets=targets, progress=progress)
+    baseline = None if baseline_dir is None else baseline_store(baseline_dir, adapter, inputs.tokens, settings,
+                                                                readout_layer, reference.name, baseline_gib)
+    acc = ablate(adapter, inputs, items, batch_size=settings.batch_size, targets=targets, progress=progress,
+                 baseline=baseline)
     universe = evaluable_universe(panel, reference, observed)
     pert = readout_auroc(panel, de_table, readout_layer) if de_table is not None else None
     return summarise(acc, items, universe, len(panel), readout_layer=readout_layer, perturbation_auroc=pert)
 
 
+def baseline_store(directory: Path, adapter: ModelAdapter, tokens: TokenizedCells, settings: AblationConfig,
+                   readout_layer: int, reference: str, max_gib: float) -> BaselineStore | None:
+    """The store of the unablated pass over ``tokens`` under ``directory``, named by everything it depends on
+    (the cells, their masking, batch size, read-out layer, reference and weights); None when it would exceed
+    ``max_gib`` (each request then runs the baseline itself)."""
+    size = baseline_bytes(tokens.n_cells, float(tokens.lengths.mean()), adapter.n_layers, adapter.d_model,
+                          adapter.dtype.itemsize)
+    if size > max_gib * 2 ** 30:
+        return None
+    digest = hashlib.sha256(tokens.input_ids.tobytes())
+    if tokens.values is not None:
+        digest.update(tokens.values.tobytes())
+    key = stable_hash({"obs": list(map(str, tokens.obs.index)), "inputs": digest.hexdigest(),
+                       "seed": settings.seed, "p": settings.mask_probability, "batch": settings.batch_size,
+                       "layer": readout_layer, "reference": reference, "model": adapter.checkpoint_sha256})
+    return BaselineStore(Path(directory) / f"baseline-{key[:16]}")
+
+
 def live_ablation(context: RunContext, reference_edges: pd.DataFrame, pair_counts: np.ndarray,
                   de_table: pd.DataFrame | None, specs: Sequence[InterventionSpec], *, n_cells: int,
-                  progress: Callable[[float, str], None] = lambda f, msg: None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(results, fidelity) for ``specs`` on ``n_cells`` cells of the run (same seed as the precomputed sweep)."""
+                  progress: Callable[[float, str], None] = lambda f, msg: None,
+                  baseline_dir: Path | None = None, baseline_gib: float = 4.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, fidelity) for ``specs`` on ``n_cells`` cells of the run (same seed as the precomputed sweep);
+    the unablated pass is kept under ``baseline_dir`` (up to ``baseline_gib``) and reused by the next request on
+    the same cells."""
     progress(0.02, "loading model")
     adapter = context.adapter
     progress(0.1, "loading cells")
@@ -104,4 +133,5 @@ def live_ablation(context: RunContext, reference_edges: pd.DataFrame, pair_count
     return ablation_tables(adapter, tokens, context.panel, context.reference(reference_edges),
                            np.asarray(pair_counts) > 0, [item], settings=context.manifest.config.ablation,
                            readout_layer=context.manifest.readout_layer, de_table=de_table, n_cells=n_cells,
-                           progress=lambda f: progress(0.15 + 0.8 * f, f"{int(f * n_cells)} cells"))
+                           progress=lambda f: progress(0.15 + 0.8 * f, f"{int(f * n_cells)} cells"),
+                           baseline_dir=baseline_dir, baseline_gib=baseline_gib)

@@ -21,6 +21,7 @@ class AppSettings:
     diskcache_size_limit: int = 2 * 1024 ** 3  # bytes; diskcache's default silently evicts past 1 GiB
     max_custom_control_cells: int = 200_000
     max_live_cells: int = 500
+    live_baseline_gib: float = 4.0  # a live ablation's unablated pass is kept (cache/live/<run>) up to this size
     max_jobs: int = 2               # background jobs computing at once (app.jobs)
     max_queued_jobs: int = 4        # more that may wait for a free worker; beyond that a request is answered "busy"
     abandon_after_s: float = 30.0   # a job its page stopped polling for this long is ended

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..models.base import ModelAdapter, TokenizedCells, masked_positions
+from ..models.base import ModelAdapter, ModelOutput, TokenizedCells, masked_positions
+from .ablation_baseline import READOUTS as BASELINE_READOUTS, BaselineStore
 from .attention import capture_projections, panel_batch, panel_rows_attention
 from .hooks import head_output_means, hooked
 from .interventions import InterventionSpec, intervention_key
@@ -188,49 +189,93 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.nd
     return ((d * mask).sum(1) / mask.sum(1)).cpu().numpy()
 
 
+def _read_out(adapter: ModelAdapter, inputs: AblationInputs, sub: TokenizedCells, masked: TokenizedCells,
+              chosen: np.ndarray, idx: np.ndarray, pb, acc: ReadoutAccumulator, specs: Sequence[InterventionSpec], *,
+              base: ModelOutput | None, head_means: dict | None, targets: TargetSets | None) -> ModelOutput:
+    """One intervention (``specs``; none = the baseline) on one batch, every read-out into ``acc`` at cells
+    ``idx``; fidelity against ``base`` (None: this pass is the baseline). Returns the unmasked pass's output."""
+    mask = adapter.as_tensor(sub.attention_mask).bool()
+    with hooked(adapter, specs, head_means=head_means):
+        with capture_projections(adapter) as cap:
+            out = adapter.forward(sub, output_hidden_states=True, decode=False)
+            block = panel_rows_attention(cap[(inputs.readout_layer, "query")], cap[(inputs.readout_layer, "key")],
+                                         mask, pb.positions, adapter.n_heads)
+        masked_out = adapter.forward(masked, decode=False)
+    vals = block[pb.pair_cell, :, pb.pair_row, pb.pair_col].double().cpu().numpy()
+    np.add.at(acc.sums.T, pb.pair_flat.cpu().numpy(), vals)
+    acc.loss[idx], acc.accuracy[idx] = adapter.masked_prediction(masked_out, sub, chosen)
+    base = base or out
+    for layer, (h, hb) in enumerate(zip(out.hidden_states, base.hidden_states)):
+        acc.hidden_cos[idx, layer] = _cos_distance(h, hb, mask)
+    acc.output_cos[idx] = adapter.output_distance(out, base, mask)
+    if targets is not None and adapter.predicts_tokens:
+        acc.target_recall[idx] = target_recall_loss(adapter, out, targets, idx)
+    return out
+
+
+def _stored_output(adapter: ModelAdapter, hidden: np.ndarray, output: np.ndarray, kind: str) -> ModelOutput:
+    """A baseline batch read back from a :class:`BaselineStore` as the output it was written from."""
+    states = tuple(adapter.as_tensor(np.array(h)) for h in hidden)     # copies: the store's arrays are read-only
+    out = adapter.as_tensor(np.array(output))
+    return ModelOutput(None, hidden_states=states, features=out) if kind == "features" else \
+        ModelOutput(out, hidden_states=states)
+
+
 def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict[str, Sequence[InterventionSpec]],
                       *, head_means: dict | None = None, batch_size: int = 8, targets: TargetSets | None = None,
-                      progress: Callable[[float], None] | None = None) -> dict[str, ReadoutAccumulator]:
-    """Per-cell read-outs for the baseline (key ``baseline``) and every intervention in ``items``."""
+                      progress: Callable[[float], None] | None = None,
+                      baseline: BaselineStore | None = None) -> dict[str, ReadoutAccumulator]:
+    """Per-cell read-outs for the baseline (key ``baseline``) and every intervention in ``items``.
+
+    Each intervention costs two forwards (the unmasked input for fidelity, output distance, target recall and the
+    read-out layer's attention; the masked input for behaviour), neither through a token-predicting model's
+    vocabulary-sized decoder: output distance is computed from the decoder inputs and logits are decoded only at
+    the masked and TF positions. ``baseline``: a store of the unablated pass on these cells and batches
+    (:mod:`.ablation_baseline`), read instead of running the baseline when complete, else filled on the way."""
     tok = inputs.tokens
     panel_of_gene = np.full(len(tok.genes), -1, dtype=np.int64)
     panel_of_gene[inputs.panel["gene_index"].to_numpy()] = np.arange(len(inputs.panel))
     g = len(inputs.panel)
     keys = ["baseline"] + list(items)
     acc = {k: ReadoutAccumulator(tok.n_cells, adapter.n_layers, adapter.n_heads, g) for k in keys}
+    reuse = baseline is not None and baseline.complete
+    kind = baseline.params()["output"] if reuse else None
+    if reuse:
+        for name, value in baseline.readouts().items():
+            setattr(acc["baseline"], name, value)
     counts = np.zeros(g * g)
     done = 0
-    for idx in tok.batches(batch_size):
-        sub = tok.subset(idx)
-        chosen = inputs.chosen[idx, :sub.input_ids.shape[1]]
-        masked = adapter.masked(sub, chosen)
-        mask = adapter.as_tensor(sub.attention_mask)
-        pb = panel_batch(sub.gene_index, panel_of_gene, g, adapter.device)
-        np.add.at(counts, pb.pair_flat.cpu().numpy(), 1)
-        base = None
-        for key in keys:
-            specs = [] if key == "baseline" else items[key]
-            with hooked(adapter, specs, head_means=head_means), capture_projections(adapter) as cap:
-                out = adapter.forward(sub, output_hidden_states=True)
-                block = panel_rows_attention(cap[(inputs.readout_layer, "query")], cap[(inputs.readout_layer, "key")],
-                                             mask.bool(), pb.positions, adapter.n_heads)
-                masked_out = adapter.forward(masked)
-            a = acc[key]
-            vals = block[pb.pair_cell, :, pb.pair_row, pb.pair_col].double().cpu().numpy()
-            np.add.at(a.sums.T, pb.pair_flat.cpu().numpy(), vals)
-            a.loss[idx], a.accuracy[idx] = adapter.masked_prediction(masked_out, sub, chosen)
-            if key == "baseline":
-                base = out
-            for layer, (h, hb) in enumerate(zip(out.hidden_states, base.hidden_states)):
-                a.hidden_cos[idx, layer] = _cos_distance(h, hb, mask)
-            a.output_cos[idx] = adapter.output_distance(out, base, mask.bool())
-            if targets is not None and out.token_logits is not None:
-                a.target_recall[idx] = target_recall_loss(out.token_logits, targets, idx)
-        done += len(idx)
-        if progress is not None:
-            progress(done / tok.n_cells)
-    for a in acc.values():
-        a.counts = counts
+    try:
+        for number, idx in enumerate(tok.batches(batch_size)):
+            sub = tok.subset(idx)
+            chosen = inputs.chosen[idx, :sub.input_ids.shape[1]]
+            masked = adapter.masked(sub, chosen)
+            pb = panel_batch(sub.gene_index, panel_of_gene, g, adapter.device)
+            np.add.at(counts, pb.pair_flat.cpu().numpy(), 1)
+            common = dict(head_means=head_means, targets=targets)
+            if reuse:
+                base = _stored_output(adapter, *baseline.read_batch(number), kind)
+            else:
+                base = _read_out(adapter, inputs, sub, masked, chosen, idx, pb, acc["baseline"], [], base=None,
+                                 **common)
+                if baseline is not None:
+                    kind = "features" if base.features is not None else "prediction"
+                    baseline.write_batch(number, base.hidden_states,
+                                         base.features if kind == "features" else base.prediction)
+            for key in items:
+                _read_out(adapter, inputs, sub, masked, chosen, idx, pb, acc[key], items[key], base=base, **common)
+            done += len(idx)
+            if progress is not None:
+                progress(done / tok.n_cells)
+        for a in acc.values():
+            a.counts = counts
+        if baseline is not None and not reuse:
+            baseline.finish({name: getattr(acc["baseline"], name) for name in BASELINE_READOUTS},
+                            {"output": kind, "n_cells": tok.n_cells, "batch_size": batch_size})
+    except BaseException:
+        if baseline is not None and not reuse:
+            baseline.discard()
+        raise
     return acc
 
 
@@ -243,11 +288,11 @@ def prepare(tokens: TokenizedCells, panel: pd.DataFrame, *, readout_layer: int, 
 
 
 def ablate(adapter: ModelAdapter, inputs: AblationInputs, items: Sequence[SweepItem], *, batch_size: int = 8,
-           targets: TargetSets | None = None,
-           progress: Callable[[float], None] | None = None) -> dict[str, ReadoutAccumulator]:
-    """Run ``items`` (plus the baseline) on the same cells; mean-head outputs are computed on those cells. The
-    statistics are :func:`analysis.scoring.ablation.summarise`'s."""
+           targets: TargetSets | None = None, progress: Callable[[float], None] | None = None,
+           baseline: BaselineStore | None = None) -> dict[str, ReadoutAccumulator]:
+    """Run ``items`` (plus the baseline, or read it from ``baseline``) on the same cells; mean-head outputs are
+    computed on those cells. The statistics are :func:`analysis.scoring.ablation.summarise`'s."""
     needs_means = any(s.kind == "mean_head" for it in items for s in it.specs)
     means = head_output_means(adapter, inputs.tokens) if needs_means else None
     return run_interventions(adapter, inputs, {it.key: it.specs for it in items}, head_means=means,
-                             batch_size=batch_size, targets=targets, progress=progress)
+                             batch_size=batch_size, targets=targets, progress=progress, baseline=baseline)

@@ -58,7 +58,7 @@ def hooked(adapter: ModelAdapter, specs: Sequence[InterventionSpec], *,
         for spec in specs:
             _check(adapter, spec, head_means)
         if any(s.kind == "uniform_head" for s in specs):
-            handles.append(adapter.model.register_forward_pre_hook(
+            handles.append(adapter.module(adapter.sites.entry).register_forward_pre_hook(
                 lambda _m, args, kwargs: state.__setitem__("keep", adapter.key_mask(args, kwargs)), with_kwargs=True))
         for spec in specs:
             heads = list(spec.heads)

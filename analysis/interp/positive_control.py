@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..models.base import ModelAdapter, TokenizedCells
+from ..models.base import ModelAdapter, ModelOutput, TokenizedCells
 from .attention import capture_projections
 
 log = logging.getLogger(__name__)
@@ -77,24 +77,26 @@ def reference_targets(tokens: TokenizedCells, edges: set[tuple[str, str]], vocab
         return None
 
 
-def target_recall_loss(logits: torch.Tensor, sets: TargetSets, cells: np.ndarray) -> np.ndarray:
+def target_recall_loss(adapter: ModelAdapter, out: ModelOutput, sets: TargetSets, cells: np.ndarray) -> np.ndarray:
     """Per cell of the batch (``cells``: original indices in batch order), the behaviour loss (NaN when the cell
-    has no TF with a present target). ``logits``: ``[batch, seq, vocab]``."""
-    out = np.full(len(cells), np.nan)
+    has no TF with a present target), from ``out``'s token logits at the TF positions only
+    (:meth:`~analysis.models.base.ModelAdapter.token_logits_at`)."""
+    out_loss = np.full(len(cells), np.nan)
     where = {c: i for i, c in enumerate(cells)}
     keep = np.array([c in where for c in sets.cell])
     if not keep.any():
-        return out
-    b = torch.as_tensor([where[c] for c in sets.cell[keep]], device=logits.device)
-    p = torch.as_tensor(sets.position[keep], device=logits.device)
-    multi = torch.as_tensor(sets.targets[keep], device=logits.device)
-    logp = torch.log_softmax(logits[b, p].float(), dim=-1)
+        return out_loss
+    dev = adapter.device
+    b = torch.as_tensor([where[c] for c in sets.cell[keep]], device=dev)
+    p = torch.as_tensor(sets.position[keep], device=dev)
+    multi = torch.as_tensor(sets.targets[keep], device=dev)
+    logp = torch.log_softmax(adapter.token_logits_at(out, b, p).float(), dim=-1)
     per_row = -(logp * multi).sum(-1) / multi.sum(-1)
     rows = b.cpu().numpy()
     vals = per_row.detach().cpu().numpy()
     for i in np.unique(rows):
-        out[i] = vals[rows == i].mean()
-    return out
+        out_loss[i] = vals[rows == i].mean()
+    return out_loss
 
 
 def plant_head(adapter: ModelAdapter, tokens: TokenizedCells, sets: TargetSets, *, layer: int, head: int,

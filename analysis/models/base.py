@@ -118,6 +118,7 @@ class SiteMap(ABC):
     layer list."""
 
     prefix: ClassVar[str]
+    entry: ClassVar[str] = ""   # the module called with the model's inputs (its forward pre-hook sees the key mask)
 
     def __init__(self, n_layers: int, d_model: int):
         self.n_layers, self.d_model = n_layers, d_model
@@ -153,12 +154,16 @@ class ModelOutput:
     """One forward pass. ``prediction``: the pretraining head's output (Geneformer: token logits ``[b, s, vocab]``;
     scGPT: predicted values ``[b, s]``); ``token_logits``: ``[b, s, vocab]`` when the model predicts tokens (else
     None); ``hidden_states``: L + 1 tensors ``[b, s, d_model]`` (embeddings, then each layer) when requested;
-    ``attentions``: L tensors ``[b, heads, s, s]`` when an eager model was asked for them."""
+    ``attentions``: L tensors ``[b, heads, s, s]`` when an eager model was asked for them; ``features``: ``[b, s,
+    d_model]`` the input of the output decoder, set (and ``prediction`` / ``token_logits`` None) when a
+    token-predicting model was run with ``decode=False``: :meth:`ModelAdapter.token_logits_at` decodes positions
+    on demand."""
 
-    prediction: torch.Tensor
+    prediction: torch.Tensor | None
     token_logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    features: torch.Tensor | None = None
 
 
 class ModelAdapter(ABC):
@@ -197,8 +202,17 @@ class ModelAdapter(ABC):
         return torch.as_tensor(array, device=self.device, dtype=dtype)
 
     @abstractmethod
-    def forward(self, batch: TokenizedCells, *, output_hidden_states: bool = False, grad: bool = False) -> ModelOutput:
-        """Run one batch (no autograd unless ``grad``)."""
+    def forward(self, batch: TokenizedCells, *, output_hidden_states: bool = False, grad: bool = False,
+                decode: bool = True) -> ModelOutput:
+        """Run one batch (no autograd unless ``grad``). ``decode=False`` lets a token-predicting model stop before
+        its vocabulary-sized decoder (``ModelOutput.features``); a family whose decoder is cheap ignores it."""
+
+    def token_logits_at(self, out: ModelOutput, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``[n, vocab]`` token logits at (``rows``, ``positions``) of ``out`` (token-predicting families), decoded
+        from ``out.features`` when the forward did not decode."""
+        if out.token_logits is None:
+            raise ValueError(f"{self.family} does not predict tokens")
+        return out.token_logits[rows, positions]
 
     @abstractmethod
     def key_mask(self, args: tuple, kwargs: dict) -> torch.Tensor:

@@ -138,7 +138,9 @@ def register(app, store, settings, jobs, exports):
         de = store.table(run_id, "de_results") if store.has_table(run_id, "de_results") else None
         context = RunContext.from_manifest(m, store.panel(run_id))
         results, _fid = live_ablation(context, store.reference_edges(run_id), store.pair_counts(run_id), de, specs,
-                                      n_cells=int(n_cells), progress=lambda f, msg: set_progress((int(100 * f), msg)))
+                                      n_cells=int(n_cells), progress=lambda f, msg: set_progress((int(100 * f), msg)),
+                                      baseline_dir=settings.cache_dir / "live" / run_id,
+                                      baseline_gib=settings.live_baseline_gib)
         results = results.assign(n_cells=int(n_cells))
         index = jobs.get((LIVE_INDEX, run_id), [])
         jobs.set((LIVE_INDEX, run_id), index + results.to_dict("records"))

@@ -31,6 +31,7 @@ class GeneformerSites(SiteMap):
     """BERT encoder sites: separate query / key / value projections under ``attention.self``."""
 
     prefix = "bert.encoder.layer"
+    entry = "bert"
 
     def query(self, layer: int) -> Site:
         return Site(f"{self.prefix}.{layer}.attention.self.query")
@@ -145,18 +146,41 @@ class GeneformerAdapter(ModelAdapter):
                    checkpoint_dir=p)
 
     def forward(self, batch: TokenizedCells, *, output_hidden_states: bool = False, grad: bool = False,
-                output_attentions: bool = False) -> ModelOutput:
+                output_attentions: bool = False, decode: bool = True) -> ModelOutput:
         """Run the masked-LM on one batch; with ``output_attentions`` the model must be eager and the weights
-        ``[batch, heads, seq, seq]`` per layer come back in ``ModelOutput.attentions``."""
+        ``[batch, heads, seq, seq]`` per layer come back in ``ModelOutput.attentions``. ``decode=False`` stops after
+        the MLM head's transform (``features``): the vocabulary-sized decoder is most of a short model's forward at
+        long inputs, and the read-outs need it at few positions (:meth:`token_logits_at`) or not at all
+        (:meth:`output_distance`)."""
         if output_attentions and self.attn_implementation != "eager":
             raise RuntimeError("output_attentions needs attn_implementation='eager' (sdpa returns no weights)")
         with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
-            out = self.model(input_ids=self.as_tensor(batch.input_ids),
-                             attention_mask=self.as_tensor(batch.attention_mask),
-                             output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+            encoded = self.model.bert(self.as_tensor(batch.input_ids),
+                                      attention_mask=self.as_tensor(batch.attention_mask),
+                                      output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                                      return_dict=True)
+            features = self.model.cls.predictions.transform(encoded.last_hidden_state)
+            logits = self.model.cls.predictions.decoder(features) if decode else None
         if output_attentions:
-            assert len(out.attentions) == self.n_layers, "model returned attentions for fewer layers than it has"
-        return ModelOutput(out.logits, out.logits, out.hidden_states, out.attentions if output_attentions else None)
+            assert len(encoded.attentions) == self.n_layers, "model returned attentions for fewer layers than it has"
+        return ModelOutput(logits, logits, encoded.hidden_states, encoded.attentions if output_attentions else None,
+                           None if decode else features)
+
+    def token_logits_at(self, out: ModelOutput, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if out.token_logits is not None:
+            return out.token_logits[rows, positions]
+        with torch.inference_mode():
+            return self.model.cls.predictions.decoder(out.features[rows, positions])
+
+    def _decoder_gram(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(``W^T W`` ``[d, d]``, ``W^T b`` ``[d]``, ``b . b``) of the decoder ``logits = W x + b``, float64, cached
+        until the decoder's weights change in place."""
+        decoder = self.model.cls.predictions.decoder
+        key = (decoder.weight.data_ptr(), decoder.weight._version, decoder.bias.data_ptr(), decoder.bias._version)
+        if getattr(self, "_gram_key", None) != key:
+            w, b = decoder.weight.detach().double(), decoder.bias.detach().double()
+            self._gram, self._gram_key = (w.T @ w, w.T @ b, b @ b), key
+        return self._gram
 
     def key_mask(self, args: tuple, kwargs: dict) -> torch.Tensor:
         mask = kwargs.get("attention_mask")
@@ -168,17 +192,35 @@ class GeneformerAdapter(ModelAdapter):
 
     def masked_prediction(self, out: ModelOutput, batch: TokenizedCells, chosen: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray]:
-        labels = self.as_tensor(np.where(chosen, batch.input_ids, IGNORE))
-        hit = labels != IGNORE
-        logits = out.prediction.float()
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-        loss = (ce * hit).sum(1) / hit.sum(1)
-        accuracy = ((logits.argmax(-1) == labels) & hit).sum(1) / hit.sum(1)
-        return loss.cpu().numpy(), accuracy.cpu().numpy()
+        """Cross-entropy and top-1 accuracy of the logits at the ``chosen`` positions (decoded there only), averaged
+        per cell."""
+        rows, positions = (self.as_tensor(a) for a in np.nonzero(chosen))
+        logits = self.token_logits_at(out, rows, positions).float()
+        labels = self.as_tensor(batch.input_ids)[rows, positions]
+        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none").double()
+        hit = (logits.argmax(-1) == labels).double()
+        n = torch.zeros(len(chosen), dtype=torch.float64, device=self.device).index_add_(0, rows, torch.ones_like(ce))
+        per_cell = [torch.zeros_like(n).index_add_(0, rows, v) / n for v in (ce, hit)]
+        return per_cell[0].cpu().numpy(), per_cell[1].cpu().numpy()
 
     def output_distance(self, out: ModelOutput, base: ModelOutput, keep: torch.Tensor) -> np.ndarray:
-        d = 1 - torch.nn.functional.cosine_similarity(out.prediction.float(), base.prediction.float(), dim=-1,
-                                                      eps=1e-8)
+        """Per cell, mean over real tokens of the logits' cosine distance. Without decoded logits it is computed
+        exactly from the decoder inputs: with ``l = W x + b``, ``l . l' = x^T (W^T W) x' + (W^T b) . (x + x') + b . b``,
+        a ``d x d`` product instead of a ``d x vocab`` one."""
+        if out.token_logits is not None and base.token_logits is not None:
+            d = 1 - torch.nn.functional.cosine_similarity(out.token_logits.float(), base.token_logits.float(), dim=-1,
+                                                          eps=1e-8)
+        else:
+            gram, wb, bb = self._decoder_gram()
+            if out.features is None or base.features is None:
+                raise ValueError("output_distance needs both passes' logits or both passes' decoder inputs")
+            x, y = out.features.double(), base.features.double()
+            xg, yg = x @ gram, y @ gram
+            xu, yu = x @ wb, y @ wb
+            dot = (xg * y).sum(-1) + xu + yu + bb
+            nx, ny = (xg * x).sum(-1) + 2 * xu + bb, (yg * y).sum(-1) + 2 * yu + bb
+            d = 1 - dot / (nx.clamp(min=0).sqrt() * ny.clamp(min=0).sqrt()).clamp(min=1e-8)
+        keep = keep.to(d.dtype)
         return ((d * keep).sum(1) / keep.sum(1)).cpu().numpy()
 
     def save(self, directory: Path) -> None:

@@ -88,7 +88,10 @@ class ScGPTAdapter(ModelAdapter):
             model = model.half()
         return cls(model, device=dev, name=p.name, checkpoint_sha256=digest, args=args, vocab=vocab)
 
-    def forward(self, batch: TokenizedCells, *, output_hidden_states: bool = False, grad: bool = False) -> ModelOutput:
+    def forward(self, batch: TokenizedCells, *, output_hidden_states: bool = False, grad: bool = False,
+                decode: bool = True) -> ModelOutput:
+        """Run one batch. The expression decoder is a per-position MLP to one value, cheap at any length, so it
+        always runs (``decode`` is accepted for the seam and ignored)."""
         if batch.values is None:
             raise ValueError("scGPT needs binned values: tokenise the cells with this adapter's tokenizer")
         with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
