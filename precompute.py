@@ -15,6 +15,7 @@ from pathlib import Path
 
 from analysis.config import load_config
 from analysis.errors import ConfigError, InputError
+from analysis.threads import bound_threads
 
 FLAGS = {  # flag -> dotted config key
     "data": "data.path", "perturbation_col": "data.perturbation_col", "control_label": "data.control_label",
@@ -55,12 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "(any other setting given overrides it and is listed as a deviation)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any config key, e.g. --set train.epochs=4")
+    ap.add_argument("--threads", type=int, help="threads for BLAS, OpenMP and torch (default: the cores this process "
+                                                "may use, from its CPU affinity and cgroup quota)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    n_threads = bound_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     cli = {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None}
     if args.random_weights:
@@ -75,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         cli[key] = value
     try:
         cfg = load_config(args.config, cli)
-        from analysis.stages.pipeline import configs_to_run, run_precompute  # heavy imports after argument errors
-        for run_cfg in configs_to_run(cfg):
-            run_dir = run_precompute(run_cfg, Path(args.cache), progress=not args.quiet)
+        logging.getLogger("precompute").info("thread pools bounded to %d (BLAS, OpenMP, torch)", n_threads)
+        from analysis.stages.pipeline import configs_to_run, run_all  # heavy imports after argument errors
+        for run_dir in run_all(configs_to_run(cfg), Path(args.cache), n_threads=n_threads, progress=not args.quiet):
             print(f"run id: {run_dir.name}\nrun directory: {run_dir}", flush=True)
     except (InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The precompute stages, in order: inputs -> attention -> edges -> ranking -> layer biology -> reference confounds ->
 perturbation -> ablation -> CSSI -> scaling -> statistics registry -> manifest, for one model (:func:`run_precompute`) or, for the embedded default,
-for every model family (:func:`configs_to_run`).
+for every model family (:func:`configs_to_run`), side by side when there are cores for it (:func:`run_all`).
 
 Every input is loaded and validated before anything is written under ``cache/artifacts`` (a bad input leaves no
 trace there). The costly stages (attention extraction, ablation sweep, CSSI) record the hash of their inputs and are
@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +42,31 @@ def configs_to_run(cfg: RunConfig) -> list[RunConfig]:
     families = [f for f in FAMILIES
                 if cfg.train.planted_head < 0 or importlib.import_module(FAMILIES[f]).Adapter.predicts_tokens]
     return [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, family=f)) for f in families]
+
+
+def _worker_init(n_threads: int) -> None:
+    """A run's worker process (:func:`run_all`): its share of the cores, and the parent's log format."""
+    from ..threads import bound_threads
+
+    bound_threads(n_threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_all(cfgs: list[RunConfig], cache: Path, *, n_threads: int, progress: bool = True) -> list[Path]:
+    """Run every config of :func:`configs_to_run`, returning the run directories in order. The embedded default's
+    runs (one per family) are independent and their tiny models use a core poorly, so with at least as many cores
+    as runs each run gets its own process and an equal share of the cores (``n_threads``); the cache's locks
+    already let two precomputes share the embedded dataset. Progress bars are off there (they would interleave);
+    the stage log stays."""
+    workers = min(len(cfgs), n_threads)
+    if workers < 2:
+        return [run_precompute(cfg, cache, progress=progress) for cfg in cfgs]
+    log.info("%d runs in %d processes, %d thread(s) each", len(cfgs), workers, n_threads // workers)
+    context = multiprocessing.get_context("spawn")   # a fresh interpreter: no thread pool or lock copied mid-use
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(n_threads // workers,)) as pool:
+        futures = [pool.submit(run_precompute, cfg, cache, False) for cfg in cfgs]
+        return [f.result() for f in futures]
 
 
 def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds: float) -> dict:
