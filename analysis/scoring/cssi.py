@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import DIRECTIONS
-from .edges import spearman_matrix
+from .edges import SubsetSpearman
 from .ranking import (Universe, auroc_from_ranks, f1_from_hits, ranks_and_order, top_k_f1,
                       universe_from_labels)
 
@@ -42,18 +42,28 @@ def aggregate(strata: np.ndarray, pooled: np.ndarray, how: str) -> np.ndarray:
     """Aggregate per-stratum scores ``[K, ...]`` into ``[...]`` (module doc); NaN where no stratum has a value."""
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    return aggregate_all(strata, pooled, (how,))[how]
+
+
+def aggregate_all(strata: np.ndarray, pooled: np.ndarray, hows: tuple[str, ...] = AGGREGATIONS
+                  ) -> dict[str, np.ndarray]:
+    """:func:`aggregate` for each of ``hows``, sharing the masks and the maximum between them."""
     valid = ~np.isnan(strata)
     any_valid = valid.any(axis=0)
-    hi = np.where(valid, strata, -np.inf).max(axis=0)
-    if how == "max":
-        out = hi
-    elif how == "mean":
-        out = np.where(valid, strata, 0.0).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
-    elif how == "range":
-        out = hi - np.where(valid, strata, np.inf).min(axis=0)
-    else:
-        out = np.where(valid, np.abs(strata - pooled), -np.inf).max(axis=0)
-    return np.where(any_valid, out, np.nan)
+    filled = np.where(valid, strata, -np.inf)
+    hi = filled.max(axis=0)
+    out = {}
+    for how in hows:
+        if how == "max":
+            value = hi
+        elif how == "mean":
+            value = np.where(valid, strata, 0.0).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
+        elif how == "range":
+            value = hi - np.where(valid, strata, np.inf).min(axis=0)
+        else:
+            value = np.where(valid, np.abs(strata - pooled), -np.inf).max(axis=0)
+        out[how] = np.where(any_valid, value, np.nan)
+    return out
 
 
 def group_to_strata(values: np.ndarray, assignment: np.ndarray, n_strata: int) -> np.ndarray:
@@ -130,15 +140,17 @@ class PairSet:
         return int(self.labels.sum())
 
 
-def spearman_by_stratum(x: np.ndarray, labels: np.ndarray, n_strata: int, columns: np.ndarray,
+def spearman_by_stratum(x: np.ndarray | SubsetSpearman, labels: np.ndarray, n_strata: int, columns: np.ndarray,
                         min_cells: int = 3) -> np.ndarray:
     """``[n_strata, len(columns)]`` Spearman correlation within each stratum of cells (``labels`` ``[cells]``) at
-    the flat pair ``columns``; NaN for strata with fewer than ``min_cells`` cells and for constant genes."""
+    the flat pair ``columns``; NaN for strata with fewer than ``min_cells`` cells and for constant genes. ``x``: the
+    expression ``[cells, G]``, or a :class:`~analysis.scoring.edges.SubsetSpearman` of it (reused across calls)."""
+    ranker = x if isinstance(x, SubsetSpearman) else SubsetSpearman(x)
     out = np.full((n_strata, columns.size), np.nan)
     for s in range(n_strata):
         member = labels == s
         if member.sum() >= min_cells:
-            out[s] = spearman_matrix(x[member]).ravel()[columns]
+            out[s] = ranker.pairs(member, columns)
     return out
 
 
@@ -183,10 +195,16 @@ class CSSIData:
     pairs: PairSet
     sites: pd.DataFrame
     top_k: int
+    spearman: SubsetSpearman | None = None
 
     @property
     def n_fine(self) -> int:
         return int(self.fine.max()) + 1
+
+    @cached_property
+    def ranker(self) -> SubsetSpearman:
+        """Per-stratum Spearman over :attr:`expression`: ``spearman`` when the source shared one, else built once."""
+        return self.spearman or SubsetSpearman(self.expression)
 
     @cached_property
     def pooled(self) -> np.ndarray:
@@ -201,7 +219,9 @@ class CSSIData:
         w = np.asarray(weights, dtype=np.float64)
         sums = (w @ self.group_sums.reshape(w.size, -1)).reshape(self.group_sums.shape[1:])     # [S_att, C]
         att = mean_scores(sums[None], (w @ self.group_counts)[None])[0]
-        corr = spearman_by_stratum(self.expression[cells], np.zeros(cells.size, int), 1, self.pairs.columns)
+        cells = np.asarray(cells)
+        corr = (self.ranker.pairs(cells, self.pairs.columns) if cells.size >= 3
+                else np.full(self.pairs.columns.size, np.nan))[None]
         return self.pairs.orient(np.concatenate([att, corr, np.abs(corr)], axis=0))
 
     @cached_property
@@ -214,7 +234,7 @@ class CSSIData:
         stratum of each group or -1; ``cell_labels``: stratum of each cell, for Spearman)."""
         att = mean_scores(group_to_strata(self.group_sums, group_assignment, n_strata),
                           group_to_strata(self.group_counts, group_assignment, n_strata))
-        corr = spearman_by_stratum(self.expression, cell_labels, n_strata, self.pairs.columns)
+        corr = spearman_by_stratum(self.ranker, cell_labels, n_strata, self.pairs.columns)
         return self.pairs.orient(np.concatenate([att, corr[:, None, :], np.abs(corr)[:, None, :]], axis=1))
 
     def score(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int, *,
@@ -223,8 +243,8 @@ class CSSIData:
         strata = self.stratum_scores(group_assignment, cell_labels, n_strata)
         y = self.pairs.labels
         out = {"pooled": self.pooled_recovery}
-        for how in AGGREGATIONS:
-            out[how] = recovery(aggregate(strata, self.pooled, how), y, self.top_k, with_ranks=with_ranks)
+        for how, scores in aggregate_all(strata, self.pooled).items():
+            out[how] = recovery(scores, y, self.top_k, with_ranks=with_ranks)
         return out
 
 
@@ -240,6 +260,11 @@ class CSSISource:
     fine: np.ndarray
     random_group: np.ndarray
     layers: tuple[int, ...]
+    spearman: SubsetSpearman | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.spearman is None:   # one ranker for every pair set and copy sliced from this source
+            object.__setattr__(self, "spearman", SubsetSpearman(self.expression))
 
     @property
     def sites(self) -> pd.DataFrame:
@@ -259,7 +284,7 @@ class CSSISource:
         counts = np.asarray(self.group_counts).reshape(g, -1)[:, pairs.columns]
         return CSSIData(np.ascontiguousarray(site_sums(flat)), np.ascontiguousarray(counts, dtype=np.float64),
                         self.expression, self.fine, self.random_group, pairs, self.sites,
-                        top_k or pairs.top_k)
+                        top_k or pairs.top_k, self.spearman)
 
 
 def permuted_pairs(labels_all: np.ndarray, observed: np.ndarray, direction: str, rng: np.random.Generator

@@ -78,6 +78,53 @@ def spearman_matrix(x: np.ndarray) -> np.ndarray:
         return (r.T @ r) / np.outer(norm, norm)
 
 
+class SubsetSpearman:
+    """Spearman correlations within many subsets of the same cells ``x`` ``[cells, G]`` (CSSI's strata, random strata
+    and bootstrap draws), equal to :func:`spearman_matrix` of ``x[subset]`` at the asked pairs.
+
+    Each gene's values are coded once by their order over all cells (equal values, equal code); a subset's average
+    ranks are then counts of codes, ``rank = #{smaller} + (#{equal} + 1) / 2``, from one ``bincount`` over ``[n, G]``
+    instead of a sort per gene and subset, and only the rows of the asked pairs are multiplied. When ``G x``
+    (distinct values per gene) exceeds ``max_bins`` the subset is ranked by sorting instead (same numbers)."""
+
+    def __init__(self, x: np.ndarray, max_bins: int = 20_000_000):
+        self.x = np.asarray(x, dtype=np.float64)
+        n, g = self.x.shape
+        order = np.argsort(self.x, axis=0, kind="stable")
+        ordered = np.take_along_axis(self.x, order, axis=0)
+        new = np.ones_like(ordered, dtype=bool)
+        new[1:] = ordered[1:] != ordered[:-1]
+        dense = np.cumsum(new, axis=0) - 1
+        self.width = int(dense[-1].max()) + 1 if n else 1
+        self.n_genes = g
+        self.codes = None
+        if g * self.width <= max_bins:
+            codes = np.empty_like(dense)
+            np.put_along_axis(codes, order, dense, axis=0)
+            self.codes = codes + np.arange(g) * self.width
+
+    def ranks(self, cells: np.ndarray) -> np.ndarray:
+        """``[n, G]`` average ranks (1-based) of each gene over ``cells`` (indices, repeats allowed, or a mask)."""
+        if self.codes is None:
+            return rankdata(self.x[cells], axis=0)
+        codes = self.codes[cells]
+        count = np.bincount(codes.ravel(), minlength=self.n_genes * self.width).reshape(self.n_genes, self.width)
+        smaller = (np.cumsum(count, axis=1) - count).ravel()
+        return smaller[codes] + (count.ravel()[codes] + 1) / 2
+
+    def pairs(self, cells: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """``[len(columns)]`` Spearman rho over ``cells`` at flat ``[G * G]`` pair indices ``columns`` (NaN where a
+        gene is constant over those cells)."""
+        r = self.ranks(cells)
+        r -= r.mean(axis=0)
+        norm = np.sqrt((r ** 2).sum(axis=0))
+        row, col = np.divmod(columns, self.n_genes)
+        rows, where = np.unique(row, return_inverse=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            block = (r[:, rows].T @ r) / np.outer(norm[rows], norm)                      # [rows, G]
+        return block[where, col]
+
+
 def spearman_edges(cells: CellData, panel: pd.DataFrame) -> EdgeScores:
     """Spearman correlation across all cells between panel genes (symmetric; constant genes score 0)."""
     corr = np.nan_to_num(spearman_matrix(expression_matrix(cells, panel["gene_id"].to_numpy())), nan=0.0)

@@ -176,3 +176,24 @@ def test_synthetic_validation_improves_on_pooled():
     for source, grp in table.groupby("strata"):
         assert grp["cssi_f1"].mean() > grp["pooled_f1"].mean(), source
         assert grp["cssi_auroc"].mean() > grp["pooled_auroc"].mean(), source
+
+
+@pytest.mark.parametrize("max_bins", [20_000_000, 1])     # counted ranks, and the sorting fallback
+def test_subset_spearman_equals_scipy_on_subsets_with_ties_repeats_and_constant_genes(max_bins):
+    from scipy.stats import spearmanr
+    from analysis.scoring.edges import SubsetSpearman
+    rng = np.random.default_rng(4)
+    x = rng.poisson(1.0, (80, 7)).astype(float)            # many ties
+    x[:, 3] = rng.normal(size=80)                          # no ties
+    x[:40, 5] = 2.0                                        # constant on the first half
+    ranker = SubsetSpearman(x, max_bins=max_bins)
+    columns = np.array([0 * 7 + 1, 3 * 7 + 6, 5 * 7 + 2, 6 * 7 + 3, 2 * 7 + 2])
+    for cells in (np.arange(40), rng.choice(80, 60, replace=True), np.arange(80) % 3 == 0):
+        got = ranker.pairs(cells, columns)
+        sub = x[cells]
+        for value, c in zip(got, columns):
+            i, j = divmod(int(c), 7)
+            if np.ptp(sub[:, i]) == 0 or np.ptp(sub[:, j]) == 0:
+                assert np.isnan(value)
+            else:
+                assert value == pytest.approx(spearmanr(sub[:, i], sub[:, j]).statistic, abs=1e-12)
