@@ -201,8 +201,8 @@ def _read_out(adapter: ModelAdapter, inputs: AblationInputs, sub: TokenizedCells
             block = panel_rows_attention(cap[(inputs.readout_layer, "query")], cap[(inputs.readout_layer, "key")],
                                          mask, pb.positions, adapter.n_heads)
         masked_out = adapter.forward(masked, decode=False)
-    vals = block[pb.pair_cell, :, pb.pair_row, pb.pair_col].double().cpu().numpy()
-    np.add.at(acc.sums.T, pb.pair_flat.cpu().numpy(), vals)
+    vals = block[pb.pair_cell, :, pb.pair_row, pb.pair_col].double().cpu()                      # [pairs, heads]
+    torch.from_numpy(acc.sums).index_add_(1, pb.pair_flat.cpu(), vals.T)   # in place; np.add.at was 1/4 of a sweep
     acc.loss[idx], acc.accuracy[idx] = adapter.masked_prediction(masked_out, sub, chosen)
     base = base or out
     for layer, (h, hb) in enumerate(zip(out.hidden_states, base.hidden_states)):
@@ -251,7 +251,7 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
             chosen = inputs.chosen[idx, :sub.input_ids.shape[1]]
             masked = adapter.masked(sub, chosen)
             pb = panel_batch(sub.gene_index, panel_of_gene, g, adapter.device)
-            np.add.at(counts, pb.pair_flat.cpu().numpy(), 1)
+            counts += np.bincount(pb.pair_flat.cpu().numpy(), minlength=g * g)
             common = dict(head_means=head_means, targets=targets)
             if reuse:
                 base = _stored_output(adapter, *baseline.read_batch(number), kind)
