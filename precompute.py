@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="any config key, e.g. --set train.epochs=4")
     ap.add_argument("--threads", type=int, help="threads for BLAS, OpenMP and torch (default: the cores this process "
                                                 "may use, from its CPU affinity and cgroup quota)")
+    ap.add_argument("--scheduler", help="address of a dask.distributed scheduler: attention is extracted in shards on "
+                                        "its workers")
+    ap.add_argument("--workers", type=int, help="extract attention on a local Dask cluster of this many processes")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
@@ -80,9 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, cli)
         logging.getLogger("precompute").info("thread pools bounded to %d (BLAS, OpenMP, torch)", n_threads)
+        from analysis.stages.distributed import connect
         from analysis.stages.pipeline import configs_to_run, run_all  # heavy imports after argument errors
-        for run_dir in run_all(configs_to_run(cfg), Path(args.cache), n_threads=n_threads, progress=not args.quiet):
-            print(f"run id: {run_dir.name}\nrun directory: {run_dir}", flush=True)
+        client = connect(args.scheduler, args.workers)
+        try:
+            for run_dir in run_all(configs_to_run(cfg), Path(args.cache), n_threads=n_threads,
+                                   progress=not args.quiet, client=client):
+                print(f"run id: {run_dir.name}\nrun directory: {run_dir}", flush=True)
+        finally:
+            if client is not None and args.scheduler:
+                client.close()            # the user's cluster stays up
+            elif client is not None:
+                client.shutdown()         # ours: scheduler and workers end with the precompute
     except (InputError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

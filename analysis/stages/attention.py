@@ -4,6 +4,7 @@ layer-mean attention, and the Spearman-correlation baseline over the same panel 
 control cells by default, as the paper; sections 2.1, 2.3)."""
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
@@ -18,8 +19,9 @@ from .inputs import Inputs
 from .timing import timed
 
 
-def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool) -> tuple[AttentionStore, str]:
-    """The pooled store (extracted, or reloaded when a killed run already finished it) and the stage key."""
+def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool, client=None) -> tuple[AttentionStore, str]:
+    """The pooled store (extracted, or reloaded when a killed run already finished it) and the stage key; with a
+    Dask ``client``, extracted in shards on its cluster (:mod:`.distributed`; a resumed run keeps finished shards)."""
     key = stable_hash({"run": run_key, "stage": "attention"})
     t0 = time.perf_counter()
     if writer.is_done("attention", key):
@@ -29,9 +31,19 @@ def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool) -> tuple[A
     tokens = inp.attention_tokens
     with timed(f"attention ({tokens.n_cells} {inp.cfg.extraction.cells} cells, {len(inp.panel)} panel genes, "
                f"{inp.adapter.device})"):
-        store = extract_attention(inp.adapter, tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
-                                  progress=progress)
+        if client is None:
+            store = extract_attention(inp.adapter, tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
+                                      progress=progress)
+        else:
+            from .distributed import ModelSpec, extract_distributed
+
+            m = inp.cfg.model
+            spec = ModelSpec.of(inp.adapter, inp.model_dir, m.device, m.random_init, m.seed)
+            store = extract_distributed(client, spec, tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
+                                        work_dir=writer.dir / "attention_shards")
+            store.params["model"] = inp.adapter.name
         store.save(writer.dir)
+        shutil.rmtree(writer.dir / "attention_shards", ignore_errors=True)
     writer.mark_done("attention", key, time.perf_counter() - t0)
     return store, key
 

@@ -52,15 +52,15 @@ def _worker_init(n_threads: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
 
 
-def run_all(cfgs: list[RunConfig], cache: Path, *, n_threads: int, progress: bool = True) -> list[Path]:
+def run_all(cfgs: list[RunConfig], cache: Path, *, n_threads: int, progress: bool = True, client=None) -> list[Path]:
     """Run every config of :func:`configs_to_run`, returning the run directories in order. The embedded default's
     runs (one per family) are independent and their tiny models use a core poorly, so with at least as many cores
     as runs each run gets its own process and an equal share of the cores (``n_threads``); the cache's locks
     already let two precomputes share the embedded dataset. Progress bars are off there (they would interleave);
-    the stage log stays."""
+    the stage log stays. With a Dask ``client`` the runs take turns and share its cluster for extraction."""
     workers = min(len(cfgs), n_threads)
-    if workers < 2:
-        return [run_precompute(cfg, cache, progress=progress) for cfg in cfgs]
+    if workers < 2 or client is not None:
+        return [run_precompute(cfg, cache, progress=progress, client=client) for cfg in cfgs]
     log.info("%d runs in %d processes, %d thread(s) each", len(cfgs), workers, n_threads // workers)
     context = multiprocessing.get_context("spawn")   # a fresh interpreter: no thread pool or lock copied mid-use
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
@@ -91,8 +91,9 @@ def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds:
     }
 
 
-def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
-    """Run every stage for ``cfg`` (one model) into ``cache``; returns the run directory."""
+def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=None) -> Path:
+    """Run every stage for ``cfg`` (one model) into ``cache``; returns the run directory. ``client``: a Dask client
+    whose cluster extracts attention (:mod:`.distributed`)."""
     t_start = time.perf_counter()
     with timed("inputs"):
         inp = resolve_inputs(cfg, cache, progress=progress)
@@ -102,7 +103,7 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True) -> Path:
         if waited and (finished := _finished(cache, run_id, run_key)) is not None:
             log.info("run %s was just written by the precompute this one waited for; reusing it", run_id)
             return finished
-        return _write_run(inp, cache, run_id, run_key, t_start, progress)
+        return _write_run(inp, cache, run_id, run_key, t_start, progress, client)
 
 
 def _finished(cache: Path, run_id: str, run_key: str) -> Path | None:
@@ -114,12 +115,13 @@ def _finished(cache: Path, run_id: str, run_key: str) -> Path | None:
         return None
 
 
-def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: float, progress: bool) -> Path:
+def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: float, progress: bool,
+               client=None) -> Path:
     """Every stage after the inputs, into the run's partial directory, published as complete at the end."""
     writer = RunWriter(cache, run_id).open()
     log.info("run %s -> %s", writer.run_id, writer.final)
     try:
-        store, key = attention.run(inp, writer, run_key, progress)
+        store, key = attention.run(inp, writer, run_key, progress, client)
         att_edges, corr_edges = attention.edges(inp, store, writer, key)
         head_ranking = ranking.run(inp, att_edges, corr_edges, writer, key)
         registry = ranking.registry(head_ranking, inp.readout_layer)
