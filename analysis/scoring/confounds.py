@@ -26,12 +26,21 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .ranking import auroc_from_ranks, average_precision
 
 GENE_FEATURES = ("mean", "variance", "detection")
 SPLITS = ("perturbation", "gene", "joint")
 MODELS = ("logistic", "gbdt")
+
+# scikit-learn's histogram gradient boosting opens an OpenMP parallel region per tree node; on small tables its
+# threads spend their time at the barriers, and far longer whenever another runtime (torch's OpenMP, loaded in the
+# same process) or another process holds a core. So every fit below runs on one OpenMP thread, whoever calls it.
+# Measured on this 2-core machine: the perturbation stage on the 150-cell test screen 15.3 s with two threads, 12.3 s
+# with one; 93 s with two and 12.1 s with one after the app's modules were imported; the 400-cell protocol test
+# 91 s in the suite after the browser tests with two threads (15.9 s alone).
+_one_openmp_thread = threadpool_limits.wrap(limits=1, user_api="openmp")
 
 
 def observation_table(de_table: pd.DataFrame, features: pd.DataFrame, edge_columns: dict[str, pd.DataFrame]
@@ -103,6 +112,7 @@ def _metrics(y, p, members, recall, picks=None) -> dict[str, float]:
             "recall_at_10": float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan}
 
 
+@_one_openmp_thread
 def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS, splits=SPLITS,
                       n_splits: int = 5, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Out-of-fold performance of every (split, model, feature set) and bootstrap CIs of gene+edge - gene-only.
@@ -162,6 +172,7 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
     return pd.DataFrame(rows)
 
 
+@_one_openmp_thread
 def residualise(scores: np.ndarray, covariates: np.ndarray, labels: np.ndarray, *, model: str = "ols",
                 n_splits: int = 5, seed: int = 0) -> dict[str, float]:
     """Cross-fitted residual AUROC of pair ``scores`` ``[N]`` on ``covariates`` ``[N, C]`` against ``labels``."""

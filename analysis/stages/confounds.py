@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from ..config import PerturbationConfig
 from ..io.artifacts import RunWriter
@@ -71,9 +70,9 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
 
 
 def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWriter, key: str) -> StatsRegistry:
-    """Run on a run's inputs and write the tables (OpenMP held to one thread: see analysis.stages.perturbation)."""
+    """Run on a run's inputs and write the tables (the models' fits on one OpenMP thread: analysis.scoring.confounds)."""
     t0 = time.perf_counter()
-    with timed("reference confounds"), threadpool_limits(1, user_api="openmp"):
+    with timed("reference confounds"):
         tables, reg = run(inp.attention_cell_data, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
                           inp.readout_layer)
         for name, frame in tables.items():

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
-from threadpoolctl import threadpool_limits
 
 import time
 
@@ -296,14 +295,10 @@ def constructed_edges(cfg: RunConfig, cells: CellData, panel: pd.DataFrame) -> d
 
 
 def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWriter, key: str) -> PerturbationResults:
-    """Run the stage on a run's inputs and write its tables.
-
-    OpenMP is held to one thread here: the confound models (scikit-learn's histogram gradient boosting) spin at
-    OpenMP barriers whenever another OpenMP runtime (torch's, loaded in the same process) or another process holds
-    the cores. Measured on this 2-core machine, the stage on the 150-cell test screen: 15.3 s with two threads and
-    12.3 s with one; 93 s with two and 12.1 s with one when the app's modules were imported first."""
+    """Run the stage on a run's inputs and write its tables (the confound models' fits run on one OpenMP thread:
+    see analysis.scoring.confounds)."""
     t0 = time.perf_counter()
-    with timed("perturbation"), threadpool_limits(1, user_api="openmp"):
+    with timed("perturbation"):
         embedded = inp.provenance.get("data") == "embedded simulation"
         planted = constructed_edges(inp.cfg, inp.cells, inp.panel) if embedded else None
         result = run(inp.cells, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
