@@ -86,10 +86,13 @@ def _run_job(cache, job_fn, job_args, slots: Path, n_slots: int) -> None:
     job_fn(*job_args)
 
 
-def _launch_loop(cache, registry: dict, connection, slots: Path, n_slots: int) -> None:
+def _launch_loop(cache, registry: dict, connection, server_end, slots: Path, n_slots: int) -> None:
     """The launcher: fork one worker per request ``(registry key, job args)`` and answer with its pid, until the
-    server closes the pipe. Finished workers are reaped by the kernel (SIGCHLD ignored), so a pid that is gone means
-    the job ended, as Dash's ``job_running`` expects."""
+    server's end of the pipe closes (``stop_launcher``, or the server ended, killed or not). Its copy of that end,
+    inherited by the fork, is closed first: while any copy is open the launcher never sees the end of the pipe and
+    outlives the server. Finished workers are reaped by the kernel (SIGCHLD ignored), so a pid that is gone means the
+    job ended, as Dash's ``job_running`` expects."""
+    server_end.close()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     while True:
         try:
@@ -155,7 +158,8 @@ class ForkSafeDiskcacheManager(DiskcacheManager):
             raise RuntimeError("the job launcher is already running")
         server_end, launcher_end = multiprocessing.Pipe()
         process = multiprocessing.get_context("fork").Process(
-            target=_launch_loop, args=(self.handle, dict(self.func_registry), launcher_end, self._slots, self.max_jobs),
+            target=_launch_loop,
+            args=(self.handle, dict(self.func_registry), launcher_end, server_end, self._slots, self.max_jobs),
             name="dash-job-launcher", daemon=True)
         # Forked from a thread that has never run an OpenMP region: GNU OpenMP keeps its worker pool per thread,
         # and a child forked from a thread whose pool exists waits forever on the pool's (absent) threads at its

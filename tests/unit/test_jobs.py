@@ -180,3 +180,39 @@ def psutil_running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+SERVER = """
+import sys, time, diskcache
+from app.jobs import ForkSafeDiskcacheManager
+manager = ForkSafeDiskcacheManager(diskcache.Cache(sys.argv[1]))
+manager.start_launcher()
+print(manager._launcher.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_launcher_ends_with_its_server(tmp_path):
+    """A server ended by SIGTERM runs no cleanup: its launcher must still go (it sees the pipe close), or every
+    `python -m app` stopped so leaves a process behind. stop_launcher's own shutdown is prompt too."""
+    import subprocess
+    import sys
+
+    import psutil
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "jobs")], cwd=root,
+                              stdout=subprocess.PIPE, text=True)
+    launcher = psutil.Process(int(server.stdout.readline()))
+    server.terminate()
+    server.wait(30)
+    try:
+        launcher.wait(10)
+    except psutil.TimeoutExpired:
+        launcher.kill()
+        pytest.fail("the launcher outlived its server by 10 s")
+    manager = ForkSafeDiskcacheManager(diskcache.Cache(str(tmp_path / "jobs2")))
+    manager.start_launcher()
+    process = manager._launcher
+    started = time.monotonic()
+    manager.stop_launcher()
+    assert not process.is_alive() and time.monotonic() - started < 5
