@@ -17,6 +17,7 @@ from .jobs import ForkSafeDiskcacheManager
 from .pages import ablation, claims, compare, confounds, cssi, gene, heads, layers, overview, perturbation, statistics
 from .security import refuse_foreign_hosts
 from .settings import PROJECT_ROOT, AppSettings
+from .timing import report_server_time
 
 PAGES = (overview, heads, layers, ablation, cssi, perturbation, confounds, compare, claims, statistics, gene)
 
@@ -66,6 +67,7 @@ def create_app(settings: AppSettings | None = None) -> Dash:
                suppress_callback_exceptions=True, title="scFM attention explorer",
                background_callback_manager=manager)
     exports = FigureExports(jobs, max_points=settings.export_max_points)
+    report_server_time(app.server)
     refuse_foreign_hosts(app.server, settings.allowed_hosts())
     for page in PAGES:
         dash.register_page(page.__name__, path=page.PATH, name=page.NAME, layout=page.layout)
