@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import shutil
 import socket
-import threading
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
-
-from app.main import create_app
-from app.settings import AppSettings
 
 selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items):
@@ -26,23 +27,39 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.skip(reason="Debian chromium + chromium-driver not installed"))
 
 
-@pytest.fixture(scope="session")
-def server(embedded_cache):
-    cache, runs = embedded_cache
+def serve_app(cache: Path, run_id: str) -> tuple[subprocess.Popen, str]:
+    """``python -m app`` serving ``cache`` (opening on ``run_id``) on a free port in its own process, as the README
+    serves it (its own thread bounds, job launcher and workers: nothing of it stays in the test process); (the
+    server process, its base url) once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(AppSettings(cache_dir=cache, port=port, run_id=runs["geneformer"].name))
-    srv = make_server("127.0.0.1", port, app.server, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    srv.shutdown()
+    server = subprocess.Popen([sys.executable, "-m", "app", "--cache", str(cache), "--port", str(port), "--run", run_id],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+                if answer.status == 200:
+                    return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.3)
+    server.kill()
+    raise RuntimeError(f"the app serving {cache} did not answer within 120 s (exit code {server.poll()})")
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory):
-    downloads = tmp_path_factory.mktemp("downloads")
+def server(embedded_cache):
+    cache, runs = embedded_cache
+    process, url = serve_app(cache, runs["geneformer"].name)
+    yield url
+    process.terminate()
+    process.wait(30)
+
+
+def headless_chromium(downloads, performance_log: bool = False):
+    """A headless Chromium (its profile and downloads under ``downloads``); ``performance_log``: keep the DevTools
+    network events, for ``driver.get_log("performance")`` (the app's load test records its callbacks so)."""
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -50,11 +67,27 @@ def browser(tmp_path_factory):
         opts.add_argument(arg)
     opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                            "download.prompt_for_download": False})
+    if performance_log:
+        opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
+    return driver
+
+
+@pytest.fixture(scope="session")
+def session_browser(tmp_path_factory):
+    driver = headless_chromium(tmp_path_factory.mktemp("downloads"))
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def browser(session_browser):
+    """The session's Chromium, left on a blank page after each test: a Dash page left open keeps polling the server
+    (job progress, intervals) through every test that follows."""
+    yield session_browser
+    session_browser.get("about:blank")
 
 
 def graph_selector(name: str) -> str:
