@@ -179,6 +179,7 @@ class LiveAblation:
         self.clicked = time.perf_counter()
 
     def start(self) -> None:
+        from selenium.common.exceptions import ElementClickInterceptedException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
         self.driver.get(self.url + "/ablation")
@@ -186,18 +187,13 @@ class LiveAblation:
         wait.until(lambda d: len(trace_types(d, "abl-dose")) > 0 and len(trace_types(d, "abl-fidelity")) > 0)
         wait.until(lambda d: "Heads ranked" in d.find_element(By.ID, "abl-note").text)
         time.sleep(1)   # the page has laid out: the dropdown does not move under the click
-        from selenium.common.exceptions import ElementClickInterceptedException
         for head in self.heads:
-            for attempt in range(5):   # the page may still be laying out a figure over the dropdown
+            for attempt in range(5):   # seen on the embedded run: the first clicks land on the page still settling
                 try:
                     choose(self.driver, "abl-heads", head)
                     break
                 except ElementClickInterceptedException:
                     if attempt == 4:
-                        self.driver.save_screenshot("/tmp/x/fail.png")
-                        print(self.driver.execute_script(
-                            "return [window.scrollY, document.body.scrollHeight, window.innerHeight, "
-                            "document.elementFromPoint(230, window.innerHeight - 5).outerHTML.slice(0, 400)]"))
                         raise
                     time.sleep(2)
         self._click_run()

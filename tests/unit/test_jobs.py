@@ -194,7 +194,7 @@ time.sleep(600)
 
 def test_launcher_ends_with_its_server(tmp_path):
     """A server ended by SIGTERM runs no cleanup: its launcher must still go (it sees the pipe close), or every
-    `python -m app` stopped so leaves a process behind. stop_launcher's own shutdown is prompt too."""
+    `python -m app` stopped so leaves a process behind. stop_launcher ends it too (at the pipe's end)."""
     import subprocess
     import sys
 
@@ -213,6 +213,5 @@ def test_launcher_ends_with_its_server(tmp_path):
     manager = ForkSafeDiskcacheManager(diskcache.Cache(str(tmp_path / "jobs2")))
     manager.start_launcher()
     process = manager._launcher
-    started = time.monotonic()
-    manager.stop_launcher()
-    assert not process.is_alive() and time.monotonic() - started < 5
+    manager.stop_launcher()                 # joins for at most 10 s, killing nothing: alive after it = never ended
+    assert not process.is_alive() and process.exitcode == 0

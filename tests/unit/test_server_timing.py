@@ -30,5 +30,5 @@ def test_server_timing_header_measures_the_view():
         match = re.fullmatch(r"app;dur=(\d+\.\d+)", header)
         assert match, header
         durations[path] = float(match.group(1))
-    assert durations["/slow"] >= 50 and durations["/fast"] >= 0   # the sleep is inside what is timed
+    assert durations["/slow"] >= 50   # the view's sleep is inside what is timed
     assert client.get("/missing").headers["Server-Timing"].startswith("app;dur=")   # errors are timed too
