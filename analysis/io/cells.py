@@ -3,21 +3,29 @@
 Both model families tokenise raw counts themselves (Geneformer normalises by total counts and gene medians; scGPT
 bins each cell's values), Geneformer looks genes up by Ensembl id and scGPT by symbol, and the per-cell total count
 over *all* genes (``obs['n_counts']``) is computed here when absent. Every stored count is checked (finite,
-non-negative, integer). Every problem raises :class:`InputError` naming what is wrong and what to do.
+non-negative, integer) in one pass over row blocks, so a screen too large to hold is validated from disk
+(:mod:`analysis.io.backed`). Every problem raises :class:`InputError` naming what is wrong and what to do.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from anndata.io import read_elem
+
 from ..errors import InputError
+from . import backed as on_disk
+from .backed import BackedCounts, row_blocks, stored_bytes, take_rows
+from .moments import GroupMoments, moments_of
 
 ENSEMBL_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "ensembl")
 SYMBOL_COLUMNS = ("symbol", "gene_symbol", "gene_symbols", "feature_name", "gene_name")
@@ -25,14 +33,16 @@ SYMBOL_COLUMNS = ("symbol", "gene_symbol", "gene_symbols", "feature_name", "gene
 
 @dataclass(frozen=True)
 class CellData:
-    """Validated cells. ``counts`` is CSR ``[cells, genes]`` of raw integer counts; ``gene_ids`` are Ensembl-style
+    """Validated cells. ``counts`` is CSR ``[cells, genes]`` of raw integer counts (or, for a screen too large to
+    hold, :class:`analysis.io.backed.BackedCounts` on disk: every reader goes through ``row_blocks`` / ``take_rows``
+    or ``counts[:, cols]``); ``gene_ids`` are Ensembl-style
     ids (what Geneformer's dictionaries are keyed by; the symbols themselves when the data has none and the model
     does not need them), ``symbols`` upper-cased gene symbols (how reference networks name genes) and
     ``raw_symbols`` the symbols as the data (or the symbol table) writes them (scGPT matches them case-sensitively),
     all length ``genes``; ``obs`` has one row per cell and always an ``n_counts`` column (total counts over all
     genes)."""
 
-    counts: sp.csr_matrix
+    counts: sp.csr_matrix | BackedCounts
     gene_ids: np.ndarray
     symbols: np.ndarray
     obs: pd.DataFrame
@@ -47,7 +57,15 @@ class CellData:
 
     def subset(self, idx: np.ndarray) -> "CellData":
         """Cells ``idx`` (indices or a boolean mask), every gene kept."""
-        return dataclasses.replace(self, counts=self.counts[idx], obs=self.obs.iloc[idx])
+        return dataclasses.replace(self, counts=take_rows(self.counts, idx), obs=self.obs.iloc[idx])
+
+    @cached_property
+    def moments(self) -> GroupMoments:
+        """Per-group log1p CP10k moments over every gene (:mod:`analysis.io.moments`), one group per perturbation
+        label (one group, ``all``, without a perturbation column): one streamed pass, made once and shared by DE, the
+        on-target check, HVG selection and detection counts."""
+        labels = None if self.perturbation_col is None else self.obs[self.perturbation_col].astype(str).to_numpy()
+        return moments_of(self, labels)
 
     def controls(self) -> "CellData":
         """The control cells only (the cells the correlation edges and gene-level baselines are computed on)."""
@@ -81,38 +99,66 @@ class CellData:
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
     """Read an .h5ad file, turning every failure into a clear :class:`InputError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"data file {p} does not exist")
+    p = _existing(path)
     try:
         return ad.read_h5ad(p)
     except Exception as exc:  # h5py/anndata raise many types for a non-h5ad file
-        raise InputError(f"{p} is not a readable AnnData .h5ad file ({type(exc).__name__}: {exc}). "
-                         "Save your cells with adata.write_h5ad(...) and pass that file.") from exc
+        raise _unreadable(p, exc) from exc
 
 
-def _raw_counts(adata: ad.AnnData) -> sp.csr_matrix:
-    """Raw counts from ``layers['counts']`` or ``X``; reject normalised or log-transformed values."""
+def _existing(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"data file {p} does not exist")
+    return p
+
+
+def _unreadable(p: Path, exc: Exception) -> InputError:
+    return InputError(f"{p} is not a readable AnnData .h5ad file ({type(exc).__name__}: {exc}). "
+                      "Save your cells with adata.write_h5ad(...) and pass that file.")
+
+
+def _raw_counts(adata: ad.AnnData) -> tuple[sp.csr_matrix, str]:
+    """The in-memory counts, ``layers['counts']`` when present else ``X``, as CSR, and where they came from."""
     source = "layers['counts']" if "counts" in adata.layers else "X"
     matrix = adata.layers["counts"] if source != "X" else adata.X
     if matrix is None:
         raise InputError("the AnnData has no expression matrix in X")
-    m = sp.csr_matrix(matrix)
-    values = m.data                          # every stored value: one vectorised pass
-    if values.size and not np.isfinite(values).all():
-        rows = np.unique(np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))[~np.isfinite(values)])
-        raise InputError(f"{source} holds {int((~np.isfinite(values)).sum())} NaN or infinite value(s) in "
-                         f"{rows.size} cell(s) (first: {adata.obs_names[rows[0]]!r}); raw counts are required: "
-                         "fix or drop those cells")
-    if values.size and (values < 0).any():
-        raise InputError(f"{source} holds {int((values < 0).sum())} negative value(s); raw counts are required "
+    return sp.csr_matrix(matrix), source
+
+
+def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: pd.Index) -> np.ndarray:
+    """Reject normalised or log-transformed values (NaN / infinite, negative, non-integer, no non-zero count), in
+    one streamed pass over row blocks (temporaries the size of one block); returns every cell's total count
+    ``[cells]`` from the same pass."""
+    totals = np.zeros(counts.shape[0])
+    n_bad = n_negative = nnz = 0
+    bad_rows: list[np.ndarray] = []
+    non_integer = False
+    for start, block in row_blocks(counts):
+        values = block.data
+        nnz += int(np.count_nonzero(values))
+        finite = np.isfinite(values)
+        if not finite.all():
+            n_bad += int((~finite).sum())
+            bad_rows.append(start + np.unique(np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))[~finite]))
+            continue
+        n_negative += int((values < 0).sum())
+        non_integer = non_integer or bool(values.size and np.abs(values - np.round(values)).max() > 1e-6)
+        totals[start:start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
+    if n_bad:
+        rows = np.concatenate(bad_rows)
+        raise InputError(f"{source} holds {n_bad} NaN or infinite value(s) in {rows.size} cell(s) (first: "
+                         f"{obs_names[rows[0]]!r}); raw counts are required: fix or drop those cells")
+    if n_negative:
+        raise InputError(f"{source} holds {n_negative} negative value(s); raw counts are required "
                          "(put raw UMI counts in X or layers['counts'])")
-    if values.size and np.abs(values - np.round(values)).max() > 1e-6:
+    if non_integer:
         raise InputError(f"{source} holds non-integer values, so it looks normalised or log-transformed; the "
                          "models tokenise raw counts: put raw UMI counts in X or layers['counts']")
-    if m.nnz == 0:
+    if nnz == 0:
         raise InputError(f"{source} holds no non-zero counts")
-    return m
+    return totals
 
 
 def _gene_ids_and_symbols(var: pd.DataFrame, gene_id_col: str | None, symbol_to_id: Mapping[str, str] | None,
@@ -148,21 +194,28 @@ def _gene_ids_and_symbols(var: pd.DataFrame, gene_id_col: str | None, symbol_to_
     return ids, np.char.upper(symbols.astype(str)), symbols.astype(str)
 
 
-def from_anndata(adata: ad.AnnData, *, perturbation_col: str | None = None, control_label: str = "control",
-                 cell_state_col: str | None = None, gene_id_col: str | None = None,
-                 symbol_to_id: Mapping[str, str] | None = None, require_ensembl: bool = True,
-                 max_cells: int | None = None, seed: int = 0) -> CellData:
-    """Validate an in-memory AnnData into :class:`CellData` (the input is not modified).
+def from_anndata(adata: ad.AnnData, **kwargs) -> CellData:
+    """Validate an in-memory AnnData into :class:`CellData` (the input is not modified); keyword arguments as
+    :func:`validated`."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputError(f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
+    counts, source = _raw_counts(adata)
+    return validated(counts, source, adata.obs, adata.var, **kwargs)
+
+
+def validated(counts: sp.csr_matrix | BackedCounts, source: str, obs: pd.DataFrame, var: pd.DataFrame, *,
+              perturbation_col: str | None = None, control_label: str = "control", cell_state_col: str | None = None,
+              gene_id_col: str | None = None, symbol_to_id: Mapping[str, str] | None = None,
+              require_ensembl: bool = True, max_cells: int | None = None, seed: int = 0) -> CellData:
+    """Check raw ``counts`` ``[cells, genes]`` (in memory or on disk; ``source`` names them in errors) with their
+    ``obs`` and ``var`` and return :class:`CellData`.
 
     Columns named but absent are errors; ``perturbation_col`` must contain ``control_label`` and at least one
     other label with cells, and no cell without a label. Without ``require_ensembl`` (a model that matches genes by
     symbol), symbol-keyed data with no Ensembl column keeps the symbols as ids. ``max_cells`` subsamples cells with
-    ``seed``.
+    ``seed`` (read into memory).
     """
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
-    counts = _raw_counts(adata)
-    obs = adata.obs.copy()
+    obs = obs.copy()
     for label, col in (("perturbation", perturbation_col), ("cell-state", cell_state_col)):
         if col is not None and col not in obs.columns:
             raise InputError(f"{label} column {col!r} is not in obs (columns: {list(obs.columns)}); "
@@ -179,18 +232,35 @@ def from_anndata(adata: ad.AnnData, *, perturbation_col: str | None = None, cont
                              f"(labels include {sorted(labels.unique())[:8]}); pass --control-label")
         if (labels != control_label).sum() == 0:
             raise InputError(f"obs[{perturbation_col!r}] has only control cells; no perturbation group to evaluate")
-    ids, symbols, raw_symbols = _gene_ids_and_symbols(adata.var, gene_id_col, symbol_to_id, require_ensembl)
-    if "n_counts" in obs.columns:
-        obs["n_counts"] = obs["n_counts"].astype(float)
-    else:
-        obs["n_counts"] = np.asarray(counts.sum(axis=1)).ravel().astype(float)
-    if max_cells is not None and adata.n_obs > max_cells:
-        keep = np.sort(np.random.default_rng(seed).choice(adata.n_obs, max_cells, replace=False))
-        counts, obs = counts[keep], obs.iloc[keep]
-    return CellData(counts=counts.tocsr(), gene_ids=ids, symbols=symbols, obs=obs, raw_symbols=raw_symbols,
+    ids, symbols, raw_symbols = _gene_ids_and_symbols(var, gene_id_col, symbol_to_id, require_ensembl)
+    totals = _check_counts(counts, source, obs.index)
+    obs["n_counts"] = obs["n_counts"].astype(float) if "n_counts" in obs.columns else totals
+    if max_cells is not None and counts.shape[0] > max_cells:
+        keep = np.sort(np.random.default_rng(seed).choice(counts.shape[0], max_cells, replace=False))
+        counts, obs = take_rows(counts, keep), obs.iloc[keep]
+    return CellData(counts=counts, gene_ids=ids, symbols=symbols, obs=obs, raw_symbols=raw_symbols,
                     perturbation_col=perturbation_col, control_label=control_label, cell_state_col=cell_state_col)
 
 
-def load_cells(path: str | Path, **kwargs) -> CellData:
-    """Read and validate an .h5ad file (see :func:`from_anndata` for the keyword arguments)."""
-    return from_anndata(read_h5ad(path), **kwargs)
+def load_cells(path: str | Path, *, backed: bool | None = None, **kwargs) -> CellData:
+    """Read and validate an .h5ad file (keyword arguments as :func:`validated`). ``backed``: leave the counts on
+    disk (:class:`analysis.io.backed.BackedCounts`, read in row blocks; ``obs`` and ``var`` are read whole); None
+    (default) does so when they would take more than ``IN_MEMORY_LIMIT`` bytes in memory. Results are the same
+    either way."""
+    p = _existing(path)
+    try:
+        with h5py.File(p, "r") as f:
+            element = "layers/counts" if "layers" in f and "counts" in f["layers"] else "X"
+            if element not in f:
+                raise InputError("the AnnData has no expression matrix in X")
+            keep_on_disk = stored_bytes(f[element]) > on_disk.IN_MEMORY_LIMIT if backed is None else backed
+            if keep_on_disk:
+                obs, var = read_elem(f["obs"]), read_elem(f["var"])
+    except (OSError, KeyError, ValueError, TypeError) as exc:   # not HDF5, or not anndata's layout
+        raise _unreadable(p, exc) from exc
+    if not keep_on_disk:
+        return from_anndata(read_h5ad(p), **kwargs)
+    if len(obs) == 0 or len(var) == 0:
+        raise InputError(f"the AnnData is empty ({len(obs)} cells x {len(var)} genes)")
+    source = "layers['counts']" if element != "X" else "X"
+    return validated(BackedCounts(p, element), source, obs, var, **kwargs)

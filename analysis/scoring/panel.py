@@ -12,14 +12,12 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io.cells import CellData
-from ..io.expression import expression_matrix
 
 
 def highly_variable(cells: CellData, gene_ids: np.ndarray, n_top: int) -> np.ndarray:
-    """Indices into ``gene_ids`` of the ``n_top`` genes with the highest variance of log1p(CP10k) expression."""
-    x = expression_matrix(cells, gene_ids, dense=False)
-    mean = np.asarray(x.mean(axis=0)).ravel()
-    var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean ** 2
+    """Indices into ``gene_ids`` of the ``n_top`` genes with the highest variance (population, over every cell) of
+    log1p(CP10k) expression, from the cells' streamed moments (:attr:`CellData.moments`)."""
+    var = cells.moments.pooled().columns(gene_ids).var(ddof=0)[0]
     return np.argsort(-var, kind="stable")[: min(n_top, gene_ids.size)]
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy import stats
 
 from ..config import DE_TESTS
@@ -61,7 +60,13 @@ def log_fold_change(mean_perturbed: np.ndarray, mean_control: np.ndarray, defini
 def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_threshold: float = 0.5,
                             n_control: int | None = None, alpha: float = 0.05, test: str = "welch",
                             lfc: str = "scanpy", min_cells: int = 3, seed: int = 0) -> DEResult:
-    """DE of each perturbation vs control over ``universe`` genes (rows with ``gene_id``, ``symbol``)."""
+    """DE of each perturbation vs control over ``universe`` genes (rows with ``gene_id``, ``symbol``).
+
+    Welch's t-test takes each group's mean and variance from the cells' streamed moments (:attr:`CellData.moments`,
+    one pass over the counts, shared by every call on the same cells) and the controls' (``n_control`` of them,
+    drawn with ``seed``) from their expression in memory; Mann-Whitney reads each group's cells. Neither holds more
+    than one group's cells and the controls, so a screen left on disk (:mod:`analysis.io.backed`) runs in memory
+    ``[perturbations, universe]``."""
     if cells.perturbation_col is None:
         raise InputError("perturbation-first evaluation needs a perturbation column (--perturbation-col)")
     if test not in DE_TESTS:
@@ -70,23 +75,20 @@ def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_thre
     control = np.nonzero(labels == cells.control_label)[0]
     if n_control is not None and control.size > n_control:
         control = np.sort(np.random.default_rng(seed).choice(control, n_control, replace=False))
-    perts = [p for p in cells.perturbed_genes() if (labels == p).sum() >= min_cells]
+    gene_ids = universe["gene_id"].to_numpy()
+    moments = cells.moments.columns(gene_ids)
+    perts = [p for p in cells.perturbed_genes() if moments.size_of(p) >= min_cells]
     if not perts:
         raise InputError(f"no perturbation group has at least {min_cells} cells")
-    x = expression_matrix(cells, universe["gene_id"].to_numpy())                       # [cells, G]
-    x0 = x[control]
+    groups = moments.groups(perts)
+    x0 = expression_matrix(cells.subset(control), gene_ids)                              # [controls, G]
     m0, v0, n0 = x0.mean(0), x0.var(0, ddof=1), control.size
-    group = np.array([perts.index(l) if l in perts else -1 for l in labels])
-    member = np.nonzero(group >= 0)[0]
-    ind = sp.csr_matrix((np.ones(member.size), (group[member], member)), shape=(len(perts), x.shape[0]))
-    n1 = np.asarray(ind.sum(axis=1)).ravel()
-    s1, s2 = ind @ x, ind @ (x * x)
-    m1 = s1 / n1[:, None]
-    v1 = (s2 - n1[:, None] * m1 ** 2) / (n1[:, None] - 1)
+    n1, m1 = groups.n, groups.mean()
     if test == "welch":
-        p = _welch(m1, np.maximum(v1, 0), n1, m0, v0, n0)
+        p = _welch(m1, groups.var(ddof=1), n1, m0, v0, n0)
     else:
-        p = np.vstack([stats.mannwhitneyu(x[group == i], x0, axis=0).pvalue for i in range(len(perts))])
+        p = np.vstack([stats.mannwhitneyu(expression_matrix(cells.subset(labels == pert), gene_ids), x0,
+                                          axis=0).pvalue for pert in perts])
         p = np.where(np.isfinite(p), p, 1.0)
     lfc_values = log_fold_change(m1, m0, lfc)
     q = np.vstack([benjamini_hochberg(row) for row in p])
@@ -94,7 +96,7 @@ def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_thre
     is_self = symbols[None, :] == np.array(perts)[:, None]
     is_de = (q < alpha) & (np.abs(lfc_values) >= lfc_threshold) & ~is_self
     table = pd.DataFrame({
-        "perturbation": np.repeat(perts, len(symbols)), "gene_id": np.tile(universe["gene_id"].to_numpy(), len(perts)),
+        "perturbation": np.repeat(perts, len(symbols)), "gene_id": np.tile(gene_ids, len(perts)),
         "symbol": np.tile(symbols, len(perts)), "lfc": lfc_values.ravel(), "p": p.ravel(), "q": q.ravel(),
         "is_de": is_de.ravel(), "is_self": is_self.ravel(),
     })
@@ -108,22 +110,23 @@ def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_thre
 def on_target_check(cells: CellData, modality: str, *, lfc: str = "scanpy", min_cells: int = 3) -> pd.DataFrame:
     """The on-target direction of every perturbation (``modality``: ``crispri`` knock-down must lower its gene,
     ``crispra`` activation raise it): columns perturbation, n_cells, on_target_lfc (perturbed vs all control cells,
-    definition ``lfc``), expected (``down`` / ``up``) and status (``passed``, ``failed``, or ``not measured`` when the
-    gene is not among the data's genes). Failures are excluded from the confirmatory tests."""
-    labels = cells.obs[cells.perturbation_col].astype(str).to_numpy()
-    control = labels == cells.control_label
+    definition ``lfc``, from the cells' moments), expected (``down`` / ``up``) and status (``passed``, ``failed``, or
+    ``not measured`` when the gene is not among the data's genes). Failures are excluded from the confirmatory
+    tests."""
+    moments = cells.moments
     sign, expected = (-1.0, "down") if modality == "crispri" else (1.0, "up")
-    perts = [p for p in cells.perturbed_genes() if (labels == p).sum() >= min_cells]
+    perts = [p for p in cells.perturbed_genes() if moments.size_of(p) >= min_cells]
     column = {s: i for i, s in enumerate(cells.symbols)}
     measured = [p for p in perts if p.upper() in column]
-    x = expression_matrix(cells, cells.gene_ids[[column[p.upper()] for p in measured]])      # [cells, measured]
-    change = dict(zip(measured, log_fold_change(
-        np.array([x[labels == p, j].mean() for j, p in enumerate(measured)]), x[control].mean(0), lfc)))
+    own = moments.columns(cells.gene_ids[[column[p.upper()] for p in measured]])       # [groups, measured]
+    perturbed_mean = np.diagonal(own.groups(measured).mean())
+    control_mean = own.groups([cells.control_label]).mean()[0]
+    change = dict(zip(measured, log_fold_change(perturbed_mean, control_mean, lfc)))
     rows = []
     for pert in perts:
         lfc_p = float(change.get(pert, np.nan))
         status = "not measured" if pert not in change else ("passed" if lfc_p * sign > 0 else "failed")
-        rows.append((pert, int((labels == pert).sum()), lfc_p, expected, status))
+        rows.append((pert, moments.size_of(pert), lfc_p, expected, status))
     return pd.DataFrame(rows, columns=["perturbation", "n_cells", "on_target_lfc", "expected", "status"])
 
 
@@ -132,9 +135,8 @@ def gene_level_scores(cells: CellData, panel: pd.DataFrame, *, reference_degree:
     """Trivial gene-level baselines as edge sources: ``scores[s, i, j]`` = feature s of gene j (the same for every
     source gene i), computed on control cells (all cells without a perturbation column): mean log1p(CP10k),
     variance, detection rate (1 - dropout), and reference TF out-degree when given."""
-    x = expression_matrix(cells, panel["gene_id"].to_numpy())
-    if cells.perturbation_col is not None:
-        x = x[cells.obs[cells.perturbation_col].astype(str).to_numpy() == cells.control_label]
+    x = expression_matrix(cells.controls() if cells.perturbation_col is not None else cells,
+                          panel["gene_id"].to_numpy())                                    # [controls, G]
     features = {"mean": x.mean(0), "variance": x.var(0), "detection": (x > 0).mean(0)}
     if reference_degree is not None:
         features["tf_degree"] = np.array([reference_degree.get(s, 0) for s in panel["symbol"]], dtype=float)

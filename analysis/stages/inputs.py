@@ -23,7 +23,6 @@ from ..errors import ConfigError, InputError
 from ..io import schemas
 from ..io.artifacts import sha256_path
 from ..io.cells import CellData
-from ..io.expression import expression_matrix
 from ..io.references import ReferenceNetwork, coregulation_pairs, load_pair_reference, load_reference, load_trrust
 from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter
 from ..rerun import load_cells_for
@@ -102,7 +101,7 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
     ext, pert = cfg.extraction, cfg.perturbation
     if tokenizer.panel_dependent:
         genes = tokenizer.vocabulary_genes(cells)
-        present = np.asarray((expression_matrix(cells, genes["gene_id"].to_numpy(), dense=False) > 0).sum(axis=0))
+        present = cells.moments.pooled().columns(genes["gene_id"].to_numpy()).detected
         size = min(ext.panel_size, max_len - 1)
         if size < ext.panel_size:
             log.info("panel capped at %d genes: every cell's input is <cls> + the panel, and the model takes %d "
