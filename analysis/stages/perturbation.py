@@ -213,8 +213,8 @@ def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, re
     LFC threshold x control-cell count x HVG count (3 x 3 x 3 = 27 conditions; Supplementary Note 6.3). Counts are
     ``grid_n_control`` / ``grid_universe_size`` (absolute, capped at what the data has) or, when those are empty,
     fractions of the control cells and of the universe. The universe at each HVG count is that many of the run's
-    universe genes by variance (perturbed genes kept for ``hvg_plus_perturbed``); ``exclude``: perturbations left
-    out (failed on-target check)."""
+    universe genes by variance (perturbed genes kept for ``hvg_plus_perturbed``; counts whose universes the kept
+    genes make equal are one condition); ``exclude``: perturbations left out (failed on-target check)."""
     keep_sources = [readout_idx] + list(range(n_attention, edges.scores.shape[0]))
     sub = EdgeScores(edges.scores[keep_sources], edges.sources.iloc[keep_sources].reset_index(drop=True),
                      edges.observed, edges.panel, {})
@@ -226,13 +226,13 @@ def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, re
         [max(3, int(round(f * n_ctrl))) for f in cfg.grid_control_fraction]
     sizes = sorted({min(n, len(order)) for n in cfg.grid_universe_size}) or \
         [max(2, int(round(f * len(order)))) for f in cfg.grid_universe_fraction]
+    universes = list({frozenset(order[:size]) | forced: None for size in sizes})  # sizes the forced genes merge
     rows = []
     for lfc in cfg.grid_lfc:
         for n_control in n_controls:
             de = differential_expression(cells, scored, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha,
                                          test=cfg.test, lfc=cfg.lfc, seed=cfg.seed)
-            for size in sizes:
-                universe = set(order[:size]) | forced
+            for universe in universes:
                 res = perturbation_auroc(sub, de, universe=universe)
                 res = res[~res["perturbation"].isin(exclude)]
                 for (etype, layer), grp in res.groupby(["edge_type", "layer"]):
