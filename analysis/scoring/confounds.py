@@ -28,7 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .ranking import auroc_from_ranks, average_precision
+from .ranking import auroc_from_ranks
 
 GENE_FEATURES = ("mean", "variance", "detection")
 SPLITS = ("perturbation", "gene", "joint")
@@ -99,16 +99,24 @@ def recall_at_k(y: np.ndarray, score: np.ndarray, members: list[np.ndarray], k: 
     return out
 
 
-def _metrics(y, p, members, recall, picks=None) -> dict[str, float]:
-    """AUROC, AUPRC and mean recall@10 of predictions ``p`` (``recall``: its per-group recall@10, computed once);
-    ``picks`` = a bootstrap sample of group indices."""
-    if picks is not None:
-        idx = np.concatenate([members[g] for g in picks])
-        y, p, recall = y[idx], p[idx], recall[picks]
-    if y.min() == y.max():
+def _metrics(y: np.ndarray, ties: np.ndarray, weight: np.ndarray, recall: np.ndarray) -> dict[str, float]:
+    """AUROC (ties count one half), AUPRC (tied scores one threshold, scikit-learn's definition) and mean
+    recall@10 of predictions over observations ``[n]`` with labels ``y``, each counted ``weight`` times: ``ties``
+    ``[n]`` is each prediction's rank among the distinct predicted values (ascending), ``recall`` the per-group
+    recall@10 of the groups drawn (with repeats). Weights make a perturbation bootstrap one weighted pass instead
+    of a sort of the resampled set (a group drawn k times = its observations k times); equal to the metrics of the
+    concatenated sample."""
+    n_ties = int(ties.max()) + 1
+    pos = np.bincount(ties, weights=weight * y, minlength=n_ties)
+    neg = np.bincount(ties, weights=weight * (1 - y), minlength=n_ties)
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos == 0 or total_neg == 0:
         return {"auroc": np.nan, "auprc": np.nan, "recall_at_10": np.nan}
-    return {"auroc": float(auroc_from_ranks(rankdata(p), y.astype(bool))),
-            "auprc": average_precision(p, y.astype(bool)),
+    auroc = float((pos * (np.cumsum(neg) - neg + 0.5 * neg)).sum() / (total_pos * total_neg))
+    tp, called = np.cumsum(pos[::-1]), np.cumsum((pos + neg)[::-1])        # descending thresholds
+    precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+    auprc = float(np.sum(np.diff(np.r_[0.0, tp / total_pos]) * precision))
+    return {"auroc": auroc, "auprc": auprc,
             "recall_at_10": float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan}
 
 
@@ -141,6 +149,11 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
         uniq = np.unique(groups)
         members = [np.nonzero(groups == g)[0] for g in uniq]
         picks = [rng.integers(0, uniq.size, uniq.size) for _ in range(n_boot)]
+        draw_counts = [np.bincount(b, minlength=uniq.size).astype(float) for b in picks]
+        code = np.empty(y.size, dtype=np.int64)                  # observation -> its group
+        for g, m in enumerate(members):
+            code[m] = g
+        ones = np.ones(y.size)
         for model in models:
             preds = {}
             for name, cols in sets.items():
@@ -152,12 +165,17 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
                     p[test] = _model(model, seed).fit(x[train], y_all[train]).predict_proba(x[test])[:, 1]
                 preds[name] = np.nan_to_num(p[test_idx], nan=0.5)
             recall = {name: recall_at_k(y, p, members) for name, p in preds.items()}
-            base = _metrics(y, preds["gene"], members, recall["gene"])
-            base_boot = [_metrics(y, preds["gene"], members, recall["gene"], b) for b in picks]
-            for name, p in preds.items():
-                values = _metrics(y, p, members, recall[name])
-                boot = ([_metrics(y, p, members, recall[name], b) for b in picks] if name.startswith("gene+")
-                        else None)
+            ties = {name: np.unique(p, return_inverse=True)[1].ravel() for name, p in preds.items()}
+
+            def scored(name, draw=None):
+                if draw is None:
+                    return _metrics(y, ties[name], ones, recall[name])
+                return _metrics(y, ties[name], draw_counts[draw][code], recall[name][picks[draw]])
+            base = scored("gene")
+            base_boot = [scored("gene", b) for b in range(n_boot)]
+            for name in preds:
+                values = scored(name)
+                boot = [scored(name, b) for b in range(n_boot)] if name.startswith("gene+") else None
                 for metric, value in values.items():
                     row = {"split": split, "model": model, "feature_set": name, "metric": metric, "value": value,
                            "delta": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan, "p_delta": np.nan,

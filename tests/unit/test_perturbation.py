@@ -167,3 +167,20 @@ def test_registry_bh_families():
     assert t["q_primary_per_analysis"].notna().sum() == 2 and np.isnan(t["q"].iloc[4])
     with pytest.raises(ValueError, match="registered twice"):
         reg.register("a", "h0", "t", 0.5, effect=0, effect_name="d", n=1)
+
+
+def test_weighted_bootstrap_metrics_equal_sklearn_on_the_resampled_set(rng):
+    """A perturbation bootstrap scored as weights (a group drawn k times counts k times) equals scikit-learn's AUROC
+    and average precision on the concatenated resample, ties included."""
+    from sklearn.metrics import average_precision_score
+    n, n_groups = 800, 25
+    y = (rng.random(n) < 0.25).astype(int)
+    p = np.round(rng.random(n) + 0.4 * y, 1)                 # coarse scores: many ties
+    group = rng.integers(0, n_groups, n)
+    ties = np.unique(p, return_inverse=True)[1]
+    for _ in range(10):
+        draw = rng.integers(0, n_groups, n_groups)
+        idx = np.concatenate([np.nonzero(group == g)[0] for g in draw])
+        got = confounds._metrics(y, ties, np.bincount(draw, minlength=n_groups).astype(float)[group], np.array([0.3]))
+        assert got["auroc"] == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
+        assert got["auprc"] == pytest.approx(average_precision_score(y[idx], p[idx]), abs=1e-12)
