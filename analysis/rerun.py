@@ -23,7 +23,7 @@ from .interp.positive_control import reference_targets
 from .io.cells import CellData, load_cells
 from .io.manifest import RunManifest
 from .io.references import ReferenceNetwork
-from .models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter
+from .models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter, tokens_of
 from .scoring.ablation import summarise
 from .scoring.perturbation import readout_auroc
 from .scoring.ranking import evaluable_universe
@@ -64,13 +64,12 @@ class RunContext:
         return load_cells_for(self.manifest.config.data, self.tokenizer, seed=self.manifest.config.extraction.seed)
 
     @cached_property
-    def tokens(self) -> TokenizedCells:
-        return self.tokenizer.tokenize(self.cells, panel=self.panel if self.tokenizer.panel_dependent else None)
-
-    @cached_property
     def attention_tokens(self) -> TokenizedCells:
-        """The cells the run's attention and ablation ran on (``extraction.cells``), as model input."""
-        return self.tokens.subset(self.cells.select(self.manifest.config.extraction.cells))
+        """The cells the run's attention and ablation ran on (``extraction.cells``), as model input, tokenised as
+        precompute did (every cell in blocks, only these kept: :func:`analysis.models.base.tokens_of`)."""
+        keep = self.cells.select(self.manifest.config.extraction.cells)
+        return tokens_of(self.tokenizer, self.cells, keep,
+                         panel=self.panel if self.tokenizer.panel_dependent else None)[0]
 
     def reference(self, reference_edges: pd.DataFrame, name: str | None = None) -> ReferenceNetwork:
         """A reference network of the run (default: its first) from its ``reference_edges`` table."""

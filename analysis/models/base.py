@@ -12,6 +12,7 @@ cross-entropy (Geneformer) or masked-value MSE (scGPT).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
+from ..io import backed as on_disk
 
 FAMILIES = {"geneformer": "analysis.models.geneformer", "scgpt": "analysis.models.scgpt"}
 
@@ -69,6 +71,21 @@ class TokenizedCells:
         return TokenizedCells(self.input_ids[idx, :width], self.attention_mask[idx, :width],
                               self.gene_index[idx, :width], self.genes, self.obs.iloc[idx], self.params, values)
 
+    @classmethod
+    def concat(cls, parts: list["TokenizedCells"]) -> "TokenizedCells":
+        """The cells of ``parts`` (same ``genes`` and ``params``) in order, right-padded to the longest input."""
+        width = max(t.input_ids.shape[1] for t in parts)
+
+        def stack(name, fill):
+            arrays = [getattr(t, name) for t in parts]
+            return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+                                   for a in arrays])
+        first = parts[0]
+        pad_id = int(first.params.get("pad_id", 0))
+        values = None if first.values is None else stack("values", first.params.get("pad_value", 0.0))
+        return cls(stack("input_ids", pad_id), stack("attention_mask", 0), stack("gene_index", -1), first.genes,
+                   pd.concat([t.obs for t in parts]), first.params, values)
+
     def gene_presence(self) -> np.ndarray:
         """``[len(genes)]`` number of cells whose input holds each gene."""
         return np.bincount(self.gene_index[self.gene_index >= 0], minlength=len(self.genes))
@@ -94,10 +111,45 @@ class Tokenizer(ABC):
     def tokenize(self, cells, panel: pd.DataFrame | None = None) -> TokenizedCells:
         """Tokenise ``cells`` (``analysis.io.cells.CellData``); ``panel`` only when ``panel_dependent``."""
 
+    def tokenize_blocks(self, cells, panel: pd.DataFrame | None = None) -> Iterator[tuple[np.ndarray, TokenizedCells]]:
+        """``(rows, tokens of those rows)`` over every cell, a block of ``analysis.io.backed.BLOCK_ROWS`` rows at a
+        time, in data order; what :meth:`tokenize` gives the same rows (a tokeniser that draws random numbers
+        continues one stream across blocks)."""
+        for rows in row_ranges(cells.n_cells):
+            yield rows, self.tokenize(cells.subset(rows), panel=panel)
+
     @abstractmethod
     def vocabulary_genes(self, cells) -> pd.DataFrame:
         """The data's genes that are in the vocabulary (``gene_id``, ``symbol``, ``token_id``), in the order that
         :meth:`tokenize` indexes them by ``gene_index``."""
+
+
+def row_ranges(n_cells: int) -> Iterator[np.ndarray]:
+    """Row indices ``[0, n_cells)`` in blocks of ``analysis.io.backed.BLOCK_ROWS``."""
+    step = on_disk.BLOCK_ROWS
+    for start in range(0, n_cells, step):
+        yield np.arange(start, min(start + step, n_cells))
+
+
+def tokens_of(tokenizer: Tokenizer, cells, keep: np.ndarray, panel: pd.DataFrame | None = None
+              ) -> tuple[TokenizedCells, np.ndarray]:
+    """Tokens of cells ``keep`` (sorted indices) and every cell's gene presence ``[len(genes)]`` (cells whose input
+    holds each gene), tokenising block by block so only the kept cells' tokens are ever held: the same as
+    ``tokenizer.tokenize(cells).subset(keep)`` and its ``gene_presence()`` (obs index = ``keep``), in memory the size
+    of ``keep``, for a screen of any size (counts on disk: :mod:`analysis.io.backed`)."""
+    keep = np.asarray(keep, dtype=np.int64)
+    presence, parts = None, []
+    for rows, tokens in tokenizer.tokenize_blocks(cells, panel=panel):
+        counted = tokens.gene_presence()
+        presence = counted if presence is None else presence + counted
+        local = np.searchsorted(rows, keep[(keep >= rows[0]) & (keep <= rows[-1])])
+        if local.size:
+            parts.append(tokens.subset(local))
+    if not parts:
+        raise ValueError("tokens_of: no cell kept")
+    kept = TokenizedCells.concat(parts)
+    kept = dataclasses.replace(kept, obs=kept.obs.set_axis(keep))
+    return kept, presence
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ..io import schemas
 from ..io.artifacts import sha256_path
 from ..io.cells import CellData
 from ..io.references import ReferenceNetwork, coregulation_pairs, load_pair_reference, load_reference, load_trrust
-from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter
+from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter, tokens_of
 from ..rerun import load_cells_for
 from ..scoring.cssi_levels import check_config as check_cssi
 from ..scoring.panel import evaluation_universe, select_panel
@@ -43,7 +43,7 @@ class Inputs:
     cells: CellData
     adapter: ModelAdapter
     tokenizer: Tokenizer
-    tokens: TokenizedCells
+    attention_tokens: TokenizedCells   # the attention cells as model input (extraction, ablation and CSSI share them)
     panel: pd.DataFrame
     references: list[ReferenceNetwork]
     model_dir: Path
@@ -51,11 +51,6 @@ class Inputs:
     provenance: dict
     attention_cells: np.ndarray    # indices of the cells attention and ablation run on (``extraction.cells``)
     pair_references: list[ReferenceNetwork]   # undirected pair references (biology stage, SN17)
-
-    @cached_property
-    def attention_tokens(self) -> TokenizedCells:
-        """The attention cells as model input (the extraction, ablation and CSSI passes share them)."""
-        return self.tokens.subset(self.attention_cells)
 
     @cached_property
     def attention_cell_data(self) -> CellData:
@@ -96,23 +91,24 @@ class Inputs:
 
 
 def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, reference_tfs: set[str],
-                     max_len: int) -> tuple[TokenizedCells, pd.DataFrame]:
-    """Tokenise ``cells`` and choose the panel (module doc); panel schema-validated."""
+                     max_len: int, keep: np.ndarray) -> tuple[TokenizedCells, pd.DataFrame]:
+    """The tokens of cells ``keep`` (the attention cells) and the panel (module doc; schema-validated). Every cell
+    is tokenised, a block at a time, for the panel's gene presence; only the kept cells' tokens are held
+    (:func:`analysis.models.base.tokens_of`), so a screen of any size fits."""
     ext, pert = cfg.extraction, cfg.perturbation
     if tokenizer.panel_dependent:
         genes = tokenizer.vocabulary_genes(cells)
-        present = cells.moments.pooled().columns(genes["gene_id"].to_numpy()).detected
+        present = cells.moments.pooled().columns(genes["gene_id"].to_numpy()).detected[0]
         size = min(ext.panel_size, max_len - 1)
         if size < ext.panel_size:
             log.info("panel capped at %d genes: every cell's input is <cls> + the panel, and the model takes %d "
                      "tokens", size, max_len)
-        panel = select_panel(cells, genes, present.ravel(), reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
-                             panel_size=size, universe=evaluation_universe(cells, genes, present.ravel(), pert.universe,
+        panel = select_panel(cells, genes, present, reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
+                             panel_size=size, universe=evaluation_universe(cells, genes, present, pert.universe,
                                                                            pert.universe_size))
-        tokens = tokenizer.tokenize(cells, panel=panel)
+        tokens, _ = tokens_of(tokenizer, cells, keep, panel=panel)
     else:
-        tokens = tokenizer.tokenize(cells)
-        present = tokens.gene_presence()
+        tokens, present = tokens_of(tokenizer, cells, keep)
         panel = select_panel(cells, tokens.genes, present, reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
                              panel_size=ext.panel_size,
                              universe=evaluation_universe(cells, tokens.genes, present, pert.universe, pert.universe_size))
@@ -165,13 +161,14 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]
     if not references:
         raise InputError("no reference network: pass --reference trrust_rawdata.human.tsv (or dorothea:PATH)")
-    tokens, panel = tokens_and_panel(cfg, cells, tokenizer, set().union(*(r.tfs for r in references)), adapter.max_len)
+    attention_cells = cells.select(cfg.extraction.cells)
+    tokens, panel = tokens_and_panel(cfg, cells, tokenizer, set().union(*(r.tfs for r in references)), adapter.max_len,
+                                     attention_cells)
     for ref in references:
         universe = evaluable_universe(panel, ref, np.ones((len(panel), len(panel)), dtype=bool))
         if universe.tf_rows.size == 0:
             raise InputError(f"reference {ref.name} has no TF with a target among the {len(panel)} panel genes "
                              "(check that gene symbols match, or raise --panel-size / --n-hvg)")
-    attention_cells = cells.select(cfg.extraction.cells)
     if cfg.cssi.n_fine > 0:
         check_cssi(cfg.cssi, int(attention_cells.size), adapter.n_layers, native_embedding=adapter.native_embedding,
                    has_cls=tokens.params.get("cls_position") is not None)

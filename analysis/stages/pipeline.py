@@ -78,7 +78,7 @@ def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds:
                    "official_model": adapter.official_name, "dictionaries": inp.tokenizer.source},
         "model": {**adapter.describe(), "random_init": cfg.model.random_init},
         "data": {"n_cells": inp.cells.n_cells, "n_genes": int(inp.cells.gene_ids.size),
-                 "n_vocab_genes": int(len(inp.tokens.genes)), "panel_size": int(len(store_panel)),
+                 "n_vocab_genes": int(len(inp.attention_tokens.genes)), "panel_size": int(len(store_panel)),
                  "perturbations": inp.cells.perturbed_genes(), "cell_state_col": inp.cells.cell_state_col,
                  "attention_cells": int(inp.attention_cells.size), "attention_cell_selection": cfg.extraction.cells,
                  "universe": cfg.perturbation.universe, "universe_genes": int(store_panel["in_universe"].sum())},
@@ -87,7 +87,7 @@ def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds:
         "references": [r.params | {"name": r.name} for r in inp.references],
         "seeds": {"extraction": cfg.extraction.seed, "ranking": cfg.ranking.seed, "model": cfg.model.seed,
                   "simulation": cfg.simulation.seed, "train": cfg.train.seed, "tokenizer": cfg.tokenizer.seed},
-        "provenance": inp.provenance, "tokenizer": inp.tokens.params, "wall_seconds": round(wall_seconds, 2),
+        "provenance": inp.provenance, "tokenizer": inp.attention_tokens.params, "wall_seconds": round(wall_seconds, 2),
     }
 
 

@@ -144,3 +144,37 @@ def test_large_counts_stay_on_disk_and_csc_is_refused(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="not a readable AnnData"):
         (tmp_path / "junk.h5ad").write_text("not hdf5")
         load_cells(tmp_path / "junk.h5ad")
+
+
+@pytest.mark.parametrize("family", ["geneformer", "scgpt-zero_shot", "scgpt-panel"])
+def test_streamed_tokens_equal_tokenising_every_cell(screen_file, family):
+    """tokens_of (what precompute and the app's jobs hold: the kept cells' tokens, every cell's presence) equals
+    tokenising every cell at once and subsetting, across blocks and with counts on disk; scGPT's random bins and
+    gene sample continue one stream across the blocks."""
+    from analysis.models.base import tokens_of
+    from analysis.models.geneformer.tokenizer import GeneformerTokenizer
+    from analysis.models.scgpt.tokenizer import ScGPTTokenizer
+    path, _ = screen_file
+    memory, disk = _both(path)
+    panel = None
+    if family == "geneformer":
+        token = {"<pad>": 0, "<mask>": 1, **{g: 2 + i for i, g in enumerate(memory.gene_ids)}}
+        tokenizer = GeneformerTokenizer(GeneformerDictionaries(
+            token=token, median={g: 1.0 + i % 5 for i, g in enumerate(memory.gene_ids)}), 24)
+    else:
+        vocab = {"<pad>": 0, "<cls>": 1, **{s: 2 + i for i, s in enumerate(memory.raw_symbols)}}
+        tokenizer = ScGPTTokenizer(vocab, n_bins=11, max_len=20, mode=family.split("-")[1], seed=4)
+        if tokenizer.panel_dependent:
+            genes = tokenizer.vocabulary_genes(memory)
+            panel = pd.DataFrame({"gene_index": np.arange(0, 30, 2)}).assign(
+                gene_id=lambda f: genes["gene_id"].to_numpy()[f["gene_index"]])
+    keep = np.sort(np.random.default_rng(0).choice(memory.n_cells, 90, replace=False))
+    whole = tokenizer.tokenize(memory, panel=panel)
+    expected = whole.subset(keep)
+    for cells in (memory, disk):
+        got, presence = tokens_of(tokenizer, cells, keep, panel=panel)
+        assert np.array_equal(presence, whole.gene_presence())
+        for name in ("input_ids", "attention_mask", "gene_index", "values"):
+            a, b = getattr(got, name), getattr(expected, name)
+            assert (a is None and b is None) or np.array_equal(a, b), name
+        pd.testing.assert_frame_equal(got.obs, expected.obs)

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from ...config import TOKENIZER_MODES
 from ...errors import InputError
-from ..base import Tokenizer, TokenizedCells
+from ..base import Tokenizer, TokenizedCells, row_ranges
 from .checkpoint import CLS, PAD
 
 
@@ -109,12 +109,26 @@ class ScGPTTokenizer(Tokenizer):
         return self._vocabulary(cells)[1]
 
     def tokenize(self, cells, panel: pd.DataFrame | None = None) -> TokenizedCells:
+        return self._tokenize(cells, panel, self._streams())
+
+    def tokenize_blocks(self, cells, panel: pd.DataFrame | None = None):
+        """As :meth:`Tokenizer.tokenize_blocks`, with one pair of random streams carried across the blocks, so every
+        cell's bins and gene sample are those of :meth:`tokenize` over all cells."""
+        streams = self._streams()
+        for rows in row_ranges(cells.n_cells):
+            yield rows, self._tokenize(cells.subset(rows), panel, streams)
+
+    def _streams(self) -> tuple[np.random.RandomState, np.random.Generator]:
+        """The binning draws (scGPT's global-RNG stream after ``np.random.seed``) and the zero-shot gene sampler."""
+        return np.random.RandomState(self.seed), np.random.default_rng([self.seed, 1])
+
+    def _tokenize(self, cells, panel, streams) -> TokenizedCells:
         counts, genes = self._vocabulary(cells)
         if self.mode == "panel":
             if panel is None:
                 raise ValueError("panel mode tokenises the run's gene panel: pass panel=")
-            return self._panel(cells, counts, genes, panel)
-        return self._zero_shot(cells, counts, genes)
+            return self._panel(cells, counts, genes, panel, streams[0])
+        return self._zero_shot(cells, counts, genes, *streams)
 
     def _params(self, genes: pd.DataFrame, **extra) -> dict:
         return {"method": "scgpt_binned", "mode": self.mode, "n_bins": self.n_bins, "cls_value": self.cls_value,
@@ -122,13 +136,13 @@ class ScGPTTokenizer(Tokenizer):
                 "seed": self.seed, "vocabulary": self.source, "n_genes_in_vocab": int(len(genes)),
                 "symbol_matching": "case-sensitive vocab.json symbols", "cls_position": 0, **extra}
 
-    def _panel(self, cells, counts: sp.csr_matrix, genes: pd.DataFrame, panel: pd.DataFrame) -> TokenizedCells:
+    def _panel(self, cells, counts: sp.csr_matrix, genes: pd.DataFrame, panel: pd.DataFrame,
+               rs: np.random.RandomState) -> TokenizedCells:
         index = panel["gene_index"].to_numpy()
         if index.size + 1 > self.max_len:
             raise InputError(f"the panel has {index.size} genes but this scGPT model takes {self.max_len} tokens "
                              f"including <cls>; lower extraction.panel_size to at most {self.max_len - 1}")
         x = np.asarray(counts[:, index].todense(), dtype=np.float64)
-        rs = np.random.RandomState(self.seed)
         bins = np.stack([bin_values(row, self.n_bins, rs) for row in x]) if len(x) else np.zeros((0, index.size))
         n = x.shape[0]
         input_ids = np.concatenate([np.full((n, 1), self.cls_id), np.tile(genes["token_id"].to_numpy()[index], (n, 1))],
@@ -139,10 +153,9 @@ class ScGPTTokenizer(Tokenizer):
         return TokenizedCells(input_ids, np.ones_like(input_ids), gene_index, genes,
                               cells.obs.reset_index(drop=False), params, values)
 
-    def _zero_shot(self, cells, counts: sp.csr_matrix, genes: pd.DataFrame) -> TokenizedCells:
+    def _zero_shot(self, cells, counts: sp.csr_matrix, genes: pd.DataFrame, rs: np.random.RandomState,
+                   sampler: np.random.Generator) -> TokenizedCells:
         budget = self.max_len - 1
-        rs = np.random.RandomState(self.seed)
-        sampler = np.random.default_rng([self.seed, 1])
         rows = []
         for i in range(counts.shape[0]):
             lo, hi = counts.indptr[i], counts.indptr[i + 1]
