@@ -47,11 +47,13 @@ def observation_table(de_table: pd.DataFrame, features: pd.DataFrame, edge_colum
                       ) -> pd.DataFrame:
     """Rows = (perturbation, target gene) of evaluable perturbations; columns: label, gene-level ``features``
     (indexed by symbol) of the target gene, and one column per edge type (frames with perturbation, symbol,
-    score)."""
+    score). A score that is NaN (attention of a pair never co-observed in the attention cells: a model whose input
+    keeps a cell's top genes only) counts 0, as :func:`analysis.scoring.perturbation.perturbation_auroc` scores it."""
     obs = de_table.loc[~de_table["is_self"], ["perturbation", "symbol", "is_de"]].rename(columns={"is_de": "label"})
     obs = obs.join(features, on="symbol", how="inner")
     for name, frame in edge_columns.items():
-        obs = obs.merge(frame.rename(columns={"score": name}), on=["perturbation", "symbol"], how="inner")
+        scores = frame.rename(columns={"score": name}).fillna({name: 0.0})
+        obs = obs.merge(scores, on=["perturbation", "symbol"], how="inner")
     counts = obs.groupby("perturbation")["label"].agg(["sum", "size"])
     ok = counts.index[(counts["sum"] > 0) & (counts["sum"] < counts["size"])]
     return obs[obs["perturbation"].isin(ok)].reset_index(drop=True)

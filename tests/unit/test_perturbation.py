@@ -184,3 +184,14 @@ def test_weighted_bootstrap_metrics_equal_sklearn_on_the_resampled_set(rng):
         got = confounds._metrics(y, ties, np.bincount(draw, minlength=n_groups).astype(float)[group], np.array([0.3]))
         assert got["auroc"] == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
         assert got["auprc"] == pytest.approx(average_precision_score(y[idx], p[idx]), abs=1e-12)
+
+
+def test_unobserved_pairs_score_zero_in_the_observation_table():
+    """An attention score of NaN (pair never co-observed) enters the confound models as 0, as perturbation_auroc
+    scores it; before, LogisticRegression refused the table (found on a 512-token model over an 8,000-gene screen)."""
+    de = pd.DataFrame({"perturbation": ["P"] * 4, "symbol": list("ABCD"), "is_de": [True, False, True, False],
+                       "is_self": False})
+    features = pd.DataFrame({"mean": [1.0, 2, 3, 4], "variance": 1.0, "detection": 0.5}, index=list("ABCD"))
+    edge = pd.DataFrame({"perturbation": "P", "symbol": list("ABCD"), "score": [0.3, np.nan, np.nan, 0.1]})
+    obs = confounds.observation_table(de, features, {"attention": edge})
+    assert obs["attention"].tolist() == [0.3, 0.0, 0.0, 0.1]
