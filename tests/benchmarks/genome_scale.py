@@ -20,7 +20,12 @@ stage through ``/proc/self/clear_refs``), with the product's default configurati
 The attention edges fed to the perturbation stage are random scores over the panel (4 layers x 4 heads): their
 values do not change the cost, and extraction's own scaling is targets 1-3 (it runs on the control cells only).
 
-    python tests/benchmarks/genome_scale.py [--cells 30000,100000,300000] [--genes 8000] [--perts 2000]
+With ``--precompute`` each size is then run end to end by ``precompute.py`` under ``/usr/bin/time -v`` (wall, peak
+RSS, the stage log): a tiny random-weight Geneformer (BERT, 2 layers x 4 heads, 64 wide, 512 tokens) over the
+screen's genes, written beside the screen in the real checkpoint + dictionary formats, with the product defaults;
+every cell is tokenised (in blocks) and attention, ablation and CSSI run on the control cells.
+
+    python tests/benchmarks/genome_scale.py [--cells 30000,100000,300000] [--genes 8000] [--perts 2000] [--precompute]
 
 The last line gives the ratio of peak memory at the largest size to the smallest, against the ratio of cells.
 """
@@ -181,12 +186,51 @@ def measure(path: Path) -> dict:
     return out
 
 
+def tiny_checkpoint(directory: Path, gene_ids: list[str]) -> Path:
+    """A random-weight Geneformer checkpoint for ``gene_ids`` (module doc): config.json and the dictionaries."""
+    from transformers import BertConfig
+
+    from analysis.models.geneformer.tokenizer import GeneformerDictionaries, save_dictionaries
+
+    if (directory / "config.json").exists():
+        return directory
+    token = {"<pad>": 0, "<mask>": 1, **{g: 2 + i for i, g in enumerate(gene_ids)}}
+    BertConfig(vocab_size=len(token), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=128, max_position_embeddings=512, hidden_act="relu", pad_token_id=0,
+               architectures=["BertForMaskedLM"]).save_pretrained(directory)
+    save_dictionaries(GeneformerDictionaries(token=token, median={g: 1.0 for g in gene_ids}), directory, "bench")
+    return directory
+
+
+def run_precompute(path: Path, workdir: Path) -> dict:
+    """``precompute.py`` end to end on ``path`` (module doc): wall seconds, peak RSS and the stage log's lines."""
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        gene_ids = list(read_elem(f["var"]).index)
+    model = tiny_checkpoint(workdir / "tiny-geneformer", gene_ids)
+    cache = workdir / f"cache-{path.stem}"
+    cmd = ["/usr/bin/time", "-v", sys.executable, str(Path(__file__).resolve().parents[2] / "precompute.py"),
+           "--cache", str(cache), "--data", str(path), "--model", str(model), "--random-weights",
+           "--perturbation-col", "perturbation", "--control-label", "non-targeting",
+           "--reference", f"trrust:{path}.trrust.tsv", "--name", "genome-scale"]
+    t0 = time.perf_counter()
+    child = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if child.returncode != 0:
+        raise SystemExit(child.stdout + child.stderr[-5000:])
+    peak_kib = next(int(l.split()[-1]) for l in child.stderr.splitlines() if "Maximum resident set size" in l)
+    stages = [l for l in child.stderr.splitlines() if " done in " in l]
+    return {"seconds": round(wall, 1), "peak_gib": round(peak_kib / 1024 ** 2, 2), "log": stages}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", default="30000,100000,300000")
     ap.add_argument("--genes", type=int, default=8_000)
     ap.add_argument("--perts", type=int, default=2_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/genome_scale"))
+    ap.add_argument("--precompute", action="store_true", help="also run precompute.py end to end at each size")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)      # the child process's entry
     args = ap.parse_args()
     if args.measure:
@@ -210,6 +254,11 @@ def main() -> None:
         print("\n".join(lines[:-1]), flush=True)
         results[n] = json.loads(lines[-1])
         print(f"  sizes {results[n]['sizes']}", flush=True)
+        if args.precompute:
+            results[n]["precompute.py"] = run_precompute(path, args.workdir)
+            print("\n".join(f"    {l}" for l in results[n]["precompute.py"].pop("log")), flush=True)
+            print(f"  precompute.py  {results[n]['precompute.py']['seconds']:7.1f} s  peak "
+                  f"{results[n]['precompute.py']['peak_gib']:5.2f} GiB", flush=True)
     sizes = sorted(results)
     stages = [k for k in results[sizes[0]] if k != "sizes"]
     print("\nstage            " + "".join(f"{n:>22,d}" for n in sizes))
