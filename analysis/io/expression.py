@@ -22,8 +22,14 @@ def log1p_cp10k(counts: sp.spmatrix | np.ndarray, n_counts: np.ndarray, *, dense
     return np.asarray(x.todense()) if dense else x
 
 
+def column_indices(columns: np.ndarray, gene_ids: np.ndarray) -> np.ndarray:
+    """Index into ``columns`` (a matrix's gene ids) of each of ``gene_ids``, in that order (a repeated id: its last
+    column)."""
+    col_of = {g: i for i, g in enumerate(columns)}
+    return np.array([col_of[g] for g in gene_ids], dtype=np.int64)
+
+
 def expression_matrix(cells, gene_ids: np.ndarray, *, dense: bool = True) -> np.ndarray | sp.csr_matrix:
     """log1p CP10k ``[cells, len(gene_ids)]`` of the given genes of ``cells`` (``analysis.io.cells.CellData``)."""
-    col_of = {g: i for i, g in enumerate(cells.gene_ids)}
-    cols = np.array([col_of[g] for g in gene_ids], dtype=np.int64)
+    cols = column_indices(cells.gene_ids, gene_ids)
     return log1p_cp10k(cells.counts[:, cols], cells.obs["n_counts"].to_numpy(dtype=float), dense=dense)

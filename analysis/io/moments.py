@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .backed import row_blocks
-from .expression import log1p_cp10k
+from .expression import column_indices, log1p_cp10k
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,7 @@ class GroupMoments:
 
     def columns(self, gene_ids: np.ndarray) -> "GroupMoments":
         """The same groups over ``gene_ids`` (each must be one of ``self.gene_ids``), in that order."""
-        col_of = {g: i for i, g in enumerate(self.gene_ids)}
-        cols = np.array([col_of[g] for g in gene_ids], dtype=np.int64)
+        cols = column_indices(self.gene_ids, gene_ids)
         return GroupMoments(self.labels, self.n, self.sum[:, cols], self.sumsq[:, cols], self.detected[:, cols],
                             np.asarray(gene_ids))
 

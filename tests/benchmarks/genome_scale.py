@@ -122,11 +122,10 @@ def measure(path: Path) -> dict:
     from analysis.config import RunConfig
     from analysis.io.cells import load_cells
     from analysis.io.references import load_trrust
-    from analysis.scoring.edges import EdgeScores, spearman_edges
+    from analysis.scoring.edges import EdgeScores, combine, spearman_edges
     from analysis.scoring.panel import evaluation_universe, select_panel
-    from analysis.stages import perturbation
-    from analysis.scoring.edges import combine
     from analysis.scoring.perturbation import differential_expression, gene_level_scores, perturbation_auroc
+    from analysis.stages import perturbation
     from app.figures import perturbation_box
     from app.pages.perturbation import _label_frame
 
