@@ -18,6 +18,8 @@ def main() -> None:
                          "behind a proxy; other Host headers are refused (DNS rebinding)")
     ap.add_argument("--max-jobs", type=int, help="background jobs computing at once (default 2)")
     ap.add_argument("--max-queued-jobs", type=int, help="jobs that may wait for a free worker (default 4)")
+    ap.add_argument("--view-cache-mib", type=int, help="memory for the answers of views already drawn, served again "
+                                                      "without recomputing (default 256; 0: none)")
     args = ap.parse_args()
     settings = AppSettings.from_env(**vars(args))
     create_app(settings).run(host=settings.host, port=settings.port, debug=settings.debug)

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .view_cache import note_export
+
 FORMATS = ("png", "svg", "pdf", "html", "csv", "zip")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
         "csv": "text/csv", "zip": "application/zip"}
@@ -87,6 +89,7 @@ class FigureExports:
         data_json = pd.DataFrame(data if data is not None else []).to_json(orient="split", date_format="iso")
         token = hashlib.sha256("\0".join((name, figure_json, data_json)).encode()).hexdigest()[:32]
         self.cache.set(("export", token), (name, figure_json, data_json), expire=self.ttl_s)
+        note_export(token)
         return token
 
     def drawn(self, name: str, fig: go.Figure | dict, data) -> tuple[go.Figure | dict, str]:

@@ -18,6 +18,7 @@ from .pages import ablation, claims, compare, confounds, cssi, gene, heads, laye
 from .security import refuse_foreign_hosts
 from .settings import PROJECT_ROOT, AppSettings
 from .timing import report_server_time
+from .view_cache import JobResults, ViewCache, not_a_view
 
 PAGES = (overview, heads, layers, ablation, cssi, perturbation, confounds, compare, claims, statistics, gene)
 
@@ -67,11 +68,18 @@ def create_app(settings: AppSettings | None = None) -> Dash:
                suppress_callback_exceptions=True, title="scFM attention explorer",
                background_callback_manager=manager)
     exports = FigureExports(jobs, max_points=settings.export_max_points)
+    if settings.view_cache_ttl_s >= exports.ttl_s:
+        raise ValueError(f"view_cache_ttl_s ({settings.view_cache_ttl_s:g} s) must be under the export tokens' "
+                         f"lifetime ({exports.ttl_s} s): a cached view would hand out tokens that expire")
+    results = JobResults(jobs)   # pages read and write job results through it, so cached views follow them
     report_server_time(app.server)
     refuse_foreign_hosts(app.server, settings.allowed_hosts())
+    if settings.view_cache_mib > 0:
+        ViewCache(results, store.root, max_bytes=settings.view_cache_mib * 1024 ** 2,
+                  ttl_s=settings.view_cache_ttl_s).install(app)
     for page in PAGES:
         dash.register_page(page.__name__, path=page.PATH, name=page.NAME, layout=page.layout)
-        page.register(app, store, settings, jobs, exports)
+        page.register(app, store, settings, results, exports)
     app.layout = lambda: _shell(store, settings)
 
     @app.callback(Output(ids.RUN_HEADER, "children"), Input(ids.RUN_SELECT, "value"))
@@ -88,6 +96,7 @@ def create_app(settings: AppSettings | None = None) -> Dash:
     @app.callback(Output(ids.download(MATCH), "data"), Output(ids.export_status(MATCH), "children"),
                   Input(ids.export_button(MATCH, ALL), "n_clicks"), State(ids.figdata(MATCH), "data"),
                   State(ids.RUN_SELECT, "value"), prevent_initial_call=True)
+    @not_a_view
     def export(_clicks, token, run_id):
         """Render the figure the server drew for this card (named by its token, never sent by the browser)."""
         trigger = ctx.triggered_id

@@ -26,6 +26,8 @@ class AppSettings:
     max_queued_jobs: int = 4        # more that may wait for a free worker; beyond that a request is answered "busy"
     abandon_after_s: float = 30.0   # a job its page stopped polling for this long is ended
     export_max_points: int = 1_000_000  # data values one exported figure may draw (CSV is not bounded)
+    view_cache_mib: int = 256       # answers of the views kept in the server's memory (app.view_cache); 0: none
+    view_cache_ttl_s: float = 3600.0  # how long one is kept; under an export token's lifetime (app.export)
     allow_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bind address (DNS rebinding)
     debug: bool = False
 

@@ -16,6 +16,7 @@ from analysis.scoring.registry import FAMILIES
 from analysis.scoring.replication import replicate
 
 from .. import ids
+from ..view_cache import not_a_view
 
 PATH, NAME = "/claims", "Claims"
 COLOURS = {"supported": "#d4edda", "not supported": "#f8d7da", "not testable": "#e2e3e5"}
@@ -121,6 +122,7 @@ def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.CLAIMS_DOWNLOAD, "data"), Input(ids.CLAIMS_REPORT_BUTTON, "n_clicks"),
                   Input(ids.CLAIMS_CSV_BUTTON, "n_clicks"), State(ids.RUN_SELECT, "value"),
                   State(ids.CLAIMS_CONTEXTS, "value"), prevent_initial_call=True)
+    @not_a_view
     def download(report_clicks, csv_clicks, run_id, others):
         if not run_id or not (report_clicks or csv_clicks):
             return None
