@@ -1,22 +1,27 @@
 """Benchmark (not a test): the app's cached views under load (issue 13, target 6): ``--clients`` concurrent clients
-replaying every view a browser asks for, with nothing else running (the baseline) and again while a live ablation
-runs as the app runs it (a background job started from the Ablation page's Run button in a real browser).
+replaying every view a browser asks for, with nothing else running and again while a live ablation runs as the app
+runs it (a background job started from the Ablation page's Run button in a real browser); first against a server
+that caches no view (``--view-cache-mib 0``, the baseline, ``--baseline-rounds`` rounds), then against the app as
+it is served (cached views, app.view_cache).
 
 1. A copy of run ``--run`` (default: the newest Geneformer run of ``--cache``, after the README's first command)
    is served by ``python -m app`` in its own process, as the README serves it; the copy keeps the benchmark's
-   live ablations out of the user's cache.
+   live ablations out of the user's cache. Each server gets a fresh copy (no job result carries over).
 2. Headless Chromium opens every page (the gene page on a reference TF) and records each Dash callback request
    it sends (the DevTools network log): that is the set of views, each named by its outputs.
 3. Each client is a thread sending those requests one after another, ``--rounds`` times in its own shuffled order,
-   each on a fresh connection; the server's time is the ``Server-Timing`` header of each answer (:mod:`app.timing`).
+   each on a fresh connection; the server's time is the ``Server-Timing`` header of each answer (:mod:`app.timing`),
+   and ``X-View-Cache`` says whether a cached view was a hit.
 4. The same replay while a live ablation of two heads on ``--cells`` cells runs: the browser clicks Run and, when
    the job ends before the replay does, clicks again on one cell fewer (a new request, not a cached answer). Only
    requests that started and ended while a job process was alive count as loaded.
 
-Prints per view the server time's 95th percentile unloaded and loaded, then the worst view; the last line is the
-loaded / unloaded ratio of the 95th percentile over every request (target: every view under 150 ms loaded).
+Prints per view the cached server's 95th percentile of server time unloaded and loaded, then the worst view; the
+last line is the ratio of the 95th percentile over every loaded request, cached / uncached (target: every view
+under 150 ms loaded).
 
-    python tests/benchmarks/app_load.py [--cache cache] [--run RUN_ID] [--clients 20] [--rounds 3] [--cells 200]
+    python tests/benchmarks/app_load.py [--cache cache] [--run RUN_ID] [--clients 20] [--rounds 3]
+        [--baseline-rounds 1] [--cells 200]
 """
 from __future__ import annotations
 
@@ -56,16 +61,18 @@ class View:
 @dataclass
 class Sample:
     view: str
+    cache: str          # the X-View-Cache header: hit, miss, or "" (not a cached view / no cache)
     server_ms: float
     client_ms: float
     start: float
     end: float
 
 
-def serve_copy(cache: Path, run_id: str, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """Copy the run into ``workdir``'s cache and serve it with ``python -m app``; (server process, base url)."""
+def serve_copy(cache: Path, run_id: str, workdir: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """Copy the run into ``workdir``'s cache and serve it with ``python -m app [flags]``; (server process, base
+    url)."""
     shutil.copytree(cache / "artifacts" / run_id, workdir / "cache" / "artifacts" / run_id)
-    return serve_app(workdir / "cache", run_id)
+    return serve_app(workdir / "cache", run_id, *flags)
 
 
 def recorded_callbacks(driver) -> list[bytes]:
@@ -123,7 +130,7 @@ def ask(port: int, view: View) -> Sample:
         raise RuntimeError(f"{view.name}: HTTP {response.status}")
     timing = response.getheader("Server-Timing", "")
     server_ms = float(timing.split("dur=")[1]) if "dur=" in timing else float("nan")
-    return Sample(view.name, server_ms, 1000 * (end - start), start, end)
+    return Sample(view.name, response.getheader("X-View-Cache", ""), server_ms, 1000 * (end - start), start, end)
 
 
 def replay(port: int, views: list[View], clients: int, rounds: int, until=None) -> list[Sample]:
@@ -229,12 +236,49 @@ def p95(values) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), 95))
 
 
+def load_test(args, cache: Path, manifest, gene: str, rounds: int, *flags: str) -> dict[str, pd.DataFrame]:
+    """Serve a fresh copy of the run with ``flags``, record its views, replay them unloaded and with a live ablation
+    running; {"unloaded" | "loaded": samples}."""
+    workdir = Path(tempfile.mkdtemp(prefix="app-load-"))
+    server, url = serve_copy(cache, manifest.run_id, workdir, *flags)
+    driver = headless_chromium(workdir, performance_log=True)   # records the views
+    user = headless_chromium(workdir / "user")                   # a second user, running the live ablation
+    try:
+        print(f"run {manifest.run_id} ({manifest.family}), served at {url} {' '.join(flags)}; recording the views")
+        views = record_views(driver, url, gene)
+        port = int(url.rsplit(":", 1)[1])
+        background = background_outputs(workdir / "cache")
+        jobs = [v for v in views if json.loads(v.body)["output"] in background]
+        views = [v for v in views if v not in jobs]
+        print(f"left out {len(jobs)} background-job callback(s) (they start jobs; not cached views): "
+              + ", ".join(v.name for v in jobs))
+        print(f"{len(views)} views; {args.clients} clients x {rounds} rounds, unloaded")
+        unloaded = replay(port, views, args.clients, rounds)
+        live = LiveAblation(user, url, server, ("L0H0", f"L{manifest.model.n_layers - 1}H1"), args.cells)
+        live.start()
+        print("loaded: a live ablation running")
+        loaded_all = replay(port, views, args.clients, rounds)
+        live.stop.set()
+        loaded = [s for s in loaded_all if live.covered(s)]
+        print(f"{len(loaded)} of {len(loaded_all)} loaded requests ran while one of {live.jobs} live ablation "
+              f"job(s) was alive")
+    finally:
+        driver.quit()
+        user.quit()
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {name: pd.DataFrame([vars(s) for s in samples]) for name, samples in
+            (("unloaded", unloaded), ("loaded", loaded))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=ROOT / "cache")
     ap.add_argument("--run", help="run id (default: the newest Geneformer run)")
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline-rounds", type=int, default=1, help="rounds against the server caching no view")
     ap.add_argument("--cells", type=int, default=200, help="cells of the live ablation")
     args = ap.parse_args()
     runs, _ = scan_runs(args.cache)
@@ -243,49 +287,30 @@ def main() -> None:
         raise SystemExit(f"no run {args.run or 'of Geneformer'} in {args.cache}: run `python precompute.py` first")
     manifest = chosen[0]
     refs = pd.read_parquet(args.cache / "artifacts" / manifest.run_id / "reference_edges.parquet")
-    workdir = Path(tempfile.mkdtemp(prefix="app-load-"))
-    server, url = serve_copy(args.cache, manifest.run_id, workdir)
-    driver = headless_chromium(workdir, performance_log=True)   # records the views
-    user = headless_chromium(workdir / "user")                   # a second user, running the live ablation
-    try:
-        print(f"run {manifest.run_id} ({manifest.family}), served at {url}; recording the views")
-        views = record_views(driver, url, str(refs["tf"].iloc[0]))
-        port = int(url.rsplit(":", 1)[1])
-        background = background_outputs(workdir / "cache")
-        jobs = [v for v in views if json.loads(v.body)["output"] in background]
-        views = [v for v in views if v not in jobs]
-        print(f"left out {len(jobs)} background-job callback(s) (they start jobs; not cached views): "
-              + ", ".join(v.name for v in jobs))
-        print(f"{len(views)} views; {args.clients} clients x {args.rounds} rounds, unloaded")
-        unloaded = replay(port, views, args.clients, args.rounds)
-        live = LiveAblation(user, url, server, ("L0H0", f"L{manifest.model.n_layers - 1}H1"), args.cells)
-        live.start()
-        print("loaded: a live ablation running")
-        loaded_all = replay(port, views, args.clients, args.rounds)
-        live.stop.set()
-        loaded = [s for s in loaded_all if live.covered(s)]
-    finally:
-        driver.quit()
-        user.quit()
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(workdir, ignore_errors=True)
-    frames = {name: pd.DataFrame([vars(s) for s in samples]) for name, samples in
-              (("unloaded", unloaded), ("loaded", loaded))}
+    gene = str(refs["tf"].iloc[0])
+    print("== baseline: no cached views")
+    baseline = load_test(args, args.cache, manifest, gene, args.baseline_rounds, "--view-cache-mib", "0")
+    print("== cached views (as served)")
+    frames = load_test(args, args.cache, manifest, gene, args.rounds)
     table = pd.DataFrame({f"{name} p95 ms": frame.groupby("view")["server_ms"].quantile(0.95)
                           for name, frame in frames.items()})
     table["loaded n"] = frames["loaded"].groupby("view").size()
-    with pd.option_context("display.width", 200, "display.max_colwidth", 90, "display.max_rows", 200):
+    table["uncached loaded p95 ms"] = baseline["loaded"].groupby("view")["server_ms"].quantile(0.95)
+    with pd.option_context("display.width", 220, "display.max_colwidth", 90, "display.max_rows", 200):
         print(table.sort_values("loaded p95 ms", ascending=False).round(1).to_string())
+    both = pd.concat(frames.values())
+    print("cached-view answers: " + ", ".join(f"{state or 'not a cached view'} {n}"
+                                             for state, n in both["cache"].value_counts().items()))
     worst = table["loaded p95 ms"].idxmax()
-    print(f"{len(loaded)} of {len(loaded_all)} loaded requests ran while one of {live.jobs} live ablation job(s) "
-          f"was alive; client-side p95 unloaded {p95(frames['unloaded']['client_ms']):.1f} ms, loaded "
+    print(f"client-side p95 loaded: uncached {p95(baseline['loaded']['client_ms']):.1f} ms, cached "
           f"{p95(frames['loaded']['client_ms']):.1f} ms")
     print(f"worst view loaded: {worst}: p95 {table.loc[worst, 'loaded p95 ms']:.1f} ms (target {TARGET_MS:.0f} ms); "
           f"views over target: {int((table['loaded p95 ms'] > TARGET_MS).sum())} of {len(table)}")
-    a, b = p95(frames["unloaded"]["server_ms"]), p95(frames["loaded"]["server_ms"])
-    print(f"server-time p95 over every view: unloaded {a:.1f} ms, with a live ablation running {b:.1f} ms: "
-          f"ratio {b / a:.2f}")
+    print(f"server-time p95 over every view, cached: unloaded {p95(frames['unloaded']['server_ms']):.1f} ms, loaded "
+          f"{p95(frames['loaded']['server_ms']):.1f} ms; uncached: unloaded "
+          f"{p95(baseline['unloaded']['server_ms']):.1f} ms, loaded {p95(baseline['loaded']['server_ms']):.1f} ms")
+    a, b = p95(baseline["loaded"]["server_ms"]), p95(frames["loaded"]["server_ms"])
+    print(f"server-time p95 over every loaded request: uncached {a:.1f} ms, cached {b:.1f} ms: ratio {b / a:.3f}")
 
 
 if __name__ == "__main__":

@@ -27,14 +27,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.skip(reason="Debian chromium + chromium-driver not installed"))
 
 
-def serve_app(cache: Path, run_id: str) -> tuple[subprocess.Popen, str]:
-    """``python -m app`` serving ``cache`` (opening on ``run_id``) on a free port in its own process, as the README
-    serves it (its own thread bounds, job launcher and workers: nothing of it stays in the test process); (the
-    server process, its base url) once it answers."""
+def serve_app(cache: Path, run_id: str, *flags: str) -> tuple[subprocess.Popen, str]:
+    """``python -m app`` serving ``cache`` (opening on ``run_id``; more command-line ``flags``) on a free port in its
+    own process, as the README serves it (its own thread bounds, job launcher and workers: nothing of it stays in the
+    test process); (the server process, its base url) once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "app", "--cache", str(cache), "--port", str(port), "--run", run_id],
+    server = subprocess.Popen([sys.executable, "-m", "app", "--cache", str(cache), "--port", str(port), "--run", run_id,
+                               *flags],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and server.poll() is None:
@@ -108,7 +109,7 @@ def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
     from selenium.webdriver.common.by import By
     button = driver.find_element(
         By.CSS_SELECTOR, f"button[id='{{\"figure\":\"{figure}\",\"fmt\":\"{fmt}\",\"type\":\"export-btn\"}}']")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    scroll_to(driver, button)
     button.click()
     deadline, files = time.time() + seconds, []
     while time.time() < deadline and not files:
@@ -116,6 +117,13 @@ def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
         time.sleep(0.3)
     assert files, f"no {fmt.upper()} of {figure} was downloaded"
     return files[0]
+
+
+def scroll_to(driver, element) -> None:
+    """Bring ``element`` to the middle of the window at once: Bootstrap's CSS makes scrolling smooth (animated), and a
+    click sent while the page still moves lands on whatever passes under the pointer (seen: the Ablation page's
+    heads dropdown, a page below the window, clicked under the fidelity heatmap)."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'});", element)
 
 
 def choose(browser, dropdown_id, text):
@@ -127,7 +135,7 @@ def choose(browser, dropdown_id, text):
     from selenium.webdriver.support.ui import WebDriverWait
 
     button = browser.find_element(By.CSS_SELECTOR, f"[id='{dropdown_id}']")   # a pattern id is JSON: no By.ID
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    scroll_to(browser, button)
     button.click()
     search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
     search.send_keys(text)

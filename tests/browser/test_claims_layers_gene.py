@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import choose, graph_selector, trace_types
+from tests.browser.conftest import choose, graph_selector, scroll_to, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -38,7 +38,7 @@ def test_claim_map_contexts_and_report(server, browser, embedded_cache):
     wait.until(lambda d: next(c for k, c in claim_rows(d).items()
                               if k.startswith("The attention-correlation"))[2] != "not testable")
     button = browser.find_element(By.ID, "claims-report")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    scroll_to(browser, button)
     button.click()
     deadline, files = time.time() + 60, []
     while time.time() < deadline and not files:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.browser.conftest import choose, export_and_wait, graph_selector, trace_types
+from tests.browser.conftest import choose, export_and_wait, graph_selector, scroll_to, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -54,7 +54,7 @@ def test_per_run_head_replication_and_convergence(server, browser, embedded_cach
     tests = browser.find_element(By.ID, "compare-replication-tests").text
     assert "read-out advantage differs" in tests and "attention L1 vs correlation" in tests
     button = browser.find_element(By.ID, "compare-universe-button")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    scroll_to(browser, button)
     button.click()
     wait.until(lambda d: "hvg_only" in d.find_element(By.ID, "compare-universe").text)
     check = browser.find_element(By.ID, "compare-universe").text
