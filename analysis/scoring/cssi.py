@@ -49,20 +49,18 @@ def aggregate_all(strata: np.ndarray, pooled: np.ndarray, hows: tuple[str, ...] 
                   ) -> dict[str, np.ndarray]:
     """:func:`aggregate` for each of ``hows``, sharing the masks and the maximum between them."""
     valid = ~np.isnan(strata)
-    any_valid = valid.any(axis=0)
-    filled = np.where(valid, strata, -np.inf)
-    hi = filled.max(axis=0)
+    hi = np.fmax.reduce(strata, axis=0)            # NaN-ignoring: NaN only where no stratum has a value
     out = {}
     for how in hows:
         if how == "max":
-            value = hi
+            out[how] = hi
         elif how == "mean":
-            value = np.where(valid, strata, 0.0).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
+            n = valid.sum(axis=0)
+            out[how] = np.where(n > 0, np.where(valid, strata, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan)
         elif how == "range":
-            value = hi - np.where(valid, strata, np.inf).min(axis=0)
+            out[how] = hi - np.fmin.reduce(strata, axis=0)
         else:
-            value = np.where(valid, np.abs(strata - pooled), -np.inf).max(axis=0)
-        out[how] = np.where(any_valid, value, np.nan)
+            out[how] = np.where(np.isnan(hi), np.nan, np.where(valid, np.abs(strata - pooled), -np.inf).max(axis=0))
     return out
 
 
@@ -184,18 +182,20 @@ class CSSIData:
 
     ``group_sums``: ``[F + M, S_att, C]`` attention sums per group and site (:func:`site_sums`); ``group_counts``:
     ``[F + M, C]``, both C-contiguous float64 so that every stratification is one matrix product read in place; ``expression``: ``[cells, G]`` log1p CP10k of the panel genes; ``fine``: ``[cells]`` fine
-    cluster (0..F-1); ``random_group``: ``[cells]`` random group (F..F+M-1); ``sites``: :func:`site_table`;
-    ``top_k``: the F1 cut-off."""
+    cluster (0..F-1); ``random_group``: ``[cells]`` random group (F..F+M-1), None for data that holds no random groups
+    (:class:`LevelSums`); ``sites``: :func:`site_table`; ``top_k``: the F1 cut-off; ``pooled_scores``: :attr:`pooled`
+    when it was computed already (None: computed from the groups)."""
 
     group_sums: np.ndarray
     group_counts: np.ndarray
     expression: np.ndarray
     fine: np.ndarray
-    random_group: np.ndarray
+    random_group: np.ndarray | None
     pairs: PairSet
     sites: pd.DataFrame
     top_k: int
     spearman: SubsetSpearman | None = None
+    pooled_scores: np.ndarray | None = None
 
     @property
     def n_fine(self) -> int:
@@ -209,6 +209,8 @@ class CSSIData:
     @cached_property
     def pooled(self) -> np.ndarray:
         """``[S, N]`` pair scores over all cells (the fine clusters partition them)."""
+        if self.pooled_scores is not None:
+            return self.pooled_scores
         fine = (np.arange(self.group_counts.shape[0]) < self.n_fine).astype(float)
         return self.union_scores(fine, np.arange(self.fine.size))
 
@@ -270,11 +272,23 @@ class CSSISource:
     def sites(self) -> pd.DataFrame:
         return site_table(self.layers, self.group_sums.shape[2])
 
-    def fine_groups(self, n_fine: int) -> "CSSISource":
-        """A copy holding only the ``n_fine`` fine clusters' arrays, read into memory once (the gene-permuted
-        null slices them at new pairs many times and draws no random strata)."""
-        return dataclasses.replace(self, group_sums=np.asarray(self.group_sums[:n_fine]),
-                                   group_counts=np.asarray(self.group_counts[:n_fine]))
+    def level_sums(self, assignment: np.ndarray, n_strata: int, block_bytes: int = 256 * 2 ** 20) -> "LevelSums":
+        """:class:`LevelSums` of one stratification (``assignment``: ``[F]`` stratum of each fine cluster): the fine
+        clusters' sums are read once, ``block_bytes`` of float64 site sums at a time, whatever the number of pair
+        sets later scored."""
+        f, n_att = assignment.size, len(self.sites) - 2
+        n_groups, n_layers, n_heads = self.group_sums.shape[:3]
+        flat_sums = self.group_sums.reshape(n_groups, n_layers, n_heads, -1)
+        flat_counts = self.group_counts.reshape(n_groups, -1)
+        n_pairs = flat_counts.shape[1]
+        sums, counts = np.empty((n_strata, n_att, n_pairs)), np.empty((n_strata, n_pairs))
+        step = max(1, block_bytes // (8 * f * (n_att + n_layers * n_heads)))
+        for start in range(0, n_pairs, step):
+            cols = slice(start, start + step)
+            sums[:, :, cols] = group_to_strata(site_sums(flat_sums[:f, :, :, cols]), assignment, n_strata)
+            counts[:, cols] = group_to_strata(np.asarray(flat_counts[:f, cols], dtype=np.float64), assignment,
+                                              n_strata)
+        return LevelSums(sums, counts, self.expression, assignment[self.fine], self.sites, self.spearman)
 
     def data(self, pairs: PairSet, top_k: int = 0) -> CSSIData:
         """:class:`CSSIData` at ``pairs`` (``top_k`` 0 = the number of reference edges)."""
@@ -285,6 +299,40 @@ class CSSISource:
         return CSSIData(np.ascontiguousarray(site_sums(flat)), np.ascontiguousarray(counts, dtype=np.float64),
                         self.expression, self.fine, self.random_group, pairs, self.sites,
                         top_k or pairs.top_k, self.spearman)
+
+
+@dataclass(frozen=True)
+class LevelSums:
+    """One stratification's attention summed per stratum over every gene pair, to be scored at many pair sets (the
+    gene-permuted reference null: each draw is a new set of pairs, the strata stay): ``sums`` ``[K, S_att, G * G]``
+    (sites in :func:`site_sums` order) and ``counts`` ``[K, G * G]``, float64; ``cell_labels`` ``[cells]`` stratum
+    of each cell. Its :class:`CSSIData` holds one group per stratum (score it with ``np.arange(K)`` as the group
+    assignment), so a draw reads ``K`` rows at its pairs instead of every fine cluster's, and its pooled scores are
+    read from :attr:`pooled_columns`, computed once."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+    expression: np.ndarray
+    cell_labels: np.ndarray
+    sites: pd.DataFrame
+    spearman: SubsetSpearman | None = None
+
+    @cached_property
+    def pooled_columns(self) -> np.ndarray:
+        """``[S, G * G]`` every pair's score over all cells, before orientation: attention sums / counts over the
+        strata, Spearman and |Spearman| over every cell."""
+        ones = np.ones(self.sums.shape[0])
+        att = mean_scores((ones @ self.sums.reshape(ones.size, -1)).reshape(1, *self.sums.shape[1:]),
+                          (ones @ self.counts)[None])[0]
+        ranker = self.spearman or SubsetSpearman(self.expression)
+        corr = ranker.pairs(np.arange(self.cell_labels.size), np.arange(self.counts.shape[1]))[None]
+        return np.concatenate([att, corr, np.abs(corr)], axis=0)
+
+    def data(self, pairs: PairSet, top_k: int = 0) -> CSSIData:
+        return CSSIData(np.ascontiguousarray(self.sums[:, :, pairs.columns]),
+                        np.ascontiguousarray(self.counts[:, pairs.columns]), self.expression, self.cell_labels, None,
+                        pairs, self.sites, top_k or pairs.top_k, self.spearman,
+                        pooled_scores=pairs.orient(self.pooled_columns[:, pairs.columns]))
 
 
 def permuted_pairs(labels_all: np.ndarray, observed: np.ndarray, direction: str, rng: np.random.Generator
@@ -320,8 +368,9 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
 
     Returns the curve rows (one per site x aggregation x metric: value, pooled, delta, null band of the random
     strata, p-values; schema ``cssi_curve``) and the raw random-strata null draws (schema ``cssi_null``).
-    ``n_null`` random strata and label shuffles; ``gene_permuted(rng)`` returns the fine-cluster data at the pairs
-    of a gene-permuted reference, drawn ``n_gene_null`` times (None or 0 skips that null).
+    ``n_null`` random strata and label shuffles; ``gene_permuted(rng)`` returns the data at the pairs of a
+    gene-permuted reference with one group per stratum of ``assignment`` (:meth:`LevelSums.data`), drawn
+    ``n_gene_null`` times (None or 0 skips that null).
     """
     rng = np.random.default_rng([seed, n_strata])
     n_fine = data.n_fine
@@ -350,8 +399,7 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
         draws = []
         for r in range(n_gene_null):
             permuted = gene_permuted(rng)
-            draws.append(permuted.score(fine_assign[:permuted.group_counts.shape[0]], cell_labels, n_strata,
-                                        with_ranks=False))
+            draws.append(permuted.score(np.arange(n_strata), cell_labels, n_strata, with_ranks=False))
             if progress:
                 progress(n_null + r + 1, steps)
         for how in AGGREGATIONS:

@@ -150,12 +150,13 @@ def score_level(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, 
     observed = observed_pairs(run)
     labels_all = reference_labels(panel, reference)
     data = data or run.source.data(pair_set(panel, reference, observed, direction))
-    fine = run.source.fine_groups(run.strata.n_fine) if n_gene_null else None
+    assignment = run.strata.assignment(n_strata)
+    strata = run.source.level_sums(assignment, n_strata) if n_gene_null else None
 
     def gene_permuted(rng):
-        return fine.data(permuted_pairs(labels_all, observed, direction, rng))
+        return strata.data(permuted_pairs(labels_all, observed, direction, rng))
 
-    curve, null = evaluate_level(data, run.strata.assignment(n_strata), n_strata, n_null=n_null, seed=seed,
+    curve, null = evaluate_level(data, assignment, n_strata, n_null=n_null, seed=seed,
                                  gene_permuted=gene_permuted, n_gene_null=n_gene_null, progress=progress)
     level = run.strata.levels[run.strata.levels["n_strata"] == n_strata]
     tag = {"reference": reference.name, "direction": direction}

@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from analysis.scoring.cssi import (AGGREGATIONS, CSSIData, PairSet, aggregate, evaluate_level, recovery, site_sums,
-                           site_table, spearman_by_stratum)
+from analysis.scoring.cssi import (AGGREGATIONS, CSSIData, CSSISource, PairSet, aggregate, evaluate_level, recovery,
+                                   site_sums, site_table, spearman_by_stratum)
 from analysis.sim.cssi_synthetic import state_specific_screen, validate
 from analysis.scoring.ranking import Universe, ranks_and_order
 from analysis.scoring.strata import stratify
@@ -59,10 +59,9 @@ def test_ranks_and_top_k_equal_scipy_sklearn_and_brute_force(rng, with_ranks, k)
         assert f1[s] == pytest.approx(2 * precision * recall / (precision + recall) if hits else 0.0)
 
 
-def test_stratum_scores_equal_brute_force_over_cells(rng):
-    """Per-stratum attention = summed attention of the stratum's cells / their co-observation count, read from
-    group sums; per-stratum Spearman = scipy within the stratum; symmetric = mean of both directions."""
-    n_cells, g, layers, heads = 60, 6, 2, 3
+def grouped_cells(rng, n_cells=60, g=6, layers=2, heads=3):
+    """Per-cell attention ``[cells, L, H, G, G]``, co-observation ``[cells, G, G]``, 5 fine clusters and 4 random
+    groups, and their sums ``[9, L, H, G, G]`` and counts ``[9, G, G]`` accumulated cell by cell."""
     att = rng.random((n_cells, layers, heads, g, g))                   # per-cell attention A[q, k]
     present = rng.random((n_cells, g)) < 0.8
     co = present[:, :, None] & present[:, None, :]                     # [cells, G, G] both genes in the input
@@ -74,6 +73,14 @@ def test_stratum_scores_equal_brute_force_over_cells(rng):
         for grp in (fine[c], random_group[c]):
             sums[grp] += att[c] * co[c]
             counts[grp] += co[c]
+    return att, co, fine, random_group, sums, counts
+
+
+def test_stratum_scores_equal_brute_force_over_cells(rng):
+    """Per-stratum attention = summed attention of the stratum's cells / their co-observation count, read from
+    group sums; per-stratum Spearman = scipy within the stratum; symmetric = mean of both directions."""
+    n_cells, g, layers, heads = 60, 6, 2, 3
+    att, co, fine, random_group, sums, counts = grouped_cells(rng, n_cells, g, layers, heads)
     universe = Universe(np.array([0, 2]), ~np.eye(6, dtype=bool)[[0, 2]], rng.random((2, g)) < 0.4)
     pairs = PairSet.from_universe(universe, "symmetric", g)
     x = rng.normal(size=(n_cells, g))
@@ -102,6 +109,32 @@ def test_stratum_scores_equal_brute_force_over_cells(rng):
     with np.errstate(invalid="ignore"):
         pooled_att = (att * co[:, None, None]).sum(0) / co.sum(0)
     assert np.allclose(data.pooled[0], (pooled_att[0, 0, tf, gene] + pooled_att[0, 0, gene, tf]) / 2)
+
+
+@pytest.mark.parametrize("direction", ["tf_to_target", "symmetric"])
+def test_level_sums_score_every_pair_set_as_the_fine_clusters_do(rng, direction):
+    """The gene-permuted null reads one stratification's sums over every pair once (LevelSums, in blocks of pairs)
+    and then each draw's pairs: per-stratum scores, pooled scores and recovery equal those of the fine clusters
+    read at the same pairs."""
+    n_cells, g, layers, heads = 80, 7, 2, 3
+    _att, _co, fine, random_group, sums, counts = grouped_cells(rng, n_cells, g, layers, heads)
+    x = rng.normal(size=(n_cells, g))
+    x[:, 3] = 1.0                                                      # a constant gene: NaN Spearman
+    source = CSSISource(sums.astype(np.float32), counts, x, fine, random_group, (0, 1))
+    assignment = np.array([0, 1, 1, 0, 2])
+    level = source.level_sums(assignment, 3, block_bytes=2_000)        # several blocks of pairs
+    fine_assign = np.concatenate([assignment, -np.ones(4, dtype=np.int64)])
+    for tf_rows in (np.array([0, 2]), np.array([1, 3, 6])):
+        universe = Universe(tf_rows, ~np.eye(g, dtype=bool)[tf_rows], rng.random((tf_rows.size, g)) < 0.4)
+        pairs = PairSet.from_universe(universe, direction, g)
+        want, got = source.data(pairs), level.data(pairs)
+        labels = assignment[fine]
+        assert np.allclose(got.stratum_scores(np.arange(3), labels, 3), want.stratum_scores(fine_assign, labels, 3),
+                           rtol=1e-12, equal_nan=True)
+        assert np.allclose(got.pooled, want.pooled, rtol=1e-12, equal_nan=True)
+        for how, (auroc, f1, _) in got.score(np.arange(3), labels, 3, with_ranks=False).items():
+            ref = want.score(fine_assign, labels, 3, with_ranks=False)[how]
+            assert np.allclose(auroc, ref[0], equal_nan=True) and np.allclose(f1, ref[1], equal_nan=True)
 
 
 def test_spearman_by_stratum_marks_small_and_constant_strata(rng):
