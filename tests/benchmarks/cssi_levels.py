@@ -10,10 +10,13 @@ run's nulls (``--n-null`` random strata and label shuffles, ``--n-gene-null`` ge
 with ``--baseline REV``, in a fresh process on the code of git revision REV (a worktree under /tmp) over the same
 files; the two curve tables must be equal. ``--profile`` prints where the time goes.
 
+``--run cache/artifacts/<run id>`` scores a level of a real run instead (its CSSI files, panel and first reference)
+and prints its own attention-extraction stage time from the manifest next to it.
+
 Prints each side's time and peak memory; the last line is the ratio this code / baseline.
 
-    python tests/benchmarks/cssi_levels.py [--cells 10000 --panel 2000 --tfs 150 --layers 1 --heads 4]
-        [--baseline REV] [--profile]
+    python tests/benchmarks/cssi_levels.py [--cells 10000 --panel 2000 --tfs 150 --layers 1 --heads 4 | --run DIR]
+        [--level 5] [--baseline REV] [--profile]
 """
 from __future__ import annotations
 
@@ -74,14 +77,20 @@ def build_run(directory: Path, args) -> None:
     pd.DataFrame(edges, columns=["tf", "target"]).assign(mode="Unknown").to_parquet(directory / "edges.parquet")
 
 
-def score(directory: Path, level: int, n_null: int, n_gene_null: int, profile: bool) -> dict:
-    """Score ``level`` of the run in ``directory`` with the code on ``sys.path``; time, peak RSS, curve path."""
+def score(directory: Path, level: int, n_null: int, n_gene_null: int, profile: bool, out: Path) -> dict:
+    """Score ``level`` of the run in ``directory`` (a real run's, or :func:`build_run`'s) with the code on
+    ``sys.path``; time, peak RSS, the curve's path under ``out``."""
     from analysis.io.references import ReferenceNetwork
     from analysis.scoring.cssi_levels import load_cssi, score_level
 
     run = load_cssi(directory)
     panel = pd.read_parquet(directory / "panel.parquet")
-    ref = ReferenceNetwork("synthetic", pd.read_parquet(directory / "edges.parquet"), {})
+    if (directory / "edges.parquet").is_file():
+        ref = ReferenceNetwork("synthetic", pd.read_parquet(directory / "edges.parquet"), {})
+    else:
+        edges = pd.read_parquet(directory / "reference_edges.parquet")
+        name = edges["reference"].iloc[0]
+        ref = ReferenceNetwork(name, edges[edges["reference"] == name], {})
     profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
     if profiler:
@@ -92,22 +101,23 @@ def score(directory: Path, level: int, n_null: int, n_gene_null: int, profile: b
         profiler.disable()
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
     seconds = time.perf_counter() - start
-    out = directory / f"curve-{time.time_ns()}.parquet"
-    curve.to_parquet(out)
+    path = out / f"curve-{time.time_ns()}.parquet"
+    curve.to_parquet(path)
     return {"seconds": seconds, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-            "curve": str(out), "pairs": int(len(curve))}
+            "curve": str(path), "pairs": int(len(curve))}
 
 
-def baseline(rev: str, directory: Path, args) -> dict:
+def baseline(rev: str, directory: Path, out: Path, args) -> dict:
     """:func:`score` on the code of git revision ``rev``, in a fresh process."""
     tree = Path(tempfile.mkdtemp(prefix="cssi-baseline-"))
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True,
                    capture_output=True)
     try:
-        code = (f"import sys, json; sys.path.insert(0, {str(tree)!r}); sys.path.insert(1, {str(ROOT)!r}); "
-                f"from tests.benchmarks.cssi_levels import score; from pathlib import Path; "
-                f"print(json.dumps(score(Path({str(directory)!r}), {args.level}, {args.n_null}, "
-                f"{args.n_gene_null}, False)))")
+        code = (f"import sys, json, importlib.util; from pathlib import Path; sys.path.insert(0, {str(tree)!r}); "
+                f"spec = importlib.util.spec_from_file_location('bench', {__file__!r}); "
+                f"bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench); "
+                f"print(json.dumps(bench.score(Path({str(directory)!r}), {args.level}, {args.n_null}, "
+                f"{args.n_gene_null}, False, Path({str(out)!r}))))")
         done = subprocess.run([sys.executable, "-c", code], cwd=tree, check=True, capture_output=True, text=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
     finally:
@@ -128,17 +138,25 @@ def main() -> None:
     ap.add_argument("--n-gene-null", type=int, default=30)
     ap.add_argument("--baseline", help="git revision to compare with (e.g. HEAD~3)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--run", type=Path, help="a real run directory (cache/artifacts/<run id>) instead of a synthetic one")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory(prefix="cssi-levels-") as tmp:
-        directory = Path(tmp)
-        start = time.perf_counter()
-        build_run(directory, args)
-        size = sum(p.stat().st_size for p in directory.iterdir()) / 2 ** 30
-        print(f"synthetic run: {args.cells} cells, {args.panel} genes, {args.tfs} TFs, {args.layers} layer(s) x "
-              f"{args.heads} heads, {size:.2f} GiB on disk, written in {time.perf_counter() - start:.0f} s")
-        base = baseline(args.baseline, directory, args) if args.baseline else None
-        ours = score(directory, args.level, args.n_null, args.n_gene_null, args.profile)
+        out = Path(tmp)
+        if args.run:
+            directory = args.run.resolve()
+            manifest = json.loads((directory / "manifest.json").read_text())
+            seconds = {t["stage"]: t["seconds"] for t in manifest["stage_timings"]}
+            print(f"run {directory.name}: its attention extraction stage took {seconds.get('attention')} s")
+        else:
+            directory = out
+            start = time.perf_counter()
+            build_run(directory, args)
+            size = sum(p.stat().st_size for p in directory.iterdir()) / 2 ** 30
+            print(f"synthetic run: {args.cells} cells, {args.panel} genes, {args.tfs} TFs, {args.layers} layer(s) x "
+                  f"{args.heads} heads, {size:.2f} GiB on disk, written in {time.perf_counter() - start:.0f} s")
+        base = baseline(args.baseline, directory, out, args) if args.baseline else None
+        ours = score(directory, args.level, args.n_null, args.n_gene_null, args.profile, out)
         print(f"this code: one level ({args.n_null} random strata, {args.n_gene_null} gene permutations) "
               f"{ours['seconds']:.1f} s, peak RSS {ours['peak_gib']:.2f} GiB")
         if base is None:
