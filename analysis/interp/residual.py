@@ -1,0 +1,62 @@
+"""Residual-stream capture at gene positions (issue 14): the output of each chosen encoder layer (the model-family
+seam's ``SiteMap.layer`` site, the residual stream after the layer), read by a forward hook at every position that
+holds a gene (special tokens and padding left out) and written to disk batch by batch, so memory holds one batch
+whatever the number of cells. The rows go to an :class:`analysis.io.activations.ActivationStore`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..io.activations import PARAMS, ROW_CELL, ROW_GENE, ActivationStore, layer_file
+from ..models.base import ModelAdapter, TokenizedCells
+
+
+def capture_residual_stream(adapter: ModelAdapter, cells: TokenizedCells, layers: tuple[int, ...], directory: Path,
+                            *, batch_size: int = 8, progress: bool = False) -> ActivationStore:
+    """Write ``[rows, d_model]`` float32 per layer in ``layers`` into ``directory``: one row per (cell, gene
+    position), in the order of ``cells.batches(batch_size)`` and, within a batch, cell then position; with each
+    row's cell (index into ``cells``) and gene (``cells.genes`` row)."""
+    bad = [layer for layer in layers if not 0 <= layer < adapter.n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers {list(layers)} must be a non-empty subset of 0..{adapter.n_layers - 1}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n_rows = int((cells.gene_index >= 0).sum())
+    arrays = {layer: np.lib.format.open_memmap(directory / layer_file(layer), mode="w+", dtype=np.float32,
+                                               shape=(n_rows, adapter.d_model)) for layer in layers}
+    row_cell, row_gene = np.empty(n_rows, np.int32), np.empty(n_rows, np.int32)
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(layer):
+        def hook(_module, _inputs, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [adapter.module(adapter.sites.layer(layer)).register_forward_hook(keep(layer)) for layer in layers]
+    offset = 0
+    try:
+        for idx in tqdm(list(cells.batches(batch_size)), desc="residual stream", unit="batch", disable=not progress):
+            sub = cells.subset(idx)
+            adapter.forward(sub, decode=False)
+            cell, position = np.nonzero(sub.gene_index >= 0)
+            end = offset + cell.size
+            rows = (torch.as_tensor(cell, device=adapter.device), torch.as_tensor(position, device=adapter.device))
+            for layer in layers:
+                arrays[layer][offset:end] = captured[layer][rows].float().cpu().numpy()
+            row_cell[offset:end], row_gene[offset:end] = idx[cell], sub.gene_index[cell, position]
+            offset = end
+            captured.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    for array in arrays.values():
+        array.flush()
+    np.save(directory / ROW_CELL, row_cell)
+    np.save(directory / ROW_GENE, row_gene)
+    (directory / PARAMS).write_text(json.dumps({"layers": list(layers), "n_rows": n_rows,
+                                                "d_model": adapter.d_model, "batch_size": batch_size}))
+    return ActivationStore.open(directory)
