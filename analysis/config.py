@@ -278,6 +278,35 @@ class BiologyConfig:
 
 
 @dataclass(frozen=True)
+class SAEConfig:
+    """Sparse autoencoders of the residual stream (analysis.interp.sae, analysis.stages.sae; issue 14, the companion
+    paper's TopK SAEs). ``run``: ``embedded`` (default: on for the embedded default, off for your own model, where an
+    SAE wants a GPU and a training budget chosen on purpose), ``on`` or ``off``. The residual stream after each of
+    ``layers`` (() = every layer) is captured at the gene positions of the attention cells, cells subsampled (seeded)
+    so that the activations on disk stay within ``max_gib``; one TopK SAE per layer with ``expansion`` x d_model
+    features, ``k`` active per position, trained ``epochs`` passes of ``batch_size`` rows with Adam at ``lr``.
+    A feature firing on more than ``dense_rate`` of positions is dense; one whose decoder direction has |cos| >=
+    ``svd_cos`` with a top singular direction of the activations (those explaining ``svd_variance`` of the
+    variance) is visible to SVD (the superposition check)."""
+
+    run: str = "embedded"
+    layers: tuple[int, ...] = ()
+    expansion: int = 8
+    k: int = 8
+    epochs: int = 3
+    batch_size: int = 512
+    lr: float = 2e-3
+    max_gib: float = 2.0
+    dense_rate: float = 0.2
+    svd_cos: float = 0.7
+    svd_variance: float = 0.9
+    seed: int = 0
+
+    def active(self, *, embedded_model: bool) -> bool:
+        return self.run == "on" or (self.run == "embedded" and embedded_model)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A run's whole configuration. ``protocol``: the paper's preset it follows (:mod:`analysis.protocols`), or
     ``none``."""
@@ -296,6 +325,7 @@ class RunConfig:
     cssi: CSSIConfig = field(default_factory=CSSIConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     biology: BiologyConfig = field(default_factory=BiologyConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
 
     @property
     def embedded(self) -> bool:
@@ -424,7 +454,11 @@ def check(cfg: RunConfig) -> RunConfig:
     if cfg.data.max_cells is not None:
         at_least["data.max_cells"] = (cfg.data.max_cells, 1)
     at_least.update({"scaling.n_seeds": (cfg.scaling.n_seeds, 0), "scaling.n_boot": (cfg.scaling.n_boot, 0),
-                     "scaling.tf_boot": (cfg.scaling.tf_boot, 0), "biology.n_negatives": (cfg.biology.n_negatives, 1)})
+                     "scaling.tf_boot": (cfg.scaling.tf_boot, 0), "biology.n_negatives": (cfg.biology.n_negatives, 1),
+                     "sae.expansion": (cfg.sae.expansion, 1), "sae.k": (cfg.sae.k, 1), "sae.epochs": (cfg.sae.epochs, 1),
+                     "sae.batch_size": (cfg.sae.batch_size, 1)})
+    if cfg.sae.run not in ("embedded", "on", "off"):
+        raise ConfigError(f"sae.run = {cfg.sae.run!r}: must be embedded, on or off")
     for key, values in (("scaling.unit_fractions", cfg.scaling.unit_fractions),
                         ("scaling.composition_fractions", cfg.scaling.composition_fractions)):
         if not values or not all(0 < v <= 1 for v in values):

@@ -50,11 +50,17 @@ class TopKSAE(nn.Module):
         """``[n, F]`` for ``x`` ``[n, d]``."""
         return (x - self.b_dec) @ self.W_enc.T + self.b_enc
 
+    def active(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``[n, k]`` indices, ``[n, k]`` values): each row's ``k`` largest pre-activations, values after ReLU
+        (the sparse form of :meth:`encode`)."""
+        top = torch.topk(self.pre_activations(x), self.k, dim=-1)
+        return top.indices, torch.relu(top.values)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[n, F]`` latents: ReLU of the ``k`` largest pre-activations of each row, 0 elsewhere."""
-        pre = self.pre_activations(x)
-        top = torch.topk(pre, self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        indices, values = self.active(x)
+        return torch.zeros(x.shape[0], self.n_features, dtype=values.dtype, device=values.device).scatter(
+            -1, indices, values)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``[n, d]`` reconstruction of latents ``z`` ``[n, F]``."""
@@ -74,6 +80,22 @@ class TopKSAE(nn.Module):
     @torch.no_grad()
     def normalise_decoder(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+
+def save_sae(sae: TopKSAE, path) -> None:
+    """Write the weights as plain arrays (``.npz``: ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``, ``k``)."""
+    np.savez(path, **{name: p.detach().cpu().numpy() for name, p in sae.named_parameters()}, k=sae.k)
+
+
+def load_sae(path) -> TopKSAE:
+    """The SAE :func:`save_sae` wrote."""
+    with np.load(path) as f:
+        d_in, n_features = f["W_dec"].shape
+        sae = TopKSAE(d_in, n_features, int(f["k"]))
+        with torch.no_grad():
+            for name, p in sae.named_parameters():
+                p.copy_(torch.from_numpy(f[name]))
+    return sae
 
 
 def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ CSSI_GROUP_COUNTS = "cssi_group_counts.npy"    # [F + M, G, G]
 CSSI_EXPRESSION = "cssi_expression.npy"        # [cells, G] float32
 CSSI_FINE_GRAPH = "cssi_fine_graph.npy"        # [F, F]
 CSSI_PARAMS = "cssi_params.json"
+SAE_ROWS = "sae_rows.npz"                      # row_cell, row_gene [rows] int32: where each latent row was read
 EMBEDDING_KINDS = ("mean_penultimate", "cls")  # cell embeddings captured during extraction (interp.attention)
 
 
@@ -26,3 +27,13 @@ def table(name: str) -> str:
 def cell_embeddings(kind: str) -> str:
     """``[cells, d_model]`` float32 cell embeddings of one kind."""
     return f"cell_embeddings_{kind}.npy"
+
+
+def sae_weights(layer: int) -> str:
+    """One layer's TopK SAE: ``W_enc`` ``[F, d]``, ``b_enc`` ``[F]``, ``W_dec`` ``[d, F]``, ``b_dec`` ``[d]``, ``k``."""
+    return f"sae_L{layer}.npz"
+
+
+def sae_latents(layer: int) -> str:
+    """One layer's latents at every captured row: ``indices`` int32 and ``values`` float32, ``[rows, k]``."""
+    return f"sae_latents_L{layer}.npz"

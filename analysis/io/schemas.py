@@ -65,6 +65,11 @@ LAYER_BIOLOGY_CONTROL = (("reference", "layer", "r_raw", "r_partial", "p_partial
                          ("r_partial", "p_partial", "retained"))
 ATTENTION_EXPRESSION = (("layer", "correlation", "rho", "p", "n"), ("rho", "p"))
 UNIVERSE_CHECK = (("protocol", "perturbation", "layer", "attention_auroc", "correlation_auroc", "n_genes"), ())
+SAE_LAYERS = (("layer", "d_model", "n_features", "k", "n_rows", "n_cells", "epochs", "final_loss",
+               "fraction_variance_explained", "n_dead", "n_dense", "svd_directions", "n_svd_visible",
+               "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds"), ())
+SAE_FEATURES = (("layer", "feature", "firing_rate", "mean_activation", "max_svd_cos", "svd_visible", "dead", "dense",
+                 "top_genes"), ("mean_activation",))
 
 TABLES = {
     "head_ranking": HEAD_RANKING,
@@ -100,6 +105,8 @@ TABLES = {
     "layer_biology_control": LAYER_BIOLOGY_CONTROL,
     "attention_expression": ATTENTION_EXPRESSION,
     "universe_check": UNIVERSE_CHECK,
+    "sae_layers": SAE_LAYERS,
+    "sae_features": SAE_FEATURES,
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import protocols
-from ..config import AblationConfig, PerturbationConfig, RunConfig, mlp_block_layers, stable_hash
+from ..config import AblationConfig, PerturbationConfig, RunConfig, SAEConfig, mlp_block_layers, stable_hash
 from ..errors import ConfigError, InputError
 from ..io import schemas
 from ..io.artifacts import sha256_path
@@ -115,6 +115,17 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
     return tokens, schemas.validate("panel", panel)
 
 
+def check_sae(cfg: SAEConfig, n_layers: int, d_model: int) -> None:
+    """Refuse SAE settings the model cannot take (layers it does not have, more active features than features),
+    before anything runs rather than at the SAE stage, after every other stage."""
+    bad = [layer for layer in cfg.layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ConfigError(f"sae.layers {bad}: the model has layers 0-{n_layers - 1}")
+    if cfg.k > cfg.expansion * d_model:
+        raise ConfigError(f"sae.k = {cfg.k} exceeds the {cfg.expansion * d_model} features (sae.expansion "
+                          f"{cfg.expansion} x d_model {d_model})")
+
+
 def check_ablation_layers(cfg: AblationConfig, n_layers: int) -> None:
     """Refuse whole-layer and MLP-block settings that name a layer the model does not have."""
     named = [("ablation.whole_layers", l) for l in cfg.whole_layers]
@@ -156,6 +167,7 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     if paper_blocks and not cfg.ablation.mlp_blocks:
         cfg = dataclasses.replace(cfg, ablation=dataclasses.replace(cfg.ablation, mlp_blocks=paper_blocks))
     check_ablation_layers(cfg.ablation, adapter.n_layers)
+    check_sae(cfg.sae, adapter.n_layers, adapter.d_model)
     tokenizer = adapter.tokenizer(cfg.tokenizer, cfg.model.dictionaries)
     cells = load_cells_for(data_cfg, tokenizer, seed=cfg.extraction.seed)
     references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]

@@ -1,5 +1,5 @@
 """The precompute stages, in order: inputs -> attention -> edges -> ranking -> layer biology -> reference confounds ->
-perturbation -> ablation -> CSSI -> scaling -> statistics registry -> manifest, for one model (:func:`run_precompute`) or, for the embedded default,
+perturbation -> ablation -> CSSI -> scaling -> SAE -> statistics registry -> manifest, for one model (:func:`run_precompute`) or, for the embedded default,
 for every model family (:func:`configs_to_run`), side by side when there are cores for it (:func:`run_all`).
 
 Every input is loaded and validated before anything is written under ``cache/artifacts`` (a bad input leaves no
@@ -26,7 +26,7 @@ from ..io.artifacts import RunWriter, read_manifest
 from ..io.locks import exclusive
 from ..io.schemas import SchemaError
 from ..models.base import FAMILIES
-from . import ablation, attention, biology, confounds, cssi, perturbation, ranking, scaling
+from . import ablation, attention, biology, confounds, cssi, perturbation, ranking, sae, scaling
 from .inputs import Inputs, resolve_inputs
 from .timing import timed
 
@@ -137,6 +137,7 @@ def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: flo
         if inp.cfg.cssi.n_fine > 0:
             registry.extend(cssi.run(inp, store, writer, run_key, progress))
         registry.extend(scaling.stage(inp, store.panel, writer, key))
+        registry.extend(sae.stage(inp, store.panel, writer, run_key, progress))
         stats_table = schemas.validate("statistics_registry", registry.table())
         stats_table.to_parquet(writer.dir / files.table("statistics_registry"), index=False)
         stats_table.to_csv(writer.dir / files.STATISTICS_CSV, index=False)

@@ -175,6 +175,51 @@ def test_embedded_run_has_issue_11_analyses(embedded_cache, family):
     assert (layers["verdict"] == "not testable").all()          # two layers: no depth trend can be tested
 
 
+@pytest.mark.parametrize("family", ["geneformer", "scgpt"])
+def test_embedded_run_has_saes_of_the_residual_stream(embedded_cache, family, tmp_path):
+    """The SAE stage (on for the embedded models): one TopK SAE per layer, trained on the residual stream at every
+    gene position of the attention cells; its weights reproduce the latents stored for every row and the fraction of
+    variance explained recorded for the layer, computed here from activations captured again; the dense activations
+    are gone from the run."""
+    import torch
+
+    from analysis.interp.residual import capture_residual_stream
+    from analysis.interp.sae import load_sae
+    from analysis.io import files
+    from analysis.rerun import RunContext
+
+    cache, runs = embedded_cache
+    store = ArtifactStore(cache)
+    run_dir, run = runs[family], runs[family].name
+    m = store.manifest(run)
+    layers = store.table(run, "sae_layers").set_index("layer")
+    assert list(layers.index) == [0, 1] and (layers["n_cells"] == m.data.attention_cells).all()
+    assert (layers["n_features"] == 8 * 32).all() and (layers["k"] == 8).all()
+    assert (layers["fraction_variance_explained"] > 0.3).all()
+    assert (layers["behaviour_loss"] > 0).all() and np.isfinite(layers["behaviour_delta"]).all()
+    assert (layers["svd_directions"] >= 1).all() and (layers["n_svd_visible"] <= layers["n_features"]).all()
+    features = store.table(run, "sae_features")
+    assert len(features) == 2 * 256 and set(features["layer"]) == {0, 1}
+    assert features.loc[~features["dead"], "top_genes"].str.len().gt(0).all()
+    assert not (run_dir / "sae_activations").exists()
+    rows = np.load(run_dir / files.SAE_ROWS)
+    context = RunContext.from_manifest(m, store.panel(run))
+    again = capture_residual_stream(context.adapter, context.attention_tokens, (0, 1), tmp_path / "act")
+    assert again.n_rows == rows["row_cell"].size == layers.loc[0, "n_rows"]
+    assert np.array_equal(again.row_cell, rows["row_cell"]) and np.array_equal(again.row_gene, rows["row_gene"])
+    for layer in (0, 1):
+        sae = load_sae(run_dir / files.sae_weights(layer))
+        x = torch.from_numpy(np.array(again.layer(layer)))
+        with torch.no_grad():
+            indices, values = sae.active(x)
+            x_hat = sae(x)[0]
+        stored = np.load(run_dir / files.sae_latents(layer))
+        agree = (np.sort(indices.numpy(), axis=1) == np.sort(stored["indices"], axis=1)).all(axis=1).mean()
+        assert agree > 0.99                          # same rows, same features (ties of float noise aside)
+        fve = 1 - ((x - x_hat) ** 2).sum().item() / ((x - x.mean(0)) ** 2).sum().item()
+        assert fve == pytest.approx(layers.loc[layer, "fraction_variance_explained"], abs=0.01)
+
+
 def test_rerun_reuses_finished_stages(embedded_cache):
     cache, runs = embedded_cache
     run_dir = runs["geneformer"]

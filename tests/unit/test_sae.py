@@ -127,3 +127,45 @@ def test_capture_equals_the_models_own_hidden_states(family_setups, family, tmp_
             np.testing.assert_allclose(got[r], hidden[cell[r], position], rtol=1e-4, atol=1e-5)
     c, p = np.nonzero(cells.gene_index >= 0)                       # every gene position once
     assert sorted(zip(cell.tolist(), gene.tolist())) == sorted(zip(c.tolist(), cells.gene_index[c, p].tolist()))
+
+
+def test_sae_settings_are_checked_before_anything_runs():
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+    from analysis.stages.inputs import check_sae
+
+    cfg = load_config(cli={"sae.layers": (0, 3), "sae.k": 16})
+    check_sae(cfg.sae, 4, 32)
+    with pytest.raises(ConfigError, match=r"sae.layers \[3\]: the model has layers 0-2"):
+        check_sae(cfg.sae, 3, 32)
+    with pytest.raises(ConfigError, match="sae.k = 16 exceeds the 8 features"):
+        check_sae(load_config(cli={"sae.k": 16, "sae.expansion": 1}).sae, 4, 8)
+    with pytest.raises(ConfigError, match="sae.run = 'maybe'"):
+        load_config(cli={"sae.run": "maybe"})
+    assert load_config().sae.active(embedded_model=True) and not load_config().sae.active(embedded_model=False)
+    assert load_config(cli={"sae.run": "on"}).sae.active(embedded_model=False)
+
+
+def test_capture_cells_bound_the_activations_on_disk():
+    from analysis.stages.sae import capture_cells
+
+    assert np.array_equal(capture_cells(100, 50, 2, 64, 1.0, seed=0), np.arange(100))
+    kept = capture_cells(100_000, 2_000, 4, 1_152, 2.0, seed=0)    # V2-316M-sized rows: 2 GiB holds ~58 cells
+    assert kept.size == int(2 * 2 ** 30 // (2_000 * 4 * 1_152 * 4)) and np.all(np.diff(kept) > 0)
+    assert np.array_equal(kept, capture_cells(100_000, 2_000, 4, 1_152, 2.0, seed=0))
+
+
+def test_svd_alignment_equals_numpys_svd(rng):
+    from analysis.stages.sae import svd_alignment
+
+    x = rng.normal(size=(500, 6)) * np.array([5, 3, 1, 0.5, 0.2, 0.1])
+    cov = np.cov(x.T, bias=True)
+    decoder = rng.normal(size=(6, 9))
+    decoder[:, 0] = [1, 0, 0, 0, 0, 0]                              # the first principal axis: visible
+    decoder /= np.linalg.norm(decoder, axis=0)
+    r, max_cos = svd_alignment(decoder, cov, 0.9)
+    _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    share = np.cumsum(s ** 2) / (s ** 2).sum()
+    assert r == int(np.argmax(share >= 0.9)) + 1
+    assert np.allclose(max_cos, np.abs(vt[:r] @ decoder).max(axis=0))
+    assert max_cos[0] > 0.99
