@@ -56,3 +56,20 @@ class ActivationStore:
             starts = np.random.default_rng(seed).permutation(starts)
         for start in starts:
             yield np.asarray(array[start:start + batch_size])
+
+
+def shuffled_copy(store: ActivationStore, layer: int, directory: Path, seed: int) -> ActivationStore:
+    """One layer's activations with every dimension permuted independently across the rows (each dimension's
+    values kept, their joint structure destroyed: the SAE positive control's null), written as a store of its own
+    in ``directory``; the layer is read into memory once."""
+    x = np.array(store.layer(layer))
+    rng = np.random.default_rng([seed, 23])
+    for j in range(x.shape[1]):
+        x[:, j] = x[rng.permutation(x.shape[0]), j]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / layer_file(layer), x)
+    np.save(directory / ROW_CELL, store.row_cell)
+    np.save(directory / ROW_GENE, store.row_gene)
+    (directory / PARAMS).write_text(json.dumps({"layers": [layer], "n_rows": store.n_rows, "d_model": store.d_model}))
+    return ActivationStore.open(directory)

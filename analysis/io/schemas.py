@@ -70,6 +70,7 @@ SAE_LAYERS = (("layer", "d_model", "n_features", "k", "n_rows", "n_cells", "epoc
                "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds"), ())
 SAE_FEATURES = (("layer", "feature", "firing_rate", "mean_activation", "max_svd_cos", "svd_visible", "dead", "dense",
                  "top_genes"), ("mean_activation",))
+SAE_PROGRAMMES = (("layer", "programme", "kind", "best_feature", "r", "null_r", "n_cells"), ("r", "null_r"))
 
 TABLES = {
     "head_ranking": HEAD_RANKING,
@@ -107,6 +108,7 @@ TABLES = {
     "universe_check": UNIVERSE_CHECK,
     "sae_layers": SAE_LAYERS,
     "sae_features": SAE_FEATURES,
+    "sae_programmes": SAE_PROGRAMMES,
 }
 
 

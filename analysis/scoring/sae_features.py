@@ -11,7 +11,10 @@
   (feature, set) test, as the companion paper annotates features against TRRUST and STRING;
 - :func:`activation_correlation`: Pearson correlation between two sets of features' activations over the same rows
   (two layers read at the same positions: the cross-layer flow the companion paper calls highways; or one layer
-  against itself: co-activation), from sparse products, never a dense ``[rows, F]`` matrix.
+  against itself: co-activation), from sparse products, never a dense ``[rows, F]`` matrix;
+- :func:`cell_feature_activity`, :func:`regulon_activity` and :func:`best_feature_match`: each feature's activity
+  per cell (mean over the cell's rows) against cell programmes (a cell-state indicator, a TF's activity read from
+  its regulon's expression): the best feature's correlation with each programme, the SAE positive control.
 """
 from __future__ import annotations
 
@@ -89,3 +92,49 @@ def activation_correlation(a: sparse.csr_matrix, b: sparse.csr_matrix) -> np.nda
     with np.errstate(divide="ignore", invalid="ignore"):
         sd = np.sqrt(np.outer(np.clip(var_a, 0, None), np.clip(var_b, 0, None)))
         return np.where(sd > 0, cov / sd, np.nan)
+
+
+def cell_feature_activity(indices: np.ndarray, values: np.ndarray, row_cell: np.ndarray, n_cells: int,
+                          n_features: int) -> np.ndarray:
+    """``[cells, F]`` each feature's mean activation over each cell's rows (its gene positions)."""
+    rows_per_cell = np.bincount(row_cell, minlength=n_cells)
+    k = indices.shape[1]
+    sums = sparse.csr_matrix((values.ravel().astype(np.float64), (np.repeat(row_cell, k), indices.ravel())),
+                             shape=(n_cells, n_features)).toarray()
+    return sums / np.maximum(rows_per_cell, 1)[:, None]
+
+
+def regulon_activity(expression: np.ndarray, targets: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """Per cell, each TF's activity read from its targets' expression ``expression`` ``[cells, G]``: the mean
+    z-score of its activated targets minus that of its repressed ones (``targets[tf]`` = (activated, repressed)
+    column indices; a gene constant over the cells contributes 0)."""
+    sd = expression.std(axis=0)
+    z = np.where(sd > 0, (expression - expression.mean(axis=0)) / np.where(sd > 0, sd, 1), 0.0)
+    out = {}
+    for tf, (up, down) in targets.items():
+        score = np.zeros(expression.shape[0])
+        if len(up):
+            score += z[:, up].mean(axis=1)
+        if len(down):
+            score -= z[:, down].mean(axis=1)
+        out[tf] = score
+    return pd.DataFrame(out)
+
+
+def best_feature_match(activity: np.ndarray, programmes: pd.DataFrame) -> pd.DataFrame:
+    """For each programme (a column of ``programmes``, ``[cells]``): the feature whose per-cell activity
+    (``activity`` ``[cells, F]``) has the largest Pearson correlation with it, and that correlation (features
+    constant over the cells are left out)."""
+    a = activity - activity.mean(axis=0)
+    a_norm = np.sqrt((a ** 2).sum(axis=0))
+    rows = []
+    for name, values in programmes.items():
+        t = np.asarray(values, dtype=np.float64)
+        t = t - t.mean()
+        t_norm = np.sqrt((t ** 2).sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(a_norm > 0, (a.T @ t) / (a_norm * t_norm), np.nan) if t_norm > 0 else np.full(a.shape[1],
+                                                                                                      np.nan)
+        best = int(np.nanargmax(r)) if np.isfinite(r).any() else -1
+        rows.append((name, best, float(r[best]) if best >= 0 else float("nan")))
+    return pd.DataFrame(rows, columns=["programme", "best_feature", "r"])

@@ -4,6 +4,10 @@ residual stream after each chosen layer at the gene positions of the attention c
 disk (:func:`analysis.interp.sae.train_sae`), and record per layer the reconstruction quality (fraction of variance
 explained; the behaviour read-out on the ablation's fixed masking with the SAE's reconstruction spliced in), dead
 and dense features, and how many features align with the activations' top singular directions (superposition).
+Cell programmes (the positive control on the embedded default, whose states and network are the simulation's
+truth): each feature's activity per cell against each cell state's indicator and each reference TF's activity read
+from its regulon's expression; the best feature's correlation per layer, and on the read-out layer the same for an
+SAE trained on the activations with every dimension shuffled across rows (the null: same marginals, no structure).
 
 Written into the run: ``sae_layers`` and ``sae_features`` tables, each layer's weights (``sae_L<l>.npz``) and its
 latents at every captured row (``sae_latents_L<l>.npz``, the ``k`` active features per row) with the rows' cells
@@ -25,15 +29,17 @@ from ..interp.residual import capture_residual_stream
 from ..interp.sae import TopKSAE, save_sae, train_sae
 from ..interp.sae_splice import behaviour_with_reconstruction
 from ..io import files
-from ..io.activations import ActivationStore
+from ..io.activations import ActivationStore, shuffled_copy
+from ..io.expression import expression_matrix
 from ..io.artifacts import RunWriter
 from ..scoring.registry import StatsRegistry
-from ..scoring.sae_features import feature_gene_means
+from ..scoring.sae_features import best_feature_match, cell_feature_activity, feature_gene_means, regulon_activity
 from .inputs import Inputs
 from .timing import timed
 
 log = logging.getLogger("precompute")
 N_TOP_GENES = 5
+MIN_TARGETS = 3   # a reference TF's activity is read from at least this many targets in the panel
 
 
 def capture_cells(n_cells: int, genes_per_cell: float, n_layers: int, d_model: int, max_gib: float,
@@ -112,6 +118,44 @@ def layer_tables(layer: int, sae: TopKSAE, report, store: ActivationStore, cfg, 
     return row, features
 
 
+def cell_programmes(inp: Inputs, panel: pd.DataFrame, cells: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+    """(``[captured cells, programmes]``, each programme's kind): an indicator per cell state (the data's cell-state
+    column) and, per TF of the first reference with at least :data:`MIN_TARGETS` targets in the panel, its regulon
+    activity (activated targets' mean z-score minus repressed ones', log1p CP10k of the attention cells)."""
+    data = inp.attention_cell_data
+    columns, kinds = {}, []
+    if data.cell_state_col:
+        states = data.obs[data.cell_state_col].astype(str).to_numpy()[cells]
+        for state in sorted(set(states)):
+            columns[f"state {state}"] = (states == state).astype(float)
+            kinds.append("cell_state")
+    if inp.references:
+        index = {s: i for i, s in enumerate(panel["symbol"])}
+        edges = inp.references[0].edges
+        edges = edges[edges["tf"].isin(index) & edges["target"].isin(index) & (edges["tf"] != edges["target"])]
+        targets = {tf: (group.loc[group["mode"] != "Repression", "target"].map(index).to_numpy(),
+                        group.loc[group["mode"] == "Repression", "target"].map(index).to_numpy())
+                   for tf, group in edges.groupby("tf") if len(group) >= MIN_TARGETS}
+        if targets:
+            expression = expression_matrix(data, panel["gene_id"].to_numpy())[cells]
+            for tf, values in regulon_activity(expression, targets).items():
+                columns[f"TF {tf}"] = values.to_numpy()
+                kinds.append("tf_activity")
+    return pd.DataFrame(columns), kinds
+
+
+def programme_rows(layer: int, sae_latents: tuple[np.ndarray, np.ndarray], store: ActivationStore, n_features: int,
+                   programmes: pd.DataFrame, kinds: list[str], null_latents=None) -> pd.DataFrame:
+    """``sae_programmes`` rows of one layer (``null_latents``: the shuffled-activation SAE's, or None)."""
+    n_cells = len(programmes)
+    def best(latents):
+        activity = cell_feature_activity(*latents, store.row_cell, n_cells, n_features)
+        return best_feature_match(activity, programmes)
+    table = best(sae_latents).assign(layer=layer, kind=kinds, n_cells=n_cells)
+    table["null_r"] = best(null_latents)["r"].to_numpy() if null_latents is not None else np.nan
+    return table
+
+
 def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, progress: bool) -> StatsRegistry:
     """Train and describe the run's SAEs (module doc); nothing when ``sae.run`` leaves this run out. ``panel``: the
     attention store's panel (the behaviour read-out's masking is the ablation's)."""
@@ -142,7 +186,8 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
                                           n_cells=min(max(inp.cfg.ablation.n_cells, 1), tokens.n_cells),
                                           probability=inp.cfg.ablation.mask_probability, seed=inp.cfg.ablation.seed)
         symbols = tokens.genes["symbol"].astype(str).to_numpy()
-        rows, features = [], []
+        programmes, kinds = cell_programmes(inp, panel, cells)
+        rows, features, matches = [], [], []
         for layer in layers:
             start = time.perf_counter()
             sae, report = train_sae(lambda: store.batches(layer, cfg.batch_size, seed=cfg.seed), store.d_model,
@@ -157,6 +202,15 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
                                       latents)
             rows.append(row)
             features.append(table)
+            if len(programmes.columns):
+                null = None
+                if layer == inp.readout_layer or (inp.readout_layer not in layers and layer == layers[-1]):
+                    shuffled = shuffled_copy(store, layer, scratch / "shuffled", cfg.seed)
+                    null_sae, _ = train_sae(lambda: shuffled.batches(layer, cfg.batch_size, seed=cfg.seed),
+                                            store.d_model, n_features=n_features, k=cfg.k, epochs=cfg.epochs,
+                                            lr=cfg.lr, seed=cfg.seed)
+                    null = sparse_latents(null_sae, shuffled, layer, cfg.batch_size)
+                matches.append(programme_rows(layer, latents, store, n_features, programmes, kinds, null))
             log.info("SAE L%d: FVE %.3f, %d dead, %d dense, %d of %d features visible to SVD, behaviour loss "
                      "%.4f -> %.4f spliced (%.1f s)", layer, row["fraction_variance_explained"], row["n_dead"],
                      row["n_dense"], row["n_svd_visible"], n_features, row["behaviour_loss"],
@@ -164,5 +218,7 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
         shutil.rmtree(scratch)
         writer.write_table("sae_layers", pd.DataFrame(rows))
         writer.write_table("sae_features", pd.concat(features, ignore_index=True))
+        if matches:
+            writer.write_table("sae_programmes", pd.concat(matches, ignore_index=True))
     writer.mark_done("sae", key, time.perf_counter() - t0)
     return StatsRegistry()

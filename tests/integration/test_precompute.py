@@ -202,6 +202,12 @@ def test_embedded_run_has_saes_of_the_residual_stream(embedded_cache, family, tm
     assert len(features) == 2 * 256 and set(features["layer"]) == {0, 1}
     assert features.loc[~features["dead"], "top_genes"].str.len().gt(0).all()
     assert not (run_dir / "sae_activations").exists()
+    programmes = store.table(run, "sae_programmes")     # cell states and regulon activities vs per-cell features
+    for layer in (0, 1):
+        at = programmes[programmes["layer"] == layer]
+        assert set(at["kind"]) == {"cell_state", "tf_activity"} and at["r"].notna().all()
+        assert at["null_r"].notna().all() == (layer == m.readout_layer)   # the shuffled-activation SAE: read-out
+        assert (at["n_cells"] == m.data.attention_cells).all() and at["best_feature"].between(0, 255).all()
     rows = np.load(run_dir / files.SAE_ROWS)
     context = RunContext.from_manifest(m, store.panel(run))
     again = capture_residual_stream(context.adapter, context.attention_tokens, (0, 1), tmp_path / "act")

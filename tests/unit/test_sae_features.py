@@ -4,6 +4,7 @@ Benjamini-Hochberg, activation correlations against numpy's corrcoef on the dens
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
@@ -79,3 +80,28 @@ def test_activation_correlation_equals_numpy_corrcoef(rng):
     assert np.allclose(got[:5], ref[:5])
     with pytest.raises(ValueError, match="different rows"):
         activation_correlation(a, b[:100])
+
+
+def test_cell_programmes_against_direct_computations(rng):
+    from scipy.stats import pearsonr
+
+    from analysis.scoring.sae_features import best_feature_match, cell_feature_activity, regulon_activity
+
+    indices, values = sparse_latents(rng, rows=400, n_features=10)
+    row_cell = rng.integers(0, 20, size=400)
+    activity = cell_feature_activity(indices, values, row_cell, 20, 10)
+    dense = latent_matrix(indices, values, 10).toarray()
+    for c in range(20):
+        assert np.allclose(activity[c], dense[row_cell == c].mean(axis=0))
+    expression = rng.normal(size=(20, 6))
+    expression[:, 5] = 1.0                                          # constant gene: contributes 0
+    tf = regulon_activity(expression, {"A": (np.array([0, 1]), np.array([2])), "B": (np.array([5]), np.array([]))})
+    z = (expression - expression.mean(0)) / np.where(expression.std(0) > 0, expression.std(0), 1)
+    assert np.allclose(tf["A"], z[:, [0, 1]].mean(1) - z[:, 2]) and np.allclose(tf["B"], 0)
+    programmes = pd.DataFrame({"state1": (np.arange(20) < 8).astype(float), "A": tf["A"]})
+    activity[:, 3] = programmes["state1"] * 2 + rng.normal(scale=0.1, size=20)   # a feature tracking state1
+    table = best_feature_match(activity, programmes).set_index("programme")
+    assert table.loc["state1", "best_feature"] == 3
+    for name in ("state1", "A"):
+        r = [pearsonr(activity[:, f], programmes[name]).statistic for f in range(10)]
+        assert table.loc[name, "r"] == pytest.approx(np.nanmax(r))
