@@ -16,6 +16,7 @@ from analysis.io.artifacts import read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, oriented_pair_scores
+from analysis.scoring.sae_features import feature_gene_means
 from analysis.scoring.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -129,6 +130,20 @@ class ArtifactStore:
         return {"per_pert": self.table(run_id, "perturbation_auroc"), "n_layers": m.model.n_layers,
                 "readout_layer": m.readout_layer,
                 "correlation_edge": CORRELATION_EDGE_TYPES[m.config.perturbation.correlation_edge]}
+
+    @lru_cache(maxsize=8)
+    def sae_gene_means(self, run_id: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(``[F, G]`` each SAE feature of ``layer`` averaged over each gene's captured positions, ``[G]`` the genes'
+        symbols), from the run's sparse latents; KeyError when the run has no SAE of that layer."""
+        directory = self.run_dir(run_id)
+        if not (directory / files.sae_latents(layer)).is_file():
+            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
+        sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
+        with np.load(directory / files.SAE_ROWS) as rows, np.load(directory / files.sae_latents(layer)) as latents:
+            symbols = rows["gene_symbol"]
+            means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"], symbols.size,
+                                          int(sizes[layer]))
+        return means, symbols
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.

@@ -586,3 +586,44 @@ def convergence_plot(frame: pd.DataFrame) -> go.Figure:
                       xaxis={"title": "cells", "type": "log"}, yaxis={"title": "AUROC (read-out layer / Spearman)"},
                       height=420, margin={"t": 80}, legend={"font": {"size": 10}})
     return fig
+
+
+def feature_map(frame: pd.DataFrame, *, layer: int) -> go.Figure:
+    """Every SAE feature of one layer: how often it fires (x, log) against its mean activation when it fires (y);
+    features aligned with a top singular direction of the activations (visible to SVD) in orange."""
+    fig = go.Figure()
+    for visible, grp in frame.groupby("svd_visible", sort=True):
+        fig.add_scattergl(x=grp["firing_rate"], y=grp["mean_activation"], mode="markers",
+                          name="visible to SVD" if visible else "not visible to SVD",
+                          marker={"size": 6, "opacity": 0.7, "color": "#ff7f0e" if visible else "#1f77b4"},
+                          customdata=grp["feature"], text=grp["top_genes"],
+                          hovertemplate="feature %{customdata}<br>fires on %{x:.2%}<br>mean %{y:.3g}<br>%{text}"
+                                        "<extra></extra>")
+    fig.update_layout(title={"text": f"L{layer} SAE features<br><sup>click one for its card</sup>"},
+                      xaxis={"title": "firing rate (share of gene positions)", "type": "log"},
+                      yaxis={"title": "mean activation when firing"}, height=420, margin={"t": 80})
+    return fig
+
+
+def feature_genes(frame: pd.DataFrame, *, layer: int, feature: int) -> go.Figure:
+    """One feature's genes by mean activation over their positions (``frame``: symbol, mean_activation)."""
+    fig = go.Figure(go.Bar(x=frame["mean_activation"], y=frame["symbol"], orientation="h",
+                           hovertemplate="%{y}: %{x:.3g}<extra></extra>"))
+    fig.update_layout(title={"text": f"L{layer} feature {feature}: where it fires<br><sup>mean activation over each "
+                                     "gene's positions in the captured cells</sup>"},
+                      xaxis={"title": "mean activation"}, yaxis={"autorange": "reversed"},
+                      height=max(260, 22 * len(frame) + 120), margin={"t": 80})
+    return fig
+
+
+def programme_matches(frame: pd.DataFrame, *, layer: int) -> go.Figure:
+    """Per cell programme: the best feature's correlation with it, and the shuffled-activation SAE's (the null)."""
+    fig = go.Figure(go.Bar(x=frame["programme"], y=frame["r"], name="best feature", customdata=frame["best_feature"],
+                           hovertemplate="%{x}: r %{y:.3f} (feature %{customdata})<extra></extra>"))
+    if frame["null_r"].notna().any():
+        fig.add_bar(x=frame["programme"], y=frame["null_r"], name="shuffled activations (null)",
+                    marker={"color": "#bbbbbb"})
+    fig.update_layout(title={"text": f"L{layer}: cell programmes tracked by a feature<br><sup>Pearson r of the best "
+                                     "feature's per-cell activity with each cell state and TF regulon activity"
+                                     "</sup>"}, yaxis={"title": "r"}, barmode="group", height=380, margin={"t": 80})
+    return fig

@@ -110,6 +110,11 @@ CLAIMS_REPORT_BUTTON = "claims-report"
 CLAIMS_CSV_BUTTON = "claims-csv"
 CLAIMS_DOWNLOAD = "claims-download"
 
+FEATURES_LAYER = "features-layer"
+FEATURES_NOTE = "features-note"
+FEATURES_TABLE = "features-table"
+FEATURES_CARD_TITLE = "features-card-title"
+
 URL = "app-url"                       # dcc.Location the gene search navigates with
 GENE_SEARCH = "app-gene-search"       # the navigation bar's gene search box
 GENE_TITLE = "gene-title"

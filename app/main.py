@@ -14,13 +14,15 @@ from . import ids
 from .data import ArtifactStore
 from .export import MIME, ExportRefused, FigureExports
 from .jobs import ForkSafeDiskcacheManager
-from .pages import ablation, claims, compare, confounds, cssi, gene, heads, layers, overview, perturbation, statistics
+from .pages import (ablation, claims, compare, confounds, cssi, features, gene, heads, layers, overview, perturbation,
+                    statistics)
 from .security import refuse_foreign_hosts
 from .settings import PROJECT_ROOT, AppSettings
 from .timing import report_server_time
 from .view_cache import JobResults, ViewCache, not_a_view
 
-PAGES = (overview, heads, layers, ablation, cssi, perturbation, confounds, compare, claims, statistics, gene)
+PAGES = (overview, heads, layers, ablation, cssi, perturbation, confounds, features, compare, claims, statistics,
+         gene)
 
 
 def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:

@@ -180,12 +180,12 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
         scratch = writer.dir / "sae_activations"
         store = capture_residual_stream(adapter, captured, layers, scratch, batch_size=inp.cfg.extraction.batch_size,
                                         progress=progress)
+        symbols = tokens.genes["symbol"].astype(str).to_numpy()
         np.savez(writer.dir / files.SAE_ROWS, row_cell=cells[store.row_cell].astype(np.int32),
-                 row_gene=store.row_gene)
+                 row_gene=store.row_gene, gene_symbol=np.asarray(symbols, dtype=str))
         behaviour_cells = ablation_inputs(tokens, panel, readout_layer=inp.readout_layer,
                                           n_cells=min(max(inp.cfg.ablation.n_cells, 1), tokens.n_cells),
                                           probability=inp.cfg.ablation.mask_probability, seed=inp.cfg.ablation.seed)
-        symbols = tokens.genes["symbol"].astype(str).to_numpy()
         programmes, kinds = cell_programmes(inp, panel, cells)
         rows, features, matches = [], [], []
         for layer in layers:

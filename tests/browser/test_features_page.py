@@ -1,0 +1,55 @@
+"""Real headless Chromium on the Features page (issue 14): the read-out layer's SAE opens with its quality line, the
+feature map and the cell-programme bars; filtering the table by a gene and clicking a feature's row opens its card,
+whose genes are that feature's strongest, computed here from the run's stored latents; another layer redraws the
+map; the card exports as CSV."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.io import files
+from analysis.scoring.sae_features import feature_gene_means
+from tests.browser.conftest import choose, export_and_wait, scroll_to, trace_types
+
+selenium = pytest.importorskip("selenium")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def test_feature_map_table_and_card(server, browser, embedded_cache):
+    run_dir = embedded_cache[1]["geneformer"]
+    features = pd.read_parquet(run_dir / "sae_features.parquet").query("layer == 1 and not dead")
+    feature = int(features.sort_values("firing_rate").iloc[-1]["feature"])    # the most frequent live feature
+    gene = features.set_index("feature").loc[feature, "top_genes"].split(", ")[0]
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{server}/features")
+    wait.until(lambda d: "fraction of variance explained" in d.find_element(By.ID, "features-note").text)
+    assert browser.find_element(By.ID, "features-note").text.startswith("L1: 256 features")
+    wait.until(lambda d: trace_types(d, "features-map") and trace_types(d, "features-programmes"))
+    assert set(trace_types(browser, "features-map")) == {"scattergl"}
+    assert trace_types(browser, "features-programmes") == ["bar", "bar"]      # best feature and the shuffled null
+
+    column_filter = browser.find_element(By.CSS_SELECTOR, "#features-table th[data-dash-column='top_genes'] input")
+    scroll_to(browser, column_filter)
+    column_filter.send_keys(gene + Keys.ENTER)
+    wait.until(lambda d: all(gene in c.text for c in d.find_elements(
+        By.CSS_SELECTOR, "#features-table td[data-dash-column='top_genes']")))
+    cell = next(c for c in browser.find_elements(By.CSS_SELECTOR, "#features-table td[data-dash-column='feature']")
+                if c.text.strip() == str(feature))
+    scroll_to(browser, cell)
+    cell.click()
+    wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(f"L1 feature {feature}:"))
+    wait.until(lambda d: trace_types(d, "features-card") == ["bar"])
+    with np.load(run_dir / files.SAE_ROWS) as rows, np.load(run_dir / files.sae_latents(1)) as latents:
+        means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"],
+                                      rows["gene_symbol"].size, 256)
+        symbols = rows["gene_symbol"]
+    data = pd.read_csv(export_and_wait(browser, "features-card", "csv"))
+    want = symbols[np.argsort(-means[feature], kind="stable")[:len(data)]]
+    assert list(data["symbol"]) == list(want) and data["symbol"].iloc[0] == gene
+    assert np.allclose(data["mean_activation"], np.sort(means[feature])[::-1][:len(data)], rtol=1e-5)
+
+    choose(browser, "features-layer", "L0")
+    wait.until(lambda d: d.find_element(By.ID, "features-note").text.startswith("L0:"))
