@@ -16,7 +16,7 @@ from analysis.io.artifacts import read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, oriented_pair_scores
-from analysis.scoring.sae_features import feature_gene_means
+from analysis.scoring.sae_features import feature_gene_means, gene_set_enrichment, top_genes
 from analysis.scoring.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -144,6 +144,28 @@ class ArtifactStore:
             means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"], symbols.size,
                                           int(sizes[layer]))
         return means, symbols
+
+    @lru_cache(maxsize=8)
+    def sae_enrichment(self, run_id: str, layer: int, n_genes: int, min_targets: int = 3) -> pd.DataFrame:
+        """Every feature of ``layer`` (its ``n_genes`` genes of highest mean activation) against every reference TF's
+        regulon with at least ``min_targets`` targets among the captured genes: hypergeometric over-representation
+        over the genes the captured cells hold, BH over the layer's features x regulons
+        (:func:`analysis.scoring.sae_features.gene_set_enrichment`); gene sets named ``<reference>: <TF> regulon``."""
+        means, symbols = self.sae_gene_means(run_id, layer)
+        observed = (means > 0).any(axis=0)
+        index = {s: i for i, s in enumerate(symbols)}
+        sets, names = [], []
+        for (ref, tf), grp in self.reference_edges(run_id).groupby(["reference", "tf"], sort=True):
+            members = sorted({index[t] for t in grp["target"] if t in index and observed[index[t]]})
+            if len(members) >= min_targets:
+                row = np.zeros(symbols.size, dtype=bool)
+                row[members] = True
+                sets.append(row)
+                names.append(f"{ref}: {tf} regulon")
+        if not sets:
+            return pd.DataFrame(columns=["feature", "gene_set", "overlap", "feature_genes", "set_genes", "universe",
+                                         "fold", "p", "q"])
+        return gene_set_enrichment(top_genes(means, n_genes), np.array(sets), observed, names)
 
     def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
         """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.

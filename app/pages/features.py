@@ -2,7 +2,8 @@
 quality (fraction of variance explained, the behaviour read-out with the reconstruction spliced in, dead and dense
 features, how many are visible to SVD), a map of its features (how often each fires against how strongly), a
 searchable table (type a gene in the top-genes filter), each cell programme's best feature against the
-shuffled-activation null, and a feature's card: the genes it fires on."""
+shuffled-activation null, and a feature's card: the genes it fires on, and the reference regulons over-represented
+among its top genes (hypergeometric, BH over the layer's features x regulons)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
@@ -11,12 +12,13 @@ import pandas as pd
 from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
 from .. import ids
-from ..components import figure_card, table_column
+from ..components import figure_card, table_column, without_zero_p
 from ..figures import feature_genes, feature_map, programme_matches
 
 PATH, NAME = "/features", "Features"
 COLUMNS = ("feature", "firing_rate", "mean_activation", "max_svd_cos", "dead", "dense", "top_genes")
 N_CARD_GENES = 20
+ENRICHMENT_COLUMNS = ("gene_set", "overlap", "feature_genes", "set_genes", "universe", "fold", "p", "q")
 
 
 def layout(**_):
@@ -31,6 +33,11 @@ def layout(**_):
                                       for c in COLUMNS], style_table={"overflowX": "auto"}),
         html.H5(id=ids.FEATURES_CARD_TITLE, className="mt-3"),
         figure_card("features-card", placeholder="Click a feature on the map or in the table"),
+        html.H6(f"Reference regulons among the feature's top {N_CARD_GENES} genes (BH over every feature x regulon of "
+                "the layer)", className="mt-2"),
+        dash_table.DataTable(id=ids.FEATURES_ENRICHMENT, page_size=8, sort_action="native",
+                             columns=[table_column(c, ("fold", "p", "q")) for c in ENRICHMENT_COLUMNS],
+                             style_table={"overflowX": "auto"}),
     ], fluid=True)
 
 
@@ -74,7 +81,7 @@ def register(app, store, settings, jobs, exports):
                 table, *exports.drawn("features-programmes", prog_fig, progs))
 
     @app.callback(Output(ids.FEATURES_CARD_TITLE, "children"), Output(ids.graph("features-card"), "figure"),
-                  Output(ids.figdata("features-card"), "data"),
+                  Output(ids.figdata("features-card"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
                   Input(ids.graph("features-map"), "clickData"), Input(ids.FEATURES_TABLE, "active_cell"),
                   State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LAYER, "value"), prevent_initial_call=True)
     def card(click, cell, run_id, layer):
@@ -84,7 +91,7 @@ def register(app, store, settings, jobs, exports):
         else:
             feature = click["points"][0].get("customdata") if click and click.get("points") else None
         if feature is None or run_id is None or layer is None:
-            return no_update, no_update, no_update
+            return no_update, no_update, no_update, no_update
         feature = int(feature)
         means, symbols = store.sae_gene_means(run_id, layer)
         order = np.argsort(-means[feature], kind="stable")[:N_CARD_GENES]
@@ -93,4 +100,7 @@ def register(app, store, settings, jobs, exports):
         row = store.table(run_id, "sae_features").query("layer == @layer and feature == @feature").iloc[0]
         title = (f"L{layer} feature {feature}: fires on {row['firing_rate']:.2%} of gene positions"
                  + (" (dead)" if row["dead"] else "") + (" (dense)" if row["dense"] else ""))
-        return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes))
+        enriched = store.sae_enrichment(run_id, layer, N_CARD_GENES)
+        enriched = enriched[enriched["feature"] == feature][list(ENRICHMENT_COLUMNS)]
+        return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes),
+                without_zero_p(enriched, ("p", "q")).to_dict("records"))

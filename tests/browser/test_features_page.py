@@ -1,12 +1,14 @@
 """Real headless Chromium on the Features page (issue 14): the read-out layer's SAE opens with its quality line, the
 feature map and the cell-programme bars; filtering the table by a gene and clicking a feature's row opens its card,
-whose genes are that feature's strongest, computed here from the run's stored latents; another layer redraws the
-map; the card exports as CSV."""
+whose genes are that feature's strongest, computed here from the run's stored latents, and whose regulon table
+equals scipy's Fisher exact test on the feature's top genes against each TF's true targets; another layer redraws
+the map; the card exports as CSV."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import fisher_exact
 
 from analysis.io import files
 from analysis.scoring.sae_features import feature_gene_means
@@ -50,6 +52,25 @@ def test_feature_map_table_and_card(server, browser, embedded_cache):
     want = symbols[np.argsort(-means[feature], kind="stable")[:len(data)]]
     assert list(data["symbol"]) == list(want) and data["symbol"].iloc[0] == gene
     assert np.allclose(data["mean_activation"], np.sort(means[feature])[::-1][:len(data)], rtol=1e-5)
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#features-enrichment tbody tr")
+    shown = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")] for r in rows]
+    shown = [r for r in shown if r]
+    top = set(np.argsort(-means[feature], kind="stable")[:20][np.sort(means[feature])[::-1][:20] > 0])
+    observed = (means > 0).any(axis=0)
+    index = {str(s): i for i, s in enumerate(symbols)}
+    expected = {}                                   # every regulon of >= 3 captured targets that overlaps the top genes
+    for (ref, tf), grp in pd.read_parquet(run_dir / "reference_edges.parquet").groupby(["reference", "tf"]):
+        targets = {index[t] for t in grp["target"] if t in index and observed[index[t]]}
+        a = len(top & targets)
+        if len(targets) >= 3 and a:
+            b, c = len(top) - a, len(targets) - a
+            d = int(observed.sum()) - a - b - c
+            expected[f"{ref}: {tf} regulon"] = (a, fisher_exact([[a, b], [c, d]], alternative="greater").pvalue)
+    assert expected and len(shown) == min(8, len(expected))
+    for name, overlap, *_rest, p_text, _q in shown:
+        assert int(overlap) == expected[name][0]
+        assert float(p_text) == pytest.approx(expected[name][1], rel=1e-2)
 
     choose(browser, "features-layer", "L0")
     wait.until(lambda d: d.find_element(By.ID, "features-note").text.startswith("L0:"))
