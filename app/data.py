@@ -16,7 +16,8 @@ from analysis.io.artifacts import read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, oriented_pair_scores
-from analysis.scoring.sae_features import feature_gene_means, gene_set_enrichment, top_genes
+from analysis.scoring.sae_features import (activation_correlation, feature_gene_means, gene_set_enrichment,
+                                           latent_matrix, top_genes)
 from analysis.scoring.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -144,6 +145,30 @@ class ArtifactStore:
             means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"], symbols.size,
                                           int(sizes[layer]))
         return means, symbols
+
+    @lru_cache(maxsize=16)
+    def sae_latents(self, run_id: str, layer: int):
+        """``[rows, F]`` sparse activations of the SAE of ``layer`` at every captured row (the same rows, in the same
+        order, for every layer of a run); KeyError when the run has no SAE of that layer."""
+        path = self.run_dir(run_id) / files.sae_latents(layer)
+        if not path.is_file():
+            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
+        sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
+        with np.load(path) as latents:
+            return latent_matrix(latents["indices"], latents["values"], int(sizes[layer]))
+
+    def sae_neighbours(self, run_id: str, layer: int, feature: int, n: int = 3) -> pd.DataFrame:
+        """The ``n`` features of every other layer whose activations correlate most with ``feature``'s over the same
+        gene positions (the cross-layer flow the companion paper calls highways): layer, feature, r."""
+        column = self.sae_latents(run_id, layer)[:, [feature]]
+        rows = []
+        for other in self.table(run_id, "sae_layers")["layer"]:
+            if int(other) == layer:
+                continue
+            r = activation_correlation(column, self.sae_latents(run_id, int(other)))[0]
+            for f in np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")[:n]:
+                rows.append((int(other), int(f), float(r[f])))
+        return pd.DataFrame(rows, columns=["layer", "feature", "r"])
 
     @lru_cache(maxsize=8)
     def sae_enrichment(self, run_id: str, layer: int, n_genes: int, min_targets: int = 3) -> pd.DataFrame:

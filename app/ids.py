@@ -115,6 +115,7 @@ FEATURES_NOTE = "features-note"
 FEATURES_TABLE = "features-table"
 FEATURES_CARD_TITLE = "features-card-title"
 FEATURES_ENRICHMENT = "features-enrichment"
+FEATURES_NEIGHBOURS = "features-neighbours"
 
 URL = "app-url"                       # dcc.Location the gene search navigates with
 GENE_SEARCH = "app-gene-search"       # the navigation bar's gene search box

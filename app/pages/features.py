@@ -2,8 +2,9 @@
 quality (fraction of variance explained, the behaviour read-out with the reconstruction spliced in, dead and dense
 features, how many are visible to SVD), a map of its features (how often each fires against how strongly), a
 searchable table (type a gene in the top-genes filter), each cell programme's best feature against the
-shuffled-activation null, and a feature's card: the genes it fires on, and the reference regulons over-represented
-among its top genes (hypergeometric, BH over the layer's features x regulons)."""
+shuffled-activation null, and a feature's card: the genes it fires on, the reference regulons over-represented
+among its top genes (hypergeometric, BH over the layer's features x regulons), and its neighbours in the other
+layers (activation correlation over the same gene positions)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
@@ -37,6 +38,11 @@ def layout(**_):
                 "the layer)", className="mt-2"),
         dash_table.DataTable(id=ids.FEATURES_ENRICHMENT, page_size=8, sort_action="native",
                              columns=[table_column(c, ("fold", "p", "q")) for c in ENRICHMENT_COLUMNS],
+                             style_table={"overflowX": "auto"}),
+        html.H6("Neighbours in the other layers (Pearson r of activations over the same gene positions)",
+                className="mt-2"),
+        dash_table.DataTable(id=ids.FEATURES_NEIGHBOURS, page_size=12, sort_action="native",
+                             columns=[table_column(c, ("r",)) for c in ("layer", "feature", "r")],
                              style_table={"overflowX": "auto"}),
     ], fluid=True)
 
@@ -82,6 +88,7 @@ def register(app, store, settings, jobs, exports):
 
     @app.callback(Output(ids.FEATURES_CARD_TITLE, "children"), Output(ids.graph("features-card"), "figure"),
                   Output(ids.figdata("features-card"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
+                  Output(ids.FEATURES_NEIGHBOURS, "data"),
                   Input(ids.graph("features-map"), "clickData"), Input(ids.FEATURES_TABLE, "active_cell"),
                   State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LAYER, "value"), prevent_initial_call=True)
     def card(click, cell, run_id, layer):
@@ -91,7 +98,7 @@ def register(app, store, settings, jobs, exports):
         else:
             feature = click["points"][0].get("customdata") if click and click.get("points") else None
         if feature is None or run_id is None or layer is None:
-            return no_update, no_update, no_update, no_update
+            return no_update, no_update, no_update, no_update, no_update
         feature = int(feature)
         means, symbols = store.sae_gene_means(run_id, layer)
         order = np.argsort(-means[feature], kind="stable")[:N_CARD_GENES]
@@ -103,4 +110,5 @@ def register(app, store, settings, jobs, exports):
         enriched = store.sae_enrichment(run_id, layer, N_CARD_GENES)
         enriched = enriched[enriched["feature"] == feature][list(ENRICHMENT_COLUMNS)]
         return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes),
-                without_zero_p(enriched, ("p", "q")).to_dict("records"))
+                without_zero_p(enriched, ("p", "q")).to_dict("records"),
+                store.sae_neighbours(run_id, layer, feature).to_dict("records"))

@@ -1,8 +1,9 @@
 """Real headless Chromium on the Features page (issue 14): the read-out layer's SAE opens with its quality line, the
 feature map and the cell-programme bars; filtering the table by a gene and clicking a feature's row opens its card,
 whose genes are that feature's strongest, computed here from the run's stored latents, and whose regulon table
-equals scipy's Fisher exact test on the feature's top genes against each TF's true targets; another layer redraws
-the map; the card exports as CSV."""
+equals scipy's Fisher exact test on the feature's top genes against each TF's true targets, and whose cross-layer
+neighbours equal numpy's correlation of the two layers' activations; another layer redraws the map; the card
+exports as CSV."""
 from __future__ import annotations
 
 import numpy as np
@@ -71,6 +72,21 @@ def test_feature_map_table_and_card(server, browser, embedded_cache):
     for name, overlap, *_rest, p_text, _q in shown:
         assert int(overlap) == expected[name][0]
         assert float(p_text) == pytest.approx(expected[name][1], rel=1e-2)
+
+    neighbours = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")]
+                  for r in browser.find_elements(By.CSS_SELECTOR, "#features-neighbours tbody tr")]
+    neighbours = [r for r in neighbours if r]
+    with np.load(run_dir / files.sae_latents(0)) as l0, np.load(run_dir / files.sae_latents(1)) as l1:
+        dense = {}
+        for layer, lat in ((0, l0), (1, l1)):
+            x = np.zeros((lat["indices"].shape[0], 256))
+            np.put_along_axis(x, lat["indices"].astype(np.int64), lat["values"], axis=1)
+            dense[layer] = x
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.array([np.corrcoef(dense[1][:, feature], dense[0][:, f])[0, 1] for f in range(256)])
+    want = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")[:3]
+    assert [int(row[1]) for row in neighbours] == list(want) and {row[0] for row in neighbours} == {"0"}
+    assert np.allclose([float(row[2]) for row in neighbours], r[want], rtol=1e-2)
 
     choose(browser, "features-layer", "L0")
     wait.until(lambda d: d.find_element(By.ID, "features-note").text.startswith("L0:"))
