@@ -4,14 +4,13 @@ holds a gene (special tokens and padding left out) and written to disk batch by 
 whatever the number of cells. The rows go to an :class:`analysis.io.activations.ActivationStore`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io.activations import PARAMS, ROW_CELL, ROW_GENE, ActivationStore, layer_file
+from ..io.activations import ActivationStore, layer_file, write_index
 from ..models.base import ModelAdapter, TokenizedCells
 
 
@@ -55,8 +54,4 @@ def capture_residual_stream(adapter: ModelAdapter, cells: TokenizedCells, layers
             handle.remove()
     for array in arrays.values():
         array.flush()
-    np.save(directory / ROW_CELL, row_cell)
-    np.save(directory / ROW_GENE, row_gene)
-    (directory / PARAMS).write_text(json.dumps({"layers": list(layers), "n_rows": n_rows,
-                                                "d_model": adapter.d_model, "batch_size": batch_size}))
-    return ActivationStore.open(directory)
+    return write_index(directory, layers, row_cell, row_gene, adapter.d_model, batch_size=batch_size)

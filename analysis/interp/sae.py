@@ -105,12 +105,17 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TrainingReport:
-    """Loss per step, and on the data read once more after training: fraction of variance explained, how often each
-    feature fired (``[F]``, share of rows), and the features that never fired (dead)."""
+    """Loss per step, and from the data read once more after training: fraction of variance explained, how often
+    each feature fired (``[F]``, share of rows), the features that never fired (dead), the activations' covariance
+    ``[d, d]`` (float64), and the latents at every row in their sparse form (``indices`` int32 and ``values``
+    float32, ``[rows, k]``, in the order read)."""
 
     losses: np.ndarray
     fraction_variance_explained: float
     firing_rate: np.ndarray
+    covariance: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
 
     @property
     def dead(self) -> np.ndarray:
@@ -118,11 +123,13 @@ class TrainingReport:
 
 
 def train_sae(batches: Callable[[], Iterable[np.ndarray]], d_in: int, *, n_features: int, k: int, epochs: int = 1,
-              lr: float = 1e-3, seed: int = 0, device: torch.device | str = "cpu") -> tuple[TopKSAE, TrainingReport]:
+              lr: float = 1e-3, seed: int = 0, device: torch.device | str = "cpu",
+              evaluation: Iterable[np.ndarray] | None = None) -> tuple[TopKSAE, TrainingReport]:
     """Train a :class:`TopKSAE` on activations ``[n, d_in]`` read batch by batch: ``batches()`` yields them in a
     fixed order for each pass (from disk: :meth:`analysis.io.activations.ActivationStore.batches`), so memory
     holds one batch. ``b_dec`` starts at the first batch's mean. Adam, ``epochs`` passes, decoder columns
-    renormalised after every step; same seed and batches, same model."""
+    renormalised after every step; same seed and batches, same model. The report is :func:`evaluate_sae` over
+    ``evaluation`` (default one more ``batches()``): pass the rows in their stored order to get the latents in it."""
     torch.manual_seed(seed)
     device = torch.device(device)
     sae = TopKSAE(d_in, n_features, k, seed=seed).to(device)
@@ -142,28 +149,37 @@ def train_sae(batches: Callable[[], Iterable[np.ndarray]], d_in: int, *, n_featu
             losses.append(loss.item())
     if not losses:
         raise ValueError("no activations to train the SAE on (batches() yielded nothing)")
-    return sae, evaluate_sae(sae, batches(), device=device, losses=np.asarray(losses))
+    return sae, evaluate_sae(sae, batches() if evaluation is None else evaluation, device=device,
+                             losses=np.asarray(losses))
 
 
 @torch.no_grad()
 def evaluate_sae(sae: TopKSAE, batches: Iterable[np.ndarray], *, device: torch.device | str = "cpu",
                  losses: np.ndarray | None = None) -> TrainingReport:
-    """Fraction of variance explained over every row of ``batches`` (``1 - SSE / SST``, SST about the rows' mean,
-    summed over dimensions) and each feature's firing rate, in one pass (sums and sums of squares per dimension)."""
+    """Everything :class:`TrainingReport` holds beyond the losses, in one pass over ``batches``: fraction of variance
+    explained (``1 - SSE / SST``, SST about the rows' mean, summed over dimensions, i.e. the covariance's trace
+    times the rows), firing rates, covariance (sums and the sum of outer products, float64) and sparse latents."""
     n, sse = 0, 0.0
-    total = total_sq = None
+    total = torch.zeros(sae.d_in, dtype=torch.float64)
+    outer = torch.zeros(sae.d_in, sae.d_in, dtype=torch.float64)
     fired = torch.zeros(sae.n_features, dtype=torch.float64)
+    indices, values = [], []
     for batch in batches:
         x = torch.from_numpy(np.array(batch, dtype=np.float32)).to(device)
-        x_hat, z = sae(x)
+        active, value = sae.active(x)
+        x_hat = sae.decode(torch.zeros(x.shape[0], sae.n_features, device=x.device).scatter(-1, active, value))
         sse += float(((x - x_hat).double() ** 2).sum())
-        xd = x.double()
-        total = xd.sum(0) if total is None else total + xd.sum(0)
-        total_sq = (xd ** 2).sum(0) if total_sq is None else total_sq + (xd ** 2).sum(0)
-        fired += (z > 0).sum(0).double().cpu()
+        xd = x.double().cpu()
+        total += xd.sum(0)
+        outer += xd.T @ xd
+        fired.index_add_(0, active[value > 0].cpu(), torch.ones(int((value > 0).sum()), dtype=torch.float64))
+        indices.append(active.cpu().numpy().astype(np.int32))
+        values.append(value.cpu().numpy().astype(np.float32))
         n += x.shape[0]
     if n == 0:
         raise ValueError("no activations to evaluate the SAE on")
-    sst = float((total_sq - total ** 2 / n).sum())
+    mean = (total / n).numpy()
+    cov = outer.numpy() / n - np.outer(mean, mean)
+    sst = float(np.trace(cov)) * n
     return TrainingReport(np.asarray([] if losses is None else losses), 1.0 - sse / sst if sst > 0 else float("nan"),
-                          (fired / n).numpy())
+                          (fired / n).numpy(), cov, np.concatenate(indices), np.concatenate(values))

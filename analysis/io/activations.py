@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +20,17 @@ ROW_GENE = "row_gene.npy"
 
 def layer_file(layer: int) -> str:
     return f"residual_L{layer}.npy"
+
+
+def write_index(directory: Path, layers, row_cell: np.ndarray, row_gene: np.ndarray, d_model: int,
+                **params) -> "ActivationStore":
+    """Finish a store whose layer files are written: each row's cell and gene, and ``activations.json``."""
+    directory = Path(directory)
+    np.save(directory / ROW_CELL, row_cell)
+    np.save(directory / ROW_GENE, row_gene)
+    (directory / PARAMS).write_text(json.dumps({"layers": [int(x) for x in layers], "n_rows": int(row_cell.size),
+                                                "d_model": int(d_model), **params}))
+    return ActivationStore.open(directory)
 
 
 @dataclass(frozen=True)
@@ -39,11 +51,11 @@ class ActivationStore:
             raise KeyError(f"layer {layer} was not captured (captured: {list(self.layers)})")
         return np.load(self.directory / layer_file(layer), mmap_mode="r")
 
-    @property
+    @cached_property
     def row_cell(self) -> np.ndarray:
         return np.load(self.directory / ROW_CELL)
 
-    @property
+    @cached_property
     def row_gene(self) -> np.ndarray:
         return np.load(self.directory / ROW_GENE)
 
@@ -69,7 +81,4 @@ def shuffled_copy(store: ActivationStore, layer: int, directory: Path, seed: int
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / layer_file(layer), x)
-    np.save(directory / ROW_CELL, store.row_cell)
-    np.save(directory / ROW_GENE, store.row_gene)
-    (directory / PARAMS).write_text(json.dumps({"layers": [layer], "n_rows": store.n_rows, "d_model": store.d_model}))
-    return ActivationStore.open(directory)
+    return write_index(directory, [layer], store.row_cell, store.row_gene, store.d_model)

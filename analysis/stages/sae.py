@@ -21,12 +21,11 @@ import time
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import stable_hash
 from ..interp.ablation import prepare as ablation_inputs
 from ..interp.residual import capture_residual_stream
-from ..interp.sae import TopKSAE, save_sae, train_sae
+from ..interp.sae import TopKSAE, TrainingReport, save_sae, train_sae
 from ..interp.sae_splice import behaviour_with_reconstruction
 from ..io import files
 from ..io.activations import ActivationStore, shuffled_copy
@@ -53,18 +52,6 @@ def capture_cells(n_cells: int, genes_per_cell: float, n_layers: int, d_model: i
     return np.sort(np.random.default_rng([seed, 17]).choice(n_cells, keep, replace=False))
 
 
-def covariance(store: ActivationStore, layer: int, batch_size: int) -> np.ndarray:
-    """``[d, d]`` covariance of one layer's rows, accumulated batch by batch in float64."""
-    total, outer, n = np.zeros(store.d_model), np.zeros((store.d_model, store.d_model)), 0
-    for batch in store.batches(layer, batch_size):
-        x = batch.astype(np.float64)
-        total += x.sum(axis=0)
-        outer += x.T @ x
-        n += x.shape[0]
-    mean = total / n
-    return outer / n - np.outer(mean, mean)
-
-
 def svd_alignment(decoder: np.ndarray, cov: np.ndarray, variance: float) -> tuple[int, np.ndarray]:
     """(how many top singular directions of the centred activations explain ``variance`` of their variance, each
     feature's largest |cos| with one of them ``[F]``); ``decoder`` ``[d, F]`` has unit columns. The singular
@@ -77,24 +64,12 @@ def svd_alignment(decoder: np.ndarray, cov: np.ndarray, variance: float) -> tupl
     return r, np.abs(vectors[:, :r].T @ decoder).max(axis=0)
 
 
-@torch.no_grad()
-def sparse_latents(sae: TopKSAE, store: ActivationStore, layer: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(``[rows, k]`` int32 indices, ``[rows, k]`` float32 values) of the active features at every row."""
-    indices, values = [], []
-    for batch in store.batches(layer, batch_size):
-        i, v = sae.active(torch.from_numpy(np.array(batch, dtype=np.float32)))
-        indices.append(i.numpy().astype(np.int32))
-        values.append(v.numpy().astype(np.float32))
-    return np.concatenate(indices), np.concatenate(values)
-
-
-def layer_tables(layer: int, sae: TopKSAE, report, store: ActivationStore, cfg, symbols: np.ndarray,
-                 behaviour: tuple[np.ndarray, np.ndarray], seconds: float, n_cells: int,
-                 latents: tuple[np.ndarray, np.ndarray]) -> tuple[dict, pd.DataFrame]:
+def layer_tables(layer: int, sae: TopKSAE, report: TrainingReport, store: ActivationStore, cfg, symbols: np.ndarray,
+                 behaviour: tuple[np.ndarray, np.ndarray], seconds: float, n_cells: int) -> tuple[dict, pd.DataFrame]:
     """One ``sae_layers`` row and the layer's ``sae_features`` rows."""
     decoder = sae.W_dec.detach().numpy()
-    r, max_cos = svd_alignment(decoder, covariance(store, layer, cfg.batch_size), cfg.svd_variance)
-    indices, values = latents
+    r, max_cos = svd_alignment(decoder, report.covariance, cfg.svd_variance)
+    indices, values = report.indices, report.values
     means, _ = feature_gene_means(indices, values, store.row_gene, len(symbols), sae.n_features)
     top = np.argsort(-means, axis=1, kind="stable")[:, :N_TOP_GENES]
     firing = report.firing_rate
@@ -144,15 +119,18 @@ def cell_programmes(inp: Inputs, panel: pd.DataFrame, cells: np.ndarray) -> tupl
     return pd.DataFrame(columns), kinds
 
 
-def programme_rows(layer: int, sae_latents: tuple[np.ndarray, np.ndarray], store: ActivationStore, n_features: int,
-                   programmes: pd.DataFrame, kinds: list[str], null_latents=None) -> pd.DataFrame:
-    """``sae_programmes`` rows of one layer (``null_latents``: the shuffled-activation SAE's, or None)."""
+def programme_rows(layer: int, report: TrainingReport, row_cell: np.ndarray, n_features: int,
+                   programmes: pd.DataFrame, kinds: list[str], null: TrainingReport | None = None) -> pd.DataFrame:
+    """``sae_programmes`` rows of one layer from the latents of its SAE's report (``null``: the shuffled-activation
+    SAE's report, or None); ``row_cell``: each latent row's captured cell."""
     n_cells = len(programmes)
-    def best(latents):
-        activity = cell_feature_activity(*latents, store.row_cell, n_cells, n_features)
+
+    def best(rep: TrainingReport) -> pd.DataFrame:
+        activity = cell_feature_activity(rep.indices, rep.values, row_cell, n_cells, n_features)
         return best_feature_match(activity, programmes)
-    table = best(sae_latents).assign(layer=layer, kind=kinds, n_cells=n_cells)
-    table["null_r"] = best(null_latents)["r"].to_numpy() if null_latents is not None else np.nan
+
+    table = best(report).assign(layer=layer, kind=kinds, n_cells=n_cells)
+    table["null_r"] = best(null)["r"].to_numpy() if null is not None else np.nan
     return table
 
 
@@ -187,30 +165,29 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
                                           n_cells=min(max(inp.cfg.ablation.n_cells, 1), tokens.n_cells),
                                           probability=inp.cfg.ablation.mask_probability, seed=inp.cfg.ablation.seed)
         programmes, kinds = cell_programmes(inp, panel, cells)
+        null_layer = inp.readout_layer if inp.readout_layer in layers else layers[-1]   # the shuffled SAE's layer
         rows, features, matches = [], [], []
         for layer in layers:
             start = time.perf_counter()
             sae, report = train_sae(lambda: store.batches(layer, cfg.batch_size, seed=cfg.seed), store.d_model,
-                                    n_features=n_features, k=cfg.k, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed)
+                                    n_features=n_features, k=cfg.k, epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed,
+                                    evaluation=store.batches(layer, cfg.batch_size))   # latents in row order
             seconds = time.perf_counter() - start
             save_sae(sae, writer.dir / files.sae_weights(layer))
-            latents = sparse_latents(sae, store, layer, cfg.batch_size)
-            np.savez(writer.dir / files.sae_latents(layer), indices=latents[0], values=latents[1])
+            np.savez(writer.dir / files.sae_latents(layer), indices=report.indices, values=report.values)
             behaviour = behaviour_with_reconstruction(adapter, behaviour_cells, layer, sae,
                                                       batch_size=inp.cfg.ablation.batch_size)
-            row, table = layer_tables(layer, sae.cpu(), report, store, cfg, symbols, behaviour, seconds, cells.size,
-                                      latents)
+            row, table = layer_tables(layer, sae.cpu(), report, store, cfg, symbols, behaviour, seconds, cells.size)
             rows.append(row)
             features.append(table)
             if len(programmes.columns):
                 null = None
-                if layer == inp.readout_layer or (inp.readout_layer not in layers and layer == layers[-1]):
+                if layer == null_layer:
                     shuffled = shuffled_copy(store, layer, scratch / "shuffled", cfg.seed)
-                    null_sae, _ = train_sae(lambda: shuffled.batches(layer, cfg.batch_size, seed=cfg.seed),
-                                            store.d_model, n_features=n_features, k=cfg.k, epochs=cfg.epochs,
-                                            lr=cfg.lr, seed=cfg.seed)
-                    null = sparse_latents(null_sae, shuffled, layer, cfg.batch_size)
-                matches.append(programme_rows(layer, latents, store, n_features, programmes, kinds, null))
+                    _, null = train_sae(lambda: shuffled.batches(layer, cfg.batch_size, seed=cfg.seed),
+                                        store.d_model, n_features=n_features, k=cfg.k, epochs=cfg.epochs, lr=cfg.lr,
+                                        seed=cfg.seed, evaluation=shuffled.batches(layer, cfg.batch_size))
+                matches.append(programme_rows(layer, report, store.row_cell, n_features, programmes, kinds, null))
             log.info("SAE L%d: FVE %.3f, %d dead, %d dense, %d of %d features visible to SVD, behaviour loss "
                      "%.4f -> %.4f spliced (%.1f s)", layer, row["fraction_variance_explained"], row["n_dead"],
                      row["n_dense"], row["n_svd_visible"], n_features, row["behaviour_loss"],

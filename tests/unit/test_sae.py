@@ -10,7 +10,7 @@ import torch
 
 from analysis.interp.residual import capture_residual_stream
 from analysis.interp.sae import TopKSAE, evaluate_sae, reconstruction_loss, train_sae
-from analysis.io.activations import ActivationStore
+from analysis.io.activations import write_index
 
 
 def tiny_sae() -> TopKSAE:
@@ -80,10 +80,7 @@ def planted(tmp_path):
         row[rng.choice(24, 3, replace=False)] = rng.uniform(1, 3, 3)
     x = (codes @ atoms + 0.01 * rng.normal(size=(600, 16))).astype(np.float32)
     np.save(tmp_path / "residual_L0.npy", x)
-    np.save(tmp_path / "row_cell.npy", np.arange(600, dtype=np.int32))
-    np.save(tmp_path / "row_gene.npy", np.zeros(600, dtype=np.int32))
-    (tmp_path / "activations.json").write_text('{"layers": [0], "n_rows": 600, "d_model": 16}')
-    return ActivationStore.open(tmp_path), atoms
+    return write_index(tmp_path, [0], np.arange(600, dtype=np.int32), np.zeros(600, dtype=np.int32), 16), atoms
 
 
 def test_training_from_disk_lowers_the_loss_and_recovers_a_planted_dictionary(planted):
@@ -97,7 +94,12 @@ def test_training_from_disk_lowers_the_loss_and_recovers_a_planted_dictionary(pl
     cosine = np.abs(atoms @ sae.W_dec.detach().numpy())          # [24, 32]
     assert np.median(cosine.max(axis=1)) > 0.9
     assert np.allclose(np.linalg.norm(sae.W_dec.detach().numpy(), axis=0), 1, atol=1e-5)
-    again = evaluate_sae(sae, store.batches(0, 600))
+    again = evaluate_sae(sae, store.batches(0, 600))                # in row order: the pass's other products
+    x = np.array(store.layer(0), dtype=np.float64)
+    assert np.allclose(again.covariance, np.cov(x.T, bias=True), atol=1e-6)
+    with torch.no_grad():
+        indices, values = sae.active(torch.from_numpy(x.astype(np.float32)))
+    assert np.array_equal(again.indices, indices.numpy()) and np.allclose(again.values, values.numpy())
     assert again.fraction_variance_explained == pytest.approx(report.fraction_variance_explained, rel=1e-6)
     assert report.firing_rate.shape == (32,) and 2.5 < report.firing_rate.sum() <= 3 + 1e-9   # at most k per row
 
