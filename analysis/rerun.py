@@ -1,7 +1,7 @@
-"""A finished run, rebuilt for work after precompute: the app's background jobs (live ablation, custom DE) and,
-later, distributed workers. :meth:`RunContext.from_manifest` reloads the run's model (through its family's adapter),
-tokeniser, cells (same columns, subsample and seed) and tokens (over the run's own panel) lazily, so a job pays only
-for what it uses; :func:`ablation_tables` runs interventions with the read-outs and statistics of the precomputed
+"""A finished run, rebuilt for work after precompute: the app's background jobs (live ablation, live feature edits,
+custom DE) and, later, distributed workers. :meth:`RunContext.from_manifest` reloads the run's model (through its
+family's adapter), tokeniser, cells (same columns, subsample and seed) and tokens (over the run's own panel) lazily,
+so a job pays only for what it uses; :func:`ablation_tables` runs interventions with the read-outs and statistics of the precomputed
 sweep, and is what the ablation stage itself calls.
 """
 from __future__ import annotations
@@ -18,13 +18,16 @@ import pandas as pd
 from .config import AblationConfig, DataConfig, stable_hash
 from .interp.ablation import SweepItem, ablate, prepare
 from .interp.ablation_baseline import BaselineStore, baseline_bytes
-from .interp.interventions import InterventionSpec
+from .interp.feature_intervention import run_feature_edits
+from .interp.interventions import FeatureEdit, InterventionSpec
 from .interp.positive_control import reference_targets
+from .interp.sae import load_sae
 from .io.cells import CellData, load_cells
 from .io.manifest import RunManifest
 from .io.references import ReferenceNetwork
 from .models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter, tokens_of
 from .scoring.ablation import summarise
+from .scoring.feature_effects import summarise_feature_edits
 from .scoring.perturbation import readout_auroc
 from .scoring.ranking import evaluable_universe
 
@@ -134,3 +137,27 @@ def live_ablation(context: RunContext, reference_edges: pd.DataFrame, pair_count
                            readout_layer=context.manifest.readout_layer, de_table=de_table, n_cells=n_cells,
                            progress=lambda f: progress(0.15 + 0.8 * f, f"{int(f * n_cells)} cells"),
                            baseline_dir=baseline_dir, baseline_gib=baseline_gib)
+
+
+def live_feature_edit(context: RunContext, sae_path: Path, edits: Sequence[FeatureEdit], own_genes: np.ndarray, *,
+                      n_cells: int, progress: Callable[[float, str], None] = lambda f, msg: None
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, genes) of ``edits`` (one layer's features at one or more scales, through the SAE at ``sae_path``) on
+    ``n_cells`` cells of the run with the ablation's seed and masking (the head ablations' cells), scored by
+    :func:`analysis.scoring.feature_effects.summarise_feature_edits`; ``own_genes``: ``[n_genes]`` bool over the
+    run's genes, the edited features' own genes (causal specificity)."""
+    progress(0.02, "loading model")
+    adapter = context.adapter
+    progress(0.1, "loading cells")
+    tokens = context.attention_tokens
+    settings = context.manifest.config.ablation
+    inputs = prepare(tokens, context.panel, readout_layer=context.manifest.readout_layer, n_cells=n_cells,
+                     probability=settings.mask_probability, seed=settings.seed)
+    layers = {edit.layer for edit in edits}
+    if len(layers) != 1:
+        raise ValueError(f"live feature edits use one layer's SAE at a time, got layers {sorted(layers)}")
+    saes = {layers.pop(): load_sae(sae_path)}
+    readouts = run_feature_edits(adapter, inputs, saes, edits, batch_size=settings.batch_size,
+                                 progress=lambda f: progress(0.15 + 0.8 * f, f"{int(f * n_cells)} cells"))
+    return summarise_feature_edits(readouts, edits, {edit.key: own_genes for edit in edits},
+                                   tokens.genes["symbol"].astype(str).to_numpy(), n_layers=adapter.n_layers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, dcc, html
+from dash import Input, Output, dcc, html, no_update
 from dash.dash_table.Format import Format, Scheme
 
 from . import ids
@@ -65,3 +65,25 @@ def background_job(run_button: str | None, cancel_button: str, progress_bar: str
     return {"background": True, "prevent_initial_call": True, "running": running,
             "cancel": [Input(cancel_button, "n_clicks")],
             "progress": [Output(progress_bar, "value"), Output(progress_bar, "label")]}
+
+
+def live_cells_refusal(settings, manifest, n_cells) -> str | None:
+    """Why ``n_cells`` cannot be asked of a live job on this run (at least 2, at most ``max_live_cells`` and the run's
+    attention cells), or None."""
+    limit = min(settings.max_live_cells, manifest.data.attention_cells or manifest.data.n_cells)
+    if not isinstance(n_cells, (int, float)) or not 2 <= n_cells <= limit:
+        return f"Refused: choose between 2 and {limit} cells (limit max_live_cells = {settings.max_live_cells})."
+    return None
+
+
+def status_admission(request, jobs):
+    """The ``app.jobs.admitted_by`` check of a live job whose outputs are (status, version store), called with the
+    click, the request's states and the version: ``request(*states)`` returns (work, cache key) or (None, the
+    refusal). A refusal, or a status already cached under the key, is answered at once."""
+    def admit(_n_clicks, *states):
+        work, key = request(*states[:-1])
+        if work is None:
+            return key, no_update
+        hit = jobs.get(key)
+        return None if hit is None else (hit, no_update)
+    return admit

@@ -627,3 +627,46 @@ def programme_matches(frame: pd.DataFrame, *, layer: int) -> go.Figure:
                                      "feature's per-cell activity with each cell state and TF regulon activity"
                                      "</sup>"}, yaxis={"title": "r"}, barmode="group", height=380, margin={"t": 80})
     return fig
+
+
+def feature_dose_response(frame: pd.DataFrame, *, readout: str) -> go.Figure:
+    """Live SAE feature edits (schema ``feature_edit_results``, one read-out): the change against the unedited model
+    (``delta``, with its 95% CI where the read-out is paired per cell) vs the scale the features were multiplied by
+    (0: ablated, 1: unchanged), one line per layer's feature set and number of cells."""
+    fig = go.Figure()
+    for (layer, features, n_cells), grp in frame.groupby(["layer", "features", "n_cells"], sort=True):
+        grp = grp.sort_values("scale")
+        err = {"type": "data", "symmetric": False, "array": (grp["ci_high"] - grp["delta"]).fillna(0),
+               "arrayminus": (grp["delta"] - grp["ci_low"]).fillna(0)}
+        fig.add_scatter(x=grp["scale"], y=grp["delta"], mode="lines+markers", name=f"L{layer} [{features}], {n_cells} cells",
+                        error_y=err, customdata=grp[["intervention", "p", "n_cells"]],
+                        hovertemplate="%{customdata[0]}<br>delta %{y:.4g}<br>p %{customdata[1]:.3g}<extra></extra>")
+    structural = frame[frame["structural"].astype(bool)]
+    if len(structural):
+        fig.add_scatter(x=structural["scale"], y=structural["delta"], mode="markers",
+                        name="structural: at the last layer an edit moves only the positions it edits",
+                        marker={"symbol": "x-thin-open", "size": 16, "color": "#444", "line": {"width": 2}},
+                        customdata=structural[["intervention", "p", "n_cells"]],
+                        hovertemplate="%{customdata[0]}<br>structural (not tested)<extra></extra>")
+    fig.add_vline(x=1, line={"dash": "dot", "color": "#999"})
+    fig.update_layout(title={"text": f"Feature edits: change of {readout.replace('_', ' ')}<br><sup>features scaled "
+                                     "through the SAE, error term kept (scale 1 = the model as it is)</sup>"},
+                      xaxis={"title": "scale of the edited features' activations"},
+                      yaxis={"title": "own genes - other genes" if readout.startswith("specificity")
+                             else f"delta {readout.replace('_', ' ')}"}, height=400, margin={"t": 80})
+    return fig
+
+
+def feature_specificity(frame: pd.DataFrame, *, intervention: str) -> go.Figure:
+    """One feature edit's prediction change per gene (schema ``feature_edit_genes``): the edited features' own
+    genes against every other gene of the cells (causal specificity)."""
+    fig = go.Figure()
+    for own, (label, color) in ((True, ("own genes", "#dd8452")), (False, ("other genes", "#4c72b0"))):
+        grp = frame[frame["own"] == own]
+        fig.add_box(y=grp["mean_change"], name=f"{label} ({len(grp)})", boxpoints="all", jitter=0.4, pointpos=0,
+                    marker={"color": color, "size": 5}, text=grp["symbol"],
+                    hovertemplate="%{text}: %{y:.4g}<extra></extra>")
+    fig.update_layout(title={"text": f"{intervention}: every gene's prediction change<br><sup>mean over the gene's "
+                                     "positions in the cells</sup>"}, yaxis={"title": "prediction change"},
+                      showlegend=False, height=400, margin={"t": 80})
+    return fig

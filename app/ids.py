@@ -116,6 +116,17 @@ FEATURES_TABLE = "features-table"
 FEATURES_CARD_TITLE = "features-card-title"
 FEATURES_ENRICHMENT = "features-enrichment"
 FEATURES_NEIGHBOURS = "features-neighbours"
+FEATURES_SELECTED = "features-selected"   # the open card's {layer, feature}
+FEATURES_EDIT_FEATURES = "features-edit-features"
+FEATURES_EDIT_SCALES = "features-edit-scales"
+FEATURES_EDIT_CELLS = "features-edit-cells"
+FEATURES_EDIT_RUN = "features-edit-run"
+FEATURES_EDIT_CANCEL = "features-edit-cancel"
+FEATURES_EDIT_PROGRESS = "features-edit-progress"
+FEATURES_EDIT_STATUS = "features-edit-status"
+FEATURES_EDIT_VERSION = "features-edit-version"
+FEATURES_EDIT_READOUT = "features-edit-readout"
+FEATURES_EDIT_TABLE = "features-edit-table"
 
 URL = "app-url"                       # dcc.Location the gene search navigates with
 GENE_SEARCH = "app-gene-search"       # the navigation bar's gene search box

@@ -1,7 +1,9 @@
-"""Intervention specs (torch-free, so the app can build and key them): frozen, hashable, serialisable; the same
-object keys caches, fills manifests and populates UI options (DESIGN.md section 9.4). Hooks: analysis.interp.hooks."""
+"""Intervention specs (torch-free, so the app can build and key them): head and MLP interventions, and edits of SAE
+features; frozen, hashable, serialisable; the same object keys caches, fills manifests and populates UI options
+(DESIGN.md section 9.4). Hooks: analysis.interp.hooks."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,3 +43,23 @@ def intervention_key(specs: Sequence[InterventionSpec]) -> str:
     return "+".join(sorted(s.key for s in specs)) or "baseline"
 
 
+@dataclass(frozen=True)
+class FeatureEdit:
+    """Features ``features`` of the SAE at ``layer`` multiplied by ``scale`` (0 zeroes them). Hashable; ``key`` is
+    stable and names the edit in results and caches."""
+
+    layer: int
+    features: tuple[int, ...]
+    scale: float
+
+    def __post_init__(self):
+        if not self.features:
+            raise ValueError("a feature edit needs at least one feature")
+        if not math.isfinite(self.scale):
+            raise ValueError(f"a feature edit's scale must be a finite number, got {self.scale}")
+        object.__setattr__(self, "features", tuple(sorted({int(f) for f in self.features})))
+        object.__setattr__(self, "scale", float(self.scale))
+
+    @property
+    def key(self) -> str:
+        return f"sae@L{self.layer}[{','.join(map(str, self.features))}]x{self.scale:g}"

@@ -71,6 +71,10 @@ SAE_LAYERS = (("layer", "d_model", "n_features", "k", "n_rows", "n_cells", "epoc
 SAE_FEATURES = (("layer", "feature", "firing_rate", "mean_activation", "max_svd_cos", "svd_visible", "dead", "dense",
                  "top_genes"), ("mean_activation",))
 SAE_PROGRAMMES = (("layer", "programme", "kind", "best_feature", "r", "null_r", "n_cells"), ("r", "null_r"))
+FEATURE_EDIT_RESULTS = (("intervention", "layer", "features", "scale", "readout", "value", "baseline", "delta",
+                         "ci_low", "ci_high", "p", "q", "n", "structural"), ("value", "baseline", "delta", "ci_low", "ci_high", "p",
+                                                               "q"))
+FEATURE_EDIT_GENES = (("intervention", "gene", "symbol", "own", "mean_change", "n"), ("mean_change",))
 
 TABLES = {
     "head_ranking": HEAD_RANKING,
@@ -109,6 +113,8 @@ TABLES = {
     "sae_layers": SAE_LAYERS,
     "sae_features": SAE_FEATURES,
     "sae_programmes": SAE_PROGRAMMES,
+    "feature_edit_results": FEATURE_EDIT_RESULTS,
+    "feature_edit_genes": FEATURE_EDIT_GENES,
 }
 
 

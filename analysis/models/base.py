@@ -281,6 +281,12 @@ class ModelAdapter(ABC):
         an accuracy (``readout_labels`` say which)."""
 
     @abstractmethod
+    def prediction_change(self, out: ModelOutput, base: ModelOutput) -> torch.Tensor:
+        """``[b, s]``: how far ``out``'s prediction at each position moved from the unablated ``base``'s (the
+        family's per-position read-out: Geneformer, the logits' cosine distance; scGPT, the predicted value's
+        absolute change)."""
+
+    @abstractmethod
     def output_distance(self, out: ModelOutput, base: ModelOutput, keep: torch.Tensor) -> np.ndarray:
         """Per cell ``[b]``: cosine distance of ``out``'s prediction to the unablated ``base`` (``keep``: ``[b, s]``
         real tokens)."""

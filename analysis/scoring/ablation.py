@@ -35,7 +35,9 @@ def _readout_auroc(a, universe: Universe, n_panel: int) -> float:
     return float(auroc_from_ranks(rankdata(scores), universe.labels[universe.pair_mask]))
 
 
-def _paired_row(values: np.ndarray, baseline: np.ndarray) -> dict:
+def paired_row(values: np.ndarray, baseline: np.ndarray) -> dict:
+    """One read-out against the baseline on the same cells (``[cells]`` each): means, the mean paired difference
+    with its normal 95% CI, and the two-sided Wilcoxon signed-rank p."""
     diff = values - baseline
     se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.nan
     return {"value": float(values.mean()), "baseline": float(baseline.mean()), "delta": float(diff.mean()),
@@ -62,18 +64,18 @@ def summarise(acc: dict, items: Sequence, universe: Universe, n_panel: int, *, r
     for item in items:
         a = acc[item.key]
         info = {"intervention": item.key, "family": item.family, "k": item.k, "draw": item.draw}
-        rows.append({**info, "readout": "mlm_loss", **_paired_row(a.loss, base.loss)})
-        rows.append({**info, "readout": "mlm_accuracy", **_paired_row(a.accuracy, base.accuracy)})
-        rows.append({**info, "readout": "output_cosine_distance", **_paired_row(a.output_cos, base.output_cos)})
+        rows.append({**info, "readout": "mlm_loss", **paired_row(a.loss, base.loss)})
+        rows.append({**info, "readout": "mlm_accuracy", **paired_row(a.accuracy, base.accuracy)})
+        rows.append({**info, "readout": "output_cosine_distance", **paired_row(a.output_cos, base.output_cos)})
         has = ~np.isnan(base.target_recall)
         if has.sum() > 1:
             rows.append({**info, "readout": "target_recall_loss",
-                         **_paired_row(a.target_recall[has], base.target_recall[has])})
+                         **paired_row(a.target_recall[has], base.target_recall[has])})
         auc = _readout_auroc(a, universe, g)
         rows.append({**info, "readout": "reference_auroc", "value": auc, "baseline": base_auc, "delta": auc - base_auc,
                      "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "n": universe.n_pos})
         if base_pert is not None and base_pert.size:
-            rows.append({**info, "readout": "perturbation_auroc", **_paired_row(perturbation_auroc(a.sums, a.counts), base_pert)})
+            rows.append({**info, "readout": "perturbation_auroc", **paired_row(perturbation_auroc(a.sums, a.counts), base_pert)})
         for layer in range(a.hidden_cos.shape[1]):
             fid.append({**info, "layer": layer, "hidden_cos_mean": float(a.hidden_cos[:, layer].mean()),
                         "hidden_cos_max": float(a.hidden_cos[:, layer].max())})

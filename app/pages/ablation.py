@@ -10,7 +10,7 @@ from analysis.interp.interventions import READOUTS, InterventionSpec, interventi
 from analysis.io.schemas import ABLATION_RESULTS
 
 from .. import ids
-from ..components import background_job, figure_card
+from ..components import background_job, figure_card, live_cells_refusal, status_admission
 from ..jobs import admitted_by
 from ..figures import dose_response, fidelity_heatmap
 
@@ -98,10 +98,9 @@ def register(app, store, settings, jobs, exports):
         if not run_id or not heads:
             return None, "Pick at least one head."
         m = store.manifest(run_id)
-        limit = min(settings.max_live_cells, m.data.attention_cells or m.data.n_cells)
-        if not isinstance(n_cells, (int, float)) or not 2 <= n_cells <= limit:
-            return None, (f"Refused: choose between 2 and {limit} cells (limit max_live_cells = "
-                          f"{settings.max_live_cells}).")
+        refusal = live_cells_refusal(settings, m, n_cells)
+        if refusal:
+            return None, refusal
         if kind not in LIVE_KINDS:
             return None, f"Refused: the intervention must be one of {', '.join(LIVE_KINDS)}."
         try:
@@ -116,20 +115,12 @@ def register(app, store, settings, jobs, exports):
         specs = [InterventionSpec(kind, layer, tuple(hs)) for layer, hs in sorted(by_layer.items())]
         return specs, ("live-ablation", run_id, intervention_key(specs), int(n_cells), m.config.ablation.seed)
 
-    def admit_live(_n, run_id, heads, kind, n_cells, version):
-        """In the server, before a worker: refusals and cached results are answered here."""
-        specs, key = live_request(run_id, heads, kind, n_cells)
-        if specs is None:
-            return key, no_update
-        hit = jobs.get(key)
-        return None if hit is None else (hit, no_update)
-
     @app.callback(Output(ids.ABL_STATUS, "children"), Output(ids.ABL_LIVE_VERSION, "data"),
                   Input(ids.ABL_RUN, "n_clicks"),
                   State(ids.RUN_SELECT, "value"), State(ids.ABL_HEADS, "value"), State(ids.ABL_KIND, "value"),
                   State(ids.ABL_CELLS, "value"), State(ids.ABL_LIVE_VERSION, "data"),
                   **background_job(ids.ABL_RUN, ids.ABL_CANCEL, ids.ABL_PROGRESS))
-    @admitted_by(admit_live, busy=lambda message: (message, no_update))
+    @admitted_by(status_admission(live_request, jobs), busy=lambda message: (message, no_update))
     def live(set_progress, _n, run_id, heads, kind, n_cells, version):
         specs, key = live_request(run_id, heads, kind, n_cells)
         m = store.manifest(run_id)

@@ -4,7 +4,8 @@ features, how many are visible to SVD), a map of its features (how often each fi
 searchable table (type a gene in the top-genes filter), each cell programme's best feature against the
 shuffled-activation null, and a feature's card: the genes it fires on, the reference regulons over-represented
 among its top genes (hypergeometric, BH over the layer's features x regulons), and its neighbours in the other
-layers (activation correlation over the same gene positions)."""
+layers (activation correlation over the same gene positions); below it, live feature intervention
+(:mod:`app.pages.feature_edits`)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
@@ -12,13 +13,15 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
+from analysis.scoring.sae_features import N_FEATURE_GENES
+
 from .. import ids
 from ..components import figure_card, table_column, without_zero_p
 from ..figures import feature_genes, feature_map, programme_matches
+from . import feature_edits
 
 PATH, NAME = "/features", "Features"
 COLUMNS = ("feature", "firing_rate", "mean_activation", "max_svd_cos", "dead", "dense", "top_genes")
-N_CARD_GENES = 20
 ENRICHMENT_COLUMNS = ("gene_set", "overlap", "feature_genes", "set_genes", "universe", "fold", "p", "q")
 
 
@@ -34,7 +37,7 @@ def layout(**_):
                                       for c in COLUMNS], style_table={"overflowX": "auto"}),
         html.H5(id=ids.FEATURES_CARD_TITLE, className="mt-3"),
         figure_card("features-card", placeholder="Click a feature on the map or in the table"),
-        html.H6(f"Reference regulons among the feature's top {N_CARD_GENES} genes (BH over every feature x regulon of "
+        html.H6(f"Reference regulons among the feature's top {N_FEATURE_GENES} genes (BH over every feature x regulon of "
                 "the layer)", className="mt-2"),
         dash_table.DataTable(id=ids.FEATURES_ENRICHMENT, page_size=8, sort_action="native",
                              columns=[table_column(c, ("fold", "p", "q")) for c in ENRICHMENT_COLUMNS],
@@ -44,6 +47,8 @@ def layout(**_):
         dash_table.DataTable(id=ids.FEATURES_NEIGHBOURS, page_size=12, sort_action="native",
                              columns=[table_column(c, ("r",)) for c in ("layer", "feature", "r")],
                              style_table={"overflowX": "auto"}),
+        dcc.Store(id=ids.FEATURES_SELECTED),
+        *feature_edits.section(N_FEATURE_GENES),
     ], fluid=True)
 
 
@@ -57,6 +62,8 @@ def layer_note(row: pd.Series, family: str) -> str:
 
 
 def register(app, store, settings, jobs, exports):
+    feature_edits.register(app, store, settings, jobs, exports, n_own=N_FEATURE_GENES)
+
     @app.callback(Output(ids.FEATURES_LAYER, "options"), Output(ids.FEATURES_LAYER, "value"),
                   Input(ids.RUN_SELECT, "value"))
     def layers(run_id):
@@ -88,7 +95,7 @@ def register(app, store, settings, jobs, exports):
 
     @app.callback(Output(ids.FEATURES_CARD_TITLE, "children"), Output(ids.graph("features-card"), "figure"),
                   Output(ids.figdata("features-card"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
-                  Output(ids.FEATURES_NEIGHBOURS, "data"),
+                  Output(ids.FEATURES_NEIGHBOURS, "data"), Output(ids.FEATURES_SELECTED, "data"),
                   Input(ids.graph("features-map"), "clickData"), Input(ids.FEATURES_TABLE, "active_cell"),
                   State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LAYER, "value"), prevent_initial_call=True)
     def card(click, cell, run_id, layer):
@@ -98,17 +105,17 @@ def register(app, store, settings, jobs, exports):
         else:
             feature = click["points"][0].get("customdata") if click and click.get("points") else None
         if feature is None or run_id is None or layer is None:
-            return no_update, no_update, no_update, no_update, no_update
+            return (no_update,) * 6
         feature = int(feature)
         means, symbols = store.sae_gene_means(run_id, layer)
-        order = np.argsort(-means[feature], kind="stable")[:N_CARD_GENES]
+        order = np.argsort(-means[feature], kind="stable")[:N_FEATURE_GENES]
         order = order[means[feature][order] > 0]
         genes = pd.DataFrame({"symbol": symbols[order], "mean_activation": means[feature][order]})
         row = store.table(run_id, "sae_features").query("layer == @layer and feature == @feature").iloc[0]
         title = (f"L{layer} feature {feature}: fires on {row['firing_rate']:.2%} of gene positions"
                  + (" (dead)" if row["dead"] else "") + (" (dense)" if row["dense"] else ""))
-        enriched = store.sae_enrichment(run_id, layer, N_CARD_GENES)
+        enriched = store.sae_enrichment(run_id, layer, N_FEATURE_GENES)
         enriched = enriched[enriched["feature"] == feature][list(ENRICHMENT_COLUMNS)]
         return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes),
                 without_zero_p(enriched, ("p", "q")).to_dict("records"),
-                store.sae_neighbours(run_id, layer, feature).to_dict("records"))
+                store.sae_neighbours(run_id, layer, feature).to_dict("records"), {"layer": layer, "feature": feature})

@@ -5,6 +5,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, dash_table, html
 
+from analysis.scoring.feature_effects import feature_edit_tests
 from analysis.scoring.registry import COLUMNS as REGISTRY_COLUMNS
 from analysis.scoring.registry import ablation_tests, correct
 
@@ -12,6 +13,7 @@ from .. import ids
 from ..components import SMALLEST_P, figure_card, table_column, without_zero_p
 from ..figures import effect_vs_q
 from .ablation import live_results
+from .feature_edits import live_edit_results
 
 PATH, NAME = "/statistics", "Statistics"
 COLUMNS = ("analysis", "hypothesis", "test", "p", "q", "q_all", "q_primary_per_analysis", "effect", "effect_name",
@@ -38,7 +40,8 @@ def register(app, store, settings, jobs, exports):
     def table(run_id):
         if not run_id or not store.has_table(run_id, "statistics_registry"):
             return [], "No statistics registry in this run."
-        reg = with_live_tests(store.table(run_id, "statistics_registry"), live_results(jobs, run_id))
+        reg = with_live_tests(store.table(run_id, "statistics_registry"), live_results(jobs, run_id),
+                              live_edit_results(jobs, run_id))
         conf = reg[reg["confirmatory"]]
         note = (f"{len(reg)} registered tests; {len(conf)} confirmatory, of which {int(conf['significant'].sum())} "
                 f"have BH q < 0.05 framework-wide. Also shown: q over all tests, and over one primary test per "
@@ -58,11 +61,16 @@ def register(app, store, settings, jobs, exports):
         return fig, exports.publish("stats-volcano", fig, rows)
 
 
-def with_live_tests(registry: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
-    """The run's registry plus live ablations (exploratory), BH recomputed over the union."""
-    if live.empty:
+def with_live_tests(registry: pd.DataFrame, live: pd.DataFrame, feature_edits: pd.DataFrame) -> pd.DataFrame:
+    """The run's registry plus live head ablations and live SAE feature edits (exploratory), BH recomputed over the
+    union."""
+    extra = []
+    if not live.empty:
+        extra.append(pd.DataFrame(ablation_tests(live.drop_duplicates(["intervention", "readout", "n"]),
+                                                 exploratory=True).rows, columns=list(REGISTRY_COLUMNS)))
+    if not feature_edits.empty:
+        extra.append(pd.DataFrame(feature_edit_tests(feature_edits.drop_duplicates(["intervention", "readout", "n"])
+                                                     ).rows, columns=list(REGISTRY_COLUMNS)))
+    if not extra:
         return registry
-
-    extra = pd.DataFrame(ablation_tests(live.drop_duplicates(["intervention", "readout", "n"]),
-                                        exploratory=True).rows, columns=list(REGISTRY_COLUMNS))
-    return correct(pd.concat([registry[list(REGISTRY_COLUMNS)], extra], ignore_index=True))
+    return correct(pd.concat([registry[list(REGISTRY_COLUMNS)], *extra], ignore_index=True))

@@ -90,3 +90,66 @@ def test_feature_map_table_and_card(server, browser, embedded_cache):
 
     choose(browser, "features-layer", "L0")
     wait.until(lambda d: d.find_element(By.ID, "features-note").text.startswith("L0:"))
+
+
+def test_live_feature_ablation_from_a_card(server, browser, embedded_cache):
+    """Open a feature's card on L0 (not the last layer, so the edit reaches every position through L1's attention),
+    ablate and amplify it in the background, and find the result on the dose-response, in every gene's prediction
+    change (its own genes: the card's), in the results table, cached on a second click, and in the statistics
+    registry as exploratory."""
+    run_dir = embedded_cache[1]["geneformer"]
+    features = pd.read_parquet(run_dir / "sae_features.parquet").query("layer == 0 and not dead")
+    feature = int(features.sort_values("firing_rate").iloc[-1]["feature"])
+    wait = WebDriverWait(browser, 180)
+    browser.get(f"{server}/features")
+    wait.until(lambda d: "fraction of variance explained" in d.find_element(By.ID, "features-note").text)
+    choose(browser, "features-layer", "L0")
+    wait.until(lambda d: d.find_element(By.ID, "features-note").text.startswith("L0:"))
+    cell = wait.until(lambda d: next((c for c in d.find_elements(
+        By.CSS_SELECTOR, "#features-table td[data-dash-column='feature']") if c.text.strip() == str(feature)), None)
+        or d.execute_script("document.querySelector('#features-table .next-page').click()"))
+    scroll_to(browser, cell)
+    cell.click()
+    wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(f"L0 feature {feature}:"))
+    wait.until(lambda d: f"{feature}:" in d.find_element(By.ID, "features-edit-features").text)   # the card's feature
+
+    scales = browser.find_element(By.ID, "features-edit-scales")
+    scales.clear()
+    scales.send_keys("0, 3")
+    cells = browser.find_element(By.ID, "features-edit-cells")
+    cells.clear()
+    cells.send_keys("12")
+    run = browser.find_element(By.ID, "features-edit-run")
+    scroll_to(browser, run)
+    run.click()
+    wait.until(lambda d: d.find_element(By.ID, "features-edit-run").get_attribute("disabled") is not None)
+    wait.until(lambda d: f"L0 features ({feature},) on 12 cells" in d.find_element(By.ID, "features-edit-status").text)
+    status = browser.find_element(By.ID, "features-edit-status").text
+    assert "x0 " in status and "x3 " in status and "statistics registry" in status
+    wait.until(lambda d: "done" in d.find_element(By.ID, "features-edit-progress").text)
+    wait.until(lambda d: trace_types(d, "features-dose") and trace_types(d, "features-specificity") == ["box", "box"])
+    dose = pd.read_csv(export_and_wait(browser, "features-dose", "csv"))
+    assert sorted(dose["scale"]) == [0.0, 3.0] and set(dose["readout"]) == {"mlm_loss"}
+    assert set(dose["intervention"]) == {f"sae@L0[{feature}]x0", f"sae@L0[{feature}]x3"}
+    genes = pd.read_csv(export_and_wait(browser, "features-specificity", "csv"))
+    assert genes["intervention"].iloc[0] == f"sae@L0[{feature}]x3"          # the edit farthest from scale 1
+    with np.load(run_dir / files.SAE_ROWS) as rows, np.load(run_dir / files.sae_latents(0)) as latents:
+        means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"],
+                                      rows["gene_symbol"].size, 256)
+        symbols = rows["gene_symbol"]
+    top = np.argsort(-means[feature], kind="stable")[:20]
+    own = set(symbols[top[means[feature][top] > 0]])
+    assert set(genes.loc[genes["own"], "symbol"]) == own & set(genes["symbol"])
+    assert (genes["mean_change"] >= 0).all() and genes["mean_change"].max() > 0
+    table = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#features-edit-table td[data-dash-column="
+                                                                     "'intervention']")]
+    assert f"sae@L0[{feature}]x0" in table
+
+    browser.find_element(By.ID, "features-edit-run").click()
+    wait.until(lambda d: "cached" in d.find_element(By.ID, "features-edit-progress").text)
+    assert browser.find_element(By.ID, "features-edit-status").text == status
+    browser.get(f"{server}/statistics")
+    column_filter = wait.until(lambda d: d.find_element(By.CSS_SELECTOR,
+                                                        "#stats-table th[data-dash-column='analysis'] input"))
+    column_filter.send_keys("live_feature_edit" + Keys.ENTER)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#stats-table td[data-dash-column='analysis']")) == 4)

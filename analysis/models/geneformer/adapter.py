@@ -203,23 +203,26 @@ class GeneformerAdapter(ModelAdapter):
         per_cell = [torch.zeros_like(n).index_add_(0, rows, v) / n for v in (ce, hit)]
         return per_cell[0].cpu().numpy(), per_cell[1].cpu().numpy()
 
-    def output_distance(self, out: ModelOutput, base: ModelOutput, keep: torch.Tensor) -> np.ndarray:
-        """Per cell, mean over real tokens of the logits' cosine distance. Without decoded logits it is computed
-        exactly from the decoder inputs: with ``l = W x + b``, ``l . l' = x^T (W^T W) x' + (W^T b) . (x + x') + b . b``,
-        a ``d x d`` product instead of a ``d x vocab`` one."""
+    def prediction_change(self, out: ModelOutput, base: ModelOutput) -> torch.Tensor:
+        """``[b, s]`` cosine distance of the logits at each position. Without decoded logits it is computed exactly
+        from the decoder inputs: with ``l = W x + b``, ``l . l' = x^T (W^T W) x' + (W^T b) . (x + x') + b . b``, a
+        ``d x d`` product instead of a ``d x vocab`` one."""
         if out.token_logits is not None and base.token_logits is not None:
-            d = 1 - torch.nn.functional.cosine_similarity(out.token_logits.float(), base.token_logits.float(), dim=-1,
-                                                          eps=1e-8)
-        else:
-            gram, wb, bb = self._decoder_gram()
-            if out.features is None or base.features is None:
-                raise ValueError("output_distance needs both passes' logits or both passes' decoder inputs")
-            x, y = out.features.double(), base.features.double()
-            xg, yg = x @ gram, y @ gram
-            xu, yu = x @ wb, y @ wb
-            dot = (xg * y).sum(-1) + xu + yu + bb
-            nx, ny = (xg * x).sum(-1) + 2 * xu + bb, (yg * y).sum(-1) + 2 * yu + bb
-            d = 1 - dot / (nx.clamp(min=0).sqrt() * ny.clamp(min=0).sqrt()).clamp(min=1e-8)
+            return 1 - torch.nn.functional.cosine_similarity(out.token_logits.float(), base.token_logits.float(),
+                                                             dim=-1, eps=1e-8)
+        if out.features is None or base.features is None:
+            raise ValueError("prediction_change needs both passes' logits or both passes' decoder inputs")
+        gram, wb, bb = self._decoder_gram()
+        x, y = out.features.double(), base.features.double()
+        xg, yg = x @ gram, y @ gram
+        xu, yu = x @ wb, y @ wb
+        dot = (xg * y).sum(-1) + xu + yu + bb
+        nx, ny = (xg * x).sum(-1) + 2 * xu + bb, (yg * y).sum(-1) + 2 * yu + bb
+        return 1 - dot / (nx.clamp(min=0).sqrt() * ny.clamp(min=0).sqrt()).clamp(min=1e-8)
+
+    def output_distance(self, out: ModelOutput, base: ModelOutput, keep: torch.Tensor) -> np.ndarray:
+        """Per cell, mean over real tokens of the logits' cosine distance (:meth:`prediction_change`)."""
+        d = self.prediction_change(out, base)
         keep = keep.to(d.dtype)
         return ((d * keep).sum(1) / keep.sum(1)).cpu().numpy()
 

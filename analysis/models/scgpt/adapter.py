@@ -115,6 +115,10 @@ class ScGPTAdapter(ModelAdapter):
         exact = ((pred.round() == target).float() * hit).sum(1) / n
         return mse.cpu().numpy(), exact.cpu().numpy()
 
+    def prediction_change(self, out: ModelOutput, base: ModelOutput) -> torch.Tensor:
+        """``[b, s]`` absolute change of the predicted value at each position."""
+        return (out.prediction.float() - base.prediction.float()).abs()
+
     def output_distance(self, out: ModelOutput, base: ModelOutput, keep: torch.Tensor) -> np.ndarray:
         genes = keep.clone()
         genes[:, 0] = False                                   # <cls> carries no value prediction
