@@ -287,7 +287,12 @@ class SAEConfig:
     features, ``k`` active per position, trained ``epochs`` passes of ``batch_size`` rows with Adam at ``lr``.
     A feature firing on more than ``dense_rate`` of positions is dense; one whose decoder direction has |cos| >=
     ``svd_cos`` with a top singular direction of the activations (those explaining ``svd_variance`` of the
-    variance) is visible to SVD (the superposition check)."""
+    variance) is visible to SVD (the superposition check). The CRISPRi regulatory test
+    (:mod:`analysis.scoring.sae_regulatory`) encodes up to ``regulatory_cells`` cells of each perturbed reference TF and
+    of the controls, takes the ``n_responding`` features that respond most to each knock-down and compares their genes
+    with the TF's targets against ``regulatory_null`` random feature sets. Co-activation modules
+    (:mod:`analysis.scoring.sae_modules`): among the ``module_features`` most frequent features, pairs whose
+    activations correlate at r >= ``module_r``, Leiden communities of that graph."""
 
     run: str = "embedded"
     layers: tuple[int, ...] = ()
@@ -300,6 +305,11 @@ class SAEConfig:
     dense_rate: float = 0.2
     svd_cos: float = 0.7
     svd_variance: float = 0.9
+    regulatory_cells: int = 50
+    n_responding: int = 10
+    regulatory_null: int = 200
+    module_r: float = 0.3
+    module_features: int = 2000
     seed: int = 0
 
     def active(self, *, embedded_model: bool) -> bool:

@@ -1,7 +1,9 @@
 """Residual-stream capture at gene positions (issue 14): the output of each chosen encoder layer (the model-family
 seam's ``SiteMap.layer`` site, the residual stream after the layer), read by a forward hook at every position that
 holds a gene (special tokens and padding left out) and written to disk batch by batch, so memory holds one batch
-whatever the number of cells. The rows go to an :class:`analysis.io.activations.ActivationStore`."""
+whatever the number of cells. The rows go to an :class:`analysis.io.activations.ActivationStore`. For cells only
+encoded by trained SAEs (the regulatory test's perturbed cells), :func:`feature_activity` reads the same site and keeps
+per-cell feature activity only."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,3 +57,38 @@ def capture_residual_stream(adapter: ModelAdapter, cells: TokenizedCells, layers
     for array in arrays.values():
         array.flush()
     return write_index(directory, layers, row_cell, row_gene, adapter.d_model, batch_size=batch_size)
+
+
+def feature_activity(adapter: ModelAdapter, cells: TokenizedCells, saes: dict, *, batch_size: int = 8
+                     ) -> dict[int, np.ndarray]:
+    """Per layer of ``saes`` (layer -> :class:`analysis.interp.sae.TopKSAE`): ``[cells, F]`` each feature's mean
+    activation over each cell's gene positions, the residual stream after the layer encoded as it passes (nothing
+    written to disk; the result is the only thing that grows with the cells). Equals
+    :func:`analysis.scoring.sae_features.cell_feature_activity` of the same cells' captured latents."""
+    out = {layer: np.zeros((cells.n_cells, sae.n_features)) for layer, sae in saes.items()}
+    saes = {layer: sae.to(adapter.device) for layer, sae in saes.items()}
+    where: dict = {}
+
+    def encode(layer):
+        def hook(_module, _inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            cell, position = where["rows"]
+            z = saes[layer].encode(hidden[cell, position].float()).double()
+            sums = torch.zeros(where["n"], z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, cell, z)
+            out[layer][where["idx"]] = (sums / where["count"][:, None]).cpu().numpy()
+        return hook
+
+    handles = [adapter.module(adapter.sites.layer(layer)).register_forward_hook(encode(layer)) for layer in saes]
+    try:
+        with torch.no_grad():
+            for idx in cells.batches(batch_size):
+                sub = cells.subset(idx)
+                genes = sub.gene_index >= 0
+                cell, position = np.nonzero(genes)
+                where.update(idx=idx, n=len(idx), rows=(adapter.as_tensor(cell), adapter.as_tensor(position)),
+                             count=adapter.as_tensor(np.maximum(genes.sum(axis=1), 1).astype(np.float64)))
+                adapter.forward(sub, decode=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out

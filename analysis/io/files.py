@@ -16,7 +16,9 @@ CSSI_EXPRESSION = "cssi_expression.npy"        # [cells, G] float32
 CSSI_FINE_GRAPH = "cssi_fine_graph.npy"        # [F, F]
 CSSI_PARAMS = "cssi_params.json"
 SAE_ROWS = "sae_rows.npz"                      # row_cell, row_gene [rows] int32 (where each latent row was read),
-                                               # gene_symbol [genes] (the symbols row_gene indexes)
+                                               # gene_symbol [genes] (the symbols row_gene indexes),
+                                               # capture_cell, capture_state [captured cells] (attention-cell index,
+                                               # cell state or "")
 EMBEDDING_KINDS = ("mean_penultimate", "cls")  # cell embeddings captured during extraction (interp.attention)
 
 

@@ -67,10 +67,15 @@ ATTENTION_EXPRESSION = (("layer", "correlation", "rho", "p", "n"), ("rho", "p"))
 UNIVERSE_CHECK = (("protocol", "perturbation", "layer", "attention_auroc", "correlation_auroc", "n_genes"), ())
 SAE_LAYERS = (("layer", "d_model", "n_features", "k", "n_rows", "n_cells", "epochs", "final_loss",
                "fraction_variance_explained", "n_dead", "n_dense", "svd_directions", "n_svd_visible",
-               "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds"), ())
+               "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds", "n_modules"), ())
 SAE_FEATURES = (("layer", "feature", "firing_rate", "mean_activation", "max_svd_cos", "svd_visible", "dead", "dense",
-                 "top_genes"), ("mean_activation",))
+                 "top_genes", "module", "module_x", "module_y"), ("mean_activation", "module_x", "module_y"))
+SAE_COACTIVATION = (("layer", "a", "b", "r"), ())
 SAE_PROGRAMMES = (("layer", "programme", "kind", "best_feature", "r", "null_r", "n_cells"), ("r", "null_r"))
+SAE_REGULATORY = (("layer", "tf", "n_perturbed", "n_control", "n_responding", "responding", "preference",
+                   "null_preference", "p", "q", "passes", "overlap", "feature_genes", "n_targets", "expected",
+                   "p_hypergeom", "rotated_tf", "rotated_p", "rotated_q", "rotated_passes"),
+                  ("preference", "expected", "rotated_p", "rotated_q"))
 FEATURE_EDIT_RESULTS = (("intervention", "layer", "features", "scale", "readout", "value", "baseline", "delta",
                          "ci_low", "ci_high", "p", "q", "n", "structural"), ("value", "baseline", "delta", "ci_low", "ci_high", "p",
                                                                "q"))
@@ -113,6 +118,8 @@ TABLES = {
     "sae_layers": SAE_LAYERS,
     "sae_features": SAE_FEATURES,
     "sae_programmes": SAE_PROGRAMMES,
+    "sae_regulatory": SAE_REGULATORY,
+    "sae_coactivation": SAE_COACTIVATION,
     "feature_edit_results": FEATURE_EDIT_RESULTS,
     "feature_edit_genes": FEATURE_EDIT_GENES,
 }

@@ -8,11 +8,16 @@ Cell programmes (the positive control on the embedded default, whose states and 
 truth): each feature's activity per cell against each cell state's indicator and each reference TF's activity read
 from its regulon's expression; the best feature's correlation per layer, and on the read-out layer the same for an
 SAE trained on the activations with every dimension shuffled across rows (the null: same marginals, no structure).
+The companion paper's CRISPRi regulatory test (:mod:`analysis.scoring.sae_regulatory`): cells of each knocked-down
+reference TF and control cells encoded by every layer's SAE (:func:`analysis.interp.residual.feature_activity`), the
+features responding most to the knock-down tested for a preference for the TF's targets against random feature sets.
 
-Written into the run: ``sae_layers`` and ``sae_features`` tables, each layer's weights (``sae_L<l>.npz``) and its
-latents at every captured row (``sae_latents_L<l>.npz``, the ``k`` active features per row) with the rows' cells
-and genes (``sae_rows.npz``). The dense activations are deleted once the SAEs are trained (the latents and weights
-hold what the app needs)."""
+Co-activation modules per layer (:mod:`analysis.scoring.sae_modules`).
+
+Written into the run: ``sae_layers``, ``sae_features``, ``sae_coactivation``, ``sae_programmes`` and
+``sae_regulatory`` tables, each layer's weights (``sae_L<l>.npz``) and its latents at every captured row
+(``sae_latents_L<l>.npz``, the ``k`` active features per row) with the rows' cells and genes (``sae_rows.npz``). The
+dense activations are deleted once the SAEs are trained (the latents and weights hold what the app needs)."""
 from __future__ import annotations
 
 import logging
@@ -24,15 +29,19 @@ import pandas as pd
 
 from ..config import stable_hash
 from ..interp.ablation import prepare as ablation_inputs
-from ..interp.residual import capture_residual_stream
+from ..interp.residual import capture_residual_stream, feature_activity
 from ..interp.sae import TopKSAE, TrainingReport, save_sae, train_sae
 from ..interp.sae_splice import behaviour_with_reconstruction
 from ..io import files
 from ..io.activations import ActivationStore, shuffled_copy
 from ..io.expression import expression_matrix
+from ..models.base import TokenizedCells, tokens_of
 from ..io.artifacts import RunWriter
 from ..scoring.registry import StatsRegistry
-from ..scoring.sae_features import best_feature_match, cell_feature_activity, feature_gene_means, regulon_activity
+from ..scoring.sae_features import (N_FEATURE_GENES, best_feature_match, cell_feature_activity, feature_gene_means,
+                                    latent_matrix, regulon_activity, top_genes)
+from ..scoring.sae_modules import coactivation_modules
+from ..scoring.sae_regulatory import regulatory_table, regulatory_tests
 from .inputs import Inputs
 from .timing import timed
 
@@ -65,22 +74,27 @@ def svd_alignment(decoder: np.ndarray, cov: np.ndarray, variance: float) -> tupl
 
 
 def layer_tables(layer: int, sae: TopKSAE, report: TrainingReport, store: ActivationStore, cfg, symbols: np.ndarray,
-                 behaviour: tuple[np.ndarray, np.ndarray], seconds: float, n_cells: int) -> tuple[dict, pd.DataFrame]:
-    """One ``sae_layers`` row and the layer's ``sae_features`` rows."""
+                 means: np.ndarray, behaviour: tuple[np.ndarray, np.ndarray], seconds: float, n_cells: int
+                 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """One ``sae_layers`` row, the layer's ``sae_features`` rows and its ``sae_coactivation`` edges; ``means``:
+    ``[F, G]`` each feature's mean activation per gene."""
     decoder = sae.W_dec.detach().numpy()
     r, max_cos = svd_alignment(decoder, report.covariance, cfg.svd_variance)
     indices, values = report.indices, report.values
-    means, _ = feature_gene_means(indices, values, store.row_gene, len(symbols), sae.n_features)
     top = np.argsort(-means, axis=1, kind="stable")[:, :N_TOP_GENES]
     firing = report.firing_rate
     fired_sum = np.bincount(indices.ravel(), weights=values.ravel().astype(np.float64), minlength=sae.n_features)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_activation = np.where(firing > 0, fired_sum / (firing * store.n_rows), np.nan)
+    dense = firing > cfg.dense_rate
+    module, xy, edges = coactivation_modules(latent_matrix(indices, values, sae.n_features), firing, dense,
+                                             min_r=cfg.module_r, max_features=cfg.module_features, seed=cfg.seed)
     features = pd.DataFrame({
         "layer": layer, "feature": np.arange(sae.n_features), "firing_rate": firing,
         "mean_activation": mean_activation, "max_svd_cos": max_cos, "svd_visible": max_cos >= cfg.svd_cos,
-        "dead": firing == 0, "dense": firing > cfg.dense_rate,
-        "top_genes": [", ".join(symbols[g] for g in row if means[f, g] > 0) for f, row in enumerate(top)]})
+        "dead": firing == 0, "dense": dense,
+        "top_genes": [", ".join(symbols[g] for g in row if means[f, g] > 0) for f, row in enumerate(top)],
+        "module": module, "module_x": xy[:, 0], "module_y": xy[:, 1]})
     plain, spliced = behaviour
     row = {"layer": layer, "d_model": store.d_model, "n_features": sae.n_features, "k": sae.k,
            "n_rows": store.n_rows, "n_cells": n_cells, "epochs": cfg.epochs,
@@ -89,8 +103,9 @@ def layer_tables(layer: int, sae: TopKSAE, report: TrainingReport, store: Activa
            "n_dead": int((firing == 0).sum()), "n_dense": int((firing > cfg.dense_rate).sum()),
            "svd_directions": r, "n_svd_visible": int((max_cos >= cfg.svd_cos).sum()),
            "behaviour_loss": float(plain.mean()), "behaviour_loss_spliced": float(spliced.mean()),
-           "behaviour_delta": float((spliced - plain).mean()), "train_seconds": seconds}
-    return row, features
+           "behaviour_delta": float((spliced - plain).mean()), "train_seconds": seconds,
+           "n_modules": int(module.max() + 1)}
+    return row, features, edges.assign(layer=layer)
 
 
 def cell_programmes(inp: Inputs, panel: pd.DataFrame, cells: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
@@ -134,6 +149,63 @@ def programme_rows(layer: int, report: TrainingReport, row_cell: np.ndarray, n_f
     return table
 
 
+def knockdown_cells(inp: Inputs, panel: pd.DataFrame, genes_in: np.ndarray
+                    ) -> tuple[TokenizedCells, dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]] | None:
+    """The regulatory test's cells (module doc): up to ``sae.regulatory_cells`` (seeded) control cells and cells of
+    each perturbation that is a TF of the first reference with at least :data:`MIN_TARGETS` targets among the
+    captured genes (``genes_in`` ``[G]`` bool over ``tokens.genes``), as model input; with each TF's rows, the
+    control rows and each TF's targets ``[G]`` bool. None when the data has no perturbation or no such TF."""
+    data, cfg = inp.cells, inp.cfg.sae
+    if not data.perturbation_col or not inp.references:
+        return None
+    symbols = inp.attention_tokens.genes["symbol"].astype(str).to_numpy()
+    index = {s: i for i, s in enumerate(symbols)}
+    edges = inp.references[0].edges
+    targets = {}
+    for tf, group in edges[edges["tf"] != edges["target"]].groupby("tf"):
+        member = np.zeros(symbols.size, dtype=bool)
+        member[[index[t] for t in group["target"] if t in index]] = True
+        if (member & genes_in).sum() >= MIN_TARGETS:
+            targets[str(tf)] = member
+    labels = data.obs[data.perturbation_col].astype(str).to_numpy()
+    tfs = sorted(set(labels) & set(targets))
+    if not tfs:
+        return None
+    rng = np.random.default_rng([cfg.seed, 23])
+    picks = {label: np.sort(rng.choice(np.flatnonzero(labels == label), min(cfg.regulatory_cells,
+                                                                             int((labels == label).sum())),
+                                       replace=False)) for label in [data.control_label] + tfs}
+    keep = np.unique(np.concatenate(list(picks.values())))
+    tokens = tokens_of(inp.tokenizer, data, keep, panel=panel if inp.tokenizer.panel_dependent else None)[0]
+    if not np.array_equal(tokens.genes["symbol"].astype(str).to_numpy(), symbols):
+        raise RuntimeError("the regulatory test's cells were tokenised over other genes than the captured cells")
+    rows = {label: np.searchsorted(keep, cells) for label, cells in picks.items()}
+    control = rows.pop(data.control_label)
+    return tokens, rows, control, {tf: targets[tf] for tf in tfs}
+
+
+def regulatory_rows(inp: Inputs, panel: pd.DataFrame, saes: dict[int, TopKSAE], means: dict[int, np.ndarray],
+                    genes_in: np.ndarray) -> pd.DataFrame | None:
+    """``sae_regulatory`` rows of every layer (:func:`analysis.scoring.sae_regulatory.regulatory_table`); None when
+    the data has no knock-down of a reference TF."""
+    cfg = inp.cfg.sae
+    found = knockdown_cells(inp, panel, genes_in)
+    if found is None:
+        log.info("SAE regulatory test skipped: no perturbation of a reference TF with >= %d captured targets",
+                 MIN_TARGETS)
+        return None
+    tokens, groups, control, targets = found
+    activity = feature_activity(inp.adapter, tokens, saes, batch_size=inp.cfg.extraction.batch_size)
+    tables = [regulatory_table(layer, activity[layer], groups, control, means[layer],
+                               top_genes(means[layer], N_FEATURE_GENES), targets, genes_in, m=cfg.n_responding, n_null=cfg.regulatory_null, seed=cfg.seed)
+              for layer in saes]
+    table = pd.concat(tables, ignore_index=True)
+    for layer, grp in table.groupby("layer"):
+        log.info("SAE L%d regulatory test: %d of %d TFs pass (BH q < 0.05); %d with each TF's features against "
+                 "another TF's targets", layer, int(grp["passes"].sum()), len(grp), int(grp["rotated_passes"].sum()))
+    return table
+
+
 def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, progress: bool) -> StatsRegistry:
     """Train and describe the run's SAEs (module doc); nothing when ``sae.run`` leaves this run out. ``panel``: the
     attention store's panel (the behaviour read-out's masking is the ablation's)."""
@@ -144,7 +216,8 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
     key = stable_hash({"run": run_key, "stage": "sae"})
     if writer.is_done("sae", key):
         writer.mark_done("sae", key, 0.0, skipped=True)
-        return StatsRegistry()
+        path = writer.dir / files.table("sae_regulatory")
+        return regulatory_tests(pd.read_parquet(path), inp.references[0].name) if path.is_file() else StatsRegistry()
     adapter, tokens = inp.adapter, inp.attention_tokens
     layers = cfg.layers or tuple(range(adapter.n_layers))   # checked against the model by inputs.check_sae
     n_features = cfg.expansion * adapter.d_model
@@ -159,14 +232,19 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
         store = capture_residual_stream(adapter, captured, layers, scratch, batch_size=inp.cfg.extraction.batch_size,
                                         progress=progress)
         symbols = tokens.genes["symbol"].astype(str).to_numpy()
+        data = inp.attention_cell_data
+        states = (data.obs[data.cell_state_col].astype(str).to_numpy()[cells] if data.cell_state_col
+                  else np.full(cells.size, "", dtype=str))
         np.savez(writer.dir / files.SAE_ROWS, row_cell=cells[store.row_cell].astype(np.int32),
-                 row_gene=store.row_gene, gene_symbol=np.asarray(symbols, dtype=str))
+                 row_gene=store.row_gene, gene_symbol=np.asarray(symbols, dtype=str),
+                 capture_cell=cells.astype(np.int32), capture_state=np.asarray(states, dtype=str))
         behaviour_cells = ablation_inputs(tokens, panel, readout_layer=inp.readout_layer,
                                           n_cells=min(max(inp.cfg.ablation.n_cells, 1), tokens.n_cells),
                                           probability=inp.cfg.ablation.mask_probability, seed=inp.cfg.ablation.seed)
         programmes, kinds = cell_programmes(inp, panel, cells)
         null_layer = inp.readout_layer if inp.readout_layer in layers else layers[-1]   # the shuffled SAE's layer
-        rows, features, matches = [], [], []
+        rows, features, coactivation, matches, saes, means = [], [], [], [], {}, {}
+        genes_in = np.bincount(store.row_gene, minlength=len(symbols)) > 0
         for layer in layers:
             start = time.perf_counter()
             sae, report = train_sae(lambda: store.batches(layer, cfg.batch_size, seed=cfg.seed), store.d_model,
@@ -177,9 +255,14 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
             np.savez(writer.dir / files.sae_latents(layer), indices=report.indices, values=report.values)
             behaviour = behaviour_with_reconstruction(adapter, behaviour_cells, layer, sae,
                                                       batch_size=inp.cfg.ablation.batch_size)
-            row, table = layer_tables(layer, sae.cpu(), report, store, cfg, symbols, behaviour, seconds, cells.size)
+            saes[layer] = sae.cpu()
+            means[layer] = feature_gene_means(report.indices, report.values, store.row_gene, len(symbols),
+                                              n_features)[0]
+            row, table, edges = layer_tables(layer, saes[layer], report, store, cfg, symbols, means[layer], behaviour,
+                                             seconds, cells.size)
             rows.append(row)
             features.append(table)
+            coactivation.append(edges)
             if len(programmes.columns):
                 null = None
                 if layer == null_layer:
@@ -188,14 +271,18 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
                                         store.d_model, n_features=n_features, k=cfg.k, epochs=cfg.epochs, lr=cfg.lr,
                                         seed=cfg.seed, evaluation=shuffled.batches(layer, cfg.batch_size))
                 matches.append(programme_rows(layer, report, store.row_cell, n_features, programmes, kinds, null))
-            log.info("SAE L%d: FVE %.3f, %d dead, %d dense, %d of %d features visible to SVD, behaviour loss "
-                     "%.4f -> %.4f spliced (%.1f s)", layer, row["fraction_variance_explained"], row["n_dead"],
-                     row["n_dense"], row["n_svd_visible"], n_features, row["behaviour_loss"],
-                     row["behaviour_loss_spliced"], seconds)
+            log.info("SAE L%d: FVE %.3f, %d dead, %d dense, %d of %d features visible to SVD, %d co-activation "
+                     "modules, behaviour loss %.4f -> %.4f spliced (%.1f s)", layer, row["fraction_variance_explained"],
+                     row["n_dead"], row["n_dense"], row["n_svd_visible"], n_features, row["n_modules"],
+                     row["behaviour_loss"], row["behaviour_loss_spliced"], seconds)
         shutil.rmtree(scratch)
         writer.write_table("sae_layers", pd.DataFrame(rows))
         writer.write_table("sae_features", pd.concat(features, ignore_index=True))
+        writer.write_table("sae_coactivation", pd.concat(coactivation, ignore_index=True))
         if matches:
             writer.write_table("sae_programmes", pd.concat(matches, ignore_index=True))
+        regulatory = regulatory_rows(inp, panel, saes, means, genes_in)
+        if regulatory is not None:
+            writer.write_table("sae_regulatory", regulatory)
     writer.mark_done("sae", key, time.perf_counter() - t0)
-    return StatsRegistry()
+    return StatsRegistry() if regulatory is None else regulatory_tests(regulatory, inp.references[0].name)

@@ -226,6 +226,48 @@ def test_embedded_run_has_saes_of_the_residual_stream(embedded_cache, family, tm
         assert fve == pytest.approx(layers.loc[layer, "fraction_variance_explained"], abs=0.01)
 
 
+@pytest.mark.parametrize("family", ["geneformer", "scgpt"])
+def test_embedded_run_has_the_regulatory_test_and_coactivation_modules(embedded_cache, family):
+    """The CRISPRi regulatory test covers knocked-down reference TFs on every layer, with the perturbed cells the
+    test size has (3 to 15 per TF: too few for its power, which the unit test's planted case and the default run's
+    numbers in the closing note show), each (layer, TF) test in the statistics registry, descriptive. Co-activation
+    modules: each module's features are joined by recorded edges, whose r equals numpy's corrcoef of the stored
+    latents."""
+    from analysis.io import files
+
+    cache, runs = embedded_cache
+    store = ArtifactStore(cache)
+    run = runs[family].name
+    table = store.table(run, "sae_regulatory")
+    edges = store.table(run, "reference_edges")
+    knocked = {str(p) for p in store.table(run, "de_groups")["perturbation"]}
+    tfs = set(edges["tf"]) & knocked
+    assert set(table["tf"]) <= tfs and len(set(table["tf"])) >= 3
+    assert set(table["layer"]) == {0, 1} and table.groupby("layer")["tf"].nunique().nunique() == 1
+    assert (table["p"] >= 1 / 201).all() and table["n_responding"].eq(10).all()
+    assert table["n_perturbed"].between(3, 50).all() and table["n_control"].eq(50).all()
+    assert (table["passes"] == (table["q"] < 0.05)).all() and (table["rotated_tf"] != table["tf"]).all()
+    registry = store.table(run, "statistics_registry")
+    assert (registry["analysis"] == "sae_regulatory").sum() == len(table)
+    assert not registry.loc[registry["analysis"] == "sae_regulatory", "confirmatory"].any()
+
+    features = store.table(run, "sae_features")
+    coactivation = store.table(run, "sae_coactivation")
+    layers = store.table(run, "sae_layers").set_index("layer")
+    for layer in (0, 1):
+        here = features[features["layer"] == layer]
+        assert layers.loc[layer, "n_modules"] == here["module"].max() + 1
+        with np.load(runs[family] / files.sae_latents(layer)) as lat:
+            dense = np.zeros((lat["indices"].shape[0], 256))
+            np.put_along_axis(dense, lat["indices"].astype(np.int64), lat["values"], axis=1)
+        e = coactivation[coactivation["layer"] == layer]
+        for a, b, r in e[["a", "b", "r"]].head(20).itertuples(index=False):
+            assert r == pytest.approx(np.corrcoef(dense[:, a], dense[:, b])[0, 1], rel=1e-6) and r >= 0.3
+        joined = set(e["a"]) | set(e["b"])
+        assert set(here.loc[here["module"] >= 0, "feature"]) <= joined
+        assert here.loc[here["feature"].isin(joined), "module_x"].notna().all()
+
+
 def test_rerun_reuses_finished_stages(embedded_cache):
     cache, runs = embedded_cache
     run_dir = runs["geneformer"]

@@ -131,6 +131,22 @@ def test_capture_equals_the_models_own_hidden_states(family_setups, family, tmp_
     assert sorted(zip(cell.tolist(), gene.tolist())) == sorted(zip(c.tolist(), cells.gene_index[c, p].tolist()))
 
 
+@pytest.mark.parametrize("family", ["geneformer", "scgpt"])
+def test_feature_activity_equals_the_captured_latents_per_cell(family_setups, family, tmp_path):
+    from analysis.interp.residual import feature_activity
+    from analysis.scoring.sae_features import cell_feature_activity
+
+    adapter, tokens, _panel = family_setups[family]
+    cells = tokens.subset(np.arange(9))
+    store = capture_residual_stream(adapter, cells, (1,), tmp_path / "act", batch_size=4)
+    sae = TopKSAE(adapter.d_model, 64, 4, seed=2)
+    indices, values = sae.active(torch.from_numpy(np.array(store.layer(1))))
+    want = cell_feature_activity(indices.numpy(), values.detach().numpy(), store.row_cell, cells.n_cells, 64)
+    got = feature_activity(adapter, cells, {1: sae}, batch_size=5)[1]
+    assert got.shape == (9, 64) and want.any()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_sae_settings_are_checked_before_anything_runs():
     from analysis.config import load_config
     from analysis.errors import ConfigError
@@ -142,6 +158,10 @@ def test_sae_settings_are_checked_before_anything_runs():
         check_sae(cfg.sae, 3, 32)
     with pytest.raises(ConfigError, match="sae.k = 16 exceeds the 8 features"):
         check_sae(load_config(cli={"sae.k": 16, "sae.expansion": 1}).sae, 4, 8)
+    with pytest.raises(ConfigError, match=r"sae.regulatory_cells \(2\) must be at least 3"):
+        check_sae(load_config(cli={"sae.regulatory_cells": 2}).sae, 4, 32)
+    with pytest.raises(ConfigError, match=r"sae.n_responding \(0\)"):
+        check_sae(load_config(cli={"sae.n_responding": 0}).sae, 4, 32)
     with pytest.raises(ConfigError, match="sae.run = 'maybe'"):
         load_config(cli={"sae.run": "maybe"})
     assert load_config().sae.active(embedded_model=True) and not load_config().sae.active(embedded_model=False)
