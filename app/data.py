@@ -16,8 +16,8 @@ from analysis.io.artifacts import read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, oriented_pair_scores
-from analysis.scoring.sae_features import (activation_correlation, feature_gene_means, gene_set_enrichment,
-                                           latent_matrix, top_genes)
+from analysis.scoring.sae_features import (activation_correlation, cell_feature_activity, feature_gene_means,
+                                           gene_set_enrichment, latent_matrix, top_genes)
 from analysis.scoring.strata import add_level
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -156,6 +156,39 @@ class ArtifactStore:
         sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
         with np.load(path) as latents:
             return latent_matrix(latents["indices"], latents["values"], int(sizes[layer]))
+
+    @lru_cache(maxsize=8)
+    def sae_cell_activity(self, run_id: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(``[captured cells, F]`` each feature's mean activation over each captured cell's gene positions, ``[captured
+        cells]`` their cell states, "" without a cell-state column); KeyError when the run has no SAE of that layer."""
+        directory = self.run_dir(run_id)
+        if not (directory / files.sae_latents(layer)).is_file():
+            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
+        sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
+        with np.load(directory / files.SAE_ROWS) as rows, np.load(directory / files.sae_latents(layer)) as latents:
+            cells, states = rows["capture_cell"], rows["capture_state"]
+            local = np.searchsorted(cells, rows["row_cell"])
+            activity = cell_feature_activity(latents["indices"], latents["values"], local, cells.size,
+                                             int(sizes[layer]))
+        return activity, states
+
+    def sae_state_enrichment(self, run_id: str, layer: int, feature: int, top_share: float = 0.1) -> pd.DataFrame:
+        """Cell states over-represented among the ``top_share`` of captured cells where ``feature`` is most active
+        (cells where it is silent left out): hypergeometric over the captured cells, BH over the states
+        (:func:`analysis.scoring.sae_features.gene_set_enrichment` with cells as the items)."""
+        activity, states = self.sae_cell_activity(run_id, layer)
+        column = activity[:, feature]
+        names = sorted(set(states) - {""})
+        if not names or not (column > 0).any():
+            return pd.DataFrame(columns=["feature", "gene_set", "overlap", "feature_genes", "set_genes", "universe",
+                                         "fold", "p", "q"])
+        n_top = max(1, int(round(top_share * column.size)))
+        top = np.zeros(column.size, dtype=bool)
+        top[np.argsort(-column, kind="stable")[:n_top]] = True
+        top &= column > 0
+        sets = np.array([states == name for name in names])
+        return gene_set_enrichment(top[None, :], sets, np.ones(column.size, dtype=bool), [f"cell state {n}"
+                                                                                         for n in names])
 
     def sae_neighbours(self, run_id: str, layer: int, feature: int, n: int = 3) -> pd.DataFrame:
         """The ``n`` features of every other layer whose activations correlate most with ``feature``'s over the same

@@ -670,3 +670,73 @@ def feature_specificity(frame: pd.DataFrame, *, intervention: str) -> go.Figure:
                                      "positions in the cells</sup>"}, yaxis={"title": "prediction change"},
                       showlegend=False, height=400, margin={"t": 80})
     return fig
+
+
+def feature_modules(features: pd.DataFrame, edges: pd.DataFrame, *, layer: int) -> go.Figure:
+    """One layer's co-activation graph (``features``: schema ``sae_features``; ``edges``: ``sae_coactivation``):
+    features with an edge at their layout position, coloured by module (grey: in no module), edges as lines."""
+    placed = features[features["module_x"].notna()]
+    where = placed.set_index("feature")[["module_x", "module_y"]]
+    fig = go.Figure()
+    if len(edges):
+        a, b = where.loc[edges["a"]].to_numpy(), where.loc[edges["b"]].to_numpy()
+        xs = np.column_stack([a[:, 0], b[:, 0], np.full(len(a), np.nan)]).ravel()
+        ys = np.column_stack([a[:, 1], b[:, 1], np.full(len(a), np.nan)]).ravel()
+        fig.add_scattergl(x=xs, y=ys, mode="lines", line={"color": "rgba(120,120,120,0.35)", "width": 1},
+                          hoverinfo="skip", name="r >= threshold")
+    for module, grp in placed.groupby("module", sort=True):
+        fig.add_scattergl(x=grp["module_x"], y=grp["module_y"], mode="markers",
+                          name="no module" if module < 0 else f"module {module} ({len(grp)})",
+                          marker={"size": 8, "color": "#bbbbbb" if module < 0 else None},
+                          customdata=grp["feature"], text=grp["top_genes"],
+                          hovertemplate="feature %{customdata}<br>%{text}<extra></extra>")
+    n_modules = int(features["module"].max() + 1) if len(features) else 0
+    fig.update_layout(title={"text": f"L{layer}: {n_modules} co-activation modules<br><sup>features joined where their "
+                                     "activations correlate over gene positions; click one for its card</sup>"},
+                      xaxis={"visible": False}, yaxis={"visible": False}, height=460, margin={"t": 80})
+    return fig
+
+
+def regulatory_counts(frame: pd.DataFrame, *, run_label: str = "") -> go.Figure:
+    """The CRISPRi regulatory test per layer (schema ``sae_regulatory``): TFs whose responding features prefer their
+    targets (BH q < 0.05), against the same count with each TF's features tested on another TF's targets."""
+    counts = frame.groupby("layer").agg(n=("tf", "size"), passing=("passes", "sum"),
+                                        rotated=("rotated_passes", "sum")).reset_index()
+    fig = go.Figure()
+    fig.add_bar(x=counts["layer"].map(lambda l: f"L{l}"), y=counts["passing"], name="own targets",
+                text=[f"{p} of {n}" for p, n in zip(counts["passing"], counts["n"])], textposition="outside")
+    fig.add_bar(x=counts["layer"].map(lambda l: f"L{l}"), y=counts["rotated"], name="another TF's targets (null)",
+                marker={"color": "#bbbbbb"})
+    fig.update_layout(title={"text": f"{run_label}CRISPRi regulatory test: TFs passing per layer<br><sup>features "
+                                     "responding to the knock-down prefer the TF's reference targets (BH q < 0.05 "
+                                     "against random feature sets)</sup>"}, barmode="group",
+                      yaxis={"title": "TFs passing", "rangemode": "tozero"}, height=380, margin={"t": 80})
+    return fig
+
+
+RUN_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860")
+
+
+def feature_depth_profile(frame: pd.DataFrame) -> go.Figure:
+    """The Compare page's SAE summary (``analysis.scoring.compare.feature_summary`` rows with ``run``) against
+    relative depth: fraction of variance explained, and the share of knocked-down TFs passing the regulatory test
+    (own targets, solid; another TF's targets, dotted)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["reconstruction (fraction of variance explained)",
+                                                        "regulatory test: share of TFs passing"],
+                        horizontal_spacing=0.12)
+    for i, (run, grp) in enumerate(frame.groupby("run", sort=False)):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        grp = grp.sort_values("relative_depth")
+        fig.add_scatter(x=grp["relative_depth"], y=grp["fve"], mode="lines+markers", name=run, legendgroup=run,
+                        line={"color": color}, row=1, col=1)
+        if grp["regulatory_tfs"].notna().any():
+            share = grp["regulatory_passing"] / grp["regulatory_tfs"]
+            fig.add_scatter(x=grp["relative_depth"], y=share, mode="lines+markers", name=f"{run}: own targets",
+                            legendgroup=run, showlegend=False, line={"color": color}, row=1, col=2)
+            fig.add_scatter(x=grp["relative_depth"], y=grp["regulatory_null"] / grp["regulatory_tfs"],
+                            mode="lines+markers", name=f"{run}: another TF's targets", legendgroup=run,
+                            showlegend=False, line={"color": color, "dash": "dot"}, row=1, col=2)
+    fig.update_xaxes(title_text="relative depth", range=[-0.05, 1.05])
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_layout(height=380, margin={"t": 60})
+    return fig

@@ -90,6 +90,7 @@ COMPARE_REPLICATION = "compare-replication-tests"
 COMPARE_UNIVERSE_BUTTON = "compare-universe-button"
 COMPARE_UNIVERSE = "compare-universe"
 COMPARE_CONSISTENCY = "compare-consistency"
+COMPARE_FEATURES = "compare-features"
 
 
 def compare_head(run_id) -> dict:
@@ -116,6 +117,12 @@ FEATURES_TABLE = "features-table"
 FEATURES_CARD_TITLE = "features-card-title"
 FEATURES_ENRICHMENT = "features-enrichment"
 FEATURES_NEIGHBOURS = "features-neighbours"
+FEATURES_STATES = "features-states"
+FEATURES_KNOCKDOWNS = "features-knockdowns"
+FEATURES_GENE = "features-gene"
+FEATURES_GENE_TABLE = "features-gene-table"
+FEATURES_REGULATORY = "features-regulatory-table"
+FEATURES_REGULATORY_NOTE = "features-regulatory-note"
 FEATURES_SELECTED = "features-selected"   # the open card's {layer, feature}
 FEATURES_EDIT_FEATURES = "features-edit-features"
 FEATURES_EDIT_SCALES = "features-edit-scales"

@@ -110,3 +110,30 @@ def edge_consistency(edges: dict[str, EdgeScores]) -> pd.DataFrame:
                 rho, p = spearmanr(x, y) if mask.sum() > 2 else (np.nan, np.nan)
                 rows.append((a, b, etype, la, lb, float(rho), float(p), int(mask.sum())))
     return pd.DataFrame(rows, columns=["run_a", "run_b", "edge_type", "layer_a", "layer_b", "rho", "p", "n"])
+
+
+def feature_summary(layers: pd.DataFrame, programmes: pd.DataFrame | None, regulatory: pd.DataFrame | None, *,
+                    n_layers: int) -> pd.DataFrame:
+    """One row per SAE layer of a run (issue 14's feature-level summary for the Compare page): relative depth,
+    reconstruction (fraction of variance explained, behaviour change with the reconstruction spliced in), dead, dense,
+    SVD-visible features, co-activation modules, the best feature's r with any cell state and any TF's regulon
+    activity (and the shuffled-activation null where trained), and the regulatory test's TFs passing, tested and
+    passing against another TF's targets. ``layers``: schema ``sae_layers``; ``programmes``: ``sae_programmes``;
+    ``regulatory``: ``sae_regulatory`` (None: the run has none)."""
+    out = pd.DataFrame({
+        "layer": layers["layer"].astype(int), "relative_depth": layers["layer"] / max(n_layers - 1, 1),
+        "n_features": layers["n_features"], "fve": layers["fraction_variance_explained"],
+        "behaviour_delta": layers["behaviour_delta"], "n_dead": layers["n_dead"], "n_dense": layers["n_dense"],
+        "n_svd_visible": layers["n_svd_visible"], "n_modules": layers["n_modules"]}).set_index("layer")
+    for kind, name in (("cell_state", "state"), ("tf_activity", "tf")):
+        best = (programmes[programmes["kind"] == kind].groupby("layer")[["r", "null_r"]].max()
+                if programmes is not None and len(programmes) else pd.DataFrame(columns=["r", "null_r"]))
+        out[f"best_{name}_r"] = best["r"].reindex(out.index)
+        out[f"best_{name}_null_r"] = best["null_r"].reindex(out.index)
+    if regulatory is not None and len(regulatory):
+        counts = regulatory.groupby("layer").agg(regulatory_passing=("passes", "sum"), regulatory_tfs=("tf", "size"),
+                                                 regulatory_null=("rotated_passes", "sum"))
+        out = out.join(counts)
+    else:
+        out[["regulatory_passing", "regulatory_tfs", "regulatory_null"]] = np.nan
+    return out.reset_index()

@@ -10,13 +10,14 @@ import pandas as pd
 from dash import ALL, Input, Output, State, dash_table, dcc, html
 
 from analysis.io.references import ReferenceNetwork
-from analysis.scoring.compare import confound_summary, edge_consistency, layer_recovery, shared_symbols
+from analysis.scoring.compare import (confound_summary, edge_consistency, feature_summary, layer_recovery,
+                                     shared_symbols)
 from analysis.scoring.edges import EdgeScores
 from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
 from ..components import figure_card, table_column, without_zero_p
-from ..figures import compare_layer_profiles, convergence_plot, replication_profile
+from ..figures import compare_layer_profiles, convergence_plot, feature_depth_profile, replication_profile
 
 PATH, NAME = "/compare", "Compare"
 SUMMARY_TABLES = ("incremental_value", "incremental_value_matched", "residualisation", "degree_null", "cssi_curve",
@@ -29,10 +30,23 @@ TABLE_COLUMNS = ("run", "model", "cells", "incremental_delta", "incremental_ci",
                  "ablation_top_k", "ablation_delta", "ablation_p")
 NUMERIC = tuple(c for c in TABLE_COLUMNS if c not in ("run", "model", "cells", "incremental_ci", "matched_ci"))
 REPLICATION_COLUMNS = ("hypothesis", "effect", "n", "p", "q", "confirmatory")
+FEATURE_COLUMNS = ("run", "layer", "relative_depth", "n_features", "fve", "behaviour_delta", "n_dead", "n_dense",
+                   "n_svd_visible", "n_modules", "best_state_r", "best_state_null_r", "best_tf_r", "best_tf_null_r",
+                   "regulatory_passing", "regulatory_tfs", "regulatory_null")
+FEATURE_NUMERIC = ("relative_depth", "fve", "behaviour_delta", "best_state_r", "best_state_null_r", "best_tf_r",
+                   "best_tf_null_r")
 REPLICATION_NUMERIC = ("effect", "p", "q")
 UNIVERSE_COLUMNS = ("run", "protocol", "n_genes", "layer", "n", "attention_mean", "correlation_mean", "advantage",
                     "ci_low", "ci_high", "p", "p_protocol")
 CONSISTENCY_COLUMNS = ("run_a", "run_b", "edge_type", "layer_a", "layer_b", "rho", "p", "n")
+
+
+def figure_with_table(title: str, explanation: str, figure: str, table_id: str, columns: tuple[str, ...],
+                      numeric: tuple[str, ...]) -> list:
+    """A section: its title, what it shows, a figure card and a sortable table of its rows."""
+    return [html.H5(title, className="mt-4"), html.P(explanation, className="explain"), figure_card(figure),
+            dash_table.DataTable(id=table_id, sort_action="native", page_size=12, style_table={"overflowX": "auto"},
+                                 columns=[table_column(c, numeric) for c in columns])]
 
 
 def layout(**_):
@@ -56,15 +70,12 @@ def layout(**_):
                className="explain"),
         dash_table.DataTable(id=ids.COMPARE_TABLE, sort_action="native", style_table={"overflowX": "auto"},
                              columns=[table_column(c, NUMERIC) for c in TABLE_COLUMNS]),
-        html.H5("Cross-context replication (paper 2.6-2.7)", className="mt-4"),
-        html.P("Per run and layer: the mean per-perturbation advantage of attention over correlation with a "
-               "10,000-draw perturbation-bootstrap 95% CI, and the paired Wilcoxon test; between runs, whether the "
-               "read-out layers' advantages differ (Mann-Whitney). BH q is over this comparison's tests; the "
-               "read-out layer of each run is confirmatory.", className="explain"),
-        figure_card("compare-replication"),
-        dash_table.DataTable(id=ids.COMPARE_REPLICATION, sort_action="native", page_size=12,
-                             style_table={"overflowX": "auto"},
-                             columns=[table_column(c, REPLICATION_NUMERIC) for c in REPLICATION_COLUMNS]),
+        *figure_with_table("Cross-context replication (paper 2.6-2.7)",
+                           "Per run and layer: the mean per-perturbation advantage of attention over correlation with "
+                           "a 10,000-draw perturbation-bootstrap 95% CI, and the paired Wilcoxon test; between runs, "
+                           "whether the read-out layers' advantages differ (Mann-Whitney). BH q is over this "
+                           "comparison's tests; the read-out layer of each run is confirmatory.",
+                           "compare-replication", ids.COMPARE_REPLICATION, REPLICATION_COLUMNS, REPLICATION_NUMERIC),
         dbc.Button("HVG-protocol confound check (SN14.9)", id=ids.COMPARE_UNIVERSE_BUTTON, color="primary",
                    outline=True, className="mt-3", n_clicks=0),
         html.Div(id=ids.COMPARE_UNIVERSE, className="mt-2"),
@@ -77,7 +88,25 @@ def layout(**_):
                  dbc.Col(figure_card("compare-agreement"), md=5)]),
         dash_table.DataTable(id=ids.COMPARE_CONSISTENCY, sort_action="native", page_size=12,
                              columns=[table_column(c, ("rho", "p")) for c in CONSISTENCY_COLUMNS]),
+        *figure_with_table("Residual-stream features (SAEs), one row per run and layer",
+                           "Per layer's TopK SAE: fraction of variance explained (fve), the behaviour read-out's change "
+                           "with the reconstruction spliced in, dead, dense and SVD-visible features, co-activation "
+                           "modules, the best feature's Pearson r with a cell state and with a TF's regulon activity "
+                           "(null: an SAE of shuffled activations, read-out layer), and the CRISPRi regulatory test: "
+                           "TFs passing of those tested, and passing with another TF's targets (null).",
+                           "compare-features", ids.COMPARE_FEATURES, FEATURE_COLUMNS, FEATURE_NUMERIC),
     ], fluid=True)
+
+
+def run_features(store, run_id: str) -> pd.DataFrame | None:
+    """One run's SAE summary rows (:func:`analysis.scoring.compare.feature_summary`), or None without SAEs."""
+    if not store.has_table(run_id, "sae_layers"):
+        return None
+    m = store.manifest(run_id)
+    optional = {name: store.table(run_id, name) if store.has_table(run_id, name) else None
+                for name in ("sae_programmes", "sae_regulatory")}
+    return feature_summary(store.table(run_id, "sae_layers"), optional["sae_programmes"], optional["sae_regulatory"],
+                           n_layers=m.model.n_layers).assign(run=m.short_name)
 
 
 def head_recovery(store, run_id: str, head: str, reference: str, symbols: list[str]) -> pd.DataFrame:
@@ -266,3 +295,13 @@ def register(app, store, settings, jobs, exports):
             out += [{}, []]
         consistency = without_zero_p(edge_consistency(edges), ("p",))
         return (*out, consistency.to_dict("records"))
+
+    @app.callback(Output(ids.graph("compare-features"), "figure"), Output(ids.figdata("compare-features"), "data"),
+                  Output(ids.COMPARE_FEATURES, "data"), Input(ids.COMPARE_RUNS, "value"))
+    def features(run_ids):
+        frames = [f for r in (run_ids or [])[:MAX_RUNS] if (f := run_features(store, r)) is not None]
+        if not frames:
+            return {}, None, []
+        frame = pd.concat(frames, ignore_index=True)[list(FEATURE_COLUMNS)]
+        return (*exports.drawn("compare-features", feature_depth_profile(frame), frame),
+                frame.round(4).to_dict("records"))

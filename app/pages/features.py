@@ -1,28 +1,30 @@
 """Features: the sparse autoencoders of the residual stream (issue 14; analysis.stages.sae). Per layer, the SAE's
 quality (fraction of variance explained, the behaviour read-out with the reconstruction spliced in, dead and dense
 features, how many are visible to SVD), a map of its features (how often each fires against how strongly), a
-searchable table (type a gene in the top-genes filter), each cell programme's best feature against the
-shuffled-activation null, and a feature's card: the genes it fires on, the reference regulons over-represented
-among its top genes (hypergeometric, BH over the layer's features x regulons), and its neighbours in the other
-layers (activation correlation over the same gene positions); below it, live feature intervention
-(:mod:`app.pages.feature_edits`)."""
+searchable table, a search by gene (the features that fire on it), the co-activation modules as a graph, each cell
+programme's best feature against the shuffled-activation null, and the CRISPRi regulatory test (TFs whose
+knock-down's responding features prefer their targets, against another TF's targets). Below: a feature's card
+(:mod:`app.pages.feature_card`) and live feature intervention (:mod:`app.pages.feature_edits`)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
+from dash import Input, Output, dash_table, dcc, html, no_update
 
 from analysis.scoring.sae_features import N_FEATURE_GENES
 
 from .. import ids
 from ..components import figure_card, table_column, without_zero_p
-from ..figures import feature_genes, feature_map, programme_matches
-from . import feature_edits
+from ..figures import feature_map, feature_modules, programme_matches, regulatory_counts
+from . import feature_card, feature_edits
 
 PATH, NAME = "/features", "Features"
-COLUMNS = ("feature", "firing_rate", "mean_activation", "max_svd_cos", "dead", "dense", "top_genes")
-ENRICHMENT_COLUMNS = ("gene_set", "overlap", "feature_genes", "set_genes", "universe", "fold", "p", "q")
+COLUMNS = ("feature", "firing_rate", "mean_activation", "max_svd_cos", "dead", "dense", "module", "top_genes")
+GENE_COLUMNS = ("feature", "mean_on_gene", "gene_rank", "firing_rate", "top_genes")
+REGULATORY_COLUMNS = ("tf", "n_perturbed", "preference", "null_preference", "p", "q", "passes", "overlap",
+                      "expected", "p_hypergeom", "rotated_tf", "rotated_q")
+N_GENE_FEATURES = 20
 
 
 def layout(**_):
@@ -35,18 +37,19 @@ def layout(**_):
         dash_table.DataTable(id=ids.FEATURES_TABLE, page_size=12, sort_action="native", filter_action="native",
                              columns=[table_column(c, ("firing_rate", "mean_activation", "max_svd_cos"))
                                       for c in COLUMNS], style_table={"overflowX": "auto"}),
-        html.H5(id=ids.FEATURES_CARD_TITLE, className="mt-3"),
-        figure_card("features-card", placeholder="Click a feature on the map or in the table"),
-        html.H6(f"Reference regulons among the feature's top {N_FEATURE_GENES} genes (BH over every feature x regulon of "
-                "the layer)", className="mt-2"),
-        dash_table.DataTable(id=ids.FEATURES_ENRICHMENT, page_size=8, sort_action="native",
-                             columns=[table_column(c, ("fold", "p", "q")) for c in ENRICHMENT_COLUMNS],
+        dbc.Row([dbc.Col([dbc.Label("Search by gene: the features that fire on it (mean activation over its "
+                                    "positions)"), dcc.Dropdown(id=ids.FEATURES_GENE)], md=4)], className="mt-3"),
+        dash_table.DataTable(id=ids.FEATURES_GENE_TABLE, page_size=8, sort_action="native",
+                             columns=[table_column(c, ("mean_on_gene", "firing_rate")) for c in GENE_COLUMNS],
                              style_table={"overflowX": "auto"}),
-        html.H6("Neighbours in the other layers (Pearson r of activations over the same gene positions)",
-                className="mt-2"),
-        dash_table.DataTable(id=ids.FEATURES_NEIGHBOURS, page_size=12, sort_action="native",
-                             columns=[table_column(c, ("r",)) for c in ("layer", "feature", "r")],
+        dbc.Row([dbc.Col(figure_card("features-modules"), md=6), dbc.Col(figure_card("features-regulatory"), md=6)],
+                className="mt-3"),
+        html.Div(id=ids.FEATURES_REGULATORY_NOTE, className="explain mb-1"),
+        dash_table.DataTable(id=ids.FEATURES_REGULATORY, page_size=8, sort_action="native",
+                             columns=[table_column(c, ("preference", "null_preference", "p", "q", "expected",
+                                                       "p_hypergeom", "rotated_q")) for c in REGULATORY_COLUMNS],
                              style_table={"overflowX": "auto"}),
+        *feature_card.section(),
         dcc.Store(id=ids.FEATURES_SELECTED),
         *feature_edits.section(N_FEATURE_GENES),
     ], fluid=True)
@@ -58,10 +61,24 @@ def layer_note(row: pd.Series, family: str) -> str:
             f"explained {row['fraction_variance_explained']:.3f}; {family} behaviour read-out "
             f"{row['behaviour_loss']:.4g} -> {row['behaviour_loss_spliced']:.4g} with the reconstruction spliced in; "
             f"{int(row['n_dead'])} dead, {int(row['n_dense'])} dense; {int(row['n_svd_visible'])} features aligned "
-            f"with one of the top {int(row['svd_directions'])} singular directions (visible to SVD).")
+            f"with one of the top {int(row['svd_directions'])} singular directions (visible to SVD); "
+            f"{int(row['n_modules'])} co-activation modules.")
+
+
+def features_on_gene(means: np.ndarray, symbols: np.ndarray, features: pd.DataFrame, symbol: str) -> pd.DataFrame:
+    """The :data:`N_GENE_FEATURES` features of one layer most active on ``symbol`` (``means`` ``[F, G]``), with the
+    gene's rank among each feature's genes (1: its strongest)."""
+    g = int(np.flatnonzero(symbols == symbol)[0])
+    order = np.argsort(-means[:, g], kind="stable")[:N_GENE_FEATURES]
+    order = order[means[order, g] > 0]
+    rank = (means[order] > means[order, g][:, None]).sum(axis=1) + 1
+    info = features.set_index("feature").loc[order]
+    return pd.DataFrame({"feature": order, "mean_on_gene": means[order, g], "gene_rank": rank,
+                         "firing_rate": info["firing_rate"].to_numpy(), "top_genes": info["top_genes"].to_numpy()})
 
 
 def register(app, store, settings, jobs, exports):
+    feature_card.register(app, store, settings, jobs, exports)
     feature_edits.register(app, store, settings, jobs, exports, n_own=N_FEATURE_GENES)
 
     @app.callback(Output(ids.FEATURES_LAYER, "options"), Output(ids.FEATURES_LAYER, "value"),
@@ -76,13 +93,15 @@ def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.FEATURES_NOTE, "children"), Output(ids.graph("features-map"), "figure"),
                   Output(ids.figdata("features-map"), "data"), Output(ids.FEATURES_TABLE, "data"),
                   Output(ids.graph("features-programmes"), "figure"), Output(ids.figdata("features-programmes"), "data"),
+                  Output(ids.graph("features-modules"), "figure"), Output(ids.figdata("features-modules"), "data"),
+                  Output(ids.FEATURES_GENE, "options"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.FEATURES_LAYER, "value"))
     def show(run_id, layer):
         if not run_id or not store.has_table(run_id, "sae_layers"):
             return ("This run has no SAEs of the residual stream (precompute's sae.run: on for the embedded "
-                    "models; --set sae.run=on for your own).", {}, None, [], {}, None)
+                    "models; --set sae.run=on for your own).", {}, None, [], {}, None, {}, None, [])
         if layer is None:
-            return no_update, {}, None, [], {}, None
+            return no_update, {}, None, [], {}, None, {}, None, []
         m = store.manifest(run_id)
         summary = store.table(run_id, "sae_layers").set_index("layer", drop=False).loc[layer]
         feats = store.table(run_id, "sae_features").query("layer == @layer")
@@ -90,32 +109,41 @@ def register(app, store, settings, jobs, exports):
         progs = (store.table(run_id, "sae_programmes").query("layer == @layer")
                  if store.has_table(run_id, "sae_programmes") else pd.DataFrame())
         prog_fig = programme_matches(progs, layer=layer) if len(progs) else {}
+        edges = store.table(run_id, "sae_coactivation").query("layer == @layer")
+        _means, symbols = store.sae_gene_means(run_id, layer)
         return (layer_note(summary, m.family), *exports.drawn("features-map", feature_map(feats, layer=layer), feats),
-                table, *exports.drawn("features-programmes", prog_fig, progs))
+                table, *exports.drawn("features-programmes", prog_fig, progs),
+                *exports.drawn("features-modules", feature_modules(feats, edges, layer=layer),
+                               feats[feats["module_x"].notna()]), sorted(map(str, symbols)))
 
-    @app.callback(Output(ids.FEATURES_CARD_TITLE, "children"), Output(ids.graph("features-card"), "figure"),
-                  Output(ids.figdata("features-card"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
-                  Output(ids.FEATURES_NEIGHBOURS, "data"), Output(ids.FEATURES_SELECTED, "data"),
-                  Input(ids.graph("features-map"), "clickData"), Input(ids.FEATURES_TABLE, "active_cell"),
-                  State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LAYER, "value"), prevent_initial_call=True)
-    def card(click, cell, run_id, layer):
-        """A feature picked on the map (its point) or in the table (its row): the genes it fires on."""
-        if ctx.triggered_id == ids.FEATURES_TABLE:
-            feature = cell.get("row_id") if cell else None
-        else:
-            feature = click["points"][0].get("customdata") if click and click.get("points") else None
-        if feature is None or run_id is None or layer is None:
-            return (no_update,) * 6
-        feature = int(feature)
+    @app.callback(Output(ids.FEATURES_GENE_TABLE, "data"), Input(ids.FEATURES_GENE, "value"),
+                  Input(ids.FEATURES_LAYER, "value"), Input(ids.RUN_SELECT, "value"))
+    def gene_search(symbol, layer, run_id):
+        if not symbol or layer is None or not run_id or not store.has_table(run_id, "sae_layers"):
+            return []
         means, symbols = store.sae_gene_means(run_id, layer)
-        order = np.argsort(-means[feature], kind="stable")[:N_FEATURE_GENES]
-        order = order[means[feature][order] > 0]
-        genes = pd.DataFrame({"symbol": symbols[order], "mean_activation": means[feature][order]})
-        row = store.table(run_id, "sae_features").query("layer == @layer and feature == @feature").iloc[0]
-        title = (f"L{layer} feature {feature}: fires on {row['firing_rate']:.2%} of gene positions"
-                 + (" (dead)" if row["dead"] else "") + (" (dense)" if row["dense"] else ""))
-        enriched = store.sae_enrichment(run_id, layer, N_FEATURE_GENES)
-        enriched = enriched[enriched["feature"] == feature][list(ENRICHMENT_COLUMNS)]
-        return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes),
-                without_zero_p(enriched, ("p", "q")).to_dict("records"),
-                store.sae_neighbours(run_id, layer, feature).to_dict("records"), {"layer": layer, "feature": feature})
+        if symbol not in set(symbols):
+            return []
+        feats = store.table(run_id, "sae_features").query("layer == @layer")
+        found = features_on_gene(means, symbols, feats, symbol)
+        return found.assign(id=found["feature"]).round(5).to_dict("records")
+
+    @app.callback(Output(ids.graph("features-regulatory"), "figure"), Output(ids.figdata("features-regulatory"), "data"),
+                  Output(ids.FEATURES_REGULATORY, "data"), Output(ids.FEATURES_REGULATORY_NOTE, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.FEATURES_LAYER, "value"))
+    def regulatory(run_id, layer):
+        if not run_id or not store.has_table(run_id, "sae_regulatory"):
+            return {}, None, [], ("No CRISPRi regulatory test in this run (it needs knock-downs of reference TFs "
+                                  "with targets among the captured genes).")
+        table = store.table(run_id, "sae_regulatory")
+        here = table[table["layer"] == layer]
+        note = (f"L{layer}: {int(here['passes'].sum())} of {len(here)} knocked-down TFs pass (their "
+                f"{int(here['n_responding'].max()) if len(here) else 0} most responding features prefer the TF's "
+                f"targets, BH q < 0.05 against random feature sets); {int(here['rotated_passes'].sum())} pass with "
+                "another TF's targets. The companion paper found 3 of 48 TFs in Geneformer V2-316M on a genome-scale "
+                "screen. Read a pass as a response specific to the TF's targets, not as regulation the model inferred: "
+                "the knock-down is already in the input (the targets' expression falls), so features keyed to those "
+                "genes respond wherever the data's effect is strong, as in the embedded simulation.")
+        rows = without_zero_p(here[list(REGULATORY_COLUMNS)].round(4), ("p", "q", "p_hypergeom", "rotated_q"))
+        return (*exports.drawn("features-regulatory", regulatory_counts(table), table), rows.to_dict("records"),
+                note)

@@ -63,3 +63,24 @@ def test_per_run_head_replication_and_convergence(server, browser, embedded_cach
     wait.until(lambda d: len(trace_names(d, "compare-agreement") or []) == 2)
     consistency = browser.find_element(By.ID, "compare-consistency").text
     assert "attention_layer_mean" in consistency and "spearman" in consistency
+
+
+def test_feature_level_summary_per_run(server, browser, embedded_cache):
+    """Issue 14's feature-level comparison: one row per run and SAE layer, each number the run's own tables'."""
+    import pandas as pd
+
+    _, runs = embedded_cache
+    browser.get(f"{server}/compare")
+    wait = WebDriverWait(browser, 90)
+    wait.until(lambda d: len(trace_types(d, "compare-features") or []) >= 2)
+    data = pd.read_csv(export_and_wait(browser, "compare-features", "csv"))
+    assert len(data) == 4 and all(sorted(g) == [0, 1] for _, g in data.groupby("run")["layer"])
+    for family, run_dir in runs.items():
+        mine = data[data["run"].str.startswith(family)].set_index("layer")
+        layers = pd.read_parquet(run_dir / "sae_layers.parquet").set_index("layer")
+        regulatory = pd.read_parquet(run_dir / "sae_regulatory.parquet")
+        assert mine["fve"].to_numpy() == pytest.approx(layers["fraction_variance_explained"].to_numpy())
+        assert mine["n_modules"].tolist() == layers["n_modules"].tolist()
+        assert mine["regulatory_tfs"].tolist() == regulatory.groupby("layer").size().tolist()
+        assert mine["regulatory_passing"].tolist() == regulatory.groupby("layer")["passes"].sum().tolist()
+        assert mine.loc[1, "relative_depth"] == 1.0

@@ -153,3 +153,69 @@ def test_live_feature_ablation_from_a_card(server, browser, embedded_cache):
                                                         "#stats-table th[data-dash-column='analysis'] input"))
     column_filter.send_keys("live_feature_edit" + Keys.ENTER)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#stats-table td[data-dash-column='analysis']")) == 4)
+
+
+def test_gene_search_modules_cell_states_and_regulatory_test(server, browser, embedded_cache):
+    """The search by gene lists the features most active on it (numpy on the stored latents); the co-activation graph
+    and the regulatory test draw, the regulatory table is the run's; a feature picked in the gene search opens its
+    card, whose cell-state table equals scipy's Fisher exact test on its most active cells and whose knock-downs are
+    the regulatory test's TFs it responds to."""
+    run_dir = embedded_cache[1]["geneformer"]
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{server}/features")
+    wait.until(lambda d: d.find_element(By.ID, "features-note").text.startswith("L1:"))
+    wait.until(lambda d: trace_types(d, "features-modules") and trace_types(d, "features-regulatory") == ["bar", "bar"])
+    regulatory = pd.read_parquet(run_dir / "sae_regulatory.parquet").query("layer == 1")
+    note = browser.find_element(By.ID, "features-regulatory-note").text
+    assert note.startswith(f"L1: {int(regulatory['passes'].sum())} of {len(regulatory)} knocked-down TFs pass")
+    shown = {c.text for c in browser.find_elements(By.CSS_SELECTOR,
+                                                   "#features-regulatory-table td[data-dash-column='tf']")}
+    assert shown == set(regulatory["tf"].head(8))
+
+    with np.load(run_dir / files.SAE_ROWS) as rows, np.load(run_dir / files.sae_latents(1)) as latents:
+        means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"],
+                                      rows["gene_symbol"].size, 256)
+        symbols, row_cell, capture = rows["gene_symbol"], rows["row_cell"], rows["capture_cell"]
+        states = rows["capture_state"]
+        activity = np.zeros((capture.size, 256))
+        per_cell = np.bincount(np.searchsorted(capture, row_cell), minlength=capture.size)
+        np.add.at(activity, (np.repeat(np.searchsorted(capture, row_cell), 8), latents["indices"].ravel()),
+                  latents["values"].ravel())
+        activity /= per_cell[:, None]
+    gene = str(symbols[int(np.argmax((means > 0).sum(axis=0)))])      # the gene most features fire on
+    choose(browser, "features-gene", gene)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#features-gene-table td[data-dash-column='feature']"))
+    listed = [int(c.text) for c in browser.find_elements(By.CSS_SELECTOR,
+                                                         "#features-gene-table td[data-dash-column='feature']")]
+    g = int(np.flatnonzero(symbols == gene)[0])
+    want = np.argsort(-means[:, g], kind="stable")[:8]
+    assert listed == list(want)
+
+    first = browser.find_element(By.CSS_SELECTOR, "#features-gene-table td[data-dash-column='feature']")
+    scroll_to(browser, first)
+    first.click()
+    feature = listed[0]
+    wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(f"L1 feature {feature}:"))
+    column = activity[:, feature]
+    top = np.zeros(column.size, bool)
+    top[np.argsort(-column, kind="stable")[:int(round(0.1 * column.size))]] = True
+    top &= column > 0
+    expected = {}
+    for state in sorted(set(states)):
+        member = states == state
+        a = int((top & member).sum())
+        if a:
+            table = [[a, int(top.sum()) - a], [int(member.sum()) - a, int((~top & ~member).sum())]]
+            expected[f"cell state {state}"] = (a, fisher_exact(table, alternative="greater")[1])
+    assert expected
+    wait.until(lambda d: len([r for r in d.find_elements(By.CSS_SELECTOR, "#features-states tbody tr")
+                              if r.find_elements(By.CSS_SELECTOR, "td")]) == min(8, len(expected)))
+    for row in browser.find_elements(By.CSS_SELECTOR, "#features-states tbody tr"):
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "td")]
+        if cells:
+            assert int(cells[1]) == expected[cells[0]][0]
+            assert float(cells[6]) == pytest.approx(expected[cells[0]][1], rel=1e-2)
+    responds = {tf for tf, text in zip(regulatory["tf"], regulatory["responding"])
+                if str(feature) in text.split(",")}
+    knocked = {c.text for c in browser.find_elements(By.CSS_SELECTOR, "#features-knockdowns td[data-dash-column='tf']")}
+    assert knocked == responds

@@ -62,3 +62,23 @@ def test_confound_summary_reads_each_table():
     assert out["retained_attention"] == 0.24 and out["retained_correlation"] == 0.91
     assert (out["ablation_top_k"], out["ablation_delta"], out["ablation_p"]) == (50, 0.03, 0.2)
     assert np.isnan(out["matched_delta"]) and np.isnan(out["cssi_gain"]) and np.isnan(out["degree_excess"])
+
+
+def test_feature_summary_joins_the_sae_tables_per_layer():
+    from analysis.scoring.compare import feature_summary
+
+    layers = pd.DataFrame({"layer": [0, 2], "n_features": 64, "fraction_variance_explained": [0.9, 0.8],
+                           "behaviour_delta": [0.1, 0.3], "n_dead": [1, 2], "n_dense": [0, 3], "n_svd_visible": [4, 5],
+                           "n_modules": [2, 1]})
+    programmes = pd.DataFrame({"layer": [0, 0, 0, 2], "kind": ["cell_state", "cell_state", "tf_activity", "cell_state"],
+                               "r": [0.4, 0.6, 0.5, 0.3], "null_r": [np.nan, np.nan, np.nan, 0.1]})
+    regulatory = pd.DataFrame({"layer": [0, 0, 2], "tf": ["A", "B", "A"], "passes": [True, False, True],
+                               "rotated_passes": [False, False, True]})
+    out = feature_summary(layers, programmes, regulatory, n_layers=3).set_index("layer")
+    assert out.loc[2, "relative_depth"] == 1.0 and out.loc[0, "fve"] == 0.9
+    assert out.loc[0, "best_state_r"] == 0.6 and out.loc[0, "best_tf_r"] == 0.5 and np.isnan(out.loc[2, "best_tf_r"])
+    assert out.loc[2, "best_state_null_r"] == 0.1
+    assert (out.loc[0, "regulatory_passing"], out.loc[0, "regulatory_tfs"], out.loc[0, "regulatory_null"]) == (1, 2, 0)
+    assert out.loc[2, "regulatory_null"] == 1
+    bare = feature_summary(layers, None, None, n_layers=3)
+    assert bare["regulatory_tfs"].isna().all() and bare["best_state_r"].isna().all()

@@ -1,0 +1,99 @@
+"""The Features page's feature card (issue 14): a feature picked on the map, the table, the co-activation graph or the
+gene search opens it. Where it fires (its genes by mean activation over their positions), the reference regulons
+over-represented among its top genes (hypergeometric, BH over the layer's features x regulons), the cell states
+over-represented among its most active cells (BH over the states), the knock-downs it responds to (the regulatory
+test's responding features) and its neighbours in the other layers (activation correlation over the same gene
+positions)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from dash import Input, Output, State, ctx, dash_table, html, no_update
+
+from analysis.scoring.sae_features import N_FEATURE_GENES
+
+from .. import ids
+from ..components import figure_card, table_column, without_zero_p
+from ..figures import feature_genes
+
+ENRICHMENT_COLUMNS = ("gene_set", "overlap", "feature_genes", "set_genes", "universe", "fold", "p", "q")
+STATE_COLUMNS = ENRICHMENT_COLUMNS
+KNOCKDOWN_COLUMNS = ("tf", "preference", "p", "q", "passes")
+TOP_CELLS = 0.1
+
+
+def section() -> list:
+    return [
+        html.H5(id=ids.FEATURES_CARD_TITLE, className="mt-3"),
+        figure_card("features-card", placeholder="Click a feature on the map, in the table, on the co-activation "
+                                                 "graph or in the gene search"),
+        html.H6(f"Reference regulons among the feature's top {N_FEATURE_GENES} genes (BH over every feature x regulon "
+                "of the layer)", className="mt-2"),
+        dash_table.DataTable(id=ids.FEATURES_ENRICHMENT, page_size=8, sort_action="native",
+                             columns=[table_column(c, ("fold", "p", "q")) for c in ENRICHMENT_COLUMNS],
+                             style_table={"overflowX": "auto"}),
+        html.H6(f"Cell states among the {TOP_CELLS:.0%} of captured cells where the feature is most active "
+                "(feature_genes: those cells; set_genes: the state's cells; BH over the states)", className="mt-2"),
+        dash_table.DataTable(id=ids.FEATURES_STATES, page_size=8, sort_action="native",
+                             columns=[table_column(c, ("fold", "p", "q")) for c in STATE_COLUMNS],
+                             style_table={"overflowX": "auto"}),
+        html.H6("Knock-downs it responds to (among each perturbed TF's most responding features; the TF's test "
+                "of target preference)", className="mt-2"),
+        dash_table.DataTable(id=ids.FEATURES_KNOCKDOWNS, page_size=8, sort_action="native",
+                             columns=[table_column(c, ("preference", "p", "q")) for c in KNOCKDOWN_COLUMNS],
+                             style_table={"overflowX": "auto"}),
+        html.H6("Neighbours in the other layers (Pearson r of activations over the same gene positions)",
+                className="mt-2"),
+        dash_table.DataTable(id=ids.FEATURES_NEIGHBOURS, page_size=12, sort_action="native",
+                             columns=[table_column(c, ("r",)) for c in ("layer", "feature", "r")],
+                             style_table={"overflowX": "auto"}),
+    ]
+
+
+def picked_feature(trigger, click_map, click_modules, table_cell, gene_cell) -> int | None:
+    """The feature the triggering input names: a map or graph point's customdata, a table row's id."""
+    if trigger in (ids.FEATURES_TABLE, ids.FEATURES_GENE_TABLE):
+        cell = table_cell if trigger == ids.FEATURES_TABLE else gene_cell
+        return cell.get("row_id") if cell else None
+    click = click_map if trigger == ids.graph("features-map") else click_modules
+    return click["points"][0].get("customdata") if click and click.get("points") else None
+
+
+def knockdowns(regulatory: pd.DataFrame, layer: int, feature: int) -> pd.DataFrame:
+    """The TFs of one layer's regulatory test whose responding features include ``feature``."""
+    rows = regulatory[regulatory["layer"] == layer]
+    hit = rows["responding"].map(lambda text: str(feature) in text.split(",") if text else False)
+    return rows[hit][list(KNOCKDOWN_COLUMNS)]
+
+
+def register(app, store, settings, jobs, exports):
+    @app.callback(Output(ids.FEATURES_CARD_TITLE, "children"), Output(ids.graph("features-card"), "figure"),
+                  Output(ids.figdata("features-card"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
+                  Output(ids.FEATURES_STATES, "data"), Output(ids.FEATURES_KNOCKDOWNS, "data"),
+                  Output(ids.FEATURES_NEIGHBOURS, "data"), Output(ids.FEATURES_SELECTED, "data"),
+                  Input(ids.graph("features-map"), "clickData"), Input(ids.graph("features-modules"), "clickData"),
+                  Input(ids.FEATURES_TABLE, "active_cell"), Input(ids.FEATURES_GENE_TABLE, "active_cell"),
+                  State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LAYER, "value"), prevent_initial_call=True)
+    def card(click_map, click_modules, table_cell, gene_cell, run_id, layer):
+        feature = picked_feature(ctx.triggered_id, click_map, click_modules, table_cell, gene_cell)
+        if feature is None or run_id is None or layer is None:
+            return (no_update,) * 8
+        feature = int(feature)
+        means, symbols = store.sae_gene_means(run_id, layer)
+        order = np.argsort(-means[feature], kind="stable")[:N_FEATURE_GENES]
+        order = order[means[feature][order] > 0]
+        genes = pd.DataFrame({"symbol": symbols[order], "mean_activation": means[feature][order]})
+        row = store.table(run_id, "sae_features").query("layer == @layer and feature == @feature").iloc[0]
+        module = f", co-activation module {int(row['module'])}" if row["module"] >= 0 else ""
+        title = (f"L{layer} feature {feature}: fires on {row['firing_rate']:.2%} of gene positions"
+                 + (" (dead)" if row["dead"] else "") + (" (dense)" if row["dense"] else "") + module)
+        enriched = store.sae_enrichment(run_id, layer, N_FEATURE_GENES)
+        enriched = enriched[enriched["feature"] == feature][list(ENRICHMENT_COLUMNS)]
+        states = store.sae_state_enrichment(run_id, layer, feature, TOP_CELLS)[list(STATE_COLUMNS)]
+        kd = (knockdowns(store.table(run_id, "sae_regulatory"), layer, feature)
+              if store.has_table(run_id, "sae_regulatory") else pd.DataFrame(columns=list(KNOCKDOWN_COLUMNS)))
+        return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes),
+                without_zero_p(enriched, ("p", "q")).to_dict("records"),
+                without_zero_p(states, ("p", "q")).to_dict("records"),
+                without_zero_p(kd.round({"preference": 4}), ("p", "q")).to_dict("records"),
+                store.sae_neighbours(run_id, layer, feature).to_dict("records"), {"layer": layer, "feature": feature})
