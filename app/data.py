@@ -172,6 +172,21 @@ class ArtifactStore:
                                              int(sizes[layer]))
         return activity, states
 
+    def sae_feature_positions(self, run_id: str, layer: int, feature: int) -> pd.DataFrame:
+        """Every captured gene position where ``feature`` fired: ``cell`` (captured-cell index), ``state`` (its cell
+        state, "" without one), ``symbol`` and ``activation``."""
+        directory = self.run_dir(run_id)
+        if not (directory / files.sae_latents(layer)).is_file():
+            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
+        with np.load(directory / files.SAE_ROWS) as rows, np.load(directory / files.sae_latents(layer)) as latents:
+            row, slot = np.nonzero(latents["indices"] == feature)
+            values = latents["values"][row, slot]
+            keep = values > 0
+            cells = np.searchsorted(rows["capture_cell"], rows["row_cell"][row[keep]])
+            return pd.DataFrame({"cell": cells, "state": rows["capture_state"][cells],
+                                 "symbol": rows["gene_symbol"][rows["row_gene"][row[keep]]],
+                                 "activation": values[keep].astype(float)})
+
     def sae_state_enrichment(self, run_id: str, layer: int, feature: int, top_share: float = 0.1) -> pd.DataFrame:
         """Cell states over-represented among the ``top_share`` of captured cells where ``feature`` is most active
         (cells where it is silent left out): hypergeometric over the captured cells, BH over the states
@@ -206,20 +221,30 @@ class ArtifactStore:
     @lru_cache(maxsize=8)
     def sae_enrichment(self, run_id: str, layer: int, n_genes: int, min_targets: int = 3) -> pd.DataFrame:
         """Every feature of ``layer`` (its ``n_genes`` genes of highest mean activation) against every reference TF's
-        regulon with at least ``min_targets`` targets among the captured genes: hypergeometric over-representation
-        over the genes the captured cells hold, BH over the layer's features x regulons
-        (:func:`analysis.scoring.sae_features.gene_set_enrichment`); gene sets named ``<reference>: <TF> regulon``."""
+        regulon and every gene's neighbourhood in the run's pair references (STRING; the embedded default's
+        co-regulation pairs) with at least ``min_targets`` members among the captured genes: hypergeometric
+        over-representation over the genes the captured cells hold, BH over the layer's features x sets
+        (:func:`analysis.scoring.sae_features.gene_set_enrichment`); sets named ``<reference>: <TF> regulon`` and
+        ``<reference>: neighbours of <gene>``."""
         means, symbols = self.sae_gene_means(run_id, layer)
         observed = (means > 0).any(axis=0)
         index = {s: i for i, s in enumerate(symbols)}
+        groups = [(f"{ref}: {tf} regulon", grp["target"])
+                  for (ref, tf), grp in self.reference_edges(run_id).groupby(["reference", "tf"], sort=True)]
+        if self.has_table(run_id, "pair_reference_edges"):
+            pairs = self.table(run_id, "pair_reference_edges")
+            both = pd.concat([pairs[["reference", "tf", "target"]],
+                              pairs.rename(columns={"tf": "target", "target": "tf"})[["reference", "tf", "target"]]])
+            groups += [(f"{ref}: neighbours of {gene}", grp["target"])
+                       for (ref, gene), grp in both.groupby(["reference", "tf"], sort=True)]
         sets, names = [], []
-        for (ref, tf), grp in self.reference_edges(run_id).groupby(["reference", "tf"], sort=True):
-            members = sorted({index[t] for t in grp["target"] if t in index and observed[index[t]]})
-            if len(members) >= min_targets:
+        for name, members in groups:
+            found = sorted({index[t] for t in members if t in index and observed[index[t]]})
+            if len(found) >= min_targets:
                 row = np.zeros(symbols.size, dtype=bool)
-                row[members] = True
+                row[found] = True
                 sets.append(row)
-                names.append(f"{ref}: {tf} regulon")
+                names.append(name)
         if not sets:
             return pd.DataFrame(columns=["feature", "gene_set", "overlap", "feature_genes", "set_genes", "universe",
                                          "fold", "p", "q"])

@@ -740,3 +740,25 @@ def feature_depth_profile(frame: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(range=[0, 1.05])
     fig.update_layout(height=380, margin={"t": 60})
     return fig
+
+
+def feature_cells(positions: pd.DataFrame, genes: list[str], *, layer: int, feature: int, n_cells: int = 30
+                  ) -> go.Figure:
+    """Where one feature fires, genes x cells (``positions``: cell, state, symbol, activation at every captured
+    position where it fired): its ``genes`` (rows, strongest first) over the ``n_cells`` cells where its summed
+    activation on them is largest (columns, labelled by cell state); 0 where it did not fire or the gene is absent."""
+    mine = positions[positions["symbol"].isin(genes)]
+    order = mine.groupby("cell")["activation"].sum().sort_values(ascending=False, kind="stable").index[:n_cells]
+    grid = (mine[mine["cell"].isin(order)].pivot_table(index="symbol", columns="cell", values="activation",
+                                                        aggfunc="max").reindex(index=genes, columns=order)
+            .fillna(0.0))
+    states = positions.drop_duplicates("cell").set_index("cell")["state"]
+    labels = [f"{c} {states.get(c, '')}".strip() for c in grid.columns]
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=labels, y=list(grid.index), colorscale="Viridis",
+                               colorbar={"title": "activation"},
+                               hovertemplate="%{y} in cell %{x}: %{z:.3g}<extra></extra>"))
+    fig.update_layout(title={"text": f"L{layer} feature {feature}: genes x cells<br><sup>its strongest genes over the "
+                                     f"{len(order)} cells where it fires most on them (cell index and state)</sup>"},
+                      yaxis={"autorange": "reversed"}, xaxis={"tickangle": -60},
+                      height=max(300, 20 * len(genes) + 160), margin={"t": 80, "b": 110})
+    return fig

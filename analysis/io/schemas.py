@@ -86,6 +86,7 @@ TABLES = {
     "per_tf": PER_TF,
     "panel": PANEL,
     "reference_edges": REFERENCE_EDGES,
+    "pair_reference_edges": REFERENCE_EDGES,      # undirected pair references (STRING), among the SAE's genes
     "stage_timings": STAGE_TIMINGS,
     "perturbation_auroc": PERTURBATION_AUROC,
     "de_results": DE_RESULTS,

@@ -14,10 +14,10 @@ features responding most to the knock-down tested for a preference for the TF's 
 
 Co-activation modules per layer (:mod:`analysis.scoring.sae_modules`).
 
-Written into the run: ``sae_layers``, ``sae_features``, ``sae_coactivation``, ``sae_programmes`` and
-``sae_regulatory`` tables, each layer's weights (``sae_L<l>.npz``) and its latents at every captured row
-(``sae_latents_L<l>.npz``, the ``k`` active features per row) with the rows' cells and genes (``sae_rows.npz``). The
-dense activations are deleted once the SAEs are trained (the latents and weights hold what the app needs)."""
+Written into the run: ``sae_layers``, ``sae_features``, ``sae_coactivation``, ``sae_programmes``, ``sae_regulatory``
+and ``pair_reference_edges`` (the pair references among the SAE's genes, for the card's neighbourhoods) tables, each
+layer's weights (``sae_L<l>.npz``) and its latents at every captured row (``sae_latents_L<l>.npz``, the ``k`` active
+features per row) with the rows' cells and genes (``sae_rows.npz``). The dense activations are deleted once the SAEs are trained (the latents and weights hold what the app needs)."""
 from __future__ import annotations
 
 import logging
@@ -206,6 +206,15 @@ def regulatory_rows(inp: Inputs, panel: pd.DataFrame, saes: dict[int, TopKSAE], 
     return table
 
 
+def pair_reference_edges(inp: Inputs, symbols: np.ndarray) -> pd.DataFrame | None:
+    """The run's undirected pair references (STRING, or the embedded default's co-regulation pairs) restricted to pairs
+    of the SAE's genes, for the feature card's neighbourhood enrichment; None without pair references."""
+    known = set(map(str, symbols))
+    frames = [ref.edges[ref.edges["tf"].isin(known) & ref.edges["target"].isin(known)] for ref in inp.pair_references]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True)[["reference", "tf", "target", "mode", "confidence"]] if frames else None
+
+
 def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, progress: bool) -> StatsRegistry:
     """Train and describe the run's SAEs (module doc); nothing when ``sae.run`` leaves this run out. ``panel``: the
     attention store's panel (the behaviour read-out's masking is the ablation's)."""
@@ -279,6 +288,9 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
         writer.write_table("sae_layers", pd.DataFrame(rows))
         writer.write_table("sae_features", pd.concat(features, ignore_index=True))
         writer.write_table("sae_coactivation", pd.concat(coactivation, ignore_index=True))
+        pairs = pair_reference_edges(inp, symbols)
+        if pairs is not None:
+            writer.write_table("pair_reference_edges", pairs)
         if matches:
             writer.write_table("sae_programmes", pd.concat(matches, ignore_index=True))
         regulatory = regulatory_rows(inp, panel, saes, means, genes_in)

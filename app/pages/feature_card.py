@@ -1,11 +1,13 @@
 """The Features page's feature card (issue 14): a feature picked on the map, the table, the co-activation graph or the
-gene search opens it. Where it fires (its genes by mean activation over their positions), the reference regulons
-over-represented among its top genes (hypergeometric, BH over the layer's features x regulons), the cell states
+gene search opens it. Where it fires (its genes by mean activation over their positions, and genes x cells), the reference regulons and
+pair-reference neighbourhoods over-represented among its top genes (hypergeometric, BH over the layer's features x
+sets), the cell states
 over-represented among its most active cells (BH over the states), the knock-downs it responds to (the regulatory
 test's responding features) and its neighbours in the other layers (activation correlation over the same gene
 positions)."""
 from __future__ import annotations
 
+import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
 from dash import Input, Output, State, ctx, dash_table, html, no_update
@@ -14,7 +16,7 @@ from analysis.scoring.sae_features import N_FEATURE_GENES
 
 from .. import ids
 from ..components import figure_card, table_column, without_zero_p
-from ..figures import feature_genes
+from ..figures import feature_cells, feature_genes
 
 ENRICHMENT_COLUMNS = ("gene_set", "overlap", "feature_genes", "set_genes", "universe", "fold", "p", "q")
 STATE_COLUMNS = ENRICHMENT_COLUMNS
@@ -25,10 +27,12 @@ TOP_CELLS = 0.1
 def section() -> list:
     return [
         html.H5(id=ids.FEATURES_CARD_TITLE, className="mt-3"),
-        figure_card("features-card", placeholder="Click a feature on the map, in the table, on the co-activation "
-                                                 "graph or in the gene search"),
-        html.H6(f"Reference regulons among the feature's top {N_FEATURE_GENES} genes (BH over every feature x regulon "
-                "of the layer)", className="mt-2"),
+        dbc.Row([dbc.Col(figure_card("features-card", placeholder="Click a feature on the map, in the table, on the "
+                                                                  "co-activation graph or in the gene search"), md=5),
+                 dbc.Col(figure_card("features-card-cells"), md=7)]),
+        html.H6(f"Reference regulons and interaction neighbourhoods (STRING; co-regulation pairs in the simulation) "
+                f"among the feature's top {N_FEATURE_GENES} genes (BH over every feature x set of the layer)",
+                className="mt-2"),
         dash_table.DataTable(id=ids.FEATURES_ENRICHMENT, page_size=8, sort_action="native",
                              columns=[table_column(c, ("fold", "p", "q")) for c in ENRICHMENT_COLUMNS],
                              style_table={"overflowX": "auto"}),
@@ -68,7 +72,8 @@ def knockdowns(regulatory: pd.DataFrame, layer: int, feature: int) -> pd.DataFra
 
 def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.FEATURES_CARD_TITLE, "children"), Output(ids.graph("features-card"), "figure"),
-                  Output(ids.figdata("features-card"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
+                  Output(ids.figdata("features-card"), "data"), Output(ids.graph("features-card-cells"), "figure"),
+                  Output(ids.figdata("features-card-cells"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
                   Output(ids.FEATURES_STATES, "data"), Output(ids.FEATURES_KNOCKDOWNS, "data"),
                   Output(ids.FEATURES_NEIGHBOURS, "data"), Output(ids.FEATURES_SELECTED, "data"),
                   Input(ids.graph("features-map"), "clickData"), Input(ids.graph("features-modules"), "clickData"),
@@ -77,7 +82,7 @@ def register(app, store, settings, jobs, exports):
     def card(click_map, click_modules, table_cell, gene_cell, run_id, layer):
         feature = picked_feature(ctx.triggered_id, click_map, click_modules, table_cell, gene_cell)
         if feature is None or run_id is None or layer is None:
-            return (no_update,) * 8
+            return (no_update,) * 10
         feature = int(feature)
         means, symbols = store.sae_gene_means(run_id, layer)
         order = np.argsort(-means[feature], kind="stable")[:N_FEATURE_GENES]
@@ -92,7 +97,10 @@ def register(app, store, settings, jobs, exports):
         states = store.sae_state_enrichment(run_id, layer, feature, TOP_CELLS)[list(STATE_COLUMNS)]
         kd = (knockdowns(store.table(run_id, "sae_regulatory"), layer, feature)
               if store.has_table(run_id, "sae_regulatory") else pd.DataFrame(columns=list(KNOCKDOWN_COLUMNS)))
+        positions = store.sae_feature_positions(run_id, layer, feature)
+        cells = feature_cells(positions, list(genes["symbol"]), layer=layer, feature=feature)
         return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes),
+                *exports.drawn("features-card-cells", cells, positions[positions["symbol"].isin(genes["symbol"])]),
                 without_zero_p(enriched, ("p", "q")).to_dict("records"),
                 without_zero_p(states, ("p", "q")).to_dict("records"),
                 without_zero_p(kd.round({"preference": 4}), ("p", "q")).to_dict("records"),

@@ -1,9 +1,10 @@
 """Real headless Chromium on the Features page (issue 14): the read-out layer's SAE opens with its quality line, the
 feature map and the cell-programme bars; filtering the table by a gene and clicking a feature's row opens its card,
-whose genes are that feature's strongest, computed here from the run's stored latents, and whose regulon table
-equals scipy's Fisher exact test on the feature's top genes against each TF's true targets, and whose cross-layer
-neighbours equal numpy's correlation of the two layers' activations; another layer redraws the map; the card
-exports as CSV."""
+whose genes are that feature's strongest, computed here from the run's stored latents, and whose enrichment table
+equals scipy's Fisher exact test on the feature's top genes against each TF's true targets and each gene's
+co-regulation neighbours, whose genes x cells view holds the feature's activations where it fired, and whose
+cross-layer neighbours equal numpy's correlation of the two layers' activations; another layer redraws the map; the
+card exports as CSV."""
 from __future__ import annotations
 
 import numpy as np
@@ -54,20 +55,41 @@ def test_feature_map_table_and_card(server, browser, embedded_cache):
     assert list(data["symbol"]) == list(want) and data["symbol"].iloc[0] == gene
     assert np.allclose(data["mean_activation"], np.sort(means[feature])[::-1][:len(data)], rtol=1e-5)
 
+    wait.until(lambda d: trace_types(d, "features-card-cells") == ["heatmap"])
+    cells = pd.read_csv(export_and_wait(browser, "features-card-cells", "csv"))
+    with np.load(run_dir / files.SAE_ROWS) as rows, np.load(run_dir / files.sae_latents(1)) as latents:
+        hit = (latents["indices"] == feature) & (latents["values"] > 0)
+        fired = np.nonzero(hit.any(axis=1))[0]
+        where = set(zip(np.searchsorted(rows["capture_cell"], rows["row_cell"][fired]).tolist(),
+                        rows["gene_symbol"][rows["row_gene"][fired]].tolist()))
+        value = dict(zip(zip(np.searchsorted(rows["capture_cell"], rows["row_cell"][fired]).tolist(),
+                             rows["gene_symbol"][rows["row_gene"][fired]].tolist()), latents["values"][hit].tolist()))
+    assert len(cells) and set(cells["symbol"]) <= set(data["symbol"])
+    assert {(int(c), s) for c, s in zip(cells["cell"], cells["symbol"])} <= where
+    assert all(v == pytest.approx(value[(int(c), s)], rel=1e-5) for c, s, v in
+               zip(cells["cell"], cells["symbol"], cells["activation"]))
+
     rows = browser.find_elements(By.CSS_SELECTOR, "#features-enrichment tbody tr")
     shown = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "td")] for r in rows]
     shown = [r for r in shown if r]
     top = set(np.argsort(-means[feature], kind="stable")[:20][np.sort(means[feature])[::-1][:20] > 0])
     observed = (means > 0).any(axis=0)
     index = {str(s): i for i, s in enumerate(symbols)}
-    expected = {}                                   # every regulon of >= 3 captured targets that overlaps the top genes
-    for (ref, tf), grp in pd.read_parquet(run_dir / "reference_edges.parquet").groupby(["reference", "tf"]):
-        targets = {index[t] for t in grp["target"] if t in index and observed[index[t]]}
+    sets = {f"{ref}: {tf} regulon": set(grp["target"])
+            for (ref, tf), grp in pd.read_parquet(run_dir / "reference_edges.parquet").groupby(["reference", "tf"])}
+    pairs = pd.read_parquet(run_dir / "pair_reference_edges.parquet")
+    for ref, a_gene, b_gene in pairs[["reference", "tf", "target"]].itertuples(index=False):
+        sets.setdefault(f"{ref}: neighbours of {a_gene}", set()).add(b_gene)
+        sets.setdefault(f"{ref}: neighbours of {b_gene}", set()).add(a_gene)
+    expected = {}                    # every regulon or neighbourhood of >= 3 captured genes that overlaps the top genes
+    for name, members in sets.items():
+        targets = {index[t] for t in members if t in index and observed[index[t]]}
         a = len(top & targets)
         if len(targets) >= 3 and a:
             b, c = len(top) - a, len(targets) - a
             d = int(observed.sum()) - a - b - c
-            expected[f"{ref}: {tf} regulon"] = (a, fisher_exact([[a, b], [c, d]], alternative="greater").pvalue)
+            expected[name] = (a, fisher_exact([[a, b], [c, d]], alternative="greater").pvalue)
+    assert any("neighbours of" in name for name in expected)
     assert expected and len(shown) == min(8, len(expected))
     for name, overlap, *_rest, p_text, _q in shown:
         assert int(overlap) == expected[name][0]
