@@ -762,3 +762,21 @@ def feature_cells(positions: pd.DataFrame, genes: list[str], *, layer: int, feat
                       yaxis={"autorange": "reversed"}, xaxis={"tickangle": -60},
                       height=max(300, 20 * len(genes) + 160), margin={"t": 80, "b": 110})
     return fig
+
+
+def superposition(frame: pd.DataFrame, *, layer: int, threshold: float, directions: int) -> go.Figure:
+    """The superposition check of one layer (``frame``: schema ``sae_features``): each live feature's largest |cos|
+    between its decoder direction and one of the activations' top ``directions`` singular directions; those at or
+    above ``threshold`` are visible to SVD, the rest are directions SVD cannot show."""
+    live = frame[~frame["dead"]]
+    visible = int((live["max_svd_cos"] >= threshold).sum())
+    fig = go.Figure(go.Histogram(x=live["max_svd_cos"], xbins={"start": 0, "end": 1.0001, "size": 0.025},
+                                 marker={"color": "#4c72b0"}, hovertemplate="|cos| %{x}: %{y} features<extra></extra>"))
+    fig.add_vline(x=threshold, line={"dash": "dash", "color": "#c44e52"},
+                  annotation_text=f"visible to SVD: {visible} of {len(live)}", annotation_position="top left")
+    fig.update_layout(title={"text": f"L{layer} superposition: {1 - visible / max(len(live), 1):.1%} of live features "
+                                     f"invisible to SVD<br><sup>largest |cos| of each decoder direction with the top "
+                                     f"{directions} singular directions</sup>"},
+                      xaxis={"title": "max |cos| with a top singular direction", "range": [0, 1]},
+                      yaxis={"title": "features"}, height=420, margin={"t": 80}, showlegend=False)
+    return fig

@@ -1,6 +1,6 @@
 """Features: the sparse autoencoders of the residual stream (issue 14; analysis.stages.sae). Per layer, the SAE's
 quality (fraction of variance explained, the behaviour read-out with the reconstruction spliced in, dead and dense
-features, how many are visible to SVD), a map of its features (how often each fires against how strongly), a
+features, how many are visible to SVD, with the superposition histogram), a map of its features (how often each fires against how strongly), a
 searchable table, a search by gene (the features that fire on it), the co-activation modules as a graph, each cell
 programme's best feature against the shuffled-activation null, and the CRISPRi regulatory test (TFs whose
 knock-down's responding features prefer their targets, against another TF's targets). Below: a feature's card
@@ -16,7 +16,7 @@ from analysis.scoring.sae_features import N_FEATURE_GENES
 
 from .. import ids
 from ..components import figure_card, table_column, without_zero_p
-from ..figures import feature_map, feature_modules, programme_matches, regulatory_counts
+from ..figures import feature_map, feature_modules, programme_matches, regulatory_counts, superposition
 from . import feature_card, feature_edits
 
 PATH, NAME = "/features", "Features"
@@ -32,7 +32,8 @@ def layout(**_):
         html.H3("Residual-stream features (sparse autoencoders)"),
         html.Div(id=ids.FEATURES_NOTE, className="explain mb-2"),
         dbc.Row([dbc.Col([dbc.Label("Layer"), dcc.Dropdown(id=ids.FEATURES_LAYER, clearable=False)], md=3)]),
-        dbc.Row([dbc.Col(figure_card("features-map"), md=6), dbc.Col(figure_card("features-programmes"), md=6)]),
+        dbc.Row([dbc.Col(figure_card("features-map"), md=4), dbc.Col(figure_card("features-superposition"), md=4),
+                 dbc.Col(figure_card("features-programmes"), md=4)]),
         html.H5("Features (sort, or filter: e.g. a gene symbol in top_genes)", className="mt-2"),
         dash_table.DataTable(id=ids.FEATURES_TABLE, page_size=12, sort_action="native", filter_action="native",
                              columns=[table_column(c, ("firing_rate", "mean_activation", "max_svd_cos"))
@@ -94,14 +95,15 @@ def register(app, store, settings, jobs, exports):
                   Output(ids.figdata("features-map"), "data"), Output(ids.FEATURES_TABLE, "data"),
                   Output(ids.graph("features-programmes"), "figure"), Output(ids.figdata("features-programmes"), "data"),
                   Output(ids.graph("features-modules"), "figure"), Output(ids.figdata("features-modules"), "data"),
-                  Output(ids.FEATURES_GENE, "options"),
+                  Output(ids.graph("features-superposition"), "figure"),
+                  Output(ids.figdata("features-superposition"), "data"), Output(ids.FEATURES_GENE, "options"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.FEATURES_LAYER, "value"))
     def show(run_id, layer):
         if not run_id or not store.has_table(run_id, "sae_layers"):
             return ("This run has no SAEs of the residual stream (precompute's sae.run: on for the embedded "
-                    "models; --set sae.run=on for your own).", {}, None, [], {}, None, {}, None, [])
+                    "models; --set sae.run=on for your own).", {}, None, [], {}, None, {}, None, {}, None, [])
         if layer is None:
-            return no_update, {}, None, [], {}, None, {}, None, []
+            return no_update, {}, None, [], {}, None, {}, None, {}, None, []
         m = store.manifest(run_id)
         summary = store.table(run_id, "sae_layers").set_index("layer", drop=False).loc[layer]
         feats = store.table(run_id, "sae_features").query("layer == @layer")
@@ -114,7 +116,10 @@ def register(app, store, settings, jobs, exports):
         return (layer_note(summary, m.family), *exports.drawn("features-map", feature_map(feats, layer=layer), feats),
                 table, *exports.drawn("features-programmes", prog_fig, progs),
                 *exports.drawn("features-modules", feature_modules(feats, edges, layer=layer),
-                               feats[feats["module_x"].notna()]), sorted(map(str, symbols)))
+                               feats[feats["module_x"].notna()]),
+                *exports.drawn("features-superposition", superposition(
+                    feats, layer=layer, threshold=m.config.sae.svd_cos, directions=int(summary["svd_directions"])),
+                    feats[["layer", "feature", "max_svd_cos", "svd_visible", "dead"]]), sorted(map(str, symbols)))
 
     @app.callback(Output(ids.FEATURES_GENE_TABLE, "data"), Input(ids.FEATURES_GENE, "value"),
                   Input(ids.FEATURES_LAYER, "value"), Input(ids.RUN_SELECT, "value"))

@@ -32,6 +32,10 @@ def test_feature_map_table_and_card(server, browser, embedded_cache):
     wait.until(lambda d: "fraction of variance explained" in d.find_element(By.ID, "features-note").text)
     assert browser.find_element(By.ID, "features-note").text.startswith("L1: 256 features")
     wait.until(lambda d: trace_types(d, "features-map") and trace_types(d, "features-programmes"))
+    wait.until(lambda d: trace_types(d, "features-superposition") == ["histogram"])
+    hist = pd.read_csv(export_and_wait(browser, "features-superposition", "csv"))
+    layer1 = pd.read_parquet(run_dir / "sae_features.parquet").query("layer == 1")
+    assert hist["max_svd_cos"].to_numpy() == pytest.approx(layer1["max_svd_cos"].to_numpy())
     assert set(trace_types(browser, "features-map")) == {"scattergl"}
     assert trace_types(browser, "features-programmes") == ["bar", "bar"]      # best feature and the shuffled null
 
