@@ -292,7 +292,9 @@ class SAEConfig:
     of the controls, takes the ``n_responding`` features that respond most to each knock-down and compares their genes
     with the TF's targets against ``regulatory_null`` random feature sets. Co-activation modules
     (:mod:`analysis.scoring.sae_modules`): among the ``module_features`` most frequent features, pairs whose
-    activations correlate at r >= ``module_r``, Leiden communities of that graph."""
+    activations correlate at r >= ``module_r``, Leiden communities of that graph. Causal specificity per layer: the
+    ``specificity_features`` most frequent live features, each ablated alone on ``specificity_cells`` of the ablation's
+    cells (:mod:`analysis.interp.feature_intervention`)."""
 
     run: str = "embedded"
     layers: tuple[int, ...] = ()
@@ -310,6 +312,8 @@ class SAEConfig:
     regulatory_null: int = 200
     module_r: float = 0.3
     module_features: int = 2000
+    specificity_features: int = 8
+    specificity_cells: int = 30
     seed: int = 0
 
     def active(self, *, embedded_model: bool) -> bool:

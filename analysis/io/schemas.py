@@ -67,7 +67,8 @@ ATTENTION_EXPRESSION = (("layer", "correlation", "rho", "p", "n"), ("rho", "p"))
 UNIVERSE_CHECK = (("protocol", "perturbation", "layer", "attention_auroc", "correlation_auroc", "n_genes"), ())
 SAE_LAYERS = (("layer", "d_model", "n_features", "k", "n_rows", "n_cells", "epochs", "final_loss",
                "fraction_variance_explained", "n_dead", "n_dense", "svd_directions", "n_svd_visible",
-               "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds", "n_modules"), ())
+               "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds", "n_modules",
+               "causal_specificity", "specificity_features"), ("causal_specificity",))
 SAE_FEATURES = (("layer", "feature", "firing_rate", "mean_activation", "max_svd_cos", "svd_visible", "dead", "dense",
                  "top_genes", "module", "module_x", "module_y"), ("mean_activation", "module_x", "module_y"))
 SAE_COACTIVATION = (("layer", "a", "b", "r"), ())

@@ -116,7 +116,7 @@ def feature_summary(layers: pd.DataFrame, programmes: pd.DataFrame | None, regul
                     n_layers: int) -> pd.DataFrame:
     """One row per SAE layer of a run (issue 14's feature-level summary for the Compare page): relative depth,
     reconstruction (fraction of variance explained, behaviour change with the reconstruction spliced in), dead, dense,
-    SVD-visible features, co-activation modules, the best feature's r with any cell state and any TF's regulon
+    SVD-visible features, co-activation modules, causal specificity (median own / other genes), the best feature's r with any cell state and any TF's regulon
     activity (and the shuffled-activation null where trained), and the regulatory test's TFs passing, tested and
     passing against another TF's targets. ``layers``: schema ``sae_layers``; ``programmes``: ``sae_programmes``;
     ``regulatory``: ``sae_regulatory`` (None: the run has none)."""
@@ -124,7 +124,8 @@ def feature_summary(layers: pd.DataFrame, programmes: pd.DataFrame | None, regul
         "layer": layers["layer"].astype(int), "relative_depth": layers["layer"] / max(n_layers - 1, 1),
         "n_features": layers["n_features"], "fve": layers["fraction_variance_explained"],
         "behaviour_delta": layers["behaviour_delta"], "n_dead": layers["n_dead"], "n_dense": layers["n_dense"],
-        "n_svd_visible": layers["n_svd_visible"], "n_modules": layers["n_modules"]}).set_index("layer")
+        "n_svd_visible": layers["n_svd_visible"], "n_modules": layers["n_modules"],
+        "causal_specificity": layers["causal_specificity"]}).set_index("layer")
     for kind, name in (("cell_state", "state"), ("tf_activity", "tf")):
         best = (programmes[programmes["kind"] == kind].groupby("layer")[["r", "null_r"]].max()
                 if programmes is not None and len(programmes) else pd.DataFrame(columns=["r", "null_r"]))

@@ -124,6 +124,9 @@ def check_sae(cfg: SAEConfig, n_layers: int, d_model: int) -> None:
     if cfg.k > cfg.expansion * d_model:
         raise ConfigError(f"sae.k = {cfg.k} exceeds the {cfg.expansion * d_model} features (sae.expansion "
                           f"{cfg.expansion} x d_model {d_model})")
+    if cfg.specificity_features < 0 or cfg.specificity_cells < 2:
+        raise ConfigError(f"sae.specificity_features ({cfg.specificity_features}) must be at least 0 and "
+                          f"sae.specificity_cells ({cfg.specificity_cells}) at least 2")
     if cfg.regulatory_cells < 3 or cfg.n_responding < 1 or cfg.regulatory_null < 1:
         raise ConfigError(f"sae.regulatory_cells ({cfg.regulatory_cells}) must be at least 3, sae.n_responding "
                           f"({cfg.n_responding}) and sae.regulatory_null ({cfg.regulatory_null}) at least 1")

@@ -12,7 +12,8 @@ The companion paper's CRISPRi regulatory test (:mod:`analysis.scoring.sae_regula
 reference TF and control cells encoded by every layer's SAE (:func:`analysis.interp.residual.feature_activity`), the
 features responding most to the knock-down tested for a preference for the TF's targets against random feature sets.
 
-Co-activation modules per layer (:mod:`analysis.scoring.sae_modules`).
+Co-activation modules per layer (:mod:`analysis.scoring.sae_modules`), and causal specificity (a sample of features
+ablated alone: their own genes' prediction change over the rest's, :func:`causal_specificity`).
 
 Written into the run: ``sae_layers``, ``sae_features``, ``sae_coactivation``, ``sae_programmes``, ``sae_regulatory``
 and ``pair_reference_edges`` (the pair references among the SAE's genes, for the card's neighbourhoods) tables, each
@@ -28,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from ..config import stable_hash
-from ..interp.ablation import prepare as ablation_inputs
+from ..interp.ablation import AblationInputs, prepare as ablation_inputs
+from ..interp.feature_intervention import run_feature_edits
+from ..interp.interventions import FeatureEdit
 from ..interp.residual import capture_residual_stream, feature_activity
 from ..interp.sae import TopKSAE, TrainingReport, save_sae, train_sae
 from ..interp.sae_splice import behaviour_with_reconstruction
@@ -37,6 +40,7 @@ from ..io.activations import ActivationStore, shuffled_copy
 from ..io.expression import expression_matrix
 from ..models.base import TokenizedCells, tokens_of
 from ..io.artifacts import RunWriter
+from ..scoring.feature_effects import summarise_feature_edits
 from ..scoring.registry import StatsRegistry
 from ..scoring.sae_features import (N_FEATURE_GENES, best_feature_match, cell_feature_activity, feature_gene_means,
                                     latent_matrix, regulon_activity, top_genes)
@@ -74,11 +78,11 @@ def svd_alignment(decoder: np.ndarray, cov: np.ndarray, variance: float) -> tupl
 
 
 def layer_tables(layer: int, sae: TopKSAE, report: TrainingReport, store: ActivationStore, cfg, symbols: np.ndarray,
-                 means: np.ndarray, behaviour: tuple[np.ndarray, np.ndarray], seconds: float, n_cells: int
-                 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+                 means: np.ndarray, behaviour: tuple[np.ndarray, np.ndarray], specificity: tuple[float, int],
+                 seconds: float, n_cells: int) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """One ``sae_layers`` row, the layer's ``sae_features`` rows and its ``sae_coactivation`` edges; ``means``:
-    ``[F, G]`` each feature's mean activation per gene."""
-    decoder = sae.W_dec.detach().numpy()
+    ``[F, G]`` each feature's mean activation per gene; ``specificity``: :func:`causal_specificity`'s."""
+    decoder = sae.W_dec.detach().cpu().numpy()
     r, max_cos = svd_alignment(decoder, report.covariance, cfg.svd_variance)
     indices, values = report.indices, report.values
     top = np.argsort(-means, axis=1, kind="stable")[:, :N_TOP_GENES]
@@ -104,7 +108,8 @@ def layer_tables(layer: int, sae: TopKSAE, report: TrainingReport, store: Activa
            "svd_directions": r, "n_svd_visible": int((max_cos >= cfg.svd_cos).sum()),
            "behaviour_loss": float(plain.mean()), "behaviour_loss_spliced": float(spliced.mean()),
            "behaviour_delta": float((spliced - plain).mean()), "train_seconds": seconds,
-           "n_modules": int(module.max() + 1)}
+           "n_modules": int(module.max() + 1), "causal_specificity": specificity[0],
+           "specificity_features": specificity[1]}
     return row, features, edges.assign(layer=layer)
 
 
@@ -147,6 +152,33 @@ def programme_rows(layer: int, report: TrainingReport, row_cell: np.ndarray, n_f
     table = best(report).assign(layer=layer, kind=kinds, n_cells=n_cells)
     table["null_r"] = best(null)["r"].to_numpy() if null is not None else np.nan
     return table
+
+
+def causal_specificity(inp: Inputs, cells: AblationInputs, layer: int, sae: TopKSAE, means: np.ndarray,
+                       firing: np.ndarray, symbols: np.ndarray) -> tuple[float, int]:
+    """(median over features, how many features) of the companion paper's causal specificity at ``layer``: each of the
+    ``sae.specificity_features`` most frequent live, non-dense features ablated alone through the SAE (error term kept)
+    on the first ``sae.specificity_cells`` of the ablation's cells; per feature the mean prediction change of its own
+    genes (its top :data:`N_FEATURE_GENES`) over that of the other genes
+    (:func:`analysis.scoring.feature_effects.summarise_feature_edits`). NaN at the model's last layer, where an edit
+    moves only the positions it edits (structural)."""
+    cfg = inp.cfg.sae
+    if layer == inp.adapter.n_layers - 1 or cfg.specificity_features == 0:
+        return float("nan"), 0
+    live = np.flatnonzero((firing > 0) & (firing <= cfg.dense_rate))
+    sample = live[np.argsort(-firing[live], kind="stable")[:cfg.specificity_features]]
+    idx = np.arange(min(cfg.specificity_cells, cells.tokens.n_cells))
+    few = AblationInputs(cells.tokens.subset(idx), cells.chosen[idx], cells.panel, cells.readout_layer)
+    edits = [FeatureEdit(layer, (int(f),), 0.0) for f in sample]
+    readouts = run_feature_edits(inp.adapter, few, {layer: sae}, edits, batch_size=inp.cfg.ablation.batch_size)
+    own = top_genes(means, N_FEATURE_GENES)
+    results, _ = summarise_feature_edits(readouts, edits, {e.key: own[e.features[0]] for e in edits}, symbols,
+                                         n_layers=inp.adapter.n_layers)
+    spec = results[results["readout"] == "specificity_genes"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = (spec["value"] / spec["baseline"]).to_numpy(dtype=float)
+    ratio = ratio[np.isfinite(ratio)]
+    return (float(np.median(ratio)) if ratio.size else float("nan")), int(ratio.size)
 
 
 def knockdown_cells(inp: Inputs, panel: pd.DataFrame, genes_in: np.ndarray
@@ -267,8 +299,10 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
             saes[layer] = sae.cpu()
             means[layer] = feature_gene_means(report.indices, report.values, store.row_gene, len(symbols),
                                               n_features)[0]
+            specificity = causal_specificity(inp, behaviour_cells, layer, saes[layer], means[layer],
+                                             report.firing_rate, symbols)
             row, table, edges = layer_tables(layer, saes[layer], report, store, cfg, symbols, means[layer], behaviour,
-                                             seconds, cells.size)
+                                             specificity, seconds, cells.size)
             rows.append(row)
             features.append(table)
             coactivation.append(edges)
@@ -281,9 +315,10 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
                                         seed=cfg.seed, evaluation=shuffled.batches(layer, cfg.batch_size))
                 matches.append(programme_rows(layer, report, store.row_cell, n_features, programmes, kinds, null))
             log.info("SAE L%d: FVE %.3f, %d dead, %d dense, %d of %d features visible to SVD, %d co-activation "
-                     "modules, behaviour loss %.4f -> %.4f spliced (%.1f s)", layer, row["fraction_variance_explained"],
-                     row["n_dead"], row["n_dense"], row["n_svd_visible"], n_features, row["n_modules"],
-                     row["behaviour_loss"], row["behaviour_loss_spliced"], seconds)
+                     "modules, causal specificity %.2fx, behaviour loss %.4f -> %.4f spliced (%.1f s)", layer,
+                     row["fraction_variance_explained"], row["n_dead"], row["n_dense"], row["n_svd_visible"],
+                     n_features, row["n_modules"], row["causal_specificity"], row["behaviour_loss"],
+                     row["behaviour_loss_spliced"], seconds)
         shutil.rmtree(scratch)
         writer.write_table("sae_layers", pd.DataFrame(rows))
         writer.write_table("sae_features", pd.concat(features, ignore_index=True))

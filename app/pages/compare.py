@@ -31,10 +31,10 @@ TABLE_COLUMNS = ("run", "model", "cells", "incremental_delta", "incremental_ci",
 NUMERIC = tuple(c for c in TABLE_COLUMNS if c not in ("run", "model", "cells", "incremental_ci", "matched_ci"))
 REPLICATION_COLUMNS = ("hypothesis", "effect", "n", "p", "q", "confirmatory")
 FEATURE_COLUMNS = ("run", "layer", "relative_depth", "n_features", "fve", "behaviour_delta", "n_dead", "n_dense",
-                   "n_svd_visible", "n_modules", "best_state_r", "best_state_null_r", "best_tf_r", "best_tf_null_r",
-                   "regulatory_passing", "regulatory_tfs", "regulatory_null")
-FEATURE_NUMERIC = ("relative_depth", "fve", "behaviour_delta", "best_state_r", "best_state_null_r", "best_tf_r",
-                   "best_tf_null_r")
+                   "n_svd_visible", "n_modules", "causal_specificity", "best_state_r", "best_state_null_r",
+                   "best_tf_r", "best_tf_null_r", "regulatory_passing", "regulatory_tfs", "regulatory_null")
+FEATURE_NUMERIC = ("relative_depth", "fve", "behaviour_delta", "causal_specificity", "best_state_r",
+                   "best_state_null_r", "best_tf_r", "best_tf_null_r")
 REPLICATION_NUMERIC = ("effect", "p", "q")
 UNIVERSE_COLUMNS = ("run", "protocol", "n_genes", "layer", "n", "attention_mean", "correlation_mean", "advantage",
                     "ci_low", "ci_high", "p", "p_protocol")
@@ -91,7 +91,8 @@ def layout(**_):
         *figure_with_table("Residual-stream features (SAEs), one row per run and layer",
                            "Per layer's TopK SAE: fraction of variance explained (fve), the behaviour read-out's change "
                            "with the reconstruction spliced in, dead, dense and SVD-visible features, co-activation "
-                           "modules, the best feature's Pearson r with a cell state and with a TF's regulon activity "
+                           "modules, causal specificity (median over a sample of features ablated alone of their "
+                           "own genes' prediction change over the rest's; none at the last layer), the best feature's Pearson r with a cell state and with a TF's regulon activity "
                            "(null: an SAE of shuffled activations, read-out layer), and the CRISPRi regulatory test: "
                            "TFs passing of those tested, and passing with another TF's targets (null).",
                            "compare-features", ids.COMPARE_FEATURES, FEATURE_COLUMNS, FEATURE_NUMERIC),

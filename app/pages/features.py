@@ -63,7 +63,10 @@ def layer_note(row: pd.Series, family: str) -> str:
             f"{row['behaviour_loss']:.4g} -> {row['behaviour_loss_spliced']:.4g} with the reconstruction spliced in; "
             f"{int(row['n_dead'])} dead, {int(row['n_dense'])} dense; {int(row['n_svd_visible'])} features aligned "
             f"with one of the top {int(row['svd_directions'])} singular directions (visible to SVD); "
-            f"{int(row['n_modules'])} co-activation modules.")
+            f"{int(row['n_modules'])} co-activation modules; causal specificity "
+            + (f"{row['causal_specificity']:.2f}x (median over {int(row['specificity_features'])} features ablated "
+               "alone: their own genes' prediction change over the rest's)." if np.isfinite(row["causal_specificity"])
+               else "not measured at the last layer (an edit there moves only the positions it edits)."))
 
 
 def features_on_gene(means: np.ndarray, symbols: np.ndarray, features: pd.DataFrame, symbol: str) -> pd.DataFrame:

@@ -232,7 +232,7 @@ def test_embedded_run_has_the_regulatory_test_and_coactivation_modules(embedded_
     test size has (3 to 15 per TF: too few for its power, which the unit test's planted case and the default run's
     numbers in the closing note show), each (layer, TF) test in the statistics registry, descriptive. Co-activation
     modules: each module's features are joined by recorded edges, whose r equals numpy's corrcoef of the stored
-    latents."""
+    latents. Causal specificity is measured below the last layer only (at the last it is structural)."""
     from analysis.io import files
 
     cache, runs = embedded_cache
@@ -254,6 +254,8 @@ def test_embedded_run_has_the_regulatory_test_and_coactivation_modules(embedded_
     features = store.table(run, "sae_features")
     coactivation = store.table(run, "sae_coactivation")
     layers = store.table(run, "sae_layers").set_index("layer")
+    assert layers.loc[0, "causal_specificity"] > 0 and layers.loc[0, "specificity_features"] == 8
+    assert np.isnan(layers.loc[1, "causal_specificity"]) and layers.loc[1, "specificity_features"] == 0   # last layer
     for layer in (0, 1):
         here = features[features["layer"] == layer]
         assert layers.loc[layer, "n_modules"] == here["module"].max() + 1

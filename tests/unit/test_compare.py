@@ -69,13 +69,13 @@ def test_feature_summary_joins_the_sae_tables_per_layer():
 
     layers = pd.DataFrame({"layer": [0, 2], "n_features": 64, "fraction_variance_explained": [0.9, 0.8],
                            "behaviour_delta": [0.1, 0.3], "n_dead": [1, 2], "n_dense": [0, 3], "n_svd_visible": [4, 5],
-                           "n_modules": [2, 1]})
+                           "n_modules": [2, 1], "causal_specificity": [2.5, np.nan]})
     programmes = pd.DataFrame({"layer": [0, 0, 0, 2], "kind": ["cell_state", "cell_state", "tf_activity", "cell_state"],
                                "r": [0.4, 0.6, 0.5, 0.3], "null_r": [np.nan, np.nan, np.nan, 0.1]})
     regulatory = pd.DataFrame({"layer": [0, 0, 2], "tf": ["A", "B", "A"], "passes": [True, False, True],
                                "rotated_passes": [False, False, True]})
     out = feature_summary(layers, programmes, regulatory, n_layers=3).set_index("layer")
-    assert out.loc[2, "relative_depth"] == 1.0 and out.loc[0, "fve"] == 0.9
+    assert out.loc[2, "relative_depth"] == 1.0 and out.loc[0, "fve"] == 0.9 and out.loc[0, "causal_specificity"] == 2.5
     assert out.loc[0, "best_state_r"] == 0.6 and out.loc[0, "best_tf_r"] == 0.5 and np.isnan(out.loc[2, "best_tf_r"])
     assert out.loc[2, "best_state_null_r"] == 0.1
     assert (out.loc[0, "regulatory_passing"], out.loc[0, "regulatory_tfs"], out.loc[0, "regulatory_null"]) == (1, 2, 0)
