@@ -315,10 +315,10 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
                                         seed=cfg.seed, evaluation=shuffled.batches(layer, cfg.batch_size))
                 matches.append(programme_rows(layer, report, store.row_cell, n_features, programmes, kinds, null))
             log.info("SAE L%d: FVE %.3f, %d dead, %d dense, %d of %d features visible to SVD, %d co-activation "
-                     "modules, causal specificity %.2fx, behaviour loss %.4f -> %.4f spliced (%.1f s)", layer,
+                     "modules, causal specificity %s, behaviour loss %.4f -> %.4f spliced (%.1f s)", layer,
                      row["fraction_variance_explained"], row["n_dead"], row["n_dense"], row["n_svd_visible"],
-                     n_features, row["n_modules"], row["causal_specificity"], row["behaviour_loss"],
-                     row["behaviour_loss_spliced"], seconds)
+                     n_features, row["n_modules"], f"{row['causal_specificity']:.2f}x" if specificity[1]
+                     else "not measured (last layer)", row["behaviour_loss"], row["behaviour_loss_spliced"], seconds)
         shutil.rmtree(scratch)
         writer.write_table("sae_layers", pd.DataFrame(rows))
         writer.write_table("sae_features", pd.concat(features, ignore_index=True))
