@@ -1,8 +1,8 @@
 """A finished run, rebuilt for work after precompute: the app's background jobs (live ablation, live feature edits,
 custom DE) and, later, distributed workers. :meth:`RunContext.from_manifest` reloads the run's model (through its
 family's adapter), tokeniser, cells (same columns, subsample and seed) and tokens (over the run's own panel) lazily,
-so a job pays only for what it uses; :func:`ablation_tables` runs interventions with the read-outs and statistics of the precomputed
-sweep, and is what the ablation stage itself calls.
+so a job pays only for what it uses; :func:`ablation_tables` runs interventions with the read-outs and statistics of
+the precomputed sweep, and is what the ablation stage itself calls.
 """
 from __future__ import annotations
 

@@ -133,59 +133,61 @@ class ArtifactStore:
                 "correlation_edge": CORRELATION_EDGE_TYPES[m.config.perturbation.correlation_edge]}
 
     @lru_cache(maxsize=8)
+    def sae_rows(self, run_id: str) -> dict[str, np.ndarray]:
+        """The run's ``sae_rows.npz`` (:data:`analysis.io.files.SAE_ROWS`: where each latent row was read, the genes'
+        symbols, the captured cells and their states), read once."""
+        with np.load(self.run_dir(run_id) / files.SAE_ROWS) as rows:
+            return {name: rows[name] for name in rows.files}
+
+    @lru_cache(maxsize=16)
+    def sae_latent_arrays(self, run_id: str, layer: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(``[rows, k]`` active feature indices, their values, the number of features) of the SAE of ``layer``, read
+        once; KeyError when the run has no SAE of that layer."""
+        path = self.run_dir(run_id) / files.sae_latents(layer)
+        if not path.is_file():
+            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
+        sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
+        with np.load(path) as latents:
+            return latents["indices"], latents["values"], int(sizes[layer])
+
+    @lru_cache(maxsize=8)
     def sae_gene_means(self, run_id: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """(``[F, G]`` each SAE feature of ``layer`` averaged over each gene's captured positions, ``[G]`` the genes'
         symbols), from the run's sparse latents; KeyError when the run has no SAE of that layer."""
-        directory = self.run_dir(run_id)
-        if not (directory / files.sae_latents(layer)).is_file():
-            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
-        sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
-        with np.load(directory / files.SAE_ROWS) as rows, np.load(directory / files.sae_latents(layer)) as latents:
-            symbols = rows["gene_symbol"]
-            means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"], symbols.size,
-                                          int(sizes[layer]))
+        indices, values, n_features = self.sae_latent_arrays(run_id, layer)
+        rows = self.sae_rows(run_id)
+        symbols = rows["gene_symbol"]
+        means, _ = feature_gene_means(indices, values, rows["row_gene"], symbols.size, n_features)
         return means, symbols
 
     @lru_cache(maxsize=16)
     def sae_latents(self, run_id: str, layer: int):
         """``[rows, F]`` sparse activations of the SAE of ``layer`` at every captured row (the same rows, in the same
         order, for every layer of a run); KeyError when the run has no SAE of that layer."""
-        path = self.run_dir(run_id) / files.sae_latents(layer)
-        if not path.is_file():
-            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
-        sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
-        with np.load(path) as latents:
-            return latent_matrix(latents["indices"], latents["values"], int(sizes[layer]))
+        return latent_matrix(*self.sae_latent_arrays(run_id, layer))
 
     @lru_cache(maxsize=8)
     def sae_cell_activity(self, run_id: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """(``[captured cells, F]`` each feature's mean activation over each captured cell's gene positions, ``[captured
-        cells]`` their cell states, "" without a cell-state column); KeyError when the run has no SAE of that layer."""
-        directory = self.run_dir(run_id)
-        if not (directory / files.sae_latents(layer)).is_file():
-            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
-        sizes = self.table(run_id, "sae_layers").set_index("layer")["n_features"]
-        with np.load(directory / files.SAE_ROWS) as rows, np.load(directory / files.sae_latents(layer)) as latents:
-            cells, states = rows["capture_cell"], rows["capture_state"]
-            local = np.searchsorted(cells, rows["row_cell"])
-            activity = cell_feature_activity(latents["indices"], latents["values"], local, cells.size,
-                                             int(sizes[layer]))
-        return activity, states
+        """(``[captured cells, F]`` each feature's mean activation over each captured cell's gene positions,
+        ``[captured cells]`` their cell states, "" without a cell-state column); KeyError when the run has no SAE of
+        that layer."""
+        indices, values, n_features = self.sae_latent_arrays(run_id, layer)
+        rows = self.sae_rows(run_id)
+        cells = rows["capture_cell"]
+        activity = cell_feature_activity(indices, values, np.searchsorted(cells, rows["row_cell"]), cells.size,
+                                         n_features)
+        return activity, rows["capture_state"]
 
     def sae_feature_positions(self, run_id: str, layer: int, feature: int) -> pd.DataFrame:
         """Every captured gene position where ``feature`` fired: ``cell`` (captured-cell index), ``state`` (its cell
         state, "" without one), ``symbol`` and ``activation``."""
-        directory = self.run_dir(run_id)
-        if not (directory / files.sae_latents(layer)).is_file():
-            raise KeyError(f"run {run_id} has no SAE of layer {layer}")
-        with np.load(directory / files.SAE_ROWS) as rows, np.load(directory / files.sae_latents(layer)) as latents:
-            row, slot = np.nonzero(latents["indices"] == feature)
-            values = latents["values"][row, slot]
-            keep = values > 0
-            cells = np.searchsorted(rows["capture_cell"], rows["row_cell"][row[keep]])
-            return pd.DataFrame({"cell": cells, "state": rows["capture_state"][cells],
-                                 "symbol": rows["gene_symbol"][rows["row_gene"][row[keep]]],
-                                 "activation": values[keep].astype(float)})
+        column = self.sae_latents(run_id, layer)[:, feature].tocoo()
+        keep = column.data > 0
+        row, values = column.row[keep], column.data[keep]
+        rows = self.sae_rows(run_id)
+        cells = np.searchsorted(rows["capture_cell"], rows["row_cell"][row])
+        return pd.DataFrame({"cell": cells, "state": rows["capture_state"][cells],
+                             "symbol": rows["gene_symbol"][rows["row_gene"][row]], "activation": values})
 
     def sae_state_enrichment(self, run_id: str, layer: int, feature: int, top_share: float = 0.1) -> pd.DataFrame:
         """Cell states over-represented among the ``top_share`` of captured cells where ``feature`` is most active

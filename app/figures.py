@@ -638,7 +638,8 @@ def feature_dose_response(frame: pd.DataFrame, *, readout: str) -> go.Figure:
         grp = grp.sort_values("scale")
         err = {"type": "data", "symmetric": False, "array": (grp["ci_high"] - grp["delta"]).fillna(0),
                "arrayminus": (grp["delta"] - grp["ci_low"]).fillna(0)}
-        fig.add_scatter(x=grp["scale"], y=grp["delta"], mode="lines+markers", name=f"L{layer} [{features}], {n_cells} cells",
+        fig.add_scatter(x=grp["scale"], y=grp["delta"], mode="lines+markers",
+                        name=f"L{layer} [{features}], {n_cells} cells",
                         error_y=err, customdata=grp[["intervention", "p", "n_cells"]],
                         hovertemplate="%{customdata[0]}<br>delta %{y:.4g}<br>p %{customdata[1]:.3g}<extra></extra>")
     structural = frame[frame["structural"].astype(bool)]

@@ -1,8 +1,8 @@
 """Feature interventions through a residual-stream SAE (issue 14; the companion paper's causal specificity, here on
 every layer the run trained an SAE for, live).
 
-An edit (:class:`analysis.interp.interventions.FeatureEdit`) multiplies chosen features' activations by a scale (0: ablation) at one layer's
-output, at gene positions, through the layer's TopK SAE with the error term kept
+An edit (:class:`analysis.interp.interventions.FeatureEdit`) multiplies chosen features' activations by a scale
+(0: ablation) at one layer's output, at gene positions, through the layer's TopK SAE with the error term kept
 (:meth:`analysis.interp.sae.TopKSAE.intervene`: the activations move by ``(edit(z) - z) W_dec^T``, so scale 1 changes
 nothing). Each edit is run next to the unedited model on the ablation's cells and fixed masking
 (:class:`analysis.interp.ablation.AblationInputs`) and read out as:
@@ -79,6 +79,8 @@ def run_feature_edits(adapter: ModelAdapter, inputs: AblationInputs, saes: Mappi
             chosen = inputs.chosen[idx, :sub.input_ids.shape[1]]
             masked = adapter.masked(sub, chosen)
             genes = sub.gene_index >= 0
+            gene_of_position = sub.gene_index[genes]
+            positions_per_gene = np.bincount(gene_of_position, minlength=n_genes)
             real = adapter.as_tensor(sub.attention_mask).bool()
             base = adapter.forward(sub, decode=False)
             b = out["baseline"]
@@ -94,8 +96,8 @@ def run_feature_edits(adapter: ModelAdapter, inputs: AblationInputs, saes: Mappi
                                                                              sub, chosen)
                 r.output_cos[idx] = adapter.output_distance(edited, base, real)
                 change = adapter.prediction_change(edited, base).double().cpu().numpy()[genes]
-                r.change_sum += np.bincount(sub.gene_index[genes], weights=change, minlength=n_genes)
-                r.change_count += np.bincount(sub.gene_index[genes], minlength=n_genes)
+                r.change_sum += np.bincount(gene_of_position, weights=change, minlength=n_genes)
+                r.change_count += positions_per_gene
                 r.fired_sum += float(change[fired_here].sum())
                 r.fired_count += int(fired_here.sum())
                 r.quiet_sum += float(change[~fired_here].sum())

@@ -78,8 +78,8 @@ SAE_REGULATORY = (("layer", "tf", "n_perturbed", "n_control", "n_responding", "r
                    "p_hypergeom", "rotated_tf", "rotated_p", "rotated_q", "rotated_passes"),
                   ("preference", "expected", "rotated_p", "rotated_q"))
 FEATURE_EDIT_RESULTS = (("intervention", "layer", "features", "scale", "readout", "value", "baseline", "delta",
-                         "ci_low", "ci_high", "p", "q", "n", "structural"), ("value", "baseline", "delta", "ci_low", "ci_high", "p",
-                                                               "q"))
+                         "ci_low", "ci_high", "p", "q", "n", "structural"),
+                        ("value", "baseline", "delta", "ci_low", "ci_high", "p", "q"))
 FEATURE_EDIT_GENES = (("intervention", "gene", "symbol", "own", "mean_change", "n"), ("mean_change",))
 
 TABLES = {

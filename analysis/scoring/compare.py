@@ -116,10 +116,10 @@ def feature_summary(layers: pd.DataFrame, programmes: pd.DataFrame | None, regul
                     n_layers: int) -> pd.DataFrame:
     """One row per SAE layer of a run (issue 14's feature-level summary for the Compare page): relative depth,
     reconstruction (fraction of variance explained, behaviour change with the reconstruction spliced in), dead, dense,
-    SVD-visible features, co-activation modules, causal specificity (median own / other genes), the best feature's r with any cell state and any TF's regulon
-    activity (and the shuffled-activation null where trained), and the regulatory test's TFs passing, tested and
-    passing against another TF's targets. ``layers``: schema ``sae_layers``; ``programmes``: ``sae_programmes``;
-    ``regulatory``: ``sae_regulatory`` (None: the run has none)."""
+    SVD-visible features, co-activation modules, causal specificity (median own / other genes), the best feature's r
+    with any cell state and any TF's regulon activity (and the shuffled-activation null where trained), and the
+    regulatory test's TFs passing, tested and passing against another TF's targets. ``layers``: schema
+    ``sae_layers``; ``programmes``: ``sae_programmes``; ``regulatory``: ``sae_regulatory`` (None: the run has none)."""
     out = pd.DataFrame({
         "layer": layers["layer"].astype(int), "relative_depth": layers["layer"] / max(n_layers - 1, 1),
         "n_features": layers["n_features"], "fve": layers["fraction_variance_explained"],

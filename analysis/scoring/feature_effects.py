@@ -29,7 +29,8 @@ NO_TEST = {"ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
 
 def specificity_rows(readout, own: np.ndarray) -> list[dict]:
     """The two specificity rows of one edit from its read-out (``analysis.interp.feature_intervention.FeatureReadout``:
-    ``change_sum`` / ``change_count`` per gene, ``fired_*`` / ``quiet_*`` per position class); ``own``: ``[n_genes]`` bool, the edited features' own genes."""
+    ``change_sum`` / ``change_count`` per gene, ``fired_*`` / ``quiet_*`` per position class); ``own``: ``[n_genes]``
+    bool, the edited features' own genes."""
     seen = readout.change_count > 0
     per_gene = readout.change_sum[seen] / readout.change_count[seen]
     mine, rest = per_gene[own[seen]], per_gene[~own[seen]]
@@ -49,8 +50,9 @@ def specificity_rows(readout, own: np.ndarray) -> list[dict]:
 def summarise_feature_edits(readouts: Mapping, edits: Sequence,
                             own_genes: Mapping[str, np.ndarray], symbols: np.ndarray, *, n_layers: int
                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(results, genes) of ``edits`` (``analysis.interp.interventions.FeatureEdit``) of a model of ``n_layers`` from :func:`analysis.interp.feature_intervention.run_feature_edits`'s
-    ``readouts``; ``own_genes``: per edit key ``[n_genes]`` bool; ``symbols`` ``[n_genes]``."""
+    """(results, genes) of ``edits`` (``analysis.interp.interventions.FeatureEdit``) of a model of ``n_layers`` from
+    :func:`analysis.interp.feature_intervention.run_feature_edits`'s ``readouts``; ``own_genes``: per edit key
+    ``[n_genes]`` bool; ``symbols`` ``[n_genes]``."""
     base = readouts["baseline"]
     rows, genes = [], []
     for edit in edits:

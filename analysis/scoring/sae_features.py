@@ -25,8 +25,8 @@ from scipy.stats import hypergeom
 
 from .stats import benjamini_hochberg
 
-
 N_FEATURE_GENES = 20   # a feature's own genes: its top genes by mean activation (card, enrichment, regulatory test)
+
 
 def latent_matrix(indices: np.ndarray, values: np.ndarray, n_features: int) -> sparse.csr_matrix:
     """``[rows, F]`` sparse activations from the ``[rows, k]`` active ``indices`` and their ``values``."""

@@ -57,16 +57,16 @@ def target_preference(means: np.ndarray, targets: np.ndarray, universe: np.ndarr
         return np.where(mass > 0, means[:, on].sum(axis=1) / mass / share, np.nan)
 
 
-def regulatory_test(perturbed: np.ndarray, control: np.ndarray, means: np.ndarray, feature_genes: np.ndarray,
-                    targets: np.ndarray, universe: np.ndarray, *, m: int, n_null: int, rng: np.random.Generator
-                    ) -> dict:
-    """One TF's test (module doc): ``perturbed`` / ``control`` ``[cells, F]`` activity, ``means`` ``[F, G]`` and
-    ``feature_genes`` ``[F, G]`` bool (top genes) of the layer's features, ``targets`` ``[G]`` bool."""
-    chosen = responding_features(perturbed, control, m)
+def regulatory_test(chosen: np.ndarray, live: np.ndarray, means: np.ndarray, feature_genes: np.ndarray,
+                    targets: np.ndarray, universe: np.ndarray, *, n_null: int, rng: np.random.Generator) -> dict:
+    """One TF's test (module doc) of its responding features ``chosen`` (:func:`responding_features`) against random
+    sets of as many features drawn from ``live`` ``[F]`` bool (those that fire in its cells or the controls);
+    ``means`` ``[F, G]`` and ``feature_genes`` ``[F, G]`` bool (top genes) of the layer's features, ``targets``
+    ``[G]`` bool."""
     preference = target_preference(means, targets, universe)
-    live = np.flatnonzero((np.concatenate([perturbed, control]) > 0).any(axis=0) & ~np.isnan(preference))
+    pool = np.flatnonzero(live & ~np.isnan(preference))
     observed = float(np.nanmean(preference[chosen])) if chosen.size else np.nan
-    null = np.array([preference[rng.choice(live, min(chosen.size, live.size), replace=False)].mean()
+    null = np.array([preference[rng.choice(pool, min(chosen.size, pool.size), replace=False)].mean()
                      for _ in range(n_null)])
     overlap, size = target_overlap(chosen, feature_genes, targets, universe)
     n_universe, n_targets = int(universe.sum()), int((targets & universe).sum())
@@ -82,17 +82,20 @@ def regulatory_table(layer: int, activity: np.ndarray, groups: dict[str, np.ndar
                      universe: np.ndarray, *, m: int, n_null: int, seed: int) -> pd.DataFrame:
     """Every TF's test on one layer (schema ``sae_regulatory``): ``activity`` ``[cells, F]``, ``groups`` TF -> its
     knock-down cells' rows, ``control`` the control rows, ``means`` / ``feature_genes`` as in
-    :func:`regulatory_test`, ``targets`` TF -> ``[G]`` bool (TFs in sorted order; the rotated test pairs each with
-    the next one's targets)."""
+    :func:`regulatory_test`, ``targets`` TF -> ``[G]`` bool (TFs in sorted order; the rotated test pairs each TF's
+    responding features with the next one's targets)."""
     tfs = sorted(set(groups) & set(targets))
     rows = []
     for i, tf in enumerate(tfs):
         rng = np.random.default_rng([seed, layer, i])
-        row = regulatory_test(activity[groups[tf]], activity[control], means, feature_genes, targets[tf], universe,
-                              m=m, n_null=n_null, rng=rng)
+        perturbed = activity[groups[tf]]
+        chosen = responding_features(perturbed, activity[control], m)
+        live = (perturbed > 0).any(axis=0) | (activity[control] > 0).any(axis=0)
+        common = dict(n_null=n_null, rng=rng)
+        row = regulatory_test(chosen, live, means, feature_genes, targets[tf], universe, **common)
         other = tfs[(i + 1) % len(tfs)]
-        rotated = regulatory_test(activity[groups[tf]], activity[control], means, feature_genes, targets[other],
-                                  universe, m=m, n_null=n_null, rng=rng) if len(tfs) > 1 else {"p": np.nan}
+        rotated = (regulatory_test(chosen, live, means, feature_genes, targets[other], universe, **common)
+                   if len(tfs) > 1 else {"p": np.nan})
         rows.append({"layer": layer, "tf": tf, "n_perturbed": int(groups[tf].size), "n_control": int(control.size),
                      **row, "rotated_tf": other if len(tfs) > 1 else "", "rotated_p": rotated["p"]})
     table = pd.DataFrame(rows)
@@ -110,6 +113,6 @@ def regulatory_tests(table: pd.DataFrame, reference: str) -> StatsRegistry:
     reg = StatsRegistry()
     for r in table.itertuples():
         reg.register("sae_regulatory", f"L{r.layer} features responding to {r.tf} knock-down prefer its {reference} "
-                     "targets", "random-feature-set null (one-sided)", r.p,
-                     effect=r.preference - r.null_preference, effect_name="target preference - null mean", n=r.n_perturbed, confirmatory=False)
+                     "targets", "random-feature-set null (one-sided)", r.p, effect=r.preference - r.null_preference,
+                     effect_name="target preference - null mean", n=r.n_perturbed, confirmatory=False)
     return reg

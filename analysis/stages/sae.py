@@ -18,7 +18,8 @@ ablated alone: their own genes' prediction change over the rest's, :func:`causal
 Written into the run: ``sae_layers``, ``sae_features``, ``sae_coactivation``, ``sae_programmes``, ``sae_regulatory``
 and ``pair_reference_edges`` (the pair references among the SAE's genes, for the card's neighbourhoods) tables, each
 layer's weights (``sae_L<l>.npz``) and its latents at every captured row (``sae_latents_L<l>.npz``, the ``k`` active
-features per row) with the rows' cells and genes (``sae_rows.npz``). The dense activations are deleted once the SAEs are trained (the latents and weights hold what the app needs)."""
+features per row) with the rows' cells and genes (``sae_rows.npz``). The dense activations are deleted once the SAEs
+are trained (the latents and weights hold what the app needs)."""
 from __future__ import annotations
 
 import logging
@@ -37,9 +38,9 @@ from ..interp.sae import TopKSAE, TrainingReport, save_sae, train_sae
 from ..interp.sae_splice import behaviour_with_reconstruction
 from ..io import files
 from ..io.activations import ActivationStore, shuffled_copy
+from ..io.artifacts import RunWriter
 from ..io.expression import expression_matrix
 from ..models.base import TokenizedCells, tokens_of
-from ..io.artifacts import RunWriter
 from ..scoring.feature_effects import summarise_feature_edits
 from ..scoring.registry import StatsRegistry
 from ..scoring.sae_features import (N_FEATURE_GENES, best_feature_match, cell_feature_activity, feature_gene_means,
@@ -104,7 +105,7 @@ def layer_tables(layer: int, sae: TopKSAE, report: TrainingReport, store: Activa
            "n_rows": store.n_rows, "n_cells": n_cells, "epochs": cfg.epochs,
            "final_loss": float(np.mean(report.losses[-10:])),
            "fraction_variance_explained": report.fraction_variance_explained,
-           "n_dead": int((firing == 0).sum()), "n_dense": int((firing > cfg.dense_rate).sum()),
+           "n_dead": int((firing == 0).sum()), "n_dense": int(dense.sum()),
            "svd_directions": r, "n_svd_visible": int((max_cos >= cfg.svd_cos).sum()),
            "behaviour_loss": float(plain.mean()), "behaviour_loss_spliced": float(spliced.mean()),
            "behaviour_delta": float((spliced - plain).mean()), "train_seconds": seconds,
@@ -229,8 +230,8 @@ def regulatory_rows(inp: Inputs, panel: pd.DataFrame, saes: dict[int, TopKSAE], 
     tokens, groups, control, targets = found
     activity = feature_activity(inp.adapter, tokens, saes, batch_size=inp.cfg.extraction.batch_size)
     tables = [regulatory_table(layer, activity[layer], groups, control, means[layer],
-                               top_genes(means[layer], N_FEATURE_GENES), targets, genes_in, m=cfg.n_responding, n_null=cfg.regulatory_null, seed=cfg.seed)
-              for layer in saes]
+                               top_genes(means[layer], N_FEATURE_GENES), targets, genes_in, m=cfg.n_responding,
+                               n_null=cfg.regulatory_null, seed=cfg.seed) for layer in saes]
     table = pd.concat(tables, ignore_index=True)
     for layer, grp in table.groupby("layer"):
         log.info("SAE L%d regulatory test: %d of %d TFs pass (BH q < 0.05); %d with each TF's features against "

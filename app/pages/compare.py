@@ -89,11 +89,13 @@ def layout(**_):
         dash_table.DataTable(id=ids.COMPARE_CONSISTENCY, sort_action="native", page_size=12,
                              columns=[table_column(c, ("rho", "p")) for c in CONSISTENCY_COLUMNS]),
         *figure_with_table("Residual-stream features (SAEs), one row per run and layer",
-                           "Per layer's TopK SAE: fraction of variance explained (fve), the behaviour read-out's change "
-                           "with the reconstruction spliced in, dead, dense and SVD-visible features, co-activation "
-                           "modules, causal specificity (median over a sample of features ablated alone of their "
-                           "own genes' prediction change over the rest's; none at the last layer), the best feature's Pearson r with a cell state and with a TF's regulon activity "
-                           "(null: an SAE of shuffled activations, read-out layer), and the CRISPRi regulatory test: "
+                           "Per layer's TopK SAE: fraction of variance explained (fve), the behaviour read-out's "
+                           "change with the reconstruction spliced in, dead, dense and SVD-visible features, "
+                           "co-activation modules, causal specificity (median over a sample of features ablated "
+                           "alone of their own genes' prediction change over the rest's; none at the last layer), "
+                           "the best "
+                           "feature's Pearson r with a cell state and with a TF's regulon activity (null: an SAE of "
+                           "shuffled activations, read-out layer), and the CRISPRi regulatory test: "
                            "TFs passing of those tested, and passing with another TF's targets (null).",
                            "compare-features", ids.COMPARE_FEATURES, FEATURE_COLUMNS, FEATURE_NUMERIC),
     ], fluid=True)

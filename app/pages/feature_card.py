@@ -1,10 +1,9 @@
 """The Features page's feature card (issue 14): a feature picked on the map, the table, the co-activation graph or the
-gene search opens it. Where it fires (its genes by mean activation over their positions, and genes x cells), the reference regulons and
-pair-reference neighbourhoods over-represented among its top genes (hypergeometric, BH over the layer's features x
-sets), the cell states
-over-represented among its most active cells (BH over the states), the knock-downs it responds to (the regulatory
-test's responding features) and its neighbours in the other layers (activation correlation over the same gene
-positions)."""
+gene search opens it. Where it fires (its genes by mean activation over their positions, and genes x cells), the
+reference regulons and pair-reference neighbourhoods over-represented among its top genes (hypergeometric, BH over
+the layer's features x sets), the cell states over-represented among its most active cells (BH over the states), the
+knock-downs it responds to (the regulatory test's responding features) and its neighbours in the other layers
+(activation correlation over the same gene positions)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc

@@ -1,10 +1,11 @@
 """Features: the sparse autoencoders of the residual stream (issue 14; analysis.stages.sae). Per layer, the SAE's
 quality (fraction of variance explained, the behaviour read-out with the reconstruction spliced in, dead and dense
-features, how many are visible to SVD, with the superposition histogram), a map of its features (how often each fires against how strongly), a
-searchable table, a search by gene (the features that fire on it), the co-activation modules as a graph, each cell
-programme's best feature against the shuffled-activation null, and the CRISPRi regulatory test (TFs whose
-knock-down's responding features prefer their targets, against another TF's targets). Below: a feature's card
-(:mod:`app.pages.feature_card`) and live feature intervention (:mod:`app.pages.feature_edits`)."""
+features, how many are visible to SVD, with the superposition histogram), a map of its features (how often each
+fires against how strongly), a searchable table, a search by gene (the features that fire on it), the co-activation
+modules as a graph, each cell programme's best feature against the shuffled-activation null, and the CRISPRi
+regulatory test (TFs whose knock-down's responding features prefer their targets, against another TF's targets).
+Below: a feature's card (:mod:`app.pages.feature_card`) and live feature intervention
+(:mod:`app.pages.feature_edits`)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
@@ -96,8 +97,9 @@ def register(app, store, settings, jobs, exports):
 
     @app.callback(Output(ids.FEATURES_NOTE, "children"), Output(ids.graph("features-map"), "figure"),
                   Output(ids.figdata("features-map"), "data"), Output(ids.FEATURES_TABLE, "data"),
-                  Output(ids.graph("features-programmes"), "figure"), Output(ids.figdata("features-programmes"), "data"),
-                  Output(ids.graph("features-modules"), "figure"), Output(ids.figdata("features-modules"), "data"),
+                  Output(ids.graph("features-programmes"), "figure"),
+                  Output(ids.figdata("features-programmes"), "data"), Output(ids.graph("features-modules"), "figure"),
+                  Output(ids.figdata("features-modules"), "data"),
                   Output(ids.graph("features-superposition"), "figure"),
                   Output(ids.figdata("features-superposition"), "data"), Output(ids.FEATURES_GENE, "options"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.FEATURES_LAYER, "value"))
@@ -136,7 +138,8 @@ def register(app, store, settings, jobs, exports):
         found = features_on_gene(means, symbols, feats, symbol)
         return found.assign(id=found["feature"]).round(5).to_dict("records")
 
-    @app.callback(Output(ids.graph("features-regulatory"), "figure"), Output(ids.figdata("features-regulatory"), "data"),
+    @app.callback(Output(ids.graph("features-regulatory"), "figure"),
+                  Output(ids.figdata("features-regulatory"), "data"),
                   Output(ids.FEATURES_REGULATORY, "data"), Output(ids.FEATURES_REGULATORY_NOTE, "children"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.FEATURES_LAYER, "value"))
     def regulatory(run_id, layer):
