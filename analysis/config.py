@@ -115,13 +115,17 @@ class ExtractionConfig:
     """Streaming attention extraction over a gene panel (analysis.interp.attention). ``cells``: the cells attention
     and ablation run on: ``control`` (the paper's; every cell without a perturbation column), ``all`` or one
     perturbation label (:meth:`analysis.io.cells.CellData.select`). CSSI stratifies the same cells (its pooled
-    score is this store)."""
+    score is this store). Every head keeps the rows and columns of the reference TFs and perturbed genes in the panel,
+    plus ``source_genes`` (symbols); each layer keeps its head mean over every pair; ``full_heads`` (``L<l>H<h>``)
+    are kept whole over every pair (DESIGN.md section 5)."""
 
     batch_size: int = 8
     n_hvg: int = 300
     panel_size: int = 600
     cells: str = "control"
     seed: int = 0
+    source_genes: tuple[str, ...] = ()
+    full_heads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from analysis.io import files, schemas
 from analysis.io.artifacts import read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
-from analysis.scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, oriented_pair_scores
+from analysis.io.stores import AttentionStore
+from analysis.scoring.edges import (CORRELATION_EDGE_TYPES, EdgeScores, HeadEdges, attention_edges, mean_scores,
+                                    panel_positions)
 from analysis.scoring.sae_features import (activation_correlation, cell_feature_activity, feature_gene_means,
                                            gene_set_enrichment, latent_matrix, top_genes)
 from analysis.scoring.strata import add_level
@@ -26,8 +28,6 @@ RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 class RunNotFound(LookupError):
     pass
 
-
-GENE_COLUMN_MAX = 1000
 
 
 class ArtifactStore:
@@ -72,10 +72,9 @@ class ArtifactStore:
     def reference_edges(self, run_id: str) -> pd.DataFrame:
         return self.table(run_id, "reference_edges")
 
-    @lru_cache(maxsize=16)
     def pair_counts(self, run_id: str) -> np.ndarray:
         """``[G, G]`` cells in which both panel genes were in the input (memory-mapped)."""
-        return np.load(self.run_dir(run_id) / files.PAIR_COUNTS, mmap_mode="r")
+        return self.attention(run_id).counts
 
     @lru_cache(maxsize=4)
     def cssi(self, run_id: str) -> CSSIRun:
@@ -91,36 +90,67 @@ class ArtifactStore:
         return add_level(self.cssi(run_id).strata, n_strata).assignment(n_strata)
 
     @lru_cache(maxsize=8)
+    def attention(self, run_id: str) -> AttentionStore:
+        """The run's pooled attention store, memory-mapped: a view reads only the rows and blocks it indexes."""
+        return AttentionStore.load(self.run_dir(run_id))
+
+    def head_edges(self, run_id: str) -> HeadEdges:
+        """Every head of the run at its source genes (:class:`analysis.scoring.edges.HeadEdges`), memory-mapped."""
+        return attention_edges(self.attention(run_id))[0]
+
+    def head_scores(self, run_id: str, layer: int, head: int, rows: np.ndarray, direction: str) -> np.ndarray:
+        """``[len(rows), G]`` mean attention of one head (head = -1: the layer's head mean) for the panel ``rows``
+        under ``direction``; a KeyError says when a row's per-head attention was not kept."""
+        store = self.attention(run_id)
+        if not (0 <= layer < store.n_layers and -1 <= head < store.n_heads):
+            raise KeyError(f"run {run_id} has no attention for layer {layer} head {head}")
+        if head < 0:
+            rows = np.asarray(rows, dtype=np.int64)
+            counts = np.asarray(store.counts)
+            forward = mean_scores(store.layer_sums[layer][rows], counts[rows])
+            if direction == "tf_to_target":
+                return forward
+            backward = mean_scores(np.asarray(store.layer_sums[layer][:, rows]).T, counts[rows])
+            return backward if direction == "target_to_tf" else (forward + backward) / 2
+        return self.head_edges(run_id).head(layer, head).oriented(rows, direction)[0]
+
+    @lru_cache(maxsize=8)
     def layer_edges(self, run_id: str, symbols: tuple[str, ...]) -> EdgeScores:
         """Every layer's head-mean attention and the Spearman edges over the genes ``symbols`` (each in the panel),
         ``[layers + 1, n, n]``: only those blocks of the memory-mapped arrays are read, so a 2,500-gene run costs
         the shared genes' blocks, not every layer's full ``[G, G]``. Observed where the pair was co-observed."""
         panel = self.panel(run_id)
-        index = {s: i for i, s in enumerate(panel["symbol"])}
-        idx = np.array([index[s] for s in symbols], dtype=np.int64)
+        idx = panel_positions(panel, list(symbols))
         block = np.ix_(idx, idx)
-        src = self.table(run_id, "edge_sources")
-        means = src.index[src["edge_type"] == "attention_layer_mean"].to_numpy()
-        attention = np.load(self.run_dir(run_id) / files.EDGES_ATTENTION, mmap_mode="r")
+        store = self.attention(run_id)
+        counts = np.asarray(store.counts[block])
         spearman = np.load(self.run_dir(run_id) / files.EDGES_SPEARMAN, mmap_mode="r")
-        scores = np.stack([np.asarray(attention[i][block], dtype=np.float64) for i in means]
+        scores = np.stack([mean_scores(store.layer_sums[layer][block], counts) for layer in range(store.n_layers)]
                           + [np.asarray(spearman[0][block], dtype=np.float64)])
-        sources = pd.concat([src.loc[means], pd.DataFrame({"edge_type": ["spearman"], "layer": [-1], "head": [-1]})],
-                            ignore_index=True)
-        observed = np.asarray(self.pair_counts(run_id)[block]) > 0
-        return EdgeScores(scores, sources, observed, panel.iloc[idx].reset_index(drop=True), {})
+        sources = pd.DataFrame({"edge_type": ["attention_layer_mean"] * store.n_layers + ["spearman"],
+                                "layer": list(range(store.n_layers)) + [-1], "head": -1})
+        return EdgeScores(scores, sources, counts > 0, panel.iloc[idx].reset_index(drop=True), {})
 
     @lru_cache(maxsize=16)
-    def gene_edges(self, run_id: str, symbol: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
-        """(edge sources, ``[S, G]`` attention of ``symbol`` as query over every key gene, ``[S, G]`` attention on
-        ``symbol`` as key from every query gene, or None for panels over :data:`GENE_COLUMN_MAX` genes, where a column
-        of the memory-mapped ``[S, G, G]`` array is one page read per element)."""
+    def gene_edges(self, run_id: str, symbol: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, bool]:
+        """(attention sources, ``[S, G]`` attention of ``symbol`` as query over every key gene, ``[S, G]`` attention on
+        ``symbol`` as key from every query gene, whether its per-head attention was kept). The sources are every
+        layer's head mean, then every head when ``symbol`` is a source gene of the store (reference TF, perturbed or
+        asked for); the store keeps per-head rows for those only."""
         panel = self.panel(run_id)
-        g = int(np.nonzero(panel["symbol"].to_numpy() == symbol)[0][0])
-        edges = np.load(self.run_dir(run_id) / files.EDGES_ATTENTION, mmap_mode="r")
-        rows = np.asarray(edges[:, g, :], dtype=np.float64)
-        cols = np.asarray(edges[:, :, g], dtype=np.float64) if len(panel) <= GENE_COLUMN_MAX else None
-        return self.table(run_id, "edge_sources"), rows, cols
+        g = np.array([int(np.nonzero(panel["symbol"].to_numpy() == symbol)[0][0])])
+        store = self.attention(run_id)
+        layers = range(store.n_layers)
+        sources = pd.DataFrame({"edge_type": "attention_layer_mean", "layer": list(layers), "head": -1})
+        rows = [self.head_scores(run_id, layer, -1, g, "tf_to_target")[0] for layer in layers]
+        cols = [self.head_scores(run_id, layer, -1, g, "target_to_tf")[0] for layer in layers]
+        kept = int(g[0]) in set(store.source_rows.tolist())
+        if kept:
+            heads = self.head_edges(run_id)
+            sources = pd.concat([sources, heads.sources], ignore_index=True)
+            rows += list(heads.oriented(g, "tf_to_target")[:, 0])
+            cols += list(heads.oriented(g, "target_to_tf")[:, 0])
+        return sources, np.array(rows), np.array(cols), kept
 
     def replication_context(self, run_id: str) -> dict | None:
         """A run as :func:`analysis.scoring.replication.replicate` reads it (its perturbation-first table, primary
@@ -252,29 +282,26 @@ class ArtifactStore:
                                          "fold", "p", "q"])
         return gene_set_enrichment(top_genes(means, n_genes), np.array(sets), observed, names)
 
-    def head_matrix(self, run_id: str, layer: int, head: int) -> np.ndarray:
-        """``[G, G]`` mean attention of one head (head = -1: layer mean); row = query gene, column = key gene.
-        Reads only that slice of the memory-mapped edge array."""
-        src = self.table(run_id, "edge_sources")
-        hit = src.index[(src["layer"] == layer) & (src["head"] == head) & src["edge_type"].str.startswith("attention")]
-        if len(hit) == 0:
-            raise KeyError(f"run {run_id} has no attention edges for layer {layer} head {head}")
-        edges = np.load(self.run_dir(run_id) / files.EDGES_ATTENTION, mmap_mode="r")
-        return np.array(edges[int(hit[0])])
+
+def reference_tf_rows(panel: pd.DataFrame, reference_edges: pd.DataFrame, reference: str) -> np.ndarray:
+    """Panel rows of the TFs of ``reference`` (sorted)."""
+    ref = reference_edges[reference_edges["reference"] == reference]
+    return np.nonzero(np.isin(panel["symbol"].to_numpy(), ref["tf"].unique()))[0].astype(np.int64)
 
 
-def head_view(matrix: np.ndarray, counts: np.ndarray, panel: pd.DataFrame, reference_edges: pd.DataFrame, *,
-              reference: str, direction: str, n_rows: int, n_cols: int, n_edges: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def head_view(scores: np.ndarray, tf_rows: np.ndarray, counts: np.ndarray, panel: pd.DataFrame,
+              reference_edges: pd.DataFrame, *, reference: str, n_rows: int, n_cols: int, n_edges: int
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What the per-head view draws: the top ``n_rows`` reference TFs (by attention mass to other panel genes) x
     top ``n_cols`` genes, as a tidy block, and the ``n_edges`` highest-scoring (TF, gene) pairs with reference
-    hits marked. ``matrix``: ``[G, G]``, row = query gene."""
+    hits marked. ``scores``: ``[n_tf, G]`` one head's scores of (TF, gene) under the direction on screen
+    (:meth:`ArtifactStore.head_scores` of ``tf_rows``, from :func:`reference_tf_rows`)."""
     symbols = panel["symbol"].to_numpy()
     ref = reference_edges[reference_edges["reference"] == reference]
-    tf_rows = np.array(sorted({int(i) for i in np.nonzero(np.isin(symbols, ref["tf"].unique()))[0]}), dtype=np.int64)
     if tf_rows.size == 0:
         return (pd.DataFrame(columns=["row_gene", "col_gene", "score", "in_reference"]),
                 pd.DataFrame(columns=["tf", "target", "score", "n_cells", "in_reference", "mode"]))
-    scores = oriented_pair_scores(matrix[None], tf_rows, direction)[0]                 # [n_tf, G]
+    scores = np.array(scores, dtype=np.float64)
     scores[np.arange(tf_rows.size), tf_rows] = np.nan
     mode = {(a, b): m for a, b, m in zip(ref["tf"], ref["target"], ref["mode"])}
     mass = np.nan_to_num(scores).sum(axis=1)

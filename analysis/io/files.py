@@ -4,10 +4,16 @@ write them and the app that reads them never spell a name twice. Tidy tables are
 from __future__ import annotations
 
 MANIFEST = "manifest.json"
-ATTENTION_SUMS = "attention_sums.npy"          # [layers, heads, G, G] float64
-PAIR_COUNTS = "pair_counts.npy"                # [G, G] int64
+ATTENTION_SOURCE_ROWS = "attention_source_rows.npy"  # [R] panel indices of the genes every head keeps rows of
+ATTENTION_HEAD_ROWS = "attention_head_rows.npy"      # [layers, heads, R, G] float32: source as query, summed
+ATTENTION_HEAD_COLS = "attention_head_cols.npy"      # [layers, heads, R, G] float32: source as key, summed
+ATTENTION_LAYER_SUMS = "attention_layer_sums.npy"    # [layers, G, G] float64: head mean, summed over cells
+ATTENTION_FULL_HEADS = "attention_full_heads.npz"    # L<l>H<h> -> [G, G] float64, heads asked for whole
+PAIR_COUNTS = "pair_counts.npy"                # [G, G] narrowest unsigned integer holding the cell count
 ATTENTION_PARAMS = "attention_params.json"
-EDGES_ATTENTION = "edges_attention.npy"        # [sources, G, G] float32 (rows of edge_sources)
+EDGES_LAYER_MEAN = "edges_layer_mean.npy"      # [layers, G, G] float32: each layer's head-mean edge score
+EDGES_HEAD_ROWS = "edges_head_rows.npy"        # [layers * heads, R, G] float32: per-head score, source as query
+EDGES_HEAD_COLS = "edges_head_cols.npy"        # [layers * heads, R, G] float32: per-head score, source as key
 EDGES_SPEARMAN = "edges_spearman.npy"          # [1, G, G] float32
 STATISTICS_CSV = "statistics_registry.csv"
 CSSI_GROUP_SUMS = "cssi_group_sums.npy"        # [F + M, layers, heads, G, G] float32

@@ -1,6 +1,7 @@
 """The additive attention stores that extraction writes and every later stage reads (DESIGN.md sections 3 and 5):
-gene-pair sums of attention per (layer, head) over a panel and one shared co-occurrence count matrix, pooled over
-all cells (:class:`AttentionStore`) or per cell group (:class:`GroupedAttention`, CSSI). They hold numpy arrays only
+sums of attention over a gene panel and one shared co-occurrence count matrix, pooled over all cells
+(:class:`AttentionStore`: per head at the source genes' rows and columns, per layer as the head mean over every pair)
+or per cell group (:class:`GroupedAttention`, CSSI). They hold numpy arrays only
 (no torch), are saved as plain ``.npy`` / parquet / JSON files in a run, and merge across cell shards by summation.
 Cell embeddings captured during extraction travel with the pooled store, one array per kind
 (``analysis.io.files.EMBEDDING_KINDS``).
@@ -16,38 +17,103 @@ import pandas as pd
 
 from . import files
 
+def source_genes(panel: pd.DataFrame, asked: tuple[str, ...] = ()) -> np.ndarray:
+    """``[R]`` panel indices whose per-head rows and columns the pooled store keeps: reference TFs (``is_tf``),
+    perturbed genes (``is_perturbed``) and the genes ``asked`` for by symbol (``extraction.source_genes``), in panel
+    order. A symbol not in the panel is a ValueError naming it."""
+    symbols = panel["symbol"].astype(str).to_numpy()
+    missing = sorted(set(asked) - set(symbols))
+    if missing:
+        raise ValueError(f"extraction.source_genes {missing} are not in the attention panel; add them to the data or "
+                         "raise extraction.panel_size")
+    keep = np.isin(symbols, list(asked))
+    for column in ("is_tf", "is_perturbed"):
+        if column in panel:
+            keep |= panel[column].to_numpy(dtype=bool)
+    return np.nonzero(keep)[0].astype(np.int64)
+
+
+def narrowest_count_dtype(max_count: int) -> np.dtype:
+    """The narrowest unsigned integer type that holds co-occurrence counts up to ``max_count`` (cells)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_count <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def full_head_name(layer: int, head: int) -> str:
+    """``L<layer>H<head>``: how a head is named in ``extraction.full_heads`` and in :attr:`AttentionStore.full_heads`."""
+    return f"L{layer}H{head}"
+
+
 @dataclass
 class AttentionStore:
-    """``sums``: ``[layers, heads, G, G]`` float64, ``sums[l, h, q, k]`` = attention of panel gene q (query, row)
-    on panel gene k (key, column) summed over cells; ``counts``: ``[G, G]`` int64, cells in which both q and k
-    were in the input (diagonal = cells expressing the gene); ``panel``: G rows (schema ``panel``);
-    ``cell_embeddings``: kind -> ``[cells, d_model]`` float32 captured during extraction (empty when none was)."""
+    """The pooled attention of a run over a ``G``-gene panel: what the analyses read, never ``[layers, heads, G, G]``
+    (DESIGN.md section 5; at V2-316M's 18 x 18 heads and 2,000 genes that dense store is 10.4 GB).
 
-    sums: np.ndarray
+    - ``source_rows``: ``[R]`` panel indices of the *source* genes (reference TFs, perturbed genes and genes asked
+      for by name) whose rows every head keeps;
+    - ``head_rows``: ``[layers, heads, R, G]`` float32, ``head_rows[l, h, r, k]`` = attention of source ``r`` (query)
+      on panel gene ``k`` (key) summed over cells; ``head_cols``: the same shape, attention of panel gene ``k``
+      (query) on source ``r`` (key), so both directions of every (source, gene) pair are kept;
+    - ``layer_sums``: ``[layers, G, G]`` float64, the head mean ``A[q, k]`` of each layer summed over cells;
+    - ``counts``: ``[G, G]`` in the narrowest unsigned type that holds the number of cells: cells in which both genes
+      were in the input (diagonal = cells expressing the gene);
+    - ``full_heads``: ``L<l>H<h>`` -> ``[G, G]`` float64 sums of heads asked for whole (``extraction.full_heads``);
+    - ``cell_embeddings``: kind -> ``[cells, d_model]`` float32 captured during extraction (empty when none was).
+
+    Per-head sums are accumulated and kept in float32 (a sum of at most a few thousand values in [0, 1]: relative
+    error below 1e-5, tested against a float64 dense reference); the layer means, read over every pair, in float64.
+    """
+
+    source_rows: np.ndarray
+    head_rows: np.ndarray
+    head_cols: np.ndarray
+    layer_sums: np.ndarray
     counts: np.ndarray
     n_cells: int
     panel: pd.DataFrame
     params: dict = field(default_factory=dict)
+    full_heads: dict[str, np.ndarray] = field(default_factory=dict)
     cell_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @property
+    def n_layers(self) -> int:
+        return int(self.layer_sums.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.head_rows.shape[1])
+
     def __add__(self, other: "AttentionStore") -> "AttentionStore":
-        """Merge two shards (disjoint cells, same model and panel) by summation."""
-        if self.sums.shape != other.sums.shape or not self.panel["gene_id"].equals(other.panel["gene_id"]):
-            raise ValueError("attention stores over different panels or model shapes cannot be merged")
+        """Merge two shards (disjoint cells, same model, panel and sources) by summation."""
+        if (self.head_rows.shape != other.head_rows.shape or not self.panel["gene_id"].equals(other.panel["gene_id"])
+                or not np.array_equal(self.source_rows, other.source_rows)
+                or set(self.full_heads) != set(other.full_heads)):
+            raise ValueError("attention stores over different panels, sources or model shapes cannot be merged")
         embeddings = {kind: np.concatenate([emb, other.cell_embeddings[kind]])
                       for kind, emb in self.cell_embeddings.items() if kind in other.cell_embeddings}
-        return AttentionStore(self.sums + other.sums, self.counts + other.counts, self.n_cells + other.n_cells,
-                              self.panel, {**self.params, "merged": True}, embeddings)
+        n_cells = self.n_cells + other.n_cells
+        counts = (np.asarray(self.counts, dtype=np.uint64) + other.counts).astype(narrowest_count_dtype(n_cells))
+        return AttentionStore(self.source_rows, self.head_rows + other.head_rows, self.head_cols + other.head_cols,
+                              self.layer_sums + other.layer_sums, counts, n_cells, self.panel,
+                              {**self.params, "merged": True},
+                              {name: m + other.full_heads[name] for name, m in self.full_heads.items()}, embeddings)
 
-    def mean_attention(self) -> np.ndarray:
-        """``[layers, heads, G, G]`` edge scores: sums / co-occurrence counts (NaN where never co-observed)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+    def nbytes(self) -> int:
+        """Bytes of the arrays held (what the run's plan estimates for the attention stage)."""
+        arrays = [self.head_rows, self.head_cols, self.layer_sums, self.counts, *self.full_heads.values()]
+        return int(sum(np.asarray(a).nbytes for a in arrays))
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / files.ATTENTION_SUMS, self.sums)
+        np.save(directory / files.ATTENTION_SOURCE_ROWS, np.asarray(self.source_rows, dtype=np.int64))
+        np.save(directory / files.ATTENTION_HEAD_ROWS, self.head_rows)
+        np.save(directory / files.ATTENTION_HEAD_COLS, self.head_cols)
+        np.save(directory / files.ATTENTION_LAYER_SUMS, self.layer_sums)
         np.save(directory / files.PAIR_COUNTS, self.counts)
+        if self.full_heads:
+            np.savez(directory / files.ATTENTION_FULL_HEADS, **self.full_heads)
         self.panel.to_parquet(directory / files.table("panel"), index=False)
         (directory / files.ATTENTION_PARAMS).write_text(json.dumps({"n_cells": self.n_cells, **self.params},
                                                                     default=str, indent=1))
@@ -56,13 +122,19 @@ class AttentionStore:
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> "AttentionStore":
+        """A saved store; ``mmap`` leaves the large arrays on disk, read as they are indexed."""
         params = json.loads((directory / files.ATTENTION_PARAMS).read_text())
         mode = "r" if mmap else None
         embeddings = {kind: np.load(directory / files.cell_embeddings(kind)) for kind in files.EMBEDDING_KINDS
                       if (directory / files.cell_embeddings(kind)).is_file()}
-        return cls(np.load(directory / files.ATTENTION_SUMS, mmap_mode=mode),
-                   np.load(directory / files.PAIR_COUNTS, mmap_mode=mode), int(params.pop("n_cells")),
-                   pd.read_parquet(directory / files.table("panel")), params, embeddings)
+        full = {}
+        if (directory / files.ATTENTION_FULL_HEADS).is_file():
+            with np.load(directory / files.ATTENTION_FULL_HEADS) as saved:
+                full = {name: saved[name] for name in saved.files}
+        arrays = [np.load(directory / name, mmap_mode=mode) for name in
+                  (files.ATTENTION_HEAD_ROWS, files.ATTENTION_HEAD_COLS, files.ATTENTION_LAYER_SUMS, files.PAIR_COUNTS)]
+        return cls(np.load(directory / files.ATTENTION_SOURCE_ROWS), *arrays, int(params.pop("n_cells")),
+                   pd.read_parquet(directory / files.table("panel")), params, full, embeddings)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy.stats import rankdata, spearmanr
 
 from ..io.references import ReferenceNetwork
-from .edges import EdgeScores, oriented_pair_scores
+from .edges import EdgeScores, HeadEdges
 from .ranking import auroc_from_ranks, evaluable_universe
 
 
@@ -21,7 +21,7 @@ def shared_symbols(panels: list[pd.DataFrame]) -> list[str]:
     return [s for s in panels[0]["symbol"] if s in common]
 
 
-def layer_recovery(edges: EdgeScores, reference: ReferenceNetwork, symbols: list[str], *,
+def layer_recovery(edges: EdgeScores | HeadEdges, reference: ReferenceNetwork, symbols: list[str], *,
                    direction: str = "tf_to_target") -> pd.DataFrame:
     """AUROC against ``reference`` of each source of ``edges`` restricted to ``symbols`` (rows: edge_type, layer,
     head, relative_depth (NaN for non-attention sources), auroc, n_pos, n_neg); empty when the shared genes hold no
@@ -30,7 +30,7 @@ def layer_recovery(edges: EdgeScores, reference: ReferenceNetwork, symbols: list
     uni = evaluable_universe(sub.panel, reference, sub.observed)
     if uni.n_pos == 0 or uni.n_pos == int(uni.pair_mask.sum()):
         return pd.DataFrame(columns=["edge_type", "layer", "head", "relative_depth", "auroc", "n_pos", "n_neg"])
-    scores = np.nan_to_num(oriented_pair_scores(sub.scores, uni.tf_rows, direction)[:, uni.pair_mask])   # [S, N]
+    scores = np.nan_to_num(sub.oriented(uni.tf_rows, direction)[:, uni.pair_mask])                      # [S, N]
     auroc = auroc_from_ranks(rankdata(scores, axis=1), uni.labels[uni.pair_mask])
     n_layers = int(sub.sources["layer"].max()) + 1
     out = sub.sources.copy()

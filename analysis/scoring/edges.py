@@ -1,8 +1,15 @@
 """Edge scores: attention (per layer and head, and per-layer head means) and Spearman correlation baselines.
 
-An :class:`EdgeScores` stacks ``S`` directed ``[G, G]`` score matrices over the gene panel, one per *source*
-(edge type, layer, head); row = query / regulator-side gene, column = key / target-side gene. Direction is
-applied at evaluation time (:func:`oriented_pair_scores`). Correlation edges follow the paper's baseline
+Every edge source (edge type, layer, head) scores directed gene pairs over the gene panel; row = query /
+regulator-side gene, column = key / target-side gene. Direction is applied at evaluation time (``oriented``). Two
+forms hold them, with one reading interface (``sources``, ``panel``, ``observed``, ``oriented(rows, direction)``):
+
+- :class:`EdgeScores` stacks ``S`` dense ``[G, G]`` matrices: each layer's head mean, correlations, baselines;
+- :class:`HeadEdges` holds every head at the source genes only (the pooled store's rows and columns,
+  :class:`~analysis.io.stores.AttentionStore`), and computes scores for the rows an analysis asks for, so the
+  ``[layers x heads, G, G]`` array that does not fit at V2-316M's scale is never built.
+
+:func:`combine` stacks sources of both forms (:class:`EdgeSet`). Correlation edges follow the paper's baseline
 (section 2.3): Spearman correlation of log1p(CP10k) expression across cells.
 """
 from __future__ import annotations
@@ -39,33 +46,149 @@ class EdgeScores:
             raise KeyError(f"no {edge_type} source at layer {layer}, head {head}")
         return int(hit[0])
 
+    def oriented(self, rows: np.ndarray, direction: str) -> np.ndarray:
+        """``[S, len(rows), G]`` scores of the pairs (row gene, every gene) under ``direction``
+        (:func:`oriented_pair_scores`)."""
+        return oriented_pair_scores(self.scores, rows, direction)
+
+    def take(self, indices: list[int]) -> "EdgeScores":
+        """The sources at ``indices`` (rows of :attr:`sources`), alone."""
+        return EdgeScores(self.scores[indices], self.sources.iloc[indices].reset_index(drop=True), self.observed,
+                          self.panel, self.params)
+
     def restrict(self, symbols: list[str]) -> "EdgeScores":
         """The same sources over the genes ``symbols`` (in that order; each must be in the panel)."""
-        index = {s: i for i, s in enumerate(self.panel["symbol"])}
-        idx = np.array([index[s] for s in symbols], dtype=np.int64)
+        idx = panel_positions(self.panel, symbols)
         return EdgeScores(self.scores[:, idx][:, :, idx], self.sources, self.observed[np.ix_(idx, idx)],
                           self.panel.iloc[idx].reset_index(drop=True), self.params)
 
     def select(self, edge_type: str) -> "EdgeScores":
         """The sources of one edge type, alone."""
-        keep = np.nonzero(self.sources["edge_type"].to_numpy() == edge_type)[0]
-        return EdgeScores(self.scores[keep], self.sources.iloc[keep].reset_index(drop=True), self.observed,
-                          self.panel, self.params)
+        return self.take(list(np.nonzero(self.sources["edge_type"].to_numpy() == edge_type)[0]))
 
 
-def attention_edges(store: AttentionStore) -> EdgeScores:
-    """Per-head mean attention plus the per-layer mean over heads."""
-    mean = store.mean_attention()                       # [L, H, G, G]
-    n_layers, n_heads = mean.shape[:2]
-    layer_mean = mean.mean(axis=1)                      # [L, G, G]
-    scores = np.concatenate([mean.reshape(n_layers * n_heads, *mean.shape[2:]), layer_mean], axis=0)
-    sources = pd.DataFrame({
-        "edge_type": ["attention"] * (n_layers * n_heads) + ["attention_layer_mean"] * n_layers,
-        "layer": list(np.repeat(np.arange(n_layers), n_heads)) + list(range(n_layers)),
-        "head": list(np.tile(np.arange(n_heads), n_layers)) + [-1] * n_layers,
-    })
-    return EdgeScores(scores, sources, np.asarray(store.counts) > 0, store.panel,
-                      {"kind": "attention", "n_cells": store.n_cells})
+def panel_positions(panel: pd.DataFrame, symbols: list[str]) -> np.ndarray:
+    """``[len(symbols)]`` row of each symbol in ``panel`` (each must be there)."""
+    index = {s: i for i, s in enumerate(panel["symbol"])}
+    return np.array([index[s] for s in symbols], dtype=np.int64)
+
+
+def mean_scores(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``sums / counts`` in float64 (``counts`` broadcast against ``sums``); NaN where never co-observed."""
+    counts = np.asarray(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, np.asarray(sums, dtype=np.float64) / np.maximum(counts, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class HeadEdges:
+    """Per-head mean attention at the source genes (module doc). ``row_sums``: ``[S, R, G]`` attention of source
+    ``r`` (query) on every panel gene summed over cells; ``col_sums``: ``[S, R, G]`` attention of every panel gene
+    (query) on source ``r`` (key); either may be memory-mapped. ``rows``: ``[R]`` panel indices of the sources;
+    ``counts``: ``[G, G]`` co-occurrence; ``sources``: S rows (edge_type ``attention``, layer, head)."""
+
+    row_sums: np.ndarray
+    col_sums: np.ndarray
+    rows: np.ndarray
+    counts: np.ndarray
+    sources: pd.DataFrame
+    panel: pd.DataFrame
+    params: dict
+
+    @property
+    def observed(self) -> np.ndarray:
+        """``[G, G]`` bool: co-observed in at least one cell."""
+        return np.asarray(self.counts) > 0
+
+    def kept(self, panel_rows: np.ndarray) -> np.ndarray:
+        """``[len(panel_rows)]`` position of each panel row among :attr:`rows`; a KeyError names genes not kept."""
+        where = {int(r): i for i, r in enumerate(self.rows)}
+        missing = [str(self.panel["symbol"].iloc[int(r)]) for r in panel_rows if int(r) not in where]
+        if missing:
+            raise KeyError(f"per-head attention is kept for reference TFs, perturbed genes and extraction.source_genes "
+                           f"only; not for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        return np.array([where[int(r)] for r in panel_rows], dtype=np.int64)
+
+    def oriented(self, rows: np.ndarray, direction: str) -> np.ndarray:
+        """``[S, len(rows), G]`` scores of (row gene, every gene) under ``direction``, as
+        :func:`oriented_pair_scores` reads a dense matrix: ``tf_to_target`` A[row, gene], ``target_to_tf``
+        A[gene, row], ``symmetric`` their mean."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        rows = np.asarray(rows, dtype=np.int64)
+        at = self.kept(rows)
+        counts = np.asarray(self.counts)[rows][None]                          # symmetric: same for both directions
+        forward = mean_scores(self.row_sums[:, at], counts) if direction != "target_to_tf" else None
+        backward = mean_scores(self.col_sums[:, at], counts) if direction != "tf_to_target" else None
+        if direction == "symmetric":
+            return (forward + backward) / 2
+        return forward if backward is None else backward
+
+    def take(self, indices: list[int]) -> "HeadEdges":
+        """The heads at ``indices`` (rows of :attr:`sources`), alone."""
+        return HeadEdges(self.row_sums[indices], self.col_sums[indices], self.rows, self.counts,
+                         self.sources.iloc[indices].reset_index(drop=True), self.panel, self.params)
+
+    def head(self, layer: int, head: int) -> "HeadEdges":
+        """One head, alone (a KeyError when the store has no such head)."""
+        hit = np.nonzero((self.sources["layer"].to_numpy() == layer) & (self.sources["head"].to_numpy() == head))[0]
+        if hit.size == 0:
+            raise KeyError(f"no attention head L{layer}H{head}")
+        return self.take([int(hit[0])])
+
+    def select(self, edge_type: str) -> "HeadEdges":
+        return self.take(list(np.nonzero(self.sources["edge_type"].to_numpy() == edge_type)[0]))
+
+    def restrict(self, symbols: list[str]) -> "HeadEdges":
+        """The same heads over the genes ``symbols`` (in that order; each in the panel): the sources among them keep
+        their rows and columns, restricted to those genes."""
+        idx = panel_positions(self.panel, symbols)
+        where = {int(r): i for i, r in enumerate(self.rows)}
+        new_rows = [i for i, g in enumerate(idx) if int(g) in where]
+        at = np.array([where[int(idx[i])] for i in new_rows], dtype=np.int64)
+        return HeadEdges(np.asarray(self.row_sums[:, at])[:, :, idx], np.asarray(self.col_sums[:, at])[:, :, idx],
+                         np.array(new_rows, dtype=np.int64), np.asarray(self.counts)[np.ix_(idx, idx)], self.sources,
+                         self.panel.iloc[idx].reset_index(drop=True), self.params)
+
+
+@dataclass(frozen=True)
+class EdgeSet:
+    """Sources of several edge objects over one panel, read as one (:func:`combine`)."""
+
+    parts: tuple
+
+    @property
+    def sources(self) -> pd.DataFrame:
+        return pd.concat([p.sources for p in self.parts], ignore_index=True)
+
+    @property
+    def panel(self) -> pd.DataFrame:
+        return self.parts[0].panel
+
+    @property
+    def observed(self) -> np.ndarray:
+        return self.parts[0].observed
+
+    def oriented(self, rows: np.ndarray, direction: str) -> np.ndarray:
+        return np.concatenate([p.oriented(rows, direction) for p in self.parts])
+
+    def select(self, edge_type: str) -> "EdgeSet":
+        return EdgeSet(tuple(p.select(edge_type) for p in self.parts if (p.sources["edge_type"] == edge_type).any()))
+
+
+def attention_edges(store: AttentionStore) -> tuple[HeadEdges, EdgeScores]:
+    """(every head at the store's source genes, each layer's head mean over every pair ``[L, G, G]`` float64)."""
+    n_layers, n_heads = store.n_layers, store.n_heads
+    heads = HeadEdges(store.head_rows.reshape(n_layers * n_heads, *store.head_rows.shape[2:]),
+                      store.head_cols.reshape(n_layers * n_heads, *store.head_cols.shape[2:]), store.source_rows,
+                      store.counts, pd.DataFrame({"edge_type": "attention", "layer": np.repeat(np.arange(n_layers),
+                                                                                               n_heads),
+                                                  "head": np.tile(np.arange(n_heads), n_layers)}),
+                      store.panel, {"kind": "attention", "n_cells": store.n_cells})
+    sources = pd.DataFrame({"edge_type": "attention_layer_mean", "layer": np.arange(n_layers), "head": -1})
+    layer_means = EdgeScores(mean_scores(store.layer_sums, store.counts), sources, np.asarray(store.counts) > 0,
+                             store.panel, {"kind": "attention", "n_cells": store.n_cells})
+    return heads, layer_means
 
 
 def spearman_matrix(x: np.ndarray) -> np.ndarray:
@@ -170,7 +293,6 @@ def oriented_pair_scores(scores: np.ndarray, tf_rows: np.ndarray, direction: str
     return backward if direction == "target_to_tf" else (forward + backward) / 2
 
 
-def combine(*edges: EdgeScores) -> EdgeScores:
-    """Stack edge sources over the same panel."""
-    return EdgeScores(np.concatenate([e.scores for e in edges]), pd.concat([e.sources for e in edges], ignore_index=True),
-                      edges[0].observed, edges[0].panel, {"kind": "combined"})
+def combine(*edges) -> EdgeSet:
+    """Stack edge sources over the same panel (dense :class:`EdgeScores` and :class:`HeadEdges` alike)."""
+    return EdgeSet(tuple(edges))

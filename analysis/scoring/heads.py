@@ -9,11 +9,11 @@ import pandas as pd
 
 def attention_entropy(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``[layers, heads]`` entropy (nats) of each head's attention over the gene panel, from the pooled store's
-    ``sums`` ``[layers, heads, G, G]`` and co-observation ``counts`` ``[G, G]``: every query row of the head's mean
-    attention (pairs never co-observed dropped) renormalised over the panel keys, its Shannon entropy, averaged over
-    rows. One layer at a time, so memory stays at one layer's ``[heads, G, G]``. A panel-restricted entropy: the
-    store keeps only panel pairs, so this ranks heads from diffuse to focused over the genes the analyses score, not
-    over the whole input."""
+    per-head source rows ``sums`` ``[layers, heads, R, G]`` and their co-observation ``counts`` ``[R, G]``: every
+    source row of the head's mean attention (pairs never co-observed dropped) renormalised over the panel keys, its
+    Shannon entropy, averaged over rows. One layer at a time, so memory stays at one layer's ``[heads, R, G]``. A
+    panel-restricted entropy over the source genes' rows (the store keeps per-head rows for those only), so this
+    ranks heads from diffuse to focused over the genes the analyses score, not over the whole input."""
     seen = np.asarray(counts) > 0
     out = np.full(sums.shape[:2], np.nan)
     for layer in range(sums.shape[0]):

@@ -22,7 +22,7 @@ from ..config import DE_TESTS
 from ..errors import InputError
 from ..io.cells import CellData
 from ..io.expression import expression_matrix
-from .edges import EdgeScores, oriented_pair_scores
+from .edges import EdgeScores, EdgeSet, HeadEdges
 from .ranking import auroc_from_ranks
 from .stats import benjamini_hochberg
 
@@ -146,7 +146,7 @@ def gene_level_scores(cells: CellData, panel: pd.DataFrame, *, reference_degree:
     return EdgeScores(scores, sources, np.ones((g, g), dtype=bool), panel, {"kind": "gene_level"})
 
 
-def perturbation_auroc(edges: EdgeScores, de: DEResult, *, direction: str = "tf_to_target",
+def perturbation_auroc(edges: EdgeScores | HeadEdges | EdgeSet, de: DEResult, *, direction: str = "tf_to_target",
                        universe: set[str] | None = None) -> pd.DataFrame:
     """Per (perturbation, source) AUROC of edge scores from the perturbed gene against its DE targets.
 
@@ -167,7 +167,7 @@ def perturbation_auroc(edges: EdgeScores, de: DEResult, *, direction: str = "tf_
         if labels.sum() == 0 or labels.sum() == labels.size:
             continue
         cols = np.array([index[s] for s in tab["symbol"]])
-        scores = oriented_pair_scores(edges.scores, np.array([index[pert]]), direction)[:, 0, cols]
+        scores = edges.oriented(np.array([index[pert]]), direction)[:, 0, cols]
         auc = auroc_from_ranks(stats.rankdata(np.nan_to_num(scores), axis=1), labels)
         for s, src in enumerate(edges.sources.itertuples(index=False)):
             rows.append((pert, src.edge_type, src.layer, src.head, float(auc[s]), int(labels.sum()),

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.stats import hypergeom, rankdata
 
 from ..io import schemas
-from .edges import EdgeScores, oriented_pair_scores
+from .edges import EdgeScores, EdgeSet, HeadEdges
 from ..io.references import ReferenceNetwork
 from .stats import benjamini_hochberg, hanley_mcneil_ci
 
@@ -124,14 +124,14 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def rank_heads(edges: EdgeScores, reference: ReferenceNetwork, *, direction: str = "tf_to_target",
+def rank_heads(edges: EdgeScores | HeadEdges | EdgeSet, reference: ReferenceNetwork, *, direction: str = "tf_to_target",
                top_k: tuple[int, ...] = (20, 50, 100, 200, 500), n_null: int = 200, seed: int = 0) -> HeadRanking:
     """Score every source of ``edges`` against ``reference`` (see module doc). Raises ``ValueError`` when the
     evaluable universe is empty (no reference TF with a target in the panel)."""
     uni = evaluable_universe(edges.panel, reference, edges.observed)
     if uni.tf_rows.size == 0 or uni.n_pos == 0:
         raise ValueError(f"no evaluable pairs: no {reference.name} TF has a reference target in the gene panel")
-    oriented = oriented_pair_scores(edges.scores, uni.tf_rows, direction)        # [S, n_tf, G]
+    oriented = edges.oriented(uni.tf_rows, direction)                           # [S, n_tf, G]
     flat = np.nan_to_num(oriented[:, uni.pair_mask], nan=0.0)                    # [S, N]
     y = uni.labels[uni.pair_mask]                                                # [N]
     n_pos, n_neg = int(y.sum()), int((~y).sum())

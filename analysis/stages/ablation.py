@@ -47,7 +47,7 @@ def build_sweep(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, per_p
     return sweep(list(aurocs[["layer", "head"]].itertuples(index=False, name=None)), inp.adapter.n_layers,
                  readout_layer=inp.readout_layer, ks=cfg.ks, n_random=cfg.n_random, seed=cfg.seed,
                  random_matching=cfg.random_matching,
-                 entropy=attention_entropy(store.sums, store.counts) if "entropy" in cfg.random_matching else None,
+                 entropy=attention_entropy(store.head_rows, np.asarray(store.counts)[store.source_rows]) if "entropy" in cfg.random_matching else None,
                  composite_order=composite_order(aurocs, by_layer) if by_layer is not None else None,
                  whole_layers=whole, mlp_blocks=[mlp_block_layers(b) for b in cfg.mlp_blocks])
 

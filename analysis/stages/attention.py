@@ -14,7 +14,7 @@ from ..interp.attention import extract_attention
 from ..io import files
 from ..io.artifacts import RunWriter
 from ..io.stores import AttentionStore
-from ..scoring.edges import EdgeScores, attention_edges, spearman_edges
+from ..scoring.edges import EdgeScores, HeadEdges, attention_edges, spearman_edges
 from .inputs import Inputs
 from .timing import timed
 
@@ -32,30 +32,32 @@ def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool, client=Non
     with timed(f"attention ({tokens.n_cells} {inp.cfg.extraction.cells} cells, {len(inp.panel)} panel genes, "
                f"{inp.adapter.device})"):
         if client is None:
-            store = extract_attention(inp.adapter, tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
+            store = extract_attention(inp.adapter, tokens, inp.panel, sources=inp.source_rows,
+                                      full_heads=inp.full_heads, batch_size=inp.cfg.extraction.batch_size,
                                       progress=progress)
         else:
             from .distributed import ModelSpec, extract_distributed
 
             m = inp.cfg.model
             spec = ModelSpec.of(inp.adapter, inp.model_dir, m.device, m.random_init, m.seed)
-            store = extract_distributed(client, spec, tokens, inp.panel, batch_size=inp.cfg.extraction.batch_size,
+            store = extract_distributed(client, spec, tokens, inp.panel, sources=inp.source_rows,
+                                        full_heads=inp.full_heads, batch_size=inp.cfg.extraction.batch_size,
                                         work_dir=writer.dir / "attention_shards")
             store.params["model"] = inp.adapter.name
         store.save(writer.dir)
         shutil.rmtree(writer.dir / "attention_shards", ignore_errors=True)
     writer.mark_done("attention", key, time.perf_counter() - t0)
-    return store, key
+    return AttentionStore.load(writer.dir), key   # memory-mapped: later stages read the rows they need
 
 
-def edges(inp: Inputs, store: AttentionStore, writer: RunWriter, key: str) -> tuple[EdgeScores, EdgeScores]:
-    """(attention edges, Spearman edges over the same cells), written as float32 arrays with the sources table."""
+def edges(inp: Inputs, store: AttentionStore, writer: RunWriter, key: str
+          ) -> tuple[HeadEdges, EdgeScores, EdgeScores]:
+    """(per-head attention at the source genes, each layer's head mean, Spearman edges over the same cells); the
+    Spearman edges written as a float32 array (the app reads attention from the store itself)."""
     t0 = time.perf_counter()
     with timed("edges"):
-        att_edges = attention_edges(store)
+        heads, layer_means = attention_edges(store)
         corr_edges = spearman_edges(inp.attention_cell_data, store.panel)
-        np.save(writer.dir / files.EDGES_ATTENTION, att_edges.scores.astype(np.float32))
         np.save(writer.dir / files.EDGES_SPEARMAN, corr_edges.scores.astype(np.float32))
-        att_edges.sources.to_parquet(writer.dir / files.table("edge_sources"), index=False)
     writer.mark_done("edges", key, time.perf_counter() - t0)
-    return att_edges, corr_edges
+    return heads, layer_means, corr_edges

@@ -15,11 +15,10 @@ from .inputs import Inputs
 from .timing import timed
 
 
-def stage(inp: Inputs, att_edges: EdgeScores, corr_edges: EdgeScores, writer: RunWriter, key: str) -> StatsRegistry:
+def stage(inp: Inputs, layer_means: EdgeScores, corr_edges: EdgeScores, writer: RunWriter, key: str) -> StatsRegistry:
     """Write ``layer_biology``, ``layer_biology_control`` and ``attention_expression``; return their tests."""
     t0 = time.perf_counter()
     with timed("layer biology"):
-        layer_means = att_edges.select("attention_layer_mean")
         references = inp.pair_references + inp.references
         profiles = biology.layer_profiles(layer_means, corr_edges, references)
         control = biology.expression_control(layer_means, corr_edges, references,

@@ -26,7 +26,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import InputError
 from ..interp.attention import extract_attention
-from ..io.stores import AttentionStore
+from ..io.stores import AttentionStore, narrowest_count_dtype
 from ..models.base import ModelAdapter, TokenizedCells, load_adapter
 
 log = logging.getLogger("precompute")
@@ -63,13 +63,14 @@ def shard_cells(tokens: TokenizedCells, batch_size: int, n_shards: int) -> list[
     return [np.concatenate([batches[b] for b in cut]) for cut in cuts if cut.size]
 
 
-def extract_shard(spec: ModelSpec, tokens: TokenizedCells, panel: pd.DataFrame, batch_size: int,
+def extract_shard(spec: ModelSpec, tokens: TokenizedCells, panel: pd.DataFrame, kept: dict, batch_size: int,
                   directory: str) -> str:
-    """The task: one shard's pooled store, written to ``directory`` (complete once it exists)."""
+    """The task: one shard's pooled store, written to ``directory`` (complete once it exists); ``kept``: the
+    ``sources`` and ``full_heads`` arguments of :func:`~analysis.interp.attention.extract_attention`."""
     final = Path(directory)
     if not (final / "done").is_file():
         partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
-        store = extract_attention(worker_adapter(spec), tokens, panel, batch_size=batch_size, progress=False)
+        store = extract_attention(worker_adapter(spec), tokens, panel, **kept, batch_size=batch_size, progress=False)
         store.save(partial)
         (partial / "done").touch()
         try:
@@ -80,25 +81,33 @@ def extract_shard(spec: ModelSpec, tokens: TokenizedCells, panel: pd.DataFrame, 
 
 
 def merge_shards(paths: list[str], shards: list[np.ndarray], n_cells: int, params: dict) -> AttentionStore:
-    """Sum the shards' stores; each cell's embeddings back at its row (``shards``: cell indices per shard);
-    ``params`` join the shards' own."""
-    stores = [AttentionStore.load(Path(p), mmap=False) for p in paths]
-    sums = np.sum([s.sums for s in stores], axis=0)
-    counts = np.sum([s.counts for s in stores], axis=0)
-    embeddings = {}
-    for kind in stores[0].cell_embeddings:
-        out = np.zeros((n_cells, stores[0].cell_embeddings[kind].shape[1]), np.float32)
-        for store, idx in zip(stores, shards):
-            out[idx] = store.cell_embeddings[kind]
-        embeddings[kind] = out
-    return AttentionStore(sums, counts, n_cells, stores[0].panel, {**stores[0].params, **params}, embeddings)
+    """Sum the shards' stores, one shard read at a time (memory: one store, whatever the number of shards); each
+    cell's embeddings back at its row (``shards``: cell indices per shard); ``params`` join the shards' own."""
+    total = AttentionStore.load(Path(paths[0]), mmap=False)
+    embeddings = {kind: np.zeros((n_cells, emb.shape[1]), np.float32) for kind, emb in total.cell_embeddings.items()}
+    counts = np.asarray(total.counts, dtype=np.uint64)
+    for path, idx in zip(paths, shards):
+        shard = total if path == paths[0] else AttentionStore.load(Path(path))
+        if shard is not total:
+            for name in ("head_rows", "head_cols", "layer_sums"):
+                np.add(getattr(total, name), getattr(shard, name), out=getattr(total, name))
+            for name, matrix in total.full_heads.items():
+                matrix += shard.full_heads[name]
+            counts += shard.counts
+        for kind, out in embeddings.items():
+            out[idx] = shard.cell_embeddings[kind]
+    return AttentionStore(total.source_rows, total.head_rows, total.head_cols, total.layer_sums,
+                          counts.astype(narrowest_count_dtype(n_cells)), n_cells, total.panel,
+                          {**total.params, **params}, total.full_heads, embeddings)
 
 
 def extract_distributed(client, spec: ModelSpec, tokens: TokenizedCells, panel: pd.DataFrame, *,
-                        batch_size: int, work_dir: Path, n_shards: int | None = None, retries: int = 3,
+                        batch_size: int, work_dir: Path, sources: np.ndarray | None = None,
+                        full_heads: tuple[tuple[int, int], ...] = (), n_shards: int | None = None, retries: int = 3,
                         task: Callable = extract_shard) -> AttentionStore:
     """The pooled store of ``tokens`` extracted on ``client``'s cluster (module doc): ``n_shards`` (default four
-    per worker) shards under ``work_dir``, those already there reused. ``task`` is the shard task (a test passes one
+    per worker) shards under ``work_dir``, those already there reused; ``sources`` and ``full_heads`` as
+    :func:`~analysis.interp.attention.extract_attention` takes them. ``task`` is the shard task (a test passes one
     that kills its worker once)."""
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     shards = shard_cells(tokens, batch_size, n_shards or 4 * n_workers)
@@ -110,8 +119,9 @@ def extract_distributed(client, spec: ModelSpec, tokens: TokenizedCells, panel: 
              len(shards), len(todo), len(shards) - len(todo))
     # the shard's cells and the panel travel inside each task (not scattered ahead): a retried task must not
     # depend on data that lived only on the worker that died
-    futures = [client.submit(task, spec, tokens.subset(shards[i]), panel, batch_size, paths[i], retries=retries,
-                             pure=False) for i in todo]
+    kept = {"sources": sources, "full_heads": tuple(full_heads)}
+    futures = [client.submit(task, spec, tokens.subset(shards[i]), panel, kept, batch_size, paths[i],
+                             retries=retries, pure=False) for i in todo]
     client.gather(futures)
     return merge_shards(paths, shards, tokens.n_cells, {"shards": len(shards), "workers": n_workers})
 

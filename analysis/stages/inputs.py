@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..errors import ConfigError, InputError
 from ..io import schemas
 from ..io.artifacts import sha256_path
 from ..io.cells import CellData
+from ..io.stores import source_genes
 from ..io.references import ReferenceNetwork, coregulation_pairs, load_pair_reference, load_reference, load_trrust
 from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter, tokens_of
 from ..rerun import load_cells_for
@@ -56,6 +58,21 @@ class Inputs:
     def attention_cell_data(self) -> CellData:
         """The attention cells' counts (the Spearman baseline and CSSI strata use the same cells)."""
         return self.cells.subset(self.attention_cells)
+
+    @cached_property
+    def source_rows(self) -> np.ndarray:
+        """``[R]`` panel indices whose per-head rows and columns the pooled store keeps
+        (:func:`analysis.io.stores.source_genes`)."""
+        try:
+            return source_genes(self.panel, self.cfg.extraction.source_genes)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+
+    @cached_property
+    def full_heads(self) -> tuple[tuple[int, int], ...]:
+        """(layer, head) of every head kept whole (``extraction.full_heads``, ``L<l>H<h>``), checked against the
+        model."""
+        return parse_heads(self.cfg.extraction.full_heads, self.adapter.n_layers, self.adapter.n_heads)
 
     @property
     def readout_layer(self) -> int:
@@ -113,6 +130,21 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
                              panel_size=ext.panel_size,
                              universe=evaluation_universe(cells, tokens.genes, present, pert.universe, pert.universe_size))
     return tokens, schemas.validate("panel", panel)
+
+
+def parse_heads(names: tuple[str, ...], n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:
+    """``("L13H4", ...)`` -> ``((13, 4), ...)``; an InputError names a malformed name or a head the model lacks."""
+    heads = []
+    for name in names:
+        match = re.fullmatch(r"L(\d+)H(\d+)", name.strip())
+        if match is None:
+            raise InputError(f"extraction.full_heads: {name!r} is not a head name; write L<layer>H<head>, e.g. L13H4")
+        layer, head = int(match[1]), int(match[2])
+        if not (layer < n_layers and head < n_heads):
+            raise InputError(f"extraction.full_heads: {name} is not in the model ({n_layers} layers x {n_heads} heads, "
+                             f"L0H0 to L{n_layers - 1}H{n_heads - 1})")
+        heads.append((layer, head))
+    return tuple(dict.fromkeys(heads))
 
 
 def check_sae(cfg: SAEConfig, n_layers: int, d_model: int) -> None:
@@ -196,5 +228,7 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     hashes = {"data": sha256_path(Path(data_cfg.path))}
     hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"]))
                    for r in references + pair_references if r.params.get("kind") != "coregulation"})
-    return Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance,
-                  attention_cells, pair_references)
+    inputs = Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance,
+                    attention_cells, pair_references)
+    inputs.source_rows, inputs.full_heads   # checked here, before anything is written
+    return inputs

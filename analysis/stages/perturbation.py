@@ -22,7 +22,7 @@ from ..io.cells import CellData
 from ..io.expression import expression_matrix
 from ..io.references import ReferenceNetwork
 from ..scoring import confounds, layer_selection
-from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, combine, correlation_variants
+from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, EdgeSet, HeadEdges, combine, correlation_variants
 from ..scoring.panel import highly_variable
 from ..scoring.perturbation import (differential_expression, gene_level_scores, on_target_check,
                                     perturbation_auroc)
@@ -65,14 +65,15 @@ def _pair_scores(edges: EdgeScores, source: int, de: pd.DataFrame) -> pd.DataFra
                          "score": edges.scores[source][rows, cols]})
 
 
-def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeScores,
+def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_means: EdgeScores, corr: EdgeScores,
         references: list[ReferenceNetwork], cfg: PerturbationConfig, *,
         constructed: dict[str, np.ndarray] | None = None) -> PerturbationResults:
-    """``corr``: the Spearman edges over the cells attention ran on (:func:`analysis.scoring.edges.spearman_edges`)."""
+    """``heads``: every head at the source genes (None: layer means only); ``layer_means``: each layer's head mean;
+    ``corr``: the Spearman edges over the cells attention ran on (:func:`analysis.scoring.edges.spearman_edges`)."""
     reg = StatsRegistry()
-    n_layers = int(attention.sources["layer"].max()) + 1
+    n_layers = int(layer_means.sources["layer"].max()) + 1
     readout = cfg.resolve_readout_layer(n_layers)
-    readout_idx = attention.source_index("attention_layer_mean", readout)
+    readout_idx = layer_means.source_index("attention_layer_mean", readout)
     degree = references[0].edges.groupby("tf").size().to_dict()
     baselines = gene_level_scores(cells, panel, reference_degree=degree)
     de = differential_expression(cells, panel[panel["in_universe"]], lfc_threshold=cfg.lfc_threshold,
@@ -80,7 +81,7 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
     on_target = on_target_check(cells, cfg.modality, lfc=cfg.lfc)
     corr_variants = correlation_variants(corr, de.table, cfg.modality)
     corr = corr_variants.select(CORRELATION_EDGE_TYPES[cfg.correlation_edge])
-    everything = combine(attention, corr_variants, baselines)
+    everything = combine(*([heads] if heads is not None else []), layer_means, corr_variants, baselines)
     per_pert = perturbation_auroc(everything, de)
     failed = set(on_target.loc[on_target["status"] == "failed", "perturbation"])
     log.info("perturbation-first: %d evaluable perturbations of %d (%d fail the on-target %s check and are left out "
@@ -124,17 +125,16 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
     selection = select_layers(confirmable, CORRELATION_EDGE_TYPES[cfg.correlation_edge], reg, seed=cfg.seed)
     if selection is not None:
         tables["layer_selection"] = selection
-    tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(attention, corr, baselines), readout_idx,
-                                                  attention.sources.shape[0], cfg, reg, exclude=failed)
-    check = universe_check(cells, panel, combine(attention.select("attention_layer_mean"), corr), de, cfg,
-                           exclude=failed)
+    tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(layer_means.take([readout_idx]), corr, baselines),
+                                                  cfg, reg, exclude=failed)
+    check = universe_check(cells, panel, combine(layer_means, corr), de, cfg, exclude=failed)
     if not check.empty:
         tables["universe_check"] = check
         _register_universe_check(check, readout, reg)
     features = pd.DataFrame({"symbol": panel["symbol"],
                              **{k: baselines.scores[i, 0] for i, k in enumerate(("mean", "variance", "detection"))}}
                             ).set_index("symbol")
-    edge_cols = {"attention": _pair_scores(attention, readout_idx, de.table),
+    edge_cols = {"attention": _pair_scores(layer_means, readout_idx, de.table),
                  "correlation": _pair_scores(corr, 0, de.table)}
     for variant, edge_type in CORRELATION_EDGE_TYPES.items():
         if variant != cfg.correlation_edge:
@@ -142,7 +142,7 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
     if constructed:
         for name, matrix in constructed.items():
             fake = EdgeScores(matrix[None], pd.DataFrame({"edge_type": [name], "layer": [-1], "head": [-1]}),
-                              attention.observed, panel, {})
+                              layer_means.observed, panel, {})
             edge_cols[f"sim_{name}"] = _pair_scores(fake, 0, de.table)
     obs = confounds.observation_table(de.table, features, edge_cols)
     tables["incremental_value"] = incremental(obs, edge_cols, cfg, reg, sample="all observations")
@@ -207,17 +207,14 @@ def incremental(obs: pd.DataFrame, edge_cols: dict, cfg: PerturbationConfig, reg
     return inc
 
 
-def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, readout_idx: int, n_attention: int,
-                     cfg: PerturbationConfig, reg: StatsRegistry, *, exclude: set[str] = frozenset()) -> pd.DataFrame:
-    """Mean per-perturbation AUROC of correlation, the read-out attention layer and the baselines over
+def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeSet, cfg: PerturbationConfig,
+                     reg: StatsRegistry, *, exclude: set[str] = frozenset()) -> pd.DataFrame:
+    """Mean per-perturbation AUROC of ``edges`` (correlation, the read-out attention layer and the baselines) over
     LFC threshold x control-cell count x HVG count (3 x 3 x 3 = 27 conditions; Supplementary Note 6.3). Counts are
     ``grid_n_control`` / ``grid_universe_size`` (absolute, capped at what the data has) or, when those are empty,
     fractions of the control cells and of the universe. The universe at each HVG count is that many of the run's
     universe genes by variance (perturbed genes kept for ``hvg_plus_perturbed``; counts whose universes the kept
     genes make equal are one condition); ``exclude``: perturbations left out (failed on-target check)."""
-    keep_sources = [readout_idx] + list(range(n_attention, edges.scores.shape[0]))
-    sub = EdgeScores(edges.scores[keep_sources], edges.sources.iloc[keep_sources].reset_index(drop=True),
-                     edges.observed, edges.panel, {})
     n_ctrl = int((cells.obs[cells.perturbation_col].astype(str) == cells.control_label).sum())
     scored = panel[panel["in_universe"]]
     order = scored["symbol"].to_numpy()[highly_variable(cells, scored["gene_id"].to_numpy(), len(scored))]
@@ -233,7 +230,7 @@ def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, re
             de = differential_expression(cells, scored, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha,
                                          test=cfg.test, lfc=cfg.lfc, seed=cfg.seed)
             for universe in universes:
-                res = perturbation_auroc(sub, de, universe=universe)
+                res = perturbation_auroc(edges, de, universe=universe)
                 res = res[~res["perturbation"].isin(exclude)]
                 for (etype, layer), grp in res.groupby(["edge_type", "layer"]):
                     v = grp["auroc"].to_numpy()
@@ -249,7 +246,7 @@ def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, re
     return pd.DataFrame(rows)
 
 
-def universe_check(cells: CellData, panel: pd.DataFrame, edges: EdgeScores, de, cfg: PerturbationConfig, *,
+def universe_check(cells: CellData, panel: pd.DataFrame, edges: EdgeSet, de, cfg: PerturbationConfig, *,
                    exclude: set[str] = frozenset()) -> pd.DataFrame:
     """The HVG-protocol confound check (Supplementary Note 14.9): per-perturbation AUROC of every layer's head mean
     and of the primary correlation edge (``edges``, in that order) under the run's universe (``run``) and under the
@@ -294,14 +291,15 @@ def constructed_edges(cfg: RunConfig, cells: CellData, panel: pd.DataFrame) -> d
     return simulated_edges(make_network(cfg.simulation), list(panel["symbol"]), variance, seed=cfg.simulation.seed)
 
 
-def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWriter, key: str) -> PerturbationResults:
+def stage(inp: Inputs, heads: HeadEdges, layer_means: EdgeScores, corr: EdgeScores, writer: RunWriter, key: str
+          ) -> PerturbationResults:
     """Run the stage on a run's inputs and write its tables (the confound models' fits run on one OpenMP thread:
     see analysis.scoring.confounds)."""
     t0 = time.perf_counter()
     with timed("perturbation"):
         embedded = inp.provenance.get("data") == "embedded simulation"
         planted = constructed_edges(inp.cfg, inp.cells, inp.panel) if embedded else None
-        result = run(inp.cells, inp.panel, attention, corr, inp.references, inp.cfg.perturbation,
+        result = run(inp.cells, inp.panel, heads, layer_means, corr, inp.references, inp.cfg.perturbation,
                      constructed=planted)
         for name, frame in result.tables.items():
             writer.write_table(name, frame)

@@ -122,14 +122,14 @@ def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: flo
     log.info("run %s -> %s", writer.run_id, writer.final)
     try:
         store, key = attention.run(inp, writer, run_key, progress, client)
-        att_edges, corr_edges = attention.edges(inp, store, writer, key)
-        head_ranking = ranking.run(inp, att_edges, corr_edges, writer, key)
+        heads, layer_means, corr_edges = attention.edges(inp, store, writer, key)
+        head_ranking = ranking.run(inp, heads, layer_means, corr_edges, writer, key)
         registry = ranking.registry(head_ranking, inp.readout_layer)
-        registry.extend(biology.stage(inp, att_edges, corr_edges, writer, key))
-        registry.extend(confounds.stage(inp, att_edges, corr_edges, writer, key))
+        registry.extend(biology.stage(inp, layer_means, corr_edges, writer, key))
+        registry.extend(confounds.stage(inp, layer_means, corr_edges, writer, key))
         de_table = per_pert = None
         if inp.cells.perturbation_col is not None:
-            pert = perturbation.stage(inp, att_edges, corr_edges, writer, key)
+            pert = perturbation.stage(inp, heads, layer_means, corr_edges, writer, key)
             registry.extend(pert.registry)
             de_table, per_pert = pert.tables.get("de_results"), pert.tables.get("perturbation_auroc")
         if inp.cfg.ablation.n_cells > 0:

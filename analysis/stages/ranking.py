@@ -8,14 +8,15 @@ import pandas as pd
 
 from ..io import files, schemas
 from ..io.artifacts import RunWriter
-from ..scoring.edges import EdgeScores
+from ..scoring.edges import EdgeScores, HeadEdges
 from ..scoring.ranking import rank_heads
 from ..scoring.registry import StatsRegistry
 from .inputs import Inputs
 from .timing import timed
 
 
-def run(inp: Inputs, att_edges: EdgeScores, corr_edges: EdgeScores, writer: RunWriter, key: str) -> pd.DataFrame:
+def run(inp: Inputs, heads: HeadEdges, layer_means: EdgeScores, corr_edges: EdgeScores, writer: RunWriter, key: str
+        ) -> pd.DataFrame:
     """Write ``head_ranking``, ``per_tf`` and the panel-restricted ``reference_edges``; return the ranking."""
     cfg = inp.cfg.ranking
     t0 = time.perf_counter()
@@ -23,7 +24,7 @@ def run(inp: Inputs, att_edges: EdgeScores, corr_edges: EdgeScores, writer: RunW
     with timed("ranking"):
         for ref in inp.references:
             for direction in cfg.directions:
-                for edges in (att_edges, corr_edges):
+                for edges in (heads, layer_means, corr_edges):
                     res = rank_heads(edges, ref, direction=direction, top_k=cfg.top_k, n_null=cfg.n_null,
                                      seed=cfg.seed)
                     tables.append(res.table)

@@ -12,7 +12,6 @@ from dash import ALL, Input, Output, State, dash_table, dcc, html
 from analysis.io.references import ReferenceNetwork
 from analysis.scoring.compare import (confound_summary, edge_consistency, feature_summary, layer_recovery,
                                      shared_symbols)
-from analysis.scoring.edges import EdgeScores
 from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
@@ -116,10 +115,7 @@ def head_recovery(store, run_id: str, head: str, reference: str, symbols: list[s
     """One head's AUROC on the shared genes (``head``: ``L<layer>H<head>``), at its run's relative depth."""
     layer, h = (int(x) for x in head[1:].split("H"))
     m = store.manifest(run_id)
-    panel = store.panel(run_id)
-    matrix = store.head_matrix(run_id, layer, h)
-    sources = pd.DataFrame({"edge_type": ["attention"], "layer": [layer], "head": [h]})
-    edges = EdgeScores(matrix[None], sources, np.asarray(store.pair_counts(run_id)) > 0, panel, {}).restrict(symbols)
+    edges = store.head_edges(run_id).head(layer, h).restrict(symbols)
     ref_edges = store.reference_edges(run_id)
     rec = layer_recovery(edges, ReferenceNetwork(reference, ref_edges[ref_edges["reference"] == reference], {}),
                          symbols)

@@ -27,14 +27,12 @@ def layout(symbol: str | None = None, **_):
     ], fluid=True)
 
 
-def head_rows(sources: pd.DataFrame, rows: np.ndarray, cols: np.ndarray | None, symbols: np.ndarray, g: int
+def head_rows(sources: pd.DataFrame, rows: np.ndarray, cols: np.ndarray, symbols: np.ndarray, g: int
               ) -> pd.DataFrame:
     """Per attention source: the gene's strongest edge as query (row) and as key (column), with the partner."""
     out = []
     for s, src in enumerate(sources.itertuples(index=False)):
-        for role, vec in (("query", rows[s]), ("key", None if cols is None else cols[s])):
-            if vec is None:
-                continue
+        for role, vec in (("query", rows[s]), ("key", cols[s])):
             v = np.where(np.arange(vec.size) == g, np.nan, vec)
             if np.isfinite(v).any():
                 k = int(np.nanargmax(v))
@@ -77,12 +75,13 @@ def register(app, store, settings, jobs, exports):
                 html.H5("Reference partners"),
                 dash_table.DataTable(data=partners[["reference", "role", "partner", "mode"]].to_dict("records"),
                                      page_size=8, sort_action="native")]
-        sources, rows, cols = store.gene_edges(run_id, symbol)
+        sources, rows, cols, kept = store.gene_edges(run_id, symbol)
         heads = head_rows(sources, rows, cols, symbols, g)
         body += [html.H5("Heads whose strongest edges involve it", className="mt-3"),
-                 html.P("Per head: the gene's strongest partner as query (row) and as key (column); vs_typical = that "
-                        "edge over the gene's mean edge in the head." + ("" if cols is not None else
-                        " Large panel: query rows only."), className="explain"),
+                 html.P("Per head and layer mean: the gene's strongest partner as query (row) and as key (column); "
+                        "vs_typical = that edge over the gene's mean edge there." + (
+                            "" if kept else " Layer means only: per-head attention is kept for reference TFs, "
+                            "perturbed genes and genes named in extraction.source_genes."), className="explain"),
                  dash_table.DataTable(data=heads.round(4).to_dict("records"), sort_action="native", page_size=N_HEADS,
                                       columns=[table_column(c, ("attention", "vs_typical")) for c in heads.columns])]
         per_tf = store.table(run_id, "per_tf")

@@ -6,7 +6,7 @@ from dash import Input, Output, dash_table, dcc, html, no_update
 
 from .. import ids
 from ..components import figure_card
-from ..data import head_view
+from ..data import head_view, reference_tf_rows
 from ..figures import DIRECTION_LABELS, gene_gene_heatmap, head_grid, head_heatmap, metric_label
 
 PATH, NAME = "/heads", "Heads"
@@ -98,13 +98,15 @@ def register(app, store, settings, jobs, exports):
             label = (f"Showing the best head by AUROC, layer {selected['layer']}, head {selected['head']}; click "
                      "another in the heatmap.")
         layer, head = selected["layer"], selected["head"]
+        panel, ref_edges = store.panel(run_id), store.reference_edges(run_id)
+        tf_rows = reference_tf_rows(panel, ref_edges, reference)
         try:
-            matrix = store.head_matrix(run_id, layer, head)
+            scores = store.head_scores(run_id, layer, head, tf_rows, direction)
         except KeyError as exc:
             return {}, [], [], str(exc)
-        block, edges = head_view(matrix, store.pair_counts(run_id), store.panel(run_id), store.reference_edges(run_id),
-                                 reference=reference, direction=direction, n_rows=min(25, settings.max_genes_drawn),
-                                 n_cols=settings.max_genes_drawn, n_edges=settings.top_edges)
+        block, edges = head_view(scores, tf_rows, store.pair_counts(run_id), panel, ref_edges, reference=reference,
+                                 n_rows=min(25, settings.max_genes_drawn), n_cols=settings.max_genes_drawn,
+                                 n_edges=settings.top_edges)
         title = f"Layer {layer}, head {head} ({reference})"
         fig = gene_gene_heatmap(block, title=title, direction=direction)
         table = edges.assign(score=edges["score"].round(5), in_reference=edges["in_reference"].astype(str))

@@ -182,7 +182,7 @@ def custom_de(store, run_id: str, manifest, *, lfc: float, n_control: int | None
     """DE with the given settings, then per-perturbation AUROC of one attention source, control-cell Spearman and
     the variance baseline (the slow path behind the Run button)."""
     from analysis.rerun import RunContext
-    from analysis.scoring.edges import EdgeScores, combine, spearman_edges
+    from analysis.scoring.edges import EdgeScores, combine, mean_scores, spearman_edges
     from analysis.scoring.perturbation import differential_expression, gene_level_scores, perturbation_auroc
 
     panel = store.panel(run_id)
@@ -192,10 +192,13 @@ def custom_de(store, run_id: str, manifest, *, lfc: float, n_control: int | None
     de = differential_expression(cells, panel, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha, test=test,
                                  seed=cfg.seed)
     progress((60, "edge scores"))
-    matrix = store.head_matrix(run_id, layer, head)
-    att = EdgeScores(matrix[None], pd.DataFrame({"edge_type": ["attention" if head >= 0 else "attention_layer_mean"],
-                                                 "layer": [layer], "head": [head]}),
-                     np.ones(matrix.shape, bool), panel, {})
+    if head >= 0:
+        att = store.head_edges(run_id).head(layer, head)
+    else:
+        attention = store.attention(run_id)
+        att = EdgeScores(mean_scores(attention.layer_sums[layer], attention.counts)[None],
+                         pd.DataFrame({"edge_type": ["attention_layer_mean"], "layer": [layer], "head": [-1]}),
+                         np.asarray(attention.counts) > 0, panel, {})
     base = gene_level_scores(cells, panel)
     variance = EdgeScores(base.scores[1:2], base.sources.iloc[1:2].reset_index(drop=True), base.observed, panel, {})
     progress((80, "AUROC"))

@@ -42,14 +42,18 @@ def test_embedded_run_is_complete(embedded_cache, family):
     cache, runs = embedded_cache
     run_dir = runs[family]
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert {"head_ranking.parquet", "attention_sums.npy", "edges_attention.npy", "panel.parquet"} <= set(manifest["files"])
+    assert {"head_ranking.parquet", "attention_head_rows.npy", "attention_head_cols.npy", "attention_layer_sums.npy",
+            "panel.parquet"} <= set(manifest["files"])
+    assert not any("attention_sums" in f or "edges_attention" in f for f in manifest["files"])   # no [L, H, G, G]
     store = ArtifactStore(cache)
     ranking = store.ranking(run_dir.name)
     assert set(ranking["direction"]) == {"tf_to_target", "target_to_tf", "symmetric"}
     assert set(ranking["edge_type"]) == {"attention", "attention_layer_mean", "spearman"}
     auroc = ranking[(ranking["metric"] == "auroc") & (ranking["edge_type"] == "spearman")]["value"]
     assert (auroc > 0.6).all()  # correlation recovers the simulated network: the simulation has signal
-    assert store.head_matrix(run_dir.name, 1, 0).shape == (len(store.panel(run_dir.name)),) * 2
+    panel = store.panel(run_dir.name)
+    tf_rows = np.nonzero(panel["is_tf"].to_numpy())[0]
+    assert store.head_scores(run_dir.name, 1, 0, tf_rows, "symmetric").shape == (tf_rows.size, len(panel))
 
 
 @pytest.mark.parametrize("family", ["geneformer", "scgpt"])
@@ -110,10 +114,14 @@ def test_embedded_run_has_cssi(embedded_cache, family):
     for k in levels:
         assert np.unique(cssi.strata.cell_labels(k)).size == k
     # fine clusters and random groups each partition the cells: their sums are the pooled store of those layers
-    pooled = np.load(run_dir / "attention_sums.npy")[list(cssi.params["layers"])]
+    layers = list(cssi.params["layers"])
+    head_rows, layer_sums = (np.load(run_dir / name)[layers] for name in ("attention_head_rows.npy",
+                                                                         "attention_layer_sums.npy"))
+    sources = np.load(run_dir / "attention_source_rows.npy")
     sums, f = np.asarray(cssi.source.group_sums), cssi.strata.n_fine
-    assert np.allclose(sums[:f].sum(0), pooled, rtol=1e-4, atol=1e-4)
-    assert np.allclose(sums[f:].sum(0), pooled, rtol=1e-4, atol=1e-4)
+    for groups in (sums[:f], sums[f:]):
+        assert np.allclose(groups.sum(0).mean(1), layer_sums, rtol=1e-4, atol=1e-4)
+        assert np.allclose(groups.sum(0)[:, :, sources], head_rows, rtol=1e-4, atol=1e-4)
     assert np.array_equal(np.asarray(cssi.source.group_counts[:f]).sum(0), np.load(run_dir / "pair_counts.npy"))
     curve = store.table(run, "cssi_curve")
     n_sites = len(cssi.source.sites)   # 2 layers x 4 heads + 2 layer means + Spearman signed and absolute
@@ -273,7 +281,7 @@ def test_embedded_run_has_the_regulatory_test_and_coactivation_modules(embedded_
 def test_rerun_reuses_finished_stages(embedded_cache):
     cache, runs = embedded_cache
     run_dir = runs["geneformer"]
-    before = (run_dir / "attention_sums.npy").stat().st_mtime_ns
+    before = (run_dir / "attention_head_rows.npy").stat().st_mtime_ns
     scgpt_before = (runs["scgpt"] / "manifest.json").stat().st_mtime_ns
     # simulate a killed run: the complete run becomes a partial one, then precompute resumes it
     partial = run_dir.with_name(run_dir.name + ".partial")
@@ -283,7 +291,7 @@ def test_rerun_reuses_finished_stages(embedded_cache):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     skipped = {t["stage"]: t["skipped"] for t in manifest["stage_timings"]}
     assert skipped["attention"] and skipped["ablation"] and skipped["cssi"]
-    assert (run_dir / "attention_sums.npy").stat().st_mtime_ns == before
+    assert (run_dir / "attention_head_rows.npy").stat().st_mtime_ns == before
     assert not partial.exists()
     assert (runs["scgpt"] / "manifest.json").stat().st_mtime_ns == scgpt_before   # the other family untouched
 

@@ -1,6 +1,8 @@
 """The streaming store, on both model families, against a brute-force loop over the model's own explicit attention
 weights (Geneformer: eager BERT ``output_attentions``; scGPT: the native model's explicit-softmax path), one cell at a
-time; plus shard merging, grouped stores and the captured cell embeddings."""
+time, accumulated as a dense float64 ``[layers, heads, G, G]``: the pooled store's per-head source rows and columns,
+float32, equal that dense reference's slices to 1e-5 relative, and its float64 layer sums and whole heads equal it to
+float64 rounding of the forward; plus shard merging, grouped stores and the captured cell embeddings."""
 import copy
 
 import numpy as np
@@ -61,17 +63,55 @@ def brute_force(adapter, tokens, panel):
     return sums, counts
 
 
+def assert_matches_dense(store, sums, counts, atol):
+    """The pooled store holds the dense reference's source rows, source columns, head means and whole heads."""
+    src = store.source_rows
+    assert np.array_equal(store.counts, counts) and store.counts.dtype == np.uint8
+    assert np.allclose(store.head_rows, sums[:, :, src, :], rtol=1e-5, atol=atol)
+    assert np.allclose(store.head_cols, np.swapaxes(sums[:, :, :, src], 2, 3), rtol=1e-5, atol=atol)
+    assert np.allclose(store.layer_sums, sums.mean(axis=1), rtol=1e-5, atol=atol)
+    for name, matrix in store.full_heads.items():
+        layer, head = (int(x) for x in name[1:].split("H"))
+        assert np.allclose(matrix, sums[layer, head], rtol=1e-5, atol=atol)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_store_equals_brute_force(family_setups, family):
     adapter, tokens, panel = family_setups[family]
     tokens = tokens.subset(np.arange(20))
-    store = extract_attention(adapter, tokens, panel, batch_size=7, progress=False)
+    sources = np.array([0, 3, len(panel) - 1])
+    store = extract_attention(adapter, tokens, panel, sources=sources, full_heads=((1, 2),), batch_size=7,
+                              progress=False)
     sums, counts = brute_force(adapter, tokens, panel)
-    assert np.array_equal(store.counts, counts)
-    assert np.allclose(store.sums, sums, rtol=1e-5, atol=TOLERANCE[family])
-    assert store.sums.sum() > 1.0  # not trivially zero
+    assert np.array_equal(store.source_rows, sources) and set(store.full_heads) == {"L1H2"}
+    assert store.head_rows.shape == (adapter.n_layers, adapter.n_heads, 3, len(panel))
+    assert_matches_dense(store, sums, counts, TOLERANCE[family])
+    assert store.head_rows.sum() > 1.0 and store.head_cols.sum() > 1.0  # not trivially zero
     if family == "scgpt":   # panel mode: every panel pair is in every cell's input
         assert (store.counts == tokens.n_cells).all()
+
+
+def test_row_chunks_do_not_change_the_sums(family_setups):
+    """Panel rows reduced a few at a time (a tiny chunk budget) give the same store as one chunk."""
+    adapter, tokens, panel = family_setups["geneformer"]
+    tokens = tokens.subset(np.arange(9))
+    whole = extract_attention(adapter, tokens, panel, batch_size=4, progress=False)
+    chunked = extract_attention(adapter, tokens, panel, batch_size=4, chunk_bytes=1024, progress=False)  # a row each
+    for name in ("head_rows", "head_cols", "layer_sums"):
+        assert np.allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=1e-6)
+
+
+def test_default_sources_are_the_panels_tfs_and_perturbed_genes(family_setups):
+    from analysis.io.stores import source_genes
+
+    _, _, panel = family_setups["geneformer"]
+    flagged = panel.assign(is_tf=False, is_perturbed=False)
+    flagged.loc[[1, 4], "is_tf"] = True
+    flagged.loc[[4, 6], "is_perturbed"] = True
+    assert source_genes(flagged).tolist() == [1, 4, 6]
+    assert source_genes(flagged, (str(flagged["symbol"][9]),)).tolist() == [1, 4, 6, 9]
+    with pytest.raises(ValueError, match="NOT_A_GENE"):
+        source_genes(flagged, ("NOT_A_GENE",))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -91,10 +131,11 @@ def test_grouped_store_equals_brute_force_per_group(family_setups, family):
         sums, counts = brute_force(adapter, tokens.subset(cells), panel)
         assert np.array_equal(grouped.counts[g], counts)
         assert np.allclose(grouped.sums[g, 0], sums[1], rtol=1e-5, atol=TOLERANCE[family])
-    pooled = extract_attention(adapter, tokens, panel, progress=False)
+    pooled = extract_attention(adapter, tokens, panel, full_heads=tuple((1, h) for h in range(4)), progress=False)
     for grouping in (slice(0, 3), slice(3, 5)):
         assert np.array_equal(grouped.counts[grouping].sum(0), pooled.counts)
-        assert np.allclose(grouped.sums[grouping, 0].sum(0), pooled.sums[1], atol=1e-4)
+        for h in range(4):
+            assert np.allclose(grouped.sums[grouping, 0, h].sum(0), pooled.full_heads[f"L1H{h}"], atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -123,7 +164,9 @@ def test_shards_merge_to_one_pass(family_setups):
     merged = a + b
     assert merged.n_cells == whole.n_cells
     assert np.array_equal(merged.counts, whole.counts)
-    assert np.allclose(merged.sums, whole.sums, atol=1e-9)
+    for name in ("head_rows", "head_cols"):
+        assert np.allclose(getattr(merged, name), getattr(whole, name), rtol=1e-6, atol=1e-5)
+    assert np.allclose(merged.layer_sums, whole.layer_sums, atol=1e-9)
     assert merged.cell_embeddings["mean_penultimate"].shape == whole.cell_embeddings["mean_penultimate"].shape
 
 
@@ -131,7 +174,7 @@ def test_store_size_does_not_grow_with_cells(family_setups):
     adapter, tokens, panel = family_setups["geneformer"]
     few = extract_attention(adapter, tokens.subset(np.arange(5)), panel, progress=False)
     many = extract_attention(adapter, tokens, panel, progress=False)
-    assert few.sums.nbytes == many.sums.nbytes and few.counts.nbytes == many.counts.nbytes
+    assert few.nbytes() == many.nbytes()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -160,9 +203,10 @@ def test_control_cell_extraction_matches_brute_force_on_controls(small_screen, f
     assert np.array_equal(cells.select("all"), np.arange(cells.n_cells))
     store = extract_attention(adapter, tokens.subset(controls), panel, batch_size=5, progress=False)
     sums, counts = brute_force(adapter, tokens.subset(controls), panel)
-    assert np.array_equal(store.counts, counts)
-    assert np.allclose(store.sums, sums, rtol=1e-5, atol=TOLERANCE[family])
+    assert_matches_dense(store, sums, counts, TOLERANCE[family])
     everything = extract_attention(adapter, tokens, panel, batch_size=5, progress=False)
-    assert not np.allclose(store.mean_attention(), everything.mean_attention(), atol=1e-4, equal_nan=True)
+    with np.errstate(invalid="ignore"):
+        assert not np.allclose(store.layer_sums / store.counts, everything.layer_sums / everything.counts, atol=1e-4,
+                               equal_nan=True)
     with pytest.raises(Exception, match="no cell has that label"):
         cells.select("NOT_A_LABEL")

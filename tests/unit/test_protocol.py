@@ -173,11 +173,11 @@ def test_failed_on_target_perturbations_leave_the_confirmatory_tests():
     cfg = PerturbationConfig(n_boot=5, n_degree_null=3, grid_lfc=(0.5,), grid_control_fraction=(1.0,),
                              grid_universe_fraction=(1.0,))
     corr = spearman_edges(cells.controls(), panel)
-    kept = run(cells, panel, attention, corr, [reference], cfg)
+    kept = run(cells, panel, None, attention, corr, [reference], cfg)
     assert (kept.tables["on_target"]["status"] == "passed").all() and kept.params["n_evaluable"] > 0
     assert any(t["confirmatory"] for t in kept.registry.table().to_dict("records")
                if t["analysis"] == "perturbation_first")
-    flipped = run(cells, panel, attention, corr, [reference], dataclasses.replace(cfg, modality="crispra"))
+    flipped = run(cells, panel, None, attention, corr, [reference], dataclasses.replace(cfg, modality="crispra"))
     assert (flipped.tables["on_target"]["status"] == "failed").all()
     assert flipped.params["n_evaluable"] == 0
     assert not any(t["analysis"] == "perturbation_first" for t in flipped.registry.table().to_dict("records"))
