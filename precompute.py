@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,15 @@ FLAGS = {  # flag -> dotted config key
     "batch_size": "extraction.batch_size", "n_hvg": "extraction.n_hvg", "panel_size": "extraction.panel_size",
     "n_null": "ranking.n_null", "name": "name", "protocol": "protocol",
 }
+
+
+def parse_size(text: str) -> int:
+    """``12GiB``, ``12G``, ``800MiB``, ``1.5T`` or a number of bytes -> bytes (powers of 1,024)."""
+    units = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 12GiB, 800MiB or a number of bytes")
+    return int(float(match[1]) * units[match[2].upper()])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                         "its workers")
     ap.add_argument("--workers", type=int, help="extract attention on a local Dask cluster of this many processes")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--plan", action="store_true", help="print each stage's estimated memory and time (calibrated on "
+                    "one cell through the model) and exit without writing a run")
+    ap.add_argument("--memory-limit", type=parse_size, metavar="SIZE", help="memory this process may use, e.g. 12GiB "
+                    "(default: the machine's memory or its cgroup's limit); a run whose plan exceeds it stops "
+                    "before writing anything")
     return ap.parse_args(argv)
 
 
@@ -88,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         client = connect(args.scheduler, args.workers)
         try:
             for run_dir in run_all(configs_to_run(cfg), Path(args.cache), n_threads=n_threads,
-                                   progress=not args.quiet, client=client):
-                print(f"run id: {run_dir.name}\nrun directory: {run_dir}", flush=True)
+                                   progress=not args.quiet, client=client, memory_limit=args.memory_limit,
+                                   plan_only=args.plan):
+                if run_dir is not None:
+                    print(f"run id: {run_dir.name}\nrun directory: {run_dir}", flush=True)
         finally:
             if client is not None and args.scheduler:
                 client.close()            # the user's cluster stays up

@@ -30,7 +30,7 @@ import torch
 
 from ..models.base import ModelAdapter, ModelOutput, TokenizedCells, masked_positions
 from .ablation_baseline import READOUTS as BASELINE_READOUTS, BaselineStore
-from .attention import capture_projections, panel_batch, panel_rows_attention
+from .attention import PooledSums, batch_layout, capture_projections
 from .hooks import head_output_means, hooked
 from .interventions import InterventionSpec, intervention_key
 from .positive_control import TargetSets, target_recall_loss
@@ -165,8 +165,9 @@ class AblationInputs:
 class ReadoutAccumulator:
     """Per-cell read-outs of one intervention (or the baseline): behaviour ``loss`` / ``accuracy`` on the fixed
     masking, ``hidden_cos`` ``[cells, layers + 1]`` and ``output_cos`` cosine distances to the baseline,
-    ``target_recall`` (NaN where undefined), and the read-out layer's attention ``sums`` ``[heads, G * G]`` with the
-    cells' shared pair ``counts`` ``[G * G]``."""
+    ``target_recall`` (NaN where undefined), and the read-out layer's head-mean attention ``sums`` ``[G * G]`` (what
+    both attention read-outs score; per head it would be ``heads x`` larger per sweep item) with the cells' shared
+    pair ``counts`` ``[G * G]``."""
 
     n_cells: int
     n_layers: int
@@ -179,7 +180,7 @@ class ReadoutAccumulator:
         self.hidden_cos = np.zeros((self.n_cells, self.n_layers + 1))
         self.output_cos = np.zeros(self.n_cells)
         self.target_recall = np.full(self.n_cells, np.nan)
-        self.sums = np.zeros((self.n_heads, self.n_panel * self.n_panel))
+        self.sums = np.zeros(self.n_panel * self.n_panel)
         self.counts = np.zeros(self.n_panel * self.n_panel)  # shared pair counts of the cells, set at the end
 
 
@@ -190,19 +191,24 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.nd
 
 
 def _read_out(adapter: ModelAdapter, inputs: AblationInputs, sub: TokenizedCells, masked: TokenizedCells,
-              chosen: np.ndarray, idx: np.ndarray, pb, acc: ReadoutAccumulator, specs: Sequence[InterventionSpec], *,
-              base: ModelOutput | None, head_means: dict | None, targets: TargetSets | None) -> ModelOutput:
+              chosen: np.ndarray, idx: np.ndarray, readout: PooledSums, acc: ReadoutAccumulator,
+              specs: Sequence[InterventionSpec], *, base: ModelOutput | None, head_means: dict | None,
+              targets: TargetSets | None) -> ModelOutput:
     """One intervention (``specs``; none = the baseline) on one batch, every read-out into ``acc`` at cells
-    ``idx``; fidelity against ``base`` (None: this pass is the baseline). Returns the unmasked pass's output."""
+    ``idx``; fidelity against ``base`` (None: this pass is the baseline). ``readout``: the batch's read-out-layer
+    reducer (its batch set). Returns the unmasked pass's output."""
     mask = adapter.as_tensor(sub.attention_mask).bool()
+    readout.layer_sums.zero_()
+
+    def reduce(layer, query, key):
+        if layer == inputs.readout_layer:
+            readout.add_layer(0, query, key)
     with hooked(adapter, specs, head_means=head_means):
-        with capture_projections(adapter) as cap:
+        with capture_projections(adapter, on_layer=reduce):
             out = adapter.forward(sub, output_hidden_states=True, decode=False)
-            block = panel_rows_attention(cap[(inputs.readout_layer, "query")], cap[(inputs.readout_layer, "key")],
-                                         mask, pb.positions, adapter.n_heads)
         masked_out = adapter.forward(masked, decode=False)
-    vals = block[pb.pair_cell, :, pb.pair_row, pb.pair_col].double().cpu()                      # [pairs, heads]
-    torch.from_numpy(acc.sums).index_add_(1, pb.pair_flat.cpu(), vals.T)   # in place; np.add.at was 1/4 of a sweep
+    g2 = acc.sums.size
+    acc.sums += readout.layer_sums[0, :g2].cpu().numpy()
     acc.loss[idx], acc.accuracy[idx] = adapter.masked_prediction(masked_out, sub, chosen)
     base = base or out
     for layer, (h, hb) in enumerate(zip(out.hidden_states, base.hidden_states)):
@@ -236,6 +242,8 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
     panel_of_gene = np.full(len(tok.genes), -1, dtype=np.int64)
     panel_of_gene[inputs.panel["gene_index"].to_numpy()] = np.arange(len(inputs.panel))
     g = len(inputs.panel)
+    readout = PooledSums(1, adapter.n_heads, g, 0, (), adapter.device)   # the read-out layer's head mean, chunked
+    no_sources = np.full(g, -1, dtype=np.int64)
     keys = ["baseline"] + list(items)
     acc = {k: ReadoutAccumulator(tok.n_cells, adapter.n_layers, adapter.n_heads, g) for k in keys}
     reuse = baseline is not None and baseline.complete
@@ -243,30 +251,31 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
     if reuse:
         for name, value in baseline.readouts().items():
             setattr(acc["baseline"], name, value)
-    counts = np.zeros(g * g)
     done = 0
     try:
         for number, idx in enumerate(tok.batches(batch_size)):
             sub = tok.subset(idx)
             chosen = inputs.chosen[idx, :sub.input_ids.shape[1]]
             masked = adapter.masked(sub, chosen)
-            pb = panel_batch(sub.gene_index, panel_of_gene, g, adapter.device)
-            counts += np.bincount(pb.pair_flat.cpu().numpy(), minlength=g * g)
+            readout.start_batch(batch_layout(sub.gene_index, panel_of_gene, no_sources, adapter.device),
+                                adapter.as_tensor(sub.attention_mask).bool())
             common = dict(head_means=head_means, targets=targets)
             if reuse:
                 base = _stored_output(adapter, *baseline.read_batch(number), kind)
             else:
-                base = _read_out(adapter, inputs, sub, masked, chosen, idx, pb, acc["baseline"], [], base=None,
+                base = _read_out(adapter, inputs, sub, masked, chosen, idx, readout, acc["baseline"], [], base=None,
                                  **common)
                 if baseline is not None:
                     kind = "features" if base.features is not None else "prediction"
                     baseline.write_batch(number, base.hidden_states,
                                          base.features if kind == "features" else base.prediction)
             for key in items:
-                _read_out(adapter, inputs, sub, masked, chosen, idx, pb, acc[key], items[key], base=base, **common)
+                _read_out(adapter, inputs, sub, masked, chosen, idx, readout, acc[key], items[key], base=base,
+                          **common)
             done += len(idx)
             if progress is not None:
                 progress(done / tok.n_cells)
+        counts = readout.counts[: g * g].cpu().numpy().astype(np.float64)
         for a in acc.values():
             a.counts = counts
         if baseline is not None and not reuse:

@@ -230,9 +230,11 @@ class PooledSums:
         self.layout: BatchLayout | None = None
         self.key_mask: torch.Tensor | None = None
 
-    def start_batch(self, layout: BatchLayout, key_mask: torch.Tensor) -> None:
-        """Set the batch the next :meth:`add_layer` calls read, and count its co-observed panel pairs."""
+    def start_batch(self, layout: BatchLayout, key_mask: torch.Tensor, *, count: bool = True) -> None:
+        """Set the batch the next :meth:`add_layer` calls read, and (``count``) count its co-observed panel pairs."""
         self.layout, self.key_mask = layout, key_mask
+        if not count:
+            return
         genes = layout.genes
         dump = self.n_panel * self.n_panel
         for row in genes:                                               # one cell at a time: [P, P] indices

@@ -63,6 +63,7 @@ class RunWriter:
         self.final = Path(cache_root) / "artifacts" / run_id
         self.dir = self.final.with_name(run_id + PARTIAL)
         self.timings: list[dict] = []
+        self.peak_memory = None       # set by the pipeline: () -> peak resident bytes since the last call
 
     def open(self) -> "RunWriter":
         (self.dir / "stages").mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,11 @@ class RunWriter:
         return marker.is_file() and json.loads(marker.read_text()).get("key") == key
 
     def mark_done(self, stage: str, key: str, seconds: float, skipped: bool = False) -> None:
-        self.timings.append({"stage": stage, "seconds": round(seconds, 3), "skipped": skipped})
+        """Record a finished (or skipped) stage: its time and, when :attr:`peak_memory` is set (a callable returning
+        the resident peak in bytes since its last call), the peak it reached."""
+        peak = self.peak_memory() if self.peak_memory is not None else None
+        self.timings.append({"stage": stage, "seconds": round(seconds, 3), "skipped": skipped,
+                             "peak_rss_gib": None if peak is None else round(peak / 2 ** 30, 3)})
         if not skipped:
             write_json_atomic(self.dir / "stages" / f"{stage}.json", {"key": key, "seconds": seconds,
                                                                      "finished": time.time()})

@@ -81,6 +81,7 @@ class RunManifest:
     finished: str
     wall_seconds: float
     protocol: dict[str, Any] = field(default_factory=lambda: {"name": "none", "deviations": []})
+    plan: dict[str, Any] = field(default_factory=dict)   # the plan made before the run (analysis.stages.plan)
 
     @property
     def family(self) -> str:

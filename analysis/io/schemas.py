@@ -17,7 +17,7 @@ HEAD_RANKING = (
 PER_TF = (("reference", "direction", "edge_type", "layer", "head", "tf", "auroc", "n_pos", "n_neg"), ())
 PANEL = (("gene_index", "gene_id", "symbol", "is_hvg", "is_tf", "is_perturbed", "n_cells", "in_universe"), ())
 REFERENCE_EDGES = (("reference", "tf", "target", "mode", "confidence"), ())
-STAGE_TIMINGS = (("stage", "seconds", "skipped"), ())
+STAGE_TIMINGS = (("stage", "seconds", "skipped", "peak_rss_gib"), ("peak_rss_gib",))
 
 PERTURBATION_AUROC = (("perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"), ())
 DE_RESULTS = (("perturbation", "gene_id", "symbol", "lfc", "p", "q", "is_de", "is_self"), ())

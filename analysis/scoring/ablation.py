@@ -30,7 +30,7 @@ def structural_null(specs: Sequence, readout_layer: int) -> bool:
 def _readout_auroc(a, universe: Universe, n_panel: int) -> float:
     """Reference-recovery AUROC of the read-out layer's head-mean attention in ``a`` (a ``ReadoutAccumulator``)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(a.counts > 0, a.sums / np.maximum(a.counts, 1), np.nan).mean(0).reshape(n_panel, n_panel)
+        mean = np.where(a.counts > 0, a.sums / np.maximum(a.counts, 1), np.nan).reshape(n_panel, n_panel)
     scores = np.nan_to_num(mean[universe.tf_rows][universe.pair_mask])
     return float(auroc_from_ranks(rankdata(scores), universe.labels[universe.pair_mask]))
 

@@ -176,16 +176,16 @@ def perturbation_auroc(edges: EdgeScores | HeadEdges | EdgeSet, de: DEResult, *,
 
 
 def readout_auroc(panel: pd.DataFrame, de_table: pd.DataFrame, readout_layer: int):
-    """The ablation's perturbation read-out: a function of one layer's per-head attention sums ``[heads, G*G]`` and
-    the pair counts ``[G*G]`` of the same cells -> per-perturbation AUROC (sorted by perturbation) of their head
-    mean against the run's DE targets (``de_table``: schema ``de_results``)."""
+    """The ablation's perturbation read-out: a function of one layer's head-mean attention sums ``[G*G]`` and the
+    pair counts ``[G*G]`` of the same cells -> per-perturbation AUROC (sorted by perturbation) of that head mean
+    against the run's DE targets (``de_table``: schema ``de_results``)."""
     de = DEResult(de_table, pd.DataFrame(), {})
     g = len(panel)
     sources = pd.DataFrame({"edge_type": ["attention_layer_mean"], "layer": [readout_layer], "head": [-1]})
 
     def score(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).mean(0).reshape(g, g)
+            mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).reshape(g, g)
         edges = EdgeScores(mean[None], sources, np.ones((g, g), bool), panel, {})
         return perturbation_auroc(edges, de).sort_values("perturbation")["auroc"].to_numpy()
     return score

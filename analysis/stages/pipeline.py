@@ -26,7 +26,7 @@ from ..io.artifacts import RunWriter, read_manifest
 from ..io.locks import exclusive
 from ..io.schemas import SchemaError
 from ..models.base import FAMILIES
-from . import ablation, attention, biology, confounds, cssi, perturbation, ranking, sae, scaling
+from . import ablation, attention, biology, confounds, cssi, perturbation, plan, ranking, sae, scaling
 from .inputs import Inputs, resolve_inputs
 from .timing import timed
 
@@ -52,24 +52,27 @@ def _worker_init(n_threads: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
 
 
-def run_all(cfgs: list[RunConfig], cache: Path, *, n_threads: int, progress: bool = True, client=None) -> list[Path]:
+def run_all(cfgs: list[RunConfig], cache: Path, *, n_threads: int, progress: bool = True, client=None,
+            memory_limit: int | None = None, plan_only: bool = False) -> list[Path | None]:
     """Run every config of :func:`configs_to_run`, returning the run directories in order. The embedded default's
     runs (one per family) are independent and their tiny models use a core poorly, so with at least as many cores
     as runs each run gets its own process and an equal share of the cores (``n_threads``); the cache's locks
     already let two precomputes share the embedded dataset. Progress bars are off there (they would interleave);
-    the stage log stays. With a Dask ``client`` the runs take turns and share its cluster for extraction."""
+    the stage log stays. With a Dask ``client`` the runs take turns and share its cluster for extraction.
+    ``memory_limit`` and ``plan_only``: as :func:`run_precompute` takes them (a plan-only call returns None per run)."""
     workers = min(len(cfgs), n_threads)
-    if workers < 2 or client is not None:
-        return [run_precompute(cfg, cache, progress=progress, client=client) for cfg in cfgs]
+    limits = dict(memory_limit=memory_limit, plan_only=plan_only)
+    if workers < 2 or client is not None or plan_only:
+        return [run_precompute(cfg, cache, progress=progress, client=client, **limits) for cfg in cfgs]
     log.info("%d runs in %d processes, %d thread(s) each", len(cfgs), workers, n_threads // workers)
     context = multiprocessing.get_context("spawn")   # a fresh interpreter: no thread pool or lock copied mid-use
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                              initargs=(n_threads // workers,)) as pool:
-        futures = [pool.submit(run_precompute, cfg, cache, False) for cfg in cfgs]
+        futures = [pool.submit(run_precompute, cfg, cache, False, None, **limits) for cfg in cfgs]
         return [f.result() for f in futures]
 
 
-def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds: float) -> dict:
+def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds: float, run_plan: dict) -> dict:
     """The run's manifest fields (:class:`analysis.io.manifest.RunManifest`; the writer adds files and versions)."""
     cfg, adapter = inp.cfg, inp.adapter
     return {
@@ -88,22 +91,35 @@ def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds:
         "seeds": {"extraction": cfg.extraction.seed, "ranking": cfg.ranking.seed, "model": cfg.model.seed,
                   "simulation": cfg.simulation.seed, "train": cfg.train.seed, "tokenizer": cfg.tokenizer.seed},
         "provenance": inp.provenance, "tokenizer": inp.attention_tokens.params, "wall_seconds": round(wall_seconds, 2),
+        "plan": run_plan,
     }
 
 
-def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=None) -> Path:
+def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=None, *,
+                   memory_limit: int | None = None, plan_only: bool = False) -> Path | None:
     """Run every stage for ``cfg`` (one model) into ``cache``; returns the run directory. ``client``: a Dask client
-    whose cluster extracts attention (:mod:`.distributed`)."""
+    whose cluster extracts attention (:mod:`.distributed`). Before any stage, the run's plan (:mod:`.plan`) is
+    logged and checked against ``memory_limit`` bytes (default: what the machine and its cgroup allow): a run that
+    will not fit stops with an InputError and writes nothing; ``plan_only`` stops after the plan (returns None)."""
     t_start = time.perf_counter()
     with timed("inputs"):
         inp = resolve_inputs(cfg, cache, progress=progress)
+    with timed("plan"):
+        limit = memory_limit or plan.memory_limit()
+        calibration = plan.calibrate(inp)
+        estimates = plan.estimate(inp, calibration)
+    log.info("%s", plan.describe(estimates, limit, calibration))
+    plan.check(estimates, limit)
+    if plan_only:
+        return None
+    run_plan = plan.record(estimates, limit, calibration)
     run_key = stable_hash({"config": inp.cfg.to_dict(), "inputs": inp.input_hashes, "model": inp.model_hash()})
     run_id = f"{cfg.name}-{inp.adapter.family}-{run_key[:10]}"
     with exclusive(cache, f"run-{run_id}", f"run {run_id}") as waited:
         if waited and (finished := _finished(cache, run_id, run_key)) is not None:
             log.info("run %s was just written by the precompute this one waited for; reusing it", run_id)
             return finished
-        return _write_run(inp, cache, run_id, run_key, t_start, progress, client)
+        return _write_run(inp, cache, run_id, run_key, t_start, progress, client, run_plan)
 
 
 def _finished(cache: Path, run_id: str, run_key: str) -> Path | None:
@@ -116,9 +132,17 @@ def _finished(cache: Path, run_id: str, run_key: str) -> Path | None:
 
 
 def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: float, progress: bool,
-               client=None) -> Path:
-    """Every stage after the inputs, into the run's partial directory, published as complete at the end."""
+               client, run_plan: dict) -> Path:
+    """Every stage after the inputs, into the run's partial directory, published as complete at the end; each
+    stage's measured resident peak goes into its timing row, next to the plan."""
     writer = RunWriter(cache, run_id).open()
+    with plan.PeakRSS() as peaks:
+        writer.peak_memory = peaks.take
+        return _stages(inp, writer, run_key, t_start, progress, client, run_plan)
+
+
+def _stages(inp: Inputs, writer: RunWriter, run_key: str, t_start: float, progress: bool, client,
+            run_plan: dict) -> Path:
     log.info("run %s -> %s", writer.run_id, writer.final)
     try:
         store, key = attention.run(inp, writer, run_key, progress, client)
@@ -143,7 +167,7 @@ def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: flo
         stats_table.to_csv(writer.dir / files.STATISTICS_CSV, index=False)
         pd.DataFrame(writer.timings).pipe(lambda f: schemas.validate("stage_timings", f)).to_parquet(
             writer.dir / files.table("stage_timings"), index=False)
-        return writer.finish(manifest(inp, store.panel, run_key, time.perf_counter() - t_start))
+        return writer.finish(manifest(inp, store.panel, run_key, time.perf_counter() - t_start, run_plan))
     except InputError:
         writer.discard()
         raise

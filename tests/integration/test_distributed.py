@@ -117,4 +117,5 @@ def test_precompute_on_two_workers_writes_the_same_run(tmp_path):
     assert np.array_equal(np.load(run_two / "pair_counts.npy"), np.load(run_one / "pair_counts.npy"))
     for table in ("head_ranking", "perturbation_auroc"):
         a, b = (pd.read_parquet(r / f"{table}.parquet") for r in (run_one, run_two))
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-5)   # float32 per-head sums
+        # float32 per-head sums added in another order can swap near-tied pairs: an AUROC moves by a few 1/(pos x neg)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9, atol=1e-4)

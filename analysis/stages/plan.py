@@ -1,0 +1,202 @@
+"""What a run will cost, said before it starts (DESIGN.md section 5): per stage, the resident memory it will reach
+and, for the stages that run the model, the time it will take on this device, plus the total.
+
+The model's own cost is measured, not modelled: one cell (the longest of the attention cells) goes through the
+real extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and source genes), which
+gives the seconds per cell and the resident memory of a forward with its reduction. Everything else follows from the
+shapes the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each layer's
+head mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores, the perturbation stage's dense
+``[G, G]`` baselines and correlation variants, one head-mean ``[G^2]`` per ablation sweep item, CSSI's group sums
+``(F + M) x layers x heads x G^2 x 4``. A stage's estimate is the resident memory before the run (process, model,
+cells) plus what it holds. When an estimate exceeds the memory this process may use (``--memory-limit``; default the
+smaller of the machine's memory and its cgroup's limit), the run stops before it writes anything, naming the stage,
+the estimate and the setting that brings it down.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from ..config import mlp_block_layers
+from ..errors import InputError
+from ..interp.ablation import sweep
+from ..interp.attention import extract_attention
+from ..scoring.cssi_levels import choose_layers
+from .inputs import Inputs
+
+GIB = 2 ** 30
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One stage's estimate: ``memory`` bytes resident at its peak, ``seconds`` (None where the stage's time does not
+    follow from a forward pass and is not estimated), what drives it, and the setting that brings it down."""
+
+    stage: str
+    memory: int
+    seconds: float | None
+    driver: str
+    lever: str
+
+
+class PeakRSS:
+    """The largest resident set size of this process while the block runs, sampled every ``interval`` seconds in a
+    thread (``peak`` in bytes, after the block; :meth:`take` returns it and starts a new window, so one sampler
+    gives each stage its own peak)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._process = psutil.Process()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def take(self) -> int:
+        """The peak since the last call (or the start), then a new window from the current resident size."""
+        peak = max(self.peak, self._process.memory_info().rss)
+        self.peak = self._process.memory_info().rss
+        return peak
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def memory_limit() -> int:
+    """Bytes this process may use: the machine's memory, or its cgroup's limit when that is lower (cgroup v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``)."""
+    limit = psutil.virtual_memory().total
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = min(limit, int(text))
+    return limit
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One cell through the real extraction: ``seconds`` per cell, ``forward_bytes`` resident above the store for
+    one cell's forward and reduction, ``base_bytes`` resident before it (process, model, cells), ``length`` its
+    tokens."""
+
+    seconds: float
+    forward_bytes: int
+    base_bytes: int
+    length: int
+
+
+def calibrate(inp: Inputs) -> Calibration:
+    """Run the longest attention cell through :func:`extract_attention` with the run's panel and sources (module
+    doc). The store it builds is subtracted from the measured peak, so ``forward_bytes`` is the forward's share."""
+    tokens = inp.attention_tokens
+    longest = int(np.argmax(np.asarray(tokens.attention_mask).sum(axis=1)))
+    one = tokens.subset(np.array([longest]))
+    base = psutil.Process().memory_info().rss
+    with PeakRSS() as peak:
+        t0 = time.perf_counter()
+        store = extract_attention(inp.adapter, one, inp.panel, sources=inp.source_rows, full_heads=inp.full_heads,
+                                  batch_size=1, progress=False)
+        seconds = time.perf_counter() - t0
+    forward = max(peak.peak - base - store.nbytes(), 0)
+    return Calibration(seconds, forward, base, int(np.asarray(one.attention_mask).sum()))
+
+
+def store_bytes(n_layers: int, n_heads: int, n_panel: int, n_sources: int, n_full: int) -> int:
+    """Bytes of the pooled store (:class:`analysis.io.stores.AttentionStore`) and its device accumulators."""
+    return 2 * n_layers * n_heads * n_sources * n_panel * 4 + (n_layers + n_full) * n_panel ** 2 * 8 + n_panel ** 2 * 4
+
+
+def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
+    """Every stage the run will execute (module doc)."""
+    cfg, adapter = inp.cfg, inp.adapter
+    n_layers, n_heads, g = adapter.n_layers, adapter.n_heads, len(inp.panel)
+    n_cells, batch = int(inp.attention_cells.size), cfg.extraction.batch_size
+    r, n_tf = int(inp.source_rows.size), int(inp.panel["is_tf"].sum())
+    pair = g * g * 8
+    store = store_bytes(n_layers, n_heads, g, r, len(inp.full_heads))
+    forward = cal.forward_bytes * min(batch, n_cells)
+    base = cal.base_bytes
+    held = store + n_layers * pair                               # the store, then each layer's head-mean scores
+    rows = [StageEstimate("attention", base + store + forward, cal.seconds * n_cells,
+                          f"{n_cells} cells x {cal.seconds:.2f} s/cell; store {store / GIB:.2f} GiB "
+                          f"({r} source genes x {g} genes x {n_layers * n_heads} heads + {n_layers} layer means); "
+                          f"forward {forward / GIB:.2f} GiB at batch {batch}",
+                          "extraction.batch_size (forward), extraction.panel_size or fewer source genes (store)"),
+            StageEstimate("edges + ranking", base + held + 3 * n_layers * n_heads * n_tf * g * 8 + 3 * pair, None,
+                          f"per-head scores of {n_tf} reference TFs x {g} genes x {n_layers * n_heads} heads, ranked",
+                          "extraction.panel_size, or references with fewer TFs")]
+    if inp.cells.perturbation_col is not None:
+        rows.append(StageEstimate("perturbation", base + held + 9 * pair + n_cells * g * 8 * 2, None,
+                                  f"dense [G, G] baselines and correlation variants at G = {g}",
+                                  "perturbation.universe_size / extraction.panel_size"))
+    if cfg.ablation.n_cells > 0:
+        a = cfg.ablation
+        order = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+        items = sweep(order, n_layers, readout_layer=inp.readout_layer, ks=a.ks, n_random=a.n_random, seed=a.seed,
+                      random_matching=a.random_matching, entropy=np.zeros((n_layers, n_heads)),
+                      composite_order=order if inp.cells.perturbation_col is not None else None,
+                      whole_layers=a.whole_layers or (inp.readout_layer,),
+                      mlp_blocks=[mlp_block_layers(block) for block in a.mlp_blocks])
+        cells = min(a.n_cells, n_cells)
+        rows.append(StageEstimate("ablation", base + held + (len(items) + 2) * pair + 2 * forward,
+                                  2 * cal.seconds * cells * (len(items) + 1),
+                                  f"{len(items)} sweep items + baseline x {cells} cells x 2 forwards",
+                                  "ablation.n_cells, ablation.ks, ablation.n_random"))
+    if cfg.cssi.n_fine > 0:
+        c = cfg.cssi
+        layers = choose_layers(c, n_layers, n_heads, g, inp.readout_layer)
+        groups = c.n_fine + c.n_random_groups
+        grouped = groups * len(layers) * (n_heads + 1) * g * g * 4
+        rows.append(StageEstimate("cssi", base + held + grouped + forward, cal.seconds * n_cells * 1.2,
+                                  f"{groups} groups x {len(layers)} layer(s) x {n_heads} heads x G^2 float32",
+                                  "cssi.layers, cssi.n_fine, cssi.n_random_groups (or cssi.n_fine=0 to skip CSSI)"))
+    if cfg.sae.run == "on":
+        rows.append(StageEstimate("sae", base + held + forward, cal.seconds * n_cells,
+                                  "residual stream of every layer captured to disk, one SAE per layer",
+                                  "sae.layers, sae.run=off"))
+    return rows
+
+
+def check(plan: list[StageEstimate], limit: int) -> None:
+    """An InputError naming the first stage whose estimate exceeds ``limit`` bytes, and what brings it down."""
+    for row in plan:
+        if row.memory > limit:
+            raise InputError(f"the {row.stage} stage would need about {row.memory / GIB:.1f} GiB, more than the "
+                             f"{limit / GIB:.1f} GiB this process may use ({row.driver}); lower {row.lever}, or "
+                             "raise --memory-limit if more memory is really there. Nothing was written.")
+
+
+def describe(plan: list[StageEstimate], limit: int, cal: Calibration) -> str:
+    """The plan as the log and ``--plan`` print it."""
+    lines = [f"plan (calibrated on one {cal.length}-token cell: {cal.seconds:.2f} s, "
+             f"{cal.forward_bytes / GIB:.2f} GiB forward; memory limit {limit / GIB:.1f} GiB):"]
+    for row in plan:
+        when = f"{row.seconds / 60:7.1f} min" if row.seconds is not None else "  (not estimated)"
+        lines.append(f"  {row.stage:<16} {row.memory / GIB:6.2f} GiB {when}  {row.driver}")
+    total = sum(row.seconds or 0.0 for row in plan)
+    lines.append(f"  {'forward stages':<16} {max(r.memory for r in plan) / GIB:6.2f} GiB {total / 60:7.1f} min  "
+                 "(peak, and the sum of the estimated times)")
+    return "\n".join(lines)
+
+
+def record(plan: list[StageEstimate], limit: int, cal: Calibration) -> dict:
+    """The plan as the manifest keeps it, next to the measured stage timings."""
+    return {"memory_limit": limit, "calibration": asdict(cal), "stages": [asdict(row) for row in plan]}
