@@ -506,3 +506,29 @@ def test_single_perturbation_screen_and_concurrent_identical_precomputes(tmp_pat
     assert set(inc["split"]) == {"gene"}
     assert not (run_dir / "incremental_value_matched.parquet").exists()
     assert any("split(s) perturbation, joint skipped" in log for log in logs)
+
+
+def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys):
+    """The plan is made before any stage: under a limit no stage fits, precompute names the first stage over it and
+    the setting that lowers it, exits 2 and leaves the cache's runs as they were; ``--plan`` prints every stage's
+    estimate and writes no run either."""
+    cache, _ = embedded_cache
+    before = sorted(p.name for p in (cache / "artifacts").iterdir())
+    args = ["--cache", str(cache), *SMALL, "--model-family", "geneformer", "--set", "ranking.n_null=31"]
+    assert precompute.main([*args, "--memory-limit", "64MiB"]) == 2
+    err = capsys.readouterr().err
+    assert "the attention stage would need about" in err and "extraction.batch_size" in err
+    assert "0.1 GiB this process may use" in err and "Nothing was written" in err
+    assert precompute.main([*args, "--plan"]) == 0
+    assert sorted(p.name for p in (cache / "artifacts").iterdir()) == before
+
+
+def test_memory_sizes_parse_as_a_user_writes_them():
+    import argparse
+
+    assert precompute.parse_size("12GiB") == 12 * 2 ** 30
+    assert precompute.parse_size("800M") == 800 * 2 ** 20
+    assert precompute.parse_size("1.5g") == int(1.5 * 2 ** 30)
+    assert precompute.parse_size("4096") == 4096
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        precompute.parse_size("twelve gigs")
