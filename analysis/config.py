@@ -283,7 +283,7 @@ class BiologyConfig:
 
 @dataclass(frozen=True)
 class SAEConfig:
-    """Sparse autoencoders of the residual stream (analysis.interp.sae, analysis.stages.sae; issue 14, the companion
+    """Sparse autoencoders of the residual stream (analysis.interp.sae, analysis.stages.sae; the companion
     paper's TopK SAEs). ``run``: ``embedded`` (default: on for the embedded default, off for your own model, where an
     SAE wants a GPU and a training budget chosen on purpose), ``on`` or ``off``. The residual stream after each of
     ``layers`` (() = every layer) is captured at the gene positions of the attention cells, cells subsampled (seeded)

@@ -1,5 +1,5 @@
 """The unablated pass of an ablation, kept on disk so that later interventions on the same cells compare against it
-without running it again (the live ablation of the app: issue 13's "unablated pass cached per run").
+without running it again (the live ablation of the app: "unablated pass cached per run").
 
 What an intervention's read-outs need of the baseline, per batch of :meth:`TokenizedCells.batches` (same cells,
 same masking, same batch size): the hidden states ``[L + 1, b, s, d]`` (fidelity's per-layer cosine distance) and

@@ -1,4 +1,4 @@
-"""Feature interventions through a residual-stream SAE (issue 14; the companion paper's causal specificity, here on
+"""Feature interventions through a residual-stream SAE (the companion paper's causal specificity, here on
 every layer the run trained an SAE for, live).
 
 An edit (:class:`analysis.interp.interventions.FeatureEdit`) multiplies chosen features' activations by a scale

@@ -1,4 +1,4 @@
-"""Residual-stream capture at gene positions (issue 14): the output of each chosen encoder layer (the model-family
+"""Residual-stream capture at gene positions: the output of each chosen encoder layer (the model-family
 seam's ``SiteMap.layer`` site, the residual stream after the layer), read by a forward hook at every position that
 holds a gene (special tokens and padding left out) and written to disk batch by batch, so memory holds one batch
 whatever the number of cells. The rows go to an :class:`analysis.io.activations.ActivationStore`. For cells only

@@ -1,4 +1,4 @@
-"""TopK sparse autoencoder (SAE) of a model's residual stream (issue 14; the method of the companion paper,
+"""TopK sparse autoencoder (SAE) of a model's residual stream (the method of the companion paper,
 ``../shared/reference/seed-companion-sae-abstract.txt``, which trained TopK SAEs on every layer of Geneformer and
 scGPT; TopK as in Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 

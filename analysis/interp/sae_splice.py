@@ -1,4 +1,4 @@
-"""A sparse autoencoder inside the model (issue 14): the residual stream after one layer replaced, at gene positions,
+"""A sparse autoencoder inside the model: the residual stream after one layer replaced, at gene positions,
 by what the SAE makes of it, with a forward hook at the model-family seam's layer site (``SiteMap.layer``), and the
 family's behaviour read-out on the ablation's fixed masking (:class:`analysis.interp.ablation.AblationInputs`)
 measured with and without it: how much of the model's behaviour the SAE's reconstruction carries."""

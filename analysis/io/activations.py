@@ -1,4 +1,4 @@
-"""ActivationStore: residual-stream activations at gene positions, on disk (issue 14). One directory holds, per
+"""ActivationStore: residual-stream activations at gene positions, on disk. One directory holds, per
 captured layer, ``residual_L<layer>.npy`` ``[rows, d_model]`` float32 (read memory-mapped), and for every row the
 cell (``row_cell.npy``, index into the run's attention cells) and the gene (``row_gene.npy``, index into the
 tokenised genes) it was read at; ``activations.json`` names the layers and shapes. Rows are in the order the capture

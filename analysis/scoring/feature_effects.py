@@ -1,4 +1,4 @@
-"""Statistics of feature edits (issue 14; :mod:`analysis.interp.feature_intervention`'s read-outs): each edit's
+"""Statistics of feature edits (:mod:`analysis.interp.feature_intervention`'s read-outs): each edit's
 behaviour read-outs against the unedited model on the same cells (paired Wilcoxon, as the head ablations), and its
 causal specificity (the companion paper's test that a feature's edit moves the predictions of its own genes more than
 the rest):

@@ -1,4 +1,4 @@
-"""What a sparse-autoencoder feature of the residual stream responds to (issue 14; torch-free, like all of
+"""What a sparse-autoencoder feature of the residual stream responds to (torch-free, like all of
 ``analysis.scoring``). A trained SAE's latents are kept sparse: per activation row (one gene position of one cell,
 :class:`analysis.io.activations.ActivationStore`), the ``k`` active features' ``indices`` and ``values``
 ``[rows, k]`` (a value of 0 is a latent TopK kept but ReLU silenced).

@@ -1,4 +1,4 @@
-"""Co-activation modules of SAE features (issue 14; the companion paper's modules: 141 in Geneformer, 76 in scGPT):
+"""Co-activation modules of SAE features (the companion paper's modules: 141 in Geneformer, 76 in scGPT):
 features that fire together over the same gene positions. Among the ``max_features`` most frequent live features
 that are not dense, an edge joins two whose activations correlate at Pearson r >= ``min_r``
 (:func:`analysis.scoring.sae_features.activation_correlation`); modules are Leiden communities of that graph

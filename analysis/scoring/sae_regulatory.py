@@ -1,4 +1,4 @@
-"""The companion paper's CRISPRi regulatory test of SAE features (issue 14): for each perturbed TF, do the features
+"""The companion paper's CRISPRi regulatory test of SAE features: for each perturbed TF, do the features
 that respond to its knock-down prefer its reference targets?
 
 Per TF and layer: the features' per-cell activity (mean activation over a cell's gene positions) in the TF's

@@ -1,4 +1,4 @@
-"""The SAE stage (issue 14; the companion paper's TopK sparse autoencoders of the residual stream): capture the
+"""The SAE stage (the companion paper's TopK sparse autoencoders of the residual stream): capture the
 residual stream after each chosen layer at the gene positions of the attention cells (on disk, memory flat in cells:
 :func:`analysis.interp.residual.capture_residual_stream`), train one TopK SAE per layer from batches read back from
 disk (:func:`analysis.interp.sae.train_sae`), and record per layer the reconstruction quality (fraction of variance

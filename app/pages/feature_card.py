@@ -1,4 +1,4 @@
-"""The Features page's feature card (issue 14): a feature picked on the map, the table, the co-activation graph or the
+"""The Features page's feature card: a feature picked on the map, the table, the co-activation graph or the
 gene search opens it. Where it fires (its genes by mean activation over their positions, and genes x cells), the
 reference regulons and pair-reference neighbourhoods over-represented among its top genes (hypergeometric, BH over
 the layer's features x sets), the cell states over-represented among its most active cells (BH over the states), the

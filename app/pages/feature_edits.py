@@ -1,4 +1,4 @@
-"""The Features page's live feature intervention (issue 14): the features the user picks (the open card's is added)
+"""The Features page's live feature intervention: the features the user picks (the open card's is added)
 multiplied by one or more scales at their layer through the layer's SAE, error term kept
 (:func:`analysis.rerun.live_feature_edit`), in the background with progress and cancel, on the head ablations' cells
 and masking; results join a dose-response over the scale, every gene's prediction change (the features' own genes,

@@ -1,4 +1,4 @@
-"""Features: the sparse autoencoders of the residual stream (issue 14; analysis.stages.sae). Per layer, the SAE's
+"""Features: the sparse autoencoders of the residual stream (analysis.stages.sae). Per layer, the SAE's
 quality (fraction of variance explained, the behaviour read-out with the reconstruction spliced in, dead and dense
 features, how many are visible to SVD, with the superposition histogram), a map of its features (how often each
 fires against how strongly), a searchable table, a search by gene (the features that fire on it), the co-activation
