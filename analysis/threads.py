@@ -1,4 +1,4 @@
-"""Every thread pool of a process bounded to the cores the job may use (issue 13, target 7).
+"""Every thread pool of a process bounded to the cores the job may use.
 
 numpy's BLAS, the OpenMP runtimes (scikit-learn's and torch's libgomp) and torch's intra-op pool each start one
 thread per core they see by default, and OpenMP threads busy-wait at every barrier. On a machine whose cores are

@@ -1,6 +1,6 @@
 """Cached views: the server keeps the serialised answer of every callback that only reads the run, and answers the
 same request again from memory, without running Dash's dispatch, the callback or plotly's serialisation
-(issue 13, target 6: 20 clients on 2 cores queued behind per-request figure builds under one interpreter lock).
+(20 clients on 2 cores queued behind per-request figure builds under one interpreter lock).
 
 Which requests: ``POST /_dash-update-component`` without a query string (Dash's polls of a background job carry
 ``cacheKey``/``job``), whose callback is neither a background callback nor marked :func:`not_a_view` (downloads:

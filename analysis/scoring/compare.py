@@ -114,7 +114,7 @@ def edge_consistency(edges: dict[str, EdgeScores]) -> pd.DataFrame:
 
 def feature_summary(layers: pd.DataFrame, programmes: pd.DataFrame | None, regulatory: pd.DataFrame | None, *,
                     n_layers: int) -> pd.DataFrame:
-    """One row per SAE layer of a run (issue 14's feature-level summary for the Compare page): relative depth,
+    """One row per SAE layer of a run (the feature-level summary for the Compare page): relative depth,
     reconstruction (fraction of variance explained, behaviour change with the reconstruction spliced in), dead, dense,
     SVD-visible features, co-activation modules, causal specificity (median own / other genes), the best feature's r
     with any cell state and any TF's regulon activity (and the shuffled-activation null where trained), and the

@@ -1,4 +1,4 @@
-"""Attention extraction sharded over a Dask cluster (issue 13, target 3): ``precompute.py --scheduler ADDRESS`` (an
+"""Attention extraction sharded over a Dask cluster: ``precompute.py --scheduler ADDRESS`` (an
 existing ``dask.distributed`` scheduler) or ``--workers N`` (a local cluster of N single-threaded processes).
 
 The cells, in the order the single-process extraction batches them (:meth:`TokenizedCells.batches`: longest
