@@ -72,3 +72,29 @@ def test_real_dictionaries_on_real_cells(version, max_len):
         assert list(genes["gene_id"][:50]) == list(expected[:50])
         assert tok.input_ids[i, int(dicts.special_tokens)] == dicts.token[expected[0]]
     assert tok.params["special_tokens"] == (version == "dict_gc104M")
+
+
+class _Payload:
+    """Pickles as a call to ``os.system``: what a hostile 'dictionary' would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_dictionary_that_would_run_code_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    from analysis.models.geneformer.tokenizer import save_dictionaries
+
+    _, dicts = _toy()
+    save_dictionaries(dicts, tmp_path, "toy")
+    assert load_dictionaries(tmp_path).token == dicts.token                      # numpy-free pickles load
+    marker = tmp_path / "ran"
+    (tmp_path / "gene_median_dictionary_toy.pkl").write_bytes(pickle.dumps({"ENSG_A": _Payload(marker)}))
+    with pytest.raises(InputError, match="gene_median_dictionary_toy.pkl.*posix.system|gene_median.*system"):
+        load_dictionaries(tmp_path)
+    assert not marker.exists()

@@ -62,12 +62,25 @@ def _one(directory: Path, pattern: str, required: bool = True) -> Path | None:
     return hits[0] if hits else None
 
 
+class _DictionaryUnpickler(pickle.Unpickler):
+    """Reads a Geneformer dictionary without running code from the file: of the globals a pickle may name, only
+    numpy's scalar reconstruction (medians are stored as numpy floats) is allowed; anything else is refused."""
+
+    ALLOWED = {("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a gene dictionary never holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)
+            obj = _DictionaryUnpickler(fh).load()
     except Exception as exc:
-        raise InputError(f"{path} is not a readable pickled dictionary ({exc})") from exc
+        raise InputError(f"{path} is not a readable pickled dictionary ({exc}); Geneformer's dictionaries map gene "
+                         "ids or symbols to numbers") from exc
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, expected a dict")
     return obj
