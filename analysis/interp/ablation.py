@@ -30,7 +30,7 @@ import torch
 
 from ..models.base import ModelAdapter, ModelOutput, TokenizedCells, masked_positions
 from .ablation_baseline import READOUTS as BASELINE_READOUTS, BaselineStore
-from .attention import PooledSums, batch_layout, capture_projections
+from .attention import AttentionSums, batch_layout, capture_projections, count_pairs
 from .hooks import head_output_means, hooked
 from .interventions import InterventionSpec, intervention_key
 from .positive_control import TargetSets, target_recall_loss
@@ -191,7 +191,7 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.nd
 
 
 def _read_out(adapter: ModelAdapter, inputs: AblationInputs, sub: TokenizedCells, masked: TokenizedCells,
-              chosen: np.ndarray, idx: np.ndarray, readout: PooledSums, acc: ReadoutAccumulator,
+              chosen: np.ndarray, idx: np.ndarray, readout: AttentionSums, acc: ReadoutAccumulator,
               specs: Sequence[InterventionSpec], *, base: ModelOutput | None, head_means: dict | None,
               targets: TargetSets | None) -> ModelOutput:
     """One intervention (``specs``; none = the baseline) on one batch, every read-out into ``acc`` at cells
@@ -242,7 +242,7 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
     panel_of_gene = np.full(len(tok.genes), -1, dtype=np.int64)
     panel_of_gene[inputs.panel["gene_index"].to_numpy()] = np.arange(len(inputs.panel))
     g = len(inputs.panel)
-    readout = PooledSums(1, adapter.n_heads, g, 0, (), adapter.device)   # the read-out layer's head mean, chunked
+    readout = AttentionSums((0,), adapter.n_heads, g, 0, keep_cols=False, device=adapter.device)   # head mean, chunked
     no_sources = np.full(g, -1, dtype=np.int64)
     keys = ["baseline"] + list(items)
     acc = {k: ReadoutAccumulator(tok.n_cells, adapter.n_layers, adapter.n_heads, g) for k in keys}
@@ -275,7 +275,7 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
             done += len(idx)
             if progress is not None:
                 progress(done / tok.n_cells)
-        counts = readout.counts[: g * g].cpu().numpy().astype(np.float64)
+        counts = count_pairs(tok, panel_of_gene, g)[0].reshape(-1).astype(np.float64)
         for a in acc.values():
             a.counts = counts
         if baseline is not None and not reuse:

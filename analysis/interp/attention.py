@@ -32,39 +32,6 @@ from ..io.stores import AttentionStore, GroupedAttention, full_head_name, narrow
 from ..models.base import ModelAdapter, TokenizedCells
 
 
-@dataclass(frozen=True)
-class PanelBatch:
-    """Where panel genes sit in one padded batch. ``positions``/``valid``: ``[batch, P]``; ``pair_cell``,
-    ``pair_row``, ``pair_col``: coordinates of every valid (query, key) panel pair; ``pair_flat``: its index
-    into a flattened ``[G * G]`` matrix."""
-
-    positions: torch.Tensor
-    pair_cell: torch.Tensor
-    pair_row: torch.Tensor
-    pair_col: torch.Tensor
-    pair_flat: torch.Tensor
-
-
-def panel_batch(gene_index: np.ndarray, panel_of_gene: np.ndarray, n_panel: int,
-                 device: torch.device) -> PanelBatch:
-    slot = np.where(gene_index >= 0, panel_of_gene[np.maximum(gene_index, 0)], -1)  # [batch, seq]
-    in_panel = slot >= 0
-    width = max(int(in_panel.sum(axis=1).max()), 1)
-    positions = np.zeros((slot.shape[0], width), dtype=np.int64)
-    genes = np.full((slot.shape[0], width), -1, dtype=np.int64)
-    for b in range(slot.shape[0]):
-        pos = np.nonzero(in_panel[b])[0]
-        positions[b, : pos.size] = pos
-        genes[b, : pos.size] = slot[b, pos]
-    # the [batch, P, P] pair enumeration runs on the model's device: on a GPU, building millions of pair indices
-    # with numpy and copying them over cost ~10x the forward pass (tests/benchmarks/cssi_extraction.py)
-    g = torch.as_tensor(genes, device=device)
-    valid = g >= 0
-    cell, row, col = torch.nonzero(valid[:, :, None] & valid[:, None, :], as_tuple=True)
-    flat = g[cell, row] * n_panel + g[cell, col]
-    return PanelBatch(torch.as_tensor(positions, device=device), cell, row, col, flat)
-
-
 @contextmanager
 def capture_projections(adapter: ModelAdapter, *, cls: bool = False,
                         on_layer: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> Iterator[dict]:
@@ -140,52 +107,16 @@ def panel_rows_attention(query: torch.Tensor, key: torch.Tensor, key_mask: torch
     return torch.gather(probs, 3, col)                                                   # [b, h, P, C]
 
 
-def _stream(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame, *, groups: np.ndarray,
-            n_groups: int, layers: tuple[int, ...], batch_size: int, dtype: torch.dtype, progress: bool
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The extraction loop (module doc). ``groups``: ``[cells, n_groupings]`` group index of each cell in each
-    grouping (every cell adds to one group per column). Returns sums ``[len(layers), heads, n_groups * G * G]``
-    and counts ``[n_groups * G * G]``."""
-    n_panel = len(panel)
-    panel_of_gene = np.full(len(cells.genes), -1, dtype=np.int64)
-    panel_of_gene[panel["gene_index"].to_numpy()] = np.arange(n_panel)
-    dev = adapter.device
-    block_size = n_panel * n_panel
-    sums = torch.zeros(len(layers), adapter.n_heads, n_groups * block_size, dtype=dtype, device=dev)
-    counts = torch.zeros(n_groups * block_size, dtype=torch.int64, device=dev)
-    group_of = torch.as_tensor(groups, device=dev)
-    with capture_projections(adapter) as captured:
-        for idx in tqdm(list(cells.batches(batch_size)), desc="attention", unit="batch", disable=not progress):
-            sub = cells.subset(idx)
-            pb = panel_batch(sub.gene_index, panel_of_gene, n_panel, dev)
-            cell_groups = group_of[torch.as_tensor(idx, device=dev)][pb.pair_cell]        # [pairs, groupings]
-            targets = [pb.pair_flat + cell_groups[:, c] * block_size for c in range(groups.shape[1])]
-            for t in targets:
-                counts.index_add_(0, t, torch.ones_like(t))
-            mask = torch.as_tensor(sub.attention_mask, device=dev).bool()
-            adapter.forward(sub)
-            for i, layer in enumerate(layers):
-                block = panel_rows_attention(captured[(layer, "query")], captured[(layer, "key")], mask,
-                                             pb.positions, adapter.n_heads)
-                vals = block[pb.pair_cell, :, pb.pair_row, pb.pair_col].T.to(dtype)      # [heads, pairs]
-                for t in targets:
-                    sums[i].index_add_(1, t, vals)
-            captured.clear()
-    return sums, counts
-
-
 @dataclass(frozen=True)
 class BatchLayout:
     """Where the panel and source genes sit in one padded batch (-1 = padding). ``positions``/``genes``: ``[batch,
-    P]`` sequence position and panel index of each panel gene in the cell; ``source_positions``/``sources``/
-    ``source_columns``: ``[batch, Rb]`` sequence position, source index (0..R-1) and column within ``positions`` of
-    each source gene in the cell."""
+    P]`` sequence position and panel index of each panel gene in the cell, the cell's source genes first;
+    ``sources``: ``[batch, Rb]`` source index (0..R-1) of the first ``Rb`` of them (-1 past the cell's own source
+    genes), so a cell's source rows are the leading rows of any ``[.., P, ..]`` block read at ``positions``."""
 
     positions: torch.Tensor
     genes: torch.Tensor
-    source_positions: torch.Tensor
     sources: torch.Tensor
-    source_columns: torch.Tensor
 
 
 def _padded(rows: list[np.ndarray], fill: int) -> np.ndarray:
@@ -200,86 +131,171 @@ def batch_layout(gene_index: np.ndarray, panel_of_gene: np.ndarray, source_of_pa
     """:class:`BatchLayout` of a batch's ``gene_index`` ``[batch, seq]`` (-1 = not a gene); ``panel_of_gene``: panel
     index of each vocabulary gene or -1; ``source_of_panel``: source index of each panel gene or -1."""
     slot = np.where(gene_index >= 0, panel_of_gene[np.maximum(gene_index, 0)], -1)        # [batch, seq]
-    pos = [np.nonzero(row >= 0)[0] for row in slot]
+    pos = []
+    for row in slot:
+        at = np.nonzero(row >= 0)[0]
+        pos.append(at[np.argsort(source_of_panel[row[at]] < 0, kind="stable")])          # sources first
     genes = [row[p] for row, p in zip(slot, pos)]
-    src_col = [np.nonzero(source_of_panel[g] >= 0)[0] for g in genes]
-    arrays = (_padded(pos, 0), _padded(genes, -1), _padded([p[c] for p, c in zip(pos, src_col)], 0),
-              _padded([source_of_panel[g[c]] for g, c in zip(genes, src_col)], -1), _padded(src_col, 0))
+    sources = [source_of_panel[g][source_of_panel[g] >= 0] for g in genes]
+    arrays = (_padded(pos, 0), _padded(genes, -1), _padded(sources, -1))
     return BatchLayout(*(torch.as_tensor(a, device=device) for a in arrays))
 
 
-class PooledSums:
-    """Device accumulators of :class:`~analysis.io.stores.AttentionStore` (its docstring gives the shapes), filled one
-    batch and one layer at a time. Each flat accumulator has one extra slot at its end that padded entries are added
-    into and that is dropped at the end, so no boolean compaction runs per batch.
+def count_pairs(cells: TokenizedCells, panel_of_gene: np.ndarray, n_panel: int, groups: np.ndarray | None = None,
+                n_groups: int = 1, block: int = 1024) -> np.ndarray:
+    """``[n_groups, G, G]`` co-occurrence counts: cells of each group in which both panel genes are in the model
+    input (diagonal: cells holding the gene), in the narrowest unsigned type that holds the largest group.
+    ``groups``: ``[cells, groupings]`` group of each cell in each grouping (None: one group of every cell). Each
+    group's count is ``X^T X`` over its cells' ``[cells, G]`` presence, ``block`` cells at a time (float32 products
+    of 0/1 are exact below 2^24 cells)."""
+    groups = np.zeros((cells.n_cells, 1), dtype=np.int64) if groups is None else np.asarray(groups)
+    members = [np.nonzero((groups == g).any(axis=1))[0] for g in range(n_groups)]
+    out = np.zeros((n_groups, n_panel, n_panel), narrowest_count_dtype(max((m.size for m in members), default=0)))
+    for g, cells_of_group in enumerate(members):
+        total = np.zeros((n_panel, n_panel))
+        for start in range(0, cells_of_group.size, block):
+            index = cells.gene_index[cells_of_group[start:start + block]]
+            slot = np.where(index >= 0, panel_of_gene[np.maximum(index, 0)], -1)
+            present = np.zeros((index.shape[0], n_panel + 1), dtype=np.float32)
+            present[np.arange(index.shape[0])[:, None], slot] = 1.0                  # -1 lands in the spare column
+            x = present[:, :n_panel]
+            total += x.T @ x
+        out[g] = total
+    return out
+
+
+def _strided(flat: torch.Tensor, shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    """A host numpy view of an accumulator without its dump slot (no copy on the CPU)."""
+    return flat.as_strided(shape, strides).cpu().numpy()
+
+
+class AttentionSums:
+    """Device accumulators of the attention stores, filled one batch and one layer at a time: for each kept layer,
+    every head's rows (and, with ``keep_cols``, columns) at the ``R`` source genes, the head mean over every panel
+    pair, and the heads asked for whole, per cell group (the pooled store is one group of every cell;
+    CSSI's grouped store one group per fine cluster and per random group, a cell adding to one group of each
+    grouping). Each flat accumulator has one extra slot at its end that padded entries are added into and that
+    is dropped at the end, so no boolean compaction runs per batch.
 
     Memory per layer and batch: ``[batch, heads, chunk, seq]`` scores, with the chunk of panel rows sized to
-    ``chunk_bytes``; the accumulators are fixed (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes, plus
-    ``G^2 x 8`` per whole head)."""
+    ``chunk_bytes``; source rows are the leading rows of each cell's layout (:func:`batch_layout`), so they are read
+    from the same chunks with no softmax of their own. The accumulators are fixed: ``groups x layers x (heads x R x G
+    x 4 x (1 or 2) + G^2 x itemsize(layer_dtype))`` bytes, plus ``G^2 x 8`` per whole head."""
 
-    def __init__(self, n_layers: int, n_heads: int, n_panel: int, n_sources: int, full_heads: tuple[tuple[int, int], ...],
-                 device: torch.device, chunk_bytes: int = 256 * 2 ** 20):
-        g, r = n_panel, n_sources
-        self.n_layers, self.n_heads, self.n_panel, self.n_sources = n_layers, n_heads, g, r
-        self.head_rows = torch.zeros(n_layers, n_heads, r * g + 1, dtype=torch.float32, device=device)
-        self.head_cols = torch.zeros(n_layers, n_heads, r * g + 1, dtype=torch.float32, device=device)
-        self.layer_sums = torch.zeros(n_layers, g * g + 1, dtype=torch.float64, device=device)
-        self.counts = torch.zeros(g * g + 1, dtype=torch.int32, device=device)
-        self.full = {key: torch.zeros(g * g + 1, dtype=torch.float64, device=device) for key in full_heads}
+    def __init__(self, layers: tuple[int, ...], n_heads: int, n_panel: int, n_sources: int, *, n_groups: int = 1,
+                 keep_cols: bool = True, full_heads: tuple[tuple[int, int], ...] = (),
+                 layer_dtype: torch.dtype = torch.float64, device: torch.device = torch.device("cpu"),
+                 chunk_bytes: int = 256 * 2 ** 20):
+        g, r, n = n_panel, n_sources, len(layers)
+        self.slot = {layer: i for i, layer in enumerate(layers)}
+        self.n_heads, self.n_panel, self.n_sources, self.n_groups = n_heads, g, r, n_groups
+        self.head_rows = torch.zeros(n, n_heads, n_groups * r * g + 1, dtype=torch.float32, device=device)
+        self.head_cols = (torch.zeros(n, n_heads, n_groups * r * g + 1, dtype=torch.float32, device=device)
+                          if keep_cols and r else None)
+        self.layer_sums = torch.zeros(n, n_groups * g * g + 1, dtype=layer_dtype, device=device)
+        self.full = {key: torch.zeros(n_groups * g * g + 1, dtype=torch.float64, device=device) for key in full_heads}
         self.chunk_bytes = chunk_bytes
         self.layout: BatchLayout | None = None
         self.key_mask: torch.Tensor | None = None
+        self.groups: torch.Tensor | None = None
 
-    def start_batch(self, layout: BatchLayout, key_mask: torch.Tensor, *, count: bool = True) -> None:
-        """Set the batch the next :meth:`add_layer` calls read, and (``count``) count its co-observed panel pairs."""
+    def start_batch(self, layout: BatchLayout, key_mask: torch.Tensor, groups: torch.Tensor | None = None) -> None:
+        """Set the batch the next :meth:`add_layer` calls read; ``groups``: ``[batch, groupings]`` group of each cell
+        in each grouping (None: group 0)."""
         self.layout, self.key_mask = layout, key_mask
-        if not count:
-            return
-        genes = layout.genes
-        dump = self.n_panel * self.n_panel
-        for row in genes:                                               # one cell at a time: [P, P] indices
-            flat = row[:, None] * self.n_panel + row[None, :]
-            flat = torch.where((row[:, None] >= 0) & (row[None, :] >= 0), flat, dump).reshape(-1)
-            self.counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        self.groups = (torch.zeros(layout.genes.shape[0], 1, dtype=torch.int64, device=layout.genes.device)
+                       if groups is None else groups)
 
-    def _flat(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int) -> torch.Tensor:
-        """``rows[..., :, None] * G + cols[..., None, :]`` with any -1 sent to the dump slot ``n_rows * G``."""
-        flat = rows[..., :, None] * self.n_panel + cols[..., None, :]
-        return torch.where((rows[..., :, None] >= 0) & (cols[..., None, :] >= 0), flat, n_rows * self.n_panel)
+    def _targets(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int) -> list[torch.Tensor]:
+        """Per grouping, flat ``[batch * r * c]`` indices ``group * n_rows * G + row * G + col`` of ``rows`` ``[batch,
+        r]`` x ``cols`` ``[batch, c]``, with any -1 sent to the dump slot."""
+        block = n_rows * self.n_panel
+        flat = rows[:, :, None] * self.n_panel + cols[:, None, :]
+        valid = (rows[:, :, None] >= 0) & (cols[:, None, :] >= 0)
+        return [torch.where(valid, flat + self.groups[:, c, None, None] * block, self.n_groups * block).reshape(-1)
+                for c in range(self.groups.shape[1])]
 
     def add_layer(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> None:
-        """Reduce one layer's projections ``[batch, seq, heads*d_head]`` of the current batch into the sums."""
-        lay, h = self.layout, self.n_heads
-        if self.n_sources:
-            forward = panel_rows_attention(query, key, self.key_mask, lay.source_positions, h, lay.positions)
-            flat = self._flat(lay.sources, lay.genes, self.n_sources).reshape(-1)         # [b * Rb * P]
-            self.head_rows[layer].index_add_(1, flat, forward.permute(1, 0, 2, 3).reshape(h, -1).float())
+        """Reduce one layer's projections ``[batch, seq, heads*d_head]`` of the current batch into the sums (a layer
+        not kept is ignored)."""
+        if layer not in self.slot:
+            return
+        i, lay, h = self.slot[layer], self.layout, self.n_heads
         b, seq = key.shape[:2]
-        n_rows = lay.positions.shape[1]
+        n_rows, n_src = lay.positions.shape[1], lay.sources.shape[1] if self.n_sources else 0
         chunk = max(1, self.chunk_bytes // (b * h * seq * 4))
         for start in range(0, n_rows, chunk):
             rows = slice(start, start + chunk)
             probs = panel_rows_attention(query, key, self.key_mask, lay.positions[:, rows], h, lay.positions)
-            genes = lay.genes[:, rows]                                                   # [b, c]
-            flat = self._flat(genes, lay.genes, self.n_panel).reshape(-1)                  # [b * c * P]
-            self.layer_sums[layer].index_add_(0, flat, probs.mean(1).reshape(-1).double())
-            for (full_layer, head), sums in self.full.items():
-                if full_layer == layer:
-                    sums.index_add_(0, flat, probs[:, head].reshape(-1).double())
-            if self.n_sources:
-                cols = lay.source_columns[:, None, None, :].expand(-1, h, probs.shape[2], -1)
-                backward = torch.gather(probs, 3, cols)                                  # [b, h, c, Rb]
-                flat = self._flat(lay.sources, genes, self.n_sources).transpose(1, 2).reshape(-1)
-                self.head_cols[layer].index_add_(1, flat, backward.permute(1, 0, 2, 3).reshape(h, -1).float())
+            genes = lay.genes[:, rows]                                                    # [b, c]
+            mean = probs.mean(1).reshape(-1).to(self.layer_sums.dtype)
+            for flat in self._targets(genes, lay.genes, self.n_panel):
+                self.layer_sums[i].index_add_(0, flat, mean)
+                for (full_layer, head), sums in self.full.items():
+                    if full_layer == layer:
+                        sums.index_add_(0, flat, probs[:, head].reshape(-1).double())
+            if start < n_src:                                       # the leading rows are the cells' source genes
+                forward = probs[:, :, : n_src - start]                                   # [b, h, cs, P]
+                values = forward.permute(1, 0, 2, 3).reshape(h, -1).float()
+                for flat in self._targets(lay.sources[:, rows], lay.genes, self.n_sources):
+                    self.head_rows[i].index_add_(1, flat, values)
+            if self.head_cols is not None:
+                backward = probs[:, :, :, :n_src]                                         # [b, h, c, Rb]
+                values = backward.permute(1, 0, 2, 3).reshape(h, -1).float()
+                for flat in self._targets(lay.sources, genes, self.n_sources):
+                    flat = flat.reshape(b, n_src, -1).transpose(1, 2).reshape(-1)
+                    self.head_cols[i].index_add_(1, flat, values)
 
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """The sums without their dump slots, shaped as :class:`~analysis.io.stores.AttentionStore` holds them."""
-        g, r, shape = self.n_panel, self.n_sources, (self.n_layers, self.n_heads, self.n_sources, self.n_panel)
-        return {"head_rows": self.head_rows[..., : r * g].reshape(shape).cpu().numpy(),
-                "head_cols": self.head_cols[..., : r * g].reshape(shape).cpu().numpy(),
-                "layer_sums": self.layer_sums[:, : g * g].reshape(self.n_layers, g, g).cpu().numpy(),
-                "counts": self.counts[: g * g].reshape(g, g).cpu().numpy(),
+    def pooled(self) -> dict[str, np.ndarray]:
+        """One group's sums without their dump slots, shaped as :class:`~analysis.io.stores.AttentionStore` holds
+        them: ``head_rows``/``head_cols`` ``[layers, heads, R, G]``, ``layer_sums`` ``[layers, G, G]``,
+        ``full_heads``."""
+        g, r, (n, h, width) = self.n_panel, self.n_sources, self.head_rows.shape
+        heads = (n, h, r, g), (h * width, width, g, 1)
+        return {"head_rows": _strided(self.head_rows, *heads),
+                "head_cols": (_strided(self.head_cols, *heads) if self.head_cols is not None
+                              else np.zeros(heads[0], dtype=np.float32)),
+                "layer_sums": _strided(self.layer_sums, (n, g, g), (g * g + 1, g, 1)),
                 "full_heads": {full_head_name(*k): v[: g * g].reshape(g, g).cpu().numpy() for k, v in self.full.items()}}
+
+    def grouped(self) -> dict[str, np.ndarray]:
+        """Per group: ``head_rows``/``head_cols`` ``[groups, layers, heads, R, G]``, ``layer_sums`` ``[groups, layers,
+        G, G]`` (views of the accumulators)."""
+        g, r, k, (n, h, width) = self.n_panel, self.n_sources, self.n_groups, self.head_rows.shape
+        heads = (k, n, h, r, g), (r * g, h * width, width, g, 1)
+        return {"head_rows": _strided(self.head_rows, *heads),
+                "head_cols": _strided(self.head_cols, *heads) if self.head_cols is not None else None,
+                "layer_sums": _strided(self.layer_sums, (k, n, g, g), (g * g, k * g * g + 1, g, 1))}
+
+
+def _panel_index(cells: TokenizedCells, panel: pd.DataFrame, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Panel index of each vocabulary gene of ``cells`` and source index of each panel gene (-1 = none)."""
+    panel_of_gene = np.full(len(cells.genes), -1, dtype=np.int64)
+    panel_of_gene[panel["gene_index"].to_numpy()] = np.arange(len(panel))
+    source_of_panel = np.full(len(panel), -1, dtype=np.int64)
+    source_of_panel[sources] = np.arange(sources.size)
+    return panel_of_gene, source_of_panel
+
+
+def _accumulate(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame, sources: np.ndarray,
+                acc: AttentionSums, *, groups: np.ndarray | None, batch_size: int, progress: bool,
+                embeddings: dict[str, np.ndarray] | None = None) -> None:
+    """One pass of ``cells`` through ``adapter`` with ``acc`` reducing every layer inside its hook; cell embeddings
+    are written into ``embeddings`` (kind -> ``[cells, d_model]``) when given."""
+    panel_of_gene, source_of_panel = _panel_index(cells, panel, sources)
+    dev = adapter.device
+    with capture_projections(adapter, cls=embeddings is not None, on_layer=acc.add_layer) as captured:
+        for idx in tqdm(list(cells.batches(batch_size)), desc="attention", unit="batch", disable=not progress):
+            sub = cells.subset(idx)
+            acc.start_batch(batch_layout(sub.gene_index, panel_of_gene, source_of_panel, dev),
+                            torch.as_tensor(sub.attention_mask, device=dev).bool(),
+                            None if groups is None else torch.as_tensor(groups[idx], device=dev))
+            adapter.forward(sub)
+            if embeddings is not None:
+                for kind, emb in cell_embeddings(captured, sub).items():
+                    embeddings.setdefault(kind, np.zeros((cells.n_cells, adapter.d_model), np.float32))[idx] = \
+                        emb.cpu().numpy()
+            captured.clear()
 
 
 def extract_attention(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame, *,
@@ -292,52 +308,47 @@ def extract_attention(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.Da
     ``panel`` rows index ``cells.genes`` through ``gene_index``; ``sources``: panel indices whose rows and columns
     every head keeps (default :func:`~analysis.io.stores.source_genes`); ``full_heads``: (layer, head) pairs kept
     whole. Peak memory: the model's forward, one layer's query/key projections, ``[batch, heads, chunk, seq]`` scores
-    of ``chunk_bytes`` (:class:`PooledSums`) and the fixed store.
+    of ``chunk_bytes`` (:class:`AttentionSums`) and the fixed store.
     """
-    n_panel = len(panel)
     sources = source_genes(panel) if sources is None else np.asarray(sources, dtype=np.int64)
     bad = [f"L{l}H{h}" for l, h in full_heads if not (0 <= l < adapter.n_layers and 0 <= h < adapter.n_heads)]
     if bad:
         raise ValueError(f"heads {bad} asked for whole are not in the model ({adapter.n_layers} layers x "
                          f"{adapter.n_heads} heads)")
-    panel_of_gene = np.full(len(cells.genes), -1, dtype=np.int64)
-    panel_of_gene[panel["gene_index"].to_numpy()] = np.arange(n_panel)
-    source_of_panel = np.full(n_panel, -1, dtype=np.int64)
-    source_of_panel[sources] = np.arange(sources.size)
-    dev = adapter.device
-    acc = PooledSums(adapter.n_layers, adapter.n_heads, n_panel, sources.size, tuple(full_heads), dev, chunk_bytes)
+    acc = AttentionSums(tuple(range(adapter.n_layers)), adapter.n_heads, len(panel), sources.size,
+                        full_heads=tuple(full_heads), device=adapter.device, chunk_bytes=chunk_bytes)
     embeddings: dict[str, np.ndarray] = {}
-    with capture_projections(adapter, cls=True, on_layer=acc.add_layer) as captured:
-        for idx in tqdm(list(cells.batches(batch_size)), desc="attention", unit="batch", disable=not progress):
-            sub = cells.subset(idx)
-            acc.start_batch(batch_layout(sub.gene_index, panel_of_gene, source_of_panel, dev),
-                            torch.as_tensor(sub.attention_mask, device=dev).bool())
-            adapter.forward(sub)
-            for kind, emb in cell_embeddings(captured, sub).items():
-                embeddings.setdefault(kind, np.zeros((cells.n_cells, adapter.d_model), np.float32))[idx] = \
-                    emb.cpu().numpy()
-            captured.clear()
-    arrays = acc.to_numpy()
+    _accumulate(adapter, cells, panel, sources, acc, groups=None, batch_size=batch_size, progress=progress,
+                embeddings=embeddings)
+    arrays = acc.pooled()
+    counts = count_pairs(cells, _panel_index(cells, panel, sources)[0], len(panel))[0]
     params = {"model": adapter.name, "family": adapter.family, "n_layers": adapter.n_layers, "n_heads": adapter.n_heads,
               "batch_size": batch_size, "definition": "sum over cells of A[q,k] (query q attends to key k)",
               "attention_site": "softmax(QK^T/sqrt(d)) recomputed from hooked query/key projections",
               "kept": "per head: source genes' rows and columns; per layer: head mean over every panel pair",
               "n_sources": int(sources.size), "full_heads": [full_head_name(*k) for k in full_heads]}
     return AttentionStore(sources, arrays["head_rows"], arrays["head_cols"], arrays["layer_sums"],
-                          arrays["counts"].astype(narrowest_count_dtype(cells.n_cells)), cells.n_cells,
+                          counts.astype(narrowest_count_dtype(cells.n_cells)), cells.n_cells,
                           panel.reset_index(drop=True), params, arrays["full_heads"], embeddings)
 
 
 def extract_grouped_attention(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame,
-                              groups: np.ndarray, n_groups: int, *, layers: tuple[int, ...], batch_size: int = 8,
+                              groups: np.ndarray, n_groups: int, *, layers: tuple[int, ...], sources: np.ndarray,
+                              keep_cols: bool = False, batch_size: int = 8, chunk_bytes: int = 256 * 2 ** 20,
                               progress: bool = True) -> GroupedAttention:
-    """Attention of ``layers`` accumulated per cell group: one extraction pass whatever the number of groups.
-    ``groups``: ``[cells, n_groupings]`` (see :func:`_stream`). Memory: ``n_groups x len(layers) x heads x G^2``
-    float32 on top of a plain extraction."""
-    n_panel = len(panel)
-    sums, counts = _stream(adapter, cells, panel, groups=groups, n_groups=n_groups, layers=layers,
-                           batch_size=batch_size, dtype=torch.float32, progress=progress)
-    return GroupedAttention(
-        sums.view(len(layers), adapter.n_heads, n_groups, n_panel, n_panel).permute(2, 0, 1, 3, 4).cpu().numpy(),
-        counts.view(n_groups, n_panel, n_panel).to(torch.int32).cpu().numpy(), tuple(layers),
-        panel.reset_index(drop=True))
+    """Attention of ``layers`` accumulated per cell group (:class:`~analysis.io.stores.GroupedAttention`): one
+    extraction pass whatever the number of groups. ``groups``: ``[cells, n_groupings]`` group of each cell in each
+    grouping; ``sources``: panel indices whose per-head rows are kept (``np.arange(G)`` keeps every head whole);
+    ``keep_cols``: keep their columns too (read by the target -> TF direction). Memory: the store
+    (:func:`~analysis.io.stores.grouped_store_bytes`) on top of a plain extraction's forward."""
+    sources = np.asarray(sources, dtype=np.int64)
+    full = sources.size == len(panel)
+    acc = AttentionSums(tuple(layers), adapter.n_heads, len(panel), sources.size, n_groups=n_groups,
+                        keep_cols=keep_cols and not full, layer_dtype=torch.float32, device=adapter.device,
+                        chunk_bytes=chunk_bytes)
+    _accumulate(adapter, cells, panel, sources, acc, groups=np.asarray(groups, dtype=np.int64),
+                batch_size=batch_size, progress=progress)
+    arrays = acc.grouped()
+    counts = count_pairs(cells, _panel_index(cells, panel, sources)[0], len(panel), groups, n_groups)
+    return GroupedAttention(sources, arrays["head_rows"], arrays["head_cols"], arrays["layer_sums"], counts,
+                            tuple(layers), panel.reset_index(drop=True))

@@ -9,15 +9,19 @@ F1 with ``k`` = the number of reference edges in the universe unless set).
 Cost design (flat in the number of slider positions): attention is accumulated once per *group* of cells
 (:func:`analysis.interp.attention.extract_grouped_attention`): the ``F`` fine clusters of :mod:`analysis.scoring.strata`, whose
 unions are every stratification, and ``M`` random groups of equal size, whose unions are random strata for the
-null. One extraction pass and ``(F + M) x layers x heads x G^2 x 4`` bytes; a stratification then costs one
-``[K, F] @ [F, sites x pairs]`` product. Per-stratum Spearman is recomputed from expression (cheap).
+null. One extraction pass; per group, each kept layer's head mean over every pair and each head's rows at the
+source genes (every gene when that fits, else the reference TFs; :class:`analysis.io.stores.GroupedAttention`). A
+stratification then costs one ``[K, F] @ [F, sites x pairs]`` product at the candidate pairs, a block of sites at a
+time. Per-stratum Spearman is recomputed from expression (cheap).
 
 Nulls, each with an empirical p-value ``(1 + #{null >= observed}) / (1 + R)``:
 - random strata: unions of random groups with the real strata's sizes (to the random-group granularity); the null
   for the CSSI - pooled improvement, drawn as a band;
 - shuffled labels: the reference labels permuted over the candidate pairs (null for the CSSI AUROC itself);
 - gene-permuted reference: the reference's genes relabelled by a random permutation of the panel (degrees kept);
-  null for both the CSSI AUROC and its improvement over pooled.
+  null for both the CSSI AUROC and its improvement over pooled. A permuted reference's TFs are any genes, so it is
+  scored where every pair is held: each layer's head mean and the correlations always, the heads only when the
+  store kept every gene's rows (the paper registers it for the read-out layer's head mean).
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import DIRECTIONS
-from .edges import SubsetSpearman
+from ..io.stores import GroupedAttention
+from .edges import SubsetSpearman, mean_scores
 from .ranking import (Universe, auroc_from_ranks, f1_from_hits, ranks_and_order, top_k_f1,
                       universe_from_labels)
 
@@ -65,35 +70,21 @@ def aggregate_all(strata: np.ndarray, pooled: np.ndarray, hows: tuple[str, ...] 
 
 
 def group_to_strata(values: np.ndarray, assignment: np.ndarray, n_strata: int) -> np.ndarray:
-    """Sum ``values`` ``[n_groups, ...]`` into ``[n_strata, ...]``; ``assignment[g]`` = stratum of group g, -1 =
-    group not used. One ``[K, groups] @ [groups, rest]`` product over the used block of rows, read in place when
-    ``values`` is C-contiguous float64 (as :class:`CSSIData` holds it)."""
+    """Sum ``values`` ``[n_groups, ...]`` into ``[n_strata, ...]`` float64; ``assignment[g]`` = stratum of group g, -1 =
+    group not used. One ``[K, groups] @ [groups, rest]`` product over the used block of rows, in the values' own
+    precision when they are float32 (sums of a few dozen float32 group sums: 1e-6 relative) and read in place when
+    that block is C-contiguous."""
     used = np.nonzero(assignment >= 0)[0]
     block = slice(used.min(), used.max() + 1)   # groupings are numbered contiguously: skip the other grouping
-    onehot = np.zeros((n_strata, block.stop - block.start))
+    dtype = np.float32 if values.dtype == np.float32 else np.float64
+    onehot = np.zeros((n_strata, block.stop - block.start), dtype=dtype)
     onehot[assignment[used], used - block.start] = 1.0
-    rows = np.ascontiguousarray(values[block], dtype=np.float64)
-    return (onehot @ rows.reshape(rows.shape[0], -1)).reshape((n_strata,) + rows.shape[1:])
-
-
-def mean_scores(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``sums / counts`` with ``counts`` broadcast over the site axis (``sums`` ``[K, S, P]``, ``counts`` ``[K, P]``);
-    NaN where never co-observed."""
-    c = counts[:, None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(c > 0, sums / np.maximum(c, 1), np.nan)
-
-
-def site_sums(group_sums: np.ndarray) -> np.ndarray:
-    """``[groups, layers, heads, P]`` attention sums -> ``[groups, layers * heads + layers, P]``: every head, then
-    each layer's head mean (the sum over heads / heads, additive like the heads)."""
-    g, n_layers, n_heads = group_sums.shape[:3]
-    heads = np.asarray(group_sums, dtype=np.float64).reshape(g, n_layers * n_heads, -1)
-    return np.concatenate([heads, heads.reshape(g, n_layers, n_heads, -1).mean(axis=2)], axis=1)
+    rows = np.ascontiguousarray(values[block], dtype=dtype)
+    return (onehot @ rows.reshape(rows.shape[0], -1)).reshape((n_strata,) + rows.shape[1:]).astype(np.float64)
 
 
 def site_table(layers: tuple[int, ...], n_heads: int) -> pd.DataFrame:
-    """The S sites scored by CSSI, in :func:`site_sums` order then the correlation edges (signed rho, the paper's, and
+    """The S sites scored by CSSI: every head of the kept layers, then each layer's head mean, then the correlation edges (signed rho, the paper's, and
     |rho|; sign-matched needs an observed direction of change, which a reference pair has not): edge_type, layer,
     head, label."""
     rows = [("attention", layer, h, f"L{layer}H{h}") for layer in layers for h in range(n_heads)]
@@ -180,11 +171,15 @@ def recovery(scores: np.ndarray, labels: np.ndarray, k: int, *, with_ranks: bool
 class CSSIData:
     """Everything a stratification is scored from, at the candidate pair columns only.
 
-    ``group_sums``: ``[F + M, S_att, C]`` attention sums per group and site (:func:`site_sums`); ``group_counts``:
-    ``[F + M, C]``, both C-contiguous float64 so that every stratification is one matrix product read in place; ``expression``: ``[cells, G]`` log1p CP10k of the panel genes; ``fine``: ``[cells]`` fine
-    cluster (0..F-1); ``random_group``: ``[cells]`` random group (F..F+M-1), None for data that holds no random groups
-    (:class:`LevelSums`); ``sites``: :func:`site_table`; ``top_k``: the F1 cut-off; ``pooled_scores``: :attr:`pooled`
-    when it was computed already (None: computed from the groups)."""
+    ``group_sums``: ``[F + M, S_att, C]`` float32 attention sums per group and attention site
+    (:meth:`CSSISource.pair_sums`); ``group_counts``: ``[F + M, C]`` float64, both C-contiguous so that every
+    stratification is one matrix product read in place; ``expression``: ``[cells, G]`` log1p CP10k of the panel
+    genes; ``fine``: ``[cells]`` fine cluster (0..F-1); ``random_group``: ``[cells]`` random group (F..F+M-1), None for
+    data that holds no random groups (:class:`LevelSums`); ``sites``: the rows of :func:`site_table` held (attention
+    sites, then the two correlation sites; their index is the site number); ``top_k``: the F1 cut-off;
+    ``pooled_scores``: :attr:`pooled` when it was computed already (None: computed from the groups). A
+    stratification is scored a block of sites at a time (``block_bytes`` of ``[K, sites, N]`` scores), so its memory
+    does not grow with the number of heads."""
 
     group_sums: np.ndarray
     group_counts: np.ndarray
@@ -196,6 +191,7 @@ class CSSIData:
     top_k: int
     spearman: SubsetSpearman | None = None
     pooled_scores: np.ndarray | None = None
+    block_bytes: int = 128 * 2 ** 20
 
     @property
     def n_fine(self) -> int:
@@ -219,8 +215,8 @@ class CSSIData:
         times each group's cells are taken (0 = left out; a bootstrap draw repeats groups), ``cells`` the same cells
         as indices into ``expression`` (repeated as often), from which Spearman is computed."""
         w = np.asarray(weights, dtype=np.float64)
-        sums = (w @ self.group_sums.reshape(w.size, -1)).reshape(self.group_sums.shape[1:])     # [S_att, C]
-        att = mean_scores(sums[None], (w @ self.group_counts)[None])[0]
+        sums = (w.astype(np.float32) @ self.group_sums.reshape(w.size, -1)).reshape(self.group_sums.shape[1:])
+        att = mean_scores(sums, (w @ self.group_counts)[None])
         cells = np.asarray(cells)
         corr = (self.ranker.pairs(cells, self.pairs.columns) if cells.size >= 3
                 else np.full(self.pairs.columns.size, np.nan))[None]
@@ -231,37 +227,63 @@ class CSSIData:
         """:func:`recovery` of :attr:`pooled` (no ranks: the label-shuffle null ranks the aggregated scores)."""
         return recovery(self.pooled, self.pairs.labels, self.top_k, with_ranks=False)
 
-    def stratum_scores(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int) -> np.ndarray:
-        """Per-stratum ``[K, S, N]`` pair scores of every site for one stratification (``group_assignment``:
-        stratum of each group or -1; ``cell_labels``: stratum of each cell, for Spearman)."""
-        att = mean_scores(group_to_strata(self.group_sums, group_assignment, n_strata),
-                          group_to_strata(self.group_counts, group_assignment, n_strata))
-        corr = spearman_by_stratum(self.ranker, cell_labels, n_strata, self.pairs.columns)
-        return self.pairs.orient(np.concatenate([att, corr[:, None, :], np.abs(corr)[:, None, :]], axis=1))
+    def site_blocks(self, n_strata: int) -> list[slice]:
+        """The blocks of sites a stratification of ``n_strata`` is scored in (class doc)."""
+        n_sites, per_site = len(self.sites), 8 * n_strata * max(self.pairs.columns.size, 1) * 4   # a few temporaries
+        step = max(1, self.block_bytes // per_site)
+        return [slice(start, min(start + step, n_sites)) for start in range(0, n_sites, step)]
+
+    def stratum_scores(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int,
+                       sites: slice = slice(None), *, counts: np.ndarray | None = None,
+                       corr: np.ndarray | None = None) -> np.ndarray:
+        """Per-stratum ``[K, s, N]`` pair scores of the ``sites`` block for one stratification (``group_assignment``:
+        stratum of each group or -1; ``cell_labels``: stratum of each cell, for Spearman). ``counts`` ``[K, C]`` and
+        ``corr`` ``[K, C]``, the stratification's pair counts and Spearman, are computed when not given."""
+        n_att = self.group_sums.shape[1]
+        start, stop, _ = sites.indices(n_att + 2)
+        if counts is None:
+            counts = group_to_strata(self.group_counts, group_assignment, n_strata)
+        parts = []
+        if start < n_att:
+            parts.append(mean_scores(group_to_strata(self.group_sums[:, start:min(stop, n_att)], group_assignment,
+                                                     n_strata), counts[:, None, :]))
+        if stop > n_att:
+            if corr is None:
+                corr = spearman_by_stratum(self.ranker, cell_labels, n_strata, self.pairs.columns)
+            parts.append(np.stack([corr, np.abs(corr)], axis=1)[:, max(start - n_att, 0):stop - n_att])
+        return self.pairs.orient(np.concatenate(parts, axis=1))
 
     def score(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int, *,
               with_ranks: bool = True) -> dict:
         """``{"pooled" | aggregation: (auroc [S], f1 [S], ranks [S, N] or None)}`` for one stratification."""
-        strata = self.stratum_scores(group_assignment, cell_labels, n_strata)
+        counts = group_to_strata(self.group_counts, group_assignment, n_strata)
+        corr = spearman_by_stratum(self.ranker, cell_labels, n_strata, self.pairs.columns)
         y = self.pairs.labels
+        parts: dict[str, list] = {how: [] for how in AGGREGATIONS}
+        for block in self.site_blocks(n_strata):
+            strata = self.stratum_scores(group_assignment, cell_labels, n_strata, block, counts=counts, corr=corr)
+            for how, scores in aggregate_all(strata, self.pooled[block]).items():
+                parts[how].append(recovery(scores, y, self.top_k, with_ranks=with_ranks))
         out = {"pooled": self.pooled_recovery}
-        for how, scores in aggregate_all(strata, self.pooled).items():
-            out[how] = recovery(scores, y, self.top_k, with_ranks=with_ranks)
+        for how, pieces in parts.items():
+            auroc, f1, ranks = zip(*pieces)
+            out[how] = (np.concatenate(auroc), np.concatenate(f1), np.concatenate(ranks) if with_ranks else None)
         return out
 
 
 @dataclass(frozen=True)
 class CSSISource:
-    """Full-resolution CSSI inputs of a run: ``group_sums`` ``[F + M, layers, heads, G, G]`` (memory-mapped is
-    fine), ``group_counts`` ``[F + M, G, G]``, ``expression`` ``[cells, G]``, ``fine`` and ``random_group``
-    ``[cells]``, ``layers`` kept."""
+    """Full-resolution CSSI inputs of a run: the grouped attention (:class:`analysis.io.stores.GroupedAttention`,
+    memory-mapped is fine), ``expression`` ``[cells, G]``, ``fine`` and ``random_group`` ``[cells]``.
 
-    group_sums: np.ndarray
-    group_counts: np.ndarray
+    Per-head sums exist at the store's source rows (every gene when they fit, else the reference TFs), so a head
+    site is read at pairs whose TF is a source (and, for the target -> TF direction, from the source columns); each
+    layer's head mean exists at every pair."""
+
+    grouped: GroupedAttention
     expression: np.ndarray
     fine: np.ndarray
     random_group: np.ndarray
-    layers: tuple[int, ...]
     spearman: SubsetSpearman | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -269,43 +291,104 @@ class CSSISource:
             object.__setattr__(self, "spearman", SubsetSpearman(self.expression))
 
     @property
+    def layers(self) -> tuple[int, ...]:
+        return self.grouped.layers
+
+    @property
+    def group_counts(self) -> np.ndarray:
+        """``[F + M, G, G]`` co-occurrence counts per group."""
+        return self.grouped.counts
+
+    @property
     def sites(self) -> pd.DataFrame:
-        return site_table(self.layers, self.group_sums.shape[2])
+        return site_table(self.layers, self.grouped.head_rows.shape[2])
+
+    @cached_property
+    def _source_of(self) -> np.ndarray:
+        """``[G]`` source index of each panel gene (-1: no per-head rows)."""
+        out = np.full(len(self.grouped.panel), -1, dtype=np.int64)
+        out[self.grouped.source_rows] = np.arange(self.grouped.source_rows.size)
+        return out
+
+    def _head_pairs(self, query: np.ndarray, key: np.ndarray, groups: slice, heads: tuple[slice, slice]
+                    ) -> np.ndarray:
+        """``[groups, layers, heads, N]`` per-head sums of the (query, key) panel pairs at ``heads`` (a slice of the
+        kept layers and one of the heads): from the source rows where the query is a source, else from the source
+        columns where the key is one."""
+        store, n = self.grouped, query.size
+        as_row, as_col = self._source_of[query], self._source_of[key]
+        rows = as_row >= 0
+        missing = ~rows & ((as_col < 0) | (store.head_cols is None))
+        if missing.any():
+            raise ValueError(f"{int(missing.sum())} pairs have neither gene among the {store.source_rows.size} genes "
+                             "whose per-head attention CSSI kept (the reference TFs); score them at layer means, or "
+                             "rerun with cssi.directions including target_to_tf to keep the TFs' columns")
+        layers, head = heads
+        block = store.head_rows[groups, layers, head]
+        out = np.empty(block.shape[:3] + (n,), dtype=np.float32)
+        out[..., rows] = block[..., as_row[rows], key[rows]]
+        if not rows.all():
+            out[..., ~rows] = store.head_cols[groups, layers, head][..., as_col[~rows], query[~rows]]
+        return out
+
+    def pair_sums(self, columns: np.ndarray, groups: slice = slice(None)) -> np.ndarray:
+        """``[groups, S_att, N]`` float32 attention sums of every attention site (:func:`site_table` order) at the flat
+        ``[G * G]`` pair ``columns``."""
+        query, key = np.divmod(np.asarray(columns), len(self.grouped.panel))
+        heads = self._head_pairs(query, key, groups, (slice(None), slice(None)))
+        layer = np.asarray(self.grouped.layer_sums[groups][:, :, query, key], dtype=np.float32)
+        return np.concatenate([heads.reshape(heads.shape[0], -1, query.size), layer], axis=1)
+
+    def site_sums(self, site: pd.Series, columns: np.ndarray, groups: slice = slice(None)) -> np.ndarray:
+        """``[groups, N]`` float64 sums of one attention site (a row of :attr:`sites`) at the flat pair ``columns``."""
+        query, key = np.divmod(np.asarray(columns), len(self.grouped.panel))
+        layer = self.layers.index(int(site["layer"]))
+        if site["edge_type"] == "attention_layer_mean":
+            return np.asarray(self.grouped.layer_sums[groups][:, layer, query, key], dtype=np.float64)
+        head = int(site["head"])
+        return self._head_pairs(query, key, groups, (slice(layer, layer + 1), slice(head, head + 1)))[:, 0, 0]
 
     def level_sums(self, assignment: np.ndarray, n_strata: int, block_bytes: int = 256 * 2 ** 20) -> "LevelSums":
-        """:class:`LevelSums` of one stratification (``assignment``: ``[F]`` stratum of each fine cluster): the fine
-        clusters' sums are read once, ``block_bytes`` of float64 site sums at a time, whatever the number of pair
-        sets later scored."""
-        f, n_att = assignment.size, len(self.sites) - 2
-        n_groups, n_layers, n_heads = self.group_sums.shape[:3]
-        flat_sums = self.group_sums.reshape(n_groups, n_layers, n_heads, -1)
-        flat_counts = self.group_counts.reshape(n_groups, -1)
-        n_pairs = flat_counts.shape[1]
-        sums, counts = np.empty((n_strata, n_att, n_pairs)), np.empty((n_strata, n_pairs))
-        step = max(1, block_bytes // (8 * f * (n_att + n_layers * n_heads)))
-        for start in range(0, n_pairs, step):
+        """:class:`LevelSums` of one stratification (``assignment``: ``[F]`` stratum of each fine cluster) over every
+        gene pair: each layer's head mean, and every head when the store keeps every gene's rows (else the heads'
+        gene-permuted null is not computed). The fine clusters' sums are read once, ``block_bytes`` of float64 at a
+        time, whatever the number of pair sets later scored."""
+        store, f = self.grouped, assignment.size
+        n_layers, g = len(self.layers), len(store.panel)
+        n_heads = store.head_rows.shape[2]
+        parts = [store.layer_sums[:f].reshape(f, n_layers, g * g)]
+        kept = np.arange(n_layers * n_heads, n_layers * (n_heads + 1))
+        if store.full_rows:
+            parts.insert(0, store.head_rows[:f].reshape(f, n_layers * n_heads, g * g))
+            kept = np.arange(n_layers * (n_heads + 1))
+        counts = store.counts[:f].reshape(f, g * g)
+        sums = np.empty((n_strata, kept.size, g * g), dtype=np.float32)
+        strata_counts = np.empty((n_strata, g * g))
+        step = max(1, block_bytes // (8 * (f + n_strata) * (kept.size + 1)))
+        for start in range(0, g * g, step):
             cols = slice(start, start + step)
-            sums[:, :, cols] = group_to_strata(site_sums(flat_sums[:f, :, :, cols]), assignment, n_strata)
-            counts[:, cols] = group_to_strata(np.asarray(flat_counts[:f, cols], dtype=np.float64), assignment,
-                                              n_strata)
-        return LevelSums(sums, counts, self.expression, assignment[self.fine], self.sites, self.spearman)
+            block = np.concatenate([np.asarray(part[:, :, cols], dtype=np.float32) for part in parts], axis=1)
+            sums[:, :, cols] = group_to_strata(block, assignment, n_strata)
+            strata_counts[:, cols] = group_to_strata(np.asarray(counts[:, cols], dtype=np.float64), assignment,
+                                                     n_strata)
+        sites = self.sites
+        sites = sites.iloc[np.concatenate([kept, np.arange(len(sites) - 2, len(sites))])]
+        return LevelSums(sums, strata_counts, self.expression, assignment[self.fine], sites, self.spearman)
 
     def data(self, pairs: PairSet, top_k: int = 0) -> CSSIData:
         """:class:`CSSIData` at ``pairs`` (``top_k`` 0 = the number of reference edges)."""
-        sums = np.asarray(self.group_sums)
-        g = sums.shape[0]
-        flat = sums.reshape(g, sums.shape[1], sums.shape[2], -1)[..., pairs.columns]
-        counts = np.asarray(self.group_counts).reshape(g, -1)[:, pairs.columns]
-        return CSSIData(np.ascontiguousarray(site_sums(flat)), np.ascontiguousarray(counts, dtype=np.float64),
-                        self.expression, self.fine, self.random_group, pairs, self.sites,
-                        top_k or pairs.top_k, self.spearman)
+        counts = np.asarray(self.grouped.counts).reshape(self.grouped.counts.shape[0], -1)[:, pairs.columns]
+        return CSSIData(np.ascontiguousarray(self.pair_sums(pairs.columns)),
+                        np.ascontiguousarray(counts, dtype=np.float64), self.expression, self.fine,
+                        self.random_group, pairs, self.sites, top_k or pairs.top_k, self.spearman)
 
 
 @dataclass(frozen=True)
 class LevelSums:
     """One stratification's attention summed per stratum over every gene pair, to be scored at many pair sets (the
     gene-permuted reference null: each draw is a new set of pairs, the strata stay): ``sums`` ``[K, S_att, G * G]``
-    (sites in :func:`site_sums` order) and ``counts`` ``[K, G * G]``, float64; ``cell_labels`` ``[cells]`` stratum
+    float32 at the attention sites of ``sites`` (a subset of :func:`site_table`'s rows, keeping their index) and
+    ``counts`` ``[K, G * G]`` float64; ``cell_labels`` ``[cells]`` stratum
     of each cell. Its :class:`CSSIData` holds one group per stratum (score it with ``np.arange(K)`` as the group
     assignment), so a draw reads ``K`` rows at its pairs instead of every fine cluster's, and its pooled scores are
     read from :attr:`pooled_columns`, computed once."""
@@ -321,15 +404,13 @@ class LevelSums:
     def pooled_columns(self) -> np.ndarray:
         """``[S, G * G]`` every pair's score over all cells, before orientation: attention sums / counts over the
         strata, Spearman and |Spearman| over every cell."""
-        ones = np.ones(self.sums.shape[0])
-        att = mean_scores((ones @ self.sums.reshape(ones.size, -1)).reshape(1, *self.sums.shape[1:]),
-                          (ones @ self.counts)[None])[0]
+        att = mean_scores(self.sums.sum(axis=0, dtype=np.float64), self.counts.sum(axis=0)[None])
         ranker = self.spearman or SubsetSpearman(self.expression)
         corr = ranker.pairs(np.arange(self.cell_labels.size), np.arange(self.counts.shape[1]))[None]
         return np.concatenate([att, corr, np.abs(corr)], axis=0)
 
     def data(self, pairs: PairSet, top_k: int = 0) -> CSSIData:
-        return CSSIData(np.ascontiguousarray(self.sums[:, :, pairs.columns]),
+        return CSSIData(np.ascontiguousarray(self.sums[:, :, pairs.columns], dtype=np.float32),
                         np.ascontiguousarray(self.counts[:, pairs.columns]), self.expression, self.cell_labels, None,
                         pairs, self.sites, top_k or pairs.top_k, self.spearman,
                         pooled_scores=pairs.orient(self.pooled_columns[:, pairs.columns]))
@@ -370,7 +451,8 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
     strata, p-values; schema ``cssi_curve``) and the raw random-strata null draws (schema ``cssi_null``).
     ``n_null`` random strata and label shuffles; ``gene_permuted(rng)`` returns the data at the pairs of a
     gene-permuted reference with one group per stratum of ``assignment`` (:meth:`LevelSums.data`), drawn
-    ``n_gene_null`` times (None or 0 skips that null).
+    ``n_gene_null`` times (None or 0 skips that null); sites it does not hold (heads whose rows were kept only at
+    the reference TFs) get NaN for it.
     """
     rng = np.random.default_rng([seed, n_strata])
     n_fine = data.n_fine
@@ -402,9 +484,12 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
             draws.append(permuted.score(np.arange(n_strata), cell_labels, n_strata, with_ranks=False))
             if progress:
                 progress(n_null + r + 1, steps)
+        held = permuted.sites.index.to_numpy()      # the sites scored over every pair (heads only when kept whole)
         for how in AGGREGATIONS:
-            perm_auroc[how] = np.stack([d[how][0] for d in draws], axis=1)            # [S, R]
-            perm_delta[how] = np.stack([d[how][0] - d["pooled"][0] for d in draws], axis=1)
+            perm_auroc[how] = np.full((len(data.sites), n_gene_null), np.nan)             # [S, R]
+            perm_delta[how] = np.full((len(data.sites), n_gene_null), np.nan)
+            perm_auroc[how][held] = np.stack([d[how][0] for d in draws], axis=1)
+            perm_delta[how][held] = np.stack([d[how][0] - d["pooled"][0] for d in draws], axis=1)
     rows = []
     sites = data.sites
     pooled_auroc, pooled_f1 = observed["pooled"][0], observed["pooled"][1]
@@ -416,9 +501,9 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
             p_random = _empirical_p(band - pooled[:, None], value - pooled)
             p_shuffle = _empirical_p(shuffle_null, auroc) if metric == "auroc" else np.full(len(sites), np.nan)
             if n_gene_null and metric == "auroc":
-                p_gene, p_gene_delta = _empirical_p(perm_auroc[how], auroc), _empirical_p(perm_delta[how],
-                                                                                           auroc - pooled)
-                gene_mean = perm_auroc[how].mean(axis=1)
+                gene_mean = perm_auroc[how].mean(axis=1)                       # NaN at sites not held
+                p_gene = np.where(np.isnan(gene_mean), np.nan, _empirical_p(perm_auroc[how], auroc))
+                p_gene_delta = np.where(np.isnan(gene_mean), np.nan, _empirical_p(perm_delta[how], auroc - pooled))
             else:
                 p_gene = p_gene_delta = gene_mean = np.full(len(sites), np.nan)
             for s in range(len(sites)):

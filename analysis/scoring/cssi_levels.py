@@ -5,9 +5,9 @@ the synthetic validation, and the registry tests. The same files let the app sco
 
 Files of a run: ``cssi_cells`` (per cell: fine cluster, random group, 2-D layout, cell state), ``cssi_strata``
 (per level and fine cluster: stratum), ``cssi_curve`` / ``cssi_null`` (scores, null bands, p-values),
-``cssi_synthetic``, and the arrays ``cssi_group_sums.npy`` ``[F + M, layers, heads, G, G]`` float32,
-``cssi_group_counts.npy`` ``[F + M, G, G]``, ``cssi_expression.npy`` ``[cells, G]``, ``cssi_fine_graph.npy``
-``[F, F]`` with ``cssi_params.json``.
+``cssi_synthetic``, the grouped attention (:class:`analysis.io.stores.GroupedAttention`: ``cssi_source_rows``,
+``cssi_head_rows`` / ``cssi_head_cols``, ``cssi_layer_sums``, ``cssi_group_counts``), ``cssi_expression.npy``
+``[cells, G]``, ``cssi_fine_graph.npy`` ``[F, F]`` with ``cssi_params.json``.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from ..config import DIRECTIONS, CSSIConfig
 from ..errors import InputError
 from ..io import files, schemas
 from ..io.references import ReferenceNetwork
+from ..io.stores import GroupedAttention, grouped_store_bytes
 from .cssi import CSSIData, CSSISource, PairSet, evaluate_level, group_to_strata, permuted_pairs
-from .edges import oriented_pair_scores, spearman_matrix
+from .edges import spearman_matrix
 from .ranking import reference_labels, universe_from_labels
 from .registry import StatsRegistry
 from .stats import wilcoxon_p
@@ -47,17 +48,45 @@ class CSSIRun:
     params: dict
 
 
-def choose_layers(cfg: CSSIConfig, n_layers: int, n_heads: int, n_panel: int, readout_layer: int) -> tuple[int, ...]:
-    """Layers accumulated per group: ``cfg.layers`` when set, else all layers if their per-group float32 sums fit
-    in ``cfg.max_gib``, else the read-out layer alone (``(F + M) x layers x heads x G^2 x 4`` bytes)."""
-    if cfg.layers:   # range checked by check_config before anything was written
-        return tuple(sorted(set(cfg.layers)))
-    per_layer = (cfg.n_fine + cfg.n_random_groups) * n_heads * n_panel ** 2 * 4 / 2 ** 30
-    if per_layer * n_layers <= cfg.max_gib:
-        return tuple(range(n_layers))
-    log.info("CSSI: all %d layers would need %.1f GiB of group sums (cssi.max_gib %.1f): keeping the read-out "
-             "layer L%d (set cssi.layers to choose)", n_layers, per_layer * n_layers, cfg.max_gib, readout_layer)
-    return (readout_layer,)
+@dataclass(frozen=True)
+class GroupedLayout:
+    """What CSSI's grouped extraction keeps: ``layers``, the panel genes whose per-head rows are kept (``sources``:
+    every gene, or the reference TFs), whether their columns are kept too (``keep_cols``), and its ``nbytes``."""
+
+    layers: tuple[int, ...]
+    sources: np.ndarray
+    keep_cols: bool
+    nbytes: int
+
+    @property
+    def describe(self) -> str:
+        return (f"layers {list(self.layers)}, per head the rows of {self.sources.size} genes"
+                f"{' and their columns' if self.keep_cols else ''}")
+
+
+def choose_layout(cfg: CSSIConfig, n_layers: int, n_heads: int, panel: pd.DataFrame, readout_layer: int,
+                  n_cells: int) -> GroupedLayout:
+    """The grouped store CSSI keeps (:func:`analysis.io.stores.grouped_store_bytes`), the first of these that fits in
+    ``cfg.max_gib``: the layers (``cfg.layers``, else every layer, then the read-out layer alone) with every gene's
+    per-head rows (each head whole, so every site gets the gene-permuted null), then with the reference TFs' rows
+    only (and their columns when a direction reads TFs as keys). When none fits, the smallest (the plan and
+    ``--memory-limit`` then judge it)."""
+    g, n_groups = len(panel), cfg.n_fine + cfg.n_random_groups
+    tfs = np.nonzero(panel["is_tf"].to_numpy(dtype=bool))[0].astype(np.int64)
+    cols = any(d != "tf_to_target" for d in cfg.directions)
+    candidates = [tuple(sorted(set(cfg.layers)))] if cfg.layers else [tuple(range(n_layers)), (readout_layer,)]
+    options = []
+    for layers in candidates:
+        for sources, keep in ((np.arange(g, dtype=np.int64), False), (tfs, cols)):
+            size = grouped_store_bytes(n_groups, len(layers), n_heads, g, sources.size, keep_cols=keep,
+                                       max_group=n_cells)
+            options.append(GroupedLayout(layers, sources, keep, size))
+            if size <= cfg.max_gib * 2 ** 30:
+                return options[-1]
+    smallest = options[-1]
+    log.info("CSSI: no layout fits cssi.max_gib %.1f GiB; keeping %s (%.1f GiB)", cfg.max_gib, smallest.describe,
+             smallest.nbytes / 2 ** 30)
+    return smallest
 
 
 def embedding_kind(cfg: CSSIConfig, native: str) -> str:
@@ -194,14 +223,12 @@ def assemble(cells, strata: Stratification, random_group: np.ndarray, grouped, e
     table = pd.DataFrame({"cell": np.arange(cells.n_cells), "obs_name": cells.obs.index.astype(str),
                           "fine_cluster": strata.fine, "random_group": random_group, "x": strata.layout[:, 0],
                           "y": strata.layout[:, 1], "cell_state": state})
-    source = CSSISource(grouped.sums, grouped.counts, expression, strata.fine, random_group, grouped.layers)
-    return CSSIRun(strata, source, table, params)
+    return CSSIRun(strata, CSSISource(grouped, expression, strata.fine, random_group), table, params)
 
 
 def save(run: CSSIRun, directory: Path) -> None:
     """Write the stratification, cell table and arrays (the curve tables are written by the pipeline)."""
-    np.save(directory / files.CSSI_GROUP_SUMS, np.asarray(run.source.group_sums, dtype=np.float32))
-    np.save(directory / files.CSSI_GROUP_COUNTS, np.asarray(run.source.group_counts))
+    run.source.grouped.save(directory)
     np.save(directory / files.CSSI_EXPRESSION, np.asarray(run.source.expression, dtype=np.float32))
     np.save(directory / files.CSSI_FINE_GRAPH, run.strata.fine_graph)
     schemas.validate("cssi_cells", run.cells).to_parquet(directory / files.table("cssi_cells"), index=False)
@@ -217,29 +244,37 @@ def load_cssi(directory: Path) -> CSSIRun:
     strata = Stratification(fine, pd.read_parquet(directory / files.table("cssi_strata")),
                             cells[["x", "y"]].to_numpy(), np.load(directory / files.CSSI_FINE_GRAPH),
                             params["strata"])
-    sums, counts, expression = (np.load(directory / name, mmap_mode="r") for name in
-                                (files.CSSI_GROUP_SUMS, files.CSSI_GROUP_COUNTS, files.CSSI_EXPRESSION))
-    source = CSSISource(sums, counts, np.asarray(expression, dtype=np.float64), fine,
-                        cells["random_group"].to_numpy(), tuple(params["layers"]))
+    panel = pd.read_parquet(directory / files.table("panel"))
+    grouped = GroupedAttention.load(directory, tuple(params["layers"]), panel)
+    expression = np.load(directory / files.CSSI_EXPRESSION)
+    source = CSSISource(grouped, np.asarray(expression, dtype=np.float64), fine, cells["random_group"].to_numpy())
     return CSSIRun(strata, source, cells, params)
 
 
-def stratum_matrices(run: CSSIRun, assignment: np.ndarray, n_strata: int, site: pd.Series) -> np.ndarray:
-    """``[K, G, G]`` edge scores of one site (a row of ``run.source.sites``) within each stratum; ``assignment``:
-    ``[F]`` stratum of each fine cluster. Attention: summed attention / co-occurrence (NaN where never
-    co-observed); Spearman: within-stratum correlation, or its absolute value (NaN for constant genes)."""
-    f = run.strata.n_fine
+def stratum_edges(run: CSSIRun, assignment: np.ndarray, n_strata: int, site: pd.Series, rows: np.ndarray, *,
+                  direction: str = "tf_to_target") -> np.ndarray:
+    """``[K, len(rows), G]`` edge scores of one site (a row of ``run.source.sites``) within each stratum, for the
+    pairs (row gene, every gene) under ``direction`` (:func:`analysis.scoring.edges.oriented_pair_scores`);
+    ``assignment``: ``[F]`` stratum of each fine cluster. Attention: summed attention / co-occurrence (NaN where
+    never co-observed); Spearman: within-stratum correlation, or its absolute value (NaN for constant genes). A head
+    site reads rows the store kept (the reference TFs at least)."""
+    rows = np.asarray(rows, dtype=np.int64)
     if site["edge_type"] in ("spearman", "spearman_absolute"):
         labels = assignment[run.source.fine]
-        rho = np.stack([spearman_matrix(run.source.expression[labels == k]) for k in range(n_strata)])
+        rho = np.stack([spearman_matrix(run.source.expression[labels == k])[rows] for k in range(n_strata)])
         return np.abs(rho) if site["edge_type"] == "spearman_absolute" else rho
-    i = run.source.layers.index(int(site["layer"]))
-    heads = slice(None) if site["head"] < 0 else slice(int(site["head"]), int(site["head"]) + 1)
-    sums = np.asarray(run.source.group_sums[:f, i, heads], dtype=np.float64).mean(axis=1)     # [F, G, G]
-    strata_sums = group_to_strata(sums, assignment, n_strata)
-    counts = group_to_strata(np.asarray(run.source.group_counts[:f]), assignment, n_strata)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, strata_sums / np.maximum(counts, 1), np.nan)
+    g, fine = run.source.expression.shape[1], slice(0, run.strata.n_fine)
+    query, key = np.repeat(rows, g), np.tile(np.arange(g), rows.size)
+    reads = {"tf_to_target": [query * g + key], "target_to_tf": [key * g + query],
+             "symmetric": [query * g + key, key * g + query]}[direction]
+    counts = group_to_strata(np.asarray(run.source.group_counts[fine]).reshape(run.strata.n_fine, -1)[:, reads[0]],
+                             assignment, n_strata)                    # co-occurrence is symmetric
+    scores = []
+    for columns in reads:
+        sums = group_to_strata(run.source.site_sums(site, columns, fine), assignment, n_strata)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
+    return (sum(scores) / len(scores)).reshape(n_strata, rows.size, g)
 
 
 def stratum_top_edges(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, assignment: np.ndarray,
@@ -248,10 +283,9 @@ def stratum_top_edges(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNet
     (``assignment``: ``[F]`` stratum of each fine cluster), with the stratum's size and whether the pair is a
     reference edge (columns: stratum, n_cells, rank, tf, target, score, in_reference)."""
     n_strata = int(assignment.max()) + 1
-    mats = stratum_matrices(run, assignment, n_strata, site)
     symbols = panel["symbol"].to_numpy()
     tf_rows = np.nonzero(np.isin(symbols, list(reference.tfs)))[0]
-    scores = oriented_pair_scores(mats, tf_rows, direction)                                   # [K, n_tf, G]
+    scores = stratum_edges(run, assignment, n_strata, site, tf_rows, direction=direction)      # [K, n_tf, G]
     scores[:, np.arange(tf_rows.size), tf_rows] = np.nan
     sizes = np.bincount(assignment[run.source.fine], minlength=n_strata)
     pairs = reference.pairs()

@@ -29,23 +29,27 @@ log = logging.getLogger("precompute")
 
 def prepare(inp: Inputs, store: AttentionStore, progress: bool = True) -> cssi_levels.CSSIRun:
     """Strata and the grouped extraction pass (the costly part; one forward pass over the cells for the chosen
-    layers, memory ``(F + M) x layers x heads x G^2 x 4`` bytes)."""
+    layers into the grouped store that :func:`analysis.scoring.cssi_levels.choose_layout` picks)."""
     c, adapter, panel = inp.cfg.cssi, inp.adapter, store.panel
     cells, tokens = inp.attention_cell_data, inp.attention_tokens   # the pooled store's cells
     expression = expression_matrix(cells, panel["gene_id"].to_numpy())
     rep = cssi_levels.representation(c, store.cell_embeddings, expression, adapter.native_embedding)
     strata, random_group = cssi_levels.build_strata(c, rep, cells.n_cells)
-    layers = cssi_levels.choose_layers(c, adapter.n_layers, adapter.n_heads, len(panel), inp.readout_layer)
-    n_groups = strata.n_fine + c.n_random_groups
-    log.info("CSSI: %d fine clusters + %d random groups, layers %s, %.2f GiB of group sums", strata.n_fine,
-             c.n_random_groups, list(layers), n_groups * len(layers) * adapter.n_heads * len(panel) ** 2 * 4 / 2 ** 30)
+    layout = cssi_levels.choose_layout(c, adapter.n_layers, adapter.n_heads, panel, inp.readout_layer,
+                                       cells.n_cells)
+    log.info("CSSI: %d fine clusters + %d random groups, %s: %.2f GiB of group sums", strata.n_fine,
+             c.n_random_groups, layout.describe, layout.nbytes / 2 ** 30)
     grouped = extract_grouped_attention(adapter, tokens, panel, np.stack([strata.fine, random_group], axis=1),
-                                        n_groups, layers=layers, batch_size=inp.cfg.extraction.batch_size,
-                                        progress=progress)
+                                        strata.n_fine + c.n_random_groups, layers=layout.layers,
+                                        sources=layout.sources, keep_cols=layout.keep_cols,
+                                        batch_size=inp.cfg.extraction.batch_size, progress=progress)
     kind = cssi_levels.embedding_kind(c, adapter.native_embedding) if c.representation == "embedding" else None
-    params = {"layers": list(layers), "n_fine": strata.n_fine, "n_random_groups": c.n_random_groups,
+    params = {"layers": list(layout.layers), "n_fine": strata.n_fine, "n_random_groups": c.n_random_groups,
               "representation": c.representation, "cell_embedding": kind, "strata": strata.params,
-              "layout": "first two principal components of the representation"}
+              "layout": "first two principal components of the representation",
+              "per_head_rows": "every gene" if grouped.full_rows else f"{grouped.source_rows.size} reference TFs",
+              "gene_permuted_null": ("every site" if grouped.full_rows else
+                                     "layer means and correlations (heads kept at the reference TFs only)")}
     return cssi_levels.assemble(cells, strata, random_group, grouped, expression, params)
 
 
@@ -83,6 +87,7 @@ def run(inp: Inputs, store: AttentionStore, writer: RunWriter, run_key: str, pro
                 log.warning("CSSI skipped: %s", exc)
                 return StatsRegistry()
             cssi_levels.save(cssi_run, writer.dir)
+            cssi_run = cssi_levels.load_cssi(writer.dir)   # memory-mapped: the accumulators are released
         with timed(f"CSSI levels ({cfg.n_null} random strata, {cfg.n_gene_null} gene permutations)"):
             curve, null = cssi_levels.evaluate_grid(cssi_run, store.panel, inp.references, cfg, progress=progress)
             writer.write_table("cssi_curve", curve)

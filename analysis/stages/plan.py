@@ -4,13 +4,14 @@ and, for the stages that run the model, the time it will take on this device, pl
 The model's own cost is measured, not modelled: one cell (the longest of the attention cells) goes through the
 real extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and source genes), which
 gives the seconds per cell and the resident memory of a forward with its reduction. Everything else follows from the
-shapes the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each layer's
-head mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores, the perturbation stage's dense
-``[G, G]`` baselines and correlation variants, one head-mean ``[G^2]`` per ablation sweep item, CSSI's group sums
-``(F + M) x layers x heads x G^2 x 4``. A stage's estimate is the resident memory before the run (process, model,
-cells) plus what it holds. When an estimate exceeds the memory this process may use (``--memory-limit``; default the
-smaller of the machine's memory and its cgroup's limit), the run stops before it writes anything, naming the stage,
-the estimate and the setting that brings it down.
+shapes the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each
+layer's head mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores a block of heads at a time,
+the perturbation stage's dense ``[G, G]`` baselines and correlation variants, one head-mean ``[G^2]`` per ablation
+sweep item, CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums at
+the candidate pairs with the gene-permuted null's per-stratum ``[K, sites, G^2]`` sums. A stage's estimate is the
+resident memory before the run (process, model, cells) plus what it holds. When an estimate exceeds the memory
+this process may use (``--memory-limit``; default the smaller of the machine's memory and its cgroup's limit), the
+run stops before it writes anything, naming the stage, the estimate and the setting that brings it down.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from ..config import mlp_block_layers
 from ..errors import InputError
 from ..interp.ablation import sweep
 from ..interp.attention import extract_attention
-from ..scoring.cssi_levels import choose_layers
+from ..scoring.cssi_levels import choose_layout
+from ..scoring.ranking import RANK_BLOCK_BYTES
 from .inputs import Inputs
 
 GIB = 2 ** 30
@@ -135,13 +137,16 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     forward = cal.forward_bytes * min(batch, n_cells)
     base = cal.base_bytes
     held = store + n_layers * pair                               # the store, then each layer's head-mean scores
+    per_head = 32 * n_tf * g                                     # oriented scores, pair scores, ranks, a temporary
+    ranking_block = min(n_layers * n_heads * per_head, max(RANK_BLOCK_BYTES, per_head))
     rows = [StageEstimate("attention", base + store + forward, cal.seconds * n_cells,
                           f"{n_cells} cells x {cal.seconds:.2f} s/cell; store {store / GIB:.2f} GiB "
                           f"({r} source genes x {g} genes x {n_layers * n_heads} heads + {n_layers} layer means); "
                           f"forward {forward / GIB:.2f} GiB at batch {batch}",
                           "extraction.batch_size (forward), extraction.panel_size or fewer source genes (store)"),
-            StageEstimate("edges + ranking", base + held + 3 * n_layers * n_heads * n_tf * g * 8 + 3 * pair, None,
-                          f"per-head scores of {n_tf} reference TFs x {g} genes x {n_layers * n_heads} heads, ranked",
+            StageEstimate("edges + ranking", base + held + ranking_block + 3 * pair, None,
+                          f"per-head scores of {n_tf} reference TFs x {g} genes x {n_layers * n_heads} heads, ranked "
+                          f"{ranking_block / GIB:.2f} GiB at a time",
                           "extraction.panel_size, or references with fewer TFs")]
     if inp.cells.perturbation_col is not None:
         rows.append(StageEstimate("perturbation", base + held + 9 * pair + n_cells * g * 8 * 2, None,
@@ -162,12 +167,18 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                                   "ablation.n_cells, ablation.ks, ablation.n_random"))
     if cfg.cssi.n_fine > 0:
         c = cfg.cssi
-        layers = choose_layers(c, n_layers, n_heads, g, inp.readout_layer)
+        layout = choose_layout(c, n_layers, n_heads, inp.panel, inp.readout_layer, n_cells)
         groups = c.n_fine + c.n_random_groups
-        grouped = groups * len(layers) * (n_heads + 1) * g * g * 4
-        rows.append(StageEstimate("cssi", base + held + grouped + forward, cal.seconds * n_cells * 1.2,
-                                  f"{groups} groups x {len(layers)} layer(s) x {n_heads} heads x G^2 float32",
-                                  "cssi.layers, cssi.n_fine, cssi.n_random_groups (or cssi.n_fine=0 to skip CSSI)"))
+        n_pairs = n_tf * g * (2 if layout.keep_cols else 1)
+        n_sites = len(layout.layers) * (n_heads + 1)
+        permuted_sites = n_sites if layout.sources.size == g else len(layout.layers)   # gene-permuted null's sites
+        scoring = (groups * n_sites * n_pairs * 4 + max(c.n_strata) * permuted_sites * g * g * 4
+                   + (permuted_sites + 2) * g * g * 8)
+        rows.append(StageEstimate("cssi", base + store + max(layout.nbytes + forward, scoring), cal.seconds * n_cells,
+                                  f"{groups} groups: {layout.describe} ({layout.nbytes / GIB:.2f} GiB); scoring "
+                                  f"{n_sites} sites at {n_pairs} candidate pairs ({scoring / GIB:.2f} GiB)",
+                                  "cssi.layers or cssi.max_gib, cssi.n_fine, cssi.n_random_groups "
+                                  "(or cssi.n_fine=0 to skip CSSI)"))
     if cfg.sae.run == "on":
         rows.append(StageEstimate("sae", base + held + forward, cal.seconds * n_cells,
                                   "residual stream of every layer captured to disk, one SAE per layer",

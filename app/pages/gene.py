@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, dash_table, dcc, html
 
-from analysis.scoring.cssi_levels import stratum_matrices
+from analysis.scoring.cssi_levels import stratum_edges
 
 from .. import ids
 from ..components import table_column
@@ -116,11 +116,11 @@ def strata_section(store, run_id: str, g: int, symbols: np.ndarray) -> list:
     if site.empty:
         return []
     assignment = store.cssi_assignment(run_id, k)
-    mats = stratum_matrices(run, assignment, k, site.iloc[0])                 # [K, G, G]
+    partners = stratum_edges(run, assignment, k, site.iloc[0], np.array([g]))[:, 0]      # [K, G]
     labels = assignment[run.source.fine]
     rows = []
     for s in range(k):
-        edge = np.where(np.arange(len(symbols)) == g, np.nan, mats[s, g])
+        edge = np.where(np.arange(len(symbols)) == g, np.nan, partners[s])
         best = int(np.nanargmax(edge)) if np.isfinite(edge).any() else None
         rows.append({"stratum": s, "cells": int((labels == s).sum()),
                      "mean_expression": float(run.source.expression[labels == s, g].mean()),

@@ -3,14 +3,16 @@ forward pass, on the same cells, on CUDA when present (else CPU), with a Genefor
 (6 layers x 4 heads, d_model 256, 2,048 positions) on simulated cells of ~2,000 expressed genes.
 
 - floor: plain SDPA forward, no extraction;
-- pooled: :func:`analysis.interp.attention.extract_attention` (every layer, one ``[L, H, G, G]`` store);
+- pooled: :func:`analysis.interp.attention.extract_attention` (every layer: per head the source genes' rows and
+  columns, per layer the head mean over every pair);
 - grouped: :func:`analysis.interp.attention.extract_grouped_attention` (every layer, ``F + M`` group stores at once: the
-  CSSI fine clusters and the random null groups, each cell adding to one group of each).
+  CSSI fine clusters and the random null groups, each cell adding to one group of each; per head the rows of every
+  gene, or with ``--rows tfs`` of the reference TFs).
 
 Also checks that the fine groups sum to the pooled store, and (on CUDA) that CUDA and CPU agree on a few cells.
 Prints cells/s and the ratios grouped/pooled and pooled/floor.
 
-    python tests/benchmarks/cssi_extraction.py [--cells 256] [--panel 600] [--fine 30] [--random 40]
+    python tests/benchmarks/cssi_extraction.py [--cells 256] [--panel 600] [--fine 30] [--random 40] [--rows all|tfs]
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--rows", choices=("all", "tfs"), default="all")
     args = ap.parse_args()
     device = resolve_device(args.device)
     tokens, panel, model = build(args.cells, args.panel)
@@ -83,10 +86,12 @@ def main() -> None:
                        args.fine + rng.permutation(np.arange(tokens.n_cells) % args.random)], axis=1)
     n_groups = args.fine + args.random
     layers = tuple(range(adapter.n_layers))
+    sources = (np.arange(len(panel)) if args.rows == "all"
+               else np.nonzero(panel["is_tf"].to_numpy(dtype=bool))[0])
     bs = args.batch_size
     warm = tokens.subset(np.arange(min(bs, tokens.n_cells)))
     extract_grouped_attention(adapter, warm, panel, groups[: warm.n_cells], n_groups, layers=layers,
-                              batch_size=bs, progress=False)   # warm-up: kernels, allocator
+                              sources=sources, batch_size=bs, progress=False)   # warm-up: kernels, allocator
 
     def floor():
         with torch.no_grad():
@@ -97,17 +102,17 @@ def main() -> None:
     _, t_floor = timed(floor, device)
     pooled, t_pooled = timed(lambda: extract_attention(adapter, tokens, panel, batch_size=bs, progress=False), device)
     grouped, t_grouped = timed(lambda: extract_grouped_attention(adapter, tokens, panel, groups, n_groups,
-                                                                 layers=layers, batch_size=bs, progress=False), device)
-    fine_sum = grouped.sums[: args.fine].sum(axis=0)
-    rel = np.abs(fine_sum - pooled.sums).max() / np.abs(pooled.sums).max()
+                                                                 layers=layers, sources=sources, batch_size=bs,
+                                                                 progress=False), device)
+    fine_sum = grouped.layer_sums[: args.fine].sum(axis=0)
+    rel = np.abs(fine_sum - pooled.layer_sums).max() / np.abs(pooled.layer_sums).max()
     counts_ok = np.array_equal(grouped.counts[: args.fine].sum(axis=0), pooled.counts)
     n = tokens.n_cells
     print(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), torch "
           f"{torch.__version__}; {n} cells, mean length {tokens.lengths.mean():.0f} tokens, panel {len(panel)} genes, "
           f"{args.fine} fine + {args.random} random groups, {len(layers)} layers x {adapter.n_heads} heads, "
           f"batch {bs}")
-    print(f"group store {grouped.sums.nbytes / 2 ** 30:.2f} GiB float32; pooled store "
-          f"{pooled.sums.nbytes / 2 ** 30:.3f} GiB float64")
+    print(f"group store {grouped.nbytes() / 2 ** 30:.2f} GiB; pooled store {pooled.nbytes() / 2 ** 30:.3f} GiB")
     for name, t in (("floor (plain forward)", t_floor), ("pooled extraction", t_pooled),
                     ("grouped extraction (CSSI)", t_grouped)):
         print(f"{name:28s} {t:8.2f} s  {n / t:8.1f} cells/s")
@@ -118,11 +123,11 @@ def main() -> None:
         few = tokens.subset(np.arange(min(16, n)))
         cpu = GeneformerAdapter(model, device=torch.device("cpu"), name="cpu", checkpoint_sha256=None)
         on_cpu = extract_grouped_attention(cpu, few, panel, groups[: few.n_cells], n_groups, layers=layers,
-                                           batch_size=bs, progress=False)
+                                           sources=sources, batch_size=bs, progress=False)
         adapter = GeneformerAdapter(model, device=device, name="cuda", checkpoint_sha256=None)
         on_gpu = extract_grouped_attention(adapter, few, panel, groups[: few.n_cells], n_groups, layers=layers,
-                                           batch_size=bs, progress=False)
-        diff = np.abs(on_gpu.sums - on_cpu.sums).max() / np.abs(on_cpu.sums).max()
+                                           sources=sources, batch_size=bs, progress=False)
+        diff = np.abs(on_gpu.head_rows - on_cpu.head_rows).max() / np.abs(on_cpu.head_rows).max()
         print(f"CUDA vs CPU on {few.n_cells} cells: counts equal {np.array_equal(on_gpu.counts, on_cpu.counts)}, "
               f"max relative difference of sums {diff:.2e}")
 

@@ -4,7 +4,8 @@ formats and read back as the app and precompute read a run (memory-mapped group 
 
 The run: ``--cells`` cells in ``--states`` Gaussian cell states (the representation the strata are built on),
 ``--panel`` genes of which ``--tfs`` are reference TFs with ``--targets`` targets each, ``--layers`` x ``--heads``
-attention sums per group of cells (``cssi.n_fine`` fine clusters + ``cssi.n_random_groups`` random groups), random
+attention sums per group of cells (each head whole, or with ``--rows tfs`` at the TFs' rows as paper-scale runs keep
+them; each layer's head mean over every pair) (``cssi.n_fine`` fine clusters + ``cssi.n_random_groups`` random groups), random
 counts and expression. ``score_level`` (the grid's and the app's slider's scoring) then runs on one level with the
 run's nulls (``--n-null`` random strata and label shuffles, ``--n-gene-null`` gene-permuted references), here and,
 with ``--baseline REV``, in a fresh process on the code of git revision REV (a worktree under /tmp) over the same
@@ -16,7 +17,7 @@ and prints its own attention-extraction stage time from the manifest next to it.
 Prints each side's time and peak memory; the last line is the ratio this code / baseline.
 
     python tests/benchmarks/cssi_levels.py [--cells 10000 --panel 2000 --tfs 150 --layers 1 --heads 4 | --run DIR]
-        [--level 5] [--baseline REV] [--profile]
+        [--rows all|tfs] [--level 5] [--baseline REV] [--profile]
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def build_run(directory: Path, args) -> None:
     plus its panel and reference edges."""
     from analysis.config import CSSIConfig
     from analysis.scoring.cssi_levels import CSSIRun, build_strata
+    from analysis.io.stores import GroupedAttention
     from analysis.scoring.cssi import CSSISource
     from analysis.scoring import cssi_levels
 
@@ -52,27 +54,31 @@ def build_run(directory: Path, args) -> None:
     strata, random_group = build_strata(cfg, rep, args.cells)
     n_groups = strata.n_fine + cfg.n_random_groups
     g = args.panel
-    sums = np.lib.format.open_memmap(directory / "sums.tmp.npy", mode="w+", dtype=np.float32,
-                                     shape=(n_groups, args.layers, args.heads, g, g))
-    counts = np.empty((n_groups, g, g), dtype=np.float32)
+    symbols = np.array([f"G{i}" for i in range(g)])
+    tfs = np.sort(rng.choice(g, size=args.tfs, replace=False))
+    rows = np.arange(g) if args.rows == "all" else tfs
+    heads = np.lib.format.open_memmap(directory / "heads.tmp.npy", mode="w+", dtype=np.float32,
+                                      shape=(n_groups, args.layers, args.heads, rows.size, g))
+    layer_sums = np.empty((n_groups, args.layers, g, g), dtype=np.float32)
+    counts = np.empty((n_groups, g, g), dtype=np.uint8)
     for i in range(n_groups):
-        counts[i] = rng.integers(0, 40, size=(g, g), dtype=np.int32)
+        counts[i] = rng.integers(0, 40, size=(g, g), dtype=np.uint8)
         for layer in range(args.layers):
-            sums[i, layer] = rng.random((args.heads, g, g), dtype=np.float32) * counts[i]
+            layer_sums[i, layer] = rng.random((g, g), dtype=np.float32) * counts[i]
+            heads[i, layer] = rng.random((args.heads, rows.size, g), dtype=np.float32) * counts[i][rows]
     expression = np.log1p(rng.poisson(0.6, size=(args.cells, g)).astype(np.float32))
     cells = pd.DataFrame({"cell": np.arange(args.cells), "obs_name": [f"c{i}" for i in range(args.cells)],
                           "fine_cluster": strata.fine, "random_group": random_group, "x": strata.layout[:, 0],
                           "y": strata.layout[:, 1], "cell_state": ""})
-    source = CSSISource(sums, counts, expression, strata.fine, random_group, tuple(range(args.layers)))
+    panel = pd.DataFrame({"symbol": symbols, "gene_id": [f"ENSG{i:011d}" for i in range(g)]})
+    grouped = GroupedAttention(rows, heads, None, layer_sums, counts, tuple(range(args.layers)), panel)
+    source = CSSISource(grouped, expression, strata.fine, random_group)
     cssi_levels.save(CSSIRun(strata, source, cells, {"layers": list(range(args.layers)), "strata": strata.params,
                                                      "representation": "synthetic"}), directory)
-    del sums
-    (directory / "sums.tmp.npy").unlink()
+    del heads, grouped, source
+    (directory / "heads.tmp.npy").unlink()
     print(f"{strata.n_fine} fine clusters + {cfg.n_random_groups} random groups")
-    symbols = np.array([f"G{i}" for i in range(g)])
-    pd.DataFrame({"symbol": symbols, "gene_id": [f"ENSG{i:011d}" for i in range(g)]}).to_parquet(
-        directory / "panel.parquet")
-    tfs = rng.choice(g, size=args.tfs, replace=False)
+    panel.to_parquet(directory / "panel.parquet")
     edges = [(symbols[t], symbols[x]) for t in tfs for x in rng.choice(g, size=args.targets, replace=False) if x != t]
     pd.DataFrame(edges, columns=["tf", "target"]).assign(mode="Unknown").to_parquet(directory / "edges.parquet")
 
@@ -133,6 +139,8 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=20)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--rows", choices=("all", "tfs"), default="all",
+                    help="per-head rows kept per group: every gene, or the reference TFs' (the paper-scale layout)")
     ap.add_argument("--level", type=int, default=5)
     ap.add_argument("--n-null", type=int, default=100)
     ap.add_argument("--n-gene-null", type=int, default=30)

@@ -118,10 +118,12 @@ def test_embedded_run_has_cssi(embedded_cache, family):
     head_rows, layer_sums = (np.load(run_dir / name)[layers] for name in ("attention_head_rows.npy",
                                                                          "attention_layer_sums.npy"))
     sources = np.load(run_dir / "attention_source_rows.npy")
-    sums, f = np.asarray(cssi.source.group_sums), cssi.strata.n_fine
-    for groups in (sums[:f], sums[f:]):
-        assert np.allclose(groups.sum(0).mean(1), layer_sums, rtol=1e-4, atol=1e-4)
-        assert np.allclose(groups.sum(0)[:, :, sources], head_rows, rtol=1e-4, atol=1e-4)
+    grouped, f = cssi.source.grouped, cssi.strata.n_fine
+    assert grouped.full_rows and cssi.params["gene_permuted_null"] == "every site"   # a small panel: heads whole
+    for part in (slice(0, f), slice(f, None)):
+        assert np.allclose(np.asarray(grouped.layer_sums[part]).sum(0), layer_sums, rtol=1e-4, atol=1e-4)
+        assert np.allclose(np.asarray(grouped.head_rows[part]).sum(0)[:, :, sources], head_rows, rtol=1e-4,
+                           atol=1e-4)
     assert np.array_equal(np.asarray(cssi.source.group_counts[:f]).sum(0), np.load(run_dir / "pair_counts.npy"))
     curve = store.table(run, "cssi_curve")
     n_sites = len(cssi.source.sites)   # 2 layers x 4 heads + 2 layer means + Spearman signed and absolute

@@ -115,27 +115,38 @@ def test_default_sources_are_the_panels_tfs_and_perturbed_genes(family_setups):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_grouped_store_equals_brute_force_per_group(family_setups, family):
-    """CSSI's per-group accumulation: each group's block equals the brute force over that group's cells, and the
-    groups of each grouping (clusters, random groups) sum to the pooled store."""
+@pytest.mark.parametrize("kept", ["every gene", "source rows and columns"])
+def test_grouped_store_equals_brute_force_per_group(family_setups, family, kept):
+    """CSSI's per-group accumulation: each group's block equals the brute force over that group's cells (each head
+    whole, or its rows and columns at a few source genes; the head mean over every pair), and the groups of each
+    grouping (clusters, random groups) sum to the pooled store."""
     adapter, tokens, panel = family_setups[family]
     tokens = tokens.subset(np.arange(30))
     rng = np.random.default_rng(0)
     cluster = rng.integers(0, 3, tokens.n_cells)
     random_group = 3 + rng.integers(0, 2, tokens.n_cells)
+    g = len(panel)
+    sources = np.arange(g) if kept == "every gene" else np.array([1, 4, 6])
     grouped = extract_grouped_attention(adapter, tokens, panel, np.stack([cluster, random_group], 1), 5,
-                                        layers=(1,), batch_size=6, progress=False)
-    assert grouped.sums.shape == (5, 1, 4, len(panel), len(panel)) and grouped.sums.dtype == np.float32
-    for g in (0, 4):
-        cells = np.nonzero((cluster == g) | (random_group == g))[0]
+                                        layers=(1,), sources=sources, keep_cols=True, batch_size=6,
+                                        chunk_bytes=4_000, progress=False)
+    assert grouped.head_rows.shape == (5, 1, 4, sources.size, g) and grouped.head_rows.dtype == np.float32
+    assert grouped.full_rows == (kept == "every gene") and (grouped.head_cols is None) == grouped.full_rows
+    assert grouped.layer_sums.shape == (5, 1, g, g) and grouped.counts.dtype == np.uint8
+    for group in (0, 4):
+        cells = np.nonzero((cluster == group) | (random_group == group))[0]
         sums, counts = brute_force(adapter, tokens.subset(cells), panel)
-        assert np.array_equal(grouped.counts[g], counts)
-        assert np.allclose(grouped.sums[g, 0], sums[1], rtol=1e-5, atol=TOLERANCE[family])
-    pooled = extract_attention(adapter, tokens, panel, full_heads=tuple((1, h) for h in range(4)), progress=False)
+        assert np.array_equal(grouped.counts[group], counts)
+        assert np.allclose(grouped.head_rows[group, 0], sums[1][:, sources], rtol=1e-5, atol=TOLERANCE[family])
+        if not grouped.full_rows:
+            assert np.allclose(grouped.head_cols[group, 0], np.swapaxes(sums[1][:, :, sources], 1, 2), rtol=1e-5,
+                               atol=TOLERANCE[family])
+        assert np.allclose(grouped.layer_sums[group, 0], sums[1].mean(0), rtol=1e-5, atol=TOLERANCE[family])
+    pooled = extract_attention(adapter, tokens, panel, sources=sources, progress=False)
     for grouping in (slice(0, 3), slice(3, 5)):
         assert np.array_equal(grouped.counts[grouping].sum(0), pooled.counts)
-        for h in range(4):
-            assert np.allclose(grouped.sums[grouping, 0, h].sum(0), pooled.full_heads[f"L1H{h}"], atol=1e-4)
+        assert np.allclose(grouped.head_rows[grouping, 0].sum(0), pooled.head_rows[1], rtol=1e-5, atol=1e-4)
+        assert np.allclose(grouped.layer_sums[grouping, 0].sum(0), pooled.layer_sums[1], rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -2,14 +2,17 @@
 there is no state structure, and a gain over pooled inference where edges are state-specific."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
+from analysis.io.stores import GroupedAttention
 from analysis.scoring.cssi import (AGGREGATIONS, CSSIData, CSSISource, PairSet, aggregate, evaluate_level, recovery,
-                                   site_sums, site_table, spearman_by_stratum)
+                                   site_table, spearman_by_stratum)
 from analysis.sim.cssi_synthetic import state_specific_screen, validate
 from analysis.scoring.ranking import Universe, ranks_and_order
 from analysis.scoring.strata import stratify
@@ -76,17 +79,31 @@ def grouped_cells(rng, n_cells=60, g=6, layers=2, heads=3):
     return att, co, fine, random_group, sums, counts
 
 
-def test_stratum_scores_equal_brute_force_over_cells(rng):
+def grouped_source(sums: np.ndarray, counts: np.ndarray, x: np.ndarray, fine: np.ndarray, random_group: np.ndarray,
+                   sources: np.ndarray | None = None) -> CSSISource:
+    """A CSSISource over the dense group sums ``[groups, L, H, G, G]`` as the grouped store keeps them: every head whole
+    (``sources`` None), or only the ``sources`` rows and columns."""
+    g = sums.shape[-1]
+    rows = np.arange(g) if sources is None else np.asarray(sources)
+    cols = None if sources is None else np.swapaxes(sums[..., :, rows], -1, -2).astype(np.float32)
+    panel = pd.DataFrame({"symbol": [f"G{i}" for i in range(g)]})
+    store = GroupedAttention(rows, sums[..., rows, :].astype(np.float32), cols, sums.mean(axis=2).astype(np.float32),
+                             counts.astype(np.uint16), tuple(range(sums.shape[1])), panel)
+    return CSSISource(store, x, fine, random_group)
+
+
+@pytest.mark.parametrize("kept", ["every gene", "reference TFs"])
+def test_stratum_scores_equal_brute_force_over_cells(rng, kept):
     """Per-stratum attention = summed attention of the stratum's cells / their co-observation count, read from
-    group sums; per-stratum Spearman = scipy within the stratum; symmetric = mean of both directions."""
+    group sums (each head whole, or its TF rows and columns); per-stratum Spearman = scipy within the stratum;
+    symmetric = mean of both directions; scored a block of sites at a time or all at once alike."""
     n_cells, g, layers, heads = 60, 6, 2, 3
     att, co, fine, random_group, sums, counts = grouped_cells(rng, n_cells, g, layers, heads)
     universe = Universe(np.array([0, 2]), ~np.eye(6, dtype=bool)[[0, 2]], rng.random((2, g)) < 0.4)
     pairs = PairSet.from_universe(universe, "symmetric", g)
     x = rng.normal(size=(n_cells, g))
-    data = CSSIData(site_sums(sums.reshape(9, layers, heads, -1)[..., pairs.columns]),
-                    counts.reshape(9, -1)[:, pairs.columns], x, fine, random_group, pairs,
-                    site_table((0, 1), heads), top_k=3)
+    source = grouped_source(sums, counts, x, fine, random_group, None if kept == "every gene" else np.array([0, 2]))
+    data = source.data(pairs, top_k=3)
     assignment = np.array([0, 1, 1, 0, 2, -1, -1, -1, -1])              # fine cluster -> stratum
     cell_stratum = assignment[fine]
     got = data.stratum_scores(assignment, cell_stratum, 3)              # [K, S, N]
@@ -99,16 +116,32 @@ def test_stratum_scores_equal_brute_force_over_cells(rng):
         for layer in range(layers):
             for h in range(heads):
                 want = (mean_att[layer, h, tf, gene] + mean_att[layer, h, gene, tf]) / 2
-                assert np.allclose(got[k, layer * heads + h], want, equal_nan=True)
+                assert np.allclose(got[k, layer * heads + h], want, rtol=1e-5, equal_nan=True)
             want_mean = (mean_att[layer].mean(0)[tf, gene] + mean_att[layer].mean(0)[gene, tf]) / 2
-            assert np.allclose(got[k, layers * heads + layer], want_mean, equal_nan=True)
+            assert np.allclose(got[k, layers * heads + layer], want_mean, rtol=1e-5, equal_nan=True)
         rho = spearmanr(x[member]).statistic
         assert np.allclose(got[k, -2], (rho[tf, gene] + rho[gene, tf]) / 2)
         assert np.allclose(got[k, -1], (np.abs(rho[tf, gene]) + np.abs(rho[gene, tf])) / 2)
     # pooled = all cells, through the fine clusters
     with np.errstate(invalid="ignore"):
         pooled_att = (att * co[:, None, None]).sum(0) / co.sum(0)
-    assert np.allclose(data.pooled[0], (pooled_att[0, 0, tf, gene] + pooled_att[0, 0, gene, tf]) / 2)
+    assert np.allclose(data.pooled[0], (pooled_att[0, 0, tf, gene] + pooled_att[0, 0, gene, tf]) / 2, rtol=1e-5)
+    blocked = dataclasses.replace(data, block_bytes=1)                  # one site per block
+    assert len(blocked.site_blocks(3)) == len(data.sites)
+    whole, parts = data.score(assignment, cell_stratum, 3), blocked.score(assignment, cell_stratum, 3)
+    for how in AGGREGATIONS:
+        for a, b in zip(whole[how], parts[how]):
+            assert np.array_equal(a, b)
+
+
+def test_pairs_outside_the_kept_rows_are_refused(rng):
+    _att, _co, fine, random_group, sums, counts = grouped_cells(rng, 30, 5, 1, 2)
+    source = grouped_source(sums, counts, rng.normal(size=(30, 5)), fine, random_group, np.array([1]))
+    source = dataclasses.replace(source, grouped=dataclasses.replace(source.grouped, head_cols=None))
+    universe = Universe(np.array([1]), ~np.eye(5, dtype=bool)[[1]], np.array([[0, 0, 1, 1, 0]], dtype=bool))
+    source.data(PairSet.from_universe(universe, "tf_to_target", 5))     # TF rows are kept
+    with pytest.raises(ValueError, match="target_to_tf"):
+        source.data(PairSet.from_universe(universe, "target_to_tf", 5))
 
 
 @pytest.mark.parametrize("direction", ["tf_to_target", "symmetric"])
@@ -120,7 +153,7 @@ def test_level_sums_score_every_pair_set_as_the_fine_clusters_do(rng, direction)
     _att, _co, fine, random_group, sums, counts = grouped_cells(rng, n_cells, g, layers, heads)
     x = rng.normal(size=(n_cells, g))
     x[:, 3] = 1.0                                                      # a constant gene: NaN Spearman
-    source = CSSISource(sums.astype(np.float32), counts, x, fine, random_group, (0, 1))
+    source = grouped_source(sums, counts, x, fine, random_group)
     assignment = np.array([0, 1, 1, 0, 2])
     level = source.level_sums(assignment, 3, block_bytes=2_000)        # several blocks of pairs
     fine_assign = np.concatenate([assignment, -np.ones(4, dtype=np.int64)])
@@ -130,11 +163,40 @@ def test_level_sums_score_every_pair_set_as_the_fine_clusters_do(rng, direction)
         want, got = source.data(pairs), level.data(pairs)
         labels = assignment[fine]
         assert np.allclose(got.stratum_scores(np.arange(3), labels, 3), want.stratum_scores(fine_assign, labels, 3),
-                           rtol=1e-12, equal_nan=True)
-        assert np.allclose(got.pooled, want.pooled, rtol=1e-12, equal_nan=True)
+                           rtol=1e-5, equal_nan=True)
+        assert np.allclose(got.pooled, want.pooled, rtol=1e-5, equal_nan=True)
         for how, (auroc, f1, _) in got.score(np.arange(3), labels, 3, with_ranks=False).items():
             ref = want.score(fine_assign, labels, 3, with_ranks=False)[how]
             assert np.allclose(auroc, ref[0], equal_nan=True) and np.allclose(f1, ref[1], equal_nan=True)
+
+
+def test_gene_permuted_null_covers_the_sites_held_over_every_pair(rng):
+    """With per-head rows kept only at the reference TFs, a permuted reference (whose TFs are any genes) is scored at
+    the layer means and correlations, and the heads' gene-permuted p-values are NaN, not a number from nothing; with
+    every head whole, every site gets one."""
+    from analysis.scoring.cssi import permuted_pairs
+    from analysis.scoring.ranking import universe_from_labels
+
+    n_cells, g, layers, heads = 80, 7, 1, 2
+    _att, _co, fine, random_group, sums, counts = grouped_cells(rng, n_cells, g, layers, heads)
+    x = rng.normal(size=(n_cells, g))
+    labels_all = np.zeros((g, g), dtype=bool)
+    labels_all[0, [2, 4, 5]] = labels_all[1, [3, 6]] = True
+    observed = counts[:5].sum(0) > 0
+    pairs = PairSet.from_universe(universe_from_labels(labels_all, observed), "tf_to_target", g)
+    assignment = np.array([0, 1, 1, 0, 2])
+    for sources, heads_null in ((None, True), (np.array([0, 1]), False)):
+        source = grouped_source(sums, counts, x, fine, random_group, sources)
+        level = source.level_sums(assignment, 3)
+        assert level.sums.shape[1] == (layers * (heads + 1) if heads_null else layers)
+        curve, _ = evaluate_level(source.data(pairs), assignment, 3, n_null=5, seed=0, n_gene_null=4,
+                                  gene_permuted=lambda r: level.data(permuted_pairs(labels_all, observed,
+                                                                                    "tf_to_target", r)))
+        auroc = curve[curve["metric"] == "auroc"]
+        is_head = auroc["edge_type"] == "attention"
+        assert auroc.loc[~is_head, "p_gene_permuted"].notna().all()
+        assert auroc.loc[is_head, "p_gene_permuted"].notna().all() == heads_null
+        assert auroc.loc[is_head, "p_gene_permuted"].isna().all() != heads_null
 
 
 def test_spearman_by_stratum_marks_small_and_constant_strata(rng):
