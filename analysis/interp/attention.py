@@ -256,7 +256,8 @@ class AttentionSums:
                 "head_cols": (_strided(self.head_cols, *heads) if self.head_cols is not None
                               else np.zeros(heads[0], dtype=np.float32)),
                 "layer_sums": _strided(self.layer_sums, (n, g, g), (g * g + 1, g, 1)),
-                "full_heads": {full_head_name(*k): v[: g * g].reshape(g, g).cpu().numpy() for k, v in self.full.items()}}
+                "full_heads": {full_head_name(*k): v[: g * g].reshape(g, g).cpu().numpy()
+                               for k, v in self.full.items()}}
 
     def grouped(self) -> dict[str, np.ndarray]:
         """Per group: ``head_rows``/``head_cols`` ``[groups, layers, heads, R, G]``, ``layer_sums`` ``[groups, layers,

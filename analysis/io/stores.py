@@ -190,7 +190,8 @@ class GroupedAttention:
     def load(cls, directory: Path, layers: tuple[int, ...], panel: pd.DataFrame) -> "GroupedAttention":
         """A saved store, its large arrays memory-mapped."""
         cols = directory / files.CSSI_HEAD_COLS
-        return cls(np.load(directory / files.CSSI_SOURCE_ROWS), np.load(directory / files.CSSI_HEAD_ROWS, mmap_mode="r"),
+        return cls(np.load(directory / files.CSSI_SOURCE_ROWS),
+                   np.load(directory / files.CSSI_HEAD_ROWS, mmap_mode="r"),
                    np.load(cols, mmap_mode="r") if cols.is_file() else None,
                    np.load(directory / files.CSSI_LAYER_SUMS, mmap_mode="r"),
                    np.load(directory / files.CSSI_GROUP_COUNTS, mmap_mode="r"), tuple(layers), panel)

@@ -36,8 +36,8 @@ import pandas as pd
 from ..config import DIRECTIONS
 from ..io.stores import GroupedAttention
 from .edges import SubsetSpearman, mean_scores
-from .ranking import (Universe, auroc_from_ranks, f1_from_hits, ranks_and_order, top_k_f1,
-                      universe_from_labels)
+from .ranking import (Universe, auroc_from_ranks, auroc_of_positives, f1_from_hits, ranks_and_order,
+                      shuffled_positives, top_k_f1, universe_from_labels)
 
 AGGREGATIONS = ("max", "mean", "range", "deviation")
 METRICS = ("auroc", "f1")
@@ -310,12 +310,11 @@ class CSSISource:
         out[self.grouped.source_rows] = np.arange(self.grouped.source_rows.size)
         return out
 
-    def _head_pairs(self, query: np.ndarray, key: np.ndarray, groups: slice, heads: tuple[slice, slice]
-                    ) -> np.ndarray:
-        """``[groups, layers, heads, N]`` per-head sums of the (query, key) panel pairs at ``heads`` (a slice of the
-        kept layers and one of the heads): from the source rows where the query is a source, else from the source
-        columns where the key is one."""
-        store, n = self.grouped, query.size
+    def _head_pairs(self, query: np.ndarray, key: np.ndarray, groups: slice, layer: int, head: int) -> np.ndarray:
+        """``[groups, N]`` float32 sums of one head (``layer``: index among the kept layers) at the (query, key)
+        panel pairs: from the source rows where the query is a source, else from the source columns where the key
+        is one."""
+        store = self.grouped
         as_row, as_col = self._source_of[query], self._source_of[key]
         rows = as_row >= 0
         missing = ~rows & ((as_col < 0) | (store.head_cols is None))
@@ -323,30 +322,31 @@ class CSSISource:
             raise ValueError(f"{int(missing.sum())} pairs have neither gene among the {store.source_rows.size} genes "
                              "whose per-head attention CSSI kept (the reference TFs); score them at layer means, or "
                              "rerun with cssi.directions including target_to_tf to keep the TFs' columns")
-        layers, head = heads
-        block = store.head_rows[groups, layers, head]
-        out = np.empty(block.shape[:3] + (n,), dtype=np.float32)
-        out[..., rows] = block[..., as_row[rows], key[rows]]
-        if not rows.all():
-            out[..., ~rows] = store.head_cols[groups, layers, head][..., as_col[~rows], query[~rows]]
+        if rows.all():
+            return np.asarray(store.head_rows[groups, layer, head][:, as_row, key], dtype=np.float32)
+        out = np.empty((len(range(*groups.indices(store.head_rows.shape[0]))), query.size), dtype=np.float32)
+        out[:, rows] = store.head_rows[groups, layer, head][:, as_row[rows], key[rows]]
+        out[:, ~rows] = store.head_cols[groups, layer, head][:, as_col[~rows], query[~rows]]
         return out
 
     def pair_sums(self, columns: np.ndarray, groups: slice = slice(None)) -> np.ndarray:
         """``[groups, S_att, N]`` float32 attention sums of every attention site (:func:`site_table` order) at the flat
-        ``[G * G]`` pair ``columns``."""
-        query, key = np.divmod(np.asarray(columns), len(self.grouped.panel))
-        heads = self._head_pairs(query, key, groups, (slice(None), slice(None)))
-        layer = np.asarray(self.grouped.layer_sums[groups][:, :, query, key], dtype=np.float32)
-        return np.concatenate([heads.reshape(heads.shape[0], -1, query.size), layer], axis=1)
+        ``[G * G]`` pair ``columns``, filled one site at a time (no temporary of the whole)."""
+        sites = self.sites
+        sites = sites[sites["edge_type"].str.startswith("attention")]
+        n_groups = len(range(*groups.indices(self.grouped.counts.shape[0])))
+        out = np.empty((n_groups, len(sites), np.asarray(columns).size), dtype=np.float32)
+        for i, (_, site) in enumerate(sites.iterrows()):
+            out[:, i] = self.site_sums(site, columns, groups)
+        return out
 
     def site_sums(self, site: pd.Series, columns: np.ndarray, groups: slice = slice(None)) -> np.ndarray:
-        """``[groups, N]`` float64 sums of one attention site (a row of :attr:`sites`) at the flat pair ``columns``."""
+        """``[groups, N]`` sums of one attention site (a row of :attr:`sites`) at the flat pair ``columns``."""
         query, key = np.divmod(np.asarray(columns), len(self.grouped.panel))
         layer = self.layers.index(int(site["layer"]))
         if site["edge_type"] == "attention_layer_mean":
-            return np.asarray(self.grouped.layer_sums[groups][:, layer, query, key], dtype=np.float64)
-        head = int(site["head"])
-        return self._head_pairs(query, key, groups, (slice(layer, layer + 1), slice(head, head + 1)))[:, 0, 0]
+            return np.asarray(self.grouped.layer_sums[groups, layer][:, query, key])
+        return self._head_pairs(query, key, groups, layer, int(site["head"]))
 
     def level_sums(self, assignment: np.ndarray, n_strata: int, block_bytes: int = 256 * 2 ** 20) -> "LevelSums":
         """:class:`LevelSums` of one stratification (``assignment``: ``[F]`` stratum of each fine cluster) over every
@@ -475,7 +475,7 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
         if progress:
             progress(r + 1, steps)
     y = data.pairs.labels
-    shuffles = np.stack([rng.permutation(y) for _ in range(n_null)])                 # [R, N]
+    shuffles = shuffled_positives(y, n_null, rng)
     perm_auroc, perm_delta = {}, {}
     if n_gene_null:
         draws = []
@@ -495,7 +495,7 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
     pooled_auroc, pooled_f1 = observed["pooled"][0], observed["pooled"][1]
     for how in AGGREGATIONS:
         auroc, f1, ranks = observed[how]
-        shuffle_null = np.stack([auroc_from_ranks(ranks, s) for s in shuffles], axis=1)  # [S, R]
+        shuffle_null = np.stack([auroc_of_positives(ranks, pos, y.size) for pos in shuffles], axis=1)   # [S, R]
         for m, (metric, value, pooled) in enumerate((("auroc", auroc, pooled_auroc), ("f1", f1, pooled_f1))):
             band = null[how][m]
             p_random = _empirical_p(band - pooled[:, None], value - pooled)

@@ -6,6 +6,7 @@ the user names layers. :func:`analysis.interp.ablation.sweep` defines the items 
 :func:`analysis.rerun.ablation_tables` runs and scores them, as it does for the app's live ablations."""
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -21,6 +22,8 @@ from ..scoring.heads import attention_entropy, composite_order
 from ..scoring.registry import StatsRegistry, ablation_tests
 from .inputs import Inputs
 from .timing import timed
+
+log = logging.getLogger("precompute")
 
 
 def head_auroc(ranking: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -47,7 +50,8 @@ def build_sweep(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, per_p
     return sweep(list(aurocs[["layer", "head"]].itertuples(index=False, name=None)), inp.adapter.n_layers,
                  readout_layer=inp.readout_layer, ks=cfg.ks, n_random=cfg.n_random, seed=cfg.seed,
                  random_matching=cfg.random_matching,
-                 entropy=attention_entropy(store.head_rows, np.asarray(store.counts)[store.source_rows]) if "entropy" in cfg.random_matching else None,
+                 entropy=(attention_entropy(store.head_rows, np.asarray(store.counts)[store.source_rows])
+                          if "entropy" in cfg.random_matching else None),
                  composite_order=composite_order(aurocs, by_layer) if by_layer is not None else None,
                  whole_layers=whole, mlp_blocks=[mlp_block_layers(b) for b in cfg.mlp_blocks])
 
@@ -70,5 +74,10 @@ def run(inp: Inputs, store: AttentionStore, ranking: pd.DataFrame, per_pert: pd.
                                             readout_layer=inp.readout_layer, de_table=de_table)
         writer.write_table("ablation_results", results)
         writer.write_table("ablation_fidelity", fidelity)
-    writer.mark_done("ablation", key, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    n_cells = min(cfg.n_cells, inp.attention_cells.size)
+    log.info("ablation: %d sweep items + the unablated pass on %d cells in %.1f s: %.1f s per item (%.2f s per cell "
+             "and item, two forwards each)", len(items), n_cells, seconds, seconds / (len(items) + 1),
+             seconds / (len(items) + 1) / max(n_cells, 1))
+    writer.mark_done("ablation", key, seconds)
     return ablation_tests(results)
