@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import hypergeom, rankdata
+from scipy.stats import hypergeom
 
 from ..io import schemas
 from .edges import EdgeScores, EdgeSet, HeadEdges
@@ -132,9 +132,11 @@ def f1_from_hits(hits: np.ndarray, k: int, n_pos: int) -> np.ndarray:
         return np.where(hits > 0, 2 * precision * recall / (precision + recall), 0.0)
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Average precision with tied scores as one threshold (scikit-learn's definition)."""
-    order = np.argsort(-scores, kind="stable")
+def average_precision(scores: np.ndarray, labels: np.ndarray, order: np.ndarray | None = None) -> float:
+    """Average precision with tied scores as one threshold (scikit-learn's definition); ``order`` reuses a
+    descending sort of ``scores`` (:func:`ranks_and_order`)."""
+    if order is None:
+        order = np.argsort(-scores, kind="stable")
     s, y = scores[order], labels[order]
     last_of_tie = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
     tp = np.cumsum(y)[last_of_tie]
@@ -170,24 +172,33 @@ def rank_heads(edges: EdgeScores | HeadEdges | EdgeSet, reference: ReferenceNetw
     auroc, auprc, null = np.empty(n_sources), np.empty(n_sources), np.empty((n_sources, n_null))
     f1, hits = np.empty((len(ks), n_sources)), np.empty((len(ks), n_sources))
     tf_auroc = np.full((n_sources, n_tf), np.nan)
-    evaluable_tfs = [t for t in range(n_tf) if 0 < uni.labels[t][uni.pair_mask[t]].sum() < uni.pair_mask[t].sum()]
+    per_tf_pos = uni.labels & uni.pair_mask                                     # [n_tf, G]
+    per_tf_n_pos, per_tf_excluded = per_tf_pos.sum(axis=1), (~uni.pair_mask).sum(axis=1)
+    evaluable_tfs = np.nonzero((per_tf_n_pos > 0) & (per_tf_n_pos < uni.pair_mask.sum(axis=1)))[0]
     shuffles = shuffled_positives(y, n_null, np.random.default_rng(seed))        # the same for every block
     start = 0
-    for block in source_blocks(edges, 8 * (n_tf * uni.pair_mask.shape[1] + 3 * y.size), block_bytes):
+    per_source = 64 * n_tf * uni.pair_mask.shape[1]     # float64 scores, ranks, sort order and temporaries
+    for block in source_blocks(edges, per_source, block_bytes):
         at = slice(start, start + len(block.sources))
         start = at.stop
-        oriented = block.oriented(uni.tf_rows, direction)                       # [s, n_tf, G]
-        flat = np.nan_to_num(oriented[:, uni.pair_mask], nan=0.0)                # [s, N]
-        ranks = rankdata(flat, axis=1)
+        oriented = np.nan_to_num(block.oriented(uni.tf_rows, direction), nan=0.0)  # [s, n_tf, G]
+        flat = oriented[:, uni.pair_mask]                                         # [s, N]
+        ranks, order = ranks_and_order(flat)                                      # one sort serves every metric
         auroc[at] = auroc_from_ranks(ranks, y)
         null[at] = np.stack([auroc_of_positives(ranks, pos, y.size) for pos in shuffles], axis=1)
-        del ranks
-        auprc[at] = [average_precision(f, y) for f in flat]
         for i, k in enumerate(ks):
-            f1[i, at], hits[i, at] = top_k_f1(flat, y, k)
-        for t in evaluable_tfs:
-            m = uni.pair_mask[t]
-            tf_auroc[at, t] = auroc_from_ranks(rankdata(np.nan_to_num(oriented[:, t, m]), axis=1), uni.labels[t][m])
+            f1[i, at], hits[i, at] = top_k_f1(flat, y, k, order)
+        auprc[at] = [average_precision(f, y, o) for f, o in zip(flat, order)]
+        del ranks, order
+        # per-TF AUROC from one sort of every (source, TF) row: pairs outside the TF's candidates sort below them
+        # at -inf, which shifts its candidates' ranks by their number
+        within = np.where(uni.pair_mask, oriented, -np.inf)
+        ranks = ranks_and_order(within.reshape(-1, within.shape[-1]))[0].reshape(within.shape)
+        n_pos_t, n_neg_t = per_tf_n_pos, uni.pair_mask.sum(axis=1) - per_tf_n_pos
+        rank_sum = (ranks * per_tf_pos).sum(axis=-1) - n_pos_t * per_tf_excluded                # [s, n_tf]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tf_block = (rank_sum - n_pos_t * (n_pos_t + 1) / 2) / (n_pos_t * n_neg_t)
+        tf_auroc[at, evaluable_tfs] = tf_block[:, evaluable_tfs]
     p_auroc = (1 + (null >= auroc[:, None]).sum(axis=1)) / (n_null + 1)
     lo, hi = hanley_mcneil_ci(auroc, n_pos, n_neg)
     rows = []

@@ -137,7 +137,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     forward = cal.forward_bytes * min(batch, n_cells)
     base = cal.base_bytes
     held = store + n_layers * pair                               # the store, then each layer's head-mean scores
-    per_head = 32 * n_tf * g                                     # oriented scores, pair scores, ranks, a temporary
+    per_head = 64 * n_tf * g              # as rank_heads sizes its blocks: scores, ranks, sort order, temporaries
     ranking_block = min(n_layers * n_heads * per_head, max(RANK_BLOCK_BYTES, per_head))
     rows = [StageEstimate("attention", base + store + forward, cal.seconds * n_cells,
                           f"{n_cells} cells x {cal.seconds:.2f} s/cell; store {store / GIB:.2f} GiB "

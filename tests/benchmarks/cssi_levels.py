@@ -17,7 +17,7 @@ and prints its own attention-extraction stage time from the manifest next to it.
 Prints each side's time and peak memory; the last line is the ratio this code / baseline.
 
     python tests/benchmarks/cssi_levels.py [--cells 10000 --panel 2000 --tfs 150 --layers 1 --heads 4 | --run DIR]
-        [--rows all|tfs] [--level 5] [--baseline REV] [--profile]
+        [--rows all|tfs] [--level 5] [--baseline REV] [--profile] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -147,17 +147,21 @@ def main() -> None:
     ap.add_argument("--baseline", help="git revision to compare with (e.g. HEAD~3)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--run", type=Path, help="a real run directory (cache/artifacts/<run id>) instead of a synthetic one")
+    ap.add_argument("--keep", type=Path, help="write the synthetic run here and keep it (score it again with --run "
+                                              "in a fresh process, so the peak is the scoring's alone)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory(prefix="cssi-levels-") as tmp:
         out = Path(tmp)
         if args.run:
             directory = args.run.resolve()
-            manifest = json.loads((directory / "manifest.json").read_text())
-            seconds = {t["stage"]: t["seconds"] for t in manifest["stage_timings"]}
-            print(f"run {directory.name}: its attention extraction stage took {seconds.get('attention')} s")
+            if (directory / "manifest.json").is_file():
+                manifest = json.loads((directory / "manifest.json").read_text())
+                seconds = {t["stage"]: t["seconds"] for t in manifest["stage_timings"]}
+                print(f"run {directory.name}: its attention extraction stage took {seconds.get('attention')} s")
         else:
-            directory = out
+            directory = args.keep or out
+            directory.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             build_run(directory, args)
             size = sum(p.stat().st_size for p in directory.iterdir()) / 2 ** 30

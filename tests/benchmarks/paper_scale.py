@@ -3,7 +3,8 @@
 The models are the real configurations from ``../shared/data`` with random weights (nothing is downloaded):
 Geneformer V2-316M (18 layers x 18 heads, d 1,152, 4,096 tokens; the gc104M dictionaries) and scGPT whole-human
 (12 x 8, d 512; its ``args.json`` and ``vocab.json``). The screen is generated outside the repository
-(``--workdir``): ``--genes`` real human genes present in both models' vocabularies (reference TFs of TRRUST with
+(``--workdir``, once: a second invocation reuses it, and precompute resumes a run from its finished stages):
+``--genes`` real human genes present in both models' vocabularies (reference TFs of TRRUST with
 the most targets first), ``--controls`` non-targeting control cells and ``--per-tf`` cells for each of ``--tfs``
 knocked-down TFs (own gene to 15%, its TRRUST targets 2-fold down), Poisson counts dense enough that a cell's input
 fills Geneformer's 4,096 tokens. Memory does not grow with cells (the stores are fixed-size), so few cells are run
@@ -164,8 +165,9 @@ def main() -> None:
     genes, trrust = human_genes(args.genes, args.tfs)
     tfs = trrust.groupby("tf").size().sort_values(ascending=False).index[:args.tfs].tolist()
     data, reference = workdir / "screen.h5ad", workdir / "trrust.tsv"
-    make_screen(data, genes, trrust, tfs, args.controls, args.per_tf)
-    trrust.to_csv(reference, sep="\t", header=False, index=False)
+    if not data.is_file():      # kept across invocations, so a run resumes from its finished stages
+        make_screen(data, genes, trrust, tfs, args.controls, args.per_tf)
+        trrust.to_csv(reference, sep="\t", header=False, index=False)
     print(f"screen: {args.controls} controls + {len(tfs)} TFs x {args.per_tf} cells over {len(genes)} real genes; "
           f"{len(trrust)} TRRUST pairs among them")
     extra = [x for item in args.set for x in ("--set", item)]
