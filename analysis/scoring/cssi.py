@@ -83,6 +83,13 @@ def group_to_strata(values: np.ndarray, assignment: np.ndarray, n_strata: int) -
     return (onehot @ rows.reshape(rows.shape[0], -1)).reshape((n_strata,) + rows.shape[1:]).astype(np.float64)
 
 
+def correlation_rows(corr: np.ndarray, kinds) -> np.ndarray:
+    """``[..., len(kinds), C]`` correlation-site scores from the Spearman ``corr`` ``[..., C]``: signed for
+    ``spearman``, absolute for ``spearman_absolute`` (the non-attention rows of :func:`site_table`)."""
+    return np.stack([corr if kind == "spearman" else np.abs(corr) for kind in kinds], axis=-2) if len(kinds) else \
+        np.empty(corr.shape[:-1] + (0, corr.shape[-1]))
+
+
 def site_table(layers: tuple[int, ...], n_heads: int) -> pd.DataFrame:
     """The S sites scored by CSSI: every head of the kept layers, then each layer's head mean, then the correlation edges (signed rho, the paper's, and
     |rho|; sign-matched needs an observed direction of change, which a reference pair has not): edge_type, layer,
@@ -217,10 +224,16 @@ class CSSIData:
         w = np.asarray(weights, dtype=np.float64)
         sums = (w.astype(np.float32) @ self.group_sums.reshape(w.size, -1)).reshape(self.group_sums.shape[1:])
         att = mean_scores(sums, (w @ self.group_counts)[None])
-        cells = np.asarray(cells)
-        corr = (self.ranker.pairs(cells, self.pairs.columns) if cells.size >= 3
-                else np.full(self.pairs.columns.size, np.nan))[None]
-        return self.pairs.orient(np.concatenate([att, corr, np.abs(corr)], axis=0))
+        cells, kinds = np.asarray(cells), self.correlation_kinds
+        corr = np.full(self.pairs.columns.size, np.nan)
+        if len(kinds) and cells.size >= 3:
+            corr = self.ranker.pairs(cells, self.pairs.columns)
+        return self.pairs.orient(np.concatenate([att, correlation_rows(corr, kinds)], axis=0))
+
+    @property
+    def correlation_kinds(self) -> list[str]:
+        """The edge types of the correlation sites held (after the attention sites)."""
+        return list(self.sites["edge_type"].iloc[self.group_sums.shape[1]:])
 
     @cached_property
     def pooled_recovery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -250,14 +263,15 @@ class CSSIData:
         if stop > n_att:
             if corr is None:
                 corr = spearman_by_stratum(self.ranker, cell_labels, n_strata, self.pairs.columns)
-            parts.append(np.stack([corr, np.abs(corr)], axis=1)[:, max(start - n_att, 0):stop - n_att])
+            parts.append(correlation_rows(corr, self.correlation_kinds)[:, max(start - n_att, 0):stop - n_att])
         return self.pairs.orient(np.concatenate(parts, axis=1))
 
     def score(self, group_assignment: np.ndarray, cell_labels: np.ndarray, n_strata: int, *,
               with_ranks: bool = True) -> dict:
         """``{"pooled" | aggregation: (auroc [S], f1 [S], ranks [S, N] or None)}`` for one stratification."""
         counts = group_to_strata(self.group_counts, group_assignment, n_strata)
-        corr = spearman_by_stratum(self.ranker, cell_labels, n_strata, self.pairs.columns)
+        corr = (spearman_by_stratum(self.ranker, cell_labels, n_strata, self.pairs.columns)
+                if self.correlation_kinds else None)
         y = self.pairs.labels
         parts: dict[str, list] = {how: [] for how in AGGREGATIONS}
         for block in self.site_blocks(n_strata):
@@ -329,10 +343,9 @@ class CSSISource:
         out[:, ~rows] = store.head_cols[groups, layer, head][:, as_col[~rows], query[~rows]]
         return out
 
-    def pair_sums(self, columns: np.ndarray, groups: slice = slice(None)) -> np.ndarray:
-        """``[groups, S_att, N]`` float32 attention sums of every attention site (:func:`site_table` order) at the flat
+    def pair_sums(self, columns: np.ndarray, sites: pd.DataFrame, groups: slice = slice(None)) -> np.ndarray:
+        """``[groups, S_att, N]`` float32 attention sums of the attention ``sites`` (rows of :attr:`sites`) at the flat
         ``[G * G]`` pair ``columns``, filled one site at a time (no temporary of the whole)."""
-        sites = self.sites
         sites = sites[sites["edge_type"].str.startswith("attention")]
         n_groups = len(range(*groups.indices(self.grouped.counts.shape[0])))
         out = np.empty((n_groups, len(sites), np.asarray(columns).size), dtype=np.float32)
@@ -348,6 +361,14 @@ class CSSISource:
             return np.asarray(self.grouped.layer_sums[groups, layer][:, query, key])
         return self._head_pairs(query, key, groups, layer, int(site["head"]))
 
+    @property
+    def permutable_sites(self) -> np.ndarray:
+        """Numbers of the sites held over every gene pair, which a gene-permuted reference can be scored at: each
+        layer's head mean and the correlations, and the heads when the store keeps every gene's rows."""
+        n_layers, n_heads = len(self.layers), self.grouped.head_rows.shape[2]
+        first = 0 if self.grouped.full_rows else n_layers * n_heads
+        return np.arange(first, n_layers * (n_heads + 1) + 2)
+
     def level_sums(self, assignment: np.ndarray, n_strata: int, block_bytes: int = 256 * 2 ** 20) -> "LevelSums":
         """:class:`LevelSums` of one stratification (``assignment``: ``[F]`` stratum of each fine cluster) over every
         gene pair: each layer's head mean, and every head when the store keeps every gene's rows (else the heads'
@@ -357,10 +378,9 @@ class CSSISource:
         n_layers, g = len(self.layers), len(store.panel)
         n_heads = store.head_rows.shape[2]
         parts = [store.layer_sums[:f].reshape(f, n_layers, g * g)]
-        kept = np.arange(n_layers * n_heads, n_layers * (n_heads + 1))
         if store.full_rows:
             parts.insert(0, store.head_rows[:f].reshape(f, n_layers * n_heads, g * g))
-            kept = np.arange(n_layers * (n_heads + 1))
+        kept = self.permutable_sites[:-2]
         counts = store.counts[:f].reshape(f, g * g)
         sums = np.empty((n_strata, kept.size, g * g), dtype=np.float32)
         strata_counts = np.empty((n_strata, g * g))
@@ -371,16 +391,30 @@ class CSSISource:
             sums[:, :, cols] = group_to_strata(block, assignment, n_strata)
             strata_counts[:, cols] = group_to_strata(np.asarray(counts[:, cols], dtype=np.float64), assignment,
                                                      n_strata)
-        sites = self.sites
-        sites = sites.iloc[np.concatenate([kept, np.arange(len(sites) - 2, len(sites))])]
+        sites = self.sites.iloc[self.permutable_sites]
         return LevelSums(sums, strata_counts, self.expression, assignment[self.fine], sites, self.spearman)
 
-    def data(self, pairs: PairSet, top_k: int = 0) -> CSSIData:
-        """:class:`CSSIData` at ``pairs`` (``top_k`` 0 = the number of reference edges)."""
+    def data(self, pairs: PairSet, top_k: int = 0, sites: pd.DataFrame | None = None) -> CSSIData:
+        """:class:`CSSIData` at ``pairs`` (``top_k`` 0 = the number of reference edges) for ``sites`` (rows of
+        :attr:`sites` in their order, index kept; default every site)."""
+        sites = self.sites if sites is None else sites
         counts = np.asarray(self.grouped.counts).reshape(self.grouped.counts.shape[0], -1)[:, pairs.columns]
-        return CSSIData(np.ascontiguousarray(self.pair_sums(pairs.columns)),
-                        np.ascontiguousarray(counts, dtype=np.float64), self.expression, self.fine,
-                        self.random_group, pairs, self.sites, top_k or pairs.top_k, self.spearman)
+        return CSSIData(self.pair_sums(pairs.columns, sites), np.ascontiguousarray(counts, dtype=np.float64),
+                        self.expression, self.fine, self.random_group, pairs, sites, top_k or pairs.top_k,
+                        self.spearman)
+
+    def site_blocks(self, pairs: PairSet, block_bytes: int = 1 << 30) -> list[pd.DataFrame]:
+        """:attr:`sites` in blocks whose group sums at ``pairs`` (``groups x sites x N`` float32) hold at most
+        ``block_bytes`` (one site at least); the correlation sites, which hold no sums, close the last block. Scoring
+        block by block bounds CSSI's memory at paper scale, where every head's sums at the candidate pairs are as
+        large as the store's rows."""
+        sites = self.sites
+        attention = np.nonzero(sites["edge_type"].str.startswith("attention").to_numpy())[0]
+        per_site = self.grouped.counts.shape[0] * max(pairs.columns.size, 1) * 4
+        step = max(1, block_bytes // per_site)
+        blocks = [attention[i:i + step] for i in range(0, attention.size, step)] or [attention]
+        blocks[-1] = np.concatenate([blocks[-1], np.setdiff1d(np.arange(len(sites)), attention)])
+        return [sites.iloc[b] for b in blocks]
 
 
 @dataclass(frozen=True)
@@ -409,11 +443,16 @@ class LevelSums:
         corr = ranker.pairs(np.arange(self.cell_labels.size), np.arange(self.counts.shape[1]))[None]
         return np.concatenate([att, corr, np.abs(corr)], axis=0)
 
-    def data(self, pairs: PairSet, top_k: int = 0) -> CSSIData:
-        return CSSIData(np.ascontiguousarray(self.sums[:, :, pairs.columns], dtype=np.float32),
+    def data(self, pairs: PairSet, top_k: int = 0, sites: pd.Index | None = None) -> CSSIData:
+        """:class:`CSSIData` at ``pairs`` for the sites held that are among the site numbers ``sites`` (default
+        every site held)."""
+        held = np.ones(len(self.sites), dtype=bool) if sites is None else self.sites.index.isin(sites)
+        n_att = self.sums.shape[1]
+        rows = np.nonzero(held[:n_att])[0]
+        return CSSIData(np.ascontiguousarray(self.sums[:, rows[:, None], pairs.columns[None, :]], dtype=np.float32),
                         np.ascontiguousarray(self.counts[:, pairs.columns]), self.expression, self.cell_labels, None,
-                        pairs, self.sites, top_k or pairs.top_k, self.spearman,
-                        pooled_scores=pairs.orient(self.pooled_columns[:, pairs.columns]))
+                        pairs, self.sites[held], top_k or pairs.top_k, self.spearman,
+                        pooled_scores=pairs.orient(self.pooled_columns[held][:, pairs.columns]))
 
 
 def permuted_pairs(labels_all: np.ndarray, observed: np.ndarray, direction: str, rng: np.random.Generator
@@ -451,8 +490,9 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
     strata, p-values; schema ``cssi_curve``) and the raw random-strata null draws (schema ``cssi_null``).
     ``n_null`` random strata and label shuffles; ``gene_permuted(rng)`` returns the data at the pairs of a
     gene-permuted reference with one group per stratum of ``assignment`` (:meth:`LevelSums.data`), drawn
-    ``n_gene_null`` times (None or 0 skips that null); sites it does not hold (heads whose rows were kept only at
-    the reference TFs) get NaN for it.
+    ``n_gene_null`` times (None or 0 skips that null) for the sites of ``data`` it holds; the others (heads whose
+    rows were kept only at the reference TFs) get NaN for it. Rows name their site by its number in
+    :func:`site_table` (``data.sites``' index), so blocks of sites scored apart concatenate.
     """
     rng = np.random.default_rng([seed, n_strata])
     n_fine = data.n_fine
@@ -481,15 +521,17 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
         draws = []
         for r in range(n_gene_null):
             permuted = gene_permuted(rng)
-            draws.append(permuted.score(np.arange(n_strata), cell_labels, n_strata, with_ranks=False))
+            if len(permuted.sites):
+                draws.append(permuted.score(np.arange(n_strata), cell_labels, n_strata, with_ranks=False))
             if progress:
                 progress(n_null + r + 1, steps)
-        held = permuted.sites.index.to_numpy()      # the sites scored over every pair (heads only when kept whole)
+        held = data.sites.index.get_indexer(permuted.sites.index)   # sites held over every pair (heads when whole)
         for how in AGGREGATIONS:
             perm_auroc[how] = np.full((len(data.sites), n_gene_null), np.nan)             # [S, R]
             perm_delta[how] = np.full((len(data.sites), n_gene_null), np.nan)
-            perm_auroc[how][held] = np.stack([d[how][0] for d in draws], axis=1)
-            perm_delta[how][held] = np.stack([d[how][0] - d["pooled"][0] for d in draws], axis=1)
+            if held.size:
+                perm_auroc[how][held] = np.stack([d[how][0] for d in draws], axis=1)
+                perm_delta[how][held] = np.stack([d[how][0] - d["pooled"][0] for d in draws], axis=1)
     rows = []
     sites = data.sites
     pooled_auroc, pooled_f1 = observed["pooled"][0], observed["pooled"][1]
@@ -506,8 +548,8 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
                 p_gene_delta = np.where(np.isnan(gene_mean), np.nan, _empirical_p(perm_delta[how], auroc - pooled))
             else:
                 p_gene = p_gene_delta = gene_mean = np.full(len(sites), np.nan)
-            for s in range(len(sites)):
-                rows.append((n_strata, int(np.unique(assignment).size), s, how, metric, float(value[s]),
+            for s, site in enumerate(sites.index):
+                rows.append((n_strata, int(np.unique(assignment).size), int(site), how, metric, float(value[s]),
                              float(pooled[s]), float(value[s] - pooled[s]), float(band[s].mean()),
                              float(np.quantile(band[s], 0.05)), float(np.quantile(band[s], 0.95)),
                              float(p_random[s]), float(p_shuffle[s]), float(gene_mean[s]), float(p_gene[s]),
@@ -517,8 +559,8 @@ def evaluate_level(data: CSSIData, assignment: np.ndarray, n_strata: int, *, n_n
                                         "p_label_shuffle", "gene_permuted_mean", "p_gene_permuted",
                                         "p_gene_permuted_delta", "n_null"])
     curve = curve.merge(sites.reset_index(names="site"), on="site")
-    draws = [(n_strata, s, how, metric, r, float(null[how][m, s, r]))
+    draws = [(n_strata, int(site), how, metric, r, float(null[how][m, s, r]))
              for how in AGGREGATIONS for m, metric in enumerate(METRICS)
-             for s in range(len(sites)) for r in range(n_null)]
+             for s, site in enumerate(sites.index) for r in range(n_null)]
     null_table = pd.DataFrame(draws, columns=["n_strata", "site", "aggregation", "metric", "draw", "value"])
     return curve, null_table

@@ -26,7 +26,8 @@ from ..errors import InputError
 from ..io import files, schemas
 from ..io.references import ReferenceNetwork
 from ..io.stores import GroupedAttention, grouped_store_bytes
-from .cssi import CSSIData, CSSISource, PairSet, evaluate_level, group_to_strata, permuted_pairs
+from .cssi import (AGGREGATIONS, METRICS, CSSIData, CSSISource, PairSet, evaluate_level,
+                   group_to_strata, permuted_pairs)
 from .edges import spearman_matrix
 from .ranking import reference_labels, universe_from_labels
 from .registry import StatsRegistry
@@ -175,27 +176,48 @@ def score_level(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, 
                 n_null: int, n_gene_null: int, seed: int, data: CSSIData | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Curve and null rows (schemas ``cssi_curve``, ``cssi_null``) of one stratification level of ``run`` against
-    ``reference``; ``data`` reuses an already sliced :class:`analysis.scoring.cssi.CSSIData` of the same pairs."""
+    ``reference``, a block of sites at a time (:meth:`analysis.scoring.cssi.CSSISource.site_blocks`); ``data``
+    scores only the sites of an already sliced :class:`analysis.scoring.cssi.CSSIData` of the same pairs. The
+    gene-permuted null's per-stratum sums over every pair (:meth:`~analysis.scoring.cssi.CSSISource.level_sums`)
+    are built once, for the blocks holding sites it covers."""
     observed = observed_pairs(run)
     labels_all = reference_labels(panel, reference)
-    data = data or run.source.data(pair_set(panel, reference, observed, direction))
+    pairs = data.pairs if data is not None else pair_set(panel, reference, observed, direction)
     assignment = run.strata.assignment(n_strata)
-    strata = run.source.level_sums(assignment, n_strata) if n_gene_null else None
+    blocks = [data] if data is not None else (run.source.data(pairs, sites=b) for b in run.source.site_blocks(pairs))
+    strata = None
+    curves, nulls = [], []
+    for block in blocks:
+        n_gene = n_gene_null if block.sites.index.isin(run.source.permutable_sites).any() else 0
+        if n_gene and strata is None:
+            strata = run.source.level_sums(assignment, n_strata)
 
-    def gene_permuted(rng):
-        return strata.data(permuted_pairs(labels_all, observed, direction, rng))
+        def gene_permuted(rng, held=block.sites.index):
+            return strata.data(permuted_pairs(labels_all, observed, direction, rng), sites=held)
 
-    curve, null = evaluate_level(data, assignment, n_strata, n_null=n_null, seed=seed,
-                                 gene_permuted=gene_permuted, n_gene_null=n_gene_null, progress=progress)
+        curve, null = evaluate_level(block, assignment, n_strata, n_null=n_null, seed=seed,
+                                     gene_permuted=gene_permuted, n_gene_null=n_gene, progress=progress)
+        curves.append(curve)
+        nulls.append(null)
     level = run.strata.levels[run.strata.levels["n_strata"] == n_strata]
     tag = {"reference": reference.name, "direction": direction}
-    curve = curve.assign(**tag, resolution=float(level["resolution"].iloc[0]))
-    return curve, null.assign(**tag)
+    curve = pd.concat(curves, ignore_index=True).assign(**tag, resolution=float(level["resolution"].iloc[0]))
+    return _in_site_order(curve, ["n_strata"]), _in_site_order(pd.concat(nulls, ignore_index=True).assign(**tag),
+                                                                 ["n_strata"], "draw")
+
+
+def _in_site_order(table: pd.DataFrame, leading: list[str], *trailing: str) -> pd.DataFrame:
+    """Rows ordered as one unblocked pass writes them: ``leading``, aggregation, metric, site, ``trailing``."""
+    order = table.assign(_agg=table["aggregation"].map({a: i for i, a in enumerate(AGGREGATIONS)}),
+                         _metric=table["metric"].map({m: i for i, m in enumerate(METRICS)}))
+    order = order.sort_values([*leading, "_agg", "_metric", "site", *trailing], kind="stable")
+    return order.drop(columns=["_agg", "_metric"]).reset_index(drop=True)
 
 
 def evaluate_grid(run: CSSIRun, panel: pd.DataFrame, references: list[ReferenceNetwork], cfg: CSSIConfig,
                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every (reference, direction, grid level): curve and null tables."""
+    """Every (reference, direction, grid level): curve and null tables. Each block of sites is read from the store
+    once and scored at every level."""
     curves, nulls = [], []
     levels = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
     observed = observed_pairs(run)
@@ -203,13 +225,21 @@ def evaluate_grid(run: CSSIRun, panel: pd.DataFrame, references: list[ReferenceN
                disable=not progress)
     for ref in references:
         for direction in cfg.directions:
-            data = run.source.data(pair_set(panel, ref, observed, direction))
+            pairs = pair_set(panel, ref, observed, direction)
+            blocks = run.source.site_blocks(pairs)
+            by_level: dict[int, list] = {k: [] for k in levels}
+            for b, sites in enumerate(blocks):
+                data = run.source.data(pairs, sites=sites)
+                for k in levels:
+                    by_level[k].append(score_level(run, panel, ref, k, direction=direction, n_null=cfg.n_null,
+                                                   n_gene_null=cfg.n_gene_null, seed=cfg.seed, data=data))
+                    if b == len(blocks) - 1:
+                        bar.update()
+                del data
             for k in levels:
-                curve, null = score_level(run, panel, ref, k, direction=direction, n_null=cfg.n_null,
-                                          n_gene_null=cfg.n_gene_null, seed=cfg.seed, data=data)
-                curves.append(curve)
-                nulls.append(null)
-                bar.update()
+                curves.append(_in_site_order(pd.concat([c for c, _ in by_level[k]], ignore_index=True), ["n_strata"]))
+                nulls.append(_in_site_order(pd.concat([n for _, n in by_level[k]], ignore_index=True), ["n_strata"],
+                                            "draw"))
     bar.close()
     return pd.concat(curves, ignore_index=True), pd.concat(nulls, ignore_index=True)
 

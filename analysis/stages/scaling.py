@@ -15,7 +15,7 @@ from ..io.artifacts import RunWriter
 from ..scoring import cssi_levels
 from ..scoring.registry import StatsRegistry
 from ..scoring.strata import add_level
-from ..scoring.scaling import (bootstrap_curve, composition_curve, composition_tests, scaling_curve,
+from ..scoring.scaling import (SCALED_SITES, bootstrap_curve, composition_curve, composition_tests, scaling_curve,
                                scaling_tests)
 from ..scoring.tf_bootstrap import tf_bootstrap, tf_bootstrap_tests
 from .inputs import Inputs
@@ -52,7 +52,9 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, key: str) -> Stat
         readout = inp.readout_layer
         out = {name: [] for name in TABLES}
         for ref in inp.references:
-            data = run.source.data(cssi_levels.pair_set(panel, ref, observed, "tf_to_target"))
+            sites = run.source.sites
+            data = run.source.data(cssi_levels.pair_set(panel, ref, observed, "tf_to_target"),
+                                   sites=sites[sites["edge_type"].isin(SCALED_SITES)])
             tag = {"reference": ref.name}
             curve = scaling_curve(data, fractions=cfg.unit_fractions, n_seeds=cfg.n_seeds, top_k=cfg.top_k,
                                   seed=cfg.seed)

@@ -199,6 +199,40 @@ def test_gene_permuted_null_covers_the_sites_held_over_every_pair(rng):
         assert auroc.loc[is_head, "p_gene_permuted"].isna().all() != heads_null
 
 
+@pytest.mark.parametrize("kept", ["every gene", "reference TFs"])
+def test_scoring_a_block_of_sites_at_a_time_equals_scoring_them_all(rng, kept):
+    """Paper-scale CSSI scores blocks of sites apart (bounded memory): every value, null band and p-value, the
+    gene-permuted null's included, equals the one-pass table."""
+    from analysis.scoring.cssi import permuted_pairs
+    from analysis.scoring.ranking import universe_from_labels
+
+    n_cells, g, layers, heads = 80, 7, 2, 2
+    _att, _co, fine, random_group, sums, counts = grouped_cells(rng, n_cells, g, layers, heads)
+    source = grouped_source(sums, counts, rng.normal(size=(n_cells, g)), fine, random_group,
+                            None if kept == "every gene" else np.array([0, 1]))
+    labels_all = np.zeros((g, g), dtype=bool)
+    labels_all[0, [2, 4, 5]] = labels_all[1, [3, 6]] = True
+    observed = counts[:5].sum(0) > 0
+    pairs = PairSet.from_universe(universe_from_labels(labels_all, observed), "tf_to_target", g)
+    assignment = np.array([0, 1, 1, 0, 2])
+    level = source.level_sums(assignment, 3)
+
+    def score(data):
+        return evaluate_level(data, assignment, 3, n_null=6, seed=1, n_gene_null=3,
+                              gene_permuted=lambda r: level.data(permuted_pairs(labels_all, observed, "tf_to_target",
+                                                                                r), sites=data.sites.index))
+
+    whole = score(source.data(pairs))
+    blocks = source.site_blocks(pairs, block_bytes=1)
+    assert len(blocks) == layers * (heads + 1) and list(blocks[-1]["edge_type"])[-2:] == ["spearman",
+                                                                                         "spearman_absolute"]
+    parts = [score(source.data(pairs, sites=b)) for b in blocks]
+    for i, key in ((0, ["aggregation", "metric", "site"]), (1, ["aggregation", "metric", "site", "draw"])):
+        got = pd.concat([p[i] for p in parts]).sort_values(key).reset_index(drop=True)
+        want = whole[i].sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want)
+
+
 def test_spearman_by_stratum_marks_small_and_constant_strata(rng):
     x = rng.normal(size=(20, 4))
     x[:, 3] = 1.0
