@@ -167,6 +167,7 @@ class GroupedAttention:
     counts: np.ndarray
     layers: tuple[int, ...]
     panel: pd.DataFrame
+    directory: Path | None = None
 
     @property
     def full_rows(self) -> bool:
@@ -189,9 +190,18 @@ class GroupedAttention:
     @classmethod
     def load(cls, directory: Path, layers: tuple[int, ...], panel: pd.DataFrame) -> "GroupedAttention":
         """A saved store, its large arrays memory-mapped."""
-        cols = directory / files.CSSI_HEAD_COLS
-        return cls(np.load(directory / files.CSSI_SOURCE_ROWS),
-                   np.load(directory / files.CSSI_HEAD_ROWS, mmap_mode="r"),
-                   np.load(cols, mmap_mode="r") if cols.is_file() else None,
-                   np.load(directory / files.CSSI_LAYER_SUMS, mmap_mode="r"),
-                   np.load(directory / files.CSSI_GROUP_COUNTS, mmap_mode="r"), tuple(layers), panel)
+        store = cls(np.load(directory / files.CSSI_SOURCE_ROWS), None, None, None, None, tuple(layers), panel,
+                    directory)
+        store.release_pages()
+        return store
+
+    def release_pages(self) -> None:
+        """Map a saved store's arrays afresh, so the pages a pass read stop counting in this process's resident
+        memory (a pass over every head's rows touches all of a multi-GB file); nothing for a store in memory."""
+        if self.directory is None:
+            return
+        cols = self.directory / files.CSSI_HEAD_COLS
+        self.head_rows = np.load(self.directory / files.CSSI_HEAD_ROWS, mmap_mode="r")
+        self.head_cols = np.load(cols, mmap_mode="r") if cols.is_file() else None
+        self.layer_sums = np.load(self.directory / files.CSSI_LAYER_SUMS, mmap_mode="r")
+        self.counts = np.load(self.directory / files.CSSI_GROUP_COUNTS, mmap_mode="r")

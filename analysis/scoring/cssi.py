@@ -392,6 +392,7 @@ class CSSISource:
             strata_counts[:, cols] = group_to_strata(np.asarray(counts[:, cols], dtype=np.float64), assignment,
                                                      n_strata)
         sites = self.sites.iloc[self.permutable_sites]
+        store.release_pages()
         return LevelSums(sums, strata_counts, self.expression, assignment[self.fine], sites, self.spearman)
 
     def data(self, pairs: PairSet, top_k: int = 0, sites: pd.DataFrame | None = None) -> CSSIData:
@@ -399,9 +400,10 @@ class CSSISource:
         :attr:`sites` in their order, index kept; default every site)."""
         sites = self.sites if sites is None else sites
         counts = np.asarray(self.grouped.counts).reshape(self.grouped.counts.shape[0], -1)[:, pairs.columns]
-        return CSSIData(self.pair_sums(pairs.columns, sites), np.ascontiguousarray(counts, dtype=np.float64),
-                        self.expression, self.fine, self.random_group, pairs, sites, top_k or pairs.top_k,
-                        self.spearman)
+        sums = self.pair_sums(pairs.columns, sites)
+        self.grouped.release_pages()
+        return CSSIData(sums, np.ascontiguousarray(counts, dtype=np.float64), self.expression, self.fine,
+                        self.random_group, pairs, sites, top_k or pairs.top_k, self.spearman)
 
     def site_blocks(self, pairs: PairSet, block_bytes: int = 1 << 30) -> list[pd.DataFrame]:
         """:attr:`sites` in blocks whose group sums at ``pairs`` (``groups x sites x N`` float32) hold at most
