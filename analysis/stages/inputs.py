@@ -117,12 +117,18 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
         genes = tokenizer.vocabulary_genes(cells)
         present = cells.moments.pooled().columns(genes["gene_id"].to_numpy()).detected[0]
         size = min(ext.panel_size, max_len - 1)
+        universe = evaluation_universe(cells, genes, present, pert.universe, pert.universe_size)
         if size < ext.panel_size:
             log.info("panel capped at %d genes: every cell's input is <cls> + the panel, and the model takes %d "
                      "tokens", size, max_len)
+            if universe is not None and universe.size > size:
+                raise InputError(f"in tokenizer.mode={cfg.tokenizer.mode!r} every cell's input is <cls> + the panel "
+                                 f"and the model takes {max_len} tokens, so the panel holds at most {size} genes, "
+                                 f"fewer than the {universe.size}-gene evaluation universe: use --set "
+                                 "tokenizer.mode=zero_shot (each cell's expressed genes, sampled to the model's "
+                                 "length, as in pretraining) or lower perturbation.universe_size")
         panel = select_panel(cells, genes, present, reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
-                             panel_size=size, universe=evaluation_universe(cells, genes, present, pert.universe,
-                                                                           pert.universe_size))
+                             panel_size=size, universe=universe)
         tokens, _ = tokens_of(tokenizer, cells, keep, panel=panel)
     else:
         tokens, present = tokens_of(tokenizer, cells, keep)

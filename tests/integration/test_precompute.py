@@ -422,7 +422,8 @@ def _assert_no_artifacts(cache):
 
 @pytest.mark.parametrize("case", ["not_h5ad", "log_normalised", "nan_counts", "no_vocabulary_overlap",
                                   "malformed_trrust", "too_few_cells_for_cssi", "dictionaries_of_another_model",
-                                  "gpt2_config", "scgpt_missing_key", "scgpt_no_symbol_table"])
+                                  "gpt2_config", "scgpt_missing_key", "scgpt_no_symbol_table",
+                                  "scgpt_panel_shorter_than_universe"])
 def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgpt_release):
     dicts = shared_path("geneformer/dict_gc30M")
     trrust = shared_path("regulatory/trrust_rawdata.human.tsv")
@@ -435,7 +436,10 @@ def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgp
                 "dictionaries_of_another_model": "these dictionaries belong to another model",
                 "gpt2_config": "model_type 'gpt2': not a Geneformer checkpoint",
                 "scgpt_missing_key": "lacks 1 key(s) of the scGPT model, first 'transformer_encoder.layers.0.self_attn.Wqkv.weight'",
-                "scgpt_no_symbol_table": "genes matches the scGPT vocabulary"}[case]
+                "scgpt_no_symbol_table": "genes matches the scGPT vocabulary",
+                "scgpt_panel_shorter_than_universe": "fewer than the 1500-gene evaluation universe: use --set "
+                                                     "tokenizer.mode=zero_shot"}[case]
+    extra = []
     if case == "not_h5ad":
         data = tmp_path / "counts.h5ad"
         data.write_text("this is a csv,not h5ad\n")
@@ -462,6 +466,10 @@ def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgp
         model = tmp_path / "gpt2"
         model.mkdir()
         (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12}))
+    elif case == "scgpt_panel_shorter_than_universe":     # the paper's 2,000 HVGs in a 1,200-token input
+        model, dicts = tiny_scgpt_release, shared_path("geneformer/dict_gc104M")
+        extra = ["--panel-size", "3000", "--set", "perturbation.universe=hvg", "--set",
+                 "perturbation.universe_size=1500"]
     elif case.startswith("scgpt"):
         model = tmp_path / "scgpt"
         import shutil
@@ -477,7 +485,7 @@ def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgp
     cache = tmp_path / "cache"
     weights = [] if case.startswith("scgpt") else ["--random-weights"]
     rc = precompute.main(["--cache", str(cache), "--quiet", "--data", str(data), "--model", str(model), *weights,
-                          "--dictionaries", str(dicts), "--reference", str(trrust)])
+                          "--dictionaries", str(dicts), "--reference", str(trrust), *extra])
     assert rc == 2
     assert expected in capsys.readouterr().err
     _assert_no_artifacts(cache)
