@@ -93,7 +93,10 @@ def model_args(family: str, workdir: Path) -> list[str]:
     for name, source in (("args.json", "args_whole_human.json"), ("vocab.json", "vocab_whole_human_60697.json")):
         if not (directory / name).exists():
             (directory / name).symlink_to(SHARED / "scgpt" / source)
-    return ["--model", str(directory), "--random-weights", "--model-family", "scgpt"]
+    # a 1,200-token input cannot hold the paper's 2,000-3,500-gene universes as <cls> + panel: each cell's
+    # expressed genes, sampled to the model's length (pretraining's input), as precompute's error says
+    return ["--model", str(directory), "--random-weights", "--model-family", "scgpt", "--set",
+            "tokenizer.mode=zero_shot"]
 
 
 def run(family: str, protocol: str, data: Path, reference: Path, workdir: Path, extra: list[str]) -> dict:
