@@ -40,6 +40,7 @@ from .ranking import (Universe, auroc_from_ranks, auroc_of_positives, f1_from_hi
                       shuffled_positives, top_k_f1, universe_from_labels)
 
 AGGREGATIONS = ("max", "mean", "range", "deviation")
+SITE_BLOCK_BYTES = 1 << 30   # group sums at the candidate pairs held at once (CSSISource.site_blocks)
 METRICS = ("auroc", "f1")
 
 
@@ -405,7 +406,7 @@ class CSSISource:
         return CSSIData(sums, np.ascontiguousarray(counts, dtype=np.float64), self.expression, self.fine,
                         self.random_group, pairs, sites, top_k or pairs.top_k, self.spearman)
 
-    def site_blocks(self, pairs: PairSet, block_bytes: int = 1 << 30) -> list[pd.DataFrame]:
+    def site_blocks(self, pairs: PairSet, block_bytes: int = SITE_BLOCK_BYTES) -> list[pd.DataFrame]:
         """:attr:`sites` in blocks whose group sums at ``pairs`` (``groups x sites x N`` float32) hold at most
         ``block_bytes`` (one site at least); the correlation sites, which hold no sums, close the last block. Scoring
         block by block bounds CSSI's memory at paper scale, where every head's sums at the candidate pairs are as

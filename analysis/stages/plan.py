@@ -27,6 +27,7 @@ from ..config import mlp_block_layers
 from ..errors import InputError
 from ..interp.ablation import sweep
 from ..interp.attention import extract_attention
+from ..scoring.cssi import SITE_BLOCK_BYTES
 from ..scoring.cssi_levels import choose_layout
 from ..scoring.ranking import RANK_BLOCK_BYTES
 from .inputs import Inputs
@@ -172,11 +173,12 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         n_pairs = n_tf * g * (2 if layout.keep_cols else 1)
         n_sites = len(layout.layers) * (n_heads + 1)
         permuted_sites = n_sites if layout.sources.size == g else len(layout.layers)   # gene-permuted null's sites
-        scoring = (groups * n_sites * n_pairs * 4 + max(c.n_strata) * permuted_sites * g * g * 4
-                   + (permuted_sites + 2) * g * g * 8)
+        block = min(groups * n_sites * n_pairs * 4, max(SITE_BLOCK_BYTES, groups * n_pairs * 4))  # a block of sites
+        scoring = block + max(c.n_strata) * permuted_sites * g * g * 4 + (permuted_sites + 2) * g * g * 8
         rows.append(StageEstimate("cssi", base + store + max(layout.nbytes + forward, scoring), cal.seconds * n_cells,
                                   f"{groups} groups: {layout.describe} ({layout.nbytes / GIB:.2f} GiB); scoring "
-                                  f"{n_sites} sites at {n_pairs} candidate pairs ({scoring / GIB:.2f} GiB)",
+                                  f"{n_sites} sites at {n_pairs} candidate pairs a block at a time "
+                                  f"({scoring / GIB:.2f} GiB)",
                                   "cssi.layers or cssi.max_gib, cssi.n_fine, cssi.n_random_groups "
                                   "(or cssi.n_fine=0 to skip CSSI)"))
     if cfg.sae.run == "on":
