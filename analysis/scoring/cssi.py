@@ -87,8 +87,8 @@ def group_to_strata(values: np.ndarray, assignment: np.ndarray, n_strata: int) -
 def correlation_rows(corr: np.ndarray, kinds) -> np.ndarray:
     """``[..., len(kinds), C]`` correlation-site scores from the Spearman ``corr`` ``[..., C]``: signed for
     ``spearman``, absolute for ``spearman_absolute`` (the non-attention rows of :func:`site_table`)."""
-    return np.stack([corr if kind == "spearman" else np.abs(corr) for kind in kinds], axis=-2) if len(kinds) else \
-        np.empty(corr.shape[:-1] + (0, corr.shape[-1]))
+    rows = [corr if kind == "spearman" else np.abs(corr) for kind in kinds]
+    return np.stack(rows, axis=-2) if rows else np.empty(corr.shape[:-1] + (0, corr.shape[-1]))
 
 
 def site_table(layers: tuple[int, ...], n_heads: int) -> pd.DataFrame:
@@ -241,7 +241,7 @@ class CSSIData:
         """:func:`recovery` of :attr:`pooled` (no ranks: the label-shuffle null ranks the aggregated scores)."""
         return recovery(self.pooled, self.pairs.labels, self.top_k, with_ranks=False)
 
-    def site_blocks(self, n_strata: int) -> list[slice]:
+    def score_blocks(self, n_strata: int) -> list[slice]:
         """The blocks of sites a stratification of ``n_strata`` is scored in (class doc)."""
         n_sites, per_site = len(self.sites), 8 * n_strata * max(self.pairs.columns.size, 1) * 4   # a few temporaries
         step = max(1, self.block_bytes // per_site)
@@ -275,7 +275,7 @@ class CSSIData:
                 if self.correlation_kinds else None)
         y = self.pairs.labels
         parts: dict[str, list] = {how: [] for how in AGGREGATIONS}
-        for block in self.site_blocks(n_strata):
+        for block in self.score_blocks(n_strata):
             strata = self.stratum_scores(group_assignment, cell_labels, n_strata, block, counts=counts, corr=corr)
             for how, scores in aggregate_all(strata, self.pooled[block]).items():
                 parts[how].append(recovery(scores, y, self.top_k, with_ranks=with_ranks))

@@ -174,13 +174,15 @@ def pair_set(panel: pd.DataFrame, reference: ReferenceNetwork, observed: np.ndar
 
 def score_level(run: CSSIRun, panel: pd.DataFrame, reference: ReferenceNetwork, n_strata: int, *, direction: str,
                 n_null: int, n_gene_null: int, seed: int, data: CSSIData | None = None,
-                progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                observed: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Curve and null rows (schemas ``cssi_curve``, ``cssi_null``) of one stratification level of ``run`` against
     ``reference``, a block of sites at a time (:meth:`analysis.scoring.cssi.CSSISource.site_blocks`); ``data``
     scores only the sites of an already sliced :class:`analysis.scoring.cssi.CSSIData` of the same pairs. The
     gene-permuted null's per-stratum sums over every pair (:meth:`~analysis.scoring.cssi.CSSISource.level_sums`)
-    are built once, for the blocks holding sites it covers."""
-    observed = observed_pairs(run)
+    are built once, for the blocks holding sites it covers. ``observed``: :func:`observed_pairs`, when the caller
+    has it already."""
+    observed = observed_pairs(run) if observed is None else observed
     labels_all = reference_labels(panel, reference)
     pairs = data.pairs if data is not None else pair_set(panel, reference, observed, direction)
     assignment = run.strata.assignment(n_strata)
@@ -232,7 +234,8 @@ def evaluate_grid(run: CSSIRun, panel: pd.DataFrame, references: list[ReferenceN
                 data = run.source.data(pairs, sites=sites)
                 for k in levels:
                     by_level[k].append(score_level(run, panel, ref, k, direction=direction, n_null=cfg.n_null,
-                                                   n_gene_null=cfg.n_gene_null, seed=cfg.seed, data=data))
+                                                   n_gene_null=cfg.n_gene_null, seed=cfg.seed, data=data,
+                                                   observed=observed))
                     if b == len(blocks) - 1:
                         bar.update()
                 del data

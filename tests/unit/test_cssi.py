@@ -127,7 +127,7 @@ def test_stratum_scores_equal_brute_force_over_cells(rng, kept):
         pooled_att = (att * co[:, None, None]).sum(0) / co.sum(0)
     assert np.allclose(data.pooled[0], (pooled_att[0, 0, tf, gene] + pooled_att[0, 0, gene, tf]) / 2, rtol=1e-5)
     blocked = dataclasses.replace(data, block_bytes=1)                  # one site per block
-    assert len(blocked.site_blocks(3)) == len(data.sites)
+    assert len(blocked.score_blocks(3)) == len(data.sites)
     whole, parts = data.score(assignment, cell_stratum, 3), blocked.score(assignment, cell_stratum, 3)
     for how in AGGREGATIONS:
         for a, b in zip(whole[how], parts[how]):
