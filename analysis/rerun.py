@@ -116,7 +116,8 @@ def baseline_store(directory: Path, adapter: ModelAdapter, tokens: TokenizedCell
         digest.update(tokens.values.tobytes())
     key = stable_hash({"obs": list(map(str, tokens.obs.index)), "inputs": digest.hexdigest(),
                        "seed": settings.seed, "p": settings.mask_probability, "batch": settings.batch_size,
-                       "layer": readout_layer, "reference": reference, "model": adapter.checkpoint_sha256})
+                       "layer": readout_layer, "reference": reference, "model": adapter.checkpoint_sha256,
+                       "layout": "hidden+masked"})     # stores without the masked input's hidden states differ
     return BaselineStore(Path(directory) / f"baseline-{key[:16]}")
 
 

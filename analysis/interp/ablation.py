@@ -34,6 +34,7 @@ from .attention import AttentionSums, batch_layout, capture_projections, count_p
 from .hooks import head_output_means, hooked
 from .interventions import InterventionSpec, intervention_key
 from .positive_control import TargetSets, target_recall_loss
+from .replay import first_hooked_layer, replayed_layers
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,19 @@ class ReadoutAccumulator:
         self.counts = np.zeros(self.n_panel * self.n_panel)  # shared pair counts of the cells, set at the end
 
 
+@dataclass(frozen=True)
+class BaselineBatch:
+    """The unablated pass on one batch: its unmasked ``output`` (with hidden states) and the masked input's hidden
+    states, L + 1 tensors ``[b, s, d]`` each."""
+
+    output: ModelOutput
+    masked_hidden: tuple[torch.Tensor, ...]
+
+    @property
+    def hidden(self) -> tuple[torch.Tensor, ...]:
+        return self.output.hidden_states
+
+
 def _cos_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """Per cell, mean over real tokens of 1 - cos(a, b); ``a``/``b``: ``[batch, seq, dim]``."""
     d = 1 - torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-8)
@@ -192,39 +206,47 @@ def _cos_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> np.nd
 
 def _read_out(adapter: ModelAdapter, inputs: AblationInputs, sub: TokenizedCells, masked: TokenizedCells,
               chosen: np.ndarray, idx: np.ndarray, readout: AttentionSums, acc: ReadoutAccumulator,
-              specs: Sequence[InterventionSpec], *, base: ModelOutput | None, head_means: dict | None,
-              targets: TargetSets | None) -> ModelOutput:
+              specs: Sequence[InterventionSpec], *, base: BaselineBatch | None, head_means: dict | None,
+              targets: TargetSets | None) -> tuple[ModelOutput, tuple[torch.Tensor, ...]]:
     """One intervention (``specs``; none = the baseline) on one batch, every read-out into ``acc`` at cells
-    ``idx``; fidelity against ``base`` (None: this pass is the baseline). ``readout``: the batch's read-out-layer
-    reducer (its batch set). Returns the unmasked pass's output."""
+    ``idx``; fidelity against ``base`` (None: this pass is the baseline), whose hidden states also stand in for the
+    layers before the first intervened one (:mod:`.replay`; a replayed read-out layer adds nothing to ``acc.sums``,
+    and :func:`run_interventions` gives it the baseline's). ``readout``: the batch's read-out-layer reducer (its batch set). Returns the unmasked
+    pass's output and the masked pass's hidden states."""
     mask = adapter.as_tensor(sub.attention_mask).bool()
     readout.layer_sums.zero_()
+    start = 0 if base is None else first_hooked_layer(specs, adapter.n_layers)
 
     def reduce(layer, query, key):
         if layer == inputs.readout_layer:
             readout.add_layer(0, query, key)
     with hooked(adapter, specs, head_means=head_means):
-        with capture_projections(adapter, on_layer=reduce):
+        with capture_projections(adapter, on_layer=reduce), \
+                replayed_layers(adapter, base.hidden if base else (), start):
             out = adapter.forward(sub, output_hidden_states=True, decode=False)
-        masked_out = adapter.forward(masked, decode=False)
+        with replayed_layers(adapter, base.masked_hidden if base else (), start):
+            masked_out = adapter.forward(masked, output_hidden_states=base is None, decode=False)
     g2 = acc.sums.size
     acc.sums += readout.layer_sums[0, :g2].cpu().numpy()
     acc.loss[idx], acc.accuracy[idx] = adapter.masked_prediction(masked_out, sub, chosen)
-    base = base or out
-    for layer, (h, hb) in enumerate(zip(out.hidden_states, base.hidden_states)):
+    reference = base.output if base else out
+    for layer, (h, hb) in enumerate(zip(out.hidden_states, reference.hidden_states)):
         acc.hidden_cos[idx, layer] = _cos_distance(h, hb, mask)
-    acc.output_cos[idx] = adapter.output_distance(out, base, mask)
+    acc.output_cos[idx] = adapter.output_distance(out, reference, mask)
     if targets is not None and adapter.predicts_tokens:
         acc.target_recall[idx] = target_recall_loss(adapter, out, targets, idx)
-    return out
+    return out, masked_out.hidden_states
 
 
-def _stored_output(adapter: ModelAdapter, hidden: np.ndarray, output: np.ndarray, kind: str) -> ModelOutput:
-    """A baseline batch read back from a :class:`BaselineStore` as the output it was written from."""
-    states = tuple(adapter.as_tensor(np.array(h)) for h in hidden)     # copies: the store's arrays are read-only
+def _stored_batch(adapter: ModelAdapter, hidden: np.ndarray, masked_hidden: np.ndarray, output: np.ndarray,
+                  kind: str) -> BaselineBatch:
+    """A baseline batch read back from a :class:`BaselineStore` as the pass it was written from."""
+    def tensors(stack):
+        return tuple(adapter.as_tensor(np.array(h)) for h in stack)    # copies: the store's arrays are read-only
     out = adapter.as_tensor(np.array(output))
-    return ModelOutput(None, hidden_states=states, features=out) if kind == "features" else \
-        ModelOutput(out, hidden_states=states)
+    states = tensors(hidden)
+    return BaselineBatch(ModelOutput(None, hidden_states=states, features=out) if kind == "features" else
+                         ModelOutput(out, hidden_states=states), tensors(masked_hidden))
 
 
 def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict[str, Sequence[InterventionSpec]],
@@ -236,7 +258,8 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
     Each intervention costs two forwards (the unmasked input for fidelity, output distance, target recall and the
     read-out layer's attention; the masked input for behaviour), neither through a token-predicting model's
     vocabulary-sized decoder: output distance is computed from the decoder inputs and logits are decoded only at
-    the masked and TF positions. ``baseline``: a store of the unablated pass on these cells and batches
+    the masked and TF positions; both start at the intervention's first layer, the layers before it replayed from
+    the unablated pass (:mod:`.replay`), which holds both inputs' hidden states for the batch. ``baseline``: a store of the unablated pass on these cells and batches
     (:mod:`.ablation_baseline`), read instead of running the baseline when complete, else filled on the way."""
     tok = inputs.tokens
     panel_of_gene = np.full(len(tok.genes), -1, dtype=np.int64)
@@ -261,14 +284,15 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
                                 adapter.as_tensor(sub.attention_mask).bool())
             common = dict(head_means=head_means, targets=targets)
             if reuse:
-                base = _stored_output(adapter, *baseline.read_batch(number), kind)
+                base = _stored_batch(adapter, *baseline.read_batch(number), kind)
             else:
-                base = _read_out(adapter, inputs, sub, masked, chosen, idx, readout, acc["baseline"], [], base=None,
-                                 **common)
+                base = BaselineBatch(*_read_out(adapter, inputs, sub, masked, chosen, idx, readout, acc["baseline"],
+                                                [], base=None, **common))
                 if baseline is not None:
-                    kind = "features" if base.features is not None else "prediction"
-                    baseline.write_batch(number, base.hidden_states,
-                                         base.features if kind == "features" else base.prediction)
+                    out = base.output
+                    kind = "features" if out.features is not None else "prediction"
+                    baseline.write_batch(number, base.hidden, base.masked_hidden,
+                                         out.features if kind == "features" else out.prediction)
             for key in items:
                 _read_out(adapter, inputs, sub, masked, chosen, idx, readout, acc[key], items[key], base=base,
                           **common)
@@ -276,8 +300,10 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
             if progress is not None:
                 progress(done / tok.n_cells)
         counts = count_pairs(tok, panel_of_gene, g)[0].reshape(-1).astype(np.float64)
-        for a in acc.values():
+        for key, a in acc.items():
             a.counts = counts
+            if key != "baseline" and first_hooked_layer(items[key], adapter.n_layers) > inputs.readout_layer:
+                a.sums = acc["baseline"].sums       # the read-out layer was replayed: its attention is unchanged
         if baseline is not None and not reuse:
             baseline.finish({name: getattr(acc["baseline"], name) for name in BASELINE_READOUTS},
                             {"output": kind, "n_cells": tok.n_cells, "batch_size": batch_size})

@@ -2,7 +2,8 @@
 without running it again (the live ablation of the app: "unablated pass cached per run").
 
 What an intervention's read-outs need of the baseline, per batch of :meth:`TokenizedCells.batches` (same cells,
-same masking, same batch size): the hidden states ``[L + 1, b, s, d]`` (fidelity's per-layer cosine distance) and
+same masking, same batch size): the hidden states ``[L + 1, b, s, d]`` of the unmasked input (fidelity's per-layer
+cosine distance, and the layers an intervention leaves alone, replayed) and of the masked input (replayed), and
 the output the output-distance read-out compares (a token-predicting model's decoder inputs ``[b, s, d]``, else its
 prediction ``[b, s]``), in the model's dtype, so reuse is exact; and the baseline's own per-cell read-outs (loss,
 accuracy, target recall, read-out-layer attention sums and pair counts). Batches are written as ``.npy`` files
@@ -23,9 +24,9 @@ READOUTS = ("loss", "accuracy", "hidden_cos", "output_cos", "target_recall", "su
 
 
 def baseline_bytes(n_cells: int, mean_length: float, n_layers: int, d_model: int, itemsize: int) -> float:
-    """Bytes a baseline of ``n_cells`` cells of ``mean_length`` tokens takes on disk (hidden states and decoder
-    inputs), to decide whether it is worth keeping."""
-    return n_cells * mean_length * d_model * (n_layers + 2) * itemsize
+    """Bytes a baseline of ``n_cells`` cells of ``mean_length`` tokens takes on disk (both inputs' hidden states and
+    the decoder inputs), to decide whether it is worth keeping."""
+    return n_cells * mean_length * d_model * (2 * n_layers + 3) * itemsize
 
 
 class BaselineStore:
@@ -40,16 +41,19 @@ class BaselineStore:
     def complete(self) -> bool:
         return (self.directory / "readouts.npz").is_file()
 
-    def write_batch(self, batch: int, hidden: tuple, output) -> None:
-        """Keep batch ``batch``'s hidden states (L + 1 tensors ``[b, s, d]``) and output tensor."""
+    def write_batch(self, batch: int, hidden: tuple, masked_hidden: tuple, output) -> None:
+        """Keep batch ``batch``'s hidden states of the unmasked and the masked input (L + 1 tensors ``[b, s, d]``
+        each) and output tensor."""
         self._partial.mkdir(parents=True, exist_ok=True)
-        np.save(self._partial / f"hidden-{batch}.npy", np.stack([h.detach().cpu().numpy() for h in hidden]))
+        for name, states in (("hidden", hidden), ("masked", masked_hidden)):
+            np.save(self._partial / f"{name}-{batch}.npy", np.stack([h.detach().cpu().numpy() for h in states]))
         np.save(self._partial / f"output-{batch}.npy", output.detach().cpu().numpy())
 
-    def read_batch(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(hidden ``[L + 1, b, s, d]``, output) of batch ``batch``, memory-mapped."""
-        return (np.load(self.directory / f"hidden-{batch}.npy", mmap_mode="r"),
-                np.load(self.directory / f"output-{batch}.npy", mmap_mode="r"))
+    def read_batch(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hidden ``[L + 1, b, s, d]``, masked input's hidden ``[L + 1, b, s, d]``, output) of batch ``batch``,
+        memory-mapped."""
+        return tuple(np.load(self.directory / f"{name}-{batch}.npy", mmap_mode="r")
+                     for name in ("hidden", "masked", "output"))
 
     def finish(self, readouts: dict[str, np.ndarray], params: dict) -> None:
         """Write the baseline's per-cell read-outs (:data:`READOUTS`) and publish the directory atomically (a

@@ -7,7 +7,8 @@ gives the seconds per cell and the resident memory of a forward with its reducti
 shapes the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each
 layer's head mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores a block of heads at a time,
 the perturbation stage's dense ``[G, G]`` baselines and correlation variants, one head-mean ``[G^2]`` per ablation
-sweep item, CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums at
+sweep item and the unablated pass's hidden states of a batch (its forwards start at each item's first layer; the
+heads' ranking is not known yet, so the sweep is planned on a seeded random head order), CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums at
 the candidate pairs with the gene-permuted null's per-stratum ``[K, sites, G^2]`` sums. A stage's estimate is the
 resident memory before the run (process, model, cells) plus what it holds. When an estimate exceeds the memory
 this process may use (``--memory-limit``; default the smaller of the machine's memory and its cgroup's limit), the
@@ -27,6 +28,7 @@ from ..config import mlp_block_layers
 from ..errors import InputError
 from ..interp.ablation import sweep
 from ..interp.attention import extract_attention
+from ..interp.replay import first_hooked_layer
 from ..scoring.cssi import SITE_BLOCK_BYTES
 from ..scoring.cssi_levels import choose_layout
 from ..scoring.ranking import RANK_BLOCK_BYTES
@@ -156,15 +158,20 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     if cfg.ablation.n_cells > 0:
         a = cfg.ablation
         order = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+        order = [order[i] for i in np.random.default_rng(0).permutation(len(order))]   # ranking not known yet
         items = sweep(order, n_layers, readout_layer=inp.readout_layer, ks=a.ks, n_random=a.n_random, seed=a.seed,
                       random_matching=a.random_matching, entropy=np.zeros((n_layers, n_heads)),
                       composite_order=order if inp.cells.perturbation_col is not None else None,
                       whole_layers=a.whole_layers or (inp.readout_layer,),
                       mlp_blocks=[mlp_block_layers(block) for block in a.mlp_blocks])
         cells = min(a.n_cells, n_cells)
-        rows.append(StageEstimate("ablation", base + held + (len(items) + 2) * pair + 2 * forward,
-                                  2 * cal.seconds * cells * (len(items) + 1),
-                                  f"{len(items)} sweep items + baseline x {cells} cells x 2 forwards",
+        # the unablated pass's hidden states of both inputs, held per batch for fidelity and replay
+        replay = 2 * (n_layers + 1) * min(a.batch_size, cells) * cal.length * adapter.d_model * adapter.dtype.itemsize
+        forwards = 2 + 2 * sum(1 - first_hooked_layer(item.specs, n_layers) / n_layers for item in items)
+        rows.append(StageEstimate("ablation", base + held + (len(items) + 2) * pair + 2 * forward + replay,
+                                  cal.seconds * cells * forwards,
+                                  f"{len(items)} sweep items + baseline x {cells} cells: {forwards:.1f} full "
+                                  "forwards per cell, the layers before each item's first replayed",
                                   "ablation.n_cells, ablation.ks, ablation.n_random"))
     if cfg.cssi.n_fine > 0:
         c = cfg.cssi

@@ -2,6 +2,7 @@
 (Geneformer masked-gene cross-entropy, scGPT masked-value MSE) under an intervention done by weight surgery, the
 fidelity profile, the read-out attention, and the sweep's design."""
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -216,3 +217,20 @@ def test_structural_tests_stay_out_of_the_registry():
              "structural": flag} for i, flag in enumerate((True, False))]
     reg = ablation_tests(pd.DataFrame(rows))
     assert [r["hypothesis"] for r in reg.rows] == ["top_k k=1 (i1, 9 obs) changes perturbation_auroc"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("readout_layer", (0, 1))
+def test_replayed_prefix_equals_the_full_forward_of_the_ablated_model(settings, family, readout_layer):
+    """An MLP ablation at layer 1 replays layer 0 from the unablated pass (with it the read-out layer when that is
+    0); its read-outs equal the unablated read-outs of a copy whose MLP 1 is zeroed by weight surgery, computed in
+    full."""
+    adapter, inputs, *_ = settings[family]
+    inputs = dataclasses.replace(inputs, readout_layer=readout_layer)
+    specs = (InterventionSpec("zero_mlp", 1),)
+    got = run_interventions(adapter, inputs, {"mlp1": specs}, batch_size=6)["mlp1"]
+    full = run_interventions(zero_mlp_by_surgery(adapter, 1), inputs, {}, batch_size=6)["baseline"]
+    for name in ("loss", "accuracy", "sums", "target_recall"):
+        assert np.allclose(getattr(got, name), getattr(full, name), rtol=1e-5, atol=1e-7, equal_nan=True), name
+    assert (abs(got.hidden_cos[:, :2]) < 1e-6).all() and (got.hidden_cos[:, 2] > 1e-6).all()   # layer 0 unchanged
+    assert got.output_cos.min() > 1e-6
