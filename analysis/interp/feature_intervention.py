@@ -23,6 +23,7 @@ import torch
 from ..models.base import ModelAdapter
 from .ablation import AblationInputs
 from .interventions import FeatureEdit
+from .replay import replayed_layers
 from .sae import TopKSAE
 from .sae_splice import replaced_residual
 
@@ -66,7 +67,9 @@ def run_feature_edits(adapter: ModelAdapter, inputs: AblationInputs, saes: Mappi
                       progress: Callable[[float], None] | None = None) -> dict[str, FeatureReadout]:
     """Read-outs (module doc) of the unedited model (key ``baseline``) and of every edit (key ``edit.key``), each
     through the SAE of its layer in ``saes``. The unedited passes run once per batch; each edit adds two forwards
-    (the unmasked input for prediction change, the masked one for behaviour)."""
+    (the unmasked input for prediction change, the masked one for behaviour) from the layer after its own, the
+    layers up to its own replayed from the unedited pass (:mod:`.replay`; the edit's hook still acts on the replayed
+    output)."""
     tok = inputs.tokens
     n_genes = len(tok.genes)
     out = {"baseline": FeatureReadout(tok.n_cells, n_genes), **{e.key: FeatureReadout(tok.n_cells, n_genes)
@@ -82,18 +85,21 @@ def run_feature_edits(adapter: ModelAdapter, inputs: AblationInputs, saes: Mappi
             gene_of_position = sub.gene_index[genes]
             positions_per_gene = np.bincount(gene_of_position, minlength=n_genes)
             real = adapter.as_tensor(sub.attention_mask).bool()
-            base = adapter.forward(sub, decode=False)
+            base = adapter.forward(sub, output_hidden_states=True, decode=False)
+            base_masked = adapter.forward(masked, output_hidden_states=True, decode=False)
             b = out["baseline"]
-            b.loss[idx], b.accuracy[idx] = adapter.masked_prediction(adapter.forward(masked, decode=False), sub, chosen)
+            b.loss[idx], b.accuracy[idx] = adapter.masked_prediction(base_masked, sub, chosen)
             for edit in edits:
                 r, fired, where = out[edit.key], {}, {"mask": adapter.as_tensor(genes)}
                 replace = edited_residual(saes[edit.layer], edit, fired)
                 with replaced_residual(adapter, edit.layer, replace, where):
-                    edited = adapter.forward(sub, decode=False)
+                    with replayed_layers(adapter, base.hidden_states, edit.layer + 1):
+                        edited = adapter.forward(sub, decode=False)
                     fired_here = fired["rows"].cpu().numpy()      # gene positions of the unmasked input, row order
                     where["mask"] = adapter.as_tensor(masked.gene_index >= 0)
-                    r.loss[idx], r.accuracy[idx] = adapter.masked_prediction(adapter.forward(masked, decode=False),
-                                                                             sub, chosen)
+                    with replayed_layers(adapter, base_masked.hidden_states, edit.layer + 1):
+                        edited_masked = adapter.forward(masked, decode=False)
+                    r.loss[idx], r.accuracy[idx] = adapter.masked_prediction(edited_masked, sub, chosen)
                 r.output_cos[idx] = adapter.output_distance(edited, base, real)
                 change = adapter.prediction_change(edited, base).double().cpu().numpy()[genes]
                 r.change_sum += np.bincount(gene_of_position, weights=change, minlength=n_genes)

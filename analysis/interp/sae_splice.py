@@ -12,6 +12,7 @@ import torch
 
 from ..models.base import ModelAdapter
 from .ablation import AblationInputs
+from .replay import replayed_layers
 from .sae import TopKSAE
 
 
@@ -37,7 +38,8 @@ def replaced_residual(adapter: ModelAdapter, layer: int, replace: Callable[[torc
 def behaviour_with_reconstruction(adapter: ModelAdapter, inputs: AblationInputs, layer: int, sae: TopKSAE, *,
                                   batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Per cell ``[cells]``: the behaviour loss (``adapter.masked_prediction``) of the masked input as it is, and with
-    the residual stream after ``layer`` replaced at every gene position by the SAE's reconstruction ``x_hat``."""
+    the residual stream after ``layer`` replaced at every gene position by the SAE's reconstruction ``x_hat`` (the
+    layers up to ``layer`` replayed from the first pass, :mod:`.replay`)."""
     tok = inputs.tokens
     plain, spliced = np.zeros(tok.n_cells), np.zeros(tok.n_cells)
     sae = sae.to(adapter.device)
@@ -47,8 +49,10 @@ def behaviour_with_reconstruction(adapter: ModelAdapter, inputs: AblationInputs,
             sub = tok.subset(idx)
             chosen = inputs.chosen[idx, :sub.input_ids.shape[1]]
             masked = adapter.masked(sub, chosen)
-            plain[idx] = adapter.masked_prediction(adapter.forward(masked, decode=False), sub, chosen)[0]
+            unchanged = adapter.forward(masked, output_hidden_states=True, decode=False)
+            plain[idx] = adapter.masked_prediction(unchanged, sub, chosen)[0]
             where["mask"] = adapter.as_tensor(masked.gene_index >= 0)
-            with replaced_residual(adapter, layer, lambda x: sae(x)[0], where):
+            with replaced_residual(adapter, layer, lambda x: sae(x)[0], where), \
+                    replayed_layers(adapter, unchanged.hidden_states, layer + 1):
                 spliced[idx] = adapter.masked_prediction(adapter.forward(masked, decode=False), sub, chosen)[0]
     return plain, spliced

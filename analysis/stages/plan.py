@@ -142,6 +142,10 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     held = store + n_layers * pair                               # the store, then each layer's head-mean scores
     per_head = 64 * n_tf * g              # as rank_heads sizes its blocks: scores, ranks, sort order, temporaries
     ranking_block = min(n_layers * n_heads * per_head, max(RANK_BLOCK_BYTES, per_head))
+    def replay_bytes(batch_cells: int) -> int:
+        """The unmodified pass's hidden states of both inputs of a batch, held for fidelity and replay."""
+        return 2 * (n_layers + 1) * batch_cells * cal.length * adapter.d_model * adapter.dtype.itemsize
+
     rows = [StageEstimate("attention", base + store + forward, cal.seconds * n_cells,
                           f"{n_cells} cells x {cal.seconds:.2f} s/cell; store {store / GIB:.2f} GiB "
                           f"({r} source genes x {g} genes x {n_layers * n_heads} heads + {n_layers} layer means); "
@@ -165,8 +169,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                       whole_layers=a.whole_layers or (inp.readout_layer,),
                       mlp_blocks=[mlp_block_layers(block) for block in a.mlp_blocks])
         cells = min(a.n_cells, n_cells)
-        # the unablated pass's hidden states of both inputs, held per batch for fidelity and replay
-        replay = 2 * (n_layers + 1) * min(a.batch_size, cells) * cal.length * adapter.d_model * adapter.dtype.itemsize
+        replay = replay_bytes(min(a.batch_size, cells))
         forwards = 2 + 2 * sum(1 - first_hooked_layer(item.specs, n_layers) / n_layers for item in items)
         rows.append(StageEstimate("ablation", base + held + (len(items) + 2) * pair + 2 * forward + replay,
                                   cal.seconds * cells * forwards,
@@ -189,7 +192,8 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                                   "cssi.layers or cssi.max_gib, cssi.n_fine, cssi.n_random_groups "
                                   "(or cssi.n_fine=0 to skip CSSI)"))
     if cfg.sae.run == "on":
-        rows.append(StageEstimate("sae", base + held + forward, cal.seconds * n_cells,
+        edited = min(cfg.sae.specificity_cells, cfg.ablation.n_cells, n_cells, cfg.ablation.batch_size)
+        rows.append(StageEstimate("sae", base + held + forward + replay_bytes(edited), cal.seconds * n_cells,
                                   "residual stream of every layer captured to disk, one SAE per layer",
                                   "sae.layers, sae.run=off"))
     return rows
