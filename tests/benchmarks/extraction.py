@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
-DICTS = {"V1-10M": "dict_gc30M", "V2-104M": "dict_gc104M", "scGPT-human": "dict_gc104M"}
+DICTS = {"V1-10M": "dict_gc30M", "V2-104M": "dict_gc104M", "V2-316M": "dict_gc104M", "scGPT-human": "dict_gc104M"}
 # glibc allocator settings that stop page-fault storms on large eager attention tensors (DESIGN.md section 5);
 # applied identically to all three methods.
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
