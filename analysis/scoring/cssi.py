@@ -74,13 +74,21 @@ def group_to_strata(values: np.ndarray, assignment: np.ndarray, n_strata: int) -
     """Sum ``values`` ``[n_groups, ...]`` into ``[n_strata, ...]`` float64; ``assignment[g]`` = stratum of group g, -1 =
     group not used. One ``[K, groups] @ [groups, rest]`` product over the used block of rows, in the values' own
     precision when they are float32 (sums of a few dozen float32 group sums: 1e-6 relative) and read in place when
-    that block is C-contiguous."""
+    that block is C-contiguous. A ``[groups, sites, C]`` view of some sites (a scoring block) is read in place too,
+    one site at a time: each site's ``[groups, C]`` rows have unit inner stride, which the matrix product takes
+    as it is (copying the block cost more than the product)."""
     used = np.nonzero(assignment >= 0)[0]
     block = slice(used.min(), used.max() + 1)   # groupings are numbered contiguously: skip the other grouping
     dtype = np.float32 if values.dtype == np.float32 else np.float64
     onehot = np.zeros((n_strata, block.stop - block.start), dtype=dtype)
     onehot[assignment[used], used - block.start] = 1.0
-    rows = np.ascontiguousarray(values[block], dtype=dtype)
+    rows = values[block]
+    if rows.ndim == 3 and rows.dtype == dtype and not rows.flags.c_contiguous and rows.strides[-1] == rows.itemsize:
+        out = np.empty((n_strata,) + rows.shape[1:], dtype=np.float64)
+        for site in range(rows.shape[1]):
+            out[:, site] = onehot @ rows[:, site]
+        return out
+    rows = np.ascontiguousarray(rows, dtype=dtype)
     return (onehot @ rows.reshape(rows.shape[0], -1)).reshape((n_strata,) + rows.shape[1:]).astype(np.float64)
 
 

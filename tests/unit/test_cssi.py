@@ -11,8 +11,8 @@ from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from analysis.io.stores import GroupedAttention
-from analysis.scoring.cssi import (AGGREGATIONS, CSSIData, CSSISource, PairSet, aggregate, evaluate_level, recovery,
-                                   site_table, spearman_by_stratum)
+from analysis.scoring.cssi import (AGGREGATIONS, CSSIData, CSSISource, PairSet, aggregate, evaluate_level,
+                                   group_to_strata, recovery, site_table, spearman_by_stratum)
 from analysis.sim.cssi_synthetic import state_specific_screen, validate
 from analysis.scoring.ranking import Universe, ranks_and_order
 from analysis.scoring.strata import stratify
@@ -38,6 +38,17 @@ def test_aggregations_equal_brute_force(rng, how):
     got, want = aggregate(strata, pooled, how), brute_aggregate(strata, pooled, how)
     assert np.isnan(got[0, 0]) and np.array_equal(np.isnan(got), np.isnan(want))
     assert np.allclose(got[~np.isnan(got)], want[~np.isnan(want)])
+
+
+@pytest.mark.parametrize("view", ["whole", "a block of sites"])
+def test_group_to_strata_equals_summing_groups_by_hand(rng, view):
+    values = rng.random((9, 6, 11)).astype(np.float32)
+    values = values if view == "whole" else values[:, 2:5]        # a strided view, read in place
+    assignment = np.array([-1, -1, 0, 2, 0, 1, -1, 2, -1])
+    got = group_to_strata(values, assignment, 3)
+    want = np.stack([values[assignment == k].astype(np.float64).sum(axis=0) for k in range(3)])
+    assert got.dtype == np.float64 and got.shape == (3,) + values.shape[1:]
+    assert np.allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("with_ranks", [True, False], ids=["one stable sort", "sort + searchsorted (null draws)"])
