@@ -57,9 +57,12 @@ def log_fold_change(mean_perturbed: np.ndarray, mean_control: np.ndarray, defini
     raise ValueError(f"unknown log fold change definition {definition!r}")
 
 
+MIN_GROUP_CELLS = 3   # cells a perturbation needs for its DE test (a variance from fewer is not a test)
+
+
 def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_threshold: float = 0.5,
                             n_control: int | None = None, alpha: float = 0.05, test: str = "welch",
-                            lfc: str = "scanpy", min_cells: int = 3, seed: int = 0) -> DEResult:
+                            lfc: str = "scanpy", min_cells: int = MIN_GROUP_CELLS, seed: int = 0) -> DEResult:
     """DE of each perturbation vs control over ``universe`` genes (rows with ``gene_id``, ``symbol``).
 
     Welch's t-test takes each group's mean and variance from the cells' streamed moments (:attr:`CellData.moments`,

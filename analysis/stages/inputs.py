@@ -30,6 +30,7 @@ from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter,
 from ..rerun import load_cells_for
 from ..scoring.cssi_levels import check_config as check_cssi
 from ..scoring.panel import evaluation_universe, select_panel
+from ..scoring.perturbation import MIN_GROUP_CELLS
 from ..scoring.ranking import evaluable_universe
 from .timing import timed
 
@@ -170,6 +171,21 @@ def check_sae(cfg: SAEConfig, n_layers: int, d_model: int) -> None:
                           f"({cfg.n_responding}) and sae.regulatory_null ({cfg.regulatory_null}) at least 1")
 
 
+def check_perturbation_groups(cells: CellData) -> None:
+    """Refuse, before anything runs, a screen whose perturbations all have fewer cells than DE needs
+    (:data:`analysis.scoring.perturbation.MIN_GROUP_CELLS`): perturbation-first evaluation would otherwise fail
+    after the attention stages."""
+    if cells.perturbation_col is None:
+        return
+    labels = cells.obs[cells.perturbation_col].astype(str)
+    sizes = labels[labels != cells.control_label].value_counts()
+    if len(sizes) and sizes.iloc[0] < MIN_GROUP_CELLS:
+        raise InputError(f"no perturbation in column {cells.perturbation_col!r} has {MIN_GROUP_CELLS} or more cells "
+                         f"(the largest, {sizes.index[0]!r}, has {sizes.iloc[0]}): perturbation-first evaluation "
+                         "tests each perturbation's differential expression on its own cells; add cells, or leave "
+                         "out --perturbation-col to run without it")
+
+
 def check_ablation_layers(cfg: AblationConfig, n_layers: int) -> None:
     """Refuse whole-layer and MLP-block settings that name a layer the model does not have."""
     named = [("ablation.whole_layers", l) for l in cfg.whole_layers]
@@ -214,6 +230,7 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     check_sae(cfg.sae, adapter.n_layers, adapter.d_model)
     tokenizer = adapter.tokenizer(cfg.tokenizer, cfg.model.dictionaries)
     cells = load_cells_for(data_cfg, tokenizer, seed=cfg.extraction.seed)
+    check_perturbation_groups(cells)
     references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]
     if not references:
         raise InputError("no reference network: pass --reference trrust_rawdata.human.tsv (or dorothea:PATH)")

@@ -423,7 +423,7 @@ def _assert_no_artifacts(cache):
 @pytest.mark.parametrize("case", ["not_h5ad", "log_normalised", "nan_counts", "no_vocabulary_overlap",
                                   "malformed_trrust", "too_few_cells_for_cssi", "dictionaries_of_another_model",
                                   "gpt2_config", "scgpt_missing_key", "scgpt_no_symbol_table",
-                                  "scgpt_panel_shorter_than_universe"])
+                                  "scgpt_panel_shorter_than_universe", "perturbations_too_small"])
 def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgpt_release):
     dicts = shared_path("geneformer/dict_gc30M")
     trrust = shared_path("regulatory/trrust_rawdata.human.tsv")
@@ -438,7 +438,9 @@ def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgp
                 "scgpt_missing_key": "lacks 1 key(s) of the scGPT model, first 'transformer_encoder.layers.0.self_attn.Wqkv.weight'",
                 "scgpt_no_symbol_table": "genes matches the scGPT vocabulary",
                 "scgpt_panel_shorter_than_universe": "fewer than the 1500-gene evaluation universe: use --set "
-                                                     "tokenizer.mode=zero_shot"}[case]
+                                                     "tokenizer.mode=zero_shot",
+                "perturbations_too_small": "no perturbation in column 'gene' has 3 or more cells (the largest, "
+                                           "'TP53', has 2)"}[case]
     extra = []
     if case == "not_h5ad":
         data = tmp_path / "counts.h5ad"
@@ -457,6 +459,11 @@ def test_bad_input_clear_error_and_clean_cache(tmp_path, capsys, case, tiny_scgp
         x[3, :5] = np.nan
         a.X = x.tocsr()
         a.write_h5ad(data)
+    elif case == "perturbations_too_small":     # two knock-downs of 2 cells and 1 cell: no DE test possible
+        a = ad.read_h5ad(tmp_path / "cells.h5ad")
+        a.obs["gene"] = ["TP53", "TP53", "MYC"] + ["non-targeting"] * (a.n_obs - 3)
+        a.write_h5ad(data)
+        extra = ["--perturbation-col", "gene", "--control-label", "non-targeting"]
     elif case == "malformed_trrust":
         trrust = tmp_path / "trrust.tsv"
         trrust.write_text("TP53\tMDM2\tActivates\t1\n")
