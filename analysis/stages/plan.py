@@ -16,6 +16,8 @@ run stops before it writes anything, naming the stage, the estimate and the sett
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -49,10 +51,21 @@ class StageEstimate:
     lever: str
 
 
+def release_free_memory() -> None:
+    """Hand the memory this process freed back to the system: collect garbage, then ask glibc's allocator to
+    return its free pages (``malloc_trim``; arrays under its 32 MB mmap threshold live in the heap, whose freed
+    pages it otherwise keeps). Between stages, so one stage's temporaries do not stay resident under the next."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):      # not glibc: nothing to ask
+        pass
+
+
 class PeakRSS:
     """The largest resident set size of this process while the block runs, sampled every ``interval`` seconds in a
-    thread (``peak`` in bytes, after the block; :meth:`take` returns it and starts a new window, so one sampler
-    gives each stage its own peak)."""
+    thread (``peak`` in bytes, after the block; :meth:`take` returns it, releases freed memory
+    (:func:`release_free_memory`) and starts a new window, so one sampler gives each stage its own peak)."""
 
     def __init__(self, interval: float = 0.02):
         self.interval, self.peak = interval, 0
@@ -67,6 +80,7 @@ class PeakRSS:
     def take(self) -> int:
         """The peak since the last call (or the start), then a new window from the current resident size."""
         peak = max(self.peak, self._process.memory_info().rss)
+        release_free_memory()
         self.peak = self._process.memory_info().rss
         return peak
 
@@ -169,9 +183,10 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                       whole_layers=a.whole_layers or (inp.readout_layer,),
                       mlp_blocks=[mlp_block_layers(block) for block in a.mlp_blocks])
         cells = min(a.n_cells, n_cells)
-        replay = replay_bytes(min(a.batch_size, cells))
+        batch_cells = min(a.batch_size, cells)
         forwards = 2 + 2 * sum(1 - first_hooked_layer(item.specs, n_layers) / n_layers for item in items)
-        rows.append(StageEstimate("ablation", base + held + (len(items) + 2) * pair + 2 * forward + replay,
+        rows.append(StageEstimate("ablation", base + held + (len(items) + 2) * pair
+                                  + 2 * cal.forward_bytes * batch_cells + replay_bytes(batch_cells),
                                   cal.seconds * cells * forwards,
                                   f"{len(items)} sweep items + baseline x {cells} cells: {forwards:.1f} full "
                                   "forwards per cell, the layers before each item's first replayed",
@@ -188,14 +203,31 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         rows.append(StageEstimate("cssi", base + store + max(layout.nbytes + forward, scoring), cal.seconds * n_cells,
                                   f"{groups} groups: {layout.describe} ({layout.nbytes / GIB:.2f} GiB); scoring "
                                   f"{n_sites} sites at {n_pairs} candidate pairs a block at a time "
-                                  f"({scoring / GIB:.2f} GiB)",
+                                  f"({scoring / GIB:.2f} GiB); time: the extraction pass (scoring not estimated)",
                                   "cssi.layers or cssi.max_gib, cssi.n_fine, cssi.n_random_groups "
                                   "(or cssi.n_fine=0 to skip CSSI)"))
+    if cfg.cssi.n_fine > 0 and cfg.scaling.n_seeds > 0:
+        scaled = groups * (len(layout.layers) * 4 + 8) * n_tf * g + 6 * (len(layout.layers) + 2) * n_tf * g * 8
+        rows.append(StageEstimate("scaling", base + held + scaled, None,
+                                  f"{groups} groups' layer-mean sums and counts at {n_tf * g} candidate pairs, with "
+                                  "the pair scores of the scaled sites", "cssi.n_fine, cssi.n_random_groups"))
     if cfg.sae.run == "on":
-        edited = min(cfg.sae.specificity_cells, cfg.ablation.n_cells, n_cells, cfg.ablation.batch_size)
-        rows.append(StageEstimate("sae", base + held + forward + replay_bytes(edited), cal.seconds * n_cells,
-                                  "residual stream of every layer captured to disk, one SAE per layer",
-                                  "sae.layers, sae.run=off"))
+        sae = cfg.sae
+        layers = len(sae.layers or range(n_layers))
+        features = sae.expansion * adapter.d_model
+        genes_per_cell = float((np.asarray(inp.attention_tokens.gene_index) >= 0).sum(axis=1).mean())
+        activations = min(n_cells * genes_per_cell * layers * adapter.d_model * 4, sae.max_gib * GIB)
+        encoded = min(batch, n_cells) * cal.length * features * 12      # one batch's dense codes, float32 + float64
+        training = 4 * 2 * features * adapter.d_model * 4                # weights, gradients, Adam's two moments
+        edited = min(sae.specificity_cells, cfg.ablation.n_cells, n_cells, cfg.ablation.batch_size)
+        rows.append(StageEstimate("sae", base + held + max(forward + activations + training + replay_bytes(edited),
+                                                           forward + encoded),
+                                  cal.seconds * n_cells,
+                                  f"residual stream of {layers} layer(s) captured to disk ({activations / GIB:.2f} GiB, "
+                                  f"read back while training), one {features}-feature SAE per layer; the "
+                                  f"regulatory test encodes a batch at a time ({encoded / GIB:.2f} GiB); time: the "
+                                  "capture pass (training and read-outs not estimated)",
+                                  "sae.layers, sae.max_gib, extraction.batch_size, sae.run=off"))
     return rows
 
 

@@ -124,7 +124,7 @@ def run(family: str, protocol: str, data: Path, reference: Path, workdir: Path, 
 
 PLAN_OF_STAGE = {"attention": "attention", "edges": "edges + ranking", "ranking": "edges + ranking",
                  "biology": "edges + ranking", "confounds": "edges + ranking", "perturbation": "perturbation",
-                 "ablation": "ablation", "cssi": "cssi", "sae": "sae"}
+                 "ablation": "ablation", "cssi": "cssi", "scaling": "scaling", "sae": "sae"}
 
 
 def report(result: dict) -> float:
