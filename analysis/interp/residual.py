@@ -59,11 +59,15 @@ def capture_residual_stream(adapter: ModelAdapter, cells: TokenizedCells, layers
     return write_index(directory, layers, row_cell, row_gene, adapter.d_model, batch_size=batch_size)
 
 
+ENCODE_ROWS = 4096   # positions encoded at once: bounds the [rows, features] pre-activations (V2-316M: 150 MB)
+
+
 def feature_activity(adapter: ModelAdapter, cells: TokenizedCells, saes: dict, *, batch_size: int = 8
                      ) -> dict[int, np.ndarray]:
     """Per layer of ``saes`` (layer -> :class:`analysis.interp.sae.TopKSAE`): ``[cells, F]`` each feature's mean
-    activation over each cell's gene positions, the residual stream after the layer encoded as it passes (nothing
-    written to disk; the result is the only thing that grows with the cells). Equals
+    activation over each cell's gene positions, the residual stream after the layer encoded as it passes,
+    :data:`ENCODE_ROWS` positions at a time, each position's ``k`` active features added in place (nothing written
+    to disk and no dense ``[positions, F]`` codes; the result is the only thing that grows with the cells). Equals
     :func:`analysis.scoring.sae_features.cell_feature_activity` of the same cells' captured latents."""
     out = {layer: np.zeros((cells.n_cells, sae.n_features)) for layer, sae in saes.items()}
     saes = {layer: sae.to(adapter.device) for layer, sae in saes.items()}
@@ -73,8 +77,12 @@ def feature_activity(adapter: ModelAdapter, cells: TokenizedCells, saes: dict, *
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
             cell, position = where["rows"]
-            z = saes[layer].encode(hidden[cell, position].float()).double()
-            sums = torch.zeros(where["n"], z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, cell, z)
+            sae = saes[layer]
+            sums = torch.zeros(where["n"], sae.n_features, dtype=torch.float64, device=hidden.device)
+            for start in range(0, cell.numel(), ENCODE_ROWS):     # pre-activations [rows, F] a chunk at a time
+                rows = slice(start, start + ENCODE_ROWS)
+                indices, values = sae.active(hidden[cell[rows], position[rows]].float())
+                sums.index_put_((cell[rows, None].expand_as(indices), indices), values.double(), accumulate=True)
             out[layer][where["idx"]] = (sums / where["count"][:, None]).cpu().numpy()
         return hook
 

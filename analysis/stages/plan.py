@@ -31,6 +31,7 @@ from ..errors import InputError
 from ..interp.ablation import sweep
 from ..interp.attention import extract_attention
 from ..interp.replay import first_hooked_layer
+from ..interp.residual import ENCODE_ROWS
 from ..scoring.cssi import SITE_BLOCK_BYTES
 from ..scoring.cssi_levels import choose_layout
 from ..scoring.ranking import RANK_BLOCK_BYTES
@@ -217,7 +218,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         features = sae.expansion * adapter.d_model
         genes_per_cell = float((np.asarray(inp.attention_tokens.gene_index) >= 0).sum(axis=1).mean())
         activations = min(n_cells * genes_per_cell * layers * adapter.d_model * 4, sae.max_gib * GIB)
-        encoded = min(batch, n_cells) * cal.length * features * 12      # one batch's dense codes, float32 + float64
+        encoded = ENCODE_ROWS * features * 8 + min(batch, n_cells) * features * 8   # pre-activations, cell sums
         training = 4 * 2 * features * adapter.d_model * 4                # weights, gradients, Adam's two moments
         edited = min(sae.specificity_cells, cfg.ablation.n_cells, n_cells, cfg.ablation.batch_size)
         rows.append(StageEstimate("sae", base + held + max(forward + activations + training + replay_bytes(edited),
@@ -225,8 +226,8 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                                   cal.seconds * n_cells,
                                   f"residual stream of {layers} layer(s) captured to disk ({activations / GIB:.2f} GiB, "
                                   f"read back while training), one {features}-feature SAE per layer; the "
-                                  f"regulatory test encodes a batch at a time ({encoded / GIB:.2f} GiB); time: the "
-                                  "capture pass (training and read-outs not estimated)",
+                                  f"regulatory test encodes {ENCODE_ROWS} positions at a time ({encoded / GIB:.2f} GiB); "
+                                  "time: the capture pass (training and read-outs not estimated)",
                                   "sae.layers, sae.max_gib, extraction.batch_size, sae.run=off"))
     return rows
 

@@ -132,10 +132,13 @@ def test_capture_equals_the_models_own_hidden_states(family_setups, family, tmp_
 
 
 @pytest.mark.parametrize("family", ["geneformer", "scgpt"])
-def test_feature_activity_equals_the_captured_latents_per_cell(family_setups, family, tmp_path):
+@pytest.mark.parametrize("chunk", [7, 4096], ids=["positions in chunks of 7", "one chunk"])
+def test_feature_activity_equals_the_captured_latents_per_cell(family_setups, family, tmp_path, chunk, monkeypatch):
+    from analysis.interp import residual
     from analysis.interp.residual import feature_activity
     from analysis.scoring.sae_features import cell_feature_activity
 
+    monkeypatch.setattr(residual, "ENCODE_ROWS", chunk)
     adapter, tokens, _panel = family_setups[family]
     cells = tokens.subset(np.arange(9))
     store = capture_residual_stream(adapter, cells, (1,), tmp_path / "act", batch_size=4)
