@@ -211,8 +211,8 @@ def _read_out(adapter: ModelAdapter, inputs: AblationInputs, sub: TokenizedCells
     """One intervention (``specs``; none = the baseline) on one batch, every read-out into ``acc`` at cells
     ``idx``; fidelity against ``base`` (None: this pass is the baseline), whose hidden states also stand in for the
     layers before the first intervened one (:mod:`.replay`; a replayed read-out layer adds nothing to ``acc.sums``,
-    and :func:`run_interventions` gives it the baseline's). ``readout``: the batch's read-out-layer reducer (its batch set). Returns the unmasked
-    pass's output and the masked pass's hidden states."""
+    and :func:`run_interventions` gives it the baseline's). ``readout``: the batch's read-out-layer reducer (its
+    batch set). Returns the unmasked pass's output and the masked pass's hidden states."""
     mask = adapter.as_tensor(sub.attention_mask).bool()
     readout.layer_sums.zero_()
     start = 0 if base is None else first_hooked_layer(specs, adapter.n_layers)
@@ -259,8 +259,9 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
     read-out layer's attention; the masked input for behaviour), neither through a token-predicting model's
     vocabulary-sized decoder: output distance is computed from the decoder inputs and logits are decoded only at
     the masked and TF positions; both start at the intervention's first layer, the layers before it replayed from
-    the unablated pass (:mod:`.replay`), which holds both inputs' hidden states for the batch. ``baseline``: a store of the unablated pass on these cells and batches
-    (:mod:`.ablation_baseline`), read instead of running the baseline when complete, else filled on the way."""
+    the unablated pass (:mod:`.replay`), which holds both inputs' hidden states for the batch. ``baseline``: a
+    store of the unablated pass on these cells and batches (:mod:`.ablation_baseline`), read instead of running
+    the baseline when complete, else filled on the way."""
     tok = inputs.tokens
     panel_of_gene = np.full(len(tok.genes), -1, dtype=np.int64)
     panel_of_gene[inputs.panel["gene_index"].to_numpy()] = np.arange(len(inputs.panel))

@@ -1,18 +1,21 @@
 """What a run will cost, said before it starts (DESIGN.md section 5): per stage, the resident memory it will reach
 and, for the stages that run the model, the time it will take on this device, plus the total.
 
-The model's own cost is measured, not modelled: one cell (the longest of the attention cells) goes through the
-real extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and source genes), which
-gives the seconds per cell and the resident memory of a forward with its reduction. Everything else follows from the
-shapes the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each
-layer's head mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores a block of heads at a time,
-the perturbation stage's dense ``[G, G]`` baselines and correlation variants, one head-mean ``[G^2]`` per ablation
-sweep item and the unablated pass's hidden states of a batch (its forwards start at each item's first layer; the
-heads' ranking is not known yet, so the sweep is planned on a seeded random head order), CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums at
-the candidate pairs with the gene-permuted null's per-stratum ``[K, sites, G^2]`` sums. A stage's estimate is the
-resident memory before the run (process, model, cells) plus what it holds. When an estimate exceeds the memory
-this process may use (``--memory-limit``; default the smaller of the machine's memory and its cgroup's limit), the
-run stops before it writes anything, naming the stage, the estimate and the setting that brings it down.
+The model's own cost is measured, not modelled: one cell (the longest of the attention cells) goes through the real
+extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and source genes), which gives
+the seconds per cell and the resident memory of a forward with its reduction. Everything else follows from the shapes
+the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each layer's head
+mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores a block of heads at a time, the
+perturbation stage's dense ``[G, G]`` baselines, correlation variants and DE table, one head-mean ``[G^2]`` per
+ablation sweep item and the unablated pass's hidden states of a batch (its forwards start at each item's first layer;
+the heads' ranking is not known yet, so the sweep is planned on a seeded random head order), CSSI's grouped store
+(:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums at the candidate pairs with the
+gene-permuted null's per-stratum ``[K, sites, G^2]`` sums, scaling's layer-mean sums at the candidate pairs, and the
+SAE stage's activations on disk as they are read back, its optimiser and one chunk of encoded positions. A stage's
+estimate is the resident memory before the run (process, model, cells) plus what it holds; freed memory is handed
+back between stages (:func:`release_free_memory`), so each stage's measured peak is its own. When an estimate exceeds
+the memory this process may use (``--memory-limit``; default the smaller of the machine's memory and its cgroup's
+limit), the run stops before it writes anything, naming the stage, the estimate and the setting that brings it down.
 """
 from __future__ import annotations
 
@@ -230,10 +233,11 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         rows.append(StageEstimate("sae", base + held + max(forward + activations + training + replay_bytes(edited),
                                                            forward + encoded),
                                   cal.seconds * n_cells,
-                                  f"residual stream of {layers} layer(s) captured to disk ({activations / GIB:.2f} GiB, "
-                                  f"read back while training), one {features}-feature SAE per layer; the "
-                                  f"regulatory test encodes {ENCODE_ROWS} positions at a time ({encoded / GIB:.2f} GiB); "
-                                  "time: the capture pass (training and read-outs not estimated)",
+                                  f"residual stream of {layers} layer(s) captured to disk "
+                                  f"({activations / GIB:.2f} GiB, read back while training), one {features}-feature "
+                                  f"SAE per layer; the regulatory test encodes {ENCODE_ROWS} positions at a time "
+                                  f"({encoded / GIB:.2f} GiB); time: the capture pass (training and read-outs not "
+                                  "estimated)",
                                   "sae.layers, sae.max_gib, extraction.batch_size, sae.run=off"))
     return rows
 

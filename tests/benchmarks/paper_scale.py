@@ -11,9 +11,9 @@ fills Geneformer's 4,096 tokens. Memory does not grow with cells (the stores are
 and the time per cell is reported.
 
 For each family and protocol (``paper-k562``: 2,000-gene HVG universe; ``paper-rpe1``: HVGs plus perturbed genes,
-3,309-gene universe, so its screen knocks down ``--rpe1-perturbed`` further genes), it prints per stage the peak resident memory measured inside the run (manifest
-``stage_timings``) next to the plan's estimate (manifest ``plan``), and the wall time; the last line is the worst
-peak as a fraction of 24 GiB.
+3,309-gene universe, so its screen knocks down ``--rpe1-perturbed`` further genes), it prints per stage the peak
+resident memory measured inside the run (manifest ``stage_timings``) next to the plan's estimate (manifest ``plan``),
+and the wall time; the last line is the worst peak as a fraction of 24 GiB.
 
     python tests/benchmarks/paper_scale.py [--families geneformer,scgpt] [--protocols paper-k562,paper-rpe1]
         [--controls 4] [--tfs 12] [--per-tf 4] [--set KEY=VALUE ...]
