@@ -1,9 +1,10 @@
 """What a run will cost, said before it starts (DESIGN.md section 5): per stage, the resident memory it will reach
 and, for the stages that run the model, the time it will take on this device, plus the total.
 
-The model's own cost is measured, not modelled: one cell (the longest of the attention cells) goes through the real
-extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and source genes), which gives
-the seconds per cell and the resident memory of a forward with its reduction. Everything else follows from the shapes
+The model's own cost is measured, not modelled: the longest of the attention cells, then the two longest as one
+batch, go through the real extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and
+source genes), which gives the seconds per cell and the resident memory of a forward with its reduction, as a fixed
+part and a part per cell of a batch. Everything else follows from the shapes
 the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each layer's head
 mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores a block of heads at a time, the
 perturbation stage's dense ``[G, G]`` baselines, correlation variants and DE table, one head-mean ``[G^2]`` per
@@ -119,30 +120,48 @@ def memory_limit() -> int:
 
 @dataclass(frozen=True)
 class Calibration:
-    """One cell through the real extraction: ``seconds`` per cell, ``forward_bytes`` resident above the store for
-    one cell's forward and reduction, ``base_bytes`` resident before it (process, model, cells), ``length`` its
-    tokens."""
+    """The real extraction on the longest cell, then on the two longest as one batch: ``seconds`` per cell (from
+    the batch of two), ``forward_bytes`` resident above the store for one cell's forward and reduction,
+    ``per_cell_bytes`` what each further cell of a batch adds (the difference of the two; a forward's fixed part,
+    e.g. the reduction's chunk buffers, does not grow with the batch), ``base_bytes`` resident before it (process,
+    model, cells), ``length`` the longest cell's tokens."""
 
     seconds: float
     forward_bytes: int
+    per_cell_bytes: int
     base_bytes: int
     length: int
 
+    def forward(self, cells: int) -> int:
+        """Bytes of a forward and reduction over a batch of ``cells`` cells."""
+        return self.forward_bytes + max(cells - 1, 0) * self.per_cell_bytes
 
-def calibrate(inp: Inputs) -> Calibration:
-    """Run the longest attention cell through :func:`extract_attention` with the run's panel and sources (module
-    doc). The store it builds is subtracted from the measured peak, so ``forward_bytes`` is the forward's share."""
-    tokens = inp.attention_tokens
-    longest = int(np.argmax(np.asarray(tokens.attention_mask).sum(axis=1)))
-    one = tokens.subset(np.array([longest]))
+
+def _measure(inp: Inputs, cells: np.ndarray) -> tuple[float, int, int]:
+    """(seconds, resident bytes above the store, resident bytes before) of extracting ``cells`` as one batch."""
+    release_free_memory()
+    batch = inp.attention_tokens.subset(cells)
     base = psutil.Process().memory_info().rss
     with PeakRSS() as peak:
         t0 = time.perf_counter()
-        store = extract_attention(inp.adapter, one, inp.panel, sources=inp.source_rows, full_heads=inp.full_heads,
-                                  batch_size=1, progress=False)
+        store = extract_attention(inp.adapter, batch, inp.panel, sources=inp.source_rows, full_heads=inp.full_heads,
+                                  batch_size=cells.size, progress=False)
         seconds = time.perf_counter() - t0
-    forward = max(peak.peak - base - store.nbytes(), 0)
-    return Calibration(seconds, forward, base, int(np.asarray(one.attention_mask).sum()))
+    return seconds, max(peak.peak - base - store.nbytes(), 0), base
+
+
+def calibrate(inp: Inputs) -> Calibration:
+    """Run the longest attention cell, then the two longest as one batch, through :func:`extract_attention` with the
+    run's panel and sources (module doc). The store each builds is subtracted from its measured peak, so the bytes
+    are the forward's share."""
+    tokens = inp.attention_tokens
+    longest = np.argsort(-np.asarray(tokens.attention_mask).sum(axis=1), kind="stable")[:2]
+    seconds, one, base = _measure(inp, longest[:1])
+    per_cell = one
+    if longest.size == 2:
+        two_seconds, two, _ = _measure(inp, longest)
+        seconds, per_cell = two_seconds / 2, max(two - one, 0)
+    return Calibration(seconds, one, per_cell, base, int(np.asarray(tokens.attention_mask)[longest[0]].sum()))
 
 
 def store_bytes(n_layers: int, n_heads: int, n_panel: int, n_sources: int, n_full: int) -> int:
@@ -158,7 +177,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     r, n_tf = int(inp.source_rows.size), int(inp.panel["is_tf"].sum())
     pair = g * g * 8
     store = store_bytes(n_layers, n_heads, g, r, len(inp.full_heads))
-    forward = cal.forward_bytes * min(batch, n_cells)
+    forward = cal.forward(min(batch, n_cells))
     base = cal.base_bytes
     held = store + n_layers * pair                               # the store, then each layer's head-mean scores
     per_head = 64 * n_tf * g              # as rank_heads sizes its blocks: scores, ranks, sort order, temporaries
@@ -196,7 +215,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         batch_cells = min(a.batch_size, cells)
         forwards = 2 + 2 * sum(1 - first_hooked_layer(item.specs, n_layers) / n_layers for item in items)
         rows.append(StageEstimate("ablation", base + held + (len(items) + 2) * pair
-                                  + 2 * cal.forward_bytes * batch_cells + replay_bytes(batch_cells),
+                                  + 2 * cal.forward(batch_cells) + replay_bytes(batch_cells),
                                   cal.seconds * cells * forwards,
                                   f"{len(items)} sweep items + baseline x {cells} cells: {forwards:.1f} full "
                                   "forwards per cell, the layers before each item's first replayed",
@@ -253,8 +272,9 @@ def check(plan: list[StageEstimate], limit: int) -> None:
 
 def describe(plan: list[StageEstimate], limit: int, cal: Calibration) -> str:
     """The plan as the log and ``--plan`` print it."""
-    lines = [f"plan (calibrated on one {cal.length}-token cell: {cal.seconds:.2f} s, "
-             f"{cal.forward_bytes / GIB:.2f} GiB forward; memory limit {limit / GIB:.1f} GiB):"]
+    lines = [f"plan (calibrated on {cal.length}-token cells: {cal.seconds:.2f} s per cell, forward "
+             f"{cal.forward_bytes / GIB:.2f} GiB + {cal.per_cell_bytes / GIB:.2f} GiB per further cell of a batch; "
+             f"memory limit {limit / GIB:.1f} GiB):"]
     for row in plan:
         when = f"{row.seconds / 60:7.1f} min" if row.seconds is not None else "  (not estimated)"
         lines.append(f"  {row.stage:<16} {row.memory / GIB:6.2f} GiB {when}  {row.driver}")

@@ -148,7 +148,7 @@ def report(result: dict) -> float:
         print(f"  {row['stage']:<14} {measured or float('nan'):9.2f} {planned or float('nan'):9.2f} {ratio} "
               f"{row['seconds']:9.1f} {plan_s}")
     cal = result["plan"]["calibration"]
-    print(f"  calibration: one {cal['length']}-token cell {cal['seconds']:.1f} s; attention "
+    print(f"  calibration: {cal['length']}-token cells {cal['seconds']:.1f} s per cell; attention "
           f"{next(r['seconds'] for r in result['timings'] if r['stage'] == 'attention') / result['cells']:.1f} s/cell")
     return result["peak"]
 
