@@ -4,19 +4,19 @@ and, for the stages that run the model, the time it will take on this device, pl
 The model's own cost is measured, not modelled: the longest of the attention cells, then the two longest as one
 batch, go through the real extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and
 source genes), which gives the seconds per cell and the resident memory of a forward with its reduction, as a fixed
-part and a part per cell of a batch. Everything else follows from the shapes
-the stages hold: the pooled store (``2 x layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each layer's head
-mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores a block of heads at a time, the
-perturbation stage's dense ``[G, G]`` baselines, correlation variants and DE table, one head-mean ``[G^2]`` per
-ablation sweep item and the unablated pass's hidden states of a batch (its forwards start at each item's first layer;
-the heads' ranking is not known yet, so the sweep is planned on a seeded random head order), CSSI's grouped store
-(:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums at the candidate pairs with the
-gene-permuted null's per-stratum ``[K, sites, G^2]`` sums, scaling's layer-mean sums at the candidate pairs, and the
-SAE stage's activations on disk as they are read back, its optimiser and one chunk of encoded positions. A stage's
-estimate is the resident memory before the run (process, model, cells) plus what it holds; freed memory is handed
-back between stages (:func:`release_free_memory`), so each stage's measured peak is its own. When an estimate exceeds
-the memory this process may use (``--memory-limit``; default the smaller of the machine's memory and its cgroup's
-limit), the run stops before it writes anything, naming the stage, the estimate and the setting that brings it down.
+part and a part per cell of a batch. Everything else follows from the shapes the stages hold: the pooled store (``2 x
+layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each layer's head mean as float64 scores, the ranking's
+``[heads, TFs, G]`` oriented scores a block of heads at a time, the perturbation stage's dense ``[G, G]`` baselines,
+correlation variants and DE table, one head-mean ``[G^2]`` per ablation sweep item and the unablated pass's hidden
+states of a batch (its forwards start at each item's first layer; the heads' ranking is not known yet, so the sweep
+is planned on a seeded random head order), CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`)
+and then its group sums at the candidate pairs with the gene-permuted null's per-stratum ``[K, sites, G^2]`` sums,
+scaling's layer-mean sums at the candidate pairs, and the SAE stage's activations on disk as they are read back, its
+optimiser and one chunk of encoded positions. A stage's estimate is the resident memory before the run (process,
+model, cells) plus what it holds; freed memory is handed back between stages (:func:`release_free_memory`), so each
+stage's measured peak is its own. When an estimate exceeds the memory this process may use (``--memory-limit``;
+default the smaller of the machine's memory and its cgroup's limit), the run stops before it writes anything, naming
+the stage, the estimate and the setting that brings it down.
 """
 from __future__ import annotations
 
