@@ -136,7 +136,8 @@ class ArtifactStore:
         """(attention sources, ``[S, G]`` attention of ``symbol`` as query over every key gene, ``[S, G]`` attention on
         ``symbol`` as key from every query gene, whether its per-head attention was kept). The sources are every
         layer's head mean, then every head when ``symbol`` is a source gene of the store (reference TF, perturbed or
-        asked for); the store keeps per-head rows for those only."""
+        asked for); the store keeps per-head rows for those only, and per-head columns for TFs and asked genes only
+        (a perturbed gene's head columns are NaN)."""
         panel = self.panel(run_id)
         g = np.array([int(np.nonzero(panel["symbol"].to_numpy() == symbol)[0][0])])
         store = self.attention(run_id)
@@ -149,7 +150,10 @@ class ArtifactStore:
             heads = self.head_edges(run_id)
             sources = pd.concat([sources, heads.sources], ignore_index=True)
             rows += list(heads.oriented(g, "tf_to_target")[:, 0])
-            cols += list(heads.oriented(g, "target_to_tf")[:, 0])
+            if int(g[0]) in set(heads.column_rows.tolist()):
+                cols += list(heads.oriented(g, "target_to_tf")[:, 0])
+            else:                                 # a perturbed gene: its row only (it plays the regulator)
+                cols += [np.full(len(panel), np.nan)] * len(heads.sources)
         return sources, np.array(rows), np.array(cols), kept
 
     def replication_context(self, run_id: str) -> dict | None:

@@ -266,7 +266,7 @@ def run_interventions(adapter: ModelAdapter, inputs: AblationInputs, items: dict
     panel_of_gene = np.full(len(tok.genes), -1, dtype=np.int64)
     panel_of_gene[inputs.panel["gene_index"].to_numpy()] = np.arange(len(inputs.panel))
     g = len(inputs.panel)
-    readout = AttentionSums((0,), adapter.n_heads, g, 0, keep_cols=False, device=adapter.device)   # head mean, chunked
+    readout = AttentionSums((0,), adapter.n_heads, g, 0, n_columns=0, device=adapter.device)   # head mean, chunked
     no_sources = np.full(g, -1, dtype=np.int64)
     keys = ["baseline"] + list(items)
     acc = {k: ReadoutAccumulator(tok.n_cells, adapter.n_layers, adapter.n_heads, g) for k in keys}

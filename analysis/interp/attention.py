@@ -6,11 +6,11 @@ cells, divided by the number of cells in which both genes are in the model input
 on each layer's query/key projections recompute softmax attention only for the rows of panel genes (normalised over
 all non-padded keys, exactly as the model does), a chunk of rows at a time, gather the panel columns, and add them
 into sums with ``index_add_``. The pooled store (:func:`extract_attention`) keeps what the analyses read: every
-head's rows and columns of the source genes and each layer's head mean over every pair, reduced inside the layer's
-hook so that one layer's projections are alive at a time. Memory is independent of the number of cells, and stores
-over disjoint cell shards merge by summation. The sites come from the
-model family's adapter (:class:`analysis.models.base.SiteMap`): separate BERT projections for Geneformer, the q and k
-blocks of scGPT's packed ``Wqkv``; the same loop serves both.
+head's rows of the source genes (and columns of the reference TFs among them) and each layer's head mean over every
+pair, reduced inside the layer's hook so that one layer's projections are alive at a time. Memory is independent of
+the number of cells, and stores over disjoint cell shards merge by summation. The sites come from the model family's
+adapter (:class:`analysis.models.base.SiteMap`): separate BERT projections for Geneformer, the q and k blocks of
+scGPT's packed ``Wqkv``; the same loop serves both.
 
 Cell embeddings are captured on the way, at no extra pass: ``mean_penultimate`` (mean over gene tokens of the hidden
 state entering the last layer, Geneformer's default) always, and ``cls`` (the last layer's output at ``<cls>``,
@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..io.stores import AttentionStore, GroupedAttention, full_head_name, narrowest_count_dtype, source_genes
+from ..io.stores import (AttentionStore, GroupedAttention, column_count, full_head_name, narrowest_count_dtype,
+                          source_genes)
 from ..models.base import ModelAdapter, TokenizedCells
 
 
@@ -110,13 +111,16 @@ def panel_rows_attention(query: torch.Tensor, key: torch.Tensor, key_mask: torch
 @dataclass(frozen=True)
 class BatchLayout:
     """Where the panel and source genes sit in one padded batch (-1 = padding). ``positions``/``genes``: ``[batch,
-    P]`` sequence position and panel index of each panel gene in the cell, the cell's source genes first;
-    ``sources``: ``[batch, Rb]`` source index (0..R-1) of the first ``Rb`` of them (-1 past the cell's own source
-    genes), so a cell's source rows are the leading rows of any ``[.., P, ..]`` block read at ``positions``."""
+    P]`` sequence position and panel index of each panel gene in the cell, the cell's source genes first (those
+    whose columns are kept before the others); ``sources``: ``[batch, Rb]`` source index (0..R-1) of the first ``Rb``
+    of them (-1 past the cell's own source genes), so a cell's source rows are the leading rows of any ``[.., P, ..]``
+    block read at ``positions``; ``column_sources``: ``[batch, Cb]`` the leading ``Cb`` of ``sources`` with -1 where
+    the source's columns are not kept (source index >= ``n_columns``)."""
 
     positions: torch.Tensor
     genes: torch.Tensor
     sources: torch.Tensor
+    column_sources: torch.Tensor
 
 
 def _padded(rows: list[np.ndarray], fill: int) -> np.ndarray:
@@ -127,17 +131,22 @@ def _padded(rows: list[np.ndarray], fill: int) -> np.ndarray:
 
 
 def batch_layout(gene_index: np.ndarray, panel_of_gene: np.ndarray, source_of_panel: np.ndarray,
-                 device: torch.device) -> BatchLayout:
+                 device: torch.device, n_columns: int | None = None) -> BatchLayout:
     """:class:`BatchLayout` of a batch's ``gene_index`` ``[batch, seq]`` (-1 = not a gene); ``panel_of_gene``: panel
-    index of each vocabulary gene or -1; ``source_of_panel``: source index of each panel gene or -1."""
+    index of each vocabulary gene or -1; ``source_of_panel``: source index of each panel gene or -1; ``n_columns``:
+    the sources ``0..n_columns-1`` whose columns are kept (default: every source)."""
+    n_columns = int(source_of_panel.max(initial=-1)) + 1 if n_columns is None else n_columns
     slot = np.where(gene_index >= 0, panel_of_gene[np.maximum(gene_index, 0)], -1)        # [batch, seq]
     pos = []
     for row in slot:
         at = np.nonzero(row >= 0)[0]
-        pos.append(at[np.argsort(source_of_panel[row[at]] < 0, kind="stable")])          # sources first
+        source = source_of_panel[row[at]]
+        rank = np.where(source < 0, 2, np.where(source < n_columns, 0, 1))     # column sources, other sources, rest
+        pos.append(at[np.argsort(rank, kind="stable")])
     genes = [row[p] for row, p in zip(slot, pos)]
     sources = [source_of_panel[g][source_of_panel[g] >= 0] for g in genes]
-    arrays = (_padded(pos, 0), _padded(genes, -1), _padded(sources, -1))
+    columns = [s[s < n_columns] for s in sources]
+    arrays = (_padded(pos, 0), _padded(genes, -1), _padded(sources, -1), _padded(columns, -1))
     return BatchLayout(*(torch.as_tensor(a, device=device) for a in arrays))
 
 
@@ -171,27 +180,30 @@ def _strided(flat: torch.Tensor, shape: tuple[int, ...], strides: tuple[int, ...
 
 class AttentionSums:
     """Device accumulators of the attention stores, filled one batch and one layer at a time: for each kept layer,
-    every head's rows (and, with ``keep_cols``, columns) at the ``R`` source genes, the head mean over every panel
-    pair, and the heads asked for whole, per cell group (the pooled store is one group of every cell;
-    CSSI's grouped store one group per fine cluster and per random group, a cell adding to one group of each
+    every head's rows at the ``R`` source genes and its columns at the first ``C`` of them (``n_columns``), the head
+    mean over every panel pair, and the heads asked for whole, per cell group (the pooled store is one group of every
+    cell; CSSI's grouped store one group per fine cluster and per random group, a cell adding to one group of each
     grouping). Each flat accumulator has one extra slot at its end that padded entries are added into and that
     is dropped at the end, so no boolean compaction runs per batch.
 
     Memory per layer and batch: ``[batch, heads, chunk, seq]`` scores, with the chunk of panel rows sized to
     ``chunk_bytes``; source rows are the leading rows of each cell's layout (:func:`batch_layout`), so they are read
-    from the same chunks with no softmax of their own. The accumulators are fixed: ``groups x layers x (heads x R x G
-    x 4 x (1 or 2) + G^2 x itemsize(layer_dtype))`` bytes, plus ``G^2 x 8`` per whole head."""
+    from the same chunks with no softmax of their own. The accumulators are fixed: ``groups x layers x (heads x (R +
+    C) x G x 4 + G^2 x itemsize(layer_dtype))`` bytes, plus ``G^2 x 8`` per whole head."""
 
     def __init__(self, layers: tuple[int, ...], n_heads: int, n_panel: int, n_sources: int, *, n_groups: int = 1,
-                 keep_cols: bool = True, full_heads: tuple[tuple[int, int], ...] = (),
+                 n_columns: int | None = None, full_heads: tuple[tuple[int, int], ...] = (),
                  layer_dtype: torch.dtype = torch.float64, device: torch.device = torch.device("cpu"),
                  chunk_bytes: int = 256 * 2 ** 20):
         g, r, n = n_panel, n_sources, len(layers)
+        c = r if n_columns is None else n_columns
+        if not 0 <= c <= r:
+            raise ValueError(f"n_columns must be between 0 and the {r} sources, got {c}")
         self.slot = {layer: i for i, layer in enumerate(layers)}
-        self.n_heads, self.n_panel, self.n_sources, self.n_groups = n_heads, g, r, n_groups
+        self.n_heads, self.n_panel, self.n_sources, self.n_columns, self.n_groups = n_heads, g, r, c, n_groups
         self.head_rows = torch.zeros(n, n_heads, n_groups * r * g + 1, dtype=torch.float32, device=device)
-        self.head_cols = (torch.zeros(n, n_heads, n_groups * r * g + 1, dtype=torch.float32, device=device)
-                          if keep_cols and r else None)
+        self.head_cols = (torch.zeros(n, n_heads, n_groups * c * g + 1, dtype=torch.float32, device=device)
+                          if c else None)
         self.layer_sums = torch.zeros(n, n_groups * g * g + 1, dtype=layer_dtype, device=device)
         self.full = {key: torch.zeros(n_groups * g * g + 1, dtype=torch.float64, device=device) for key in full_heads}
         self.chunk_bytes = chunk_bytes
@@ -239,33 +251,36 @@ class AttentionSums:
                 values = forward.permute(1, 0, 2, 3).reshape(h, -1).float()
                 for flat in self._targets(lay.sources[:, rows], lay.genes, self.n_sources):
                     self.head_rows[i].index_add_(1, flat, values)
-            if self.head_cols is not None:
-                backward = probs[:, :, :, :n_src]                                         # [b, h, c, Rb]
+            if self.head_cols is not None:                          # column sources lead the source rows
+                n_col = lay.column_sources.shape[1]
+                backward = probs[:, :, :, :n_col]                                         # [b, h, c, Cb]
                 values = backward.permute(1, 0, 2, 3).reshape(h, -1).float()
-                for flat in self._targets(lay.sources, genes, self.n_sources):
-                    flat = flat.reshape(b, n_src, -1).transpose(1, 2).reshape(-1)
+                for flat in self._targets(lay.column_sources, genes, self.n_columns):
+                    flat = flat.reshape(b, n_col, -1).transpose(1, 2).reshape(-1)
                     self.head_cols[i].index_add_(1, flat, values)
 
     def pooled(self) -> dict[str, np.ndarray]:
         """One group's sums without their dump slots, shaped as :class:`~analysis.io.stores.AttentionStore` holds
-        them: ``head_rows``/``head_cols`` ``[layers, heads, R, G]``, ``layer_sums`` ``[layers, G, G]``,
-        ``full_heads``."""
-        g, r, (n, h, width) = self.n_panel, self.n_sources, self.head_rows.shape
-        heads = (n, h, r, g), (h * width, width, g, 1)
-        return {"head_rows": _strided(self.head_rows, *heads),
-                "head_cols": (_strided(self.head_cols, *heads) if self.head_cols is not None
-                              else np.zeros(heads[0], dtype=np.float32)),
+        them: ``head_rows`` ``[layers, heads, R, G]``, ``head_cols`` ``[layers, heads, C, G]``, ``layer_sums``
+        ``[layers, G, G]``, ``full_heads``."""
+        g, r, c, (n, h, width) = self.n_panel, self.n_sources, self.n_columns, self.head_rows.shape
+        cols = (n, h, c, g)
+        return {"head_rows": _strided(self.head_rows, (n, h, r, g), (h * width, width, g, 1)),
+                "head_cols": (_strided(self.head_cols, cols, (h * self.head_cols.shape[2], self.head_cols.shape[2],
+                                                              g, 1))
+                              if self.head_cols is not None else np.zeros(cols, dtype=np.float32)),
                 "layer_sums": _strided(self.layer_sums, (n, g, g), (g * g + 1, g, 1)),
                 "full_heads": {full_head_name(*k): v[: g * g].reshape(g, g).cpu().numpy()
                                for k, v in self.full.items()}}
 
     def grouped(self) -> dict[str, np.ndarray]:
-        """Per group: ``head_rows``/``head_cols`` ``[groups, layers, heads, R, G]``, ``layer_sums`` ``[groups, layers,
-        G, G]`` (views of the accumulators)."""
-        g, r, k, (n, h, width) = self.n_panel, self.n_sources, self.n_groups, self.head_rows.shape
-        heads = (k, n, h, r, g), (r * g, h * width, width, g, 1)
-        return {"head_rows": _strided(self.head_rows, *heads),
-                "head_cols": _strided(self.head_cols, *heads) if self.head_cols is not None else None,
+        """Per group: ``head_rows`` ``[groups, layers, heads, R, G]``, ``head_cols`` ``[groups, layers, heads, C, G]``
+        (None without columns), ``layer_sums`` ``[groups, layers, G, G]`` (views of the accumulators)."""
+        g, r, c, k, (n, h, width) = self.n_panel, self.n_sources, self.n_columns, self.n_groups, self.head_rows.shape
+        cols_width = self.head_cols.shape[2] if self.head_cols is not None else 0
+        return {"head_rows": _strided(self.head_rows, (k, n, h, r, g), (r * g, h * width, width, g, 1)),
+                "head_cols": (_strided(self.head_cols, (k, n, h, c, g), (c * g, h * cols_width, cols_width, g, 1))
+                              if self.head_cols is not None else None),
                 "layer_sums": _strided(self.layer_sums, (k, n, g, g), (g * g, k * g * g + 1, g, 1))}
 
 
@@ -288,7 +303,7 @@ def _accumulate(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFram
     with capture_projections(adapter, cls=embeddings is not None, on_layer=acc.add_layer) as captured:
         for idx in tqdm(list(cells.batches(batch_size)), desc="attention", unit="batch", disable=not progress):
             sub = cells.subset(idx)
-            acc.start_batch(batch_layout(sub.gene_index, panel_of_gene, source_of_panel, dev),
+            acc.start_batch(batch_layout(sub.gene_index, panel_of_gene, source_of_panel, dev, acc.n_columns),
                             torch.as_tensor(sub.attention_mask, device=dev).bool(),
                             None if groups is None else torch.as_tensor(groups[idx], device=dev))
             adapter.forward(sub)
@@ -300,24 +315,30 @@ def _accumulate(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFram
 
 
 def extract_attention(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.DataFrame, *,
-                      sources: np.ndarray | None = None, full_heads: tuple[tuple[int, int], ...] = (),
-                      batch_size: int = 8, chunk_bytes: int = 256 * 2 ** 20, progress: bool = True
-                      ) -> AttentionStore:
+                      sources: np.ndarray | None = None, n_columns: int | None = None,
+                      full_heads: tuple[tuple[int, int], ...] = (), batch_size: int = 8,
+                      chunk_bytes: int = 256 * 2 ** 20, progress: bool = True) -> AttentionStore:
     """Stream ``cells`` through ``adapter`` into an :class:`~analysis.io.stores.AttentionStore` (module doc),
     capturing each cell's embeddings on the way (``cell_embeddings``, used for CSSI strata).
 
-    ``panel`` rows index ``cells.genes`` through ``gene_index``; ``sources``: panel indices whose rows and columns
-    every head keeps (default :func:`~analysis.io.stores.source_genes`); ``full_heads``: (layer, head) pairs kept
-    whole. Peak memory: the model's forward, one layer's query/key projections, ``[batch, heads, chunk, seq]`` scores
-    of ``chunk_bytes`` (:class:`AttentionSums`) and the fixed store.
+    ``panel`` rows index ``cells.genes`` through ``gene_index``; ``sources``: panel indices whose rows every head
+    keeps, and ``n_columns``: how many leading ones have their columns kept too (default: the panel's
+    :func:`~analysis.io.stores.source_genes` and their :func:`~analysis.io.stores.column_count`; given ``sources``,
+    every one of them); ``full_heads``: (layer, head) pairs kept whole. Peak memory: the model's forward, one layer's
+    query/key projections, ``[batch, heads, chunk, seq]`` scores of ``chunk_bytes`` (:class:`AttentionSums`) and the
+    fixed store.
     """
-    sources = source_genes(panel) if sources is None else np.asarray(sources, dtype=np.int64)
+    if sources is None:
+        sources = source_genes(panel)
+        n_columns = column_count(panel, sources) if n_columns is None else n_columns
+    sources = np.asarray(sources, dtype=np.int64)
     bad = [f"L{l}H{h}" for l, h in full_heads if not (0 <= l < adapter.n_layers and 0 <= h < adapter.n_heads)]
     if bad:
         raise ValueError(f"heads {bad} asked for whole are not in the model ({adapter.n_layers} layers x "
                          f"{adapter.n_heads} heads)")
     acc = AttentionSums(tuple(range(adapter.n_layers)), adapter.n_heads, len(panel), sources.size,
-                        full_heads=tuple(full_heads), device=adapter.device, chunk_bytes=chunk_bytes)
+                        n_columns=n_columns, full_heads=tuple(full_heads), device=adapter.device,
+                        chunk_bytes=chunk_bytes)
     embeddings: dict[str, np.ndarray] = {}
     _accumulate(adapter, cells, panel, sources, acc, groups=None, batch_size=batch_size, progress=progress,
                 embeddings=embeddings)
@@ -326,8 +347,10 @@ def extract_attention(adapter: ModelAdapter, cells: TokenizedCells, panel: pd.Da
     params = {"model": adapter.name, "family": adapter.family, "n_layers": adapter.n_layers, "n_heads": adapter.n_heads,
               "batch_size": batch_size, "definition": "sum over cells of A[q,k] (query q attends to key k)",
               "attention_site": "softmax(QK^T/sqrt(d)) recomputed from hooked query/key projections",
-              "kept": "per head: source genes' rows and columns; per layer: head mean over every panel pair",
-              "n_sources": int(sources.size), "full_heads": [full_head_name(*k) for k in full_heads]}
+              "kept": "per head: source genes' rows, and columns of the first n_columns (reference TFs, genes asked "
+                      "for); per layer: head mean over every panel pair",
+              "n_sources": int(sources.size), "n_columns": int(acc.n_columns),
+              "full_heads": [full_head_name(*k) for k in full_heads]}
     return AttentionStore(sources, arrays["head_rows"], arrays["head_cols"], arrays["layer_sums"],
                           counts.astype(narrowest_count_dtype(cells.n_cells)), cells.n_cells,
                           panel.reset_index(drop=True), params, arrays["full_heads"], embeddings)
@@ -345,8 +368,8 @@ def extract_grouped_attention(adapter: ModelAdapter, cells: TokenizedCells, pane
     sources = np.asarray(sources, dtype=np.int64)
     full = sources.size == len(panel)
     acc = AttentionSums(tuple(layers), adapter.n_heads, len(panel), sources.size, n_groups=n_groups,
-                        keep_cols=keep_cols and not full, layer_dtype=torch.float32, device=adapter.device,
-                        chunk_bytes=chunk_bytes)
+                        n_columns=sources.size if keep_cols and not full else 0, layer_dtype=torch.float32,
+                        device=adapter.device, chunk_bytes=chunk_bytes)
     _accumulate(adapter, cells, panel, sources, acc, groups=np.asarray(groups, dtype=np.int64),
                 batch_size=batch_size, progress=progress)
     arrays = acc.grouped()

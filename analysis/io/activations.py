@@ -13,6 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
+from . import mapped
+
 PARAMS = "activations.json"
 ROW_CELL = "row_cell.npy"
 ROW_GENE = "row_gene.npy"
@@ -49,7 +51,7 @@ class ActivationStore:
         """``[rows, d_model]`` float32, memory-mapped."""
         if layer not in self.layers:
             raise KeyError(f"layer {layer} was not captured (captured: {list(self.layers)})")
-        return np.load(self.directory / layer_file(layer), mmap_mode="r")
+        return mapped.load(self.directory / layer_file(layer))
 
     @cached_property
     def row_cell(self) -> np.ndarray:

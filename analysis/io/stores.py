@@ -1,6 +1,7 @@
 """The additive attention stores that extraction writes and every later stage reads (DESIGN.md sections 3 and 5):
 sums of attention over a gene panel and one shared co-occurrence count matrix, pooled over all cells
-(:class:`AttentionStore`: per head at the source genes' rows and columns, per layer as the head mean over every pair)
+(:class:`AttentionStore`: per head at the source genes' rows and at the reference TFs' columns, per layer as the head
+mean over every pair)
 or per cell group (:class:`GroupedAttention`, CSSI). They hold numpy arrays only
 (no torch), are saved as plain ``.npy`` / parquet / JSON files in a run, and merge across cell shards by summation.
 Cell embeddings captured during extraction travel with the pooled store, one array per kind
@@ -15,22 +16,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import files
+from . import files, mapped
 
 def source_genes(panel: pd.DataFrame, asked: tuple[str, ...] = ()) -> np.ndarray:
-    """``[R]`` panel indices whose per-head rows and columns the pooled store keeps: reference TFs (``is_tf``),
-    perturbed genes (``is_perturbed``) and the genes ``asked`` for by symbol (``extraction.source_genes``), in panel
-    order. A symbol not in the panel is a ValueError naming it."""
+    """``[R]`` panel indices whose per-head rows the pooled store keeps: reference TFs (``is_tf``), perturbed genes
+    (``is_perturbed``) and the genes ``asked`` for by symbol (``extraction.source_genes``). The first
+    :func:`column_count` of them, the TFs and the asked genes, have their columns kept too (each part in panel
+    order): reference ranking reads a TF's row and column (both directions), perturbation-first evaluation a perturbed
+    gene's row only (the perturbed gene as regulator). A symbol not in the panel is a ValueError naming it."""
     symbols = panel["symbol"].astype(str).to_numpy()
     missing = sorted(set(asked) - set(symbols))
     if missing:
         raise ValueError(f"extraction.source_genes {missing} are not in the attention panel; add them to the data or "
                          "raise extraction.panel_size")
-    keep = np.isin(symbols, list(asked))
-    for column in ("is_tf", "is_perturbed"):
-        if column in panel:
-            keep |= panel[column].to_numpy(dtype=bool)
-    return np.nonzero(keep)[0].astype(np.int64)
+    columns = _column_genes(panel, asked)
+    rows = columns | (panel["is_perturbed"].to_numpy(dtype=bool) if "is_perturbed" in panel else False)
+    return np.concatenate([np.nonzero(columns)[0], np.nonzero(rows & ~columns)[0]]).astype(np.int64)
+
+
+def _column_genes(panel: pd.DataFrame, asked: tuple[str, ...]) -> np.ndarray:
+    """``[G]`` bool: reference TFs and genes asked for by symbol (whose per-head columns are kept)."""
+    keep = np.isin(panel["symbol"].astype(str).to_numpy(), list(asked))
+    return keep | (panel["is_tf"].to_numpy(dtype=bool) if "is_tf" in panel else False)
+
+
+def column_count(panel: pd.DataFrame, sources: np.ndarray, asked: tuple[str, ...] = ()) -> int:
+    """How many leading ``sources`` (:func:`source_genes`) are reference TFs or asked for, so keep their columns."""
+    columns = _column_genes(panel, asked)[np.asarray(sources, dtype=np.int64)]
+    return int(np.argmin(columns)) if not columns.all() else int(columns.size)
 
 
 def narrowest_count_dtype(max_count: int) -> np.dtype:
@@ -51,11 +64,12 @@ class AttentionStore:
     """The pooled attention of a run over a ``G``-gene panel: what the analyses read, never ``[layers, heads, G, G]``
     (DESIGN.md section 5; at V2-316M's 18 x 18 heads and 2,000 genes that dense store is 10.4 GB).
 
-    - ``source_rows``: ``[R]`` panel indices of the *source* genes (reference TFs, perturbed genes and genes asked
-      for by name) whose rows every head keeps;
+    - ``source_rows``: ``[R]`` panel indices of the *source* genes (reference TFs and genes asked for by name, then
+      perturbed genes: :func:`source_genes`);
     - ``head_rows``: ``[layers, heads, R, G]`` float32, ``head_rows[l, h, r, k]`` = attention of source ``r`` (query)
-      on panel gene ``k`` (key) summed over cells; ``head_cols``: the same shape, attention of panel gene ``k``
-      (query) on source ``r`` (key), so both directions of every (source, gene) pair are kept;
+      on panel gene ``k`` (key) summed over cells; ``head_cols``: ``[layers, heads, C, G]``, attention of panel gene
+      ``k`` (query) on source ``r < C`` (key), for the first ``C`` sources (:attr:`column_rows`: the TFs and asked
+      genes), so both directions of their (source, gene) pairs are kept;
     - ``layer_sums``: ``[layers, G, G]`` float64, the head mean ``A[q, k]`` of each layer summed over cells;
     - ``counts``: ``[G, G]`` in the narrowest unsigned type that holds the number of cells: cells in which both genes
       were in the input (diagonal = cells expressing the gene);
@@ -85,9 +99,15 @@ class AttentionStore:
     def n_heads(self) -> int:
         return int(self.head_rows.shape[1])
 
+    @property
+    def column_rows(self) -> np.ndarray:
+        """``[C]`` panel indices of the sources whose columns are kept (the leading ``C`` of :attr:`source_rows`)."""
+        return self.source_rows[: self.head_cols.shape[2]]
+
     def __add__(self, other: "AttentionStore") -> "AttentionStore":
         """Merge two shards (disjoint cells, same model, panel and sources) by summation."""
-        if (self.head_rows.shape != other.head_rows.shape or not self.panel["gene_id"].equals(other.panel["gene_id"])
+        if (self.head_rows.shape != other.head_rows.shape or self.head_cols.shape != other.head_cols.shape
+                or not self.panel["gene_id"].equals(other.panel["gene_id"])
                 or not np.array_equal(self.source_rows, other.source_rows)
                 or set(self.full_heads) != set(other.full_heads)):
             raise ValueError("attention stores over different panels, sources or model shapes cannot be merged")
@@ -124,14 +144,13 @@ class AttentionStore:
     def load(cls, directory: Path, mmap: bool = True) -> "AttentionStore":
         """A saved store; ``mmap`` leaves the large arrays on disk, read as they are indexed."""
         params = json.loads((directory / files.ATTENTION_PARAMS).read_text())
-        mode = "r" if mmap else None
         embeddings = {kind: np.load(directory / files.cell_embeddings(kind)) for kind in files.EMBEDDING_KINDS
                       if (directory / files.cell_embeddings(kind)).is_file()}
         full = {}
         if (directory / files.ATTENTION_FULL_HEADS).is_file():
             with np.load(directory / files.ATTENTION_FULL_HEADS) as saved:
                 full = {name: saved[name] for name in saved.files}
-        arrays = [np.load(directory / name, mmap_mode=mode) for name in
+        arrays = [mapped.load(directory / name) if mmap else np.load(directory / name) for name in
                   (files.ATTENTION_HEAD_ROWS, files.ATTENTION_HEAD_COLS, files.ATTENTION_LAYER_SUMS, files.PAIR_COUNTS)]
         return cls(np.load(directory / files.ATTENTION_SOURCE_ROWS), *arrays, int(params.pop("n_cells")),
                    pd.read_parquet(directory / files.table("panel")), params, full, embeddings)
@@ -167,7 +186,6 @@ class GroupedAttention:
     counts: np.ndarray
     layers: tuple[int, ...]
     panel: pd.DataFrame
-    directory: Path | None = None
 
     @property
     def full_rows(self) -> bool:
@@ -190,18 +208,12 @@ class GroupedAttention:
     @classmethod
     def load(cls, directory: Path, layers: tuple[int, ...], panel: pd.DataFrame) -> "GroupedAttention":
         """A saved store, its large arrays memory-mapped."""
-        store = cls(np.load(directory / files.CSSI_SOURCE_ROWS), None, None, None, None, tuple(layers), panel,
-                    directory)
-        store.release_pages()
-        return store
+        cols = directory / files.CSSI_HEAD_COLS
+        return cls(np.load(directory / files.CSSI_SOURCE_ROWS), mapped.load(directory / files.CSSI_HEAD_ROWS),
+                   mapped.load(cols) if cols.is_file() else None, mapped.load(directory / files.CSSI_LAYER_SUMS),
+                   mapped.load(directory / files.CSSI_GROUP_COUNTS), tuple(layers), panel)
 
     def release_pages(self) -> None:
-        """Map a saved store's arrays afresh, so the pages a pass read stop counting in this process's resident
-        memory (a pass over every head's rows touches all of a multi-GB file); nothing for a store in memory."""
-        if self.directory is None:
-            return
-        cols = self.directory / files.CSSI_HEAD_COLS
-        self.head_rows = np.load(self.directory / files.CSSI_HEAD_ROWS, mmap_mode="r")
-        self.head_cols = np.load(cols, mmap_mode="r") if cols.is_file() else None
-        self.layer_sums = np.load(self.directory / files.CSSI_LAYER_SUMS, mmap_mode="r")
-        self.counts = np.load(self.directory / files.CSSI_GROUP_COUNTS, mmap_mode="r")
+        """Drop the pages a pass read from this process's resident memory (a pass over every head's rows touches all
+        of a multi-GB file; :func:`analysis.io.mapped.release`); nothing for a store in memory."""
+        mapped.release(self.head_rows, self.head_cols, self.layer_sums, self.counts)

@@ -5,7 +5,7 @@ regulator-side gene, column = key / target-side gene. Direction is applied at ev
 forms hold them, with one reading interface (``sources``, ``panel``, ``observed``, ``oriented(rows, direction)``):
 
 - :class:`EdgeScores` stacks ``S`` dense ``[G, G]`` matrices: each layer's head mean, correlations, baselines;
-- :class:`HeadEdges` holds every head at the source genes only (the pooled store's rows and columns,
+- :class:`HeadEdges` holds every head at the source genes only (the pooled store's rows and the TFs' columns,
   :class:`~analysis.io.stores.AttentionStore`), and computes scores for the rows an analysis asks for, so the
   ``[layers x heads, G, G]`` array that does not fit at V2-316M's scale is never built.
 
@@ -23,6 +23,7 @@ from scipy.stats import rankdata
 from ..config import DIRECTIONS
 from ..io.cells import CellData
 from ..io.expression import expression_matrix
+from ..io import mapped
 from ..io.stores import AttentionStore
 
 
@@ -83,9 +84,10 @@ def mean_scores(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class HeadEdges:
     """Per-head mean attention at the source genes (module doc). ``row_sums``: ``[S, R, G]`` attention of source
-    ``r`` (query) on every panel gene summed over cells; ``col_sums``: ``[S, R, G]`` attention of every panel gene
-    (query) on source ``r`` (key); either may be memory-mapped. ``rows``: ``[R]`` panel indices of the sources;
-    ``counts``: ``[G, G]`` co-occurrence; ``sources``: S rows (edge_type ``attention``, layer, head)."""
+    ``r`` (query) on every panel gene summed over cells; ``col_sums``: ``[S, C, G]`` attention of every panel gene
+    (query) on source ``r < C`` (key), for the first ``C`` sources (the reference TFs and genes asked for); either may
+    be memory-mapped. ``rows``: ``[R]`` panel indices of the sources; ``counts``: ``[G, G]`` co-occurrence;
+    ``sources``: S rows (edge_type ``attention``, layer, head)."""
 
     row_sums: np.ndarray
     col_sums: np.ndarray
@@ -100,33 +102,47 @@ class HeadEdges:
         """``[G, G]`` bool: co-observed in at least one cell."""
         return np.asarray(self.counts) > 0
 
-    def kept(self, panel_rows: np.ndarray) -> np.ndarray:
-        """``[len(panel_rows)]`` position of each panel row among :attr:`rows`; a KeyError names genes not kept."""
-        where = {int(r): i for i, r in enumerate(self.rows)}
+    @property
+    def column_rows(self) -> np.ndarray:
+        """``[C]`` panel indices of the sources whose columns are kept."""
+        return self.rows[: self.col_sums.shape[1]]
+
+    def kept(self, panel_rows: np.ndarray, columns: bool = False) -> np.ndarray:
+        """``[len(panel_rows)]`` position of each panel row among :attr:`rows` (``columns``: among the sources whose
+        columns are kept); a KeyError names genes not kept."""
+        kept_rows = self.column_rows if columns else self.rows
+        where = {int(r): i for i, r in enumerate(kept_rows)}
         missing = [str(self.panel["symbol"].iloc[int(r)]) for r in panel_rows if int(r) not in where]
         if missing:
-            raise KeyError(f"per-head attention is kept for reference TFs, perturbed genes and extraction.source_genes "
-                           f"only; not for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            what = ("per-head attention on a gene as key (target -> TF) is kept for reference TFs and "
+                    "extraction.source_genes only" if columns else
+                    "per-head attention is kept for reference TFs, perturbed genes and extraction.source_genes only")
+            raise KeyError(f"{what}; not for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         return np.array([where[int(r)] for r in panel_rows], dtype=np.int64)
 
     def oriented(self, rows: np.ndarray, direction: str) -> np.ndarray:
         """``[S, len(rows), G]`` scores of (row gene, every gene) under ``direction``, as
         :func:`oriented_pair_scores` reads a dense matrix: ``tf_to_target`` A[row, gene], ``target_to_tf``
-        A[gene, row], ``symmetric`` their mean."""
+        A[gene, row], ``symmetric`` their mean. A memory-mapped store's pages are handed back after the read."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         rows = np.asarray(rows, dtype=np.int64)
-        at = self.kept(rows)
         counts = np.asarray(self.counts)[rows][None]                          # symmetric: same for both directions
-        forward = mean_scores(self.row_sums[:, at], counts) if direction != "target_to_tf" else None
-        backward = mean_scores(self.col_sums[:, at], counts) if direction != "tf_to_target" else None
+        forward = mean_scores(self.row_sums[:, self.kept(rows)], counts) if direction != "target_to_tf" else None
+        backward = (mean_scores(self.col_sums[:, self.kept(rows, columns=True)], counts)
+                    if direction != "tf_to_target" else None)
+        mapped.release(self.row_sums, self.col_sums)       # a scan over many rows holds one read's pages at a time
         if direction == "symmetric":
             return (forward + backward) / 2
         return forward if backward is None else backward
 
     def take(self, indices: list[int]) -> "HeadEdges":
-        """The heads at ``indices`` (rows of :attr:`sources`), alone."""
-        return HeadEdges(self.row_sums[indices], self.col_sums[indices], self.rows, self.counts,
+        """The heads at ``indices`` (rows of :attr:`sources`), alone; consecutive heads of a memory-mapped store stay
+        mapped (a view: nothing is read until rows are asked for)."""
+        indices = list(indices)
+        run = indices == list(range(indices[0], indices[-1] + 1)) if indices else False
+        at = slice(indices[0], indices[-1] + 1) if run else indices
+        return HeadEdges(self.row_sums[at], self.col_sums[at], self.rows, self.counts,
                          self.sources.iloc[indices].reset_index(drop=True), self.panel, self.params)
 
     def head(self, layer: int, head: int) -> "HeadEdges":
@@ -141,14 +157,18 @@ class HeadEdges:
 
     def restrict(self, symbols: list[str]) -> "HeadEdges":
         """The same heads over the genes ``symbols`` (in that order; each in the panel): the sources among them keep
-        their rows and columns, restricted to those genes."""
+        their rows (and columns, where kept), restricted to those genes; those with columns lead, as in a store."""
         idx = panel_positions(self.panel, symbols)
         where = {int(r): i for i, r in enumerate(self.rows)}
-        new_rows = [i for i, g in enumerate(idx) if int(g) in where]
-        at = np.array([where[int(idx[i])] for i in new_rows], dtype=np.int64)
-        return HeadEdges(np.asarray(self.row_sums[:, at])[:, :, idx], np.asarray(self.col_sums[:, at])[:, :, idx],
-                         np.array(new_rows, dtype=np.int64), np.asarray(self.counts)[np.ix_(idx, idx)], self.sources,
-                         self.panel.iloc[idx].reset_index(drop=True), self.params)
+        n_columns = self.col_sums.shape[1]
+        at = [(where[int(g)], i) for i, g in enumerate(idx) if int(g) in where]
+        ordered = sorted(at, key=lambda pair: pair[0] >= n_columns)                      # column sources first
+        source_at = np.array([s for s, _ in ordered], dtype=np.int64)
+        column_at = source_at[source_at < n_columns]
+        return HeadEdges(np.asarray(self.row_sums[:, source_at])[:, :, idx],
+                         np.asarray(self.col_sums[:, column_at])[:, :, idx],
+                         np.array([i for _, i in ordered], dtype=np.int64), np.asarray(self.counts)[np.ix_(idx, idx)],
+                         self.sources, self.panel.iloc[idx].reset_index(drop=True), self.params)
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,28 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..io import mapped
+
 
 def attention_entropy(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``[layers, heads]`` entropy (nats) of each head's attention over the gene panel, from the pooled store's
     per-head source rows ``sums`` ``[layers, heads, R, G]`` and their co-observation ``counts`` ``[R, G]``: every
     source row of the head's mean attention (pairs never co-observed dropped) renormalised over the panel keys, its
-    Shannon entropy, averaged over rows. One layer at a time, so memory stays at one layer's ``[heads, R, G]``. A
+    Shannon entropy, averaged over rows. One head at a time, so memory stays at one head's ``[R, G]``. A
     panel-restricted entropy over the source genes' rows (the store keeps per-head rows for those only), so this
     ranks heads from diffuse to focused over the genes the analyses score, not over the whole input."""
     seen = np.asarray(counts) > 0
+    divisor = np.maximum(counts, 1)
     out = np.full(sums.shape[:2], np.nan)
-    for layer in range(sums.shape[0]):
-        a = np.where(seen, np.clip(np.asarray(sums[layer], dtype=np.float64), 0, None) / np.maximum(counts, 1), 0.0)
-        totals = a.sum(-1, keepdims=True)                                   # [heads, G, 1]
+    for layer, head in np.ndindex(*sums.shape[:2]):
+        a = np.where(seen, np.clip(np.asarray(sums[layer, head], dtype=np.float64), 0, None) / divisor, 0.0)
+        totals = a.sum(-1, keepdims=True)                                   # [R, 1]
         p = np.divide(a, totals, out=np.zeros_like(a), where=totals > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            h = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)                 # [heads, G]
-        rows = totals[..., 0] > 0
-        out[layer] = np.where(rows.any(-1), (h * rows).sum(-1) / np.maximum(rows.sum(-1), 1), np.nan)
+            h = -np.where(p > 0, p * np.log(p), 0.0).sum(-1)                 # [R]
+        rows = totals[:, 0] > 0
+        out[layer, head] = (h * rows).sum() / rows.sum() if rows.any() else np.nan
+        mapped.release(sums)                                       # a mapped store: one head's pages at a time
     return out
 
 

@@ -33,16 +33,16 @@ def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool, client=Non
                f"{inp.adapter.device})"):
         if client is None:
             store = extract_attention(inp.adapter, tokens, inp.panel, sources=inp.source_rows,
-                                      full_heads=inp.full_heads, batch_size=inp.cfg.extraction.batch_size,
-                                      progress=progress)
+                                      n_columns=inp.n_columns, full_heads=inp.full_heads,
+                                      batch_size=inp.cfg.extraction.batch_size, progress=progress)
         else:
             from .distributed import ModelSpec, extract_distributed
 
             m = inp.cfg.model
             spec = ModelSpec.of(inp.adapter, inp.model_dir, m.device, m.random_init, m.seed)
             store = extract_distributed(client, spec, tokens, inp.panel, sources=inp.source_rows,
-                                        full_heads=inp.full_heads, batch_size=inp.cfg.extraction.batch_size,
-                                        work_dir=writer.dir / "attention_shards")
+                                        n_columns=inp.n_columns, full_heads=inp.full_heads,
+                                        batch_size=inp.cfg.extraction.batch_size, work_dir=writer.dir / "attention_shards")
             store.params["model"] = inp.adapter.name
         store.save(writer.dir)
         shutil.rmtree(writer.dir / "attention_shards", ignore_errors=True)

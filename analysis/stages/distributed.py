@@ -66,7 +66,7 @@ def shard_cells(tokens: TokenizedCells, batch_size: int, n_shards: int) -> list[
 def extract_shard(spec: ModelSpec, tokens: TokenizedCells, panel: pd.DataFrame, kept: dict, batch_size: int,
                   directory: str) -> str:
     """The task: one shard's pooled store, written to ``directory`` (complete once it exists); ``kept``: the
-    ``sources`` and ``full_heads`` arguments of :func:`~analysis.interp.attention.extract_attention`."""
+    ``sources``, ``n_columns`` and ``full_heads`` arguments of :func:`~analysis.interp.attention.extract_attention`."""
     final = Path(directory)
     if not (final / "done").is_file():
         partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
@@ -103,11 +103,12 @@ def merge_shards(paths: list[str], shards: list[np.ndarray], n_cells: int, param
 
 def extract_distributed(client, spec: ModelSpec, tokens: TokenizedCells, panel: pd.DataFrame, *,
                         batch_size: int, work_dir: Path, sources: np.ndarray | None = None,
-                        full_heads: tuple[tuple[int, int], ...] = (), n_shards: int | None = None, retries: int = 3,
-                        task: Callable = extract_shard) -> AttentionStore:
+                        n_columns: int | None = None, full_heads: tuple[tuple[int, int], ...] = (),
+                        n_shards: int | None = None, retries: int = 3, task: Callable = extract_shard
+                        ) -> AttentionStore:
     """The pooled store of ``tokens`` extracted on ``client``'s cluster (module doc): ``n_shards`` (default four
-    per worker) shards under ``work_dir``, those already there reused; ``sources`` and ``full_heads`` as
-    :func:`~analysis.interp.attention.extract_attention` takes them. ``task`` is the shard task (a test passes one
+    per worker) shards under ``work_dir``, those already there reused; ``sources``, ``n_columns`` and ``full_heads``
+    as :func:`~analysis.interp.attention.extract_attention` takes them. ``task`` is the shard task (a test passes one
     that kills its worker once)."""
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     shards = shard_cells(tokens, batch_size, n_shards or 4 * n_workers)
@@ -119,7 +120,7 @@ def extract_distributed(client, spec: ModelSpec, tokens: TokenizedCells, panel: 
              len(shards), len(todo), len(shards) - len(todo))
     # the shard's cells and the panel travel inside each task (not scattered ahead): a retried task must not
     # depend on data that lived only on the worker that died
-    kept = {"sources": sources, "full_heads": tuple(full_heads)}
+    kept = {"sources": sources, "n_columns": n_columns, "full_heads": tuple(full_heads)}
     futures = [client.submit(task, spec, tokens.subset(shards[i]), panel, kept, batch_size, paths[i],
                              retries=retries, pure=False) for i in todo]
     client.gather(futures)

@@ -24,7 +24,7 @@ from ..errors import ConfigError, InputError
 from ..io import schemas
 from ..io.artifacts import sha256_path
 from ..io.cells import CellData
-from ..io.stores import source_genes
+from ..io.stores import column_count, source_genes
 from ..io.references import ReferenceNetwork, coregulation_pairs, load_pair_reference, load_reference, load_trrust
 from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter, tokens_of
 from ..rerun import load_cells_for
@@ -62,12 +62,17 @@ class Inputs:
 
     @cached_property
     def source_rows(self) -> np.ndarray:
-        """``[R]`` panel indices whose per-head rows and columns the pooled store keeps
+        """``[R]`` panel indices whose per-head rows the pooled store keeps
         (:func:`analysis.io.stores.source_genes`)."""
         try:
             return source_genes(self.panel, self.cfg.extraction.source_genes)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
+
+    @property
+    def n_columns(self) -> int:
+        """How many leading :attr:`source_rows` (reference TFs, genes asked for) have their per-head columns kept."""
+        return column_count(self.panel, self.source_rows, self.cfg.extraction.source_genes)
 
     @cached_property
     def full_heads(self) -> tuple[tuple[int, int], ...]:

@@ -1,22 +1,24 @@
-"""What a run will cost, said before it starts (DESIGN.md section 5): per stage, the resident memory it will reach
-and, for the stages that run the model, the time it will take on this device, plus the total.
+"""What a run will cost, said before it starts (DESIGN.md section 5): per stage, the resident memory it will reach and,
+for the stages that run the model, the time it will take on this device, plus the total.
 
 The model's own cost is measured, not modelled: the longest of the attention cells, then the two longest as one
 batch, go through the real extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and
 source genes), which gives the seconds per cell and the resident memory of a forward with its reduction, as a fixed
-part and a part per cell of a batch. Everything else follows from the shapes the stages hold: the pooled store (``2 x
-layers x heads x R x G x 4 + layers x G^2 x 8`` bytes), each layer's head mean as float64 scores, the ranking's
-``[heads, TFs, G]`` oriented scores a block of heads at a time, the perturbation stage's dense ``[G, G]`` baselines,
-correlation variants and DE table, one head-mean ``[G^2]`` per ablation sweep item and the unablated pass's hidden
-states of a batch (its forwards start at each item's first layer; the heads' ranking is not known yet, so the sweep
-is planned on a seeded random head order), CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`)
-and then its group sums at the candidate pairs with the gene-permuted null's per-stratum ``[K, sites, G^2]`` sums,
-scaling's layer-mean sums at the candidate pairs, and the SAE stage's activations on disk as they are read back, its
-optimiser and one chunk of encoded positions. A stage's estimate is the resident memory before the run (process,
-model, cells) plus what it holds; freed memory is handed back between stages (:func:`release_free_memory`), so each
-stage's measured peak is its own. When an estimate exceeds the memory this process may use (``--memory-limit``;
-default the smaller of the machine's memory and its cgroup's limit), the run stops before it writes anything, naming
-the stage, the estimate and the setting that brings it down.
+part and a part per cell of a batch. Everything else follows from the shapes the stages hold: the pooled store
+(``layers x heads x (R + C) x G x 4 + layers x G^2 x 8`` bytes: rows at every source gene, columns at the TFs) while
+it is extracted, and afterwards, as later stages read it memory-mapped a block at a time and hand the pages back
+(:mod:`analysis.io.mapped`), only each layer's head mean as float64 scores, the ranking's ``[heads, TFs, G]``
+oriented scores a block of heads at a time, the perturbation stage's dense ``[G, G]`` baselines, correlation variants
+and DE table, one head-mean ``[G^2]`` per ablation sweep item and the unablated pass's hidden states of a batch (its
+forwards start at each item's first layer; the heads' ranking is not known yet, so the sweep is planned on a seeded
+random head order), CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums
+at the candidate pairs with the gene-permuted null's per-stratum ``[K, sites, G^2]`` sums, scaling's layer-mean sums
+at the candidate pairs, and the SAE stage's activations on disk as they are read back, its optimiser and one chunk of
+encoded positions. A stage's estimate is the resident memory before the run (process, model, cells) plus what it
+holds; freed memory is handed back between stages (:func:`release_free_memory`), so each stage's measured peak is its
+own. When an estimate exceeds the memory this process may use (``--memory-limit``; default the smaller of the
+machine's memory and its cgroup's limit), the run stops before it writes anything, naming the stage, the estimate and
+the setting that brings it down.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from ..interp.ablation import sweep
 from ..interp.attention import extract_attention
 from ..interp.replay import first_hooked_layer
 from ..interp.residual import ENCODE_ROWS
+from ..io import mapped
 from ..scoring.cssi import SITE_BLOCK_BYTES
 from ..scoring.cssi_levels import choose_layout
 from ..scoring.ranking import RANK_BLOCK_BYTES
@@ -60,10 +63,12 @@ class StageEstimate:
 
 
 def release_free_memory() -> None:
-    """Hand the memory this process freed back to the system: collect garbage, then ask glibc's allocator to
-    return its free pages (``malloc_trim``; arrays under its 32 MB mmap threshold live in the heap, whose freed
-    pages it otherwise keeps). Between stages, so one stage's temporaries do not stay resident under the next."""
+    """Hand the memory this process freed back to the system: collect garbage, ask glibc's allocator to return its
+    free pages (``malloc_trim``; arrays under its 32 MB mmap threshold live in the heap, whose freed pages it
+    otherwise keeps), and drop the pages read from memory-mapped stores (:func:`analysis.io.mapped.release_all`).
+    Between stages, so one stage's temporaries and reads do not stay resident under the next."""
     gc.collect()
+    mapped.release_all()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):      # not glibc: nothing to ask
@@ -144,8 +149,8 @@ def _measure(inp: Inputs, cells: np.ndarray) -> tuple[float, int, int]:
     base = psutil.Process().memory_info().rss
     with PeakRSS() as peak:
         t0 = time.perf_counter()
-        store = extract_attention(inp.adapter, batch, inp.panel, sources=inp.source_rows, full_heads=inp.full_heads,
-                                  batch_size=cells.size, progress=False)
+        store = extract_attention(inp.adapter, batch, inp.panel, sources=inp.source_rows, n_columns=inp.n_columns,
+                                  full_heads=inp.full_heads, batch_size=cells.size, progress=False)
         seconds = time.perf_counter() - t0
     return seconds, max(peak.peak - base - store.nbytes(), 0), base
 
@@ -164,9 +169,11 @@ def calibrate(inp: Inputs) -> Calibration:
     return Calibration(seconds, one, per_cell, base, int(np.asarray(tokens.attention_mask)[longest[0]].sum()))
 
 
-def store_bytes(n_layers: int, n_heads: int, n_panel: int, n_sources: int, n_full: int) -> int:
-    """Bytes of the pooled store (:class:`analysis.io.stores.AttentionStore`) and its device accumulators."""
-    return 2 * n_layers * n_heads * n_sources * n_panel * 4 + (n_layers + n_full) * n_panel ** 2 * 8 + n_panel ** 2 * 4
+def store_bytes(n_layers: int, n_heads: int, n_panel: int, n_sources: int, n_columns: int, n_full: int) -> int:
+    """Bytes of the pooled store (:class:`analysis.io.stores.AttentionStore`) and its device accumulators: every
+    head's rows at ``n_sources`` genes and columns at ``n_columns``, the layer means, whole heads and counts."""
+    return (n_layers * n_heads * (n_sources + n_columns) * n_panel * 4 + (n_layers + n_full) * n_panel ** 2 * 8
+            + n_panel ** 2 * 4)
 
 
 def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
@@ -176,22 +183,24 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     n_cells, batch = int(inp.attention_cells.size), cfg.extraction.batch_size
     r, n_tf = int(inp.source_rows.size), int(inp.panel["is_tf"].sum())
     pair = g * g * 8
-    store = store_bytes(n_layers, n_heads, g, r, len(inp.full_heads))
+    store = store_bytes(n_layers, n_heads, g, r, inp.n_columns, len(inp.full_heads))
     forward = cal.forward(min(batch, n_cells))
     base = cal.base_bytes
-    held = store + n_layers * pair                               # the store, then each layer's head-mean scores
+    held = n_layers * pair        # each layer's head-mean scores; the store is mapped and read a block at a time
     per_head = 64 * n_tf * g              # as rank_heads sizes its blocks: scores, ranks, sort order, temporaries
     ranking_block = min(n_layers * n_heads * per_head, max(RANK_BLOCK_BYTES, per_head))
+    edges = 3 * held + 3 * pair       # the layer sums read, their scores and a temporary; the Spearman matrices
     def replay_bytes(batch_cells: int) -> int:
         """The unmodified pass's hidden states of both inputs of a batch, held for fidelity and replay."""
         return 2 * (n_layers + 1) * batch_cells * cal.length * adapter.d_model * adapter.dtype.itemsize
 
     rows = [StageEstimate("attention", base + store + forward, cal.seconds * n_cells,
                           f"{n_cells} cells x {cal.seconds:.2f} s/cell; store {store / GIB:.2f} GiB "
-                          f"({r} source genes x {g} genes x {n_layers * n_heads} heads + {n_layers} layer means); "
+                          f"({r} source rows + {inp.n_columns} TF columns x {g} genes x {n_layers * n_heads} heads + "
+                          f"{n_layers} layer means); "
                           f"forward {forward / GIB:.2f} GiB at batch {batch}",
                           "extraction.batch_size (forward), extraction.panel_size or fewer source genes (store)"),
-            StageEstimate("edges + ranking", base + held + ranking_block + 3 * pair, None,
+            StageEstimate("edges + ranking", base + max(edges, held + ranking_block + 3 * pair), None,
                           f"per-head scores of {n_tf} reference TFs x {g} genes x {n_layers * n_heads} heads, ranked "
                           f"{ranking_block / GIB:.2f} GiB at a time",
                           "extraction.panel_size, or references with fewer TFs")]
@@ -229,7 +238,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         permuted_sites = n_sites if layout.sources.size == g else len(layout.layers)   # gene-permuted null's sites
         block = min(groups * n_sites * n_pairs * 4, max(SITE_BLOCK_BYTES, groups * n_pairs * 4))  # a block of sites
         scoring = block + max(c.n_strata) * permuted_sites * g * g * 4 + (permuted_sites + 2) * g * g * 8
-        rows.append(StageEstimate("cssi", base + store + max(layout.nbytes + forward, scoring), cal.seconds * n_cells,
+        rows.append(StageEstimate("cssi", base + held + max(layout.nbytes + forward, scoring), cal.seconds * n_cells,
                                   f"{groups} groups: {layout.describe} ({layout.nbytes / GIB:.2f} GiB); scoring "
                                   f"{n_sites} sites at {n_pairs} candidate pairs a block at a time "
                                   f"({scoring / GIB:.2f} GiB); time: the extraction pass (scoring not estimated)",

@@ -77,11 +77,14 @@ def register(app, store, settings, jobs, exports):
                                      page_size=8, sort_action="native")]
         sources, rows, cols, kept = store.gene_edges(run_id, symbol)
         heads = head_rows(sources, rows, cols, symbols, g)
+        keyed = g in set(store.attention(run_id).column_rows.tolist())
+        scope = (" Layer means only: per-head attention is kept for reference TFs, perturbed genes and genes named "
+                 "in extraction.source_genes." if not kept else "" if keyed else
+                 " Per head as query only: a perturbed gene plays the regulator, so its per-head attention as key is "
+                 "not kept (it is for reference TFs and genes named in extraction.source_genes).")
         body += [html.H5("Heads whose strongest edges involve it", className="mt-3"),
                  html.P("Per head and layer mean: the gene's strongest partner as query (row) and as key (column); "
-                        "vs_typical = that edge over the gene's mean edge there." + (
-                            "" if kept else " Layer means only: per-head attention is kept for reference TFs, "
-                            "perturbed genes and genes named in extraction.source_genes."), className="explain"),
+                        "vs_typical = that edge over the gene's mean edge there." + scope, className="explain"),
                  dash_table.DataTable(data=heads.round(4).to_dict("records"), sort_action="native", page_size=N_HEADS,
                                       columns=[table_column(c, ("attention", "vs_typical")) for c in heads.columns])]
         per_tf = store.table(run_id, "per_tf")

@@ -64,11 +64,12 @@ def brute_force(adapter, tokens, panel):
 
 
 def assert_matches_dense(store, sums, counts, atol):
-    """The pooled store holds the dense reference's source rows, source columns, head means and whole heads."""
-    src = store.source_rows
+    """The pooled store holds the dense reference's source rows, the columns of the sources that keep them, head
+    means and whole heads."""
+    src, cols = store.source_rows, store.column_rows
     assert np.array_equal(store.counts, counts) and store.counts.dtype == np.uint8
     assert np.allclose(store.head_rows, sums[:, :, src, :], rtol=1e-5, atol=atol)
-    assert np.allclose(store.head_cols, np.swapaxes(sums[:, :, :, src], 2, 3), rtol=1e-5, atol=atol)
+    assert np.allclose(store.head_cols, np.swapaxes(sums[:, :, :, cols], 2, 3), rtol=1e-5, atol=atol)
     assert np.allclose(store.layer_sums, sums.mean(axis=1), rtol=1e-5, atol=atol)
     for name, matrix in store.full_heads.items():
         layer, head = (int(x) for x in name[1:].split("H"))
@@ -89,6 +90,12 @@ def test_store_equals_brute_force(family_setups, family):
     assert store.head_rows.sum() > 1.0 and store.head_cols.sum() > 1.0  # not trivially zero
     if family == "scgpt":   # panel mode: every panel pair is in every cell's input
         assert (store.counts == tokens.n_cells).all()
+    # columns kept for the two leading sources only (TFs first, a perturbed gene after), in another order
+    partial = extract_attention(adapter, tokens, panel, sources=sources[[2, 0, 1]], n_columns=2, batch_size=7,
+                                progress=False)
+    assert partial.head_cols.shape == (adapter.n_layers, adapter.n_heads, 2, len(panel))
+    assert partial.column_rows.tolist() == [len(panel) - 1, 0] and partial.params["n_columns"] == 2
+    assert_matches_dense(partial, sums, counts, TOLERANCE[family])
 
 
 def test_row_chunks_do_not_change_the_sums(family_setups):
@@ -101,15 +108,18 @@ def test_row_chunks_do_not_change_the_sums(family_setups):
         assert np.allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=1e-6)
 
 
-def test_default_sources_are_the_panels_tfs_and_perturbed_genes(family_setups):
-    from analysis.io.stores import source_genes
+def test_default_sources_are_the_panels_tfs_and_perturbed_genes_with_the_tfs_columns(family_setups):
+    from analysis.io.stores import column_count, source_genes
 
     _, _, panel = family_setups["geneformer"]
     flagged = panel.assign(is_tf=False, is_perturbed=False)
     flagged.loc[[1, 4], "is_tf"] = True
     flagged.loc[[4, 6], "is_perturbed"] = True
     assert source_genes(flagged).tolist() == [1, 4, 6]
-    assert source_genes(flagged, (str(flagged["symbol"][9]),)).tolist() == [1, 4, 6, 9]
+    assert column_count(flagged, source_genes(flagged)) == 2                 # TFs keep columns, perturbed genes not
+    asked = (str(flagged["symbol"][9]),)
+    assert source_genes(flagged, asked).tolist() == [1, 4, 9, 6]             # genes asked for keep theirs too
+    assert column_count(flagged, source_genes(flagged, asked), asked) == 3
     with pytest.raises(ValueError, match="NOT_A_GENE"):
         source_genes(flagged, ("NOT_A_GENE",))
 

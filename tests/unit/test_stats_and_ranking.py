@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from analysis.scoring.edges import EdgeScores
+from analysis.scoring.edges import EdgeScores, HeadEdges
 from analysis.scoring.ranking import average_precision, rank_heads
 from analysis.io.references import ReferenceNetwork
 from analysis.scoring.stats import benjamini_hochberg
@@ -67,6 +67,41 @@ def test_rank_heads_matches_sklearn(rng, direction):
         assert row["precision_at_5"] == pytest.approx(ys[top5].sum() / 5)
     assert res.params["n_pos"] == 5  # TF3 -> G21 is never co-observed, NOT_IN_PANEL is outside the universe
     assert res.table["q"].notna().sum() > 0 and res.table["rank"].min() == 1
+
+
+def _head_edges_of(dense: EdgeScores, rows: list[int], n_columns: int, rng) -> HeadEdges:
+    """The per-head form of ``dense`` as a store keeps it: sums (scores x counts) at ``rows``, columns at the first
+    ``n_columns`` of them."""
+    upper = np.triu(rng.integers(1, 9, dense.observed.shape))
+    counts = (upper + np.triu(upper, 1).T) * (dense.observed & dense.observed.T)       # co-occurrence is symmetric
+    sums = np.nan_to_num(dense.scores) * counts
+    rows = np.array(rows)
+    return HeadEdges(sums[:, rows], np.swapaxes(sums[:, :, rows[:n_columns]], 1, 2), rows, counts, dense.sources,
+                     dense.panel, {})
+
+
+@pytest.mark.parametrize("direction", ["tf_to_target", "target_to_tf", "symmetric"])
+def test_per_head_rows_and_tf_columns_score_as_the_dense_matrices(rng, direction):
+    """Rows at the TFs and a perturbed gene, columns at the TFs only (as the pooled store keeps them): every TF's
+    scores, the ranking and a restriction to fewer genes equal the dense matrices'; a perturbed gene's row is read
+    as regulator, and asking for it as key names what is kept."""
+    dense, ref = _toy_edges(rng)
+    tfs = [int(np.nonzero(dense.panel["symbol"].to_numpy() == tf)[0][0]) for tf in ("TF2", "TF0", "TF3", "TF1")]
+    heads = _head_edges_of(dense, tfs + [7], 4, rng)
+    truth = EdgeScores(np.where(heads.observed, dense.scores, np.nan), dense.sources, heads.observed, dense.panel, {})
+    np.testing.assert_allclose(heads.oriented(np.array(tfs), direction), truth.oriented(np.array(tfs), direction))
+    pd.testing.assert_frame_equal(rank_heads(heads, ref, direction=direction, n_null=20, seed=3).table,
+                                  rank_heads(truth, ref, direction=direction, n_null=20, seed=3).table)
+    np.testing.assert_allclose(heads.oriented(np.array([7]), "tf_to_target"), truth.oriented(np.array([7]),
+                                                                                             "tf_to_target"))
+    if direction != "tf_to_target":
+        with pytest.raises(KeyError, match="as key .* kept for reference TFs"):
+            heads.oriented(np.array([7]), direction)
+    symbols = list(dense.panel["symbol"].iloc[[7, 20, tfs[3], tfs[2], tfs[1], 12]])      # TF2 left out
+    small, small_truth = heads.restrict(symbols), truth.restrict(symbols)
+    assert small.column_rows.tolist() == [2, 3, 4] and small.rows.tolist() == [2, 3, 4, 0]
+    np.testing.assert_allclose(small.oriented(small.column_rows, direction),
+                               small_truth.oriented(small.column_rows, direction))
 
 
 def test_ranking_a_source_at_a_time_equals_ranking_all_at_once(rng):
