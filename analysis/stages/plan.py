@@ -4,21 +4,22 @@ for the stages that run the model, the time it will take on this device, plus th
 The model's own cost is measured, not modelled: the longest of the attention cells, then the two longest as one
 batch, go through the real extraction (:func:`analysis.interp.attention.extract_attention`, with the run's panel and
 source genes), which gives the seconds per cell and the resident memory of a forward with its reduction, as a fixed
-part and a part per cell of a batch. Everything else follows from the shapes the stages hold: the pooled store
-(``layers x heads x (R + C) x G x 4 + layers x G^2 x 8`` bytes: rows at every source gene, columns at the TFs) while
-it is extracted, and afterwards, as later stages read it memory-mapped a block at a time and hand the pages back
-(:mod:`analysis.io.mapped`), only each layer's head mean as float64 scores, the ranking's ``[heads, TFs, G]``
-oriented scores a block of heads at a time, the perturbation stage's dense ``[G, G]`` baselines, correlation variants
-and DE table, one head-mean ``[G^2]`` per ablation sweep item and the unablated pass's hidden states of a batch (its
-forwards start at each item's first layer; the heads' ranking is not known yet, so the sweep is planned on a seeded
-random head order), CSSI's grouped store (:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums
-at the candidate pairs with the gene-permuted null's per-stratum ``[K, sites, G^2]`` sums, scaling's layer-mean sums
-at the candidate pairs, and the SAE stage's activations on disk as they are read back, its optimiser and one chunk of
-encoded positions. A stage's estimate is the resident memory before the run (process, model, cells) plus what it
-holds; freed memory is handed back between stages (:func:`release_free_memory`), so each stage's measured peak is its
-own. When an estimate exceeds the memory this process may use (``--memory-limit``; default the smaller of the
-machine's memory and its cgroup's limit), the run stops before it writes anything, naming the stage, the estimate and
-the setting that brings it down.
+part and a part per cell of a batch; the ranking's cost is timed on one and two sources of random scores over the
+run's panel and references (:func:`ranking_rate`), an SAE step on random activations (:func:`sae_step_seconds`).
+Everything else follows from the shapes the stages hold: the pooled store (``layers x heads x (R + C) x G x 4 +
+layers x G^2 x 8`` bytes: rows at every source gene, columns at the TFs) while it is extracted, and afterwards, as
+later stages read it memory-mapped a block at a time and hand the pages back (:mod:`analysis.io.mapped`), only each
+layer's head mean as float64 scores, the ranking's ``[heads, TFs, G]`` oriented scores a block of heads at a time,
+the perturbation stage's dense ``[G, G]`` baselines, correlation variants and DE table, one head-mean ``[G^2]`` per
+ablation sweep item and the unablated pass's hidden states of a batch (its forwards start at each item's first layer;
+the heads' ranking is not known yet, so the sweep is planned on a seeded random head order), CSSI's grouped store
+(:func:`analysis.scoring.cssi_levels.choose_layout`) and then its group sums at the candidate pairs with the gene-
+permuted null's per-stratum ``[K, sites, G^2]`` sums, scaling's layer-mean sums at the candidate pairs, and the SAE
+stage's activations on disk as they are read back, its optimiser and one chunk of encoded positions. A stage's
+estimate is the resident memory before the run (process, model, cells) plus what it holds; freed memory is handed
+back between stages (:func:`release_free_memory`), so each stage's measured peak is its own. When an estimate exceeds
+the memory this process may use (``--memory-limit``; default the smaller of the machine's memory and its cgroup's
+limit), the run stops before it writes anything, naming the stage, the estimate and the setting that brings it down.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 
 from ..config import mlp_block_layers
@@ -37,11 +39,13 @@ from ..errors import InputError
 from ..interp.ablation import sweep
 from ..interp.attention import extract_attention
 from ..interp.replay import first_hooked_layer
+from ..interp.sae import train_sae
 from ..interp.residual import ENCODE_ROWS
 from ..io import mapped
 from ..scoring.cssi import SITE_BLOCK_BYTES
 from ..scoring.cssi_levels import choose_layout
-from ..scoring.ranking import RANK_BLOCK_BYTES
+from ..scoring.edges import EdgeScores
+from ..scoring.ranking import RANK_BLOCK_BYTES, rank_heads
 from .inputs import Inputs
 
 GIB = 2 ** 30
@@ -129,13 +133,19 @@ class Calibration:
     the batch of two), ``forward_bytes`` resident above the store for one cell's forward and reduction,
     ``per_cell_bytes`` what each further cell of a batch adds (the difference of the two; a forward's fixed part,
     e.g. the reduction's chunk buffers, does not grow with the batch), ``base_bytes`` resident before it (process,
-    model, cells), ``length`` the longest cell's tokens."""
+    model, cells), ``length`` the longest cell's tokens. ``ranking_call_seconds`` and ``ranking_source_seconds``:
+    one ranking call's fixed cost and its cost per ranked source, summed over the run's references and directions
+    (:func:`ranking_rate`); ``sae_step_seconds``: one SAE optimiser step (:func:`sae_step_seconds`; 0 without SAEs).
+    """
 
     seconds: float
     forward_bytes: int
     per_cell_bytes: int
     base_bytes: int
     length: int
+    ranking_call_seconds: float = 0.0
+    ranking_source_seconds: float = 0.0
+    sae_step_seconds: float = 0.0
 
     def forward(self, cells: int) -> int:
         """Bytes of a forward and reduction over a batch of ``cells`` cells."""
@@ -166,7 +176,52 @@ def calibrate(inp: Inputs) -> Calibration:
     if longest.size == 2:
         two_seconds, two, _ = _measure(inp, longest)
         seconds, per_cell = two_seconds / 2, max(two - one, 0)
-    return Calibration(seconds, one, per_cell, base, int(np.asarray(tokens.attention_mask)[longest[0]].sum()))
+    call, per_source = ranking_rate(inp)
+    step = sae_step_seconds(inp) if inp.cfg.sae.run == "on" else 0.0
+    return Calibration(seconds, one, per_cell, base, int(np.asarray(tokens.attention_mask)[longest[0]].sum()),
+                       call, per_source, step)
+
+
+def _timed(work) -> float:
+    t0 = time.perf_counter()
+    work()
+    return time.perf_counter() - t0
+
+
+def ranking_rate(inp: Inputs) -> tuple[float, float]:
+    """(seconds of one :func:`~analysis.scoring.ranking.rank_heads` call's fixed part, seconds per ranked source),
+    each summed over the run's references and ranking directions: ``rank_heads`` timed for real on one and on two
+    sources of random scores over the run's panel, against each reference, with the run's null size and top-k (the
+    difference is a source's cost; ranking time does not depend on the scores' values)."""
+    cfg, g = inp.cfg.ranking, len(inp.panel)
+    rng = np.random.default_rng(0)
+    observed = np.ones((g, g), dtype=bool)
+    probes = [EdgeScores(rng.random((n, g, g)), pd.DataFrame({"edge_type": "attention", "layer": 0,
+                                                                 "head": np.arange(n)}), observed, inp.panel, {})
+              for n in (1, 2)]
+    call = per_source = 0.0
+    for ref in inp.references:
+        for direction in cfg.directions:
+            try:
+                one, two = (_timed(lambda e=e: rank_heads(e, ref, direction=direction, top_k=cfg.top_k,
+                                                          n_null=cfg.n_null, seed=cfg.seed)) for e in probes)
+            except ValueError:                 # a reference with nothing to evaluate here: the stage skips it too
+                continue
+            per_source += max(two - one, 0.0)
+            call += max(one - max(two - one, 0.0), 0.0)
+    return call, per_source
+
+
+def sae_step_seconds(inp: Inputs, steps: int = 3) -> float:
+    """Seconds of one SAE optimiser step at the run's shape (``d_model`` in, ``expansion x d_model`` features, the
+    configured batch), timed for real over ``steps`` steps of :func:`~analysis.interp.sae.train_sae` on random
+    activations (its evaluation pass included, as each layer's training has one)."""
+    sae, d = inp.cfg.sae, inp.adapter.d_model
+    rows = np.random.default_rng(0).standard_normal((steps * sae.batch_size, d)).astype(np.float32)
+    batches = [rows[i:i + sae.batch_size] for i in range(0, rows.shape[0], sae.batch_size)]
+    seconds = _timed(lambda: train_sae(lambda: iter(batches), d, n_features=sae.expansion * d, k=sae.k, epochs=1,
+                                       lr=sae.lr, seed=sae.seed, device=inp.adapter.device))
+    return seconds / steps
 
 
 def store_bytes(n_layers: int, n_heads: int, n_panel: int, n_sources: int, n_columns: int, n_full: int) -> int:
@@ -190,6 +245,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     per_head = 64 * n_tf * g              # as rank_heads sizes its blocks: scores, ranks, sort order, temporaries
     ranking_block = min(n_layers * n_heads * per_head, max(RANK_BLOCK_BYTES, per_head))
     edges = 3 * held + 3 * pair       # the layer sums read, their scores and a temporary; the Spearman matrices
+    ranked = n_layers * n_heads + n_layers + 1              # every head, every layer mean, the Spearman baseline
     def replay_bytes(batch_cells: int) -> int:
         """The unmodified pass's hidden states of both inputs of a batch, held for fidelity and replay."""
         return 2 * (n_layers + 1) * batch_cells * cal.length * adapter.d_model * adapter.dtype.itemsize
@@ -200,9 +256,11 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                           f"{n_layers} layer means); "
                           f"forward {forward / GIB:.2f} GiB at batch {batch}",
                           "extraction.batch_size (forward), extraction.panel_size or fewer source genes (store)"),
-            StageEstimate("edges + ranking", base + max(edges, held + ranking_block + 3 * pair), None,
+            StageEstimate("edges + ranking", base + max(edges, held + ranking_block + 3 * pair),
+                          3 * cal.ranking_call_seconds + ranked * cal.ranking_source_seconds,
                           f"per-head scores of {n_tf} reference TFs x {g} genes x {n_layers * n_heads} heads, ranked "
-                          f"{ranking_block / GIB:.2f} GiB at a time",
+                          f"{ranking_block / GIB:.2f} GiB at a time; time: {ranked} sources x "
+                          f"{cal.ranking_source_seconds:.2f} s over the references and directions",
                           "extraction.panel_size, or references with fewer TFs")]
     if inp.cells.perturbation_col is not None:
         n_perts = len(inp.cells.perturbed_genes())
@@ -258,14 +316,15 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         encoded = ENCODE_ROWS * features * 8 + min(batch, n_cells) * features * 8   # pre-activations, cell sums
         training = 4 * 2 * features * adapter.d_model * 4                # weights, gradients, Adam's two moments
         edited = min(sae.specificity_cells, cfg.ablation.n_cells, n_cells, cfg.ablation.batch_size)
+        steps = sae.epochs * int(np.ceil(activations / (adapter.d_model * 4) / sae.batch_size))
         rows.append(StageEstimate("sae", base + held + max(forward + activations + training + replay_bytes(edited),
                                                            forward + encoded),
-                                  cal.seconds * n_cells,
+                                  cal.seconds * n_cells + layers * steps * cal.sae_step_seconds,
                                   f"residual stream of {layers} layer(s) captured to disk "
                                   f"({activations / GIB:.2f} GiB, read back while training), one {features}-feature "
                                   f"SAE per layer; the regulatory test encodes {ENCODE_ROWS} positions at a time "
-                                  f"({encoded / GIB:.2f} GiB); time: the capture pass (training and read-outs not "
-                                  "estimated)",
+                                  f"({encoded / GIB:.2f} GiB); time: the capture pass and {layers} x {steps} "
+                                  f"training steps of {cal.sae_step_seconds:.2f} s (read-outs not estimated)",
                                   "sae.layers, sae.max_gib, extraction.batch_size, sae.run=off"))
     return rows
 

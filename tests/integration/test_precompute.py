@@ -4,6 +4,7 @@ release layout with the real whole-human vocabulary on the same real cells; resu
 leave nothing in the cache."""
 from __future__ import annotations
 
+import logging
 import json
 from pathlib import Path
 
@@ -525,7 +526,7 @@ def test_single_perturbation_screen_and_concurrent_identical_precomputes(tmp_pat
     assert any("split(s) perturbation, joint skipped" in log for log in logs)
 
 
-def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys):
+def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys, caplog):
     """The plan is made before any stage: under a limit no stage fits, precompute names the first stage over it and
     the setting that lowers it, exits 2 and leaves the cache's runs as they were; ``--plan`` prints every stage's
     estimate and writes no run either."""
@@ -536,8 +537,12 @@ def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys
     err = capsys.readouterr().err
     assert "the attention stage would need about" in err and "extraction.batch_size" in err
     assert "0.1 GiB this process may use" in err and "Nothing was written" in err
+    caplog.set_level(logging.INFO, logger="precompute")
     assert precompute.main([*args, "--plan"]) == 0
     assert sorted(p.name for p in (cache / "artifacts").iterdir()) == before
+    plan = {line.split()[0]: line for record in caplog.records for line in record.getMessage().splitlines()
+            if line.startswith("  ")}
+    assert " min " in plan["edges"] and "sources x" in plan["edges"]              # ranking timed, not left out
 
 
 def test_memory_sizes_parse_as_a_user_writes_them():
