@@ -46,6 +46,7 @@ def run(inp: Inputs, writer: RunWriter, run_key: str, progress: bool, client=Non
             store.params["model"] = inp.adapter.name
         store.save(writer.dir)
         shutil.rmtree(writer.dir / "attention_shards", ignore_errors=True)
+    del store            # the in-memory sums go before the stage is closed, so the next stage's peak is its own
     writer.mark_done("attention", key, time.perf_counter() - t0)
     return AttentionStore.load(writer.dir), key   # memory-mapped: later stages read the rows they need
 
