@@ -206,9 +206,21 @@ def attention_edges(store: AttentionStore) -> tuple[HeadEdges, EdgeScores]:
                                                   "head": np.tile(np.arange(n_heads), n_layers)}),
                       store.panel, {"kind": "attention", "n_cells": store.n_cells})
     sources = pd.DataFrame({"edge_type": "attention_layer_mean", "layer": np.arange(n_layers), "head": -1})
-    layer_means = EdgeScores(mean_scores(store.layer_sums, store.counts), sources, np.asarray(store.counts) > 0,
-                             store.panel, {"kind": "attention", "n_cells": store.n_cells})
+    counts = np.asarray(store.counts)
+    layer_means = EdgeScores(layer_mean_scores(store.layer_sums, counts), sources, counts > 0, store.panel,
+                             {"kind": "attention", "n_cells": store.n_cells})
     return heads, layer_means
+
+
+def layer_mean_scores(layer_sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[L, G, G]`` float64 :func:`mean_scores` of ``layer_sums`` ``[L, G, G]`` (memory-mapped or not) over
+    ``counts`` ``[G, G]``, one layer at a time into the result, handing each layer's read pages back
+    (:func:`analysis.io.mapped.release`): the stage holds the result and one layer's temporaries, not three copies."""
+    out = np.empty(layer_sums.shape, dtype=np.float64)
+    for layer in range(layer_sums.shape[0]):
+        out[layer] = mean_scores(layer_sums[layer], counts)
+        mapped.release(layer_sums)
+    return out
 
 
 def spearman_matrix(x: np.ndarray) -> np.ndarray:

@@ -1,13 +1,14 @@
 """Memory-mapped stores hand back the pages a scan read: the resident set of this process, measured, grows by a
 file's size while it is read and falls back when its pages are released, with the values unchanged; a scan of every
-source row through :class:`~analysis.scoring.edges.HeadEdges` holds one read's pages at a time."""
+source row through :class:`~analysis.scoring.edges.HeadEdges` holds one read's pages at a time, and the layer means
+are made from the mapped layer sums without keeping the file's pages next to the result."""
 import numpy as np
 import pandas as pd
 import psutil
 
 from analysis.io import mapped
 from analysis.io.stores import AttentionStore
-from analysis.scoring.edges import attention_edges
+from analysis.scoring.edges import attention_edges, mean_scores
 
 MIB = 2 ** 20
 
@@ -54,3 +55,21 @@ def test_a_scan_of_every_source_row_holds_one_read_at_a_time(tmp_path):
         if row == 200:
             np.testing.assert_allclose(scores[:, 0], expected.reshape(layers * heads, g), rtol=1e-6)
     assert peak < 8 * MIB                      # without the release the scan ends holding all 32 MiB of rows
+
+
+def test_layer_means_from_a_mapped_store_hold_the_result_and_not_the_file(tmp_path):
+    rng = np.random.default_rng(2)
+    layers, g = 8, 1024                                                             # sums and means: 64 MiB each
+    panel = pd.DataFrame({"symbol": [f"G{i}" for i in range(g)], "gene_id": [f"E{i}" for i in range(g)]})
+    counts = rng.integers(0, 4, (g, g)).astype(np.uint8)
+    sums = rng.random((layers, g, g))
+    AttentionStore(np.arange(2), rng.random((layers, 2, 2, g), dtype=np.float32),
+                   rng.random((layers, 2, 1, g), dtype=np.float32), sums, counts, 3, panel).save(tmp_path)
+    store = AttentionStore.load(tmp_path)
+    mapped.release_all()
+    before = resident()
+    _, layer_means = attention_edges(store)
+    grown = resident() - before
+    np.testing.assert_array_equal(layer_means.scores, mean_scores(sums, counts))
+    assert np.isnan(layer_means.scores[:, counts == 0]).all()
+    assert 56 * MIB < grown < 96 * MIB           # the 64 MiB result; kept pages of the sums would add 64 more
