@@ -42,7 +42,7 @@ class PairUniverse:
         a, b = np.triu_indices(genes.size, k=1)
         i, j = genes[a], genes[b]
         seen = np.asarray(observed)[i, j]
-        return cls(i[seen], j[seen])
+        return cls(i[seen].astype(np.int32), j[seen].astype(np.int32))
 
     def labels(self, panel: pd.DataFrame, reference: ReferenceNetwork) -> np.ndarray:
         """``[P]`` bool: the pair is in ``reference`` in either orientation."""
@@ -58,14 +58,20 @@ class PairUniverse:
         return (matrix[self.i, self.j] + matrix[self.j, self.i]) / 2
 
 
-def _sources(layer_means: EdgeScores, corr: EdgeScores, pairs: PairUniverse) -> tuple[pd.DataFrame, np.ndarray]:
-    """(sources: edge_type, layer; ``[S, P]`` pair scores): each layer's head mean, then signed and |rho|."""
-    rho = pairs.symmetric(corr.scores[0])
-    scores = [pairs.symmetric(m) for m in layer_means.scores] + [rho, np.abs(rho)]
-    src = pd.DataFrame({"edge_type": ["attention_layer_mean"] * len(layer_means.scores) + ["spearman",
-                                                                                          "spearman_absolute"],
+def _ranked_sources(layer_means: EdgeScores, corr: EdgeScores, pairs: PairUniverse
+                    ) -> tuple[pd.DataFrame, np.ndarray]:
+    """(sources: edge_type, layer; ``[S, P]`` float64 average ranks of their pair scores, NaN scored 0): each layer's
+    head mean, then signed and |rho|. Ranked one source at a time into the result, so the temporaries are a few
+    ``[P]`` vectors, not copies of ``[S, P]``."""
+    rho = np.nan_to_num(pairs.symmetric(corr.scores[0]), nan=0.0)
+    n_layers = len(layer_means.scores)
+    ranks = np.empty((n_layers + 2, rho.size))
+    for k, matrix in enumerate(layer_means.scores):
+        ranks[k] = rankdata(np.nan_to_num(pairs.symmetric(matrix), nan=0.0))
+    ranks[n_layers], ranks[n_layers + 1] = rankdata(rho), rankdata(np.abs(rho))
+    src = pd.DataFrame({"edge_type": ["attention_layer_mean"] * n_layers + ["spearman", "spearman_absolute"],
                         "layer": list(layer_means.sources["layer"]) + [-1, -1]})
-    return src, np.nan_to_num(np.stack(scores), nan=0.0)
+    return src, ranks
 
 
 def layer_profiles(layer_means: EdgeScores, corr: EdgeScores, references: list[ReferenceNetwork]) -> pd.DataFrame:
@@ -73,8 +79,7 @@ def layer_profiles(layer_means: EdgeScores, corr: EdgeScores, references: list[R
     an undirected reference, ``regulatory`` read as pairs), edge_type, layer, auroc, n_pos, n_neg. References with
     no positive pair among the universe's pairs are left out."""
     pairs = PairUniverse.of(layer_means.panel, layer_means.observed)
-    src, scores = _sources(layer_means, corr, pairs)
-    ranks = rankdata(scores, axis=1)
+    src, ranks = _ranked_sources(layer_means, corr, pairs)
     rows = []
     for ref in references:
         y = pairs.labels(layer_means.panel, ref)
