@@ -85,9 +85,8 @@ def _folds(obs: pd.DataFrame, split: str, n_splits: int):
 
 
 def _group_folds(groups: np.ndarray, n_splits: int) -> np.ndarray:
-    uniq = np.unique(groups)
-    fold_of = dict(zip(uniq, np.arange(uniq.size) % n_splits))
-    return np.array([fold_of[g] for g in groups])
+    uniq, code = np.unique(groups, return_inverse=True)
+    return (np.arange(uniq.size) % n_splits)[code.ravel()]
 
 
 def recall_at_k(y: np.ndarray, score: np.ndarray, members: list[np.ndarray], k: int = 10) -> np.ndarray:
@@ -148,13 +147,10 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
         if len(np.unique(y_all[test_idx])) < 2:
             continue
         y, groups = y_all[test_idx], pert_all[test_idx]
-        uniq = np.unique(groups)
-        members = [np.nonzero(groups == g)[0] for g in uniq]
+        uniq, code = np.unique(groups, return_inverse=True)      # code: observation -> its group
+        members = np.split(np.argsort(code, kind="stable"), np.cumsum(np.bincount(code))[:-1])   # one sort
         picks = [rng.integers(0, uniq.size, uniq.size) for _ in range(n_boot)]
         draw_counts = [np.bincount(b, minlength=uniq.size).astype(float) for b in picks]
-        code = np.empty(y.size, dtype=np.int64)                  # observation -> its group
-        for g, m in enumerate(members):
-            code[m] = g
         ones = np.ones(y.size)
         for model in models:
             preds = {}
@@ -257,10 +253,11 @@ def propensity_match(obs: pd.DataFrame, *, covariates=GENE_FEATURES, caliper_sd:
 
 def curveball(matrix: np.ndarray, allowed: np.ndarray, *, n_trades: int, rng: np.random.Generator) -> np.ndarray:
     """Curveball randomisation (Strona et al. 2014) of a binary ``[rows, cols]`` matrix that preserves every row
-    and column sum and never places a 1 where ``allowed`` is False."""
+    and column sum and never places a 1 where ``allowed`` is False. A matrix of one row has no other arrangement
+    with its sums: it is its own null."""
     rows = [set(np.nonzero(r)[0]) for r in matrix]
     n = len(rows)
-    for _ in range(n_trades):
+    for _ in range(n_trades if n >= 2 else 0):
         a, b = rng.choice(n, 2, replace=False)
         only_a = [c for c in rows[a] - rows[b] if allowed[b, c]]
         only_b = [c for c in rows[b] - rows[a] if allowed[a, c]]

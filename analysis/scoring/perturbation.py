@@ -149,33 +149,60 @@ def gene_level_scores(cells: CellData, panel: pd.DataFrame, *, reference_degree:
     return EdgeScores(scores, sources, np.ones((g, g), dtype=bool), panel, {"kind": "gene_level"})
 
 
+def perturbation_targets(de_table: pd.DataFrame, index: dict[str, int], universe: set[str] | None = None
+                         ) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+    """Per evaluable perturbation of ``de_table`` (schema ``de_results``), in the table's order: (perturbation, its
+    panel index, ``[n]`` panel indices of its target genes, ``[n]`` bool DE labels). Targets are the panel genes
+    (``index``: symbol -> panel index) other than the perturbed gene, within ``universe`` when given; a perturbation
+    outside the panel, with no DE target or only DE targets is left out. One pass over the table (a sort by
+    perturbation), not a filter per perturbation."""
+    symbols = de_table["symbol"]
+    column = symbols.map(index)
+    keep = (~de_table["is_self"].to_numpy(dtype=bool) & column.notna().to_numpy()
+            & de_table["perturbation"].isin(index).to_numpy())
+    if universe is not None:
+        keep &= symbols.isin(universe).to_numpy()
+    codes, names = pd.factorize(de_table["perturbation"], sort=False)     # first appearance, as the table lists them
+    rows = np.flatnonzero(keep)
+    rows = rows[np.argsort(codes[rows], kind="stable")]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes[rows], minlength=len(names)))])
+    columns, labels = column.to_numpy(), de_table["is_de"].to_numpy(dtype=bool)
+    targets = []
+    for code, name in enumerate(names):
+        picked = rows[bounds[code]:bounds[code + 1]]
+        y = labels[picked]
+        if 0 < y.sum() < y.size:
+            targets.append((name, index[name], columns[picked].astype(np.int64), y))
+    return targets
+
+
 def perturbation_auroc(edges: EdgeScores | HeadEdges | EdgeSet, de: DEResult, *, direction: str = "tf_to_target",
-                       universe: set[str] | None = None) -> pd.DataFrame:
+                       universe: set[str] | None = None,
+                       targets: list[tuple[str, int, np.ndarray, np.ndarray]] | None = None) -> pd.DataFrame:
     """Per (perturbation, source) AUROC of edge scores from the perturbed gene against its DE targets.
 
     ``direction`` as in ranking (the perturbed gene plays the regulator). ``universe`` restricts target genes
-    (default: DE universe genes in the panel). Tidy columns: perturbation, edge_type, layer, head, auroc,
-    n_pos, n_neg. Non-evaluable perturbations (gene not in panel, no DE target, or all DE) are omitted.
+    (default: DE universe genes in the panel); ``targets``: :func:`perturbation_targets` of ``de`` over this panel,
+    when a caller scores many edge sets against the same table. Tidy columns: perturbation, edge_type, layer, head,
+    auroc, n_pos, n_neg. Non-evaluable perturbations (gene not in panel, no DE target, or all DE) are omitted.
     """
-    symbols = edges.panel["symbol"].to_numpy()
-    index = {s: i for i, s in enumerate(symbols)}
-    rows = []
-    for pert, tab in de.table.groupby("perturbation", sort=False):
-        if pert not in index:
-            continue
-        tab = tab[~tab["is_self"] & tab["symbol"].isin(index)]
-        if universe is not None:
-            tab = tab[tab["symbol"].isin(universe)]
-        labels = tab["is_de"].to_numpy()
-        if labels.sum() == 0 or labels.sum() == labels.size:
-            continue
-        cols = np.array([index[s] for s in tab["symbol"]])
-        scores = edges.oriented(np.array([index[pert]]), direction)[:, 0, cols]
-        auc = auroc_from_ranks(stats.rankdata(np.nan_to_num(scores), axis=1), labels)
-        for s, src in enumerate(edges.sources.itertuples(index=False)):
-            rows.append((pert, src.edge_type, src.layer, src.head, float(auc[s]), int(labels.sum()),
-                         int(labels.size - labels.sum())))
-    return pd.DataFrame(rows, columns=["perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"])
+    columns = ["perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"]
+    if targets is None:
+        targets = perturbation_targets(de.table, {s: i for i, s in enumerate(edges.panel["symbol"])}, universe)
+    if not targets:
+        return pd.DataFrame([], columns=columns)
+    aucs = np.stack([auroc_from_ranks(stats.rankdata(np.nan_to_num(
+        edges.oriented(np.array([row]), direction)[:, 0, cols]), axis=1), labels) for _, row, cols, labels in targets])
+    n_sources, n_perts = aucs.shape[1], len(targets)
+    n_pos = np.array([labels.sum() for *_, labels in targets], dtype=np.int64)
+    n_all = np.array([labels.size for *_, labels in targets], dtype=np.int64)
+    src = edges.sources
+    return pd.DataFrame({"perturbation": np.repeat([name for name, *_ in targets], n_sources),
+                         "edge_type": np.tile(src["edge_type"].to_numpy(), n_perts),
+                         "layer": np.tile(src["layer"].to_numpy(dtype=np.int64), n_perts),
+                         "head": np.tile(src["head"].to_numpy(dtype=np.int64), n_perts),
+                         "auroc": aucs.ravel().astype(float), "n_pos": np.repeat(n_pos, n_sources),
+                         "n_neg": np.repeat(n_all - n_pos, n_sources)}, columns=columns)
 
 
 def readout_auroc(panel: pd.DataFrame, de_table: pd.DataFrame, readout_layer: int):
@@ -185,10 +212,11 @@ def readout_auroc(panel: pd.DataFrame, de_table: pd.DataFrame, readout_layer: in
     de = DEResult(de_table, pd.DataFrame(), {})
     g = len(panel)
     sources = pd.DataFrame({"edge_type": ["attention_layer_mean"], "layer": [readout_layer], "head": [-1]})
+    targets = perturbation_targets(de_table, {s: i for i, s in enumerate(panel["symbol"])})   # once per sweep
 
     def score(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).reshape(g, g)
         edges = EdgeScores(mean[None], sources, np.ones((g, g), bool), panel, {})
-        return perturbation_auroc(edges, de).sort_values("perturbation")["auroc"].to_numpy()
+        return perturbation_auroc(edges, de, targets=targets).sort_values("perturbation")["auroc"].to_numpy()
     return score

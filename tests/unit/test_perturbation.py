@@ -81,6 +81,16 @@ def test_curveball_preserves_degrees_and_mask(rng):
     assert not (out & ~allowed).any() and not np.array_equal(out, m)
 
 
+def test_a_single_tf_is_its_own_degree_null(rng):
+    """One TF row: no arrangement keeps its row and column sums but itself, so the null equals the observation."""
+    labels = rng.random((1, 30)) < 0.3
+    allowed = np.ones((1, 30), dtype=bool)
+    assert np.array_equal(confounds.curveball(labels, allowed, n_trades=50, rng=rng), labels)
+    scores = rng.random((1, 1, 30))
+    (row,) = confounds.degree_null(scores, labels, allowed, n_null=9)
+    assert row["degree_null_mean"] == row["auroc"] and row["excess"] == 0.0
+
+
 def _observations(screen, seed=0):
     cells, net, universe = screen
     de = differential_expression(cells, universe, lfc_threshold=0.25)
