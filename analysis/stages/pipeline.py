@@ -27,6 +27,8 @@ from ..io.locks import exclusive
 from ..io.schemas import SchemaError
 from ..models.base import FAMILIES
 from . import ablation, attention, biology, confounds, cssi, perturbation, plan, ranking, sae, scaling
+from .calibration import calibrate
+from .memory import PeakRSS, memory_limit as default_memory_limit
 from .inputs import Inputs, resolve_inputs
 from .timing import timed
 
@@ -105,8 +107,8 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=No
     with timed("inputs"):
         inp = resolve_inputs(cfg, cache, progress=progress)
     with timed("plan"):
-        limit = memory_limit or plan.memory_limit()
-        calibration = plan.calibrate(inp)
+        limit = memory_limit or default_memory_limit()
+        calibration = calibrate(inp)
         estimates = plan.estimate(inp, calibration)
     log.info("%s", plan.describe(estimates, limit, calibration))
     plan.check(estimates, limit)
@@ -136,7 +138,7 @@ def _write_run(inp: Inputs, cache: Path, run_id: str, run_key: str, t_start: flo
     """Every stage after the inputs, into the run's partial directory, published as complete at the end; each
     stage's measured resident peak goes into its timing row, next to the plan."""
     writer = RunWriter(cache, run_id).open()
-    with plan.PeakRSS() as peaks:
+    with PeakRSS() as peaks:
         writer.peak_memory = peaks.take
         return _stages(inp, writer, run_key, t_start, progress, client, run_plan)
 
@@ -156,8 +158,10 @@ def _stages(inp: Inputs, writer: RunWriter, run_key: str, t_start: float, progre
             pert = perturbation.stage(inp, heads, layer_means, corr_edges, writer, key)
             registry.extend(pert.registry)
             de_table, per_pert = pert.tables.get("de_results"), pert.tables.get("perturbation_auroc")
+            del pert                          # its other tables are written; only the ablation reads these two
         if inp.cfg.ablation.n_cells > 0:
             registry.extend(ablation.run(inp, store, head_ranking, per_pert, de_table, writer, run_key))
+        del de_table, per_pert                # a DE row per (perturbation, gene): not held under the later stages
         if inp.cfg.cssi.n_fine > 0:
             registry.extend(cssi.run(inp, store, writer, run_key, progress))
         registry.extend(scaling.stage(inp, store.panel, writer, key))

@@ -13,7 +13,8 @@ and the time per cell is reported.
 For each family and protocol (``paper-k562``: 2,000-gene HVG universe; ``paper-rpe1``: HVGs plus perturbed genes,
 3,309-gene universe, so its screen knocks down ``--rpe1-perturbed`` further genes), it prints per stage the peak
 resident memory measured inside the run (manifest ``stage_timings``) next to the plan's estimate (manifest ``plan``),
-and the wall time; the last line is the worst peak as a fraction of 24 GiB.
+and the wall time next to the plan's time (each with its ratio, measured / planned); the last line is the worst
+peak as a fraction of 24 GiB.
 
     python tests/benchmarks/paper_scale.py [--families geneformer,scgpt] [--protocols paper-k562,paper-rpe1]
         [--controls 4] [--tfs 12] [--per-tf 4] [--set KEY=VALUE ...]
@@ -123,12 +124,6 @@ def run(family: str, protocol: str, data: Path, reference: Path, workdir: Path, 
             "cells": manifest["data"]["attention_cells"], "panel": manifest["data"]["panel_size"]}
 
 
-PLAN_OF_STAGE = {"attention": "attention", "edges": "edges + ranking", "ranking": "edges + ranking",
-                 "biology": "edges + ranking", "confounds": "edges + ranking", "perturbation": "perturbation",
-                 "ablation": "ablation", "cssi": "cssi", "scaling": "scaling", "sae": "sae"}
-TIMED_ROW = {"edges + ranking": "ranking"}            # the stage a shared plan row's time is compared with
-
-
 def report(result: dict) -> float:
     """Print one run's stages (measured peak, plan, ratio, seconds); returns its worst peak in bytes."""
     head = f"{result['family']} {result['protocol']}"
@@ -138,18 +133,20 @@ def report(result: dict) -> float:
     plan = {row["stage"]: row for row in result["plan"]["stages"]}
     print(f"\n{head}: {result['cells']} attention cells, {result['panel']} panel genes; wall {result['wall']:.0f} s, "
           f"process peak {result['peak'] / GIB:.2f} GiB")
-    print(f"  {'stage':<14} {'peak GiB':>9} {'plan GiB':>9} {'ratio':>6} {'seconds':>9} {'plan s':>8}")
+    print(f"  {'stage':<14} {'peak GiB':>9} {'plan GiB':>9} {'ratio':>6} {'seconds':>9} {'plan s':>8} {'ratio':>6}")
     for row in result["timings"]:
-        est = plan.get(PLAN_OF_STAGE.get(row["stage"], ""), None)
+        est = plan.get(row["stage"])
         measured = row.get("peak_rss_gib")
         planned = est["memory"] / GIB if est else None
         ratio = f"{measured / planned:6.2f}" if measured and planned else "     -"
-        timed_here = row["stage"] == TIMED_ROW.get(est["stage"], est["stage"]) if est else False
-        plan_s = f"{est['seconds']:8.0f}" if timed_here and est["seconds"] is not None else "       -"
+        timed = est is not None and est["seconds"] is not None
+        plan_s = f"{est['seconds']:8.0f}" if timed else "       -"
+        time_ratio = f"{row['seconds'] / est['seconds']:6.2f}" if timed and est["seconds"] > 0 else "     -"
         print(f"  {row['stage']:<14} {measured or float('nan'):9.2f} {planned or float('nan'):9.2f} {ratio} "
-              f"{row['seconds']:9.1f} {plan_s}")
+              f"{row['seconds']:9.1f} {plan_s} {time_ratio}")
     cal = result["plan"]["calibration"]
-    print(f"  calibration: {cal['length']}-token cells {cal['seconds']:.1f} s per cell; attention "
+    print(f"  calibration: {cal['length']}-token cells {cal['seconds']:.1f} s per cell (a plain forward "
+          f"{cal.get('forward_seconds', 0):.1f} s); attention "
           f"{next(r['seconds'] for r in result['timings'] if r['stage'] == 'attention') / result['cells']:.1f} s/cell")
     return result["peak"]
 

@@ -542,7 +542,11 @@ def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys
     assert sorted(p.name for p in (cache / "artifacts").iterdir()) == before
     plan = {line.split()[0]: line for record in caplog.records for line in record.getMessage().splitlines()
             if line.startswith("  ")}
-    assert " min " in plan["edges"] and "sources x" in plan["edges"]              # ranking timed, not left out
+    assert " min " in plan["ranking"] and "sources x" in plan["ranking"]          # ranking timed, not left out
+    assert " min " in plan["biology"] and "per further layer" in plan["biology"]
+    assert "not estimated below 800,000 observations" in plan["perturbation"]          # the probe would cost more
+    assert "plain forwards" in plan["ablation"] and "plain forward's" in next(
+        record.getMessage() for record in caplog.records if record.getMessage().startswith("plan (calibrated"))
 
 
 def test_memory_sizes_parse_as_a_user_writes_them():
