@@ -53,9 +53,9 @@ class Calibration:
     pass costs); ``pair_universe``: the universe gene pairs co-observed in the attention cells (layer biology's
     pairs, counted from the tokens); ``biology_seconds`` and ``biology_layer_seconds``: layer biology on one layer of
     random scores over those pairs and the run's references, and what each further layer adds
-    (:func:`biology_rate`); ``incremental_seconds`` and ``incremental_row_seconds``: the incremental-value fits and bootstrap
-    at :data:`INCREMENTAL_PROBE_ROWS` observations and per further observation (:func:`incremental_rate`; None
-    below :data:`INCREMENTAL_TIMED_FROM` observations, where the probe would cost as much as the stage);
+    (:func:`biology_rate`); ``incremental_seconds`` and ``incremental_row_seconds``: the incremental-value fits and
+    bootstrap at :data:`INCREMENTAL_PROBE_ROWS` observations and per further observation (:func:`incremental_rate`;
+    None below :data:`INCREMENTAL_TIMED_FROM` observations, where the probe would cost as much as the stage);
     ``entropy_element_seconds`` and ``readout_item_seconds``: the ablation's head entropy per stored score and its
     scoring of one sweep item's read-out (:func:`ablation_scoring_rate`); ``confounds_seconds``: the reference-side
     confound stage (:func:`confounds_rate`).
@@ -99,8 +99,8 @@ def _measure(inp: Inputs, cells: np.ndarray) -> tuple[float, int, int]:
 
 def calibrate(inp: Inputs) -> Calibration:
     """Run the longest attention cell, then the two longest as one batch, through :func:`extract_attention` with the
-    run's panel and sources (module doc). The store each builds is subtracted from its measured peak, so the bytes
-    are the forward's share."""
+    run's panel and sources (the store each builds is subtracted from its measured peak, so the bytes are the
+    forward's share), then the longest through a plain forward, and every probe of the module doc."""
     tokens = inp.attention_tokens
     longest = np.argsort(-np.asarray(tokens.attention_mask).sum(axis=1), kind="stable")[:2]
     seconds, one, base = _measure(inp, longest[:1])
@@ -116,9 +116,15 @@ def calibrate(inp: Inputs) -> Calibration:
     pairs = int(np.triu(observed[np.ix_(universe, universe)], k=1).sum())
     incremental, per_row = (incremental_rate(inp) if observation_count(inp) >= INCREMENTAL_TIMED_FROM
                             else (None, 0.0))
-    return Calibration(seconds, one, per_cell, base, int(np.asarray(tokens.attention_mask)[longest[0]].sum()),
-                       call, per_source, step, plain, pairs, *biology_rate(inp, observed), incremental, per_row,
-                       *ablation_scoring_rate(inp), confounds_rate(inp, observed))
+    biology_one, biology_layer = biology_rate(inp, observed)
+    entropy, readout = ablation_scoring_rate(inp)
+    return Calibration(seconds=seconds, forward_bytes=one, per_cell_bytes=per_cell, base_bytes=base,
+                       length=int(np.asarray(tokens.attention_mask)[longest[0]].sum()), ranking_call_seconds=call,
+                       ranking_source_seconds=per_source, sae_step_seconds=step, forward_seconds=plain,
+                       pair_universe=pairs, biology_seconds=biology_one, biology_layer_seconds=biology_layer,
+                       incremental_seconds=incremental, incremental_row_seconds=per_row,
+                       entropy_element_seconds=entropy, readout_item_seconds=readout,
+                       confounds_seconds=confounds_rate(inp, observed))
 
 
 def confounds_rate(inp: Inputs, observed: np.ndarray, shares: tuple[float, float] = (1 / 8, 1 / 4)) -> float:

@@ -111,7 +111,8 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=No
         calibration = calibrate(inp)
         estimates = plan.estimate(inp, calibration)
     log.info("%s", plan.describe(estimates, limit, calibration))
-    plan.check(estimates, limit)
+    if any(row.memory > limit for row in estimates):
+        plan.check(estimates, limit, plan.largest_fitting_batch(inp, calibration, limit))
     if plan_only:
         return None
     run_plan = plan.record(estimates, limit, calibration)

@@ -24,7 +24,7 @@ setting that brings it down.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -226,13 +226,27 @@ def sae_forwards(inp: Inputs, n_sae_layers: int, genes_per_cell: float) -> int:
     return captured + 2 * n_sae_layers * behaviour + edited + knockdown
 
 
-def check(plan: list[StageEstimate], limit: int) -> None:
-    """An InputError naming the first stage whose estimate exceeds ``limit`` bytes, and what brings it down."""
+def largest_fitting_batch(inp: Inputs, cal: Calibration, limit: int) -> int | None:
+    """The largest ``extraction.batch_size`` below the run's whose every stage estimate fits in ``limit`` bytes
+    (the batch moves the forward's memory only); None when none does."""
+    batch = inp.cfg.extraction.batch_size
+    for smaller in range(batch - 1, 0, -1):
+        cfg = replace(inp.cfg, extraction=replace(inp.cfg.extraction, batch_size=smaller))
+        if all(row.memory <= limit for row in estimate(replace(inp, cfg=cfg), cal)):
+            return smaller
+    return None
+
+
+def check(plan: list[StageEstimate], limit: int, fitting_batch: int | None = None) -> None:
+    """An InputError naming the first stage whose estimate exceeds ``limit`` bytes, and what brings it down
+    (``fitting_batch``: :func:`largest_fitting_batch`, named when a smaller batch is enough)."""
     for row in plan:
         if row.memory > limit:
+            hint = (f" (extraction.batch_size={fitting_batch} fits)" if fitting_batch is not None
+                    and "extraction.batch_size" in row.lever else "")
             raise InputError(f"the {row.stage} stage would need about {row.memory / GIB:.1f} GiB, more than the "
-                             f"{limit / GIB:.1f} GiB this process may use ({row.driver}); lower {row.lever}, or "
-                             "raise --memory-limit if more memory is really there. Nothing was written.")
+                             f"{limit / GIB:.1f} GiB this process may use ({row.driver}); lower {row.lever}{hint}, "
+                             "or raise --memory-limit if more memory is really there. Nothing was written.")
 
 
 def describe(plan: list[StageEstimate], limit: int, cal: Calibration) -> str:

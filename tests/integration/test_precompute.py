@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 import precompute
+from analysis.errors import InputError
 from analysis.io.artifacts import read_manifest, sha256_path
 from analysis.models.scgpt.checkpoint import read_vocab, save_release
 from analysis.scoring.claims import CLAIM_TABLES, claim_map
@@ -547,6 +548,28 @@ def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys
     assert "not estimated below 800,000 observations" in plan["perturbation"]          # the probe would cost more
     assert "plain forwards" in plan["ablation"] and "plain forward's" in next(
         record.getMessage() for record in caplog.records if record.getMessage().startswith("plan (calibrated"))
+
+
+def test_the_plan_finds_the_largest_extraction_batch_under_a_limit(embedded_cache):
+    """With a forward of 1 GiB per cell (a hand-made calibration), a limit 0.5 GiB above the attention stage's
+    estimate at batch 3 is met by batch 3 and by nothing larger; the error names it."""
+    from analysis.config import load_config
+    from analysis.stages import plan
+    from analysis.stages.calibration import Calibration
+    from analysis.stages.inputs import resolve_inputs
+
+    cache, _ = embedded_cache
+    cli = {SMALL[i + 1].split("=")[0]: SMALL[i + 1].split("=")[1] for i, flag in enumerate(SMALL) if flag == "--set"}
+    cli.update({"model.family": "geneformer", "ablation.n_cells": "0", "cssi.n_fine": "0"})  # the forward's stages
+    inp = resolve_inputs(load_config(None, cli), cache, progress=False)
+    gib = 2 ** 30
+    cal = Calibration(seconds=1.0, forward_bytes=gib, per_cell_bytes=gib, base_bytes=0, length=100)
+    at_8 = {row.stage: row.memory for row in plan.estimate(inp, cal)}
+    limit = at_8["attention"] - 5 * gib + gib // 2                       # batch 3's forward is 5 GiB less than 8's
+    assert plan.largest_fitting_batch(inp, cal, limit) == 3
+    with pytest.raises(InputError, match=r"extraction.batch_size=3 fits"):
+        plan.check(plan.estimate(inp, cal), limit, 3)
+    assert plan.largest_fitting_batch(inp, cal, limit - 3 * gib) is None          # not even one cell fits
 
 
 def test_memory_sizes_parse_as_a_user_writes_them():

@@ -72,4 +72,5 @@ def test_layer_means_from_a_mapped_store_hold_the_result_and_not_the_file(tmp_pa
     grown = resident() - before
     np.testing.assert_array_equal(layer_means.scores, mean_scores(sums, counts))
     assert np.isnan(layer_means.scores[:, counts == 0]).all()
-    assert 56 * MIB < grown < 96 * MIB           # the 64 MiB result; kept pages of the sums would add 64 more
+    assert grown < 96 * MIB             # the 64 MiB result at most (freed heap may hold part of it); kept pages of
+    #                                     the sums would add their 64 MiB (129 MiB measured before the release)
