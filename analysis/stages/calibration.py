@@ -38,6 +38,9 @@ from .memory import PeakRSS, release_free_memory
 # the stage)
 INCREMENTAL_PROBE_ROWS = (20_000, 40_000)
 INCREMENTAL_TIMED_FROM = 800_000
+# the reference confounds are timed (on shares of the TFs) from this many (TF, gene) pairs; below, the stage takes
+# seconds and its fits' fixed cost would make the probe as long as the stage
+CONFOUNDS_TIMED_FROM = 200_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Calibration:
     None below :data:`INCREMENTAL_TIMED_FROM` observations, where the probe would cost as much as the stage);
     ``entropy_element_seconds`` and ``readout_item_seconds``: the ablation's head entropy per stored score and its
     scoring of one sweep item's read-out (:func:`ablation_scoring_rate`); ``confounds_seconds``: the reference-side
-    confound stage (:func:`confounds_rate`).
+    confound stage (:func:`confounds_rate`; None below :data:`CONFOUNDS_TIMED_FROM` pairs).
     """
 
     seconds: float
@@ -77,7 +80,7 @@ class Calibration:
     incremental_row_seconds: float = 0.0
     entropy_element_seconds: float = 0.0
     readout_item_seconds: float = 0.0
-    confounds_seconds: float = 0.0
+    confounds_seconds: float | None = None
 
     def forward(self, cells: int) -> int:
         """Bytes of a forward and reduction over a batch of ``cells`` cells."""
@@ -124,7 +127,14 @@ def calibrate(inp: Inputs) -> Calibration:
                        pair_universe=pairs, biology_seconds=biology_one, biology_layer_seconds=biology_layer,
                        incremental_seconds=incremental, incremental_row_seconds=per_row,
                        entropy_element_seconds=entropy, readout_item_seconds=readout,
-                       confounds_seconds=confounds_rate(inp, observed))
+                       confounds_seconds=(confounds_rate(inp, observed) if confound_pairs(inp) >= CONFOUNDS_TIMED_FROM
+                                          else None))
+
+
+def confound_pairs(inp: Inputs) -> int:
+    """(reference TF, panel gene) pairs the confound stage fits on (at most: TFs without a co-observed target are
+    left out)."""
+    return int(inp.panel["is_tf"].sum()) * len(inp.panel)
 
 
 def confounds_rate(inp: Inputs, observed: np.ndarray, shares: tuple[float, float] = (1 / 8, 1 / 4)) -> float:

@@ -36,7 +36,8 @@ from ..interp.residual import ENCODE_ROWS
 from ..scoring.cssi import SITE_BLOCK_BYTES
 from ..scoring.cssi_levels import choose_layout
 from ..scoring.ranking import RANK_BLOCK_BYTES
-from .calibration import INCREMENTAL_PROBE_ROWS, INCREMENTAL_TIMED_FROM, Calibration, observation_count
+from .calibration import (CONFOUNDS_TIMED_FROM, INCREMENTAL_PROBE_ROWS, INCREMENTAL_TIMED_FROM, Calibration,
+                          observation_count)
 from .inputs import Inputs
 from .sae import capture_cells
 
@@ -110,8 +111,10 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                           "perturbation.universe_size / extraction.panel_size"),
             StageEstimate("confounds", base + held + 2 * pair + CONFOUND_PAIR_BYTES * n_tf * g,
                           cal.confounds_seconds,
-                          f"residualisation and the degree null over {n_tf} TFs x {g} genes; time: timed on "
-                          "random scores at an eighth and a quarter of the TFs",
+                          f"residualisation and the degree null over {n_tf} TFs x {g} genes; time: "
+                          + ("timed on random scores at an eighth and a quarter of the TFs"
+                             if cal.confounds_seconds is not None else
+                             f"not estimated below {CONFOUNDS_TIMED_FROM:,} pairs"),
                           "references with fewer TFs")]
     if inp.cells.perturbation_col is not None:
         n_perts = len(inp.cells.perturbed_genes())
@@ -155,8 +158,8 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                                   f"{len(items)} sweep items + baseline x {cells} cells: {forwards:.1f} plain "
                                   f"forwards of {cal.forward_seconds:.2f} s per cell (the layers before each item's "
                                   f"first replayed) and {reductions} read-out layer reductions; head entropy "
-                                  f"{entropy:.0f} s, read-out scoring at most {scoring:.0f} s; the DE table its perturbation "
-                                  f"read-out reads ({de_held / GIB:.2f} GiB)",
+                                  f"{entropy:.0f} s, read-out scoring at most {scoring:.0f} s; the DE table its "
+                                  f"perturbation read-out reads ({de_held / GIB:.2f} GiB)",
                                   "ablation.n_cells, ablation.ks, ablation.n_random"))
     if cfg.cssi.n_fine > 0:
         c = cfg.cssi

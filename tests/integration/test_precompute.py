@@ -546,6 +546,7 @@ def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys
     assert " min " in plan["ranking"] and "sources x" in plan["ranking"]          # ranking timed, not left out
     assert " min " in plan["biology"] and "per further layer" in plan["biology"]
     assert "not estimated below 800,000 observations" in plan["perturbation"]          # the probe would cost more
+    assert "not estimated below 200,000 pairs" in plan["confounds"]
     assert "plain forwards" in plan["ablation"] and "plain forward's" in next(
         record.getMessage() for record in caplog.records if record.getMessage().startswith("plan (calibrated"))
 
