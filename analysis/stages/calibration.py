@@ -86,6 +86,10 @@ class Calibration:
         """Bytes of a forward and reduction over a batch of ``cells`` cells."""
         return self.forward_bytes + max(cells - 1, 0) * self.per_cell_bytes
 
+    def reduce_seconds(self, n_layers: int) -> float:
+        """Seconds per cell of one layer's attention reduction: the extraction over a plain forward, per layer."""
+        return max(self.seconds - self.forward_seconds, 0.0) / n_layers
+
 
 def _measure(inp: Inputs, cells: np.ndarray) -> tuple[float, int, int]:
     """(seconds, resident bytes above the store, resident bytes before) of extracting ``cells`` as one batch."""

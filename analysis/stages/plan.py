@@ -45,15 +45,17 @@ GIB = 2 ** 30
 # one (perturbation, gene) row of the DE table as pandas holds it, strings included, about twice over while the
 # sensitivity grid recomputes DE (measured: 1,412 perturbations x 2,691 genes took 1.7 GB beyond the rest)
 DE_ROW_BYTES = 420
-# bytes per (TF, gene) pair the confound stage holds: covariates, scores and labels of the pairs, the fits' design
-# matrices and the degree null's permuted labels
+# bytes per (TF, gene) pair the confound stage holds (covariates, scores and labels of the pairs, the fits' design
+# matrices, the degree null's permuted labels): fitted, not derived, to the stage's measured peak above the layer
+# means at the RPE1 shape (465 TFs x 2,691 genes; 0.97 of plan on scGPT, 1.00 on V2-316M)
 CONFOUND_PAIR_BYTES = 320
 
 
 @dataclass(frozen=True)
 class StageEstimate:
-    """One stage's estimate: ``memory`` bytes resident at its peak, ``seconds`` (None where the stage's time does not
-    follow from a forward pass and is not estimated), what drives it, and the setting that brings it down."""
+    """One stage's estimate: ``memory`` bytes resident at its peak, ``seconds`` (None where no measured unit of the
+    stage's work gives its time: :mod:`analysis.stages.calibration`), what drives it, and the setting that brings it
+    down."""
 
     stage: str
     memory: int
@@ -145,7 +147,6 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         firsts = [first_hooked_layer(item.specs, n_layers) for item in items]
         forwards = 2 + 2 * sum(1 - first / n_layers for first in firsts)
         reductions = 1 + sum(first <= inp.readout_layer for first in firsts)   # the read-out layer's attention
-        reduce_seconds = max(cal.seconds - cal.forward_seconds, 0.0) / n_layers
         de_held = len(inp.cells.perturbed_genes()) * g * DE_ROW_BYTES // 2 \
             if inp.cells.perturbation_col is not None else 0
         entropy = (n_layers * n_heads * r * g * cal.entropy_element_seconds
@@ -153,7 +154,8 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         scoring = (len(items) + 1) * cal.readout_item_seconds
         rows.append(StageEstimate("ablation", base + held + de_held + (len(items) + 2) * pair
                                   + 2 * cal.forward(batch_cells) + replay_bytes(batch_cells),
-                                  cells * (forwards * cal.forward_seconds + reductions * reduce_seconds)
+                                  cells * (forwards * cal.forward_seconds
+                                           + reductions * cal.reduce_seconds(n_layers))
                                   + entropy + scoring,
                                   f"{len(items)} sweep items + baseline x {cells} cells: {forwards:.1f} plain "
                                   f"forwards of {cal.forward_seconds:.2f} s per cell (the layers before each item's "
@@ -170,9 +172,9 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         permuted_sites = n_sites if layout.sources.size == g else len(layout.layers)   # gene-permuted null's sites
         block = min(groups * n_sites * n_pairs * 4, max(SITE_BLOCK_BYTES, groups * n_pairs * 4))  # a block of sites
         scoring = block + max(c.n_strata) * permuted_sites * g * g * 4 + (permuted_sites + 2) * g * g * 8
-        reduce_seconds = max(cal.seconds - cal.forward_seconds, 0.0) / n_layers
         rows.append(StageEstimate("cssi", base + held + max(layout.nbytes + forward, scoring),
-                                  n_cells * (cal.forward_seconds + len(layout.layers) * reduce_seconds),
+                                  n_cells * (cal.forward_seconds
+                                             + len(layout.layers) * cal.reduce_seconds(n_layers)),
                                   f"{groups} groups: {layout.describe} ({layout.nbytes / GIB:.2f} GiB); scoring "
                                   f"{n_sites} sites at {n_pairs} candidate pairs a block at a time "
                                   f"({scoring / GIB:.2f} GiB); time: the grouped extraction pass over "
