@@ -49,13 +49,14 @@ class EdgeScores:
 
     def oriented(self, rows: np.ndarray, direction: str) -> np.ndarray:
         """``[S, len(rows), G]`` scores of the pairs (row gene, every gene) under ``direction``
-        (:func:`oriented_pair_scores`)."""
+        (:func:`oriented_pair_scores`), a new array."""
         return oriented_pair_scores(self.scores, rows, direction)
 
     def take(self, indices: list[int]) -> "EdgeScores":
-        """The sources at ``indices`` (rows of :attr:`sources`), alone."""
-        return EdgeScores(self.scores[indices], self.sources.iloc[indices].reset_index(drop=True), self.observed,
-                          self.panel, self.params)
+        """The sources at ``indices`` (rows of :attr:`sources`), alone; consecutive sources are a view (a ranking
+        block of every layer mean would otherwise copy ``[L, G, G]``)."""
+        return EdgeScores(self.scores[source_selector(indices)], self.sources.iloc[indices].reset_index(drop=True),
+                          self.observed, self.panel, self.params)
 
     def restrict(self, symbols: list[str]) -> "EdgeScores":
         """The same sources over the genes ``symbols`` (in that order; each must be in the panel)."""
@@ -66,6 +67,14 @@ class EdgeScores:
     def select(self, edge_type: str) -> "EdgeScores":
         """The sources of one edge type, alone."""
         return self.take(list(np.nonzero(self.sources["edge_type"].to_numpy() == edge_type)[0]))
+
+
+def source_selector(indices: list[int]) -> slice | list[int]:
+    """A slice for consecutive ``indices`` (indexing with it is a view: nothing copied, a mapped store stays mapped),
+    else the list itself."""
+    indices = list(indices)
+    consecutive = bool(indices) and indices == list(range(indices[0], indices[-1] + 1))
+    return slice(indices[0], indices[-1] + 1) if consecutive else indices
 
 
 def panel_positions(panel: pd.DataFrame, symbols: list[str]) -> np.ndarray:
@@ -123,7 +132,8 @@ class HeadEdges:
     def oriented(self, rows: np.ndarray, direction: str) -> np.ndarray:
         """``[S, len(rows), G]`` scores of (row gene, every gene) under ``direction``, as
         :func:`oriented_pair_scores` reads a dense matrix: ``tf_to_target`` A[row, gene], ``target_to_tf``
-        A[gene, row], ``symmetric`` their mean. A memory-mapped store's pages are handed back after the read."""
+        A[gene, row], ``symmetric`` their mean, a new array. A memory-mapped store's pages are handed back after the
+        read."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         rows = np.asarray(rows, dtype=np.int64)
@@ -139,9 +149,7 @@ class HeadEdges:
     def take(self, indices: list[int]) -> "HeadEdges":
         """The heads at ``indices`` (rows of :attr:`sources`), alone; consecutive heads of a memory-mapped store stay
         mapped (a view: nothing is read until rows are asked for)."""
-        indices = list(indices)
-        run = indices == list(range(indices[0], indices[-1] + 1)) if indices else False
-        at = slice(indices[0], indices[-1] + 1) if run else indices
+        at = source_selector(indices)
         return HeadEdges(self.row_sums[at], self.col_sums[at], self.rows, self.counts,
                          self.sources.iloc[indices].reset_index(drop=True), self.panel, self.params)
 
@@ -315,7 +323,8 @@ def correlation_variants(corr: EdgeScores, de_table: pd.DataFrame, modality: str
 
 def oriented_pair_scores(scores: np.ndarray, tf_rows: np.ndarray, direction: str) -> np.ndarray:
     """``[S, n_tf, G]`` scores of pairs (TF, gene) under ``direction``: ``tf_to_target`` reads A[tf, gene]
-    (TF as query), ``target_to_tf`` reads A[gene, tf], ``symmetric`` averages the two."""
+    (TF as query), ``target_to_tf`` reads A[gene, tf], ``symmetric`` averages the two; a new array (the rows are
+    gathered), which a caller may write into."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     forward = scores[:, tf_rows, :]

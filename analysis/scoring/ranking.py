@@ -23,6 +23,7 @@ from .stats import benjamini_hochberg, hanley_mcneil_ci
 
 
 RANK_BLOCK_BYTES = 512 * 2 ** 20   # sources ranked at a time (rank_heads)
+RANK_ELEMENT_BYTES = 56   # held per (source, TF, gene) score while a block is ranked (measured peak: tracemalloc)
 
 
 @dataclass(frozen=True)
@@ -100,17 +101,25 @@ def shuffled_positives(labels: np.ndarray, n_draws: int, rng: np.random.Generato
 
 def ranks_and_order(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """From one stable sort of ``flat`` ``[S, N]``: ascending average ranks ``[S, N]`` (ties averaged, as
-    ``scipy.stats.rankdata``) and the descending order ``[S, N]`` (ties broken by position) that top-k reads."""
+    ``scipy.stats.rankdata``) and the descending order ``[S, N]`` (ties broken by position) that top-k reads.
+
+    A tie group is a run of equal values in the sorted row: descending positions ``a..b`` hold ascending ranks
+    ``n - a .. n - b``, whose mean ``n - (a + b) / 2`` is repeated over the run; no per-element group index is made
+    (:data:`RANK_ELEMENT_BYTES` counts what is held)."""
     s, n = flat.shape
     order = np.argsort(-flat, axis=1, kind="stable")
     values = np.take_along_axis(flat, order, axis=1)
     starts = np.ones((s, n), dtype=bool)
     starts[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = np.cumsum(starts.ravel()) - 1                       # tie groups, never spanning two rows
-    untied = np.tile(np.arange(n, 0, -1, dtype=np.float64), s)  # descending position i -> ascending rank n - i
-    mean = np.bincount(group, untied) / np.bincount(group)
+    del values
+    first = np.flatnonzero(starts)                              # tie groups, never spanning two rows
+    del starts
+    lengths = np.diff(first, append=s * n)
+    first %= n
+    mean = n - (2 * first + lengths - 1) / 2
+    del first
     ranks = np.empty((s, n))
-    np.put_along_axis(ranks, order, mean[group].reshape(s, n), axis=1)
+    np.put_along_axis(ranks, order, np.repeat(mean, lengths).reshape(s, n), axis=1)
     return ranks, order
 
 
@@ -177,11 +186,12 @@ def rank_heads(edges: EdgeScores | HeadEdges | EdgeSet, reference: ReferenceNetw
     evaluable_tfs = np.nonzero((per_tf_n_pos > 0) & (per_tf_n_pos < uni.pair_mask.sum(axis=1)))[0]
     shuffles = shuffled_positives(y, n_null, np.random.default_rng(seed))        # the same for every block
     start = 0
-    per_source = 64 * n_tf * uni.pair_mask.shape[1]     # float64 scores, ranks, sort order and temporaries
+    per_source = RANK_ELEMENT_BYTES * n_tf * uni.pair_mask.shape[1]
+    positives = per_tf_pos.astype(np.float64)
     for block in source_blocks(edges, per_source, block_bytes):
         at = slice(start, start + len(block.sources))
         start = at.stop
-        oriented = np.nan_to_num(block.oriented(uni.tf_rows, direction), nan=0.0)  # [s, n_tf, G]
+        oriented = np.nan_to_num(block.oriented(uni.tf_rows, direction), copy=False, nan=0.0)  # [s, n_tf, G], own
         flat = oriented[:, uni.pair_mask]                                         # [s, N]
         ranks, order = ranks_and_order(flat)                                      # one sort serves every metric
         auroc[at] = auroc_from_ranks(ranks, y)
@@ -189,13 +199,15 @@ def rank_heads(edges: EdgeScores | HeadEdges | EdgeSet, reference: ReferenceNetw
         for i, k in enumerate(ks):
             f1[i, at], hits[i, at] = top_k_f1(flat, y, k, order)
         auprc[at] = [average_precision(f, y, o) for f, o in zip(flat, order)]
-        del ranks, order
+        del ranks, order, flat
         # per-TF AUROC from one sort of every (source, TF) row: pairs outside the TF's candidates sort below them
         # at -inf, which shifts its candidates' ranks by their number
-        within = np.where(uni.pair_mask, oriented, -np.inf)
-        ranks = ranks_and_order(within.reshape(-1, within.shape[-1]))[0].reshape(within.shape)
+        oriented[:, ~uni.pair_mask] = -np.inf
+        ranks = ranks_and_order(oriented.reshape(-1, oriented.shape[-1]))[0].reshape(oriented.shape)
+        del oriented
         n_pos_t, n_neg_t = per_tf_n_pos, uni.pair_mask.sum(axis=1) - per_tf_n_pos
-        rank_sum = (ranks * per_tf_pos).sum(axis=-1) - n_pos_t * per_tf_excluded                # [s, n_tf]
+        rank_sum = np.einsum("stg,tg->st", ranks, positives) - n_pos_t * per_tf_excluded                # [s, n_tf]
+        del ranks
         with np.errstate(invalid="ignore", divide="ignore"):
             tf_block = (rank_sum - n_pos_t * (n_pos_t + 1) / 2) / (n_pos_t * n_neg_t)
         tf_auroc[at, evaluable_tfs] = tf_block[:, evaluable_tfs]

@@ -35,7 +35,7 @@ from ..interp.replay import first_hooked_layer
 from ..interp.residual import ENCODE_ROWS
 from ..scoring.cssi import SITE_BLOCK_BYTES
 from ..scoring.cssi_levels import choose_layout
-from ..scoring.ranking import RANK_BLOCK_BYTES
+from ..scoring.ranking import RANK_BLOCK_BYTES, RANK_ELEMENT_BYTES
 from .calibration import (CONFOUNDS_TIMED_FROM, INCREMENTAL_PROBE_ROWS, INCREMENTAL_TIMED_FROM, Calibration,
                           observation_count)
 from .inputs import Inputs
@@ -82,7 +82,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     forward = cal.forward(min(batch, n_cells))
     base = cal.base_bytes
     held = n_layers * pair        # each layer's head-mean scores; the store is mapped and read a block at a time
-    per_head = 64 * n_tf * g              # as rank_heads sizes its blocks: scores, ranks, sort order, temporaries
+    per_head = RANK_ELEMENT_BYTES * n_tf * g      # as rank_heads sizes its blocks: scores, ranks, sort order
     ranking_block = min(n_layers * n_heads * per_head, max(RANK_BLOCK_BYTES, per_head))
     ranked = n_layers * n_heads + n_layers + 1              # every head, every layer mean, the Spearman baseline
     n_pairs, n_scored = cal.pair_universe, n_layers + 2      # layer biology: layer means, signed and |rho|

@@ -1,4 +1,6 @@
 """Metrics against independent references: statsmodels BH, scikit-learn AUROC / AUPRC, hand-counted top-k."""
+import tracemalloc
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,7 +8,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
 from analysis.scoring.edges import EdgeScores, HeadEdges
-from analysis.scoring.ranking import average_precision, rank_heads
+from analysis.scoring.ranking import RANK_ELEMENT_BYTES, average_precision, rank_heads
 from analysis.io.references import ReferenceNetwork
 from analysis.scoring.stats import benjamini_hochberg
 
@@ -111,6 +113,29 @@ def test_ranking_a_source_at_a_time_equals_ranking_all_at_once(rng):
     blocked = rank_heads(edges, ref, top_k=(5, 20), n_null=30, seed=2, block_bytes=1)
     pd.testing.assert_frame_equal(whole.table, blocked.table)
     pd.testing.assert_frame_equal(whole.per_tf, blocked.per_tf)
+
+
+@pytest.mark.parametrize("direction", ["tf_to_target", "symmetric"])
+def test_ranking_holds_one_block_of_sources_at_a_time(rng, direction):
+    """The block budget bounds what a block holds (scores, ranks, sort order and temporaries), as the plan counts it;
+    a block of every layer mean is a view of the scores, not an [L, G, G] copy."""
+    n_genes, n_tf, n_sources = 1500, 120, 12
+    symbols = [f"TF{i}" for i in range(n_tf)] + [f"G{i}" for i in range(n_genes - n_tf)]
+    ref = ReferenceNetwork("R", pd.DataFrame({"reference": "R", "tf": np.repeat(symbols[:n_tf], 10),
+                                              "target": rng.choice(symbols[n_tf:], n_tf * 10), "mode": "unknown",
+                                              "confidence": 1.0}), {})
+    scores = rng.random((n_sources, n_genes, n_genes))
+    sources = pd.DataFrame({"edge_type": "attention_layer_mean", "layer": np.arange(n_sources), "head": -1})
+    edges = EdgeScores(scores, sources, np.ones((n_genes, n_genes), dtype=bool), pd.DataFrame({"symbol": symbols}), {})
+    assert np.shares_memory(edges.take(list(range(n_sources))).scores, scores)
+    block = 3 * RANK_ELEMENT_BYTES * n_tf * n_genes     # three sources a block; the universe masks add about 7%
+    tracemalloc.start()
+    try:
+        rank_heads(edges, ref, direction=direction, n_null=10, block_bytes=block)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 1.2 * block, f"a block of {block / 2**20:.0f} MiB held {peak / 2**20:.0f} MiB"
 
 
 def test_planted_head_is_significant(rng):
