@@ -9,13 +9,16 @@ overhead). The co-observed gene pairs are counted from the tokens. Then, on rand
 references and settings: the ranking on one and two sources (:func:`ranking_rate`), an SAE step
 (:func:`sae_step_seconds`), layer biology on one and two layers (:func:`biology_rate`), the reference confounds on
 shares of the TFs (:func:`confounds_rate`), the ablation's head entropy and read-out scoring
-(:func:`ablation_scoring_rate`) and, for a large screen, the incremental-value models on random observation tables
-(:func:`incremental_rate`).
+(:func:`ablation_scoring_rate`), for a large screen, the incremental-value models on random observation tables
+(:func:`incremental_rate`), and the disk's write rate (:func:`write_rate`).
 """
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,11 +27,11 @@ import psutil
 from ..interp.attention import count_pairs, extract_attention
 from ..interp.sae import train_sae
 from ..scoring import biology
-from ..scoring.confounds import GENE_FEATURES, incremental_value
-from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores
+from ..scoring.confounds import GENE_FEATURES, degree_null, incremental_value
+from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, spearman_edges
 from ..scoring.heads import attention_entropy
 from ..scoring.perturbation import readout_auroc
-from ..scoring.ranking import rank_heads
+from ..scoring.ranking import evaluable_universe, rank_heads
 from .confounds import run as reference_confounds
 from .inputs import Inputs
 from .memory import PeakRSS, release_free_memory
@@ -41,6 +44,9 @@ INCREMENTAL_TIMED_FROM = 800_000
 # the reference confounds are timed (on shares of the TFs) from this many (TF, gene) pairs; below, the stage takes
 # seconds and its fits' fixed cost would make the probe as long as the stage
 CONFOUNDS_TIMED_FROM = 200_000
+# at most this many bytes (the store's size, when smaller) are written to time the disk under the cache (the attention
+# and CSSI stores are written once each)
+WRITE_PROBE_BYTES = 256 * 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ class Calibration:
     None below :data:`INCREMENTAL_TIMED_FROM` observations, where the probe would cost as much as the stage);
     ``entropy_element_seconds`` and ``readout_item_seconds``: the ablation's head entropy per stored score and its
     scoring of one sweep item's read-out (:func:`ablation_scoring_rate`); ``confounds_seconds``: the reference-side
-    confound stage (:func:`confounds_rate`; None below :data:`CONFOUNDS_TIMED_FROM` pairs).
+    confound stage (:func:`confounds_rate`; None below :data:`CONFOUNDS_TIMED_FROM` pairs); ``write_byte_seconds``:
+    seconds per byte written under the cache (:func:`write_rate`: the stores' writes).
     """
 
     seconds: float
@@ -81,6 +88,7 @@ class Calibration:
     entropy_element_seconds: float = 0.0
     readout_item_seconds: float = 0.0
     confounds_seconds: float | None = None
+    write_byte_seconds: float = 0.0
 
     def forward(self, cells: int) -> int:
         """Bytes of a forward and reduction over a batch of ``cells`` cells."""
@@ -91,8 +99,9 @@ class Calibration:
         return max(self.seconds - self.forward_seconds, 0.0) / n_layers
 
 
-def _measure(inp: Inputs, cells: np.ndarray) -> tuple[float, int, int]:
-    """(seconds, resident bytes above the store, resident bytes before) of extracting ``cells`` as one batch."""
+def _measure(inp: Inputs, cells: np.ndarray) -> tuple[float, int, int, int]:
+    """(seconds, resident bytes above the store, resident bytes before, the store's bytes) of extracting ``cells`` as
+    one batch."""
     release_free_memory()
     batch = inp.attention_tokens.subset(cells)
     base = psutil.Process().memory_info().rss
@@ -101,24 +110,25 @@ def _measure(inp: Inputs, cells: np.ndarray) -> tuple[float, int, int]:
         store = extract_attention(inp.adapter, batch, inp.panel, sources=inp.source_rows, n_columns=inp.n_columns,
                                   full_heads=inp.full_heads, batch_size=cells.size, progress=False)
         seconds = time.perf_counter() - t0
-    return seconds, max(peak.peak - base - store.nbytes(), 0), base
+    return seconds, max(peak.peak - base - store.nbytes(), 0), base, store.nbytes()
 
 
-def calibrate(inp: Inputs) -> Calibration:
+def calibrate(inp: Inputs, cache: Path) -> Calibration:
     """Run the longest attention cell, then the two longest as one batch, through :func:`extract_attention` with the
     run's panel and sources (the store each builds is subtracted from its measured peak, so the bytes are the
-    forward's share), then the longest through a plain forward, and every probe of the module doc."""
+    forward's share), then the longest through a plain forward, and every probe of the module doc (the disk's write
+    rate under ``cache``)."""
     tokens = inp.attention_tokens
     longest = np.argsort(-np.asarray(tokens.attention_mask).sum(axis=1), kind="stable")[:2]
-    seconds, one, base = _measure(inp, longest[:1])
+    seconds, one, base, store_bytes = _measure(inp, longest[:1])
     per_cell = one
     if longest.size == 2:
-        two_seconds, two, _ = _measure(inp, longest)
+        two_seconds, two, _, _ = _measure(inp, longest)
         seconds, per_cell = two_seconds / 2, max(two - one, 0)
-    call, per_source = ranking_rate(inp)
+    observed = co_observed(inp)
+    call, per_source = ranking_rate(inp, observed)
     step = sae_step_seconds(inp) if inp.cfg.sae.run == "on" else 0.0
     plain = _timed(lambda: inp.adapter.forward(tokens.subset(longest[:1]), output_hidden_states=True, decode=False))
-    observed = co_observed(inp)
     universe = np.flatnonzero(inp.panel["in_universe"].to_numpy(dtype=bool))
     pairs = int(np.triu(observed[np.ix_(universe, universe)], k=1).sum())
     incremental, per_row = (incremental_rate(inp) if observation_count(inp) >= INCREMENTAL_TIMED_FROM
@@ -132,7 +142,8 @@ def calibrate(inp: Inputs) -> Calibration:
                        incremental_seconds=incremental, incremental_row_seconds=per_row,
                        entropy_element_seconds=entropy, readout_item_seconds=readout,
                        confounds_seconds=(confounds_rate(inp, observed) if confound_pairs(inp) >= CONFOUNDS_TIMED_FROM
-                                          else None))
+                                          else None),
+                       write_byte_seconds=write_rate(cache, min(WRITE_PROBE_BYTES, max(store_bytes, 2 ** 20))))
 
 
 def confound_pairs(inp: Inputs) -> int:
@@ -142,11 +153,18 @@ def confound_pairs(inp: Inputs) -> int:
 
 
 def confounds_rate(inp: Inputs, observed: np.ndarray, shares: tuple[float, float] = (1 / 8, 1 / 4)) -> float:
-    """Seconds of the reference-side confound stage (:func:`analysis.stages.confounds.run`: residualisation fits
-    and the degree null, whose costs grow with the reference TFs x panel genes they score), timed for real on the
-    run's cells, references and settings with random read-out scores over panels that keep each of ``shares`` of
-    the reference TFs (and every other gene; ``observed``: the co-observed pairs), extended to all of them (with 16
-    TFs or fewer, on all of them)."""
+    """Seconds of the reference-side confound stage (:func:`analysis.stages.confounds.run`), timed for real on the
+    run's cells, references and settings (``observed``: the co-observed pairs) in two parts:
+
+    - the stage with one degree-null draw, over panels that keep each of ``shares`` of the reference TFs, spread over
+      them (and every other gene), extended to all of them (with 16 TFs or fewer, on all of them): the residualisation
+      fits grow with the TFs x genes they score. The correlation is the real one over the attention cells: how long
+      the boosted fits run before they stop depends on how well the expression covariates predict the scores, which
+      they do for a correlation and not for random numbers (a random correlation stopped at 10-15 of 150 rounds; the
+      real one ran all 150). The attention scores are random: the model's are not known before the run;
+    - each further degree-null draw, timed on every reference's whole evaluable universe (:func:`degree_draw_seconds`):
+      a curveball draw's trades grow with the TFs times their mean degree, which a share of the TFs does not keep.
+    """
     panel = inp.panel
     tfs = np.flatnonzero(panel["is_tf"].to_numpy(dtype=bool))
     if tfs.size < 2:                        # the degree null trades targets between two TFs or more
@@ -154,22 +172,44 @@ def confounds_rate(inp: Inputs, observed: np.ndarray, shares: tuple[float, float
     rng = np.random.default_rng(0)
     counts = ([tfs.size] if tfs.size <= 16 else            # few TFs: the whole stage is the cheaper probe
               sorted({int(round(share * tfs.size)) for share in shares}))
+    rho = spearman_edges(inp.attention_cell_data, panel).scores[0]
+    one_draw = dataclasses.replace(inp.cfg.perturbation, n_degree_null=1)
 
     def timed_share(n_tfs: int) -> float:
-        keep = np.sort(np.concatenate([np.flatnonzero(~panel["is_tf"].to_numpy(dtype=bool)), tfs[:n_tfs]]))
+        spread = tfs[np.linspace(0, tfs.size - 1, n_tfs).round().astype(np.int64)]
+        keep = np.sort(np.concatenate([np.flatnonzero(~panel["is_tf"].to_numpy(dtype=bool)), spread]))
         sub = panel.iloc[keep].reset_index(drop=True)
         n = keep.size
         seen = observed[np.ix_(keep, keep)]
         attention = EdgeScores(rng.random((1, n, n)), pd.DataFrame({"edge_type": ["attention_layer_mean"],
                                                                      "layer": [inp.readout_layer], "head": [-1]}),
                                seen, sub, {})
-        corr = EdgeScores(rng.uniform(-1, 1, (1, n, n)), pd.DataFrame({"edge_type": ["spearman"], "layer": [-1],
+        corr = EdgeScores(rho[np.ix_(keep, keep)][None], pd.DataFrame({"edge_type": ["spearman"], "layer": [-1],
                                                                         "head": [-1]}), seen, sub, {})
         return _timed(lambda: reference_confounds(inp.attention_cell_data, sub, attention, corr, inp.references,
-                                                  inp.cfg.perturbation, inp.readout_layer))
+                                                  one_draw, inp.readout_layer))
     times = [timed_share(n) for n in counts]
     per_tf = max(times[-1] - times[0], 0.0) / max(counts[-1] - counts[0], 1)
-    return times[0] + (tfs.size - counts[0]) * per_tf
+    further = max(inp.cfg.perturbation.n_degree_null - 1, 0) * degree_draw_seconds(inp, observed)
+    return times[0] + (tfs.size - counts[0]) * per_tf + further
+
+
+def degree_draw_seconds(inp: Inputs, observed: np.ndarray) -> float:
+    """Seconds of one further draw of :func:`~analysis.scoring.confounds.degree_null` for the stage's three edge
+    matrices, summed over the run's references: timed for real with one and with three draws on each reference's
+    evaluable universe over the co-observed pairs ``observed`` (random scores: a draw's cost is the curveball's and
+    the AUROCs', neither of which depends on the values)."""
+    rng = np.random.default_rng(0)
+    seconds = 0.0
+    for ref in inp.references:
+        uni = evaluable_universe(inp.panel, ref, observed)
+        if uni.n_pos == 0:
+            continue
+        scores = rng.random((3, *uni.labels.shape))
+        one, three = (_timed(lambda n=n: degree_null(scores, uni.labels, uni.pair_mask, n_null=n,
+                                                     seed=inp.cfg.perturbation.seed)) for n in (1, 3))
+        seconds += max(three - one, 0.0) / 2
+    return seconds
 
 
 def ablation_scoring_rate(inp: Inputs, probe_rows: int = 256, probe_perturbations: int = 50) -> tuple[float, float]:
@@ -272,20 +312,30 @@ def incremental_rate(inp: Inputs) -> tuple[float, float]:
     return times[0], max(times[1] - times[0], 0.0) / (large - small)
 
 
+def write_rate(directory: Path, nbytes: int = WRITE_PROBE_BYTES) -> float:
+    """Seconds per byte of writing an array to a new ``.npy`` file in ``directory`` (where the run's stores go; the
+    system's temporary directory while it does not exist yet), as :meth:`~analysis.io.stores.AttentionStore.save`
+    writes: ``nbytes`` written for real, then removed."""
+    directory = Path(directory) if Path(directory).is_dir() else Path(tempfile.gettempdir())
+    data = np.ones(nbytes // 8)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".write-probe-") as probe:
+        return _timed(lambda: np.save(Path(probe) / "probe.npy", data)) / nbytes
+
+
 def _timed(work) -> float:
     t0 = time.perf_counter()
     work()
     return time.perf_counter() - t0
 
 
-def ranking_rate(inp: Inputs) -> tuple[float, float]:
+def ranking_rate(inp: Inputs, observed: np.ndarray) -> tuple[float, float]:
     """(seconds of one :func:`~analysis.scoring.ranking.rank_heads` call's fixed part, seconds per ranked source),
     each summed over the run's references and ranking directions: ``rank_heads`` timed for real on one and on two
-    sources of random scores over the run's panel, against each reference, with the run's null size and top-k (the
-    difference is a source's cost; ranking time does not depend on the scores' values)."""
+    sources of random scores over the run's panel and co-observed pairs (``observed`` ``[G, G]``: they make the
+    evaluable TFs and candidate pairs), against each reference, with the run's null size and top-k (the difference is
+    a source's cost; ranking time does not depend on the scores' values)."""
     cfg, g = inp.cfg.ranking, len(inp.panel)
     rng = np.random.default_rng(0)
-    observed = np.ones((g, g), dtype=bool)
     probes = [EdgeScores(rng.random((n, g, g)), pd.DataFrame({"edge_type": "attention", "layer": 0,
                                                                  "head": np.arange(n)}), observed, inp.panel, {})
               for n in (1, 2)]

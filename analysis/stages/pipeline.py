@@ -108,7 +108,7 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=No
         inp = resolve_inputs(cfg, cache, progress=progress)
     with timed("plan"):
         limit = memory_limit or default_memory_limit()
-        calibration = calibrate(inp)
+        calibration = calibrate(inp, Path(cache))
         estimates = plan.estimate(inp, calibration)
     log.info("%s", plan.describe(estimates, limit, calibration))
     if any(row.memory > limit for row in estimates):

@@ -39,7 +39,7 @@ from ..scoring.ranking import RANK_BLOCK_BYTES, RANK_ELEMENT_BYTES
 from .calibration import (CONFOUNDS_TIMED_FROM, INCREMENTAL_PROBE_ROWS, INCREMENTAL_TIMED_FROM, Calibration,
                           observation_count)
 from .inputs import Inputs
-from .sae import capture_cells
+from .sae import capture_cells, knocked_down_tfs
 
 GIB = 2 ** 30
 # one (perturbation, gene) row of the DE table as pandas holds it, strings included, about twice over while the
@@ -90,8 +90,10 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         """The unmodified pass's hidden states of both inputs of a batch, held for fidelity and replay."""
         return 2 * (n_layers + 1) * batch_cells * cal.length * adapter.d_model * adapter.dtype.itemsize
 
-    rows = [StageEstimate("attention", base + store + forward, cal.seconds * n_cells,
-                          f"{n_cells} cells x {cal.seconds:.2f} s/cell; store {store / GIB:.2f} GiB "
+    rows = [StageEstimate("attention", base + store + forward,
+                          cal.seconds * n_cells + store * cal.write_byte_seconds,
+                          f"{n_cells} cells x {cal.seconds:.2f} s/cell, then the store written "
+                          f"({store * cal.write_byte_seconds:.0f} s); store {store / GIB:.2f} GiB "
                           f"({r} source rows + {inp.n_columns} TF columns x {g} genes x {n_layers * n_heads} heads + "
                           f"{n_layers} layer means); "
                           f"forward {forward / GIB:.2f} GiB at batch {batch}",
@@ -174,11 +176,12 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         scoring = block + max(c.n_strata) * permuted_sites * g * g * 4 + (permuted_sites + 2) * g * g * 8
         rows.append(StageEstimate("cssi", base + held + max(layout.nbytes + forward, scoring),
                                   n_cells * (cal.forward_seconds
-                                             + len(layout.layers) * cal.reduce_seconds(n_layers)),
+                                             + len(layout.layers) * cal.reduce_seconds(n_layers))
+                                  + layout.nbytes * cal.write_byte_seconds,
                                   f"{groups} groups: {layout.describe} ({layout.nbytes / GIB:.2f} GiB); scoring "
                                   f"{n_sites} sites at {n_pairs} candidate pairs a block at a time "
                                   f"({scoring / GIB:.2f} GiB); time: the grouped extraction pass over "
-                                  f"{len(layout.layers)} layer(s) (scoring not estimated)",
+                                  f"{len(layout.layers)} layer(s) and its write (scoring not estimated)",
                                   "cssi.layers or cssi.max_gib, cssi.n_fine, cssi.n_random_groups "
                                   "(or cssi.n_fine=0 to skip CSSI)"))
     if cfg.cssi.n_fine > 0 and cfg.scaling.n_seeds > 0:
@@ -214,21 +217,24 @@ def sae_forwards(inp: Inputs, n_sae_layers: int, genes_per_cell: float) -> int:
     """Cell forwards the SAE stage runs (:mod:`analysis.stages.sae`): the captured cells once; per layer, two per
     behaviour cell (unchanged and spliced); per layer but the last, two plus two per edited feature on each
     specificity cell; and one per regulatory-test cell: up to ``sae.regulatory_cells`` controls and as many of each
-    knocked-down TF of the first reference (every such TF counted: the test keeps those with enough targets)."""
+    knocked-down TF that the test keeps (:func:`~analysis.stages.sae.knocked_down_tfs`, over the genes of the captured
+    cells' tokens)."""
     cfg, sae, n_layers = inp.cfg, inp.cfg.sae, inp.adapter.n_layers
     n_cells = int(inp.attention_cells.size)
     layers = sae.layers or tuple(range(n_layers))
-    captured = capture_cells(n_cells, genes_per_cell, n_sae_layers, inp.adapter.d_model, sae.max_gib, sae.seed).size
+    captured = capture_cells(n_cells, genes_per_cell, n_sae_layers, inp.adapter.d_model, sae.max_gib, sae.seed)
     behaviour = min(max(cfg.ablation.n_cells, 1), n_cells)
     edited = sum(layer != n_layers - 1 for layer in layers) * min(sae.specificity_cells, behaviour) * \
         (2 + 2 * sae.specificity_features)
+    genes = np.asarray(inp.attention_tokens.gene_index)[captured]
+    genes_in = np.bincount(genes[genes >= 0], minlength=len(inp.attention_tokens.genes)) > 0
+    tfs = knocked_down_tfs(inp, genes_in)
     knockdown = 0
-    if inp.cells.perturbation_col is not None and inp.references:
+    if tfs:
         labels = inp.cells.obs[inp.cells.perturbation_col].astype(str).value_counts()
-        tfs = set(inp.references[0].edges["tf"].astype(str))
-        groups = [inp.cells.control_label] + [label for label in labels.index if label in tfs]
-        knockdown = sum(min(sae.regulatory_cells, int(labels.get(label, 0))) for label in groups)
-    return captured + 2 * n_sae_layers * behaviour + edited + knockdown
+        knockdown = sum(min(sae.regulatory_cells, int(labels.get(label, 0)))
+                        for label in [inp.cells.control_label, *tfs])
+    return captured.size + 2 * n_sae_layers * behaviour + edited + knockdown
 
 
 def largest_fitting_batch(inp: Inputs, cal: Calibration, limit: int) -> int | None:
@@ -258,9 +264,11 @@ def describe(plan: list[StageEstimate], limit: int, cal: Calibration) -> str:
     """The plan as the log and ``--plan`` print it."""
     ratio = f" ({cal.seconds / cal.forward_seconds:.2f}x a plain forward's {cal.forward_seconds:.2f} s)" \
         if cal.forward_seconds > 0 else ""
+    written = f"the cache's disk writes {1 / cal.write_byte_seconds / 2 ** 20:.0f} MiB/s; " \
+        if cal.write_byte_seconds > 0 else ""
     lines = [f"plan (calibrated on {cal.length}-token cells: extraction {cal.seconds:.2f} s per cell{ratio}, forward "
              f"{cal.forward_bytes / GIB:.2f} GiB + {cal.per_cell_bytes / GIB:.2f} GiB per further cell of a batch; "
-             f"memory limit {limit / GIB:.1f} GiB):"]
+             f"{written}memory limit {limit / GIB:.1f} GiB):"]
     for row in plan:
         when = f"{row.seconds / 60:7.1f} min" if row.seconds is not None else "  (not estimated)"
         lines.append(f"  {row.stage:<16} {row.memory / GIB:6.2f} GiB {when}  {row.driver}")

@@ -182,6 +182,26 @@ def causal_specificity(inp: Inputs, cells: AblationInputs, layer: int, sae: TopK
     return (float(np.median(ratio)) if ratio.size else float("nan")), int(ratio.size)
 
 
+def knocked_down_tfs(inp: Inputs, genes_in: np.ndarray) -> dict[str, np.ndarray]:
+    """TF -> its targets ``[G]`` bool over ``tokens.genes``, for every perturbation of the data that is a TF of the
+    first reference with at least :data:`MIN_TARGETS` targets among the captured genes (``genes_in`` ``[G]`` bool);
+    empty without a perturbation column or a reference."""
+    data = inp.cells
+    if not data.perturbation_col or not inp.references:
+        return {}
+    symbols = inp.attention_tokens.genes["symbol"].astype(str).to_numpy()
+    index = {s: i for i, s in enumerate(symbols)}
+    edges = inp.references[0].edges
+    perturbed = set(data.obs[data.perturbation_col].astype(str))
+    targets = {}
+    for tf, group in edges[edges["tf"] != edges["target"]].groupby("tf"):
+        member = np.zeros(symbols.size, dtype=bool)
+        member[[index[t] for t in group["target"] if t in index]] = True
+        if str(tf) in perturbed and (member & genes_in).sum() >= MIN_TARGETS:
+            targets[str(tf)] = member
+    return targets
+
+
 def knockdown_cells(inp: Inputs, panel: pd.DataFrame, genes_in: np.ndarray
                     ) -> tuple[TokenizedCells, dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]] | None:
     """The regulatory test's cells (module doc): up to ``sae.regulatory_cells`` (seeded) control cells and cells of
@@ -189,21 +209,12 @@ def knockdown_cells(inp: Inputs, panel: pd.DataFrame, genes_in: np.ndarray
     captured genes (``genes_in`` ``[G]`` bool over ``tokens.genes``), as model input; with each TF's rows, the
     control rows and each TF's targets ``[G]`` bool. None when the data has no perturbation or no such TF."""
     data, cfg = inp.cells, inp.cfg.sae
-    if not data.perturbation_col or not inp.references:
+    targets = knocked_down_tfs(inp, genes_in)
+    if not targets:
         return None
     symbols = inp.attention_tokens.genes["symbol"].astype(str).to_numpy()
-    index = {s: i for i, s in enumerate(symbols)}
-    edges = inp.references[0].edges
-    targets = {}
-    for tf, group in edges[edges["tf"] != edges["target"]].groupby("tf"):
-        member = np.zeros(symbols.size, dtype=bool)
-        member[[index[t] for t in group["target"] if t in index]] = True
-        if (member & genes_in).sum() >= MIN_TARGETS:
-            targets[str(tf)] = member
     labels = data.obs[data.perturbation_col].astype(str).to_numpy()
-    tfs = sorted(set(labels) & set(targets))
-    if not tfs:
-        return None
+    tfs = sorted(targets)
     rng = np.random.default_rng([cfg.seed, 23])
     picks = {label: np.sort(rng.choice(np.flatnonzero(labels == label), min(cfg.regulatory_cells,
                                                                              int((labels == label).sum())),
