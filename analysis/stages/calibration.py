@@ -6,9 +6,10 @@ The longest of the attention cells, then the two longest as one batch, go throug
 the resident memory of a forward with its reduction, as a fixed part and a part per cell of a batch; the longest cell
 through a plain forward (hidden states, no reduction: an ablation pass; the ratio of the two is the extraction's
 overhead). The co-observed gene pairs are counted from the tokens. Then, on random scores at the run's panel,
-references and settings: the ranking on one and two sources (:func:`ranking_rate`), an SAE step
+co-observed pairs, references and settings: the ranking on one and two sources (:func:`ranking_rate`), an SAE step
 (:func:`sae_step_seconds`), layer biology on one and two layers (:func:`biology_rate`), the reference confounds on
-shares of the TFs (:func:`confounds_rate`), the ablation's head entropy and read-out scoring
+shares of the TFs with the real correlation, and their degree-null draws on all of them (:func:`confounds_rate`), the
+ablation's head entropy and read-out scoring
 (:func:`ablation_scoring_rate`), for a large screen, the incremental-value models on random observation tables
 (:func:`incremental_rate`), and the disk's write rate (:func:`write_rate`).
 """

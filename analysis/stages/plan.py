@@ -54,14 +54,15 @@ CONFOUND_PAIR_BYTES = 320
 @dataclass(frozen=True)
 class StageEstimate:
     """One stage's estimate: ``memory`` bytes resident at its peak, ``seconds`` (None where no measured unit of the
-    stage's work gives its time: :mod:`analysis.stages.calibration`), what drives it, and the setting that brings it
-    down."""
+    stage's work gives its time: :mod:`analysis.stages.calibration`; ``partial`` where it times only part of the
+    stage, which ``driver`` names), what drives it, and the setting that brings it down."""
 
     stage: str
     memory: int
     seconds: float | None
     driver: str
     lever: str
+    partial: bool = False
 
 
 def store_bytes(n_layers: int, n_heads: int, n_panel: int, n_sources: int, n_columns: int, n_full: int) -> int:
@@ -183,7 +184,7 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
                                   f"({scoring / GIB:.2f} GiB); time: the grouped extraction pass over "
                                   f"{len(layout.layers)} layer(s) and its write (scoring not estimated)",
                                   "cssi.layers or cssi.max_gib, cssi.n_fine, cssi.n_random_groups "
-                                  "(or cssi.n_fine=0 to skip CSSI)"))
+                                  "(or cssi.n_fine=0 to skip CSSI)", partial=True))
     if cfg.cssi.n_fine > 0 and cfg.scaling.n_seeds > 0:
         scaled = groups * (len(layout.layers) * 4 + 8) * n_tf * g + 6 * (len(layout.layers) + 2) * n_tf * g * 8
         rows.append(StageEstimate("scaling", base + held + scaled, None,
@@ -270,7 +271,8 @@ def describe(plan: list[StageEstimate], limit: int, cal: Calibration) -> str:
              f"{cal.forward_bytes / GIB:.2f} GiB + {cal.per_cell_bytes / GIB:.2f} GiB per further cell of a batch; "
              f"{written}memory limit {limit / GIB:.1f} GiB):"]
     for row in plan:
-        when = f"{row.seconds / 60:7.1f} min" if row.seconds is not None else "  (not estimated)"
+        when = (f"{row.seconds / 60:7.1f} min{' and more' if row.partial else ''}" if row.seconds is not None
+                else "  (not estimated)")
         lines.append(f"  {row.stage:<16} {row.memory / GIB:6.2f} GiB {when}  {row.driver}")
     total = sum(row.seconds or 0.0 for row in plan)
     lines.append(f"  {'total':<16} {max(r.memory for r in plan) / GIB:6.2f} GiB {total / 60:7.1f} min  "

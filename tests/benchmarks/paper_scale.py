@@ -141,7 +141,8 @@ def report(result: dict) -> float:
         ratio = f"{measured / planned:6.2f}" if measured and planned else "     -"
         timed = est is not None and est["seconds"] is not None
         plan_s = f"{est['seconds']:8.0f}" if timed else "       -"
-        time_ratio = f"{row['seconds'] / est['seconds']:6.2f}" if timed and est["seconds"] > 0 else "     -"
+        time_ratio = ("  part" if timed and est.get("partial") else                 # the plan timed part of it
+                      f"{row['seconds'] / est['seconds']:6.2f}" if timed and est["seconds"] > 0 else "     -")
         print(f"  {row['stage']:<14} {measured or float('nan'):9.2f} {planned or float('nan'):9.2f} {ratio} "
               f"{row['seconds']:9.1f} {plan_s} {time_ratio}")
     cal = result["plan"]["calibration"]
