@@ -11,7 +11,8 @@ co-observed pairs, references and settings: the ranking on one and two sources (
 shares of the TFs with the real correlation, and their degree-null draws on all of them (:func:`confounds_rate`), the
 ablation's head entropy and read-out scoring
 (:func:`ablation_scoring_rate`), for a large screen, the incremental-value models on random observation tables
-(:func:`incremental_rate`), and the disk's write rate (:func:`write_rate`).
+(:func:`incremental_rate`), the disk's write rate (:func:`write_rate`), and for a large panel CSSI's scoring and the
+scaling stage on shares of the panel (:mod:`.cssi_probe`).
 """
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, spearman_edges
 from ..scoring.heads import attention_entropy
 from ..scoring.perturbation import readout_auroc
 from ..scoring.ranking import evaluable_universe, rank_heads
+from ..scoring.cssi_levels import TooFewStrata
 from .confounds import run as reference_confounds
+from .cssi_probe import CSSI_TIMED_FROM, cssi_rates
 from .inputs import Inputs
 from .memory import PeakRSS, release_free_memory
+from .timing import seconds_of
 
 # the incremental-value models are timed on random observation tables of these sizes, when the run has at least
 # INCREMENTAL_TIMED_FROM observations (the probe takes about half a minute: below that it would cost about as much as
@@ -69,7 +73,9 @@ class Calibration:
     ``entropy_element_seconds`` and ``readout_item_seconds``: the ablation's head entropy per stored score and its
     scoring of one sweep item's read-out (:func:`ablation_scoring_rate`); ``confounds_seconds``: the reference-side
     confound stage (:func:`confounds_rate`; None below :data:`CONFOUNDS_TIMED_FROM` pairs); ``write_byte_seconds``:
-    seconds per byte written under the cache (:func:`write_rate`: the stores' writes).
+    seconds per byte written under the cache (:func:`write_rate`: the stores' writes); ``cssi_seconds`` and
+    ``scaling_seconds``: CSSI after its grouped extraction, and the scaling stage (:mod:`.cssi_probe`; None below
+    :data:`~.cssi_probe.CSSI_TIMED_FROM` pairs or without CSSI).
     """
 
     seconds: float
@@ -90,6 +96,8 @@ class Calibration:
     readout_item_seconds: float = 0.0
     confounds_seconds: float | None = None
     write_byte_seconds: float = 0.0
+    cssi_seconds: float | None = None
+    scaling_seconds: float | None = None
 
     def forward(self, cells: int) -> int:
         """Bytes of a forward and reduction over a batch of ``cells`` cells."""
@@ -129,13 +137,19 @@ def calibrate(inp: Inputs, cache: Path) -> Calibration:
     observed = co_observed(inp)
     call, per_source = ranking_rate(inp, observed)
     step = sae_step_seconds(inp) if inp.cfg.sae.run == "on" else 0.0
-    plain = _timed(lambda: inp.adapter.forward(tokens.subset(longest[:1]), output_hidden_states=True, decode=False))
+    plain = seconds_of(lambda: inp.adapter.forward(tokens.subset(longest[:1]), output_hidden_states=True, decode=False))
     universe = np.flatnonzero(inp.panel["in_universe"].to_numpy(dtype=bool))
     pairs = int(np.triu(observed[np.ix_(universe, universe)], k=1).sum())
     incremental, per_row = (incremental_rate(inp) if observation_count(inp) >= INCREMENTAL_TIMED_FROM
                             else (None, 0.0))
     biology_one, biology_layer = biology_rate(inp, observed)
     entropy, readout = ablation_scoring_rate(inp)
+    cssi = scaled = None
+    if inp.cfg.cssi.n_fine > 0 and confound_pairs(inp) >= CSSI_TIMED_FROM:
+        try:
+            cssi, scaled = cssi_rates(inp, observed, cache)
+        except (ValueError, TooFewStrata):     # a share of the panel too small to score: the stage is left untimed
+            pass
     return Calibration(seconds=seconds, forward_bytes=one, per_cell_bytes=per_cell, base_bytes=base,
                        length=int(np.asarray(tokens.attention_mask)[longest[0]].sum()), ranking_call_seconds=call,
                        ranking_source_seconds=per_source, sae_step_seconds=step, forward_seconds=plain,
@@ -144,7 +158,8 @@ def calibrate(inp: Inputs, cache: Path) -> Calibration:
                        entropy_element_seconds=entropy, readout_item_seconds=readout,
                        confounds_seconds=(confounds_rate(inp, observed) if confound_pairs(inp) >= CONFOUNDS_TIMED_FROM
                                           else None),
-                       write_byte_seconds=write_rate(cache, min(WRITE_PROBE_BYTES, max(store_bytes, 2 ** 20))))
+                       write_byte_seconds=write_rate(cache, min(WRITE_PROBE_BYTES, max(store_bytes, 2 ** 20))),
+                       cssi_seconds=cssi, scaling_seconds=scaled)
 
 
 def confound_pairs(inp: Inputs) -> int:
@@ -187,7 +202,7 @@ def confounds_rate(inp: Inputs, observed: np.ndarray, shares: tuple[float, float
                                seen, sub, {})
         corr = EdgeScores(rho[np.ix_(keep, keep)][None], pd.DataFrame({"edge_type": ["spearman"], "layer": [-1],
                                                                         "head": [-1]}), seen, sub, {})
-        return _timed(lambda: reference_confounds(inp.attention_cell_data, sub, attention, corr, inp.references,
+        return seconds_of(lambda: reference_confounds(inp.attention_cell_data, sub, attention, corr, inp.references,
                                                   one_draw, inp.readout_layer))
     times = [timed_share(n) for n in counts]
     per_tf = max(times[-1] - times[0], 0.0) / max(counts[-1] - counts[0], 1)
@@ -207,7 +222,7 @@ def degree_draw_seconds(inp: Inputs, observed: np.ndarray) -> float:
         if uni.n_pos == 0:
             continue
         scores = rng.random((3, *uni.labels.shape))
-        one, three = (_timed(lambda n=n: degree_null(scores, uni.labels, uni.pair_mask, n_null=n,
+        one, three = (seconds_of(lambda n=n: degree_null(scores, uni.labels, uni.pair_mask, n_null=n,
                                                      seed=inp.cfg.perturbation.seed)) for n in (1, 3))
         seconds += max(three - one, 0.0) / 2
     return seconds
@@ -224,7 +239,7 @@ def ablation_scoring_rate(inp: Inputs, probe_rows: int = 256, probe_perturbation
     rng = np.random.default_rng(0)
     rows = min(probe_rows, max(int(inp.source_rows.size), 1))
     sums = rng.random((1, 2, rows, g), dtype=np.float32)
-    entropy = _timed(lambda: attention_entropy(sums, np.ones((rows, g)))) / sums.size
+    entropy = seconds_of(lambda: attention_entropy(sums, np.ones((rows, g)))) / sums.size
     symbols = panel["symbol"].to_numpy()
     universe = symbols[panel["in_universe"].to_numpy(dtype=bool)]
     perturbed = [s for s in (inp.cells.perturbed_genes() if inp.cells.perturbation_col is not None else [])
@@ -240,7 +255,7 @@ def ablation_scoring_rate(inp: Inputs, probe_rows: int = 256, probe_perturbation
                            "is_de": rng.random(n * universe.size) < 0.05})
         de["is_self"] = de["perturbation"] == de["symbol"]
         score = readout_auroc(panel, de, inp.readout_layer)
-        return _timed(lambda: score(sums, counts))
+        return seconds_of(lambda: score(sums, counts))
     times = [timed_score(n) for n in sizes]
     per_perturbation = max(times[-1] - times[0], 0.0) / max(sizes[-1] - sizes[0], 1)
     return entropy, times[0] + (len(perturbed) - sizes[0]) * per_perturbation
@@ -269,7 +284,7 @@ def biology_rate(inp: Inputs, observed: np.ndarray) -> tuple[float, float]:
         means = EdgeScores(rng.random((n_layers, g, g)), pd.DataFrame({"edge_type": "attention_layer_mean",
                                                                         "layer": np.arange(n_layers), "head": -1}),
                            observed, inp.panel, {})
-        return _timed(lambda: (biology.layer_profiles(means, corr, references),
+        return seconds_of(lambda: (biology.layer_profiles(means, corr, references),
                                biology.expression_control(means, corr, references,
                                                           n_negatives=inp.cfg.biology.n_negatives),
                                biology.attention_expression_agreement(means, corr)))
@@ -306,7 +321,7 @@ def incremental_rate(inp: Inputs) -> tuple[float, float]:
     edges = ["attention", *CORRELATION_EDGE_TYPES]
     n_perts = len(inp.cells.perturbed_genes())
     genes = max(int(inp.panel["in_universe"].sum()) - 1, 2)
-    times = [_timed(lambda rows=rows: incremental_value(
+    times = [seconds_of(lambda rows=rows: incremental_value(
         _observations(rows, min(n_perts, max(5, rows // genes)), edges), edges, n_boot=inp.cfg.perturbation.n_boot,
         seed=inp.cfg.perturbation.seed)) for rows in INCREMENTAL_PROBE_ROWS]
     small, large = INCREMENTAL_PROBE_ROWS
@@ -320,13 +335,7 @@ def write_rate(directory: Path, nbytes: int = WRITE_PROBE_BYTES) -> float:
     directory = Path(directory) if Path(directory).is_dir() else Path(tempfile.gettempdir())
     data = np.ones(nbytes // 8)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".write-probe-") as probe:
-        return _timed(lambda: np.save(Path(probe) / "probe.npy", data)) / nbytes
-
-
-def _timed(work) -> float:
-    t0 = time.perf_counter()
-    work()
-    return time.perf_counter() - t0
+        return seconds_of(lambda: np.save(Path(probe) / "probe.npy", data)) / nbytes
 
 
 def ranking_rate(inp: Inputs, observed: np.ndarray) -> tuple[float, float]:
@@ -344,7 +353,7 @@ def ranking_rate(inp: Inputs, observed: np.ndarray) -> tuple[float, float]:
     for ref in inp.references:
         for direction in cfg.directions:
             try:
-                one, two = (_timed(lambda e=e: rank_heads(e, ref, direction=direction, top_k=cfg.top_k,
+                one, two = (seconds_of(lambda e=e: rank_heads(e, ref, direction=direction, top_k=cfg.top_k,
                                                           n_null=cfg.n_null, seed=cfg.seed)) for e in probes)
             except ValueError:                 # a reference with nothing to evaluate here: the stage skips it too
                 continue
@@ -360,6 +369,6 @@ def sae_step_seconds(inp: Inputs, steps: int = 3) -> float:
     sae, d = inp.cfg.sae, inp.adapter.d_model
     rows = np.random.default_rng(0).standard_normal((steps * sae.batch_size, d)).astype(np.float32)
     batches = [rows[i:i + sae.batch_size] for i in range(0, rows.shape[0], sae.batch_size)]
-    seconds = _timed(lambda: train_sae(lambda: iter(batches), d, n_features=sae.expansion * d, k=sae.k, epochs=1,
+    seconds = seconds_of(lambda: train_sae(lambda: iter(batches), d, n_features=sae.expansion * d, k=sae.k, epochs=1,
                                        lr=sae.lr, seed=sae.seed, device=inp.adapter.device))
     return seconds / steps

@@ -53,11 +53,16 @@ def prepare(inp: Inputs, store: AttentionStore, progress: bool = True) -> cssi_l
     return cssi_levels.assemble(cells, strata, random_group, grouped, expression, params)
 
 
+def synthetic_path(seeds: int, cache: Path) -> Path:
+    """Where a cache keeps the synthetic validation of ``seeds`` seeds (:func:`synthetic_validation`)."""
+    return Path(cache) / "shared" / f"cssi_synthetic-{seeds}-{stable_hash(PAPER)[:10]}.parquet"
+
+
 def synthetic_validation(seeds: int, cache: Path) -> pd.DataFrame:
     """Supplementary Note 11.1's synthetic validation: it depends on nothing of the run but ``seeds``, so it is
     computed once per cache (``cache/shared``) and read by every later run, under a lock so that the runs of one
     precompute (the embedded default's two, side by side) compute it once between them."""
-    path = Path(cache) / "shared" / f"cssi_synthetic-{seeds}-{stable_hash(PAPER)[:10]}.parquet"
+    path = synthetic_path(seeds, cache)
     with exclusive(cache, path.stem, "the CSSI synthetic validation"):
         if path.is_file():
             return schemas.validate("cssi_synthetic", pd.read_parquet(path))

@@ -38,6 +38,7 @@ from ..scoring.cssi_levels import choose_layout
 from ..scoring.ranking import RANK_BLOCK_BYTES, RANK_ELEMENT_BYTES
 from .calibration import (CONFOUNDS_TIMED_FROM, INCREMENTAL_PROBE_ROWS, INCREMENTAL_TIMED_FROM, Calibration,
                           observation_count)
+from .cssi_probe import CSSI_TIMED_FROM
 from .inputs import Inputs
 from .sae import capture_cells, knocked_down_tfs
 
@@ -178,18 +179,24 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
         rows.append(StageEstimate("cssi", base + held + max(layout.nbytes + forward, scoring),
                                   n_cells * (cal.forward_seconds
                                              + len(layout.layers) * cal.reduce_seconds(n_layers))
-                                  + layout.nbytes * cal.write_byte_seconds,
+                                  + layout.nbytes * cal.write_byte_seconds + (cal.cssi_seconds or 0.0),
                                   f"{groups} groups: {layout.describe} ({layout.nbytes / GIB:.2f} GiB); scoring "
                                   f"{n_sites} sites at {n_pairs} candidate pairs a block at a time "
                                   f"({scoring / GIB:.2f} GiB); time: the grouped extraction pass over "
-                                  f"{len(layout.layers)} layer(s) and its write (scoring not estimated)",
+                                  f"{len(layout.layers)} layer(s) and its write, " + (
+                                      f"the strata, levels and nulls {cal.cssi_seconds:.0f} s (timed on shares of "
+                                      "the panel)" if cal.cssi_seconds is not None else
+                                      f"(scoring not estimated below {CSSI_TIMED_FROM:,} pairs)"),
                                   "cssi.layers or cssi.max_gib, cssi.n_fine, cssi.n_random_groups "
-                                  "(or cssi.n_fine=0 to skip CSSI)", partial=True))
+                                  "(or cssi.n_fine=0 to skip CSSI)", partial=cal.cssi_seconds is None))
     if cfg.cssi.n_fine > 0 and cfg.scaling.n_seeds > 0:
         scaled = groups * (len(layout.layers) * 4 + 8) * n_tf * g + 6 * (len(layout.layers) + 2) * n_tf * g * 8
-        rows.append(StageEstimate("scaling", base + held + scaled, None,
+        rows.append(StageEstimate("scaling", base + held + scaled, cal.scaling_seconds,
                                   f"{groups} groups' layer-mean sums and counts at {n_tf * g} candidate pairs, with "
-                                  "the pair scores of the scaled sites", "cssi.n_fine, cssi.n_random_groups"))
+                                  "the pair scores of the scaled sites; time: "
+                                  + ("timed on shares of the panel" if cal.scaling_seconds is not None else
+                                     f"not estimated below {CSSI_TIMED_FROM:,} pairs"),
+                                  "cssi.n_fine, cssi.n_random_groups, scaling.n_seeds, scaling.n_boot"))
     if cfg.sae.run == "on":
         sae = cfg.sae
         layers = len(sae.layers or range(n_layers))

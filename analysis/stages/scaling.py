@@ -36,44 +36,50 @@ def cell_states(run: cssi_levels.CSSIRun, primary_n_strata: int) -> tuple[np.nda
     return states, f"CSSI strata ({k}; no cell-state column)"
 
 
+def tables(run: cssi_levels.CSSIRun, panel: pd.DataFrame, inp: Inputs) -> tuple[dict[str, pd.DataFrame], StatsRegistry]:
+    """The scaling tables (:data:`TABLES`, those the settings ask for) of a CSSI ``run`` over ``panel`` against the
+    run's references, and their registry tests."""
+    cfg = inp.cfg.scaling
+    registry = StatsRegistry()
+    observed = cssi_levels.observed_pairs(run)
+    states, state_source = cell_states(run, inp.cfg.cssi.primary_n_strata)
+    readout = inp.readout_layer
+    out = {name: [] for name in TABLES}
+    for ref in inp.references:
+        sites = run.source.sites
+        data = run.source.data(cssi_levels.pair_set(panel, ref, observed, "tf_to_target"),
+                               sites=sites[sites["edge_type"].isin(SCALED_SITES)])
+        tag = {"reference": ref.name}
+        curve = scaling_curve(data, fractions=cfg.unit_fractions, n_seeds=cfg.n_seeds, top_k=cfg.top_k,
+                              seed=cfg.seed)
+        out["scaling_curve"].append(curve.assign(**tag))
+        registry.extend(scaling_tests(curve, readout_layer=readout, reference=ref.name))
+        if cfg.n_boot:
+            out["scaling_bootstrap"].append(bootstrap_curve(data, fractions=cfg.unit_fractions,
+                                                            n_boot=cfg.n_boot, seed=cfg.seed).assign(**tag))
+        comp = composition_curve(run.source.expression, states, data.pairs,
+                                 fractions=cfg.composition_fractions, n_seeds=cfg.n_seeds, seed=cfg.seed)
+        out["composition_curve"].append(comp.assign(**tag, states_from=state_source))
+        registry.extend(composition_tests(comp, reference=ref.name))
+        if cfg.tf_boot:
+            tfb = tf_bootstrap(data, panel["symbol"].to_numpy(), n_boot=cfg.tf_boot, seed=cfg.seed,
+                               sites=[("attention_layer_mean", readout), ("spearman", -1)])
+            out["tf_bootstrap"].append(tfb.assign(**tag))
+            registry.extend(tf_bootstrap_tests(tfb, reference=ref.name))
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in out.items() if frames}, registry
+
+
 def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, key: str) -> StatsRegistry:
     """Write the scaling tables and return their registry tests (nothing when CSSI did not run)."""
     cfg = inp.cfg.scaling
-    registry = StatsRegistry()
     if not (writer.dir / files.CSSI_PARAMS).is_file() or cfg.n_seeds == 0:
         log.info("scaling skipped: it resamples CSSI's random groups (CSSI %s, scaling.n_seeds %d)",
                  "ran" if (writer.dir / files.CSSI_PARAMS).is_file() else "did not run", cfg.n_seeds)
-        return registry
+        return StatsRegistry()
     t0 = time.perf_counter()
     with timed(f"scaling ({cfg.n_seeds} seeds, {cfg.n_boot} bootstrap draws, per-TF {cfg.tf_boot})"):
-        run = cssi_levels.load_cssi(writer.dir)
-        observed = cssi_levels.observed_pairs(run)
-        states, state_source = cell_states(run, inp.cfg.cssi.primary_n_strata)
-        readout = inp.readout_layer
-        out = {name: [] for name in TABLES}
-        for ref in inp.references:
-            sites = run.source.sites
-            data = run.source.data(cssi_levels.pair_set(panel, ref, observed, "tf_to_target"),
-                                   sites=sites[sites["edge_type"].isin(SCALED_SITES)])
-            tag = {"reference": ref.name}
-            curve = scaling_curve(data, fractions=cfg.unit_fractions, n_seeds=cfg.n_seeds, top_k=cfg.top_k,
-                                  seed=cfg.seed)
-            out["scaling_curve"].append(curve.assign(**tag))
-            registry.extend(scaling_tests(curve, readout_layer=readout, reference=ref.name))
-            if cfg.n_boot:
-                out["scaling_bootstrap"].append(bootstrap_curve(data, fractions=cfg.unit_fractions,
-                                                                n_boot=cfg.n_boot, seed=cfg.seed).assign(**tag))
-            comp = composition_curve(run.source.expression, states, data.pairs,
-                                     fractions=cfg.composition_fractions, n_seeds=cfg.n_seeds, seed=cfg.seed)
-            out["composition_curve"].append(comp.assign(**tag, states_from=state_source))
-            registry.extend(composition_tests(comp, reference=ref.name))
-            if cfg.tf_boot:
-                tfb = tf_bootstrap(data, panel["symbol"].to_numpy(), n_boot=cfg.tf_boot, seed=cfg.seed,
-                                   sites=[("attention_layer_mean", readout), ("spearman", -1)])
-                out["tf_bootstrap"].append(tfb.assign(**tag))
-                registry.extend(tf_bootstrap_tests(tfb, reference=ref.name))
-        for name, frames in out.items():
-            if frames:
-                writer.write_table(name, pd.concat(frames, ignore_index=True))
+        written, registry = tables(cssi_levels.load_cssi(writer.dir), panel, inp)
+        for name, frame in written.items():
+            writer.write_table(name, frame)
     writer.mark_done("scaling", key, time.perf_counter() - t0)
     return registry

@@ -1,4 +1,5 @@
-"""Timed stage messages for precompute's log (DESIGN.md section 9.7)."""
+"""Timed stage messages for precompute's log (DESIGN.md section 9.7), and the seconds a piece of work takes (the plan's
+probes)."""
 from __future__ import annotations
 
 import logging
@@ -14,3 +15,10 @@ def timed(name: str):
     log.info("[%s] start", name)
     yield
     log.info("[%s] done in %.2fs", name, time.perf_counter() - t0)
+
+
+def seconds_of(work) -> float:
+    """Seconds ``work()`` takes (wall clock)."""
+    t0 = time.perf_counter()
+    work()
+    return time.perf_counter() - t0

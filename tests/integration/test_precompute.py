@@ -547,6 +547,8 @@ def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys
     assert " min " in plan["biology"] and "per further layer" in plan["biology"]
     assert "not estimated below 800,000 observations" in plan["perturbation"]          # the probe would cost more
     assert "not estimated below 200,000 pairs" in plan["confounds"]
+    assert "scoring not estimated below 200,000 pairs" in plan["cssi"] and " min and more " in plan["cssi"]
+    assert "not estimated below 200,000 pairs" in plan["scaling"]
     assert "plain forwards" in plan["ablation"] and "plain forward's" in next(
         record.getMessage() for record in caplog.records if record.getMessage().startswith("plan (calibrated"))
 
@@ -571,6 +573,45 @@ def test_the_plan_finds_the_largest_extraction_batch_under_a_limit(embedded_cach
     with pytest.raises(InputError, match=r"extraction.batch_size=3 fits"):
         plan.check(plan.estimate(inp, cal), limit, 3)
     assert plan.largest_fitting_batch(inp, cal, limit - 3 * gib) is None          # not even one cell fits
+
+
+def test_the_cssi_probe_scores_shares_of_the_panel_laid_out_as_the_run_will_be(embedded_cache):
+    """CSSI's scoring and the scaling stage are timed on panels of a share of the genes, whose grouped sums have the
+    layout the run will keep (here every gene's per-head rows of every layer); both times are extended along the
+    candidate pairs from the two shares."""
+    from analysis.config import load_config
+    from analysis.io.expression import expression_matrix
+    from analysis.scoring import cssi_levels
+    from analysis.stages import cssi_probe
+    from analysis.stages.calibration import co_observed
+    from analysis.stages.inputs import resolve_inputs
+
+    cache, _ = embedded_cache
+    cli = {SMALL[i + 1].split("=")[0]: SMALL[i + 1].split("=")[1] for i, flag in enumerate(SMALL) if flag == "--set"}
+    inp = resolve_inputs(load_config(None, {**cli, "model.family": "scgpt"}), cache, progress=False)
+    c, cells, g = inp.cfg.cssi, inp.attention_cell_data, len(inp.panel)
+    layout = cssi_levels.choose_layout(c, inp.adapter.n_layers, inp.adapter.n_heads, inp.panel, inp.readout_layer,
+                                       cells.n_cells)
+    strata, random_group = cssi_levels.build_strata(c, expression_matrix(cells, inp.panel["gene_id"].to_numpy()),
+                                                    cells.n_cells)
+    observed = co_observed(inp)
+    run, sub = cssi_probe.probe_run(inp, 0.25, layout, strata, random_group, observed)
+    n = round(0.25 * g)
+    assert len(sub) == n and sub["symbol"].tolist() == inp.panel["symbol"].iloc[
+        np.linspace(0, g - 1, n).round().astype(int)].tolist()
+    grouped = run.source.grouped
+    assert layout.sources.size == g and grouped.full_rows                       # every gene's rows, as the run's
+    assert grouped.head_rows.shape == (strata.n_fine + c.n_random_groups, len(layout.layers), inp.adapter.n_heads,
+                                       n, n)
+    assert grouped.layers == tuple(layout.layers) and run.source.expression.shape == (cells.n_cells, n)
+    curve, _ = cssi_levels.evaluate_grid(run, sub, inp.references, c, progress=False)
+    assert not curve.empty
+    assert cssi_probe.extend([1.0, 2.0], [100, 300], 1000) == pytest.approx(5.5)       # along the pairs
+    assert cssi_probe.extend([2.0, 1.0], [100, 300], 1000) == 2.0 and cssi_probe.extend([1.0, 3.0], [5, 5], 9) == 3.0
+    assert 0 < cssi_probe.candidate_pairs(sub, inp.references, observed[np.ix_(*[np.linspace(
+        0, g - 1, n).round().astype(int)] * 2)]) < cssi_probe.candidate_pairs(inp.panel, inp.references, observed)
+    levels, scaled = cssi_probe.cssi_rates(inp, observed, cache)
+    assert levels > 0 and scaled is not None and scaled > 0
 
 
 def test_memory_sizes_parse_as_a_user_writes_them():
