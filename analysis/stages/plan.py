@@ -118,7 +118,8 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
             StageEstimate("confounds", base + held + 2 * pair + CONFOUND_PAIR_BYTES * n_tf * g,
                           cal.confounds_seconds,
                           f"residualisation and the degree null over {n_tf} TFs x {g} genes; time: "
-                          + ("timed on random scores at an eighth and a quarter of the TFs"
+                          + ("timed with one null draw on shares of the TFs (the real correlation, random "
+                             "attention), each further draw on all of them"
                              if cal.confounds_seconds is not None else
                              f"not estimated below {CONFOUNDS_TIMED_FROM:,} pairs"),
                           "references with fewer TFs")]
