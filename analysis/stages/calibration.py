@@ -30,11 +30,11 @@ from ..interp.attention import count_pairs, extract_attention
 from ..interp.sae import train_sae
 from ..scoring import biology
 from ..scoring.confounds import GENE_FEATURES, degree_null, incremental_value
+from ..scoring.cssi_levels import TooFewStrata
 from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, spearman_edges
 from ..scoring.heads import attention_entropy
 from ..scoring.perturbation import readout_auroc
 from ..scoring.ranking import evaluable_universe, rank_heads
-from ..scoring.cssi_levels import TooFewStrata
 from .confounds import run as reference_confounds
 from .cssi_probe import CSSI_TIMED_FROM, cssi_rates
 from .inputs import Inputs

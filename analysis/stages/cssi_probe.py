@@ -5,11 +5,11 @@ reads every pair), whose number grows with the square of the panel. So both are 
 cells, references and settings, on panels of a share ``f`` of the genes (evenly spread, TFs and others alike),
 stratified as the stage stratifies, over random group sums laid out as the run's grouped store will be
 (:func:`~analysis.scoring.cssi_levels.choose_layout` on the whole panel), and extended along the candidate pairs
-(:func:`candidate_pairs`) to the whole panel's: ``t = a + b N``, ``a`` the parts that do not grow with the pairs. The stratification is timed once, on the
-run's representation: the attention cells' expression, or, for the model's cell embeddings (which exist only after
-the extraction), random points of the embedding's width (the cost is the cell graph's: the same cells, the same
-width); and the synthetic validation (Supplementary Note 11.1) on one of its seeds, where the cache does not hold it
-yet.
+(:func:`candidate_pairs`) to the whole panel's: ``t = a + b N``, ``a`` the parts that do not grow with the pairs.
+The stratification is timed once, on the run's representation: the attention cells' expression, or, for the model's
+cell embeddings (which exist only after the extraction), random points of the embedding's width (the cost is the cell
+graph's: the same cells, the same width); and the synthetic validation (Supplementary Note 11.1) on one of its seeds,
+where the cache does not hold it yet. The probe's group sums hold at most a ninth of the run's grouped store.
 """
 from __future__ import annotations
 
