@@ -145,7 +145,7 @@ def calibrate(inp: Inputs, cache: Path) -> Calibration:
     biology_one, biology_layer = biology_rate(inp, observed)
     entropy, readout = ablation_scoring_rate(inp)
     cssi = scaled = None
-    if inp.cfg.cssi.n_fine > 0 and confound_pairs(inp) >= CSSI_TIMED_FROM:
+    if inp.cfg.cssi.n_fine > 0 and tf_gene_pairs(inp) >= CSSI_TIMED_FROM:
         try:
             cssi, scaled = cssi_rates(inp, observed, cache)
         except (ValueError, TooFewStrata):     # a share of the panel too small to score: the stage is left untimed
@@ -156,15 +156,15 @@ def calibrate(inp: Inputs, cache: Path) -> Calibration:
                        pair_universe=pairs, biology_seconds=biology_one, biology_layer_seconds=biology_layer,
                        incremental_seconds=incremental, incremental_row_seconds=per_row,
                        entropy_element_seconds=entropy, readout_item_seconds=readout,
-                       confounds_seconds=(confounds_rate(inp, observed) if confound_pairs(inp) >= CONFOUNDS_TIMED_FROM
+                       confounds_seconds=(confounds_rate(inp, observed) if tf_gene_pairs(inp) >= CONFOUNDS_TIMED_FROM
                                           else None),
                        write_byte_seconds=write_rate(cache, min(WRITE_PROBE_BYTES, max(store_bytes, 2 ** 20))),
                        cssi_seconds=cssi, scaling_seconds=scaled)
 
 
-def confound_pairs(inp: Inputs) -> int:
-    """(reference TF, panel gene) pairs the confound stage fits on (at most: TFs without a co-observed target are
-    left out)."""
+def tf_gene_pairs(inp: Inputs) -> int:
+    """(reference TF, panel gene) pairs, at most, that the confound stage fits on and CSSI and scaling score (TFs
+    without a co-observed target are left out): what decides whether their probes are worth running."""
     return int(inp.panel["is_tf"].sum()) * len(inp.panel)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from ..io.expression import expression_matrix
 from ..io.stores import GroupedAttention, narrowest_count_dtype
 from ..scoring import cssi_levels
-from ..scoring.ranking import reference_labels, universe_from_labels
+from ..scoring.ranking import evaluable_universe
 from ..sim.cssi_synthetic import validate
 from . import scaling
 from .cssi import synthetic_path
@@ -94,7 +94,7 @@ def candidate_pairs(panel: pd.DataFrame, references: list, observed: np.ndarray)
     """The (TF, gene) candidate pairs of every reference over ``panel`` (co-observed: ``observed`` ``[G, G]``): what
     CSSI's scoring and the scaling stage grow with (a reference TF counts only with a target in the panel, so a share
     ``f`` of the panel holds fewer than ``f^2`` of them)."""
-    return sum(int(universe_from_labels(reference_labels(panel, ref), observed).pair_mask.sum()) for ref in references)
+    return sum(int(evaluable_universe(panel, ref, observed).pair_mask.sum()) for ref in references)
 
 
 def extend(times: list[float], pairs: list[int], whole: int) -> float:

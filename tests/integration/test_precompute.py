@@ -553,6 +553,11 @@ def test_a_run_over_its_memory_limit_stops_before_writing(embedded_cache, capsys
         record.getMessage() for record in caplog.records if record.getMessage().startswith("plan (calibrated"))
 
 
+def small_settings() -> dict[str, str]:
+    """SMALL's ``--set`` settings as a config's overrides (key -> value)."""
+    return dict(SMALL[i + 1].split("=", 1) for i, flag in enumerate(SMALL) if flag == "--set")
+
+
 def test_the_plan_finds_the_largest_extraction_batch_under_a_limit(embedded_cache):
     """With a forward of 1 GiB per cell (a hand-made calibration), a limit 0.5 GiB above the attention stage's
     estimate at batch 3 is met by batch 3 and by nothing larger; the error names it."""
@@ -562,9 +567,8 @@ def test_the_plan_finds_the_largest_extraction_batch_under_a_limit(embedded_cach
     from analysis.stages.inputs import resolve_inputs
 
     cache, _ = embedded_cache
-    cli = {SMALL[i + 1].split("=")[0]: SMALL[i + 1].split("=")[1] for i, flag in enumerate(SMALL) if flag == "--set"}
-    cli.update({"model.family": "geneformer", "ablation.n_cells": "0", "cssi.n_fine": "0"})  # the forward's stages
-    inp = resolve_inputs(load_config(None, cli), cache, progress=False)
+    inp = resolve_inputs(load_config(None, {**small_settings(), "model.family": "geneformer", "ablation.n_cells": "0",
+                                            "cssi.n_fine": "0"}), cache, progress=False)   # the forward's stages
     gib = 2 ** 30
     cal = Calibration(seconds=1.0, forward_bytes=gib, per_cell_bytes=gib, base_bytes=0, length=100)
     at_8 = {row.stage: row.memory for row in plan.estimate(inp, cal)}
@@ -587,8 +591,7 @@ def test_the_cssi_probe_scores_shares_of_the_panel_laid_out_as_the_run_will_be(e
     from analysis.stages.inputs import resolve_inputs
 
     cache, _ = embedded_cache
-    cli = {SMALL[i + 1].split("=")[0]: SMALL[i + 1].split("=")[1] for i, flag in enumerate(SMALL) if flag == "--set"}
-    inp = resolve_inputs(load_config(None, {**cli, "model.family": "scgpt"}), cache, progress=False)
+    inp = resolve_inputs(load_config(None, {**small_settings(), "model.family": "scgpt"}), cache, progress=False)
     c, cells, g = inp.cfg.cssi, inp.attention_cell_data, len(inp.panel)
     layout = cssi_levels.choose_layout(c, inp.adapter.n_layers, inp.adapter.n_heads, inp.panel, inp.readout_layer,
                                        cells.n_cells)
