@@ -7,7 +7,8 @@ team while the others spin: scikit-learn's HistGradientBoosting was seen taking 
 sets, before the libraries start their pools, how many threads each may run (:func:`bound_threads`): the cores this
 process may run on (CPU affinity and the cgroup's CPU quota, :func:`usable_cores`) unless told fewer, and makes
 OpenMP threads sleep rather than spin when they wait (``OMP_WAIT_POLICY=PASSIVE``). Environment settings the user
-made are kept.
+made are kept; those an earlier bound made (a parent process's, inherited by the processes it starts) are not: a
+child bounded to its share of the cores (the embedded default's one process per run) sets its own.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               "NUMEXPR_NUM_THREADS")
+SET_BY_BOUND = "SCFMX_THREAD_ENV_SET"   # the variables :func:`bound_threads` set (not the user), comma-separated
 
 
 def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
@@ -48,9 +50,13 @@ def bound_threads(n_threads: int | None = None) -> int:
     only reach libraries loaded after them; the pools already loaded are limited through threadpoolctl and
     ``torch.set_num_threads``."""
     n = max(1, int(n_threads or usable_cores()))
-    for name in THREAD_ENV:
-        os.environ.setdefault(name, str(n))
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ours = set(filter(None, os.environ.get(SET_BY_BOUND, "").split(",")))
+    settings = {name: str(n) for name in THREAD_ENV} | {"OMP_WAIT_POLICY": "PASSIVE"}
+    for name, value in settings.items():
+        if name not in os.environ or name in ours:
+            os.environ[name] = value
+            ours.add(name)
+    os.environ[SET_BY_BOUND] = ",".join(sorted(ours))
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)

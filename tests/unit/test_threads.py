@@ -46,3 +46,42 @@ print(json.dumps({{"n": n, "torch": torch.get_num_threads(), "wait": os.environ[
     apis = {api for api, _ in got["pools"]}
     assert {"blas", "openmp"} <= apis
     assert all(n == bound for _, n in got["pools"]), got["pools"]
+
+
+def test_a_child_of_a_bounded_process_runs_at_its_own_share_and_keeps_the_users_settings(tmp_path):
+    """The embedded default bounds the parent to every core, then starts one process per run bounded to its share:
+    the parent's settings, inherited by the child, must not outlive the child's own bound (they did: each run's
+    BLAS and scikit-learn's OpenMP ran at the parent's count, two runs oversubscribing two cores), while a
+    variable the user set stays as the user set it."""
+    code = """
+import json, multiprocessing, os
+
+def child(queue):
+    from analysis.threads import bound_threads
+    bound_threads(1)
+    import numpy, sklearn.ensemble
+    from threadpoolctl import threadpool_info
+    numpy.ones((64, 64)) @ numpy.ones((64, 64))
+    queue.put({"pools": [(p["user_api"], p["filepath"], p["num_threads"]) for p in threadpool_info()],
+               "mkl": os.environ["MKL_NUM_THREADS"], "omp": os.environ["OMP_NUM_THREADS"]})
+
+if __name__ == "__main__":
+    from analysis.threads import bound_threads
+    bound_threads(2)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    print(json.dumps(queue.get()))
+    process.join()
+"""
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and k != "OMP_WAIT_POLICY"}
+    env |= {"MKL_NUM_THREADS": "3", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["omp"] == "1" and got["mkl"] == "3"
+    apis = {api for api, _, _ in got["pools"]}
+    assert {"blas", "openmp"} <= apis
+    assert all(n == 1 for _, _, n in got["pools"]), got["pools"]
