@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, cli)
         logging.getLogger("precompute").info("thread pools bounded to %d (BLAS, OpenMP, torch)", n_threads)
-        from analysis.stages.distributed import connect
-        from analysis.stages.pipeline import configs_to_run, run_all  # heavy imports after argument errors
-        client = connect(args.scheduler, args.workers)
+        from analysis.stages.runs import configs_to_run, run_all   # the stages load where the runs happen
+        client = None
+        if args.scheduler or args.workers:
+            from analysis.stages.distributed import connect   # dask, only for a cluster
+            client = connect(args.scheduler, args.workers)
         try:
             for run_dir in run_all(configs_to_run(cfg), Path(args.cache), n_threads=n_threads,
                                    progress=not args.quiet, client=client, memory_limit=args.memory_limit,

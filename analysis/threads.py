@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -47,8 +48,10 @@ def usable_cores() -> int:
 def bound_threads(n_threads: int | None = None) -> int:
     """Bound BLAS, OpenMP and torch to ``n_threads`` (default :func:`usable_cores`) for the rest of the process and
     return the bound. Call it first thing, before numpy, scikit-learn or torch have run: the environment variables
-    only reach libraries loaded after them; the pools already loaded are limited through threadpoolctl and
-    ``torch.set_num_threads``."""
+    only reach libraries loaded after them (torch's intra-op pool reads ``OMP_NUM_THREADS`` when torch loads); the
+    pools already loaded are limited through threadpoolctl and, when torch is loaded, ``torch.set_num_threads``
+    (torch is not loaded for this: a process that only starts others never needs it; torch's inter-op pool starts
+    only for ``torch.jit.fork`` work, which nothing here does)."""
     n = max(1, int(n_threads or usable_cores()))
     ours = set(filter(None, os.environ.get(SET_BY_BOUND, "").split(",")))
     settings = {name: str(n) for name in THREAD_ENV} | {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -60,11 +63,7 @@ def bound_threads(n_threads: int | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)
-    import torch
-
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:   # set once per process, before any inter-op work; a second call is refused
-        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
     return n

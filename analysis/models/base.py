@@ -26,8 +26,7 @@ import torch
 
 from ..errors import InputError
 from ..io import backed as on_disk
-
-FAMILIES = {"geneformer": "analysis.models.geneformer", "scgpt": "analysis.models.scgpt"}
+from . import FAMILIES
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def ensure_model(sim: SimulationConfig, train: TrainConfig, cache: Path, family:
                  progress: bool = True) -> tuple[Path, list]:
     """The tiny ``family`` model (trained on :func:`training_cells`), reused when one for the same simulation and
     training config exists; ``train.planted_head >= 0`` gives the positive-control variant (:func:`plant_model`)."""
-    from ..models.base import FAMILIES
+    from ..models import FAMILIES
 
     key = stable_hash({"family": family, "simulation": dataclasses.asdict(sim),
                        "train": dataclasses.asdict(train)})[:16]

@@ -1,10 +1,12 @@
 """This process's resident memory, as the plan and the stages meet it: the limit it may use (:func:`memory_limit`),
-each stage's own peak (:class:`PeakRSS`), and freed memory handed back between stages (:func:`release_free_memory`)."""
+each stage's own peak (:class:`PeakRSS`), freed memory handed back between stages (:func:`release_free_memory`),
+and the garbage collector kept to what a run makes (:func:`collector_on_run_objects`)."""
 from __future__ import annotations
 
 import ctypes
 import gc
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -23,6 +25,21 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):      # not glibc: nothing to ask
         pass
+
+
+@contextmanager
+def collector_on_run_objects():
+    """Within the block, the cyclic garbage collector looks only at objects made inside it: what exists on entry
+    (after one collection) is frozen (``gc.freeze``), and unfrozen on exit so that it can be collected again. The
+    imports alone leave some 350,000 tracked objects (modules, classes, functions) that every full collection
+    walked: 0.13-0.25 s each on this machine, between every two stages (:func:`release_free_memory`) and whenever
+    the collector ran by itself."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class PeakRSS:

@@ -1,6 +1,6 @@
 """The precompute stages, in order: inputs -> attention -> edges -> ranking -> layer biology -> reference confounds ->
-perturbation -> ablation -> CSSI -> scaling -> SAE -> statistics registry -> manifest, for one model (:func:`run_precompute`) or, for the embedded default,
-for every model family (:func:`configs_to_run`), side by side when there are cores for it (:func:`run_all`).
+perturbation -> ablation -> CSSI -> scaling -> SAE -> statistics registry -> manifest, for one model
+(:func:`run_precompute`; :mod:`.runs` says which runs a call makes and runs them side by side).
 
 Every input is loaded and validated before anything is written under ``cache/artifacts`` (a bad input leaves no
 trace there). The costly stages (attention extraction, ablation sweep, CSSI) record the hash of their inputs and are
@@ -9,12 +9,8 @@ skipped when a killed run resumes; the others are cheap and recomputed. A run's 
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -25,53 +21,13 @@ from ..io import files, schemas
 from ..io.artifacts import RunWriter, read_manifest
 from ..io.locks import exclusive
 from ..io.schemas import SchemaError
-from ..models.base import FAMILIES
 from . import ablation, attention, biology, confounds, cssi, perturbation, plan, ranking, sae, scaling
 from .calibration import calibrate
-from .memory import PeakRSS, memory_limit as default_memory_limit
+from .memory import PeakRSS, collector_on_run_objects, memory_limit as default_memory_limit
 from .inputs import Inputs, resolve_inputs
 from .timing import timed
 
 log = logging.getLogger("precompute")
-
-
-def configs_to_run(cfg: RunConfig) -> list[RunConfig]:
-    """The runs one precompute call makes: ``cfg`` itself, or, for the embedded default with no family chosen
-    (``model.path`` and ``model.family`` unset), one run per model family, so both families' runs are in the cache
-    (the positive control's planted head needs a token-predicting family and is made for those only)."""
-    if cfg.model.path is not None or cfg.model.family != "auto":
-        return [cfg]
-    families = [f for f in FAMILIES
-                if cfg.train.planted_head < 0 or importlib.import_module(FAMILIES[f]).Adapter.predicts_tokens]
-    return [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, family=f)) for f in families]
-
-
-def _worker_init(n_threads: int) -> None:
-    """A run's worker process (:func:`run_all`): its share of the cores, and the parent's log format."""
-    from ..threads import bound_threads
-
-    bound_threads(n_threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-
-
-def run_all(cfgs: list[RunConfig], cache: Path, *, n_threads: int, progress: bool = True, client=None,
-            memory_limit: int | None = None, plan_only: bool = False) -> list[Path | None]:
-    """Run every config of :func:`configs_to_run`, returning the run directories in order. The embedded default's
-    runs (one per family) are independent and their tiny models use a core poorly, so with at least as many cores
-    as runs each run gets its own process and an equal share of the cores (``n_threads``); the cache's locks
-    already let two precomputes share the embedded dataset. Progress bars are off there (they would interleave);
-    the stage log stays. With a Dask ``client`` the runs take turns and share its cluster for extraction.
-    ``memory_limit`` and ``plan_only``: as :func:`run_precompute` takes them (a plan-only call returns None per run)."""
-    workers = min(len(cfgs), n_threads)
-    limits = dict(memory_limit=memory_limit, plan_only=plan_only)
-    if workers < 2 or client is not None or plan_only:
-        return [run_precompute(cfg, cache, progress=progress, client=client, **limits) for cfg in cfgs]
-    log.info("%d runs in %d processes, %d thread(s) each", len(cfgs), workers, n_threads // workers)
-    context = multiprocessing.get_context("spawn")   # a fresh interpreter: no thread pool or lock copied mid-use
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(n_threads // workers,)) as pool:
-        futures = [pool.submit(run_precompute, cfg, cache, False, None, **limits) for cfg in cfgs]
-        return [f.result() for f in futures]
 
 
 def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds: float, run_plan: dict) -> dict:
@@ -104,25 +60,26 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=No
     logged and checked against ``memory_limit`` bytes (default: what the machine and its cgroup allow): a run that
     will not fit stops with an InputError and writes nothing; ``plan_only`` stops after the plan (returns None)."""
     t_start = time.perf_counter()
-    with timed("inputs"):
-        inp = resolve_inputs(cfg, cache, progress=progress)
-    with timed("plan"):
-        limit = memory_limit or default_memory_limit()
-        calibration = calibrate(inp, Path(cache))
-        estimates = plan.estimate(inp, calibration)
-    log.info("%s", plan.describe(estimates, limit, calibration))
-    if any(row.memory > limit for row in estimates):
-        plan.check(estimates, limit, plan.largest_fitting_batch(inp, calibration, limit))
-    if plan_only:
-        return None
-    run_plan = plan.record(estimates, limit, calibration)
-    run_key = stable_hash({"config": inp.cfg.to_dict(), "inputs": inp.input_hashes, "model": inp.model_hash()})
-    run_id = f"{cfg.name}-{inp.adapter.family}-{run_key[:10]}"
-    with exclusive(cache, f"run-{run_id}", f"run {run_id}") as waited:
-        if waited and (finished := _finished(cache, run_id, run_key)) is not None:
-            log.info("run %s was just written by the precompute this one waited for; reusing it", run_id)
-            return finished
-        return _write_run(inp, cache, run_id, run_key, t_start, progress, client, run_plan)
+    with collector_on_run_objects():
+        with timed("inputs"):
+            inp = resolve_inputs(cfg, cache, progress=progress)
+        with timed("plan"):
+            limit = memory_limit or default_memory_limit()
+            calibration = calibrate(inp, Path(cache))
+            estimates = plan.estimate(inp, calibration)
+        log.info("%s", plan.describe(estimates, limit, calibration))
+        if any(row.memory > limit for row in estimates):
+            plan.check(estimates, limit, plan.largest_fitting_batch(inp, calibration, limit))
+        if plan_only:
+            return None
+        run_plan = plan.record(estimates, limit, calibration)
+        run_key = stable_hash({"config": inp.cfg.to_dict(), "inputs": inp.input_hashes, "model": inp.model_hash()})
+        run_id = f"{cfg.name}-{inp.adapter.family}-{run_key[:10]}"
+        with exclusive(cache, f"run-{run_id}", f"run {run_id}") as waited:
+            if waited and (finished := _finished(cache, run_id, run_key)) is not None:
+                log.info("run %s was just written by the precompute this one waited for; reusing it", run_id)
+                return finished
+            return _write_run(inp, cache, run_id, run_key, t_start, progress, client, run_plan)
 
 
 def _finished(cache: Path, run_id: str, run_key: str) -> Path | None:
