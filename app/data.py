@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.errors import SchemaError
 from analysis.io import files, schemas
-from analysis.io.artifacts import read_manifest, scan_runs
+from analysis.io.artifacts import links_inside, read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.io.stores import AttentionStore
@@ -44,7 +44,15 @@ class ArtifactStore:
         path = (self.root / run_id).resolve()
         if path.parent != self.root or not (path / files.MANIFEST).is_file():
             raise RunNotFound(f"no complete run {run_id!r} in {self.root}")
+        if links := self._links(run_id):
+            raise RunNotFound(f"run {run_id!r} holds symbolic links ({', '.join(links[:3])}); the app reads only "
+                              "regular files inside a run: remove the links or precompute the run again")
         return path
+
+    @lru_cache(maxsize=256)
+    def _links(self, run_id: str) -> tuple[str, ...]:
+        """The symbolic links inside a run (:func:`analysis.io.artifacts.links_inside`), looked for once per run."""
+        return tuple(links_inside(self.root / run_id))
 
     @lru_cache(maxsize=32)
     def manifest(self, run_id: str) -> RunManifest:

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from analysis.io.spreadsheet import to_csv
+
 from .view_cache import note_export
 
 FORMATS = ("png", "svg", "pdf", "html", "csv", "zip")
@@ -128,13 +130,13 @@ def export_bytes(fig: go.Figure, data: pd.DataFrame, manifest: dict, name: str, 
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, got {fmt!r}")
     if fmt == "csv":
-        return f"{name}.csv", data.to_csv(index=False).encode()
+        return f"{name}.csv", to_csv(data, index=False).encode()
     if fmt != "zip":
         return f"{name}.{fmt}", figure_bytes(fig, fmt)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in ("png", "svg", "pdf", "html"):
             zf.writestr(f"{name}.{f}", figure_bytes(fig, f))
-        zf.writestr(f"{name}.csv", data.to_csv(index=False))
+        zf.writestr(f"{name}.csv", to_csv(data, index=False))
         zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=str))
     return f"{name}.zip", buf.getvalue()

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import dash
 import dash_bootstrap_components as dbc
-import diskcache
 from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update
 from threadpoolctl import threadpool_limits
 
 from . import ids
 from .data import ArtifactStore
 from .export import MIME, ExportRefused, FigureExports
+from .job_cache import open_job_cache
 from .jobs import ForkSafeDiskcacheManager
 from .pages import (ablation, claims, compare, confounds, cssi, features, gene, heads, layers, overview, perturbation,
                     statistics)
-from .security import refuse_foreign_hosts
+from .security import bound_request_size, refuse_foreign_hosts
 from .settings import PROJECT_ROOT, AppSettings
 from .timing import report_server_time
 from .view_cache import JobResults, ViewCache, not_a_view
@@ -63,7 +63,7 @@ def create_app(settings: AppSettings | None = None) -> Dash:
     # matrix product (seen: a CSSI level job stuck in dgemm_thread_nn). Single-threaded BLAS never takes it.
     threadpool_limits(1, user_api="blas")
     store = ArtifactStore(settings.cache_dir)
-    jobs = diskcache.Cache(str(settings.cache_dir / "diskcache"), size_limit=settings.diskcache_size_limit)
+    jobs = open_job_cache(settings.cache_dir, size_limit=settings.diskcache_size_limit)
     manager = ForkSafeDiskcacheManager(jobs, max_jobs=settings.max_jobs, max_queued_jobs=settings.max_queued_jobs,
                                        abandon_after_s=settings.abandon_after_s)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
@@ -76,6 +76,7 @@ def create_app(settings: AppSettings | None = None) -> Dash:
     results = JobResults(jobs)   # pages read and write job results through it, so cached views follow them
     report_server_time(app.server)
     refuse_foreign_hosts(app.server, settings.allowed_hosts())
+    bound_request_size(app.server, settings.max_request_mib * 1024 ** 2)
     if settings.view_cache_mib > 0:
         ViewCache(results, store.root, max_bytes=settings.view_cache_mib * 1024 ** 2,
                   ttl_s=settings.view_cache_ttl_s).install(app)

@@ -28,6 +28,7 @@ class AppSettings:
     export_max_points: int = 1_000_000  # data values one exported figure may draw (CSV is not bounded)
     view_cache_mib: int = 256       # answers of the views kept in the server's memory (app.view_cache); 0: none
     view_cache_ttl_s: float = 3600.0  # how long one is kept; under an export token's lifetime (app.export)
+    max_request_mib: int = 32      # a request body larger than this is refused (413) before it is read
     allow_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bind address (DNS rebinding)
     debug: bool = False
 

@@ -120,9 +120,17 @@ def read_manifest(run_dir: Path) -> RunManifest:
     return RunManifest.from_dict(raw)
 
 
+def links_inside(run_dir: Path) -> list[str]:
+    """Paths (relative to ``run_dir``) of the symbolic links anywhere inside a run directory. A run writes only
+    regular files; a link planted there would have a reader open whatever it points at (``/etc/passwd`` as the
+    manifest), so a run holding one is not opened."""
+    return sorted(str(p.relative_to(run_dir)) for p in Path(run_dir).rglob("*") if p.is_symlink())
+
+
 def scan_runs(cache_root: Path) -> tuple[list[RunManifest], list[str]]:
     """Complete runs under ``cache_root/artifacts`` (newest first) and one line per directory that looks like a run
-    but cannot be opened (a symlink, an unreadable or old-format manifest), so a reader can say what it skipped."""
+    but cannot be opened (a symlink or one holding symlinks, an unreadable or old-format manifest), so a reader can
+    say what it skipped."""
     root = Path(cache_root) / "artifacts"
     runs, skipped = [], []
     if root.is_dir():
@@ -131,6 +139,10 @@ def scan_runs(cache_root: Path) -> tuple[list[RunManifest], list[str]]:
                 continue
             if d.is_symlink() or not d.is_dir():
                 skipped.append(f"{d.name}: not a plain run directory (symlink)")
+                continue
+            if links := links_inside(d):
+                skipped.append(f"{d.name}: holds symbolic links ({', '.join(links[:3])}); a run holds only regular "
+                               "files: remove the links or precompute the run again")
                 continue
             try:
                 runs.append(read_manifest(d))

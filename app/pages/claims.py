@@ -11,6 +11,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, ctx, dash_table, dcc, html
 
+from analysis.io.spreadsheet import to_csv
 from analysis.scoring.claims import CLAIM_TABLES, claim_map
 from analysis.scoring.registry import FAMILIES
 from analysis.scoring.replication import replicate
@@ -130,5 +131,5 @@ def register(app, store, settings, jobs, exports):
         claims = claim_map(registry, tables, n_heads=heads(store, run_id))
         m = store.manifest(run_id)
         if ctx.triggered_id == ids.CLAIMS_CSV_BUTTON:
-            return dcc.send_data_frame(claims.to_csv, f"claims_{m.family}_{run_id}.csv", index=False)
+            return dcc.send_string(to_csv(claims, index=False), f"claims_{m.family}_{run_id}.csv")
         return dcc.send_string(report_html(m, claims, registry), f"claims_{m.family}_{run_id}.html")

@@ -58,12 +58,11 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
     from werkzeug.serving import make_server
 
-    import diskcache
-
     from analysis.scoring.cssi_levels import score_level
     from analysis.io.references import ReferenceNetwork
     from analysis.scoring.strata import add_level
     from app.data import ArtifactStore
+    from app.job_cache import open_job_cache
     from app.main import create_app
     from app.pages.cssi import live_key
     from app.settings import AppSettings
@@ -85,7 +84,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = AppSettings(cache_dir=Path(args.cache), port=port, run_id=run_id)
-    with diskcache.Cache(str(settings.cache_dir / "diskcache")) as jobs:   # the off-grid level is really computed
+    with open_job_cache(settings.cache_dir) as jobs:   # the off-grid level is really computed
         for reference in manifest.references:
             for direction in cfg.directions:
                 jobs.delete(live_key(run_id, reference["name"], direction, off_grid))

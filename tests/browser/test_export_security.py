@@ -87,3 +87,12 @@ def test_unknown_host_header_is_refused(server):
     for host in ("evil.example", "evil.example:80", "127.0.0.1.nip.io"):
         r = requests.get(server, headers={"Host": host}, timeout=30)
         assert r.status_code == 421 and "not served here" in r.text
+
+
+def test_an_oversized_request_body_is_refused_unread(server):
+    """A callback request larger than the app's bound (``max_request_mib``, 32 MiB) is answered 413; a 200 MB body
+    used to be accepted and parsed."""
+    body = b'{"output": "x", "inputs": [], "state": [], "pad": "' + b"a" * (33 * 1024 ** 2) + b'"}'
+    r = requests.post(f"{server}/_dash-update-component", data=body, headers={"Content-Type": "application/json"},
+                      timeout=120)
+    assert r.status_code == 413

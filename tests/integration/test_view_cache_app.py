@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import diskcache
 import pytest
 
 from app import ids
+from app.job_cache import open_job_cache
 from app.main import create_app
 from app.pages.ablation import LIVE_INDEX
 from app.settings import AppSettings
@@ -75,7 +75,7 @@ def test_cached_answers_equal_uncached_ones_and_follow_live_ablations(apps):
     table = _key(ids.ABL_TABLE)
     before = json.loads(_post(cached, ablation).get_data())["response"][table]["data"]
     row = dict(before[0], intervention="zero_head L1H1", n=7, value=123.0, source="live")
-    jobs = JobResults(diskcache.Cache(str(cache_dir / "diskcache")))   # the job's own handle, as in a worker
+    jobs = JobResults(open_job_cache(cache_dir))   # the job's own handle, as in a worker
     jobs.set((LIVE_INDEX, run_id), [row])
     after = _post(cached, ablation)
     assert after.headers[HEADER] == "miss"
