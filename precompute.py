@@ -37,6 +37,17 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * units[match[2].upper()])
 
 
+def positive_int(text: str) -> int:
+    """A count of 1 or more (``--threads``, ``--workers``; 0 or -1 used to be taken and reinterpreted, or hang)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parent / "cache"), help="cache directory")
@@ -66,11 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "(any other setting given overrides it and is listed as a deviation)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any config key, e.g. --set train.epochs=4")
-    ap.add_argument("--threads", type=int, help="threads for BLAS, OpenMP and torch (default: the cores this process "
-                                                "may use, from its CPU affinity and cgroup quota)")
+    ap.add_argument("--threads", type=positive_int,
+                    help="threads for BLAS, OpenMP and torch (default: the cores this process may use, from its CPU "
+                         "affinity and cgroup quota)")
     ap.add_argument("--scheduler", help="address of a dask.distributed scheduler: attention is extracted in shards on "
                                         "its workers")
-    ap.add_argument("--workers", type=int, help="extract attention on a local Dask cluster of this many processes")
+    ap.add_argument("--workers", type=positive_int,
+                    help="extract attention on a local Dask cluster of this many processes")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--plan", action="store_true", help="print each stage's estimated memory and time (calibrated on "
                     "one cell through the model) and exit without writing a run")

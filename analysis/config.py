@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import tomllib
@@ -22,6 +23,7 @@ from .errors import ConfigError
 ENV_PREFIX = "SCFMX_"
 DIRECTIONS = ("tf_to_target", "target_to_tf", "symmetric")
 DE_TESTS = ("welch", "mannwhitney")
+LOCATION_TESTS = ("wilcoxon", "ttest")
 LFC_DEFINITIONS = ("scanpy", "log1p_mean_difference")
 UNIVERSES = ("panel", "hvg", "hvg_plus_perturbed")
 CORRELATION_EDGES = ("signed", "absolute", "sign_matched")
@@ -158,10 +160,15 @@ class PerturbationConfig:
     the edge's sign predicts the direction the target moved); every variant is scored, this one is primary.
     ``modality``: ``crispri`` (knock-down) or ``crispra`` (activation): the on-target direction each perturbation is
     checked against. The sensitivity grid's control-count and universe axes are absolute when ``grid_n_control`` /
-    ``grid_universe_size`` are set (the paper's, SN6.3), else fractions of what the data has.
+    ``grid_universe_size`` are set (the paper's, SN6.3), else fractions of what the data has. ``location_test``: the
+    registered test of per-perturbation AUROCs against 0.5 (primary and sensitivity grid) and of the paired
+    comparisons (attention and the trivial baselines against correlation): ``wilcoxon`` (signed-rank) or ``ttest``
+    (one-sample and paired t-tests, the paper's: registry 14, 18, 21, 23 of SN16.2), with the other test registered
+    beside it as descriptive when it is ``ttest``.
     """
 
     test: str = "welch"
+    location_test: str = "wilcoxon"
     lfc: str = "scanpy"
     lfc_threshold: float = 0.5
     alpha: float = 0.05
@@ -459,9 +466,44 @@ def mlp_block_layers(block: str) -> tuple[int, ...]:
     return layers
 
 
+SIGNED_SETTINGS = frozenset({"perturbation.readout_layer", "train.planted_head", "tokenizer.cls_value"})
+POSITIVE_SETTINGS = frozenset({"train.learning_rate", "sae.lr", "cssi.max_gib", "sae.max_gib"})
+OPEN_UNIT_SETTINGS = frozenset({"perturbation.alpha", "simulation.control_fraction", "simulation.knockdown_residual"})
+
+
+def _numbers(cfg: RunConfig):
+    """``(dotted key, number)`` for every int or float setting, one per element of a tuple setting."""
+    for section in dataclasses.fields(cfg):
+        group = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(group):
+            continue
+        for f in dataclasses.fields(group):
+            value = getattr(group, f.name)
+            for v in (value if isinstance(value, tuple) else (value,)):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    yield f"{section.name}.{f.name}", v
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Every number finite (no NaN or infinity); none negative except :data:`SIGNED_SETTINGS` (a layer counted from
+    the end, "no head", scGPT's ``<cls>`` value); :data:`POSITIVE_SETTINGS` above 0 (rates, memory budgets);
+    :data:`OPEN_UNIT_SETTINGS` strictly between 0 and 1 (a significance level of 2 called 5x the DE targets and
+    exited 0). The settings with narrower ranges are checked by :func:`check`."""
+    for key, value in _numbers(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} = {value}: must be a finite number")
+        if value < 0 and key not in SIGNED_SETTINGS:
+            raise ConfigError(f"{key} = {value}: must not be negative")
+        if key in POSITIVE_SETTINGS and value <= 0:
+            raise ConfigError(f"{key} = {value}: must be greater than 0")
+        if key in OPEN_UNIT_SETTINGS and not 0 < value < 1:
+            raise ConfigError(f"{key} = {value}: must be between 0 and 1 (exclusive)")
+
+
 def check(cfg: RunConfig) -> RunConfig:
     """Refuse settings no stage can run with, before anything starts: a :class:`ConfigError` naming the setting,
     the value and what is allowed. Returns ``cfg``."""
+    check_ranges(cfg)
     at_least = {"extraction.batch_size": (cfg.extraction.batch_size, 1), "extraction.panel_size":
                 (cfg.extraction.panel_size, 2), "extraction.n_hvg": (cfg.extraction.n_hvg, 0),
                 "ranking.n_null": (cfg.ranking.n_null, 0), "ablation.n_cells": (cfg.ablation.n_cells, 0),
@@ -492,6 +534,7 @@ def check(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{key} = {values}: must list integers >= 1")
     choices = {"ranking.directions": (cfg.ranking.directions, DIRECTIONS),
                "perturbation.test": ((cfg.perturbation.test,), DE_TESTS),
+               "perturbation.location_test": ((cfg.perturbation.location_test,), LOCATION_TESTS),
                "tokenizer.mode": ((cfg.tokenizer.mode,), TOKENIZER_MODES),
                "perturbation.lfc": ((cfg.perturbation.lfc,), LFC_DEFINITIONS),
                "perturbation.universe": ((cfg.perturbation.universe,), UNIVERSES),

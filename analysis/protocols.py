@@ -22,6 +22,9 @@ PAPER_MLP_BLOCKS = {"Geneformer-V2-316M": ("13-15",)}   # SN14.4: MLP zeroing at
 _K562 = {
     "extraction.cells": ("control", "2.5: 2,000 K562 control cells"),
     "perturbation.test": ("welch", "SN6.2: Welch's t-test with BH-FDR (primary)"),
+    "perturbation.location_test": ("ttest", "SN16.2 registry 14, 18, 21, 23: one-sample t-test of per-perturbation "
+                                            "AUROC against 0.5, t-tests over the grid, paired t-tests against "
+                                            "correlation (Wilcoxon beside them)"),
     "perturbation.lfc": ("scanpy", "4.1, 4.3: Scanpy DE (its log2 fold change)"),
     "perturbation.lfc_threshold": (0.5, "SN6.2: LFC 0.5"),
     "perturbation.alpha": (0.05, "SN6.2: BH-FDR 0.05"),

@@ -50,6 +50,7 @@ class DataInfo:
     attention_cell_selection: str = "all"
     universe: str = "panel"                   # ``perturbation.universe`` and its size in genes
     universe_genes: int = 0
+    perturbations_left_out: int = 0          # perturbed genes not in the panel (table perturbations_left_out)
 
     @property
     def cells_line(self) -> str:

@@ -65,6 +65,7 @@ LAYER_BIOLOGY_CONTROL = (("reference", "layer", "r_raw", "r_partial", "p_partial
                          ("r_partial", "p_partial", "retained"))
 ATTENTION_EXPRESSION = (("layer", "correlation", "rho", "p", "n"), ("rho", "p"))
 UNIVERSE_CHECK = (("protocol", "perturbation", "layer", "attention_auroc", "correlation_auroc", "n_genes"), ())
+PERTURBATIONS_LEFT_OUT = (("perturbation", "reason"), ())
 SAE_LAYERS = (("layer", "d_model", "n_features", "k", "n_rows", "n_cells", "epochs", "final_loss",
                "fraction_variance_explained", "n_dead", "n_dense", "svd_directions", "n_svd_visible",
                "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds", "n_modules",
@@ -117,6 +118,7 @@ TABLES = {
     "layer_biology_control": LAYER_BIOLOGY_CONTROL,
     "attention_expression": ATTENTION_EXPRESSION,
     "universe_check": UNIVERSE_CHECK,
+    "perturbations_left_out": PERTURBATIONS_LEFT_OUT,
     "sae_layers": SAE_LAYERS,
     "sae_features": SAE_FEATURES,
     "sae_programmes": SAE_PROGRAMMES,

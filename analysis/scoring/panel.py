@@ -80,3 +80,26 @@ def select_panel(cells: CellData, genes: pd.DataFrame, present: np.ndarray, *, r
         "n_cells": present[chosen],
         "in_universe": np.ones(chosen.size, bool) if universe is None else np.isin(chosen, universe),
     })
+
+
+def perturbations_left_out(cells: CellData, genes: pd.DataFrame, present: np.ndarray, panel: pd.DataFrame,
+                           panel_size: int) -> pd.DataFrame:
+    """The screen's perturbed genes that are not panel genes, so that no perturbation-first AUROC can be scored for
+    them, each with the reason (columns perturbation, reason): not a vocabulary gene of the data (``genes``), in no
+    cell's model input (``present`` = 0), or cut when the panel was full (:func:`select_panel` takes the universe,
+    then the perturbed genes in the data's gene order, then TFs and HVGs, up to ``panel_size``)."""
+    index = {s: i for i, s in enumerate(genes["symbol"].to_numpy())}
+    in_panel = set(panel["symbol"])
+    rows = []
+    for gene in cells.perturbed_genes():
+        if gene in in_panel:
+            continue
+        if gene not in index:
+            reason = "not a vocabulary gene of the model among the data's genes"
+        elif present[index[gene]] <= 0:
+            reason = "in no cell's model input (not expressed, or never tokenised)"
+        else:
+            reason = (f"cut: the {panel_size}-gene panel was full (universe, then perturbed genes in the data's gene "
+                      "order); raise --panel-size")
+        rows.append((gene, reason))
+    return pd.DataFrame(rows, columns=["perturbation", "reason"])

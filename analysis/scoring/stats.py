@@ -5,7 +5,7 @@ Benjamini-Hochberg step-up FDR control: sort the m p-values, q_(i) = min_{j>=i} 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_1samp, wilcoxon
 
 
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
@@ -45,3 +45,12 @@ def wilcoxon_p(diff: np.ndarray, alternative: str = "two-sided") -> float:
         return float("nan")
     clean = np.all(d != 0) and np.unique(np.abs(d)).size == d.size and d.size <= 50
     return float(wilcoxon(d, alternative=alternative, method="exact" if clean else "approx").pvalue)
+
+
+def ttest_p(diff: np.ndarray, alternative: str = "two-sided") -> float:
+    """One-sample t-test p of ``diff`` against 0 (a paired t-test when ``diff`` holds paired differences; Student,
+    n - 1 degrees of freedom). NaN when n < 2 or every difference is equal (no variance to test against)."""
+    d = np.asarray(diff, dtype=float)
+    if d.size < 2 or np.all(d == d[0]):
+        return float("nan")
+    return float(ttest_1samp(d, 0.0, alternative=alternative).pvalue)

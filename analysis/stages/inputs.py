@@ -29,7 +29,7 @@ from ..io.references import ReferenceNetwork, coregulation_pairs, load_pair_refe
 from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter, tokens_of
 from ..rerun import load_cells_for
 from ..scoring.cssi_levels import check_config as check_cssi
-from ..scoring.panel import evaluation_universe, select_panel
+from ..scoring.panel import evaluation_universe, perturbations_left_out, select_panel
 from ..scoring.perturbation import MIN_GROUP_CELLS
 from ..scoring.ranking import evaluable_universe
 from .timing import timed
@@ -54,6 +54,7 @@ class Inputs:
     provenance: dict
     attention_cells: np.ndarray    # indices of the cells attention and ablation run on (``extraction.cells``)
     pair_references: list[ReferenceNetwork]   # undirected pair references (biology stage, SN17)
+    left_out: pd.DataFrame         # perturbed genes not in the panel, and why (scoring.panel.perturbations_left_out)
 
     @cached_property
     def attention_cell_data(self) -> CellData:
@@ -114,8 +115,9 @@ class Inputs:
 
 
 def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, reference_tfs: set[str],
-                     max_len: int, keep: np.ndarray) -> tuple[TokenizedCells, pd.DataFrame]:
-    """The tokens of cells ``keep`` (the attention cells) and the panel (module doc; schema-validated). Every cell
+                     max_len: int, keep: np.ndarray) -> tuple[TokenizedCells, pd.DataFrame, pd.DataFrame]:
+    """The tokens of cells ``keep`` (the attention cells), the panel (module doc; schema-validated) and the
+    perturbed genes left out of it with why (:func:`analysis.scoring.panel.perturbations_left_out`). Every cell
     is tokenised, a block at a time, for the panel's gene presence; only the kept cells' tokens are held
     (:func:`analysis.models.base.tokens_of`), so a screen of any size fits."""
     ext, pert = cfg.extraction, cfg.perturbation
@@ -138,10 +140,16 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
         tokens, _ = tokens_of(tokenizer, cells, keep, panel=panel)
     else:
         tokens, present = tokens_of(tokenizer, cells, keep)
-        panel = select_panel(cells, tokens.genes, present, reference_tfs=reference_tfs, n_hvg=ext.n_hvg,
-                             panel_size=ext.panel_size,
-                             universe=evaluation_universe(cells, tokens.genes, present, pert.universe, pert.universe_size))
-    return tokens, schemas.validate("panel", panel)
+        genes, size = tokens.genes, ext.panel_size
+        panel = select_panel(cells, genes, present, reference_tfs=reference_tfs, n_hvg=ext.n_hvg, panel_size=size,
+                             universe=evaluation_universe(cells, genes, present, pert.universe, pert.universe_size))
+    left_out = perturbations_left_out(cells, genes, present, panel, size)
+    if len(left_out):
+        log.warning("%d of %d perturbed genes are not in the panel, so they cannot be evaluated: %s",
+                    len(left_out), len(cells.perturbed_genes()), "; ".join(
+                        f"{reason}: {', '.join(group['perturbation'][:8])}{' ...' if len(group) > 8 else ''}"
+                        for reason, group in left_out.groupby("reason", sort=False)))
+    return tokens, schemas.validate("panel", panel), left_out
 
 
 def parse_heads(names: tuple[str, ...], n_layers: int, n_heads: int) -> tuple[tuple[int, int], ...]:
@@ -240,8 +248,8 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     if not references:
         raise InputError("no reference network: pass --reference trrust_rawdata.human.tsv (or dorothea:PATH)")
     attention_cells = cells.select(cfg.extraction.cells)
-    tokens, panel = tokens_and_panel(cfg, cells, tokenizer, set().union(*(r.tfs for r in references)), adapter.max_len,
-                                     attention_cells)
+    tokens, panel, left_out = tokens_and_panel(cfg, cells, tokenizer, set().union(*(r.tfs for r in references)),
+                                               adapter.max_len, attention_cells)
     for ref in references:
         universe = evaluable_universe(panel, ref, np.ones((len(panel), len(panel)), dtype=bool))
         if universe.tf_rows.size == 0:
@@ -257,6 +265,6 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     hashes.update({f"reference:{r.name}": sha256_path(Path(r.params["path"]))
                    for r in references + pair_references if r.params.get("kind") != "coregulation"})
     inputs = Inputs(cfg, cells, adapter, tokenizer, tokens, panel, references, model_dir, hashes, provenance,
-                    attention_cells, pair_references)
+                    attention_cells, pair_references, left_out)
     inputs.source_rows, inputs.full_heads   # checked here, before anything is written
     return inputs

@@ -27,7 +27,7 @@ from ..scoring.panel import highly_variable
 from ..scoring.perturbation import (differential_expression, gene_level_scores, on_target_check,
                                     perturbation_auroc)
 from ..scoring.registry import StatsRegistry
-from ..scoring.stats import wilcoxon_p
+from ..scoring.stats import ttest_p, wilcoxon_p
 from ..sim.simulate import constructed_edges as simulated_edges
 from ..sim.simulate import make_network
 from .inputs import Inputs
@@ -43,12 +43,30 @@ class PerturbationResults:
     params: dict
 
 
-def _one_sample(values: np.ndarray) -> float:
-    return wilcoxon_p(values - 0.5, alternative="greater")
+LOCATION_TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "t-test"}
 
 
-def _paired(a: np.ndarray, b: np.ndarray) -> float:
-    return wilcoxon_p(a - b)
+def _location_p(test: str, diff: np.ndarray, alternative: str) -> float:
+    return (ttest_p if test == "ttest" else wilcoxon_p)(diff, alternative=alternative)
+
+
+def _above_chance_p(values: np.ndarray, test: str) -> float:
+    """One-sided p that per-perturbation AUROCs ``values`` exceed 0.5, by ``perturbation.location_test``."""
+    return _location_p(test, values - 0.5, "greater")
+
+
+def register_location(reg: StatsRegistry, cfg: PerturbationConfig, analysis: str, hypothesis: str,
+                      diff: np.ndarray, *, paired: bool, confirmatory: bool = True, **effect) -> None:
+    """Register a location test of ``diff`` (AUROC - 0.5, one-sided; or paired differences, two-sided) by
+    ``cfg.location_test``; under ``ttest`` (the paper's) the Wilcoxon signed-rank test is registered beside it as
+    descriptive, its hypothesis saying so."""
+    alternative, kind = ("two-sided", "paired") if paired else ("greater", "one-sided")
+    tests = [cfg.location_test] + (["wilcoxon"] if cfg.location_test == "ttest" else [])
+    for test in tests:
+        beside = test != cfg.location_test
+        reg.register(analysis, hypothesis + (" (Wilcoxon, beside the paper's t-test)" if beside else ""),
+                     f"{LOCATION_TEST_NAMES[test]} ({kind})", _location_p(test, diff, alternative),
+                     confirmatory=confirmatory and not beside, **effect)
 
 
 def _cohens_d(values: np.ndarray, against: float | np.ndarray) -> float:
@@ -98,30 +116,28 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
 
     att, cor = values("attention_layer_mean", readout), values(CORRELATION_EDGE_TYPES[cfg.correlation_edge])
     n = att.size
+    def above_chance(analysis, hypothesis, v, confirmatory=True):
+        register_location(reg, cfg, analysis, hypothesis, v - 0.5, paired=False, confirmatory=confirmatory,
+                          effect=float(v.mean()), effect_name="mean AUROC", n=v.size)
+
+    def paired(analysis, hypothesis, a, b):
+        register_location(reg, cfg, analysis, hypothesis, a - b, paired=True, effect=_cohens_d(a, b),
+                          effect_name="Cohen's d", n=n)
+
     for variant, edge_type in CORRELATION_EDGE_TYPES.items():
         if variant != cfg.correlation_edge:
-            v = values(edge_type)
-            reg.register("perturbation_first", f"correlation ({variant}) AUROC > 0.5",
-                         "Wilcoxon signed-rank (one-sided)", _one_sample(v), effect=float(v.mean()),
-                         effect_name="mean AUROC", n=v.size, confirmatory=False)
-    reg.register("perturbation_first", f"attention L{readout} AUROC > 0.5", "Wilcoxon signed-rank (one-sided)",
-                 _one_sample(att), effect=float(att.mean()), effect_name="mean AUROC", n=n)
-    reg.register("perturbation_first", "correlation AUROC > 0.5", "Wilcoxon signed-rank (one-sided)",
-                 _one_sample(cor), effect=float(cor.mean()), effect_name="mean AUROC", n=n)
-    reg.register("perturbation_first", f"attention L{readout} vs correlation", "Wilcoxon signed-rank (paired)",
-                 _paired(att, cor), effect=_cohens_d(att, cor), effect_name="Cohen's d", n=n)
+            above_chance("perturbation_first", f"correlation ({variant}) AUROC > 0.5", values(edge_type), False)
+    above_chance("perturbation_first", f"attention L{readout} AUROC > 0.5", att)
+    above_chance("perturbation_first", "correlation AUROC > 0.5", cor)
+    paired("perturbation_first", f"attention L{readout} vs correlation", att, cor)
     for b in baselines.sources["edge_type"]:
         base = values(b)
-        reg.register("trivial_baselines", f"{b} vs attention L{readout}", "Wilcoxon signed-rank (paired)",
-                     _paired(base, att), effect=_cohens_d(base, att), effect_name="Cohen's d", n=n)
-        reg.register("trivial_baselines", f"{b} vs correlation", "Wilcoxon signed-rank (paired)",
-                     _paired(base, cor), effect=_cohens_d(base, cor), effect_name="Cohen's d", n=n)
+        paired("trivial_baselines", f"{b} vs attention L{readout}", base, att)
+        paired("trivial_baselines", f"{b} vs correlation", base, cor)
     for layer in range(n_layers):
         if layer != readout:
-            v = values("attention_layer_mean", layer)
-            reg.register("perturbation_first_layers", f"attention L{layer} AUROC > 0.5",
-                         "Wilcoxon signed-rank (one-sided)", _one_sample(v), effect=float(v.mean()),
-                         effect_name="mean AUROC", n=v.size, confirmatory=False)
+            above_chance("perturbation_first_layers", f"attention L{layer} AUROC > 0.5",
+                         values("attention_layer_mean", layer), False)
     selection = select_layers(confirmable, CORRELATION_EDGE_TYPES[cfg.correlation_edge], reg, seed=cfg.seed)
     if selection is not None:
         tables["layer_selection"] = selection
@@ -234,15 +250,14 @@ def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeSet, cfg: 
                 res = res[~res["perturbation"].isin(exclude)]
                 for (etype, layer), grp in res.groupby(["edge_type", "layer"]):
                     v = grp["auroc"].to_numpy()
-                    p = _one_sample(v)
                     rows.append({"lfc_threshold": lfc, "n_control": n_control, "universe_size": len(universe),
                                  "edge_type": etype, "layer": layer, "mean_auroc": float(v.mean()),
-                                 "n_evaluable": int(v.size), "p": p})
+                                 "n_evaluable": int(v.size), "p": _above_chance_p(v, cfg.location_test)})
                     if etype.startswith("spearman"):
-                        reg.register("sensitivity_grid",
-                                     f"correlation AUROC > 0.5 (lfc {lfc}, {n_control} controls, {len(universe)} genes)",
-                                     "Wilcoxon signed-rank (one-sided)", p, effect=float(v.mean()),
-                                     effect_name="mean AUROC", n=int(v.size), confirmatory=False)
+                        register_location(reg, cfg, "sensitivity_grid", f"correlation AUROC > 0.5 (lfc {lfc}, "
+                                          f"{n_control} controls, {len(universe)} genes)", v - 0.5, paired=False,
+                                          confirmatory=False, effect=float(v.mean()), effect_name="mean AUROC",
+                                          n=int(v.size))
     return pd.DataFrame(rows)
 
 
@@ -301,7 +316,7 @@ def stage(inp: Inputs, heads: HeadEdges, layer_means: EdgeScores, corr: EdgeScor
         planted = constructed_edges(inp.cfg, inp.cells, inp.panel) if embedded else None
         result = run(inp.cells, inp.panel, heads, layer_means, corr, inp.references, inp.cfg.perturbation,
                      constructed=planted)
-        for name, frame in result.tables.items():
+        for name, frame in {**result.tables, "perturbations_left_out": inp.left_out}.items():
             writer.write_table(name, frame)
     writer.mark_done("perturbation", key, time.perf_counter() - t0)
     return result

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config import RunConfig, stable_hash
 from ..errors import InputError
-from ..io import files, schemas
+from ..io import files, schemas, spreadsheet
 from ..io.artifacts import RunWriter, read_manifest
 from ..io.locks import exclusive
 from ..io.schemas import SchemaError
@@ -42,7 +42,8 @@ def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds:
                  "n_vocab_genes": int(len(inp.attention_tokens.genes)), "panel_size": int(len(store_panel)),
                  "perturbations": inp.cells.perturbed_genes(), "cell_state_col": inp.cells.cell_state_col,
                  "attention_cells": int(inp.attention_cells.size), "attention_cell_selection": cfg.extraction.cells,
-                 "universe": cfg.perturbation.universe, "universe_genes": int(store_panel["in_universe"].sum())},
+                 "universe": cfg.perturbation.universe, "universe_genes": int(store_panel["in_universe"].sum()),
+                 "perturbations_left_out": len(inp.left_out)},
         "protocol": inp.protocol_record(),
         "readout_layer": inp.readout_layer,
         "references": [r.params | {"name": r.name} for r in inp.references],
@@ -126,7 +127,7 @@ def _stages(inp: Inputs, writer: RunWriter, run_key: str, t_start: float, progre
         registry.extend(sae.stage(inp, store.panel, writer, run_key, progress))
         stats_table = schemas.validate("statistics_registry", registry.table())
         stats_table.to_parquet(writer.dir / files.table("statistics_registry"), index=False)
-        stats_table.to_csv(writer.dir / files.STATISTICS_CSV, index=False)
+        spreadsheet.to_csv(stats_table, writer.dir / files.STATISTICS_CSV, index=False)
         pd.DataFrame(writer.timings).pipe(lambda f: schemas.validate("stage_timings", f)).to_parquet(
             writer.dir / files.table("stage_timings"), index=False)
         return writer.finish(manifest(inp, store.panel, run_key, time.perf_counter() - t_start, run_plan))

@@ -42,15 +42,19 @@ def run(inp: Inputs, heads: HeadEdges, layer_means: EdgeScores, corr_edges: Edge
 
 
 def registry(ranking: pd.DataFrame, readout_layer: int) -> StatsRegistry:
-    """Reference-ranking tests: the pre-specified read-out layer's head-mean AUROC (confirmatory for
-    TF -> target, descriptive for the other directions) and every head's AUROC (exploratory screen)."""
+    """Reference-ranking tests against the label-shuffle null, all descriptive: the pre-specified read-out layer's
+    head-mean AUROC, correlation's, and every head's (exploratory screen). Reference recovery's confirmatory test is
+    the degree-preserving null of the confounds stage (:mod:`.confounds`, registry 16 of SN16.2): a label shuffle
+    keeps no degree structure, so a model that learned nothing passes it (an untrained Geneformer on sparse
+    simulated counts did, q < 0.01, while the degree null in the same run called the whole AUROC degree). The
+    paper registers both as confirmatory; this departure is stated in the test's name."""
     reg = StatsRegistry()
     auroc = ranking[ranking["metric"] == "auroc"]
     for r in auroc.itertuples():
         if r.edge_type == "attention_layer_mean" and r.layer == readout_layer:
             reg.register("reference_recovery", f"{r.reference} {r.direction}: attention L{r.layer} AUROC > null",
-                         "label-shuffle permutation", r.p, effect=r.value, effect_name="AUROC", n=r.n_pos + r.n_neg,
-                         confirmatory=r.direction == "tf_to_target")
+                         "label-shuffle permutation (degree-blind: descriptive; the degree null is confirmatory)",
+                         r.p, effect=r.value, effect_name="AUROC", n=r.n_pos + r.n_neg, confirmatory=False)
         elif r.edge_type == "attention":
             reg.register("head_screen", f"{r.reference} {r.direction}: L{r.layer}H{r.head} AUROC > null",
                          "label-shuffle permutation", r.p, effect=r.value, effect_name="AUROC", n=r.n_pos + r.n_neg,

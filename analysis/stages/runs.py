@@ -53,7 +53,8 @@ def run_all(cfgs: list[RunConfig], cache: Path, *, n_threads: int, progress: boo
     as runs each run gets its own process and an equal share of the cores (``n_threads``); the cache's locks
     already let two precomputes share the embedded dataset. Progress bars are off there (they would interleave);
     the stage log stays. With a Dask ``client`` the runs take turns and share its cluster for extraction.
-    ``memory_limit`` and ``plan_only``: as :func:`analysis.stages.pipeline.run_precompute` takes them (a plan-only call returns None per run)."""
+    ``memory_limit`` and ``plan_only``: as :func:`analysis.stages.pipeline.run_precompute` takes them (a plan-only
+    call returns None per run)."""
     workers = min(len(cfgs), n_threads)
     limits = dict(memory_limit=memory_limit, plan_only=plan_only)
     if workers < 2 or client is not None or plan_only:

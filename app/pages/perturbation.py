@@ -72,6 +72,20 @@ def _label_frame(per: pd.DataFrame, readout: int | None, selected: dict | None) 
     return frame[["source", "kind", "perturbation", "auroc", "n_pos", "n_neg", "edge_type", "layer", "head"]]
 
 
+def left_out_note(store, run_id: str) -> str:
+    """What the run could not evaluate because the perturbed gene is not a panel gene, grouped by reason (table
+    ``perturbations_left_out``); empty when every perturbed gene is in the panel."""
+    if not store.has_table(run_id, "perturbations_left_out"):
+        return ""
+    left = store.table(run_id, "perturbations_left_out")
+    if left.empty:
+        return ""
+    parts = [f"{reason}: {', '.join(group['perturbation'][:10])}{' ...' if len(group) > 10 else ''} ({len(group)})"
+             for reason, group in left.groupby("reason", sort=False)]
+    return (f" Left out before scoring, {len(left)} perturbed gene(s) not in the attention panel: "
+            + "; ".join(parts) + ".")
+
+
 def primary_correlation(manifest) -> str:
     """Edge type of the run's primary correlation edge (``perturbation.correlation_edge``; signed rho by default)."""
     return CORRELATION_EDGE_TYPES[manifest.config.perturbation.correlation_edge]
@@ -117,7 +131,8 @@ def register(app, store, settings, jobs, exports):
                 + "; signed rho is the paper's (SN2, SN6.2), |rho| and sign-matched (the edge's sign times the "
                 "modality's direction against the observed direction of change) are the checks it lacked. Attention "
                 "is read A[perturbed gene (query), target (key)], the Heads page's TF -> target direction; an "
-                "attention weight has no sign, so it has no signed or sign-matched variant.")
+                "attention weight has no sign, so it has no signed or sign-matched variant.") + left_out_note(
+                    store, run_id)
         if not store.has_table(run_id, "sensitivity_grid"):
             return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note,
                     [], None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import json
+import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -19,7 +20,7 @@ from analysis.errors import InputError
 from analysis.io.artifacts import read_manifest, sha256_path
 from analysis.models.scgpt.checkpoint import read_vocab, save_release
 from analysis.scoring.claims import CLAIM_TABLES, claim_map
-from app.data import ArtifactStore
+from app.data import ArtifactStore, RunNotFound
 from tests.conftest import SMALL, shared_path, tiny_scgpt_parts
 
 
@@ -69,6 +70,10 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
             "baseline_detection", "baseline_tf_degree"} <= set(per["edge_type"])
     grid = store.table(run, "sensitivity_grid")
     assert grid[["lfc_threshold", "n_control", "universe_size"]].drop_duplicates().shape[0] == 27
+    left = store.table(run, "perturbations_left_out")
+    assert list(left.columns) == ["perturbation", "reason"]
+    assert store.manifest(run).data.perturbations_left_out == len(left)
+    assert not set(left["perturbation"]) & set(per["perturbation"])      # a left-out gene is never scored
     inc = store.table(run, "incremental_value")
     assert set(inc["split"]) == {"perturbation", "gene", "joint"} and set(inc["model"]) == {"logistic", "gbdt"}
     assert {"gene+attention", "gene+correlation", "gene+sim_oracle", "gene+sim_gene_only",
@@ -626,3 +631,67 @@ def test_memory_sizes_parse_as_a_user_writes_them():
     assert precompute.parse_size("4096") == 4096
     with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
         precompute.parse_size("twelve gigs")
+
+
+def test_a_run_holding_a_symlink_is_neither_listed_nor_opened(embedded_cache, tmp_path):
+    """A file of a run replaced by a link (to a file outside the cache) is not followed: the run is skipped in the
+    listing with the reason, and opening it by id is refused naming the link (qa/bad-inputs.md, Security)."""
+    cache, runs = embedded_cache
+    source = runs["scgpt"]
+    copy = tmp_path / "cache"
+    shutil.copytree(source, copy / "artifacts" / source.name)
+    run_dir = copy / "artifacts" / source.name
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the app's to read")
+    (run_dir / "panel.parquet").unlink()
+    (run_dir / "panel.parquet").symlink_to(secret)
+    store = ArtifactStore(copy)
+    runs_listed, skipped = store.runs()
+    assert not runs_listed and any("symbolic links (panel.parquet)" in line for line in skipped)
+    with pytest.raises(RunNotFound, match="symbolic links"):
+        store.panel(source.name)
+
+
+def test_the_paper_protocols_t_tests_are_registered_with_the_wilcoxon_beside_them(embedded_cache, tmp_path):
+    """Under ``perturbation.location_test=ttest`` (every paper protocol's), per-perturbation AUROC > 0.5 is a one-sided
+    one-sample t-test (registry 14) and attention and the baselines against correlation paired t-tests (21, 23),
+    confirmatory, each p equal to scipy's on the run's own per-perturbation table; the Wilcoxon stands beside each,
+    descriptive; the sensitivity grid's p column is the t-test's (18)."""
+    from scipy.stats import ttest_1samp, ttest_rel
+
+    cache, _ = embedded_cache
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy, ignore=shutil.ignore_patterns("artifacts", "locks"))
+    args = ["--cache", str(copy), *SMALL, "--model-family", "geneformer", "--set", "perturbation.location_test=ttest",
+            "--set", "ablation.n_cells=0", "--set", "cssi.n_fine=0", "--set", "sae.run=off"]
+    assert precompute.main(args) == 0
+    (run_dir,) = (copy / "artifacts").iterdir()
+    reg = pd.read_parquet(run_dir / "statistics_registry.parquet").set_index(["analysis", "hypothesis"])
+    per = pd.read_parquet(run_dir / "perturbation_auroc.parquet")
+    failed = set(pd.read_parquet(run_dir / "on_target.parquet").query("status == 'failed'")["perturbation"])
+    per = per[~per["perturbation"].isin(failed)]
+    readout = read_manifest(run_dir).readout_layer
+
+    def aurocs(edge_type, layer=-1):
+        sel = per[(per["edge_type"] == edge_type) & (per["layer"] == layer) & (per["head"] == -1)]
+        return sel.sort_values("perturbation")["auroc"].to_numpy()
+
+    att, cor = aurocs("attention_layer_mean", readout), aurocs("spearman")
+    one = reg.loc[("perturbation_first", f"attention L{readout} AUROC > 0.5")]
+    assert one["test"] == "t-test (one-sided)" and bool(one["confirmatory"])
+    assert np.isclose(one["p"], ttest_1samp(att, 0.5, alternative="greater").pvalue, rtol=1e-10)
+    pair = reg.loc[("perturbation_first", f"attention L{readout} vs correlation")]
+    assert pair["test"] == "t-test (paired)" and bool(pair["confirmatory"])
+    assert np.isclose(pair["p"], ttest_rel(att, cor).pvalue, rtol=1e-10)
+    base = reg.loc[("trivial_baselines", "baseline_variance vs correlation")]
+    assert np.isclose(base["p"], ttest_rel(aurocs("baseline_variance"), cor).pvalue, rtol=1e-10)
+    beside = reg.loc[("perturbation_first",
+                      f"attention L{readout} vs correlation (Wilcoxon, beside the paper's t-test)")]
+    assert beside["test"] == "Wilcoxon signed-rank (paired)" and not bool(beside["confirmatory"])
+    grid_tests = reg.loc["sensitivity_grid"]
+    primary = grid_tests[~grid_tests.index.str.contains("beside")]
+    assert len(primary) and (primary["test"] == "t-test (one-sided)").all()
+    assert len(grid_tests) == 2 * len(primary)                    # each with its Wilcoxon
+    grid = pd.read_parquet(run_dir / "sensitivity_grid.parquet")
+    spearman = grid[grid["edge_type"] == "spearman"]
+    assert np.allclose(np.sort(spearman["p"].dropna()), np.sort(primary["p"].dropna()))

@@ -23,6 +23,7 @@ PAPER_K562 = {
     "extraction.cells": "control",                  # 2.5: 2,000 K562 control cells
     "perturbation.n_control": 2000,                 # SN6.2 primary parameterisation
     "perturbation.test": "welch",                   # SN6.2: Welch's t-test with BH-FDR
+    "perturbation.location_test": "ttest",          # SN16.2: one-sample (14), t-test (18), paired (21, 23)
     "perturbation.lfc_threshold": 0.5,              # SN6.2: LFC 0.5
     "perturbation.alpha": 0.05,
     "perturbation.universe": "hvg",                 # 4.3: HVG (K562)
@@ -181,3 +182,27 @@ def test_failed_on_target_perturbations_leave_the_confirmatory_tests():
     assert (flipped.tables["on_target"]["status"] == "failed").all()
     assert flipped.params["n_evaluable"] == 0
     assert not any(t["analysis"] == "perturbation_first" for t in flipped.registry.table().to_dict("records"))
+
+
+def test_perturbed_genes_left_out_of_the_panel_are_named_with_their_reason():
+    """Evaluable perturbations depend on the panel: a perturbed gene the data lacks, one no cell expresses, and one cut
+    because the panel was full are each listed with why (the log, the manifest and the Perturbation page show it)."""
+    from analysis.scoring.panel import perturbations_left_out
+
+    rng = np.random.default_rng(1)
+    symbols = ["A", "B", "C", "D", "E"]
+    counts = rng.poisson(5, (40, 5)) + 1
+    counts[:, 3] = 0                                                     # D: never expressed
+    labels = ["control"] * 20 + ["A"] * 5 + ["B"] * 5 + ["D"] * 5 + ["Z"] * 5   # Z: not a gene of the data
+    cells = _cells(counts, symbols, labels)
+    genes = pd.DataFrame({"gene_id": cells.gene_ids, "symbol": cells.symbols})
+    present = (expression_matrix(cells, cells.gene_ids) > 0).sum(0)
+    panel = select_panel(cells, genes, present, reference_tfs=set(), n_hvg=5, panel_size=1)
+    assert list(panel["symbol"]) == ["A"]                                 # perturbed genes in gene order, cut at 1
+    left = perturbations_left_out(cells, genes, present, panel, 1).set_index("perturbation")["reason"]
+    assert set(left.index) == {"B", "D", "Z"}
+    assert left["B"].startswith("cut: the 1-gene panel was full") and "--panel-size" in left["B"]
+    assert left["D"].startswith("in no cell's model input")
+    assert left["Z"].startswith("not a vocabulary gene")
+    wide = select_panel(cells, genes, present, reference_tfs=set(), n_hvg=5, panel_size=5)
+    assert set(perturbations_left_out(cells, genes, present, wide, 5)["perturbation"]) == {"D", "Z"}

@@ -121,10 +121,34 @@ def test_config_layers(tmp_path):
     ("ranking.top_k", "0", r"ranking.top_k = \(0,\): must list integers >= 1"),
     ("perturbation.test", "bogus", "perturbation.test = 'bogus' is not allowed"),
     ("tokenizer.mode", "random", "tokenizer.mode = 'random' is not allowed"),
-    ("model.device", "tpu", "model.device = 'tpu': use auto, cpu or cuda")])
+    ("model.device", "tpu", "model.device = 'tpu': use auto, cpu or cuda"),
+    ("perturbation.alpha", "2", r"perturbation.alpha = 2.0: must be between 0 and 1"),
+    ("perturbation.alpha", "0", r"perturbation.alpha = 0.0: must be between 0 and 1"),
+    ("perturbation.lfc_threshold", "nan", "perturbation.lfc_threshold = nan: must be a finite number"),
+    ("perturbation.grid_lfc", "0.1,inf", "perturbation.grid_lfc = inf: must be a finite number"),
+    ("cssi.n_null", "-3", "cssi.n_null = -3: must not be negative"),
+    ("perturbation.n_degree_null", "-1", "perturbation.n_degree_null = -1: must not be negative"),
+    ("train.learning_rate", "nan", "train.learning_rate = nan: must be a finite number"),
+    ("sae.lr", "0", "sae.lr = 0.0: must be greater than 0"),
+    ("perturbation.location_test", "z", "perturbation.location_test = 'z' is not allowed")])
 def test_settings_are_checked_before_anything_runs(key, value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(cli={key: value})
+
+
+def test_signed_settings_keep_their_negative_values():
+    cfg = load_config(cli={"perturbation.readout_layer": "-2", "train.planted_head": "-1"})
+    assert cfg.perturbation.readout_layer == -2 and cfg.train.planted_head == -1
+
+
+@pytest.mark.parametrize("flag", [["--workers", "-1"], ["--workers", "0"], ["--threads", "0"], ["--threads", "x"]])
+def test_worker_and_thread_counts_below_one_are_refused(flag, capsys):
+    import precompute
+
+    with pytest.raises(SystemExit):
+        precompute.parse_args(flag)
+    err = capsys.readouterr().err
+    assert "must be 1 or more" in err or "is not a whole number" in err
 
 
 def test_nan_counts_and_missing_perturbation_labels_are_refused():
