@@ -3,7 +3,6 @@ a run id that is not the name of a complete run directory there is refused, so n
 """
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pandas as pd
 
 from analysis.errors import SchemaError
 from analysis.io import files, schemas
-from analysis.io.artifacts import links_inside, read_manifest, scan_runs
+from analysis.io.artifacts import RUN_ID, links_inside, read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.io.stores import AttentionStore
@@ -22,12 +21,9 @@ from analysis.scoring.sae_features import (activation_correlation, cell_feature_
                                            gene_set_enrichment, latent_matrix, top_genes)
 from analysis.scoring.strata import add_level
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-
 
 class RunNotFound(LookupError):
     pass
-
 
 
 class ArtifactStore:

@@ -16,6 +16,7 @@ import platform
 import shutil
 import time
 from importlib import metadata
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .manifest import RunManifest
 
 log = logging.getLogger(__name__)
 PARTIAL = ".partial"
+RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")   # a run directory's name: what precompute writes, what the app opens
 PACKAGES = ("torch", "transformers", "numpy", "scipy", "pandas", "anndata", "scikit-learn", "statsmodels")
 
 
@@ -140,13 +142,22 @@ def scan_runs(cache_root: Path) -> tuple[list[RunManifest], list[str]]:
             if d.is_symlink() or not d.is_dir():
                 skipped.append(f"{d.name}: not a plain run directory (symlink)")
                 continue
+            if not RUN_ID.match(d.name):
+                skipped.append(f"{d.name!r}: not a run id (letters, digits, '_', '.' and '-'); rename or remove it")
+                continue
             if links := links_inside(d):
                 skipped.append(f"{d.name}: holds symbolic links ({', '.join(links[:3])}); a run holds only regular "
                                "files: remove the links or precompute the run again")
                 continue
             try:
-                runs.append(read_manifest(d))
+                manifest = read_manifest(d)
             except SchemaError as exc:
                 log.warning("skipping run %s: %s", d.name, exc)
                 skipped.append(f"{d.name}: {exc}")
+                continue
+            if manifest.run_id != d.name:
+                skipped.append(f"{d.name}: its manifest names run {manifest.run_id!r}; a run is opened by the name "
+                               "its manifest gives it (rename the directory back)")
+                continue
+            runs.append(manifest)
     return sorted(runs, key=lambda m: m.finished, reverse=True), skipped

@@ -12,6 +12,26 @@ from ..config import RunConfig
 from ..errors import SchemaError
 
 
+FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "str | None": (str, type(None)),
+               "int | None": (int, type(None)), "dict[str, str]": (dict,), "dict[str, Any]": (dict,),
+               "dict[str, int]": (dict,), "dict[str, dict]": (dict,), "dict[str, float]": (dict,),
+               "tuple[str, ...]": (tuple,), "tuple[dict, ...]": (tuple,)}
+
+
+def check_field_types(obj) -> None:
+    """Refuse a manifest dataclass whose fields of plain types (:data:`FIELD_TYPES`) hold another type (a number
+    where a date string belongs took every page down: the run picker sorts on it). :class:`SchemaError` names the
+    field, its type and the type expected."""
+    for f in dataclasses.fields(obj):
+        allowed = FIELD_TYPES.get(f.type)
+        value = getattr(obj, f.name)
+        if allowed is None:
+            continue
+        if (not isinstance(value, allowed)) or (bool not in allowed and isinstance(value, bool)):
+            raise SchemaError(f"manifest field {type(obj).__name__}.{f.name} is a {type(value).__name__} "
+                              f"({value!r}), expected {f.type}")
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """The model a run used: ``family`` (``geneformer``, ``scgpt``), shapes, device, where it came from, how its
@@ -123,11 +143,14 @@ class RunManifest:
                 raise SchemaError(f"manifest lacks {missing} (written by an older version of the explorer?)")
             data = dict(raw["data"])
             data["perturbations"] = tuple(data["perturbations"])
-            return cls(**{**{k: raw[k] for k in fields if k in raw},
-                          "config": RunConfig.from_dict(raw["config"]),
-                          "model": ModelInfo(**raw["model"]), "data": DataInfo(**data),
-                          "references": tuple(raw["references"]), "stage_timings": tuple(raw["stage_timings"]),
-                          "readout_layer": int(raw["readout_layer"]), "wall_seconds": float(raw["wall_seconds"])})
+            manifest = cls(**{**{k: raw[k] for k in fields if k in raw},
+                              "config": RunConfig.from_dict(raw["config"]),
+                              "model": ModelInfo(**raw["model"]), "data": DataInfo(**data),
+                              "references": tuple(raw["references"]), "stage_timings": tuple(raw["stage_timings"]),
+                              "readout_layer": int(raw["readout_layer"]), "wall_seconds": float(raw["wall_seconds"])})
+            for part in (manifest, manifest.model, manifest.data):
+                check_field_types(part)
+            return manifest
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, SchemaError):
                 raise

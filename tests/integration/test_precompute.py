@@ -695,3 +695,24 @@ def test_the_paper_protocols_t_tests_are_registered_with_the_wilcoxon_beside_the
     grid = pd.read_parquet(run_dir / "sensitivity_grid.parquet")
     spearman = grid[grid["edge_type"] == "spearman"]
     assert np.allclose(np.sort(spearman["p"].dropna()), np.sort(primary["p"].dropna()))
+
+
+def test_runs_the_app_cannot_open_are_skipped_with_the_reason_and_the_rest_listed(embedded_cache, tmp_path):
+    """A manifest with a number where the finish time belongs (it took every page down), a directory name that is
+    not a run id, and a directory renamed from the run its manifest names are each skipped, saying why; the intact
+    run is still listed and opens."""
+    cache, runs = embedded_cache
+    source = runs["scgpt"]
+    artifacts = tmp_path / "cache" / "artifacts"
+    for name in (source.name, "numeric-finish", "bad name", "renamed-run"):
+        shutil.copytree(source, artifacts / name)
+    manifest = json.loads((artifacts / "numeric-finish" / "manifest.json").read_text())
+    (artifacts / "numeric-finish" / "manifest.json").write_text(json.dumps({**manifest, "run_id": "numeric-finish",
+                                                                            "finished": 12345}))
+    listed, skipped = ArtifactStore(tmp_path / "cache").runs()
+    assert [m.run_id for m in listed] == [source.name]
+    reasons = dict(line.split(": ", 1) for line in skipped)
+    assert "finished is a int (12345), expected str" in reasons["numeric-finish"]
+    assert "not a run id" in reasons["'bad name'"]
+    assert f"its manifest names run {source.name!r}" in reasons["renamed-run"]
+    assert ArtifactStore(tmp_path / "cache").manifest(source.name).run_id == source.name
