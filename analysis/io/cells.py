@@ -203,6 +203,44 @@ def from_anndata(adata: ad.AnnData, **kwargs) -> CellData:
     return validated(counts, source, adata.obs, adata.var, **kwargs)
 
 
+MISSING_SPELLINGS = frozenset({"", "nan", "none", "null", "na", "n/a", "missing", "unknown", "?"})
+
+
+def _rows(mask: np.ndarray, index: pd.Index) -> str:
+    """``"3 cell(s) (first: 'c7', 'c9')"`` for the rows of ``mask``."""
+    names = list(index[np.asarray(mask)][:2])
+    return f"{int(np.sum(mask))} cell(s) (first: {', '.join(repr(str(n)) for n in names)})"
+
+
+def _check_labels(labels: pd.Series, column: str, control_label: str) -> None:
+    """Refuse perturbation labels that would silently become groups or move cells: blank or "missing" spellings
+    (they would be a perturbation named "nan"), and labels that differ from the control label only in case or
+    surrounding whitespace (those control cells would leave the control set)."""
+    norm = labels.str.strip().str.lower()
+    blank = norm.isin(MISSING_SPELLINGS).to_numpy() & (labels != control_label).to_numpy()
+    if blank.any():
+        raise InputError(f"{_rows(blank, labels.index)} in obs[{column!r}] have a blank or missing-value label "
+                         f"({sorted(labels[blank].unique())[:4]}); give them their perturbed gene or the control "
+                         f"label {control_label!r}, or drop them")
+    near = (norm == control_label.strip().lower()).to_numpy() & (labels != control_label).to_numpy()
+    if near.any():
+        raise InputError(f"{_rows(near, labels.index)} in obs[{column!r}] are labelled "
+                         f"{sorted(labels[near].unique())[:4]}, which differs from the control label "
+                         f"{control_label!r} only in case or whitespace; fix the labels or pass --control-label")
+
+
+def _checked_totals(column: pd.Series) -> pd.Series:
+    """``obs['n_counts']`` (each cell's total counts over all genes, the normalisation's denominator) as floats;
+    an InputError names the cells whose value is not a number, not finite, or not positive."""
+    values = pd.to_numeric(column, errors="coerce").astype(float)
+    bad = ~np.isfinite(values.to_numpy()) | (values.to_numpy() <= 0)
+    if bad.any():
+        raise InputError(f"obs['n_counts'] (total counts per cell) is not a positive finite number for "
+                         f"{_rows(bad, column.index)}; fix the column or delete it (it is then computed from the "
+                         "counts)")
+    return values
+
+
 def validated(counts: sp.csr_matrix | BackedCounts, source: str, obs: pd.DataFrame, var: pd.DataFrame, *,
               perturbation_col: str | None = None, control_label: str = "control", cell_state_col: str | None = None,
               gene_id_col: str | None = None, symbol_to_id: Mapping[str, str] | None = None,
@@ -227,6 +265,7 @@ def validated(counts: sp.csr_matrix | BackedCounts, source: str, obs: pd.DataFra
                              f"{obs.index[missing.to_numpy()][0]!r}); label control cells {control_label!r} and drop "
                              "cells whose perturbation is unknown")
         labels = obs[perturbation_col].astype(str)
+        _check_labels(labels, perturbation_col, control_label)
         if not (labels == control_label).any():
             raise InputError(f"no control cells: label {control_label!r} does not occur in obs[{perturbation_col!r}] "
                              f"(labels include {sorted(labels.unique())[:8]}); pass --control-label")
@@ -234,7 +273,7 @@ def validated(counts: sp.csr_matrix | BackedCounts, source: str, obs: pd.DataFra
             raise InputError(f"obs[{perturbation_col!r}] has only control cells; no perturbation group to evaluate")
     ids, symbols, raw_symbols = _gene_ids_and_symbols(var, gene_id_col, symbol_to_id, require_ensembl)
     totals = _check_counts(counts, source, obs.index)
-    obs["n_counts"] = obs["n_counts"].astype(float) if "n_counts" in obs.columns else totals
+    obs["n_counts"] = _checked_totals(obs["n_counts"]) if "n_counts" in obs.columns else totals
     if max_cells is not None and counts.shape[0] > max_cells:
         keep = np.sort(np.random.default_rng(seed).choice(counts.shape[0], max_cells, replace=False))
         counts, obs = take_rows(counts, keep), obs.iloc[keep]

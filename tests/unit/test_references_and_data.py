@@ -158,3 +158,23 @@ def test_nan_counts_and_missing_perturbation_labels_are_refused():
     b = _adata([[1, 2, 0], [3, 0, 1]], pert=["control", None])
     with pytest.raises(InputError, match="1 cell\\(s\\) have no label"):
         from_anndata(b, perturbation_col="pert")
+
+
+@pytest.mark.parametrize("labels, extra, message", [
+    (["control", "MYC", " ", "GATA1"], {}, r"1 cell\(s\) \(first: 'c2'\) in obs\['pert'\] have a blank or missing"),
+    (["control", "MYC", "nan", "NA"], {}, r"2 cell\(s\) \(first: 'c2', 'c3'\) .* blank or missing-value label"),
+    (["control", "MYC", "control ", "Control"], {}, "differs from the control label 'control' only in case"),
+    (["control", "MYC", "MYC", "control"], {"n_counts": [10, np.nan, 5, 7]}, r"n_counts.*'c1'"),
+    (["control", "MYC", "MYC", "control"], {"n_counts": ["10", "x", "5", "7"]}, r"n_counts.*'c1'"),
+    (["control", "MYC", "MYC", "control"], {"n_counts": [10, 4, 0, 7]}, r"n_counts.*'c2'")])
+def test_obs_columns_read_are_validated_naming_the_rows(labels, extra, message):
+    a = _adata([[1, 2, 0], [3, 0, 1], [2, 2, 2], [1, 1, 1]], pert=labels, **extra)
+    with pytest.raises(InputError, match=message):
+        from_anndata(a, perturbation_col="pert")
+
+
+def test_valid_obs_columns_pass_and_keep_their_totals():
+    a = _adata([[1, 2, 0], [3, 0, 1], [2, 2, 2], [1, 1, 1]], pert=["control", "MYC", "MYC", "control"],
+               n_counts=[10, 4, 6.5, 7])
+    cells = from_anndata(a, perturbation_col="pert")
+    assert cells.obs["n_counts"].tolist() == [10.0, 4.0, 6.5, 7.0] and cells.perturbed_genes() == ["MYC"]
