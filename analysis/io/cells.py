@@ -128,13 +128,14 @@ def _raw_counts(adata: ad.AnnData) -> tuple[sp.csr_matrix, str]:
 
 
 def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: pd.Index) -> np.ndarray:
-    """Reject normalised or log-transformed values (NaN / infinite, negative, non-integer, no non-zero count), in
-    one streamed pass over row blocks (temporaries the size of one block); returns every cell's total count
-    ``[cells]`` from the same pass."""
+    """Reject normalised or log-transformed values (NaN / infinite, negative, non-integer, no non-zero count), and
+    integer-valued normalisations (:func:`_check_integer_normalisation`), in one streamed pass over row blocks
+    (temporaries the size of one block); returns every cell's total count ``[cells]`` from the same pass."""
     totals = np.zeros(counts.shape[0])
     n_bad = n_negative = nnz = 0
     bad_rows: list[np.ndarray] = []
     non_integer = False
+    divisor = 0
     for start, block in row_blocks(counts):
         values = block.data
         nnz += int(np.count_nonzero(values))
@@ -145,6 +146,8 @@ def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: 
             continue
         n_negative += int((values < 0).sum())
         non_integer = non_integer or bool(values.size and np.abs(values - np.round(values)).max() > 1e-6)
+        if not non_integer and values.size and divisor != 1:
+            divisor = int(np.gcd.reduce(np.append(np.round(values).astype(np.int64), divisor)))
         totals[start:start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
     if n_bad:
         rows = np.concatenate(bad_rows)
@@ -158,7 +161,29 @@ def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: 
                          "models tokenise raw counts: put raw UMI counts in X or layers['counts']")
     if nnz == 0:
         raise InputError(f"{source} holds no non-zero counts")
+    _check_integer_normalisation(totals, divisor, source)
     return totals
+
+
+NORMALISED_TOTALS = (1e4, 1e5, 1e6)   # CP10k, CP100k, CPM
+
+
+def _check_integer_normalisation(totals: np.ndarray, divisor: int, source: str) -> None:
+    """Integer values that are not raw counts: every non-zero value a multiple of one number above 1 (scaled
+    counts: raw UMI data holds 1s), or every cell's total within [0.5 T, 1.05 T] of a normalisation target T
+    (:data:`NORMALISED_TOTALS`, floored or rounded CP10k / CPM) with little spread (coefficient of variation under
+    0.1; raw UMI totals vary several-fold between cells). Checked from 20 cells up."""
+    if divisor > 1:
+        raise InputError(f"{source}: every non-zero value is a multiple of {divisor}, so it looks scaled, not raw "
+                         "UMI counts (raw counts hold 1s); put raw counts in X or layers['counts']")
+    if totals.size < 20 or totals.mean() <= 0:
+        return
+    spread = totals.std() / totals.mean()
+    for target in NORMALISED_TOTALS:
+        if spread < 0.1 and totals.min() >= 0.5 * target and totals.max() <= 1.05 * target:
+            raise InputError(f"{source}: every cell's total is between {totals.min():,.0f} and {totals.max():,.0f} "
+                             f"(near {target:,.0f}), so it looks normalised to a fixed total and made integer "
+                             "(floored or rounded), not raw UMI counts; put raw counts in X or layers['counts']")
 
 
 def _gene_ids_and_symbols(var: pd.DataFrame, gene_id_col: str | None, symbol_to_id: Mapping[str, str] | None,

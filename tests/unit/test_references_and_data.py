@@ -178,3 +178,23 @@ def test_valid_obs_columns_pass_and_keep_their_totals():
                n_counts=[10, 4, 6.5, 7])
     cells = from_anndata(a, perturbation_col="pert")
     assert cells.obs["n_counts"].tolist() == [10.0, 4.0, 6.5, 7.0] and cells.perturbed_genes() == ["MYC"]
+
+
+def _raw_counts(n_cells=60, n_genes=400, seed=0):
+    rng = np.random.default_rng(seed)
+    size = rng.lognormal(8, 0.6, n_cells)                      # raw UMI totals vary several-fold
+    rates = rng.dirichlet(np.full(n_genes, 0.3))
+    return rng.poisson(np.outer(size, rates)).astype(np.float64)
+
+
+@pytest.mark.parametrize("transform, message", [
+    (lambda x: np.floor(x / x.sum(1, keepdims=True) * 1e4), "looks normalised to a fixed total"),
+    (lambda x: np.round(x / x.sum(1, keepdims=True) * 1e6), "looks normalised to a fixed total"),
+    (lambda x: x * 3, "every non-zero value is a multiple of 3")])
+def test_integer_valued_normalised_data_is_refused(transform, message):
+    with pytest.raises(InputError, match=message):
+        from_anndata(_adata(transform(_raw_counts())))
+
+
+def test_raw_counts_of_varied_depth_pass():
+    assert from_anndata(_adata(_raw_counts())).n_cells == 60
