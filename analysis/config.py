@@ -512,7 +512,7 @@ def check(cfg: RunConfig) -> RunConfig:
                 "perturbation.universe_size": (cfg.perturbation.universe_size, 2),
                 "train.epochs": (cfg.train.epochs, 1), "train.batch_size": (cfg.train.batch_size, 1)}
     if cfg.data.max_cells is not None:
-        at_least["data.max_cells"] = (cfg.data.max_cells, 1)
+        at_least["data.max_cells"] = (cfg.data.max_cells, 3)   # a correlation and a DE test need 3 cells
     at_least.update({"scaling.n_seeds": (cfg.scaling.n_seeds, 0), "scaling.n_boot": (cfg.scaling.n_boot, 0),
                      "scaling.tf_boot": (cfg.scaling.tf_boot, 0), "biology.n_negatives": (cfg.biology.n_negatives, 1),
                      "sae.expansion": (cfg.sae.expansion, 1), "sae.k": (cfg.sae.k, 1), "sae.epochs": (cfg.sae.epochs, 1),
@@ -547,6 +547,9 @@ def check(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{key} = {bad[0]!r} is not allowed; choose from {allowed}")
     if cfg.protocol != "none" and cfg.protocol not in protocols.PROTOCOLS:
         raise ConfigError(f"protocol {cfg.protocol!r} is not known; choose from none, {', '.join(protocols.PROTOCOLS)}")
+    if len(cfg.name) > 100:
+        raise ConfigError(f"name is {len(cfg.name)} characters long: use at most 100 (it names a directory and a "
+                          "lock file)")
     if not RUN_NAME.match(cfg.name):
         raise ConfigError(f"name = {cfg.name!r}: use letters, digits, '_', '.' and '-' (it names a directory under "
                           "cache/artifacts)")

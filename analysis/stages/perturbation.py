@@ -38,9 +38,18 @@ log = logging.getLogger("precompute")
 
 @dataclass
 class PerturbationResults:
+    """The stage's tables (written as they are: every perturbation, the on-target failures marked in ``on_target``),
+    its tests and parameters (``on_target_failed``: the perturbations that failed the on-target check)."""
+
     tables: dict[str, pd.DataFrame]
     registry: StatsRegistry
     params: dict
+
+    def evaluable(self, name: str) -> pd.DataFrame | None:
+        """Table ``name`` without the on-target failures: the one evaluable set every later test reads (the
+        ablation's perturbation read-out); None when the stage made no such table."""
+        table = self.tables.get(name)
+        return None if table is None else table[~table["perturbation"].isin(self.params["on_target_failed"])]
 
 
 LOCATION_TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank", "ttest": "t-test"}
@@ -103,11 +112,12 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
     per_pert = perturbation_auroc(everything, de)
     failed = set(on_target.loc[on_target["status"] == "failed", "perturbation"])
     log.info("perturbation-first: %d evaluable perturbations of %d (%d fail the on-target %s check and are left out "
-             "of the confirmatory tests)", per_pert["perturbation"].nunique(), len(de.groups), len(failed), cfg.modality)
+             "of every test)", per_pert["perturbation"].nunique(), len(de.groups), len(failed), cfg.modality)
     tables = {"de_results": de.table, "de_groups": de.groups, "perturbation_auroc": per_pert, "on_target": on_target}
     confirmable = per_pert[~per_pert["perturbation"].isin(failed)]
     if confirmable.empty:
-        return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": 0})
+        return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": 0,
+                                                 "on_target_failed": sorted(failed)})
 
     def values(edge_type, layer=-1, head=-1):
         sel = confirmable[(confirmable["edge_type"] == edge_type) & (confirmable["layer"] == layer)
@@ -150,17 +160,18 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
     features = pd.DataFrame({"symbol": panel["symbol"],
                              **{k: baselines.scores[i, 0] for i, k in enumerate(("mean", "variance", "detection"))}}
                             ).set_index("symbol")
-    edge_cols = {"attention": _pair_scores(layer_means, readout_idx, de.table),
-                 "correlation": _pair_scores(corr, 0, de.table)}
+    evaluable_de = de.table[~de.table["perturbation"].isin(failed)]   # incremental value: the same evaluable set
+    edge_cols = {"attention": _pair_scores(layer_means, readout_idx, evaluable_de),
+                 "correlation": _pair_scores(corr, 0, evaluable_de)}
     for variant, edge_type in CORRELATION_EDGE_TYPES.items():
         if variant != cfg.correlation_edge:
-            edge_cols[f"correlation_{variant}"] = _pair_scores(corr_variants.select(edge_type), 0, de.table)
+            edge_cols[f"correlation_{variant}"] = _pair_scores(corr_variants.select(edge_type), 0, evaluable_de)
     if constructed:
         for name, matrix in constructed.items():
             fake = EdgeScores(matrix[None], pd.DataFrame({"edge_type": [name], "layer": [-1], "head": [-1]}),
                               layer_means.observed, panel, {})
-            edge_cols[f"sim_{name}"] = _pair_scores(fake, 0, de.table)
-    obs = confounds.observation_table(de.table, features, edge_cols)
+            edge_cols[f"sim_{name}"] = _pair_scores(fake, 0, evaluable_de)
+    obs = confounds.observation_table(evaluable_de, features, edge_cols)
     tables["incremental_value"] = incremental(obs, edge_cols, cfg, reg, sample="all observations")
     match = confounds.propensity_match(obs, seed=cfg.seed)
     tables["propensity_balance"] = match.balance
@@ -174,7 +185,8 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
                           **match.params})
     tables["propensity"] = pd.DataFrame(prop_rows)
     return PerturbationResults(tables, reg, {"readout_layer": readout, "n_evaluable": int(n),
-                                             "n_on_target_failed": len(failed), "de": de.params})
+                                             "n_on_target_failed": len(failed), "on_target_failed": sorted(failed),
+                                             "de": de.params})
 
 
 def select_layers(per_pert: pd.DataFrame, correlation_edge: str, reg: StatsRegistry, *, seed: int

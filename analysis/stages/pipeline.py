@@ -116,7 +116,7 @@ def _stages(inp: Inputs, writer: RunWriter, run_key: str, t_start: float, progre
         if inp.cells.perturbation_col is not None:
             pert = perturbation.stage(inp, heads, layer_means, corr_edges, writer, key)
             registry.extend(pert.registry)
-            de_table, per_pert = pert.tables.get("de_results"), pert.tables.get("perturbation_auroc")
+            de_table, per_pert = pert.evaluable("de_results"), pert.evaluable("perturbation_auroc")
             del pert                          # its other tables are written; only the ablation reads these two
         if inp.cfg.ablation.n_cells > 0:
             registry.extend(ablation.run(inp, store, head_ranking, per_pert, de_table, writer, run_key))

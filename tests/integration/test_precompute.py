@@ -716,3 +716,45 @@ def test_runs_the_app_cannot_open_are_skipped_with_the_reason_and_the_rest_liste
     assert "not a run id" in reasons["'bad name'"]
     assert f"its manifest names run {source.name!r}" in reasons["renamed-run"]
     assert ArtifactStore(tmp_path / "cache").manifest(source.name).run_id == source.name
+
+
+def test_an_on_target_failure_leaves_every_test_not_only_the_perturbation_first_ones(embedded_cache, tmp_path):
+    """One perturbation of the embedded screen made to fail its CRISPRi check (its own gene raised in its cells) is
+    out of the incremental-value observations and the ablation's perturbation read-out, as it is out of the
+    perturbation-first tests: one evaluable set for every test."""
+    cache, runs = embedded_cache
+    dataset = next((cache / "datasets").iterdir())
+    adata = ad.read_h5ad(dataset / "cells.h5ad")
+    failing = sorted(set(adata.obs["perturbation"]) - {"control"})[0]
+    rows = np.nonzero((adata.obs["perturbation"] == failing).to_numpy())[0]
+    column = list(adata.var_names).index(failing)                # the simulation's var names are its symbols
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    x[rows, column] = x[rows, column] * 4 + 20                 # the knock-down's own gene goes up
+    adata.X = sp.csr_matrix(x)
+    data = tmp_path / "screen.h5ad"
+    adata.write_h5ad(data)
+    out = tmp_path / "cache"
+    model = read_manifest(runs["geneformer"]).inputs["model_dir"]
+    rc = precompute.main(["--cache", str(out), "--quiet", "--data", str(data), "--model", model,
+                          "--reference", str(dataset / "true_network_trrust.tsv"), "--perturbation-col",
+                          "perturbation", "--control-label", "control", "--name", "failing", "--n-null", "10",
+                          "--set", "ablation.n_cells=6", "--set", "ablation.ks=1", "--set", "ablation.n_random=1",
+                          "--set", "cssi.n_fine=0", "--set", "sae.run=off"])
+    assert rc == 0
+    (run_dir,) = (out / "artifacts").iterdir()
+    on_target = pd.read_parquet(run_dir / "on_target.parquet").set_index("perturbation")
+    assert on_target.loc[failing, "status"] == "failed"
+    de = pd.read_parquet(run_dir / "de_results.parquet")
+    panel = set(pd.read_parquet(run_dir / "panel.parquet")["symbol"])
+    kept = de[~de["is_self"] & (de["perturbation"] != failing) & de["perturbation"].isin(panel)]
+    both = kept.groupby("perturbation")["is_de"].agg(["sum", "size"])
+    both = both.index[(both["sum"] > 0) & (both["sum"] < both["size"])]
+    expected_obs = int(kept["perturbation"].isin(both).sum())       # an independent count of the observations
+    inc = pd.read_parquet(run_dir / "incremental_value.parquet")
+    assert inc["n_obs"].max() == expected_obs                      # (the joint split holds out a part of them)
+    per = pd.read_parquet(run_dir / "perturbation_auroc.parquet")
+    readout = read_manifest(run_dir).readout_layer
+    evaluable = per[(per["edge_type"] == "attention_layer_mean") & (per["layer"] == readout)
+                    & (per["perturbation"] != failing)]["perturbation"].nunique()
+    ablation = pd.read_parquet(run_dir / "ablation_results.parquet")
+    assert set(ablation.loc[ablation["readout"] == "perturbation_auroc", "n"]) == {evaluable}

@@ -115,7 +115,8 @@ def test_config_layers(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("name", "../../x", "name = '../../x': use letters"), ("data.max_cells", "0", "data.max_cells = 0: must be at least 1"),
+    ("name", "../../x", "name = '../../x': use letters"), ("data.max_cells", "1", "data.max_cells = 1: must be at least 3"),
+    ("name", "x" * 101, "name is 101 characters long: use at most 100"),
     ("extraction.batch_size", "0", "extraction.batch_size = 0"), ("ranking.n_null", "-1", "ranking.n_null = -1"),
     ("ranking.directions", "sideways", "ranking.directions = 'sideways' is not allowed"),
     ("ranking.top_k", "0", r"ranking.top_k = \(0,\): must list integers >= 1"),
