@@ -119,12 +119,16 @@ class ExtractionConfig:
     perturbation label (:meth:`analysis.io.cells.CellData.select`). CSSI stratifies the same cells (its pooled
     score is this store). Every head keeps the rows and columns of the reference TFs and perturbed genes in the panel,
     plus ``source_genes`` (symbols); each layer keeps its head mean over every pair; ``full_heads`` (``L<l>H<h>``)
-    are kept whole over every pair (DESIGN.md section 5)."""
+    are kept whole over every pair (DESIGN.md section 5). ``n_cells``: at most this many of those cells, drawn once
+    with ``seed`` (None: all); with ``cells = control`` the same drawn cells are the controls of the Spearman edges,
+    the gene-level baselines and DE (when ``perturbation.n_control`` is unset or the same count), as the paper
+    draws 2,000 K562 control cells once (section 2.5, SN6.2)."""
 
     batch_size: int = 8
     n_hvg: int = 300
     panel_size: int = 600
     cells: str = "control"
+    n_cells: int | None = None
     seed: int = 0
     source_genes: tuple[str, ...] = ()
     full_heads: tuple[str, ...] = ()
@@ -511,6 +515,8 @@ def check(cfg: RunConfig) -> RunConfig:
                 "perturbation.n_boot": (cfg.perturbation.n_boot, 1), "cssi.n_fine": (cfg.cssi.n_fine, 0),
                 "perturbation.universe_size": (cfg.perturbation.universe_size, 2),
                 "train.epochs": (cfg.train.epochs, 1), "train.batch_size": (cfg.train.batch_size, 1)}
+    if cfg.extraction.n_cells is not None:
+        at_least["extraction.n_cells"] = (cfg.extraction.n_cells, 3)
     if cfg.data.max_cells is not None:
         at_least["data.max_cells"] = (cfg.data.max_cells, 3)   # a correlation and a DE test need 3 cells
     at_least.update({"scaling.n_seeds": (cfg.scaling.n_seeds, 0), "scaling.n_boot": (cfg.scaling.n_boot, 0),

@@ -21,6 +21,8 @@ PAPER_MLP_BLOCKS = {"Geneformer-V2-316M": ("13-15",)}   # SN14.4: MLP zeroing at
 
 _K562 = {
     "extraction.cells": ("control", "2.5: 2,000 K562 control cells"),
+    "extraction.n_cells": (2000, "2.5, SN6.2: 2,000 control cells, one draw for attention, correlation, baselines "
+                                 "and DE"),
     "perturbation.test": ("welch", "SN6.2: Welch's t-test with BH-FDR (primary)"),
     "perturbation.location_test": ("ttest", "SN16.2 registry 14, 18, 21, 23: one-sample t-test of per-perturbation "
                                             "AUROC against 0.5, t-tests over the grid, paired t-tests against "

@@ -70,7 +70,8 @@ class RunContext:
     def attention_tokens(self) -> TokenizedCells:
         """The cells the run's attention and ablation ran on (``extraction.cells``), as model input, tokenised as
         precompute did (every cell in blocks, only these kept: :func:`analysis.models.base.tokens_of`)."""
-        keep = self.cells.select(self.manifest.config.extraction.cells)
+        extraction = self.manifest.config.extraction
+        keep = self.cells.select(extraction.cells, extraction.n_cells, extraction.seed)
         return tokens_of(self.tokenizer, self.cells, keep,
                          panel=self.panel if self.tokenizer.panel_dependent else None)[0]
 

@@ -71,11 +71,18 @@ class CellData:
         """The control cells only (the cells the correlation edges and gene-level baselines are computed on)."""
         return self.subset(self.obs[self.perturbation_col].astype(str).to_numpy() == self.control_label)
 
-    def select(self, selection: str) -> np.ndarray:
+    def select(self, selection: str, n_cells: int | None = None, seed: int = 0) -> np.ndarray:
         """Indices of the cells attention and ablation run on (``extraction.cells``): ``control`` (the paper's
         choice, section 2.5: the control cells, so attention sees no perturbation effect it is then scored
         against, and is computed on the cells the correlation edges and gene-level baselines use; every cell when
-        the data has no perturbation column), ``all``, or one perturbation label (that condition's cells)."""
+        the data has no perturbation column), ``all``, or one perturbation label (that condition's cells); at most
+        ``n_cells`` of them (``extraction.n_cells``), drawn once with ``seed`` and sorted."""
+        chosen = self._selected(selection)
+        if n_cells is None or chosen.size <= n_cells:
+            return chosen
+        return np.sort(np.random.default_rng(seed).choice(chosen, n_cells, replace=False))
+
+    def _selected(self, selection: str) -> np.ndarray:
         if selection == "all" or (selection == "control" and self.perturbation_col is None):
             return np.arange(self.n_cells)
         if self.perturbation_col is None:

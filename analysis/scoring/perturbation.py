@@ -62,8 +62,11 @@ MIN_GROUP_CELLS = 3   # cells a perturbation needs for its DE test (a variance f
 
 def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_threshold: float = 0.5,
                             n_control: int | None = None, alpha: float = 0.05, test: str = "welch",
-                            lfc: str = "scanpy", min_cells: int = MIN_GROUP_CELLS, seed: int = 0) -> DEResult:
+                            lfc: str = "scanpy", min_cells: int = MIN_GROUP_CELLS, seed: int = 0,
+                            control_cells: np.ndarray | None = None) -> DEResult:
     """DE of each perturbation vs control over ``universe`` genes (rows with ``gene_id``, ``symbol``).
+    ``control_cells``: the control cells to use (indices of control-labelled cells: the attention cells' one draw),
+    instead of a draw of ``n_control``.
 
     Welch's t-test takes each group's mean and variance from the cells' streamed moments (:attr:`CellData.moments`,
     one pass over the counts, shared by every call on the same cells) and the controls' (``n_control`` of them,
@@ -76,7 +79,11 @@ def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_thre
         raise ValueError(f"test must be one of {DE_TESTS}")
     labels = cells.obs[cells.perturbation_col].astype(str).to_numpy()
     control = np.nonzero(labels == cells.control_label)[0]
-    if n_control is not None and control.size > n_control:
+    if control_cells is not None:
+        control = np.asarray(control_cells)
+        if (labels[control] != cells.control_label).any():
+            raise ValueError("control_cells must index control-labelled cells")
+    elif n_control is not None and control.size > n_control:
         control = np.sort(np.random.default_rng(seed).choice(control, n_control, replace=False))
     gene_ids = universe["gene_id"].to_numpy()
     moments = cells.moments.columns(gene_ids)

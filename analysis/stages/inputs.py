@@ -71,6 +71,19 @@ class Inputs:
             raise InputError(str(exc)) from exc
 
     @property
+    def shared_controls(self) -> np.ndarray | None:
+        """The attention cells, when they are also the controls of DE and the gene-level baselines: ``extraction.cells
+        = control`` and ``perturbation.n_control`` unset, equal to their count, or at least it when they are every
+        control cell (the paper's one draw of 2,000, section 2.5). None: DE draws its own ``n_control`` and the
+        baselines read every control cell (the manifest's DE parameters say how many)."""
+        if self.cfg.extraction.cells != "control" or self.cells.perturbation_col is None:
+            return None
+        n, size = self.cfg.perturbation.n_control, self.attention_cells.size
+        every = size == int((self.cells.obs[self.cells.perturbation_col].astype(str)
+                             == self.cells.control_label).sum())
+        return self.attention_cells if n is None or n == size or (every and n >= size) else None
+
+    @property
     def n_columns(self) -> int:
         """How many leading :attr:`source_rows` (reference TFs, genes asked for) have their per-head columns kept."""
         return column_count(self.panel, self.source_rows, self.cfg.extraction.source_genes)
@@ -247,7 +260,7 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]
     if not references:
         raise InputError("no reference network: pass --reference trrust_rawdata.human.tsv (or dorothea:PATH)")
-    attention_cells = cells.select(cfg.extraction.cells)
+    attention_cells = cells.select(cfg.extraction.cells, cfg.extraction.n_cells, cfg.extraction.seed)
     tokens, panel, left_out = tokens_and_panel(cfg, cells, tokenizer, set().union(*(r.tfs for r in references)),
                                                adapter.max_len, attention_cells)
     for ref in references:

@@ -94,17 +94,23 @@ def _pair_scores(edges: EdgeScores, source: int, de: pd.DataFrame) -> pd.DataFra
 
 def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_means: EdgeScores, corr: EdgeScores,
         references: list[ReferenceNetwork], cfg: PerturbationConfig, *,
-        constructed: dict[str, np.ndarray] | None = None) -> PerturbationResults:
+        constructed: dict[str, np.ndarray] | None = None, control_cells: np.ndarray | None = None
+        ) -> PerturbationResults:
     """``heads``: every head at the source genes (None: layer means only); ``layer_means``: each layer's head mean;
-    ``corr``: the Spearman edges over the cells attention ran on (:func:`analysis.scoring.edges.spearman_edges`)."""
+    ``corr``: the Spearman edges over the cells attention ran on (:func:`analysis.scoring.edges.spearman_edges`);
+    ``control_cells``: the control cells of DE and the gene-level baselines when they are the attention cells
+    (:attr:`analysis.stages.inputs.Inputs.shared_controls`; None: DE draws ``n_control``, the baselines read every
+    control cell)."""
     reg = StatsRegistry()
     n_layers = int(layer_means.sources["layer"].max()) + 1
     readout = cfg.resolve_readout_layer(n_layers)
     readout_idx = layer_means.source_index("attention_layer_mean", readout)
     degree = references[0].edges.groupby("tf").size().to_dict()
-    baselines = gene_level_scores(cells, panel, reference_degree=degree)
+    baselines = gene_level_scores(cells if control_cells is None else cells.subset(control_cells), panel,
+                                  reference_degree=degree)
     de = differential_expression(cells, panel[panel["in_universe"]], lfc_threshold=cfg.lfc_threshold,
-                                 n_control=cfg.n_control, alpha=cfg.alpha, test=cfg.test, lfc=cfg.lfc, seed=cfg.seed)
+                                 n_control=cfg.n_control, alpha=cfg.alpha, test=cfg.test, lfc=cfg.lfc, seed=cfg.seed,
+                                 control_cells=control_cells)
     on_target = on_target_check(cells, cfg.modality, lfc=cfg.lfc)
     corr_variants = correlation_variants(corr, de.table, cfg.modality)
     corr = corr_variants.select(CORRELATION_EDGE_TYPES[cfg.correlation_edge])
@@ -327,7 +333,7 @@ def stage(inp: Inputs, heads: HeadEdges, layer_means: EdgeScores, corr: EdgeScor
         embedded = inp.provenance.get("data") == "embedded simulation"
         planted = constructed_edges(inp.cfg, inp.cells, inp.panel) if embedded else None
         result = run(inp.cells, inp.panel, heads, layer_means, corr, inp.references, inp.cfg.perturbation,
-                     constructed=planted)
+                     constructed=planted, control_cells=inp.shared_controls)
         for name, frame in {**result.tables, "perturbations_left_out": inp.left_out}.items():
             writer.write_table(name, frame)
     writer.mark_done("perturbation", key, time.perf_counter() - t0)

@@ -21,6 +21,7 @@ from analysis.scoring.perturbation import differential_expression, on_target_che
 # Written from the paper (section / note in the comment), not from analysis/protocols.py.
 PAPER_K562 = {
     "extraction.cells": "control",                  # 2.5: 2,000 K562 control cells
+    "extraction.n_cells": 2000,                     # 2.5, SN6.2: one draw of 2,000 controls for everything
     "perturbation.n_control": 2000,                 # SN6.2 primary parameterisation
     "perturbation.test": "welch",                   # SN6.2: Welch's t-test with BH-FDR
     "perturbation.location_test": "ttest",          # SN16.2: one-sample (14), t-test (18), paired (21, 23)
@@ -206,3 +207,25 @@ def test_perturbed_genes_left_out_of_the_panel_are_named_with_their_reason():
     assert left["Z"].startswith("not a vocabulary gene")
     wide = select_panel(cells, genes, present, reference_tfs=set(), n_hvg=5, panel_size=5)
     assert set(perturbations_left_out(cells, genes, present, wide, 5)["perturbation"]) == {"D", "Z"}
+
+
+def test_the_attention_cells_are_one_seeded_draw_and_de_can_use_the_same_controls(hand_screen):
+    """``extraction.n_cells``: at most that many of the selected cells, one seeded draw; DE given those control
+    cells equals DE on a screen holding only them as controls (an independent path: the subset, then every
+    control)."""
+    cells = hand_screen
+    controls = cells.select("control")
+    drawn = cells.select("control", 12, seed=3)
+    assert drawn.size == 12 and set(drawn) <= set(controls) and np.all(np.diff(drawn) > 0)
+    assert np.array_equal(drawn, cells.select("control", 12, seed=3))
+    assert not np.array_equal(drawn, cells.select("control", 12, seed=4))
+    assert np.array_equal(cells.select("control", 500), controls)
+    universe = pd.DataFrame({"gene_id": cells.gene_ids, "symbol": cells.symbols})
+    shared = differential_expression(cells, universe, lfc_threshold=0.1, control_cells=drawn)
+    perturbed = np.nonzero(cells.obs["perturbation"].to_numpy() != "control")[0]
+    alone = differential_expression(cells.subset(np.sort(np.concatenate([drawn, perturbed]))), universe,
+                                    lfc_threshold=0.1)
+    pd.testing.assert_frame_equal(shared.table, alone.table)
+    assert shared.params["n_control"] == 12
+    with pytest.raises(ValueError, match="control-labelled"):
+        differential_expression(cells, universe, control_cells=perturbed[:3])
