@@ -98,3 +98,22 @@ def test_a_dictionary_that_would_run_code_is_refused_without_running_it(tmp_path
     with pytest.raises(InputError, match="gene_median_dictionary_toy.pkl.*posix.system|gene_median.*system"):
         load_dictionaries(tmp_path)
     assert not marker.exists()
+
+
+def test_dictionaries_of_two_releases_are_refused_and_each_release_loads(tmp_path):
+    """A token dictionary of one Geneformer release with the median dictionary of another (the real gc104M and gc30M
+    files) is refused, naming the genes without a median; each real release on its own loads."""
+    import shutil
+
+    from analysis.errors import InputError
+    from analysis.models.geneformer.tokenizer import load_dictionaries
+    from tests.conftest import shared_path
+
+    for release in ("dict_gc104M", "dict_gc30M"):
+        assert load_dictionaries(shared_path(f"geneformer/{release}")).token
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(shared_path("geneformer/dict_gc104M/token_dictionary_gc104M.pkl"), mixed)
+    shutil.copy(shared_path("geneformer/dict_gc30M/gene_median_dictionary_gc30M.pkl"), mixed)
+    with pytest.raises(InputError, match="has no median for 648 of the token dictionary's 20,271 genes"):
+        load_dictionaries(mixed)
