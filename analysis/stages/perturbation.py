@@ -132,6 +132,7 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
 
     att, cor = values("attention_layer_mean", readout), values(CORRELATION_EDGE_TYPES[cfg.correlation_edge])
     n = att.size
+
     def above_chance(analysis, hypothesis, v, confirmatory=True):
         register_location(reg, cfg, analysis, hypothesis, v - 0.5, paired=False, confirmatory=confirmatory,
                           effect=float(v.mean()), effect_name="mean AUROC", n=v.size)
