@@ -19,7 +19,7 @@ from pathlib import Path
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               "NUMEXPR_NUM_THREADS")
-SET_BY_BOUND = "SCFMX_THREAD_ENV_SET"   # the variables :func:`bound_threads` set (not the user), comma-separated
+SET_BY_BOUND = "SCFMX_THREAD_ENV_SET"   # what :func:`bound_threads` set (not the user): NAME=value, comma-separated
 
 
 def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
@@ -53,13 +53,15 @@ def bound_threads(n_threads: int | None = None) -> int:
     (torch is not loaded for this: a process that only starts others never needs it; torch's inter-op pool starts
     only for ``torch.jit.fork`` work, which nothing here does)."""
     n = max(1, int(n_threads or usable_cores()))
-    ours = set(filter(None, os.environ.get(SET_BY_BOUND, "").split(",")))
+    ours = dict(item.split("=", 1) for item in os.environ.get(SET_BY_BOUND, "").split(",") if "=" in item)
     settings = {name: str(n) for name in THREAD_ENV} | {"OMP_WAIT_POLICY": "PASSIVE"}
     for name, value in settings.items():
-        if name not in os.environ or name in ours:
+        if name not in os.environ or ours.get(name) == os.environ[name]:   # unset, or still as a bound left it
             os.environ[name] = value
-            ours.add(name)
-    os.environ[SET_BY_BOUND] = ",".join(sorted(ours))
+            ours[name] = value
+        else:
+            ours.pop(name, None)
+    os.environ[SET_BY_BOUND] = ",".join(f"{name}={value}" for name, value in sorted(ours.items()))
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)

@@ -79,6 +79,7 @@ if __name__ == "__main__":
     script.write_text(code)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS") and k != "OMP_WAIT_POLICY"}
     env |= {"MKL_NUM_THREADS": "3", "PYTHONPATH": str(ROOT)}
+    env["SCFMX_THREAD_ENV_SET"] = "MKL_NUM_THREADS=2"      # a bound long ago set 2; the user has set 3 since
     out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["omp"] == "1" and got["mkl"] == "3"
