@@ -73,8 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--panel-size", type=int)
     ap.add_argument("--n-null", type=int)
     ap.add_argument("--name", help="run name (prefix of the run id)")
-    ap.add_argument("--protocol", help="the paper's settings for a context: paper-k562, paper-rpe1 or paper-crispra "
-                                       "(any other setting given overrides it and is listed as a deviation)")
+    ap.add_argument("--protocol", help="the paper's settings for a context: paper-k562, paper-rpe1, paper-crispra "
+                                       "or paper-k562-lenient (SN6.5's lenient DE); any other setting given "
+                                       "overrides it and is listed as a deviation")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any config key, e.g. --set train.epochs=4")
     ap.add_argument("--threads", type=positive_int,

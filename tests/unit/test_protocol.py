@@ -45,6 +45,8 @@ def _value(cfg, key):
     ("paper-k562", {}),
     ("paper-rpe1", {"perturbation.universe": "hvg_plus_perturbed"}),     # 2.6, SN14.9: perturbed genes forced in
     ("paper-crispra", {"perturbation.modality": "crispra"}),             # Adamson K562 CRISPRa
+    ("paper-k562-lenient", {"perturbation.test": "mannwhitney", "perturbation.lfc_threshold": 0.1,   # SN6.5
+                            "perturbation.universe_size": 1000, "perturbation.n_control": 500}),
 ])
 def test_protocol_presets_match_the_paper(name, changes):
     cfg = load_config(cli={"protocol": name}, environ={})
