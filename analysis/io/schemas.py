@@ -66,6 +66,8 @@ LAYER_BIOLOGY_CONTROL = (("reference", "layer", "r_raw", "r_partial", "p_partial
 ATTENTION_EXPRESSION = (("layer", "correlation", "rho", "p", "n"), ("rho", "p"))
 UNIVERSE_CHECK = (("protocol", "perturbation", "layer", "attention_auroc", "correlation_auroc", "n_genes"), ())
 PERTURBATIONS_LEFT_OUT = (("perturbation", "reason"), ())
+DEGREE_NULL_PER_TF = (("reference", "edge", "tf", "auroc", "degree_null_mean", "excess", "precision_at_k",
+                       "chance_precision", "k"), ("degree_null_mean", "excess"))
 SAE_LAYERS = (("layer", "d_model", "n_features", "k", "n_rows", "n_cells", "epochs", "final_loss",
                "fraction_variance_explained", "n_dead", "n_dense", "svd_directions", "n_svd_visible",
                "behaviour_loss", "behaviour_loss_spliced", "behaviour_delta", "train_seconds", "n_modules",
@@ -119,6 +121,7 @@ TABLES = {
     "attention_expression": ATTENTION_EXPRESSION,
     "universe_check": UNIVERSE_CHECK,
     "perturbations_left_out": PERTURBATIONS_LEFT_OUT,
+    "degree_null_per_tf": DEGREE_NULL_PER_TF,
     "sae_layers": SAE_LAYERS,
     "sae_features": SAE_FEATURES,
     "sae_programmes": SAE_PROGRAMMES,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import PerturbationConfig
+from ..io import schemas
 from ..io.artifacts import RunWriter
 from ..io.cells import CellData
 from ..io.expression import expression_matrix
@@ -37,12 +38,13 @@ def edge_matrices(attention: EdgeScores, corr: EdgeScores, readout: int, primary
 def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeScores,
         references: list[ReferenceNetwork], cfg: PerturbationConfig, readout: int
         ) -> tuple[dict[str, pd.DataFrame], StatsRegistry]:
-    """Tables ``residualisation`` and ``degree_null`` and their tests, over ``cells`` (the attention cells)."""
+    """Tables ``residualisation``, ``degree_null`` and ``degree_null_per_tf`` and their tests, over ``cells`` (the
+    attention cells)."""
     reg = StatsRegistry()
     x = expression_matrix(cells, panel["gene_id"].to_numpy())
     cov = np.column_stack([x.mean(0), x.var(0), (x > 0).mean(0)])
     edges = edge_matrices(attention, corr, readout, cfg.correlation_edge)
-    resid_rows, degree_rows = [], []
+    resid_rows, degree_rows, per_tf_rows = [], [], []
     for ref in references:
         uni = evaluable_universe(panel, ref, attention.observed)
         if uni.n_pos == 0:
@@ -60,13 +62,29 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
                              effect_name="share of above-chance AUROC retained", n=int(labels.size),
                              confirmatory=False)
         nulls = confounds.degree_null(np.stack([m[uni.tf_rows] for m, _ in edges.values()]), uni.labels,
-                                      uni.pair_mask, n_null=cfg.n_degree_null, seed=cfg.seed)
+                                      uni.pair_mask, n_null=cfg.n_degree_null, seed=cfg.seed, per_tf=True)
+        symbols = panel["symbol"].to_numpy()
         for (name, (_, confirmatory)), dn in zip(edges.items(), nulls):
+            per_tf = dn.pop("per_tf")
+            per_tf_rows.append(per_tf.assign(reference=ref.name, edge=name, tf=symbols[uni.tf_rows[per_tf["tf_row"]]])
+                               .drop(columns="tf_row"))
+            if len(per_tf):
+                reg.register("degree_null_per_tf", f"{name} vs {ref.name}: mean per-TF excess over the degree null",
+                             "per-TF AUROC minus its curveball mean (descriptive)", np.nan,
+                             effect=float(per_tf["excess"].mean()), effect_name="mean per-TF AUROC excess",
+                             n=len(per_tf), confirmatory=False)
+                reg.register("degree_null_per_tf", f"{name} vs {ref.name}: within-TF precision@k over chance",
+                             "precision of each TF's top-k genes, k = its targets (descriptive)", np.nan,
+                             effect=float((per_tf["precision_at_k"] - per_tf["chance_precision"]).mean()),
+                             effect_name="mean precision@k minus chance", n=len(per_tf), confirmatory=False)
             degree_rows.append({"reference": ref.name, "edge": name, **dn})
             reg.register("degree_null", f"{name} vs {ref.name}: excess over degree null",
                          "curveball permutation (one-sided)", dn["p_excess"], effect=dn["excess"],
                          effect_name="AUROC excess", n=int(uni.pair_mask.sum()), confirmatory=confirmatory)
-    return {"residualisation": pd.DataFrame(resid_rows), "degree_null": pd.DataFrame(degree_rows)}, reg
+    columns = list(schemas.DEGREE_NULL_PER_TF[0])
+    per_tf = pd.concat(per_tf_rows, ignore_index=True)[columns] if per_tf_rows else pd.DataFrame(columns=columns)
+    return {"residualisation": pd.DataFrame(resid_rows), "degree_null": pd.DataFrame(degree_rows),
+            "degree_null_per_tf": per_tf}, reg
 
 
 def stage(inp: Inputs, attention: EdgeScores, corr: EdgeScores, writer: RunWriter, key: str) -> StatsRegistry:

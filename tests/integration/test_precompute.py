@@ -349,6 +349,10 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
         "ols", "gbdt"}
     degree = pd.read_parquet(run_dir / "degree_null.parquet").set_index("edge")
     assert np.allclose(degree["chance"] + degree["degree"] + degree["excess"], degree["auroc"])
+    per_tf = pd.read_parquet(run_dir / "degree_null_per_tf.parquet")         # registry 16's per-TF rows
+    assert set(per_tf["edge"]) == set(degree.index) and per_tf["tf"].isin(set(pd.read_parquet(
+        run_dir / "reference_edges.parquet")["tf"])).all()
+    assert np.allclose(per_tf["auroc"] - per_tf["degree_null_mean"], per_tf["excess"])
     assert not (run_dir / "incremental_value.parquet").exists()
     cells = pd.read_parquet(run_dir / "cssi_cells.parquet")
     assert len(cells) == 24 and cells["cell_state"].str.len().gt(0).all()   # the real cell-line labels

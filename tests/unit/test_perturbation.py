@@ -205,3 +205,31 @@ def test_unobserved_pairs_score_zero_in_the_observation_table():
     edge = pd.DataFrame({"perturbation": "P", "symbol": list("ABCD"), "score": [0.3, np.nan, np.nan, 0.1]})
     obs = confounds.observation_table(de, features, {"attention": edge})
     assert obs["attention"].tolist() == [0.3, 0.0, 0.0, 0.1]
+
+
+def test_per_tf_excess_over_the_degree_null_and_within_tf_precision_by_brute_force(rng):
+    """Registry 16's per-TF rows against an independent computation: each TF's AUROC and its mean over the same
+    curveball draws with scikit-learn's roc_auc_score, precision@k by sorting each TF's genes by score."""
+    from sklearn.metrics import roc_auc_score
+
+    allowed = rng.random((6, 50)) < 0.9
+    labels = (rng.random((6, 50)) < 0.2) & allowed
+    labels[5] = False                                                    # a TF with no target: left out
+    scores = rng.random((6, 50)) + labels * 0.5
+    draws = [confounds.curveball(labels, allowed, n_trades=200, rng=rng) for _ in range(7)]
+    table = confounds.per_tf_degree_excess(scores, labels, allowed, draws).set_index("tf_row")
+    assert list(table.index) == [0, 1, 2, 3, 4]
+    for t in table.index:
+        cols = allowed[t]
+        y, s = labels[t, cols], scores[t, cols]
+        auroc = roc_auc_score(y, s)
+        null = np.mean([roc_auc_score(d[t, cols], s) for d in draws])
+        k = int(y.sum())
+        precision = y[np.argsort(-s)[:k]].mean()
+        row = table.loc[t]
+        assert np.isclose(row["auroc"], auroc) and np.isclose(row["degree_null_mean"], null)
+        assert np.isclose(row["excess"], auroc - null) and row["k"] == k
+        assert np.isclose(row["precision_at_k"], precision) and np.isclose(row["chance_precision"], k / y.size)
+    pooled = confounds.degree_null(scores[None], labels, allowed, n_null=7, seed=3, per_tf=True)[0]
+    assert len(pooled["per_tf"]) == 5
+    assert pooled["auroc"] == confounds.degree_null(scores[None], labels, allowed, n_null=7, seed=3)[0]["auroc"]
