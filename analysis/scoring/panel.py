@@ -103,3 +103,10 @@ def perturbations_left_out(cells: CellData, genes: pd.DataFrame, present: np.nda
                       "order); raise --panel-size")
         rows.append((gene, reason))
     return pd.DataFrame(rows, columns=["perturbation", "reason"])
+
+
+def describe_left_out(left_out: pd.DataFrame, names: int = 8) -> str:
+    """:func:`perturbations_left_out` in one line, grouped by reason: ``"reason: A, B, ... (n); ..."`` naming at most
+    ``names`` genes a reason (the precompute log and the Perturbation page say it alike)."""
+    return "; ".join(f"{reason}: {', '.join(group['perturbation'][:names])}{' ...' if len(group) > names else ''} "
+                     f"({len(group)})" for reason, group in left_out.groupby("reason", sort=False))

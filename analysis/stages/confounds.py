@@ -45,6 +45,7 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
     cov = np.column_stack([x.mean(0), x.var(0), (x > 0).mean(0)])
     edges = edge_matrices(attention, corr, readout, cfg.correlation_edge)
     resid_rows, degree_rows, per_tf_rows = [], [], []
+    symbols = panel["symbol"].to_numpy()
     for ref in references:
         uni = evaluable_universe(panel, ref, attention.observed)
         if uni.n_pos == 0:
@@ -63,7 +64,6 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
                              confirmatory=False)
         nulls = confounds.degree_null(np.stack([m[uni.tf_rows] for m, _ in edges.values()]), uni.labels,
                                       uni.pair_mask, n_null=cfg.n_degree_null, seed=cfg.seed, per_tf=True)
-        symbols = panel["symbol"].to_numpy()
         for (name, (_, confirmatory)), dn in zip(edges.items(), nulls):
             per_tf = dn.pop("per_tf")
             per_tf_rows.append(per_tf.assign(reference=ref.name, edge=name, tf=symbols[uni.tf_rows[per_tf["tf_row"]]])

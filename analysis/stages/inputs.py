@@ -29,7 +29,7 @@ from ..io.references import ReferenceNetwork, coregulation_pairs, load_pair_refe
 from ..models.base import ModelAdapter, Tokenizer, TokenizedCells, load_adapter, tokens_of
 from ..rerun import load_cells_for
 from ..scoring.cssi_levels import check_config as check_cssi
-from ..scoring.panel import evaluation_universe, perturbations_left_out, select_panel
+from ..scoring.panel import describe_left_out, evaluation_universe, perturbations_left_out, select_panel
 from ..scoring.perturbation import MIN_GROUP_CELLS
 from ..scoring.ranking import evaluable_universe
 from .timing import timed
@@ -79,8 +79,7 @@ class Inputs:
         if self.cfg.extraction.cells != "control" or self.cells.perturbation_col is None:
             return None
         n, size = self.cfg.perturbation.n_control, self.attention_cells.size
-        every = size == int((self.cells.obs[self.cells.perturbation_col].astype(str)
-                             == self.cells.control_label).sum())
+        every = size == self.cells.select("control").size
         return self.attention_cells if n is None or n == size or (every and n >= size) else None
 
     @property
@@ -159,9 +158,7 @@ def tokens_and_panel(cfg: RunConfig, cells: CellData, tokenizer: Tokenizer, refe
     left_out = perturbations_left_out(cells, genes, present, panel, size)
     if len(left_out):
         log.warning("%d of %d perturbed genes are not in the panel, so they cannot be evaluated: %s",
-                    len(left_out), len(cells.perturbed_genes()), "; ".join(
-                        f"{reason}: {', '.join(group['perturbation'][:8])}{' ...' if len(group) > 8 else ''}"
-                        for reason, group in left_out.groupby("reason", sort=False)))
+                    len(left_out), len(cells.perturbed_genes()), describe_left_out(left_out))
     return tokens, schemas.validate("panel", panel), left_out
 
 

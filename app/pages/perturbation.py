@@ -9,6 +9,7 @@ from dash import Input, Output, State, dash_table, dcc, html, no_update
 
 from analysis.config import DE_TESTS
 from analysis.scoring.edges import CORRELATION_EDGE_TYPES
+from analysis.scoring.panel import describe_left_out
 
 from .. import ids
 from ..components import background_job, figure_card
@@ -80,10 +81,8 @@ def left_out_note(store, run_id: str) -> str:
     left = store.table(run_id, "perturbations_left_out")
     if left.empty:
         return ""
-    parts = [f"{reason}: {', '.join(group['perturbation'][:10])}{' ...' if len(group) > 10 else ''} ({len(group)})"
-             for reason, group in left.groupby("reason", sort=False)]
     return (f" Left out before scoring, {len(left)} perturbed gene(s) not in the attention panel: "
-            + "; ".join(parts) + ".")
+            f"{describe_left_out(left, names=10)}.")
 
 
 def primary_correlation(manifest) -> str:

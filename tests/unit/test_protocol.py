@@ -190,7 +190,7 @@ def test_failed_on_target_perturbations_leave_the_confirmatory_tests():
 def test_perturbed_genes_left_out_of_the_panel_are_named_with_their_reason():
     """Evaluable perturbations depend on the panel: a perturbed gene the data lacks, one no cell expresses, and one cut
     because the panel was full are each listed with why (the log, the manifest and the Perturbation page show it)."""
-    from analysis.scoring.panel import perturbations_left_out
+    from analysis.scoring.panel import describe_left_out, perturbations_left_out
 
     rng = np.random.default_rng(1)
     symbols = ["A", "B", "C", "D", "E"]
@@ -207,6 +207,8 @@ def test_perturbed_genes_left_out_of_the_panel_are_named_with_their_reason():
     assert left["B"].startswith("cut: the 1-gene panel was full") and "--panel-size" in left["B"]
     assert left["D"].startswith("in no cell's model input")
     assert left["Z"].startswith("not a vocabulary gene")
+    line = describe_left_out(perturbations_left_out(cells, genes, present, panel, 1), names=1)
+    assert line.startswith("cut: the 1-gene panel") and ": B (1)" in line and ": D (1)" in line and ": Z (1)" in line
     wide = select_panel(cells, genes, present, reference_tfs=set(), n_hvg=5, panel_size=5)
     assert set(perturbations_left_out(cells, genes, present, wide, 5)["perturbation"]) == {"D", "Z"}
 
