@@ -708,8 +708,10 @@ def test_runs_the_app_cannot_open_are_skipped_with_the_reason_and_the_rest_liste
     cache, runs = embedded_cache
     source = runs["scgpt"]
     artifacts = tmp_path / "cache" / "artifacts"
-    for name in (source.name, "numeric-finish", "bad name", "renamed-run"):
-        shutil.copytree(source, artifacts / name)
+    shutil.copytree(source, artifacts / source.name)
+    for name in ("numeric-finish", "bad name", "renamed-run"):          # listing reads only the manifest
+        (artifacts / name).mkdir()
+        shutil.copy(source / "manifest.json", artifacts / name / "manifest.json")
     manifest = json.loads((artifacts / "numeric-finish" / "manifest.json").read_text())
     (artifacts / "numeric-finish" / "manifest.json").write_text(json.dumps({**manifest, "run_id": "numeric-finish",
                                                                             "finished": 12345}))
