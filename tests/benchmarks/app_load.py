@@ -1,4 +1,4 @@
-"""Benchmark (not a test): the app's cached views under load (issue 13, target 6): ``--clients`` concurrent clients
+"""Benchmark (not a test): the app's cached views under load: ``--clients`` concurrent clients
 replaying every view a browser asks for, with nothing else running and again while a live ablation runs as the app
 runs it (a background job started from the Ablation page's Run button in a real browser); first against a server
 that caches no view (``--view-cache-mib 0``, the baseline, ``--baseline-rounds`` rounds), then against the app as

@@ -1,4 +1,4 @@
-"""Benchmark (not a test): the cost of scoring one CSSI level (issue 13, target 5: "scoring a level must cost a small
+"""Benchmark (not a test): the cost of scoring one CSSI level ("scoring a level must cost a small
 fraction of the extraction pass, whatever the run"), on a synthetic run of a chosen size written in the real file
 formats and read back as the app and precompute read a run (memory-mapped group sums).
 

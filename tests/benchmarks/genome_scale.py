@@ -1,4 +1,4 @@
-"""Benchmark (not a test): a Replogle-K562-sized screen through the library out of core (issue 13 target 4).
+"""Benchmark (not a test): a Replogle-K562-sized screen through the library out of core.
 
 Generates, outside the repository (``--workdir``, default ``/tmp/genome_scale``; never commit it), a CRISPRi screen
 as a real .h5ad written block by block in anndata's CSR layout: ``--genes`` genes (8,000) x ``--perts``

@@ -1,5 +1,5 @@
 """Benchmark (not a test): the perturbation / confound stages' scikit-learn HistGradientBoosting fits on a busy
-machine, as precompute runs them against how they run unbounded (issue 13, target 7).
+machine, as precompute runs them against how they run unbounded.
 
 Each measurement is a fresh interpreter fitting the same model ``--fits`` times on the same data:
 

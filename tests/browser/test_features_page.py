@@ -1,4 +1,4 @@
-"""Real headless Chromium on the Features page (issue 14): the read-out layer's SAE opens with its quality line, the
+"""Real headless Chromium on the Features page: the read-out layer's SAE opens with its quality line, the
 feature map and the cell-programme bars; filtering the table by a gene and clicking a feature's row opens its card,
 whose genes are that feature's strongest, computed here from the run's stored latents, and whose enrichment table
 equals scipy's Fisher exact test on the feature's top genes against each TF's true targets and each gene's

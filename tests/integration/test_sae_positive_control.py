@@ -1,4 +1,4 @@
-"""The SAE positive control end to end (issue 14): precompute on the embedded default (the simulation at full size,
+"""The SAE positive control end to end: precompute on the embedded default (the simulation at full size,
 both tiny models trained as the README's first command trains them; the stages the SAE does not read are left
 out), whose cell states and network are known. On the read-out layer, each cell state and each simulated TF's
 activity (read from its true regulon) must be tracked by some feature better than by any feature of an SAE
