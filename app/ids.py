@@ -53,6 +53,7 @@ CONF_PROPENSITY = "conf-propensity-table"
 
 STATS_TABLE = "stats-table"
 STATS_NOTE = "stats-note"
+STATS_TIERS = "stats-tiers"
 
 ABL_READOUT = "abl-readout"
 ABL_TABLE = "abl-table"

@@ -35,8 +35,9 @@ PROPENSITY_BALANCE = (("covariate", "smd_before", "smd_after"), ("smd_after",))
 DEGREE_NULL = (("reference", "edge", "auroc", "degree_null_mean", "shuffle_null_mean", "chance", "degree",
                 "excess", "p_excess"), ())
 STATISTICS_REGISTRY = (("test_id", "analysis", "hypothesis", "test", "p", "effect", "effect_name", "n",
-                        "confirmatory", "exploratory", "q", "q_all", "q_primary_per_analysis", "significant"),
-                       ("p", "q", "q_all", "q_primary_per_analysis", "q_confirmatory"))
+                        "confirmatory", "exploratory", "paper_entry", "paper_tier", "q", "q_all",
+                        "q_primary_per_analysis", "q_paper", "significant"),
+                       ("p", "q", "q_all", "q_primary_per_analysis", "q_confirmatory", "q_paper"))
 
 ABLATION_RESULTS = (("intervention", "family", "k", "draw", "readout", "value", "baseline", "delta", "ci_low",
                      "ci_high", "p", "q", "n", "structural"), ("ci_low", "ci_high", "p", "q"))

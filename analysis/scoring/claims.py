@@ -1,6 +1,7 @@
 """Claim-to-evidence map (paper Supplementary Note 16.3): the paper's headline claims, each tied to the registry tests
-that bear on it, with a verdict for one run under each of the three Benjamini-Hochberg families of Supplementary
-Note 16.1 (``confirmatory``, ``all``, ``primary_per_analysis``), so a reader sees which verdicts depend on the family.
+that bear on it, with a verdict for one run under each of the Benjamini-Hochberg families of Supplementary Note 16.1
+(``confirmatory``, ``all``, ``primary_per_analysis``) and the paper's own confirmatory family (``paper``:
+:mod:`analysis.scoring.paper_registry`), so a reader sees which verdicts depend on the family.
 
 A verdict is ``supported``, ``not supported`` or ``not testable`` (the run lacks the analysis, or its premise fails:
 no above-chance signal to residualise, fewer than three layers for a depth trend, one context only), always with the
@@ -112,10 +113,13 @@ def attention_more_confounded(ev: Evidence) -> Verdict:
 
 
 def ablation_null_with_fidelity(ev: Evidence) -> Verdict:
-    rows = ev.tests("ablation", "changes mlm_loss", confirmatory=True)
+    """Judged on the masked-behaviour loss, and under the ``paper`` family on the paper's read-out, perturbation AUROC
+    (Supplementary Note 16.2, analyses 29 and 32)."""
+    readout = "perturbation_auroc" if ev.family == "paper" else "mlm_loss"
+    rows = ev.tests("ablation", f"changes {readout}", confirmatory=True)
     fidelity = ev.tables.get("ablation_fidelity")
     if rows.empty or fidelity is None:
-        return NOT_TESTABLE, "no top-k head ablation in this run", []
+        return NOT_TESTABLE, f"no top-k head ablation read out on {readout} in this run", []
     k = rows["hypothesis"].str.extract(r"k=(\d+)", expand=False).astype(int)
     every_head = k == ev.n_heads if ev.n_heads else pd.Series(False, index=rows.index)
     moved = fidelity[fidelity["family"] == "top_k"].groupby("k")["hidden_cos_max"].max()
@@ -134,8 +138,8 @@ def ablation_null_with_fidelity(ev: Evidence) -> Verdict:
     fid = f"; they move hidden states by a max cosine distance of {spread.min():.3g}-{spread.max():.3g}"
     hits = judged[ev.significant(judged)]
     if hits.empty:
-        return SUPPORTED, ("no top-k ablation changes the masked-behaviour loss: " + _q_text(ev, judged) + fid
-                           + note), _ids(rows)
+        what = "perturbation AUROC" if readout == "perturbation_auroc" else "the masked-behaviour loss"
+        return SUPPORTED, (f"no top-k ablation changes {what}: " + _q_text(ev, judged) + fid + note), _ids(rows)
     return NOT_SUPPORTED, "a top-k ablation changes the behaviour: " + _q_text(ev, hits) + fid + note, _ids(rows)
 
 
@@ -211,7 +215,7 @@ CLAIMS = (
 def claim_map(registry: pd.DataFrame, tables: dict[str, pd.DataFrame], *, alpha: float = 0.05,
               n_heads: int | None = None) -> pd.DataFrame:
     """Rows per claim and family: claim, statement, section, family, verdict, reason, tests (``;``-joined test ids);
-    plus ``stable`` (the verdict is the same in all three families) on every row of the claim. ``n_heads``: the
+    plus ``stable`` (the verdict is the same in every family) on every row of the claim. ``n_heads``: the
     model's heads (layers x heads), so the ablation claim leaves out the top-k set that is every head."""
     rows = []
     for claim in CLAIMS:

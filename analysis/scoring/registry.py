@@ -4,8 +4,9 @@ framework-wide Benjamini-Hochberg at the end.
 
 Families (Supplementary Note 16.1): ``confirmatory`` (primary: all confirmatory p-values), ``all`` (every
 registered p-value, confirmatory and descriptive), ``primary_per_analysis`` (one primary test per analysis:
-the first confirmatory test registered for it). ``q`` is the primary family's q-value; the alternatives are
-reported alongside so a reader can see which conclusions depend on the family definition.
+the first confirmatory test registered for it), and ``paper`` (the tests the paper's own registry, Supplementary Note
+16.2, counts as confirmatory: :mod:`analysis.scoring.paper_registry`). ``q`` is the primary family's q-value; the
+alternatives are reported alongside so a reader can see which conclusions depend on the family definition.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .paper_registry import CONFIRMATORY as PAPER_CONFIRMATORY
+from .paper_registry import paper_mapping
 from .stats import benjamini_hochberg
 
 COLUMNS = ("test_id", "analysis", "hypothesis", "test", "p", "effect", "effect_name", "n", "confirmatory",
            "exploratory")
-FAMILIES = ("confirmatory", "all", "primary_per_analysis")
+FAMILIES = ("confirmatory", "all", "primary_per_analysis", "paper")
 
 
 @dataclass
@@ -47,14 +50,19 @@ class StatsRegistry:
 
 
 def correct(frame: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Add ``q_confirmatory`` (= ``q``), ``q_all``, ``q_primary_per_analysis`` and ``significant`` columns."""
+    """Add ``paper_entry`` and ``paper_tier`` (:func:`analysis.scoring.paper_registry.paper_mapping`), a q column
+    per family (``q_confirmatory`` = ``q``, ``q_all``, ``q_primary_per_analysis``, ``q_paper``) and ``significant``
+    (primary family)."""
     out = frame.copy()
+    out[["paper_entry", "paper_tier"]] = paper_mapping(out)
     has_p = out["p"].notna()
     for family in FAMILIES:
         if family == "confirmatory":
             member = has_p & out["confirmatory"]
         elif family == "all":
             member = has_p
+        elif family == "paper":
+            member = has_p & (out["paper_tier"] == PAPER_CONFIRMATORY)
         else:
             first = out[has_p & out["confirmatory"]].groupby("analysis").head(1).index
             member = pd.Series(out.index.isin(first), index=out.index)

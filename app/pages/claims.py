@@ -1,5 +1,5 @@
 """Claims: the paper's headline claims (Supplementary Note 16.3), each with its verdict for the run on screen under the
-three Benjamini-Hochberg families, the reason, and the registry tests it rests on
+Benjamini-Hochberg families, the reason, and the registry tests it rests on
 (:mod:`analysis.scoring.claims`). Other runs can be added as contexts, which makes the cross-context claim testable
 (replication tests of :mod:`analysis.scoring.replication`). The whole map downloads as a self-contained HTML report
 or as CSV."""
@@ -27,8 +27,10 @@ def layout(**_):
     return dbc.Container([
         html.H3("Claim-to-evidence map"),
         html.P("Each headline claim of the paper, judged on this run from the statistics registry: supported, not "
-               "supported, or not testable here (and why), under the three BH families of SN16.1 (confirmatory: "
-               "every confirmatory test; all: every registered test; primary per analysis: one test per analysis). "
+               "supported, or not testable here (and why), under the BH families of SN16.1 (confirmatory: "
+               "every confirmatory test; all: every registered test; primary per analysis: one test per analysis) "
+               "and under the paper's own confirmatory family (paper: the tests SN16.2 gives a p-value, whatever "
+               "this project's tier). "
                "A claim whose verdict changes with the family is marked unstable.", className="explain"),
         dbc.Row([dbc.Col([dbc.Label("Other contexts (runs) for the cross-context claim"),
                           dcc.Dropdown(id=ids.CLAIMS_CONTEXTS, multi=True)], md=8),
@@ -99,7 +101,7 @@ td,th{{border:1px solid #bbb;padding:4px 8px;vertical-align:top;font-size:13px}}
 <p>{esc(manifest.title)}<br>Run {esc(manifest.run_id)}, config hash {esc(manifest.config_hash[:12])}; model
 {esc(manifest.model.name)} ({manifest.model.n_layers} layers x {manifest.model.n_heads} heads);
 {esc(manifest.data.cells_line)}.
-Verdicts under the three Benjamini-Hochberg families of the paper's Supplementary Note 16.1 (alpha 0.05).</p>
+Verdicts under the Benjamini-Hochberg families of the paper's Supplementary Note 16.1 and the paper's own confirmatory family of Supplementary Note 16.2 (alpha 0.05).</p>
 <table><tr><th>claim</th><th>section</th>{head}<th>stable</th><th>reason (confirmatory family)</th></tr>
 {''.join(rows)}</table>
 <h2>Registry tests cited</h2>

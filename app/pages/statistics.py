@@ -1,4 +1,5 @@
-"""Statistics: the framework-wide registry of every test, filterable, with BH q under each family."""
+"""Statistics: the framework-wide registry of every test, filterable, with BH q under each family, and the run's
+count under the paper's own tiers set beside the paper's, entry by entry (:mod:`analysis.scoring.paper_registry`)."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
@@ -6,6 +7,8 @@ import pandas as pd
 from dash import Input, Output, dash_table, html
 
 from analysis.scoring.feature_effects import feature_edit_tests
+from analysis.scoring.paper_registry import CONFIRMATORY as PAPER_TIER_CONFIRMATORY
+from analysis.scoring.paper_registry import PAPER_CONFIRMATORY_TOTAL, PAPER_SIGNIFICANT, tier_comparison
 from analysis.scoring.registry import COLUMNS as REGISTRY_COLUMNS
 from analysis.scoring.registry import ablation_tests, correct
 
@@ -16,9 +19,11 @@ from .ablation import live_results
 from .feature_edits import live_edit_results
 
 PATH, NAME = "/statistics", "Statistics"
-COLUMNS = ("analysis", "hypothesis", "test", "p", "q", "q_all", "q_primary_per_analysis", "effect", "effect_name",
-           "n", "confirmatory", "significant")
-PROBABILITIES = ("p", "q", "q_all", "q_primary_per_analysis")
+COLUMNS = ("analysis", "hypothesis", "test", "p", "q", "q_all", "q_primary_per_analysis", "q_paper", "effect",
+           "effect_name", "n", "confirmatory", "significant", "paper_entry", "paper_tier")
+PROBABILITIES = ("p", "q", "q_all", "q_primary_per_analysis", "q_paper")
+TIER_COLUMNS = ("paper_entry", "title", "tests", "confirmatory_here", "confirmatory_in_paper",
+                "significant_in_paper_family")
 
 
 
@@ -32,25 +37,33 @@ def layout(**_):
         html.P("Type in the header filters (e.g. perturbation in 'analysis', < 0.05 in 'q'); the plot follows "
                "the filtered rows.", className="explain mt-1"),
         figure_card("stats-volcano"),
+        html.H5("The paper's registry, entry by entry (SN16.2)", className="mt-3"),
+        html.P("Tests per entry of the paper's registry: how many are confirmatory in this project, how many the "
+               "paper counts as confirmatory (those with a p-value in its registry), and how many of the latter "
+               "have q < 0.05 when only they are corrected (the 'paper' family). Entry 0: analyses beyond the "
+               "paper.", className="explain"),
+        dash_table.DataTable(id=ids.STATS_TIERS, columns=[{"name": c, "id": c} for c in TIER_COLUMNS], page_size=40,
+                             sort_action="native", style_cell={"textAlign": "left"}),
     ], fluid=True)
 
 
 def register(app, store, settings, jobs, exports):
-    @app.callback(Output(ids.STATS_TABLE, "data"), Output(ids.STATS_NOTE, "children"), Input(ids.RUN_SELECT, "value"))
+    @app.callback(Output(ids.STATS_TABLE, "data"), Output(ids.STATS_NOTE, "children"), Output(ids.STATS_TIERS, "data"),
+                  Input(ids.RUN_SELECT, "value"))
     def table(run_id):
         if not run_id or not store.has_table(run_id, "statistics_registry"):
-            return [], "No statistics registry in this run."
+            return [], "No statistics registry in this run.", []
         reg = with_live_tests(store.table(run_id, "statistics_registry"), live_results(jobs, run_id),
                               live_edit_results(jobs, run_id))
         conf = reg[reg["confirmatory"]]
         note = (f"{len(reg)} registered tests; {len(conf)} confirmatory, of which {int(conf['significant'].sum())} "
-                f"have BH q < 0.05 framework-wide. Also shown: q over all tests, and over one primary test per "
-                f"analysis (Supplementary Note 16).")
+                f"have BH q < 0.05 framework-wide. {paper_family_sentence(reg)} Also shown: q over all tests, and "
+                f"over one primary test per analysis (Supplementary Note 16).")
         ordered = reg.sort_values(["confirmatory", "analysis"], ascending=[False, True], kind="stable")[list(COLUMNS)]
         if (ordered[list(PROBABILITIES)] == 0).any(axis=None):
             note += f" A p or q shown as {SMALLEST_P:.3g} underflowed: it is below the smallest representable number."
         ordered = without_zero_p(ordered, PROBABILITIES)
-        return ordered.round({"effect": 5}).to_dict("records"), note
+        return ordered.round({"effect": 5}).to_dict("records"), note, tier_comparison(reg).to_dict("records")
 
     @app.callback(Output(ids.graph("stats-volcano"), "figure"), Output(ids.figdata("stats-volcano"), "data"),
                   Input(ids.STATS_TABLE, "derived_virtual_data"))
@@ -74,3 +87,11 @@ def with_live_tests(registry: pd.DataFrame, live: pd.DataFrame, feature_edits: p
     if not extra:
         return registry
     return correct(pd.concat([registry[list(REGISTRY_COLUMNS)], *extra], ignore_index=True))
+
+
+def paper_family_sentence(registry: pd.DataFrame, alpha: float = 0.05) -> str:
+    """The run's confirmatory count under the paper's own tiers, beside the paper's (SN16.4: 63 of 95)."""
+    paper = registry[registry["paper_tier"] == PAPER_TIER_CONFIRMATORY]
+    return (f"Under the paper's own tiers (the tests its registry gives a p-value), {len(paper)} tests are "
+            f"confirmatory and {int((paper['q_paper'] < alpha).sum())} have q < {alpha:g} in that family; the paper: "
+            f"{PAPER_SIGNIFICANT} of {PAPER_CONFIRMATORY_TOTAL}.")

@@ -28,6 +28,9 @@ def test_analysis_pages_render(server, browser, page, figures):
     if page == "statistics":
         rows = browser.find_elements(By.CSS_SELECTOR, "#stats-table tbody tr")
         assert len(rows) > 2
+        assert "the paper: 63 of 95" in browser.find_element(By.ID, "stats-note").text
+        tiers = browser.find_element(By.ID, "stats-tiers").text
+        assert "Perturbation-first validation" in tiers and "beyond the paper" in tiers
 
 
 def test_custom_de_runs_in_background_and_is_cached(server, browser):

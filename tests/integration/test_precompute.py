@@ -90,6 +90,9 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
     assert {"reference_recovery", "perturbation_first", "trivial_baselines", "incremental_value", "degree_null",
             "residualisation", "sensitivity_grid", "head_screen"} <= set(reg["analysis"])
     assert reg["test_id"].is_unique and reg.loc[reg["confirmatory"], "q"].notna().all()
+    assert set(reg.loc[reg["paper_entry"] == 0, "analysis"]) <= {"sae_regulatory", "universe_check"}  # SN16.2 1-37
+    paper = reg["paper_tier"] == "confirmatory"
+    assert reg.loc[paper & reg["p"].notna(), "q_paper"].notna().all() and reg.loc[~paper, "q_paper"].isna().all()
     assert (runs[family] / "statistics_registry.csv").is_file()
     abl = store.table(run, "ablation_results")
     assert abl.groupby("family")["draw"].nunique()["random_k"] == 3
@@ -147,7 +150,7 @@ def test_embedded_run_has_cssi(embedded_cache, family):
 
 
 @pytest.mark.parametrize("family", ["geneformer", "scgpt"])
-def test_embedded_run_has_issue_11_analyses(embedded_cache, family):
+def test_embedded_run_has_the_biology_scaling_and_bootstrap_analyses(embedded_cache, family):
     """Scaling (nested subsamples of CSSI's 40 random groups), controlled composition on the simulated states, the
     per-TF bootstrap, layer biology with the co-regulation pairs, the SN14.9 check, their registry entries, and a
     claim map that reads them."""

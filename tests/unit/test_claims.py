@@ -57,7 +57,7 @@ def verdicts(frame: pd.DataFrame, family: str) -> dict[str, str]:
 
 def test_every_verdict_known_by_construction():
     out = claim_map(registry(extra_nulls=0), tables())
-    assert set(out["claim"]) == {c.key for c in CLAIMS} and len(out) == 3 * len(CLAIMS)
+    assert set(out["claim"]) == {c.key for c in CLAIMS} and len(out) == 4 * len(CLAIMS)
     got = verdicts(out, "confirmatory")
     assert got == {"gene_level_dominance": SUPPORTED, "no_incremental_value": SUPPORTED,
                    "attention_more_confounded": SUPPORTED, "ablation_null": SUPPORTED, "cssi_gain": SUPPORTED,
@@ -124,3 +124,19 @@ def test_zeroing_every_head_is_not_a_top_ranked_set():
     assert judged["verdict"] == SUPPORTED and "k=16 (every head" in judged["reason"]
     unknown = claim_map(reg, t).query("claim == 'ablation_null' and family == 'confirmatory'").iloc[0]
     assert unknown["verdict"] == NOT_SUPPORTED
+
+
+def test_under_the_paper_family_the_ablation_claim_reads_perturbation_auroc():
+    """The paper registers its head ablations on perturbation AUROC (SN16.2, 29 and 32): a top-k set that leaves the
+    masked-gene loss alone but moves perturbation AUROC supports the null in the project's families and not in the
+    paper's."""
+    reg = StatsRegistry()
+    reg.register("ablation", "top_k k=5 (zero_head@L3[0,1,2,3,4], 100 obs) changes mlm_loss", "Wilcoxon", 0.5,
+                 effect=0.001, effect_name="delta", n=100)
+    reg.register("ablation", "top_k k=5 (zero_head@L3[0,1,2,3,4], 40 obs) changes perturbation_auroc", "Wilcoxon",
+                 1e-4, effect=-0.05, effect_name="delta", n=40)
+    out = claim_map(reg.table(), tables()).query("claim == 'ablation_null'").set_index("family")
+    assert out.loc["confirmatory", "verdict"] == SUPPORTED and "masked-behaviour loss" in out.loc["confirmatory",
+                                                                                                  "reason"]
+    assert out.loc["paper", "verdict"] == NOT_SUPPORTED and "perturbation_auroc" in out.loc["paper", "reason"]
+    assert not out["stable"].any()
