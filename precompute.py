@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                            "gene_median_dictionary*.pkl; scGPT: directory with gene_name_id_dict*.pkl "
                                            "to map Ensembl ids to symbols")
     ap.add_argument("--random-weights", action="store_true", help="use the checkpoint's config with random weights")
+    ap.add_argument("--control", choices=["random-weights"],
+                    help="also run each model's untrained twin (same architecture, random weights) on the same cells "
+                         "and settings; the Claims page sets every verdict beside the twin's")
     ap.add_argument("--device", help="auto, cpu or cuda")
     ap.add_argument("--reference", action="append", default=[],
                     help="reference network, kind:path (trrust, trrust_direction_known, dorothea, collectri); repeatable")
@@ -112,13 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, cli)
         logging.getLogger("precompute").info("thread pools bounded to %d (BLAS, OpenMP, torch)", n_threads)
-        from analysis.stages.runs import configs_to_run, run_all   # the stages load where the runs happen
+        from analysis.stages.runs import configs_to_run, run_all, with_untrained_twins   # stages load in the runs
+        cfgs = configs_to_run(cfg)
+        if args.control == "random-weights":
+            cfgs = with_untrained_twins(cfgs)
         client = None
         if args.scheduler or args.workers:
             from analysis.stages.distributed import connect   # dask, only for a cluster
             client = connect(args.scheduler, args.workers)
         try:
-            for run_dir in run_all(configs_to_run(cfg), Path(args.cache), n_threads=n_threads,
+            for run_dir in run_all(cfgs, Path(args.cache), n_threads=n_threads,
                                    progress=not args.quiet, client=client, memory_limit=args.memory_limit,
                                    plan_only=args.plan):
                 if run_dir is not None:

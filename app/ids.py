@@ -108,6 +108,7 @@ LAYERS_TF_NOTE = "layers-tf-note"
 
 CLAIMS_CONTEXTS = "claims-contexts"
 CLAIMS_TABLE = "claims-table"
+CLAIMS_CONTROL = "claims-control"
 CLAIMS_REPORT_BUTTON = "claims-report"
 CLAIMS_CSV_BUTTON = "claims-csv"
 CLAIMS_DOWNLOAD = "claims-download"

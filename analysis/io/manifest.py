@@ -114,13 +114,17 @@ class RunManifest:
 
     @property
     def title(self) -> str:
-        """One line naming the run for pickers, page headers and exports."""
-        return f"{self.run_id} ({self.model.family}: {self.model.name}, {self.data.n_cells} cells)"
+        """One line naming the run for pickers, page headers and exports (random weights said: an untrained control
+        and its trained twin share everything else)."""
+        weights = ", random weights" if self.config.model.random_init else ""
+        return f"{self.run_id} ({self.model.family}: {self.model.name}{weights}, {self.data.n_cells} cells)"
 
     @property
     def short_name(self) -> str:
-        """The run in a comparison's legends and tables: its family and hash (``geneformer 3ecbb434ef``)."""
-        return f"{self.model.family} {self.run_id.split('-')[-1]}"
+        """The run in a comparison's legends and tables: its family and hash (``geneformer 3ecbb434ef``; ``untrained``
+        added for random weights)."""
+        untrained = " untrained" if self.config.model.random_init else ""
+        return f"{self.model.family} {self.run_id.split('-')[-1]}{untrained}"
 
     def readout_label(self, readout: str) -> str:
         """What a read-out key measures for this run's model family (the key itself when not family-specific)."""

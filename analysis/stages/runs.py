@@ -30,6 +30,19 @@ def configs_to_run(cfg: RunConfig) -> list[RunConfig]:
     return [dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, family=f)) for f in families]
 
 
+def with_untrained_twins(cfgs: list[RunConfig]) -> list[RunConfig]:
+    """``cfgs`` followed by each one's untrained twin: the same architecture with random weights (``model.random_init``,
+    seeded by ``model.seed``), on the same cells and settings, as the control arm of ``--control random-weights``; a
+    claim that holds for the twin too is architecture or data, not learning
+    (:mod:`analysis.scoring.untrained_control`)."""
+    from ..errors import ConfigError
+
+    if any(cfg.model.random_init for cfg in cfgs):
+        raise ConfigError("--control random-weights needs trained weights: the model is already random "
+                          "(--random-weights); drop one of the two")
+    return [*cfgs, *(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, random_init=True)) for cfg in cfgs)]
+
+
 def _worker_init(n_threads: int) -> None:
     """A run's worker process (:func:`run_all`): its share of the cores, and the parent's log format."""
     from ..threads import bound_threads

@@ -1,7 +1,9 @@
 """Claims: the paper's headline claims (Supplementary Note 16.3), each with its verdict for the run on screen under the
 Benjamini-Hochberg families, the reason, and the registry tests it rests on
 (:mod:`analysis.scoring.claims`). Other runs can be added as contexts, which makes the cross-context claim testable
-(replication tests of :mod:`analysis.scoring.replication`). The whole map downloads as a self-contained HTML report
+(replication tests of :mod:`analysis.scoring.replication`). Where the cache holds the run's untrained twin
+(``precompute.py --control random-weights``), each verdict stands beside the twin's and the head rankings are set side
+by side (:mod:`analysis.scoring.untrained_control`). The whole map downloads as a self-contained HTML report
 or as CSV."""
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from analysis.io.spreadsheet import to_csv
 from analysis.scoring.claims import CLAIM_TABLES, claim_map
 from analysis.scoring.registry import FAMILIES
 from analysis.scoring.replication import replicate
+from analysis.scoring.untrained_control import (ARCHITECTURE, claims_beside_control, ranking_beside_control,
+                                               untrained_twin)
 
 from .. import ids
 from ..view_cache import not_a_view
@@ -39,6 +43,7 @@ def layout(**_):
                           dbc.Button("CSV", id=ids.CLAIMS_CSV_BUTTON, className="mt-4", color="secondary",
                                      outline=True, n_clicks=0),
                           dcc.Download(id=ids.CLAIMS_DOWNLOAD)], md=4)]),
+        html.Div(id=ids.CLAIMS_CONTROL, className="explain my-2"),
         dash_table.DataTable(id=ids.CLAIMS_TABLE, style_table={"overflowX": "auto"}, page_size=20,
                              style_cell={"whiteSpace": "normal", "height": "auto", "textAlign": "left",
                                          "maxWidth": "520px"},
@@ -46,7 +51,8 @@ def layout(**_):
                                                       "backgroundColor": c} for f in FAMILIES
                                                      for v, c in COLOURS.items()],
                              columns=[{"name": c, "id": c} for c in ("claim", "section", *FAMILIES, "stable",
-                                                                     "reason", "tests")]),
+                                                                     "untrained twin", "reading", "reason",
+                                                                     "tests")]),
     ], fluid=True)
 
 
@@ -67,11 +73,48 @@ def heads(store, run_id: str) -> int:
     return m.model.n_layers * m.model.n_heads
 
 
+def claims_of(store, run_id: str, contexts: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, object]:
+    """(claim map, registry, untrained twin's manifest or None): the map carries ``control_verdict`` and ``reading``
+    (:func:`analysis.scoring.untrained_control.claims_beside_control`) when the cache holds the run's twin."""
+    registry, tables = evidence(store, run_id, contexts)
+    claims = claim_map(registry, tables, n_heads=heads(store, run_id))
+    twin = untrained_twin(store.manifest(run_id), store.runs()[0])
+    if twin is not None:
+        twin_registry, twin_tables = evidence(store, twin.run_id, [])
+        claims = claims_beside_control(claims, claim_map(twin_registry, twin_tables, n_heads=heads(store, twin.run_id)))
+    return claims, registry, twin
+
+
+def control_note(store, run_id: str, claims: pd.DataFrame, twin) -> str:
+    """The untrained-control line: which twin, its head ranking beside the run's, and the claims it shares."""
+    m = store.manifest(run_id)
+    if m.config.model.random_init:
+        return ("This run has random weights: it is an untrained control (or a scale check), so any claim it "
+                "supports is architecture or data, not learning.")
+    if twin is None:
+        return ("No untrained twin of this run in the cache: precompute with --control random-weights to set every "
+                "verdict beside the same architecture with random weights on the same cells.")
+    reference = m.reference_names[0]
+    rank = ranking_beside_control(store.ranking(run_id), store.ranking(twin.run_id), reference=reference)
+    (layer, head), (c_layer, c_head) = rank["best_head"], rank["control_best_head"]
+    shared = claims[(claims["family"] == "confirmatory") & (claims["reading"] == ARCHITECTURE)]
+    return (f"Untrained twin {twin.run_id}: best head on {reference} L{layer}H{head} AUROC {rank['best_value']:.3f} "
+            f"here, L{c_layer}H{c_head} {rank['control_best_value']:.3f} in the twin; "
+            f"{rank['share_above_control_best']:.0%} of heads beat the twin's best, and per-head AUROCs correlate "
+            f"rho = {rank['spearman_heads']:.2f} between the two ({rank['n_heads']} heads). "
+            + (f"Supported by the twin too (architecture or data, not learning): {', '.join(shared['claim'])}."
+               if len(shared) else "No claim the run supports is supported by the twin."))
+
+
 def wide(claims: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim: the verdict in each family, stability, and the confirmatory family's reason and tests."""
+    """One row per claim: the verdict in each family, stability, the untrained twin's verdict and reading (when
+    present), and the confirmatory family's reason and tests."""
     verdicts = claims.pivot(index="claim", columns="family", values="verdict")
     first = claims[claims["family"] == "confirmatory"].set_index("claim")
-    out = first[["statement", "section", "reason", "tests", "stable"]].join(verdicts)
+    if "control_verdict" in first:
+        first = first.rename(columns={"control_verdict": "untrained twin"})
+    twin_columns = [c for c in ("untrained twin", "reading") if c in first]
+    out = first[["statement", "section", "reason", "tests", "stable", *twin_columns]].join(verdicts)
     out = out.loc[list(dict.fromkeys(claims["claim"]))].reset_index()
     out["claim"] = out["statement"]
     out["stable"] = out["stable"].map({True: "stable", False: "UNSTABLE"})
@@ -82,10 +125,13 @@ def report_html(manifest, claims: pd.DataFrame, registry: pd.DataFrame) -> str:
     """A self-contained HTML report: the run, the claim map (every family) and every registry test it cites."""
     esc = html_escape.escape
     rows = []
-    for r in wide(claims).itertuples():
-        cells = "".join(f'<td style="background:{COLOURS[getattr(r, f)]}">{esc(getattr(r, f))}</td>' for f in FAMILIES)
-        rows.append(f"<tr><td>{esc(r.claim)}</td><td>{esc(r.section)}</td>{cells}<td>{esc(r.stable)}</td>"
-                    f"<td>{esc(r.reason)}</td></tr>")
+    table = wide(claims)
+    twin = [c for c in ("untrained twin", "reading") if c in table]
+    for r in table.to_dict("records"):
+        cells = "".join(f'<td style="background:{COLOURS[r[f]]}">{esc(r[f])}</td>' for f in FAMILIES)
+        twin_cells = "".join(f"<td>{esc(str(r[c]))}</td>" for c in twin)
+        rows.append(f"<tr><td>{esc(r['claim'])}</td><td>{esc(r['section'])}</td>{cells}<td>{esc(r['stable'])}</td>"
+                    f"{twin_cells}<td>{esc(r['reason'])}</td></tr>")
     cited = {t for ts in claims["tests"] for t in ts.split("; ") if t}
     tests = registry[registry["test_id"].isin(cited)]
     test_rows = "".join(
@@ -102,7 +148,8 @@ td,th{{border:1px solid #bbb;padding:4px 8px;vertical-align:top;font-size:13px}}
 {esc(manifest.model.name)} ({manifest.model.n_layers} layers x {manifest.model.n_heads} heads);
 {esc(manifest.data.cells_line)}.
 Verdicts under the Benjamini-Hochberg families of the paper's Supplementary Note 16.1 and the paper's own confirmatory family of Supplementary Note 16.2 (alpha 0.05).</p>
-<table><tr><th>claim</th><th>section</th>{head}<th>stable</th><th>reason (confirmatory family)</th></tr>
+<table><tr><th>claim</th><th>section</th>{head}<th>stable</th>{"".join(f"<th>{c}</th>" for c in twin)}
+<th>reason (confirmatory family)</th></tr>
 {''.join(rows)}</table>
 <h2>Registry tests cited</h2>
 <table><tr><th>test</th><th>method</th><th>p</th><th>effect</th><th>n</th>{q_head}</tr>
@@ -115,12 +162,13 @@ def register(app, store, settings, jobs, exports):
         manifests, _ = store.runs()
         return [{"label": m.title, "value": m.run_id} for m in manifests if m.run_id != run_id]
 
-    @app.callback(Output(ids.CLAIMS_TABLE, "data"), Input(ids.RUN_SELECT, "value"), Input(ids.CLAIMS_CONTEXTS, "value"))
+    @app.callback(Output(ids.CLAIMS_TABLE, "data"), Output(ids.CLAIMS_CONTROL, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.CLAIMS_CONTEXTS, "value"))
     def show(run_id, others):
         if not run_id:
-            return []
-        registry, tables = evidence(store, run_id, others or [])
-        return wide(claim_map(registry, tables, n_heads=heads(store, run_id))).to_dict("records")
+            return [], ""
+        claims, _, twin = claims_of(store, run_id, others or [])
+        return wide(claims).to_dict("records"), control_note(store, run_id, claims, twin)
 
     @app.callback(Output(ids.CLAIMS_DOWNLOAD, "data"), Input(ids.CLAIMS_REPORT_BUTTON, "n_clicks"),
                   Input(ids.CLAIMS_CSV_BUTTON, "n_clicks"), State(ids.RUN_SELECT, "value"),
@@ -129,8 +177,7 @@ def register(app, store, settings, jobs, exports):
     def download(report_clicks, csv_clicks, run_id, others):
         if not run_id or not (report_clicks or csv_clicks):
             return None
-        registry, tables = evidence(store, run_id, others or [])
-        claims = claim_map(registry, tables, n_heads=heads(store, run_id))
+        claims, registry, _ = claims_of(store, run_id, others or [])
         m = store.manifest(run_id)
         if ctx.triggered_id == ids.CLAIMS_CSV_BUTTON:
             return dcc.send_string(to_csv(claims, index=False), f"claims_{m.family}_{run_id}.csv")
