@@ -12,6 +12,7 @@ HEADS_DIRECTION = "heads-direction"
 HEADS_METRIC = "heads-metric"
 HEADS_EDGES = "heads-top-edges"
 HEADS_HEAD_LABEL = "heads-head-label"
+HEADS_ORDER = "heads-order"
 HEADS_CONVENTION = "heads-convention"
 
 

@@ -34,6 +34,8 @@ PROPENSITY = (("edge", "auroc_matched", "auroc_unmatched", "n_pairs"), ("auroc_m
 PROPENSITY_BALANCE = (("covariate", "smd_before", "smd_after"), ("smd_after",))
 DEGREE_NULL = (("reference", "edge", "auroc", "degree_null_mean", "shuffle_null_mean", "chance", "degree",
                 "excess", "p_excess"), ())
+RANK_REVERSAL = (("reference", "direction", "ordering", "first", "second", "first_value", "second_value", "p_flip",
+                  "n_boot", "unit", "n", "stable"), ("p_flip",))
 STATISTICS_REGISTRY = (("test_id", "analysis", "hypothesis", "test", "p", "effect", "effect_name", "n",
                         "confirmatory", "exploratory", "paper_entry", "paper_tier", "q", "q_all",
                         "q_primary_per_analysis", "q_paper", "significant"),
@@ -106,6 +108,7 @@ TABLES = {
     "propensity_balance": PROPENSITY_BALANCE,
     "degree_null": DEGREE_NULL,
     "statistics_registry": STATISTICS_REGISTRY,
+    "rank_reversal": RANK_REVERSAL,
     "ablation_results": ABLATION_RESULTS,
     "ablation_fidelity": ABLATION_FIDELITY,
     "cssi_curve": CSSI_CURVE,

@@ -12,6 +12,7 @@ from dash import ALL, Input, Output, State, dash_table, dcc, html
 from analysis.io.references import ReferenceNetwork
 from analysis.scoring.compare import (confound_summary, edge_consistency, feature_summary, layer_recovery,
                                      shared_symbols)
+from analysis.scoring.rank_reversal import describe, run_order_flip
 from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
@@ -167,7 +168,7 @@ def register(app, store, settings, jobs, exports):
         if not reference:
             return {}, [], {}, [], [], "The chosen runs share no reference network."
         symbols = shared_symbols([store.panel(r) for r in run_ids])
-        recovery, perturbation, rows = [], [], []
+        recovery, perturbation, rows, readout_aurocs = [], [], [], {}
         for run_id in run_ids:
             m = store.manifest(run_id)
             label = m.short_name
@@ -186,6 +187,8 @@ def register(app, store, settings, jobs, exports):
                                              "kind": name}
                 frame["relative_depth"] = frame["layer"] / max(n_layers - 1, 1)
                 perturbation.append(frame.assign(run=label, n_perturbations=per["perturbation"].nunique()))
+                readout_aurocs[label] = per[(per["edge_type"] == "attention_layer_mean")
+                                            & (per["layer"] == m.readout_layer)].set_index("perturbation")["auroc"]
             tables = {t: store.table(run_id, t) for t in SUMMARY_TABLES if store.has_table(run_id, t)}
             summary = confound_summary(tables, readout_layer=m.readout_layer,
                                        primary_n_strata=m.config.cssi.primary_n_strata)
@@ -214,6 +217,8 @@ def register(app, store, settings, jobs, exports):
         n_pos = recovery.groupby("run")["n_pos"].first().to_dict()
         note = (f"{len(symbols)} genes are in every chosen run's panel; {reference} positive pairs among them: "
                 + ", ".join(f"{r} {int(n)}" for r, n in n_pos.items()) + ".")
+        if (order := run_order_flip(readout_aurocs)) is not None:
+            note += (" By mean per-perturbation AUROC at each run's read-out layer, " + describe(order))
         return (*out, table, note)
 
     @app.callback(Output(ids.graph("compare-replication"), "figure"),

@@ -1,8 +1,11 @@
-"""Heads: layer x head heatmap of any ranking metric; click a head for its gene x gene attention and top edges."""
+"""Heads: layer x head heatmap of any ranking metric, how stable the lead of the best head and layer is (rank reversal
+under a TF bootstrap); click a head for its gene x gene attention and top edges."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
 from dash import Input, Output, dash_table, dcc, html, no_update
+
+from analysis.scoring.rank_reversal import describe
 
 from .. import ids
 from ..components import figure_card
@@ -28,6 +31,7 @@ def layout(**_):
         html.P(id=ids.HEADS_CONVENTION, className="explain"),
         controls,
         figure_card("heads-heatmap"),
+        html.P(id=ids.HEADS_ORDER, className="explain"),
         html.H5(id=ids.HEADS_HEAD_LABEL, className="mt-3"),
         figure_card("heads-gene-gene", "Edge score = attention summed over cells / cells in which both genes are in "
                     "the input. Crosses mark reference edges."),
@@ -70,6 +74,17 @@ def register(app, store, settings, jobs, exports):
         fig = head_heatmap(grid, metric=metric, reference=reference, direction=direction,
                            baseline=float(base.iloc[0]) if len(base) else None, selected=pick)
         return fig, exports.publish("heads-heatmap", fig, sel)
+
+    @app.callback(Output(ids.HEADS_ORDER, "children"), Input(ids.RUN_SELECT, "value"),
+                  Input(ids.HEADS_REFERENCE, "value"), Input(ids.HEADS_DIRECTION, "value"))
+    def ordering(run_id, reference, direction):
+        """The best head's and the best layer's lead over the second by AUROC, and how often it flips."""
+        if not (run_id and reference) or not store.has_table(run_id, "rank_reversal"):
+            return ""
+        flips = store.table(run_id, "rank_reversal")
+        flips = flips[(flips["reference"] == reference) & (flips["direction"] == direction)]
+        return " ".join(f"By AUROC, {row['ordering'].replace(' vs second', '')}: {describe(row)}"
+                        for row in flips.to_dict("records"))
 
     @app.callback(Output(ids.SELECTED_HEAD, "data"), Input(ids.graph("heads-heatmap"), "clickData"),
                   prevent_initial_call=True)

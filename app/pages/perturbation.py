@@ -10,6 +10,7 @@ from dash import Input, Output, State, dash_table, dcc, html, no_update
 from analysis.config import DE_TESTS
 from analysis.scoring.edges import CORRELATION_EDGE_TYPES
 from analysis.scoring.panel import describe_left_out
+from analysis.scoring.rank_reversal import describe, perturbation_flips
 
 from .. import ids
 from ..components import background_job, figure_card
@@ -130,8 +131,9 @@ def register(app, store, settings, jobs, exports):
                 + "; signed rho is the paper's (SN2, SN6.2), |rho| and sign-matched (the edge's sign times the "
                 "modality's direction against the observed direction of change) are the checks it lacked. Attention "
                 "is read A[perturbed gene (query), target (key)], the Heads page's TF -> target direction; an "
-                "attention weight has no sign, so it has no signed or sign-matched variant.") + left_out_note(
-                    store, run_id)
+                "attention weight has no sign, so it has no signed or sign-matched variant. ") + " ".join(
+                    f"By mean per-perturbation AUROC, {row['ordering'].replace(' vs second', '')}: {describe(row)}"
+                    for row in perturbation_flips(per).to_dict("records")) + left_out_note(store, run_id)
         if not store.has_table(run_id, "sensitivity_grid"):
             return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note,
                     [], None)

@@ -87,6 +87,7 @@ def test_click_head_then_download_svg(server, browser):
     wait.until(lambda d: "Showing the best head by AUROC" in d.find_element(By.ID, "heads-head-label").text
                or "Selected:" in d.find_element(By.ID, "heads-head-label").text)
     wait.until(lambda d: "heatmap" in trace_types(d, "heads-gene-gene"))
+    wait.until(lambda d: "of TF bootstrap draws" in d.find_element(By.ID, "heads-order").text)
     drag = browser.find_element(By.CSS_SELECTOR, graph_selector("heads-heatmap") + " .nsewdrag")
     # click the lower-right quarter: layer 1 (of 2), head 2 or 3 (of 4)
     ActionChains(browser).move_to_element_with_offset(drag, drag.size["width"] // 4,

@@ -54,6 +54,14 @@ def test_embedded_run_is_complete(embedded_cache, family):
     assert set(ranking["edge_type"]) == {"attention", "attention_layer_mean", "spearman"}
     auroc = ranking[(ranking["metric"] == "auroc") & (ranking["edge_type"] == "spearman")]["value"]
     assert (auroc > 0.6).all()  # correlation recovers the simulated network: the simulation has signal
+    flips = store.table(run_dir.name, "rank_reversal")      # the lead of the best head and layer, per view
+    assert len(flips) == 2 * ranking.groupby(["reference", "direction"]).ngroups
+    heads = ranking[(ranking["metric"] == "auroc") & (ranking["edge_type"] == "attention")]
+    for row in flips[flips["ordering"] == "best head vs second"].itertuples():
+        view = heads[(heads["reference"] == row.reference) & (heads["direction"] == row.direction)]
+        top = view.sort_values("value", ascending=False, kind="stable").head(2)
+        assert [row.first, row.second] == [f"L{r.layer}H{r.head}" for r in top.itertuples()]
+        assert row.first_value == pytest.approx(top["value"].iloc[0]) and 0 <= row.p_flip <= 1
     panel = store.panel(run_dir.name)
     tf_rows = np.nonzero(panel["is_tf"].to_numpy())[0]
     assert store.head_scores(run_dir.name, 1, 0, tf_rows, "symmetric").shape == (tf_rows.size, len(panel))
