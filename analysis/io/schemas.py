@@ -24,8 +24,8 @@ DE_RESULTS = (("perturbation", "gene_id", "symbol", "lfc", "p", "q", "is_de", "i
 LAYER_SELECTION = (("fold", "perturbation", "selected_layer", "attention_auroc", "correlation_auroc"), ())
 DE_GROUPS = (("perturbation", "n_cells", "n_de"), ())
 ON_TARGET = (("perturbation", "n_cells", "on_target_lfc", "expected", "status"), ("on_target_lfc",))
-SENSITIVITY_GRID = (("lfc_threshold", "n_control", "universe_size", "edge_type", "layer", "mean_auroc",
-                     "n_evaluable", "p"), ("p",))
+SENSITIVITY_GRID = (("lfc_threshold", "n_control", "universe_size", "n_genes", "perturbations", "edge_type", "layer",
+                     "mean_auroc", "n_evaluable", "p"), ("p", "mean_auroc"))
 INCREMENTAL_VALUE = (("split", "model", "feature_set", "metric", "value", "delta", "delta_ci_low", "delta_ci_high",
                       "p_delta", "n_obs"), ("delta", "delta_ci_low", "delta_ci_high", "p_delta", "value"))
 RESIDUALISATION = (("reference", "edge", "model", "auroc", "auroc_residual", "retained", "r2_covariates"),

@@ -62,6 +62,7 @@ RULES: tuple[tuple[str, str, int, str], ...] = (
     ("degree_null", r"^correlation vs", 16, CONFIRMATORY),
     ("degree_null", r"", 16, NOT_IN_PAPER),
     ("degree_null_per_tf", r"", 16, DESCRIPTIVE),
+    ("sensitivity_grid", r"^TF vs non-TF", 18, DESCRIPTIVE),
     ("sensitivity_grid", r"", 18, CONFIRMATORY),
     ("trivial_baselines", r"vs correlation$", 21, CONFIRMATORY),
     ("trivial_baselines", r"", 21, NOT_IN_PAPER),

@@ -22,7 +22,8 @@ from ..io.cells import CellData
 from ..io.expression import expression_matrix
 from ..io.references import ReferenceNetwork
 from ..scoring import confounds, layer_selection
-from ..scoring.edges import CORRELATION_EDGE_TYPES, EdgeScores, EdgeSet, HeadEdges, combine, correlation_variants
+from ..scoring.edges import (CORRELATION_EDGE_TYPES, EdgeScores, EdgeSet, HeadEdges, combine, correlation_variants,
+                             spearman_edges)
 from ..scoring.panel import highly_variable
 from ..scoring.perturbation import (differential_expression, gene_level_scores, on_target_check,
                                     perturbation_auroc)
@@ -158,8 +159,9 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
     selection = select_layers(confirmable, CORRELATION_EDGE_TYPES[cfg.correlation_edge], reg, seed=cfg.seed)
     if selection is not None:
         tables["layer_selection"] = selection
-    tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(layer_means.take([readout_idx]), corr, baselines),
-                                                  cfg, reg, exclude=failed)
+    tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(layer_means.take([readout_idx]), baselines),
+                                                  cfg, reg, exclude=failed, control_cells=control_cells,
+                                                  tfs=frozenset(t for r in references for t in r.edges["tf"]))
     check = universe_check(cells, panel, combine(layer_means, corr), de, cfg, exclude=failed)
     if not check.empty:
         tables["universe_check"] = check
@@ -242,42 +244,116 @@ def incremental(obs: pd.DataFrame, edge_cols: dict, cfg: PerturbationConfig, reg
     return inc
 
 
-def sensitivity_grid(cells: CellData, panel: pd.DataFrame, edges: EdgeSet, cfg: PerturbationConfig,
-                     reg: StatsRegistry, *, exclude: set[str] = frozenset()) -> pd.DataFrame:
-    """Mean per-perturbation AUROC of ``edges`` (correlation, the read-out attention layer and the baselines) over
-    LFC threshold x control-cell count x HVG count (3 x 3 x 3 = 27 conditions; Supplementary Note 6.3). Counts are
-    ``grid_n_control`` / ``grid_universe_size`` (absolute, capped at what the data has) or, when those are empty,
-    fractions of the control cells and of the universe. The universe at each HVG count is that many of the run's
-    universe genes by variance (perturbed genes kept for ``hvg_plus_perturbed``; counts whose universes the kept
-    genes make equal are one condition); ``exclude``: perturbations left out (failed on-target check)."""
+def grid_controls(cells: CellData, n_controls: list[int], control_cells: np.ndarray | None, seed: int
+                  ) -> dict[int, np.ndarray]:
+    """Control cells of each control-count level: the run's own draw (``control_cells``) at its size, else a seeded
+    draw of that many (every control cell at the top); DE and the level's correlation edges read the same cells."""
+    labels = cells.obs[cells.perturbation_col].astype(str).to_numpy()
+    every = np.nonzero(labels == cells.control_label)[0]
+    out = {}
+    for n in n_controls:
+        if control_cells is not None and len(control_cells) == n:
+            out[n] = np.sort(np.asarray(control_cells))
+        else:
+            out[n] = every if n >= every.size else np.sort(np.random.default_rng(seed).choice(every, n, replace=False))
+    return out
+
+
+def grid_universes(cells: CellData, panel: pd.DataFrame, cfg: PerturbationConfig) -> dict[int, pd.DataFrame]:
+    """Genes (``gene_id``, ``symbol``) of each universe-size level: the most variable of every gene the data measures
+    (the paper's HVG universe, SN6.3: a 3,000-gene level is 3,000 genes whatever the run's own universe), perturbed
+    genes added under ``hvg_plus_perturbed``; under ``universe = panel`` the run's universe genes by variance. Sizes
+    are ``grid_universe_size`` or fractions of the run's universe; levels whose gene sets coincide are one."""
+    base = panel[panel["in_universe"]]
+    pool = (base[["gene_id", "symbol"]] if cfg.universe == "panel" else
+            pd.DataFrame({"gene_id": cells.gene_ids, "symbol": cells.symbols}).drop_duplicates("symbol"))
+    expressed = cells.moments.pooled().columns(pool["gene_id"].to_numpy()).var(ddof=0)[0] > 0
+    pool = pool[expressed].reset_index(drop=True)
+    order = highly_variable(cells, pool["gene_id"].to_numpy(), len(pool))
+    sizes = sorted({min(n, len(order)) for n in cfg.grid_universe_size}) or \
+        [max(2, int(round(f * len(base)))) for f in cfg.grid_universe_fraction]
+    forced = (pool["symbol"].isin(cells.perturbed_genes()).to_numpy() if cfg.universe == "hvg_plus_perturbed"
+              else np.zeros(len(pool), dtype=bool))
+    out, seen = {}, set()
+    for size in sizes:
+        take = np.zeros(len(pool), dtype=bool)
+        take[order[:min(size, len(order))]] = True
+        genes = pool[take | forced]
+        if frozenset(genes["symbol"]) not in seen:
+            seen.add(frozenset(genes["symbol"]))
+            out[size] = genes.reset_index(drop=True)
+    return out
+
+
+def sensitivity_grid(cells: CellData, panel: pd.DataFrame, panel_edges: EdgeSet, cfg: PerturbationConfig,
+                     reg: StatsRegistry, *, exclude: set[str] = frozenset(), control_cells: np.ndarray | None = None,
+                     tfs: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Mean per-perturbation AUROC over LFC threshold x control-cell count x universe size (3 x 3 x 3 = 27 conditions;
+    Supplementary Note 6.3), each condition built as the paper builds it: its own universe of the most variable
+    genes (:func:`grid_universes`), its own control cells (:func:`grid_controls`), DE of every perturbation against
+    those controls over that universe, and Spearman edges recomputed on those controls over that universe (all three
+    variants; the primary one's test registered). ``panel_edges`` (the read-out layer's attention and the gene-level
+    baselines) exist on the panel only and are scored on the universe genes the panel holds (``n_genes`` says how
+    many). Each condition is reported over all evaluable perturbations and split into TF and non-TF perturbations
+    (the perturbed gene in ``tfs``, SN6.3); a condition where no perturbation is evaluable (no perturbed gene among
+    its genes, or no DE target) is one row of the primary edge with ``n_evaluable`` 0. ``exclude``: perturbations left
+    out (failed on-target check)."""
     n_ctrl = int((cells.obs[cells.perturbation_col].astype(str) == cells.control_label).sum())
-    scored = panel[panel["in_universe"]]
-    order = scored["symbol"].to_numpy()[highly_variable(cells, scored["gene_id"].to_numpy(), len(scored))]
-    forced = set(cells.perturbed_genes()) if cfg.universe != "hvg" else set()
     n_controls = sorted({min(n, n_ctrl) for n in cfg.grid_n_control}) or \
         [max(3, int(round(f * n_ctrl))) for f in cfg.grid_control_fraction]
-    sizes = sorted({min(n, len(order)) for n in cfg.grid_universe_size}) or \
-        [max(2, int(round(f * len(order)))) for f in cfg.grid_universe_fraction]
-    universes = list({frozenset(order[:size]) | forced: None for size in sizes})  # sizes the forced genes merge
+    controls = grid_controls(cells, n_controls, control_cells, cfg.seed)
+    universes = grid_universes(cells, panel, cfg)
+    primary = CORRELATION_EDGE_TYPES[cfg.correlation_edge]
+    panel_symbols = set(panel["symbol"])
     rows = []
-    for lfc in cfg.grid_lfc:
-        for n_control in n_controls:
-            de = differential_expression(cells, scored, lfc_threshold=lfc, n_control=n_control, alpha=cfg.alpha,
-                                         test=cfg.test, lfc=cfg.lfc, seed=cfg.seed)
-            for universe in universes:
-                res = perturbation_auroc(edges, de, universe=universe)
-                res = res[~res["perturbation"].isin(exclude)]
-                for (etype, layer), grp in res.groupby(["edge_type", "layer"]):
-                    v = grp["auroc"].to_numpy()
-                    rows.append({"lfc_threshold": lfc, "n_control": n_control, "universe_size": len(universe),
-                                 "edge_type": etype, "layer": layer, "mean_auroc": float(v.mean()),
-                                 "n_evaluable": int(v.size), "p": _above_chance_p(v, cfg.location_test)})
-                    if etype.startswith("spearman"):
+    for n_control, ctrl in controls.items():
+        control_data = cells.subset(ctrl)
+        for size, genes in universes.items():
+            corr = spearman_edges(control_data, genes)
+            universe = set(genes["symbol"])
+            for lfc in cfg.grid_lfc:
+                de = differential_expression(cells, genes, lfc_threshold=lfc, alpha=cfg.alpha, test=cfg.test,
+                                             lfc=cfg.lfc, seed=cfg.seed, control_cells=ctrl)
+                scored = pd.concat([perturbation_auroc(correlation_variants(corr, de.table, cfg.modality), de
+                                                       ).assign(n_genes=len(universe)),
+                                    perturbation_auroc(panel_edges, de, universe=universe
+                                                       ).assign(n_genes=len(universe & panel_symbols))])
+                scored = scored[~scored["perturbation"].isin(exclude)]
+                scored["group"] = np.where(scored["perturbation"].isin(tfs), "TF", "non-TF")
+                if not (scored["edge_type"] == primary).any():            # the condition stays in the table
+                    rows.append({"lfc_threshold": lfc, "n_control": n_control, "universe_size": size,
+                                 "n_genes": len(universe), "perturbations": "all", "edge_type": primary, "layer": -1,
+                                 "mean_auroc": np.nan, "n_evaluable": 0, "p": np.nan})
+                for (etype, layer), grp in scored.groupby(["edge_type", "layer"]):
+                    for subset, part in (("all", grp), *grp.groupby("group")):
+                        v = part["auroc"].to_numpy()
+                        rows.append({"lfc_threshold": lfc, "n_control": n_control, "universe_size": size,
+                                     "n_genes": int(part["n_genes"].iloc[0]), "perturbations": subset,
+                                     "edge_type": etype, "layer": layer, "mean_auroc": float(v.mean()),
+                                     "n_evaluable": int(v.size),
+                                     "p": _above_chance_p(v, cfg.location_test) if v.size > 1 else np.nan})
+                    if etype == primary:
+                        v = grp["auroc"].to_numpy()
                         register_location(reg, cfg, "sensitivity_grid", f"correlation AUROC > 0.5 (lfc {lfc}, "
                                           f"{n_control} controls, {len(universe)} genes)", v - 0.5, paired=False,
                                           confirmatory=False, effect=float(v.mean()), effect_name="mean AUROC",
                                           n=int(v.size))
-    return pd.DataFrame(rows)
+    grid = pd.DataFrame(rows)
+    _register_tf_split(grid, primary, reg)
+    return grid
+
+
+def _register_tf_split(grid: pd.DataFrame, primary: str, reg: StatsRegistry) -> None:
+    """Descriptive: the primary correlation edge's mean AUROC on TF perturbations minus non-TF ones, median over the
+    conditions where both groups are evaluable (SN6.3's TF vs non-TF comparison)."""
+    split = grid[(grid["edge_type"] == primary) & (grid["perturbations"] != "all")].pivot_table(
+        index=["lfc_threshold", "n_control", "universe_size"], columns="perturbations", values="mean_auroc")
+    if not {"TF", "non-TF"} <= set(split.columns) or split.dropna().empty:
+        return
+    both = split.dropna()
+    reg.register("sensitivity_grid", "TF vs non-TF perturbations: correlation mean AUROC difference (median over "
+                 f"{len(both)} conditions)", "descriptive", np.nan, effect=float((both["TF"] - both["non-TF"]).median()),
+                 effect_name="TF minus non-TF mean AUROC", n=len(both), confirmatory=False)
 
 
 def universe_check(cells: CellData, panel: pd.DataFrame, edges: EdgeSet, de, cfg: PerturbationConfig, *,

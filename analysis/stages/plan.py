@@ -126,6 +126,10 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
     if inp.cells.perturbation_col is not None:
         n_perts = len(inp.cells.perturbed_genes())
         de_rows = n_perts * g * DE_ROW_BYTES
+        pert = cfg.perturbation          # the sensitivity grid: one condition's DE, Spearman variants and controls
+        grid_genes = max([g, *pert.grid_universe_size])
+        grid = (n_perts * grid_genes * DE_ROW_BYTES + 4 * grid_genes ** 2 * 8
+                + max([0, *pert.grid_n_control]) * grid_genes * 8)
         n_obs = observation_count(inp)
         if cal.incremental_seconds is None:
             seconds, timing = None, (f"time: not estimated below {INCREMENTAL_TIMED_FROM:,} observations "
@@ -134,9 +138,11 @@ def estimate(inp: Inputs, cal: Calibration) -> list[StageEstimate]:
             seconds = cal.incremental_seconds + (n_obs - INCREMENTAL_PROBE_ROWS[0]) * cal.incremental_row_seconds
             timing = (f"time: the incremental-value models on {n_obs:,} observations (most of the stage; timed on "
                       f"{INCREMENTAL_PROBE_ROWS[0]:,} and {INCREMENTAL_PROBE_ROWS[1]:,})")
-        rows.append(StageEstimate("perturbation", base + held + 9 * pair + n_cells * g * 8 * 2 + de_rows, seconds,
+        rows.append(StageEstimate("perturbation", base + held + 9 * pair + n_cells * g * 8 * 2 + de_rows + grid,
+                                  seconds,
                                   f"dense [G, G] baselines and correlation variants at G = {g}; the DE table of "
-                                  f"{n_perts} perturbations x {g} genes ({de_rows / GIB:.2f} GiB); {timing}",
+                                  f"{n_perts} perturbations x {g} genes ({de_rows / GIB:.2f} GiB); a sensitivity-grid "
+                                  f"condition over {grid_genes} genes ({grid / GIB:.2f} GiB); {timing}",
                                   "perturbation.universe_size / extraction.panel_size, perturbation.n_boot"))
     if cfg.ablation.n_cells > 0:
         a = cfg.ablation

@@ -149,7 +149,8 @@ def register(app, store, settings, jobs, exports):
         if not run_id or not source or not store.has_table(run_id, "sensitivity_grid"):
             return {}, []
         g = store.table(run_id, "sensitivity_grid")
-        g = g[[source_label(e, l, -1) == source for e, l in zip(g["edge_type"], g["layer"])]]
+        g = g[(g["perturbations"] == "all")
+              & [source_label(e, l, -1) == source for e, l in zip(g["edge_type"], g["layer"])]]
         return exports.drawn("pert-grid", sensitivity_heatmap(g, source=source), g)
 
     def custom_request(run_id, lfc, n_control, test, selected):

@@ -67,6 +67,11 @@ def test_embedded_run_is_complete(embedded_cache, family):
     assert store.head_scores(run_dir.name, 1, 0, tf_rows, "symmetric").shape == (tf_rows.size, len(panel))
 
 
+def reg_has_tf_split(reg: pd.DataFrame) -> bool:
+    rows = reg[reg["hypothesis"].str.startswith("TF vs non-TF perturbations")]
+    return len(rows) == 1 and rows["paper_tier"].iloc[0] == "descriptive" and rows["paper_entry"].iloc[0] == 18
+
+
 @pytest.mark.parametrize("family", ["geneformer", "scgpt"])
 def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, family):
     cache, runs = embedded_cache
@@ -78,6 +83,8 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
             "baseline_detection", "baseline_tf_degree"} <= set(per["edge_type"])
     grid = store.table(run, "sensitivity_grid")
     assert grid[["lfc_threshold", "n_control", "universe_size"]].drop_duplicates().shape[0] == 27
+    assert {"all", "TF", "non-TF"} <= set(grid["perturbations"])       # SN6.3's TF vs non-TF split
+    assert reg_has_tf_split(store.table(run, "statistics_registry"))
     left = store.table(run, "perturbations_left_out")
     assert list(left.columns) == ["perturbation", "reason"]
     assert store.manifest(run).data.perturbations_left_out == len(left)
@@ -708,7 +715,7 @@ def test_the_paper_protocols_t_tests_are_registered_with_the_wilcoxon_beside_the
     assert len(primary) and (primary["test"] == "t-test (one-sided)").all()
     assert len(grid_tests) == 2 * len(primary)                    # each with its Wilcoxon
     grid = pd.read_parquet(run_dir / "sensitivity_grid.parquet")
-    spearman = grid[grid["edge_type"] == "spearman"]
+    spearman = grid[(grid["edge_type"] == "spearman") & (grid["perturbations"] == "all")]
     assert np.allclose(np.sort(spearman["p"].dropna()), np.sort(primary["p"].dropna()))
 
 

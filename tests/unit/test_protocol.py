@@ -233,3 +233,62 @@ def test_the_attention_cells_are_one_seeded_draw_and_de_can_use_the_same_control
     assert shared.params["n_control"] == 12
     with pytest.raises(ValueError, match="control-labelled"):
         differential_expression(cells, universe, control_cells=perturbed[:3])
+
+
+def test_each_sensitivity_grid_condition_builds_its_own_universe_controls_and_correlation_edges():
+    """SN6.3's grid: a universe level larger than the run's universe holds that many genes (not merged into it), the
+    control axis moves the correlation edges with DE's controls, and one condition's correlation AUROCs equal an
+    independent computation (scipy's Spearman on that condition's control cells and genes, scikit-learn's AUROC);
+    attention is scored on the universe genes the panel holds; TF and non-TF perturbations are split."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    from analysis.config import PerturbationConfig, SimulationConfig
+    from analysis.scoring.edges import combine
+    from analysis.scoring.registry import StatsRegistry
+    from analysis.sim.simulate import simulate_screen
+    from analysis.stages.perturbation import grid_controls, grid_universes, sensitivity_grid
+
+    adata, net = simulate_screen(SimulationConfig(n_cells=500, n_perturbed=6, seed=4))
+    cells = from_anndata(adata, perturbation_col="perturbation")
+    g = len(net.symbols)
+    universe = [int(i) for i in evaluation_universe(cells, pd.DataFrame({"gene_id": list(net.gene_ids),
+                                                                          "symbol": list(net.symbols)}),
+                                                    np.ones(g), "hvg", 40)]
+    panel = pd.DataFrame({"gene_index": universe, "gene_id": np.asarray(net.gene_ids)[universe],
+                          "symbol": np.asarray(net.symbols)[universe], "in_universe": True})
+    attention = EdgeScores(np.random.default_rng(0).random((1, len(panel), len(panel))),
+                           pd.DataFrame({"edge_type": ["attention_layer_mean"], "layer": [0], "head": [-1]}),
+                           np.ones((len(panel), len(panel)), bool), panel, {})
+    cfg = PerturbationConfig(universe="hvg", universe_size=40, grid_lfc=(0.25, 0.5), grid_n_control=(40, 80),
+                             grid_universe_size=(20, 40, 80), n_boot=5)
+    tfs = frozenset(list(net.symbols[:2]))
+    grid = sensitivity_grid(cells, panel, combine(attention), cfg, StatsRegistry(), tfs=tfs)
+    spearman = grid[(grid["edge_type"] == "spearman") & (grid["perturbations"] == "all")]
+    assert spearman[["lfc_threshold", "n_control", "universe_size"]].drop_duplicates().shape[0] == 12
+    assert sorted(spearman["n_genes"].unique()) == [20, 40, 80]            # 80 > the run's 40-gene universe
+    empty = spearman[spearman["n_evaluable"] == 0]                          # kept, and said to be empty
+    assert empty["mean_auroc"].isna().all() and (spearman.loc[spearman["n_evaluable"] > 0, "mean_auroc"] > 0).all()
+    att = grid[(grid["edge_type"] == "attention_layer_mean") & (grid["perturbations"] == "all")]
+    assert att["n_genes"].max() == 40                                        # the panel holds 40 of the 80
+    assert set(grid["perturbations"]) >= {"all", "non-TF"}
+
+    controls = grid_controls(cells, [40], None, cfg.seed)[40]
+    labels = cells.obs["perturbation"].astype(str).to_numpy()
+    assert controls.size == 40 and (labels[controls] == "control").all()
+    genes = grid_universes(cells, panel, cfg)[80]
+    x = expression_matrix(cells.subset(controls), genes["gene_id"].to_numpy())
+    rho = np.nan_to_num(spearmanr(x).statistic, nan=0.0)
+    de = differential_expression(cells, genes, lfc_threshold=0.5, control_cells=controls, seed=cfg.seed).table
+    index = {s: i for i, s in enumerate(genes["symbol"])}
+    expected = []
+    for pert, tab in de[~de["is_self"]].groupby("perturbation"):
+        if pert in index and 0 < tab["is_de"].sum() < len(tab):
+            expected.append(roc_auc_score(tab["is_de"], rho[index[pert], tab["symbol"].map(index)]))
+    cell = spearman[(spearman["lfc_threshold"] == 0.5) & (spearman["n_control"] == 40)
+                    & (spearman["universe_size"] == 80)]
+    assert cell["n_evaluable"].iloc[0] == len(expected)
+    assert cell["mean_auroc"].iloc[0] == pytest.approx(np.mean(expected))
+    other = spearman[(spearman["lfc_threshold"] == 0.5) & (spearman["n_control"] == 80)
+                     & (spearman["universe_size"] == 80)]
+    assert other["mean_auroc"].iloc[0] != pytest.approx(np.mean(expected))   # other controls, other edges and DE
