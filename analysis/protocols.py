@@ -41,6 +41,7 @@ _K562 = {
     "extraction.panel_size": (2500, "the panel covers the 2,000-gene universe and the perturbed genes"),
     "ablation.n_cells": (2000, "2.5: 2,000 K562 control cells"),
     "ablation.ks": ((5, 10, 20, 50), "2.5: top-5, 10, 20 and 50 heads"),
+    "cssi.confirmatory_metric": ("f1", "2.2: CSSI's headline is top-k F1 against pooled (the AUROC test beside it)"),
 }
 
 PROTOCOLS: dict[str, dict[str, tuple[Any, str]]] = {

@@ -103,7 +103,8 @@ def run(inp: Inputs, store: AttentionStore, writer: RunWriter, run_key: str, pro
                 synthetic = synthetic_validation(cfg.synthetic_seeds, writer.final.parent.parent)
                 synthetic.to_parquet(synthetic_file, index=False)
         writer.mark_done("cssi", key, time.perf_counter() - t0)
-    registry = cssi_levels.cssi_tests(curve, primary_n_strata=cfg.primary_n_strata, readout_layer=inp.readout_layer)
+    registry = cssi_levels.cssi_tests(curve, primary_n_strata=cfg.primary_n_strata, readout_layer=inp.readout_layer,
+                                      metric=cfg.confirmatory_metric)
     if synthetic is not None:
         registry.extend(cssi_levels.synthetic_tests(synthetic))
     return registry

@@ -360,3 +360,28 @@ def test_subset_spearman_equals_scipy_on_subsets_with_ties_repeats_and_constant_
                 assert np.isnan(value)
             else:
                 assert value == pytest.approx(spearmanr(sub[:, i], sub[:, j]).statistic, abs=1e-12)
+
+
+def test_the_confirmatory_cssi_test_scores_the_configured_metric_with_the_other_beside_it():
+    """The paper's CSSI headline is top-k F1 (section 2.2): with ``metric="f1"`` the read-out site's F1 test is the
+    confirmatory one and its AUROC test stands beside it, descriptive; other sites are scored on F1 only."""
+    from analysis.scoring.cssi_levels import cssi_tests
+
+    rows = []
+    for metric, p in (("auroc", 0.01), ("f1", 0.2)):
+        for edge_type, layer in (("attention_layer_mean", 3), ("attention_layer_mean", 1), ("spearman", -1)):
+            rows.append({"reference": "R", "direction": "tf_to_target", "n_strata": 5, "edge_type": edge_type,
+                         "layer": layer, "label": f"L{layer} mean", "aggregation": "max", "metric": metric,
+                         "delta": 0.02, "p_random_strata": p, "p_gene_permuted_delta": 0.3, "n_null": 50})
+    curve = pd.DataFrame(rows)
+    for metric, beside in (("f1", "AUROC"), ("auroc", "top-k F1")):
+        table = cssi_tests(curve, primary_n_strata=5, readout_layer=3, metric=metric).table()
+        confirmatory = table[table["confirmatory"]]
+        name = "top-k F1" if metric == "f1" else "AUROC"
+        assert list(confirmatory["hypothesis"]) == [f"R tf_to_target: L3 mean CSSI-max at 5 strata {name} gain over "
+                                                    "pooled > random strata"]
+        assert confirmatory["p"].iloc[0] == (0.2 if metric == "f1" else 0.01)
+        side = table[table["hypothesis"].str.contains(f"L3 mean CSSI-max at 5 strata {beside} gain")]
+        assert len(side) == 1 and not side["confirmatory"].iloc[0] and not side["exploratory"].iloc[0]
+        others = table[~table["hypothesis"].str.contains("L3 mean")]
+        assert others["hypothesis"].str.contains(name, regex=False).all() and others["exploratory"].all()

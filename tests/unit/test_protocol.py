@@ -33,6 +33,7 @@ PAPER_K562 = {
     "perturbation.correlation_edge": "signed",      # "Spearman correlation"
     "ablation.n_cells": 2000,                       # 2.5
     "ablation.ks": (5, 10, 20, 50),                 # 2.5: top-5, 10, 20, 50
+    "cssi.confirmatory_metric": "f1",               # 2.2: CSSI improves top-k F1 over pooled
 }
 
 
