@@ -34,6 +34,7 @@ PROPENSITY = (("edge", "auroc_matched", "auroc_unmatched", "n_pairs"), ("auroc_m
 PROPENSITY_BALANCE = (("covariate", "smd_before", "smd_after"), ("smd_after",))
 DEGREE_NULL = (("reference", "edge", "auroc", "degree_null_mean", "shuffle_null_mean", "chance", "degree",
                 "excess", "p_excess"), ())
+DIRECT_TARGET = (("perturbation", "reference", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"), ())
 RANK_REVERSAL = (("reference", "direction", "ordering", "first", "second", "first_value", "second_value", "p_flip",
                   "n_boot", "unit", "n", "stable"), ("p_flip",))
 STATISTICS_REGISTRY = (("test_id", "analysis", "hypothesis", "test", "p", "effect", "effect_name", "n",
@@ -109,6 +110,7 @@ TABLES = {
     "degree_null": DEGREE_NULL,
     "statistics_registry": STATISTICS_REGISTRY,
     "rank_reversal": RANK_REVERSAL,
+    "direct_target": DIRECT_TARGET,
     "ablation_results": ABLATION_RESULTS,
     "ablation_fidelity": ABLATION_FIDELITY,
     "cssi_curve": CSSI_CURVE,

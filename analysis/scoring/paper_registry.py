@@ -73,6 +73,7 @@ RULES: tuple[tuple[str, str, int, str], ...] = (
     ("incremental_value", r"\((gene|joint) split", 31, DESCRIPTIVE),
     ("incremental_value", r"", 26, DESCRIPTIVE),
     ("head_screen", r"", 27, DESCRIPTIVE),
+    ("direct_target", r"", 35, DESCRIPTIVE),                              # TRRUST direct-target AUROC
     ("replication", r"vs correlation$", 37, CONFIRMATORY),                # 28 and 33 are the same test elsewhere
     ("replication", r"", 37, NOT_IN_PAPER),
     ("ablation", r"^(top_k k=5|random_k k=5|entropy_matched_random_k) .*" + _ABLATION_READOUT, 29, CONFIRMATORY),

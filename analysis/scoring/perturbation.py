@@ -212,6 +212,18 @@ def perturbation_auroc(edges: EdgeScores | HeadEdges | EdgeSet, de: DEResult, *,
                          "n_neg": np.repeat(n_all - n_pos, n_sources)}, columns=columns)
 
 
+def direct_target_auroc(edges: EdgeScores | HeadEdges | EdgeSet, de_table: pd.DataFrame, pairs: set[tuple[str, str]]
+                        ) -> pd.DataFrame:
+    """The direct-target check of the paper's propensity-matched benchmark (section 2.7, SN16.2 registry 35): for each
+    perturbed gene that is a reference TF, the AUROC of each edge source (from the TF, ``tf_to_target``) at telling
+    its reference targets (``pairs``: (TF, target)) from the other genes DE tested, over the same genes and the same
+    panel rule as :func:`perturbation_auroc` (which scores it: the reference replaces DE as the label). The paper
+    gives no formula beyond "TRRUST direct-target prediction"; this reading is stated where it is shown. Columns as
+    :func:`perturbation_auroc`; TFs with no reference target among the genes, or only targets, are left out."""
+    table = de_table.assign(is_de=[(p, g) in pairs for p, g in zip(de_table["perturbation"], de_table["symbol"])])
+    return perturbation_auroc(edges, DEResult(table, pd.DataFrame(), {}))
+
+
 def readout_auroc(panel: pd.DataFrame, de_table: pd.DataFrame, readout_layer: int):
     """The ablation's perturbation read-out: a function of one layer's head-mean attention sums ``[G*G]`` and the
     pair counts ``[G*G]`` of the same cells -> per-perturbation AUROC (sorted by perturbation) of that head mean

@@ -133,7 +133,8 @@ def register(app, store, settings, jobs, exports):
                 "is read A[perturbed gene (query), target (key)], the Heads page's TF -> target direction; an "
                 "attention weight has no sign, so it has no signed or sign-matched variant. ") + " ".join(
                     f"By mean per-perturbation AUROC, {row['ordering'].replace(' vs second', '')}: {describe(row)}"
-                    for row in perturbation_flips(per).to_dict("records")) + left_out_note(store, run_id)
+                    for row in perturbation_flips(per).to_dict("records")) + direct_target_note(store, run_id)
+                + left_out_note(store, run_id))
         if not store.has_table(run_id, "sensitivity_grid"):
             return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note,
                     [], None)
@@ -227,3 +228,18 @@ def custom_de(store, run_id: str, manifest, *, lfc: float, n_control: int | None
     status = (f"{per['perturbation'].nunique()} evaluable perturbations; mean AUROC "
               + ", ".join(f"{k} {v:.3f}" for k, v in frame.groupby("source", sort=False)["auroc"].mean().items()))
     return fig, frame.to_dict("records"), status
+
+
+def direct_target_note(store, run_id: str) -> str:
+    """The direct-target check (SN16.2 registry 35) in one sentence per reference, or nothing without one."""
+    if not store.has_table(run_id, "direct_target"):
+        return ""
+    table = store.table(run_id, "direct_target")
+    parts = []
+    for ref, grp in table.groupby("reference", sort=False):
+        means = ", ".join(f"{source_label(e, l, -1)} {g['auroc'].mean():.3f}"
+                          for (e, l), g in grp.groupby(["edge_type", "layer"]))
+        parts.append(f"{ref}: over {grp['perturbation'].nunique()} perturbed TFs, mean AUROC {means}")
+    return (" Direct targets (the paper's TRRUST direct-target check, read here as each perturbed TF's reference "
+            "targets against the other genes DE tested): " + "; ".join(parts) + ".")
+

@@ -84,6 +84,8 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
     grid = store.table(run, "sensitivity_grid")
     assert grid[["lfc_threshold", "n_control", "universe_size"]].drop_duplicates().shape[0] == 27
     assert {"all", "TF", "non-TF"} <= set(grid["perturbations"])       # SN6.3's TF vs non-TF split
+    direct = store.table(run, "direct_target")                         # registry 35: perturbed TFs' own targets
+    assert direct["perturbation"].nunique() >= 2 and set(direct["edge_type"]) == {"attention_layer_mean", "spearman"}
     assert reg_has_tf_split(store.table(run, "statistics_registry"))
     left = store.table(run, "perturbations_left_out")
     assert list(left.columns) == ["perturbation", "reason"]

@@ -233,3 +233,28 @@ def test_per_tf_excess_over_the_degree_null_and_within_tf_precision_by_brute_for
     pooled = confounds.degree_null(scores[None], labels, allowed, n_null=7, seed=3, per_tf=True)[0]
     assert len(pooled["per_tf"]) == 5
     assert pooled["auroc"] == confounds.degree_null(scores[None], labels, allowed, n_null=7, seed=3)[0]["auroc"]
+
+
+def test_direct_target_auroc_matches_sklearn_on_each_perturbed_tfs_reference_targets(screen, rng):
+    """Registry 35's direct-target check: per perturbed TF, its reference targets among the genes DE tested against
+    the rest, scored from the TF's row; a perturbation with no reference target is left out."""
+    from analysis.scoring.perturbation import direct_target_auroc
+
+    cells, net, universe = screen
+    de = differential_expression(cells, universe, lfc_threshold=0.25)
+    perturbed = sorted(set(de.table["perturbation"]))
+    symbols = list(universe["symbol"])
+    others = [s for s in symbols if s not in perturbed]
+    pairs = {(perturbed[0], g) for g in others[:5]} | {(perturbed[1], g) for g in others[3:12]}
+    g = len(universe)
+    scores = rng.random((1, g, g))
+    edges = EdgeScores(scores, pd.DataFrame({"edge_type": ["a"], "layer": -1, "head": -1}), np.ones((g, g), bool),
+                       universe, {})
+    res = direct_target_auroc(edges, de.table, pairs).set_index("perturbation")
+    assert set(res.index) == {perturbed[0], perturbed[1]}
+    idx = {s: i for i, s in enumerate(symbols)}
+    for tf in res.index:
+        tab = de.table[(de.table["perturbation"] == tf) & ~de.table["is_self"]]
+        labels = [(tf, s) in pairs for s in tab["symbol"]]
+        expected = roc_auc_score(labels, scores[0, idx[tf], tab["symbol"].map(idx).to_numpy()])
+        assert res.loc[tf, "auroc"] == pytest.approx(expected) and res.loc[tf, "n_pos"] == sum(labels)
