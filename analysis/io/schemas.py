@@ -27,7 +27,9 @@ ON_TARGET = (("perturbation", "n_cells", "on_target_lfc", "expected", "status"),
 SENSITIVITY_GRID = (("lfc_threshold", "n_control", "universe_size", "n_genes", "perturbations", "edge_type", "layer",
                      "mean_auroc", "n_evaluable", "p"), ("p", "mean_auroc"))
 INCREMENTAL_VALUE = (("split", "model", "feature_set", "metric", "value", "delta", "delta_ci_low", "delta_ci_high",
-                      "p_delta", "n_obs"), ("delta", "delta_ci_low", "delta_ci_high", "p_delta", "value"))
+                      "p_delta", "delta_se", "min_detectable_delta", "n_obs"),
+                     ("delta", "delta_ci_low", "delta_ci_high", "p_delta", "value", "delta_se",
+                      "min_detectable_delta"))
 RESIDUALISATION = (("reference", "edge", "model", "auroc", "auroc_residual", "retained", "r2_covariates"),
                    ("retained",))
 PROPENSITY = (("edge", "auroc_matched", "auroc_unmatched", "n_pairs"), ("auroc_matched",))

@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from .ranking import auroc_from_ranks
+from .stats import auroc_from_counts
 
 GENE_FEATURES = ("mean", "variance", "detection")
 SPLITS = ("perturbation", "gene", "joint")
@@ -113,7 +114,7 @@ def _metrics(y: np.ndarray, ties: np.ndarray, weight: np.ndarray, recall: np.nda
     total_pos, total_neg = pos.sum(), neg.sum()
     if total_pos == 0 or total_neg == 0:
         return {"auroc": np.nan, "auprc": np.nan, "recall_at_10": np.nan}
-    auroc = float((pos * (np.cumsum(neg) - neg + 0.5 * neg)).sum() / (total_pos * total_neg))
+    auroc = auroc_from_counts(pos, neg)
     tp, called = np.cumsum(pos[::-1]), np.cumsum((pos + neg)[::-1])        # descending thresholds
     precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
     auprc = float(np.sum(np.diff(np.r_[0.0, tp / total_pos]) * precision))
@@ -121,15 +122,23 @@ def _metrics(y: np.ndarray, ties: np.ndarray, weight: np.ndarray, recall: np.nda
             "recall_at_10": float(np.nanmean(recall)) if np.isfinite(recall).any() else np.nan}
 
 
+POWER_Z = 1.6448536 + 0.8416212     # one-sided alpha 0.05 plus 80% power, normal approximation
+
+
 @_one_openmp_thread
 def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS, splits=SPLITS,
-                      n_splits: int = 5, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+                      n_splits: int = 5, n_boot: int = 200, seed: int = 0,
+                      tf_perturbations: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Out-of-fold performance of every (split, model, feature set) and bootstrap CIs of gene+edge - gene-only.
 
     Feature sets: ``gene`` (mean, variance, detection of the target), ``<edge>`` alone, ``gene+<edge>``.
     The bootstrap resamples perturbations (paper section 4.6: 200 iterations, perturbation-level resampling).
     Returns tidy rows: split, model, feature_set, metric, value, delta, delta_ci_low, delta_ci_high, p_delta
-    (one-sided bootstrap share of differences <= 0; NaN for non-combined rows), n_obs.
+    (one-sided bootstrap share of differences <= 0; NaN for non-combined rows), delta_se (the bootstrap standard
+    error of delta) and min_detectable_delta (the smallest gain the test detects with 80% power at one-sided alpha
+    0.05, POWER_Z x delta_se: the power analysis of registry 26), n_obs. With ``tf_perturbations`` the same
+    out-of-fold predictions are also scored within TF and within non-TF perturbations (metrics ``auroc_tf``,
+    ``auroc_non_tf``: registry 26's TF-stratified rows), each with its own bootstrap.
     """
     sets = {"gene": list(GENE_FEATURES)}
     for e in edge_names:
@@ -152,6 +161,8 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
         picks = [rng.integers(0, uniq.size, uniq.size) for _ in range(n_boot)]
         draw_counts = [np.bincount(b, minlength=uniq.size).astype(float) for b in picks]
         ones = np.ones(y.size)
+        is_tf = np.isin(groups, list(tf_perturbations))
+        subgroups = {"auroc_tf": is_tf, "auroc_non_tf": ~is_tf} if is_tf.any() and (~is_tf).any() else {}
         for model in models:
             preds = {}
             for name, cols in sets.items():
@@ -166,9 +177,12 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
             ties = {name: np.unique(p, return_inverse=True)[1].ravel() for name, p in preds.items()}
 
             def scored(name, draw=None):
-                if draw is None:
-                    return _metrics(y, ties[name], ones, recall[name])
-                return _metrics(y, ties[name], draw_counts[draw][code], recall[name][picks[draw]])
+                weight = ones if draw is None else draw_counts[draw][code]
+                rec = recall[name] if draw is None else recall[name][picks[draw]]
+                out = _metrics(y, ties[name], weight, rec)
+                for metric, mask in subgroups.items():
+                    out[metric] = _metrics(y, ties[name], weight * mask, rec)["auroc"]
+                return out
             base = scored("gene")
             base_boot = [scored("gene", b) for b in range(n_boot)]
             for name in preds:
@@ -177,13 +191,17 @@ def incremental_value(obs: pd.DataFrame, edge_names: list[str], *, models=MODELS
                 for metric, value in values.items():
                     row = {"split": split, "model": model, "feature_set": name, "metric": metric, "value": value,
                            "delta": np.nan, "delta_ci_low": np.nan, "delta_ci_high": np.nan, "p_delta": np.nan,
-                           "n_obs": int(y.size)}
+                           "delta_se": np.nan, "min_detectable_delta": np.nan,
+                           "n_obs": int(y.size if metric not in subgroups else subgroups[metric].sum())}
                     if boot is not None:
                         diffs = np.array([b[metric] - bb[metric] for b, bb in zip(boot, base_boot)])
                         diffs = diffs[np.isfinite(diffs)]
-                        row.update(delta=value - base[metric], delta_ci_low=np.percentile(diffs, 2.5),
-                                   delta_ci_high=np.percentile(diffs, 97.5),
-                                   p_delta=(1 + np.sum(diffs <= 0)) / (1 + diffs.size))
+                        if diffs.size > 1:
+                            se = float(diffs.std(ddof=1))
+                            row.update(delta=value - base[metric], delta_ci_low=np.percentile(diffs, 2.5),
+                                       delta_ci_high=np.percentile(diffs, 97.5),
+                                       p_delta=(1 + np.sum(diffs <= 0)) / (1 + diffs.size), delta_se=se,
+                                       min_detectable_delta=POWER_Z * se)
                     rows.append(row)
     return pd.DataFrame(rows)
 

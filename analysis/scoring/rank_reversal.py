@@ -20,6 +20,7 @@ import pandas as pd
 from ..io.references import ReferenceNetwork
 from .edges import EdgeScores, HeadEdges
 from .ranking import evaluable_universe
+from .stats import auroc_from_counts
 
 STABLE_FLIP = 0.05
 N_BOOT = 200     # the paper's bootstrap iterations (section 4.6)
@@ -41,10 +42,8 @@ class WeightedAUROC:
         self.pos_group, self.neg_group = in_order[self.positives], in_order[self.negatives]
 
     def __call__(self, w: np.ndarray) -> float:
-        pos_w = np.bincount(self.pos_group, weights=w[self.positives], minlength=self.n_groups)
-        neg_w = np.bincount(self.neg_group, weights=w[self.negatives], minlength=self.n_groups)
-        neg_below = np.cumsum(neg_w) - neg_w
-        return float((pos_w * (neg_below + neg_w / 2)).sum() / (pos_w.sum() * neg_w.sum()))
+        return auroc_from_counts(np.bincount(self.pos_group, weights=w[self.positives], minlength=self.n_groups),
+                                 np.bincount(self.neg_group, weights=w[self.negatives], minlength=self.n_groups))
 
 
 def tf_bootstrap_flip(edges: EdgeScores | HeadEdges, reference: ReferenceNetwork, *, direction: str,

@@ -26,6 +26,15 @@ def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
     return q
 
 
+def auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUROC from the (weighted) counts of positives ``pos`` and negatives ``neg`` ``[T]`` at each distinct score, in
+    ascending score order (Mann-Whitney: ties count one half); NaN without a positive or a negative."""
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos == 0 or total_neg == 0:
+        return float("nan")
+    return float((pos * (np.cumsum(neg) - neg / 2)).sum() / (total_pos * total_neg))
+
+
 def hanley_mcneil_ci(auc: np.ndarray, n_pos: int, n_neg: int, z: float = 1.959964) -> tuple[np.ndarray, np.ndarray]:
     """95% normal-approximation CI for AUROC from Hanley & McNeil (1982), vectorised over ``auc``."""
     a = np.asarray(auc, dtype=float)

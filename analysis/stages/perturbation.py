@@ -118,6 +118,7 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
     everything = combine(*([heads] if heads is not None else []), layer_means, corr_variants, baselines)
     per_pert = perturbation_auroc(everything, de)
     failed = set(on_target.loc[on_target["status"] == "failed", "perturbation"])
+    tfs = frozenset(t for r in references for t in r.edges["tf"])     # TF vs non-TF splits (SN6.3, registry 26)
     log.info("perturbation-first: %d evaluable perturbations of %d (%d fail the on-target %s check and are left out "
              "of every test)", per_pert["perturbation"].nunique(), len(de.groups), len(failed), cfg.modality)
     tables = {"de_results": de.table, "de_groups": de.groups, "perturbation_auroc": per_pert, "on_target": on_target}
@@ -164,7 +165,7 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
         tables["layer_selection"] = selection
     tables["sensitivity_grid"] = sensitivity_grid(cells, panel, combine(layer_means.take([readout_idx]), baselines),
                                                   cfg, reg, exclude=failed, control_cells=control_cells,
-                                                  tfs=frozenset(t for r in references for t in r.edges["tf"]))
+                                                  tfs=tfs)
     check = universe_check(cells, panel, combine(layer_means, corr), de, cfg, exclude=failed)
     if not check.empty:
         tables["universe_check"] = check
@@ -184,7 +185,7 @@ def run(cells: CellData, panel: pd.DataFrame, heads: HeadEdges | None, layer_mea
                               layer_means.observed, panel, {})
             edge_cols[f"sim_{name}"] = _pair_scores(fake, 0, evaluable_de)
     obs = confounds.observation_table(evaluable_de, features, edge_cols)
-    tables["incremental_value"] = incremental(obs, edge_cols, cfg, reg, sample="all observations")
+    tables["incremental_value"] = incremental(obs, edge_cols, cfg, reg, sample="all observations", tfs=tfs)
     match = confounds.propensity_match(obs, seed=cfg.seed)
     tables["propensity_balance"] = match.balance
     tables["incremental_value_matched"] = incremental(match.matched, edge_cols, cfg, reg,
@@ -243,12 +244,14 @@ def direct_targets(edges: EdgeSet, de_table: pd.DataFrame, references: list[Refe
 
 
 def incremental(obs: pd.DataFrame, edge_cols: dict, cfg: PerturbationConfig, reg: StatsRegistry, *, sample: str,
-                splits=confounds.SPLITS) -> pd.DataFrame:
+                splits=confounds.SPLITS, tfs: frozenset[str] = frozenset()) -> pd.DataFrame:
     """:func:`analysis.scoring.confounds.incremental_value` of every edge on ``obs``, with its tests registered:
     confirmatory for attention and the primary correlation edge under the paper's design (GroupKFold by
-    perturbation, logistic regression), descriptive otherwise. A split that cannot be made (one perturbation, or
-    one gene) is logged and left out."""
-    inc = confounds.incremental_value(obs, list(edge_cols), splits=splits, n_boot=cfg.n_boot, seed=cfg.seed)
+    perturbation, logistic regression), descriptive otherwise; beside each primary test, descriptive, the smallest
+    gain it could detect (80% power) and, with ``tfs``, gene-only AUROC on TF minus non-TF perturbations (registry
+    26). A split that cannot be made (one perturbation, or one gene) is logged and left out."""
+    inc = confounds.incremental_value(obs, list(edge_cols), splits=splits, n_boot=cfg.n_boot, seed=cfg.seed,
+                                      tf_perturbations=tfs)
     missing = [s for s in splits if inc.empty or s not in set(inc["split"])]
     if missing:
         log.warning("incremental value on %s: split(s) %s skipped (a split needs two or more groups to hold out: "
@@ -263,6 +266,18 @@ def incremental(obs: pd.DataFrame, edge_cols: dict, cfg: PerturbationConfig, reg
         reg.register("incremental_value", f"{r.feature_set} > gene ({r.split} split, {r.model}){suffix}",
                      "perturbation bootstrap (one-sided)", r.p_delta, effect=r.delta, effect_name="delta AUROC",
                      n=r.n_obs, confirmatory=primary)
+        if primary:
+            reg.register("incremental_value", f"power: smallest {r.feature_set} gain detectable ({r.split} split, "
+                         f"{r.model}){suffix}", "bootstrap SE x 2.49 (80% power, one-sided alpha 0.05)", np.nan,
+                         effect=r.min_detectable_delta, effect_name="minimum detectable delta AUROC", n=r.n_obs,
+                         confirmatory=False)
+    gene = inc[(inc["feature_set"] == "gene") & (inc["split"] == "perturbation") & (inc["model"] == "logistic")
+               ].set_index("metric")
+    if {"auroc_tf", "auroc_non_tf"} <= set(gene.index):
+        reg.register("incremental_value", f"gene-only AUROC on TF vs non-TF perturbations (perturbation split, "
+                     f"logistic){suffix}", "subgroup (descriptive)", np.nan,
+                     effect=float(gene.loc["auroc_tf", "value"] - gene.loc["auroc_non_tf", "value"]),
+                     effect_name="TF minus non-TF AUROC", n=int(gene.loc["auroc", "n_obs"]), confirmatory=False)
     return inc
 
 

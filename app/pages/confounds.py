@@ -47,7 +47,8 @@ def register(app, store, settings, jobs, exports):
         inc = store.table(run_id, "incremental_value")
         rows = inc[(inc["metric"] == metric) & inc["feature_set"].str.startswith("gene+")]
         gene_only = inc[(inc["metric"] == metric) & (inc["feature_set"] == "gene")]
-        note = "Gene-only " + ", ".join(f"{r.split}/{r.model} {r.value:.3f}" for r in gene_only.itertuples())
+        note = "Gene-only " + ", ".join(f"{r.split}/{r.model} {r.value:.3f}" for r in gene_only.itertuples()) + (
+            power_note(inc) if metric == "auroc" else "")
         return (*exports.drawn("conf-incremental", incremental_deltas(rows, metric=metric), inc[inc["metric"] == metric]),
                 note)
 
@@ -77,3 +78,23 @@ def register(app, store, settings, jobs, exports):
         rows = inc[inc["metric"] == metric][["model", "feature_set", "value", "delta", "delta_ci_low", "delta_ci_high",
                                              "p_delta", "n_obs"]]
         return rows.round(4).to_dict("records")
+
+
+def power_note(inc) -> str:
+    """Registry 26's power analysis and TF-stratified gene-only AUROC, from the ``incremental_value`` table: the
+    smallest gain each primary test detects with 80% power, and gene-only AUROC within TF and non-TF perturbations."""
+    primary = inc[(inc["split"] == "perturbation") & (inc["model"] == "logistic") & (inc["metric"] == "auroc")]
+    gains = primary[primary["feature_set"].isin(["gene+attention", "gene+correlation"])
+                    & primary["min_detectable_delta"].notna()]
+    out = ""
+    if len(gains):
+        out += (". Power (80%, one-sided alpha 0.05, perturbation split, logistic): the smallest detectable gain is "
+                + ", ".join(f"{r.feature_set} {r.min_detectable_delta:.4f} AUROC" for r in gains.itertuples()))
+    gene = inc[(inc["split"] == "perturbation") & (inc["model"] == "logistic") & (inc["feature_set"] == "gene")
+               ].set_index("metric")
+    if {"auroc_tf", "auroc_non_tf"} <= set(gene.index):
+        out += (f". Gene-only AUROC on TF perturbations {gene.loc['auroc_tf', 'value']:.3f} "
+                f"({int(gene.loc['auroc_tf', 'n_obs'])} observations), on non-TF ones "
+                f"{gene.loc['auroc_non_tf', 'value']:.3f}")
+    return out + "." if out else ""
+

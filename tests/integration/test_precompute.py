@@ -95,6 +95,9 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
     assert set(inc["split"]) == {"perturbation", "gene", "joint"} and set(inc["model"]) == {"logistic", "gbdt"}
     assert {"gene+attention", "gene+correlation", "gene+sim_oracle", "gene+sim_gene_only",
             "gene+correlation_absolute", "gene+correlation_sign_matched"} <= set(inc["feature_set"])
+    primary = inc.query("split == 'perturbation' and model == 'logistic' and metric == 'auroc' and "
+                        "feature_set == 'gene+attention'").iloc[0]
+    assert primary["min_detectable_delta"] > 0                         # registry 26's power analysis
     matched = store.table(run, "incremental_value_matched")
     assert set(matched["split"]) == {"perturbation"} and "gene+attention" in set(matched["feature_set"])
     reg = store.table(run, "statistics_registry")

@@ -258,3 +258,44 @@ def test_direct_target_auroc_matches_sklearn_on_each_perturbed_tfs_reference_tar
         labels = [(tf, s) in pairs for s in tab["symbol"]]
         expected = roc_auc_score(labels, scores[0, idx[tf], tab["symbol"].map(idx).to_numpy()])
         assert res.loc[tf, "auroc"] == pytest.approx(expected) and res.loc[tf, "n_pos"] == sum(labels)
+
+
+def test_incremental_value_power_and_tf_subgroups_against_sklearn(screen):
+    """Registry 26's power analysis and TF-stratified rows: the smallest detectable gain is 2.49 bootstrap standard
+    errors of delta (one-sided alpha 0.05, 80% power), and the TF / non-TF AUROCs are scikit-learn's on the same
+    out-of-fold predictions within each subgroup, with the same perturbation bootstrap."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    obs = _observations(screen)
+    perts = sorted(set(obs["perturbation"]))
+    tfs = frozenset(perts[:2])
+    inc = confounds.incremental_value(obs, ["oracle"], models=("logistic",), splits=("perturbation",), n_boot=40,
+                                      seed=0, tf_perturbations=tfs).set_index(["feature_set", "metric"])
+    y, groups = obs["label"].to_numpy().astype(int), obs["perturbation"].to_numpy()
+    cv = GroupKFold(n_splits=min(5, len(set(groups))))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1e4, max_iter=2000))
+    pred = {name: cross_val_predict(model, obs[cols].to_numpy(float), y, groups=groups, cv=cv,
+                                    method="predict_proba")[:, 1]
+            for name, cols in {"gene": ["mean", "variance", "detection"],
+                               "gene+oracle": ["mean", "variance", "detection", "oracle"]}.items()}
+    is_tf = np.isin(groups, list(tfs))
+    for metric, mask in (("auroc_tf", is_tf), ("auroc_non_tf", ~is_tf)):
+        assert np.isclose(inc.loc[("gene", metric), "value"], roc_auc_score(y[mask], pred["gene"][mask]))
+        assert inc.loc[("gene", metric), "n_obs"] == mask.sum()
+    uniq = np.unique(groups)
+    rng = np.random.default_rng(0)
+    diffs = {"auroc": [], "auroc_tf": []}
+    for _ in range(40):
+        rows = np.concatenate([np.nonzero(groups == uniq[g])[0] for g in rng.integers(0, uniq.size, uniq.size)])
+        diffs["auroc"].append(roc_auc_score(y[rows], pred["gene+oracle"][rows]) - roc_auc_score(y[rows],
+                                                                                               pred["gene"][rows]))
+        sub = rows[is_tf[rows]]
+        if len(set(y[sub])) == 2:
+            diffs["auroc_tf"].append(roc_auc_score(y[sub], pred["gene+oracle"][sub])
+                                     - roc_auc_score(y[sub], pred["gene"][sub]))
+    for metric, values in diffs.items():
+        se = np.std(values, ddof=1)
+        assert np.isclose(inc.loc[("gene+oracle", metric), "delta_se"], se)
+        assert np.isclose(inc.loc[("gene+oracle", metric), "min_detectable_delta"], 2.4864748 * se)
