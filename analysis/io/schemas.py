@@ -30,8 +30,8 @@ INCREMENTAL_VALUE = (("split", "model", "feature_set", "metric", "value", "delta
                       "p_delta", "delta_se", "min_detectable_delta", "n_obs"),
                      ("delta", "delta_ci_low", "delta_ci_high", "p_delta", "value", "delta_se",
                       "min_detectable_delta"))
-RESIDUALISATION = (("reference", "edge", "model", "auroc", "auroc_residual", "retained", "r2_covariates"),
-                   ("retained",))
+RESIDUALISATION = (("reference", "edge", "model", "auroc", "auroc_residual", "retained", "r2_covariates", "n_seeds",
+                    "auroc_residual_sd", "retained_sd"), ("retained", "auroc_residual_sd", "retained_sd"))
 PROPENSITY = (("edge", "auroc_matched", "auroc_unmatched", "n_pairs"), ("auroc_matched",))
 PROPENSITY_BALANCE = (("covariate", "smd_before", "smd_after"), ("smd_after",))
 DEGREE_NULL = (("reference", "edge", "auroc", "degree_null_mean", "shuffle_null_mean", "chance", "degree",

@@ -57,7 +57,15 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
             scores = np.nan_to_num(matrix[uni.tf_rows][uni.pair_mask])
             for model in ("ols", "gbdt"):
                 res = confounds.residualise(scores, pair_cov, labels, model=model, seed=cfg.seed)
-                resid_rows.append({"reference": ref.name, "edge": name, "model": model, **res})
+                spread = {"n_seeds": 1, "auroc_residual_sd": np.nan, "retained_sd": np.nan}
+                if model in cfg.residual_seed_models and cfg.residual_seeds > 1:
+                    spread = confounds.residual_stability(scores, pair_cov, labels, model=model, seeds=list(
+                        range(cfg.seed, cfg.seed + cfg.residual_seeds)))
+                    reg.register("residualisation", f"{name} vs {ref.name}, {model}: residual AUROC across "
+                                 f"{cfg.residual_seeds} cross-fitting seeds", "standard deviation (descriptive)",
+                                 np.nan, effect=spread["auroc_residual_sd"], effect_name="SD of residual AUROC",
+                                 n=cfg.residual_seeds, confirmatory=False)
+                resid_rows.append({"reference": ref.name, "edge": name, "model": model, **res, **spread})
                 reg.register("residualisation", f"{name} vs {ref.name}, {model}: share retained",
                              "cross-fitted residual AUROC", np.nan, effect=res["retained"],
                              effect_name="share of above-chance AUROC retained", n=int(labels.size),

@@ -95,6 +95,8 @@ def test_embedded_run_has_perturbation_and_confound_tables(embedded_cache, famil
     assert set(inc["split"]) == {"perturbation", "gene", "joint"} and set(inc["model"]) == {"logistic", "gbdt"}
     assert {"gene+attention", "gene+correlation", "gene+sim_oracle", "gene+sim_gene_only",
             "gene+correlation_absolute", "gene+correlation_sign_matched"} <= set(inc["feature_set"])
+    resid = store.table(run, "residualisation").set_index("model")
+    assert (resid.loc["ols", "n_seeds"] == 10).all() and (resid.loc["gbdt", "n_seeds"] == 1).all()   # registry 15
     primary = inc.query("split == 'perturbation' and model == 'logistic' and metric == 'auroc' and "
                         "feature_set == 'gene+attention'").iloc[0]
     assert primary["min_detectable_delta"] > 0                         # registry 26's power analysis

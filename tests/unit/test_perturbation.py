@@ -299,3 +299,22 @@ def test_incremental_value_power_and_tf_subgroups_against_sklearn(screen):
         se = np.std(values, ddof=1)
         assert np.isclose(inc.loc[("gene+oracle", metric), "delta_se"], se)
         assert np.isclose(inc.loc[("gene+oracle", metric), "min_detectable_delta"], 2.4864748 * se)
+
+
+def test_residual_stability_is_the_spread_over_cross_fitting_seeds(rng):
+    """Registry 15's 10-seed stability: the SD of the residual AUROC over fold draws, each draw recomputed here with
+    scikit-learn's KFold, LinearRegression and roc_auc_score."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.model_selection import KFold
+    cov = rng.normal(size=(600, 3))
+    labels = (cov[:, 0] + rng.normal(size=600)) > 1.0
+    scores = cov[:, 0] + rng.normal(scale=0.5, size=600) + 0.3 * labels
+    got = confounds.residual_stability(scores, cov, labels, model="ols", seeds=list(range(4)))
+    aurocs = []
+    for seed in range(4):
+        resid = np.empty(600)
+        for train, test in KFold(5, shuffle=True, random_state=seed).split(scores):
+            resid[test] = scores[test] - LinearRegression().fit(cov[train], scores[train]).predict(cov[test])
+        aurocs.append(roc_auc_score(labels, resid))
+    assert got["n_seeds"] == 4 and got["auroc_residual_sd"] == pytest.approx(np.std(aurocs, ddof=1))
+    assert got["auroc_residual_sd"] > 0
