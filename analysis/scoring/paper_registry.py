@@ -67,6 +67,8 @@ RULES: tuple[tuple[str, str, int, str], ...] = (
     ("trivial_baselines", r"vs correlation$", 21, CONFIRMATORY),
     ("trivial_baselines", r"", 21, NOT_IN_PAPER),
     ("tf_bootstrap", r"", 22, DESCRIPTIVE),
+    ("layer_selection", r"bootstrap CI", 30, DESCRIPTIVE),
+    ("layer_selection", r"^layer search: .*Bonferroni", 30, CONFIRMATORY),
     ("layer_selection", r"^nested CV", 30, CONFIRMATORY),
     ("layer_selection", r"vs correlation$", 24, CONFIRMATORY),
     ("incremental_value", r"propensity-matched", 35, DESCRIPTIVE),

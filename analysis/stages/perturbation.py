@@ -221,6 +221,15 @@ def select_layers(per_pert: pd.DataFrame, correlation_edge: str, reg: StatsRegis
     reg.register("layer_selection", "nested CV: any fold's held-out advantage (Bonferroni over folds)",
                  "Wilcoxon signed-rank per fold, Bonferroni", s["p_bonferroni"], effect=s["advantage"],
                  effect_name="mean held-out AUROC advantage", n=s["n"], confirmatory=False)
+    low, high = layer_selection.held_out_ci(table, seed=seed)
+    reg.register("layer_selection", f"nested CV: held-out advantage, 95% bootstrap CI [{low:.4f}, {high:.4f}]",
+                 "perturbation bootstrap, 1,000 draws (descriptive)", np.nan, effect=s["advantage"],
+                 effect_name="mean held-out AUROC advantage", n=s["n"], confirmatory=False)
+    search = layer_selection.bonferroni_layer_search(att, corr)
+    reg.register("layer_selection", f"layer search: best of {search['n_layers']} layers (L{search['layer']}) vs "
+                 f"correlation, Bonferroni over the layers", "Wilcoxon signed-rank (paired), x layers searched",
+                 search["p_bonferroni"], effect=search["advantage"], effect_name="mean AUROC advantage",
+                 n=search["n"], confirmatory=False)
     return table
 
 

@@ -55,3 +55,24 @@ def test_a_layer_best_only_on_the_held_out_fold_is_not_chosen_for_it():
     chosen = table.groupby("fold")["selected_layer"].first()
     assert chosen[0] == 0 and (chosen.drop(0) == 1).all()
     assert np.isclose(summary["stability"], 0.8) and summary["modal_layer"] == 1
+
+
+def test_bonferroni_over_the_layers_searched_and_the_held_out_ci_against_a_brute_force_loop():
+    """Registry 30: the un-nested search's best layer, its Wilcoxon p times the layers searched (scipy), and the
+    percentile CI of the pooled held-out advantage under 1,000 perturbation draws (a loop over the draws)."""
+    from analysis.scoring.layer_selection import bonferroni_layer_search, held_out_ci
+
+    rng = np.random.default_rng(4)
+    names = [f"P{i:02d}" for i in range(30)]
+    att_values, corr_values = rng.uniform(0.4, 0.8, (30, 6)), rng.uniform(0.4, 0.8, 30)
+    att_values[:, 4] += 0.05
+    att, corr = layer_matrix(_per_pert(att_values, corr_values, names), "spearman")
+    search = bonferroni_layer_search(att, corr)
+    best = int(np.argmax(att_values.mean(axis=0)))
+    assert search["layer"] == best and search["n_layers"] == 6
+    assert np.isclose(search["p_bonferroni"], min(1.0, 6 * wilcoxon(att_values[:, best] - corr_values).pvalue))
+    table, _ = nested_selection(att, corr, seed=1)
+    diff = (table["attention_auroc"] - table["correlation_auroc"]).to_numpy()
+    draws = np.random.default_rng(7)
+    means = [diff[draws.integers(0, diff.size, diff.size)].mean() for _ in range(1000)]
+    assert np.allclose(held_out_ci(table, seed=7), (np.percentile(means, 2.5), np.percentile(means, 97.5)))

@@ -78,3 +78,14 @@ def test_tier_comparison_counts_per_entry():
     significant = int(((table["paper_tier"] == CONFIRMATORY) & (table["q_paper"] < 0.05)).sum())
     assert comparison["significant_in_paper_family"].sum() == significant
     assert comparison["tests"].sum() == len(table)
+
+
+def test_the_layer_search_rows_map_to_registry_30():
+    reg = StatsRegistry()
+    reg.register("layer_selection", "layer search: best of 18 layers (L15) vs correlation, Bonferroni over the layers",
+                 "t", 0.01, effect=0.01, effect_name="d", n=280)
+    reg.register("layer_selection", "nested CV: held-out advantage, 95% bootstrap CI [0.0010, 0.0200]", "t", np.nan,
+                 effect=0.01, effect_name="d", n=280, confirmatory=False)
+    reg.register("layer_selection", "attention L3 vs correlation", "t", 0.2, effect=0.01, effect_name="d", n=280)
+    got = list(zip(reg.table()["paper_entry"], reg.table()["paper_tier"]))
+    assert got == [(30, CONFIRMATORY), (30, DESCRIPTIVE), (24, CONFIRMATORY)]
