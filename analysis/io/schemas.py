@@ -61,6 +61,8 @@ CSSI_STRATA = (("n_strata", "n_found", "fine_cluster", "stratum", "resolution"),
 
 SCALING_CURVE = (("reference", "seed", "n_units", "n_cells", "edge_type", "layer", "head", "label", "metric", "value"),
                  ())
+SCALING_AGREEMENT = (("reference", "n_units", "n_cells", "edge_type", "layer", "head", "label", "jaccard_mean",
+                      "jaccard_min", "n_pairs"), ())
 SCALING_BOOTSTRAP = (("reference", "n_units", "n_cells", "edge_type", "layer", "head", "label", "auroc_mean",
                       "ci_low", "ci_high", "n_boot"), ())
 COMPOSITION_CURVE = (("reference", "condition", "seed", "n_cells", "n_states", "auroc", "f1", "states_from"), ())
@@ -121,6 +123,7 @@ TABLES = {
     "cssi_cells": CSSI_CELLS,
     "cssi_strata": CSSI_STRATA,
     "scaling_curve": SCALING_CURVE,
+    "scaling_agreement": SCALING_AGREEMENT,
     "scaling_bootstrap": SCALING_BOOTSTRAP,
     "composition_curve": COMPOSITION_CURVE,
     "tf_bootstrap": TF_BOOTSTRAP,

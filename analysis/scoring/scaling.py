@@ -35,12 +35,37 @@ from .ranking import auroc_from_ranks, ranks_and_order, top_k_f1
 from .registry import StatsRegistry
 
 SCALED_SITES = ("attention_layer_mean", "spearman", "spearman_absolute")
+PER_SOURCE_K = 100      # SN1: "a sparse GRN by retaining the top-100 targets per source gene"
 CONDITIONS = ("single_state", "fixed_mixture", "heterogeneity")
 
 
 def unit_counts(n_units: int, fractions: tuple[float, ...]) -> list[int]:
     """Distinct numbers of random groups for the shares ``fractions`` of ``n_units`` (at least one group)."""
     return sorted({max(1, int(round(f * n_units))) for f in fractions})
+
+
+def per_source_top(scores: np.ndarray, source: np.ndarray, k: int) -> np.ndarray:
+    """``[S, N]`` bool: for each row of ``scores`` ``[S, N]``, the ``k`` highest-scoring pairs of every source gene
+    (``source`` ``[N]``: each pair's source; ties broken by position), the paper's sparse GRN of SN1."""
+    out = np.zeros(scores.shape, dtype=bool)
+    for s, row in enumerate(np.nan_to_num(scores, nan=0.0)):
+        order = np.lexsort((np.arange(row.size), -row, source))           # by source, then score descending
+        starts = np.r_[0, np.flatnonzero(np.diff(source[order])) + 1]
+        rank = np.arange(row.size) - np.repeat(starts, np.diff(np.r_[starts, row.size]))
+        out[s, order[rank < k]] = True
+    return out
+
+
+def set_f1(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """F1 of predicted edge sets ``[S, N]`` bool against ``labels`` ``[N]``: 2 hits / (predicted + reference)."""
+    hits = (predicted & labels).sum(axis=1)
+    return 2 * hits / (predicted.sum(axis=1) + labels.sum())
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Jaccard index of two ``[S, N]`` bool edge sets (1 for two empty sets)."""
+    union = (a | b).sum(axis=1)
+    return np.where(union > 0, (a & b).sum(axis=1) / np.maximum(union, 1), 1.0)
 
 
 def site_recovery(scores: np.ndarray, labels: np.ndarray, ks: list[int]) -> dict[str, np.ndarray]:
@@ -82,32 +107,52 @@ def _ks(data: CSSIData, top_k: tuple[int, ...]) -> list[int]:
 def _names(metric: str, k_reference: int, top_k: tuple[int, ...]) -> list[str]:
     """Table names of one :func:`site_recovery` metric: ``f1`` for k = reference edges, ``f1_at_<k>`` for the fixed
     cut-offs (a cut-off equal to the reference-edge count is reported under both)."""
-    if metric == "auroc":
+    if metric == "auroc" or metric.startswith("f1_per_source_"):
         return [metric]
     k = int(metric.rsplit("_", 1)[1])
     return (["f1"] if k == k_reference else []) + ([metric] if k in top_k else [])
 
 
-def scaling_curve(data: CSSIData, *, fractions: tuple[float, ...], n_seeds: int, top_k: tuple[int, ...],
-                  seed: int = 0) -> pd.DataFrame:
-    """Recovery of every kept layer's head mean and of correlation at each cell count, per seed. Rows: seed,
-    n_units, n_cells, edge_type, layer, head, label, metric (``auroc``, ``f1`` with k = reference edges,
-    ``f1_at_<k>``), value."""
+def cell_count_curves(data: CSSIData, *, fractions: tuple[float, ...], n_seeds: int, top_k: tuple[int, ...],
+                   seed: int = 0, per_source_k: int = PER_SOURCE_K) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Recovery of every kept layer's head mean and of correlation at each cell count, per seed, and how much the
+    seeds' sparse GRNs agree. ``curve`` rows: seed, n_units, n_cells, edge_type, layer, head, label, metric
+    (``auroc``; ``f1`` with k = reference edges; ``f1_at_<k>``; ``f1_per_source_<per_source_k>``, F1 of the top
+    ``per_source_k`` targets of each source, SN1's GRN), value. ``agreement`` rows (registry 1's robustness across
+    seeds): n_units, n_cells (mean over seeds), edge_type, layer, head, label, jaccard_mean and jaccard_min over the
+    pairs of seeds of those per-source edge sets, n_pairs."""
+    per_source_metric = f"f1_per_source_{per_source_k}"
     sampler = UnitSampler(data)
     ks = _ks(data, top_k)
-    rows = []
+    rows, sets, cells = [], {}, {}
     for s in range(n_seeds):
         order = np.random.default_rng([seed, s, 17]).permutation(sampler.n_units)
         for m in unit_counts(sampler.n_units, fractions):
             units = order[:m]
-            result = site_recovery(sampler.scores(units), data.pairs.labels, ks)
+            scores = sampler.scores(units)
+            result = site_recovery(scores, data.pairs.labels, ks)
+            grn = per_source_top(scores, data.pairs.tf, per_source_k)
+            result[per_source_metric] = set_f1(grn, data.pairs.labels)
+            sets.setdefault(m, []).append(grn)
             n_cells = int(sum(sampler.members[u].size for u in units))
+            cells.setdefault(m, []).append(n_cells)
             for metric, values in result.items():
                 for name in _names(metric, data.top_k, top_k):
                     rows += [(s, m, n_cells, site.edge_type, site.layer, site.head, site.label, name, float(v))
                              for site, v in zip(sampler.sites.itertuples(index=False), values)]
-    return pd.DataFrame(rows, columns=["seed", "n_units", "n_cells", "edge_type", "layer", "head", "label",
-                                       "metric", "value"])
+    curve = pd.DataFrame(rows, columns=["seed", "n_units", "n_cells", "edge_type", "layer", "head", "label",
+                                        "metric", "value"])
+    agreement = []
+    for m, grns in sets.items():
+        pairs = [jaccard(grns[i], grns[j]) for i in range(len(grns)) for j in range(i + 1, len(grns))]
+        if not pairs:
+            continue
+        values = np.stack(pairs)                                                    # [pairs of seeds, sites]
+        agreement += [(m, float(np.mean(cells[m])), site.edge_type, site.layer, site.head, site.label,
+                       float(values[:, i].mean()), float(values[:, i].min()), len(pairs))
+                      for i, site in enumerate(sampler.sites.itertuples(index=False))]
+    return curve, pd.DataFrame(agreement, columns=["n_units", "n_cells", "edge_type", "layer", "head", "label",
+                                                   "jaccard_mean", "jaccard_min", "n_pairs"])
 
 
 def bootstrap_curve(data: CSSIData, *, fractions: tuple[float, ...], n_boot: int, seed: int = 0) -> pd.DataFrame:

@@ -15,14 +15,14 @@ from ..io.artifacts import RunWriter
 from ..scoring import cssi_levels
 from ..scoring.registry import StatsRegistry
 from ..scoring.strata import add_level
-from ..scoring.scaling import (SCALED_SITES, bootstrap_curve, composition_curve, composition_tests, scaling_curve,
-                               scaling_tests)
+from ..scoring.scaling import (SCALED_SITES, bootstrap_curve, cell_count_curves, composition_curve,
+                               composition_tests, scaling_tests)
 from ..scoring.tf_bootstrap import tf_bootstrap, tf_bootstrap_tests
 from .inputs import Inputs
 from .timing import timed
 
 log = logging.getLogger("precompute")
-TABLES = ("scaling_curve", "scaling_bootstrap", "composition_curve", "tf_bootstrap")
+TABLES = ("scaling_curve", "scaling_agreement", "scaling_bootstrap", "composition_curve", "tf_bootstrap")
 
 
 def cell_states(run: cssi_levels.CSSIRun, primary_n_strata: int) -> tuple[np.ndarray, str]:
@@ -50,9 +50,10 @@ def tables(run: cssi_levels.CSSIRun, panel: pd.DataFrame, inp: Inputs) -> tuple[
         data = run.source.data(cssi_levels.pair_set(panel, ref, observed, "tf_to_target"),
                                sites=sites[sites["edge_type"].isin(SCALED_SITES)])
         tag = {"reference": ref.name}
-        curve = scaling_curve(data, fractions=cfg.unit_fractions, n_seeds=cfg.n_seeds, top_k=cfg.top_k,
-                              seed=cfg.seed)
+        curve, agreement = cell_count_curves(data, fractions=cfg.unit_fractions, n_seeds=cfg.n_seeds,
+                                          top_k=cfg.top_k, seed=cfg.seed)
         out["scaling_curve"].append(curve.assign(**tag))
+        out["scaling_agreement"].append(agreement.assign(**tag))
         registry.extend(scaling_tests(curve, readout_layer=readout, reference=ref.name))
         if cfg.n_boot:
             out["scaling_bootstrap"].append(bootstrap_curve(data, fractions=cfg.unit_fractions,

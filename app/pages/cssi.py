@@ -106,6 +106,23 @@ def scaling_note(tests: pd.DataFrame, reference: str) -> dash_table.DataTable:
                                 style_table={"overflowX": "auto"})
 
 
+def agreement_sentence(agreement: pd.DataFrame, curve: pd.DataFrame, reference: str, readout_layer: int) -> str:
+    """The read-out layer's sparse GRN (each source's top-100 targets, SN1) across cell counts: its F1 and how much
+    the seeds' GRNs agree (mean pairwise Jaccard), smallest and largest count."""
+    sel = agreement[(agreement["reference"] == reference) & (agreement["edge_type"] == "attention_layer_mean")
+                    & (agreement["layer"] == readout_layer)].sort_values("n_units")
+    f1 = curve[curve["metric"].str.startswith("f1_per_source_") & (curve["edge_type"] == "attention_layer_mean")
+               & (curve["layer"] == readout_layer)].groupby("n_units")["value"].mean()
+    if sel.empty or f1.empty:
+        return ""
+    ends = sel.iloc[[0, -1]]
+    return (f"L{readout_layer} head mean, top-100 targets per source (SN1's GRN): F1 "
+            + " -> ".join(f"{f1.get(r.n_units, float('nan')):.3f} at ~{r.n_cells:.0f} cells" for r in ends.itertuples())
+            + "; the seeds' GRNs agree (mean pairwise Jaccard) "
+            + " -> ".join(f"{r.jaccard_mean:.2f}" for r in ends.itertuples())
+            + " (1 where every seed holds every group of cells).")
+
+
 def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.graph("cssi-scaling"), "figure"), Output(ids.figdata("cssi-scaling"), "data"),
                   Output(ids.graph("cssi-composition"), "figure"), Output(ids.figdata("cssi-composition"), "data"),
@@ -122,7 +139,11 @@ def register(app, store, settings, jobs, exports):
         out = [*exports.drawn("cssi-scaling", fig, curve)]
         comp = store.table(run_id, "composition_curve").query("reference == @reference")
         out += [*exports.drawn("cssi-composition", composition_plot(comp, reference=reference), comp)]
-        return (*out, scaling_note(store.table(run_id, "statistics_registry"), reference))
+        note = scaling_note(store.table(run_id, "statistics_registry"), reference)
+        if store.has_table(run_id, "scaling_agreement"):
+            note = html.Div([html.P(agreement_sentence(store.table(run_id, "scaling_agreement"), curve, reference,
+                                                       m.readout_layer), className="explain"), note])
+        return (*out, note)
 
     @app.callback(Output(ids.CSSI_REFERENCE, "options"), Output(ids.CSSI_REFERENCE, "value"),
                   Output(ids.CSSI_DIRECTION, "options"), Output(ids.CSSI_DIRECTION, "value"),

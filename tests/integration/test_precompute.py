@@ -190,6 +190,9 @@ def test_embedded_run_has_the_biology_scaling_and_bootstrap_analyses(embedded_ca
     ranking = store.ranking(run).query("edge_type == 'attention_layer_mean' and layer == 1 and metric == 'auroc' "
                                        "and direction == 'tf_to_target'")
     assert readout == pytest.approx(ranking["value"].iloc[0], abs=1e-3)   # all groups = the pooled store (float32 sums)
+    agree = store.table(run, "scaling_agreement").query("label == 'L1 mean'").set_index("n_units")
+    assert agree.loc[40, "jaccard_mean"] == 1 and (agree["n_pairs"] == 10).all()   # 5 seeds; all groups agree
+    assert "f1_per_source_100" in set(curve["metric"])
     boot = store.table(run, "scaling_bootstrap")
     assert (boot["ci_low"] <= boot["ci_high"]).all() and set(boot["n_units"]) == {4, 10, 20, 40}
     comp = store.table(run, "composition_curve")

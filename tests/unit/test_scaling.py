@@ -11,8 +11,8 @@ from sklearn.metrics import roc_auc_score
 
 from analysis.scoring.cssi import CSSIData, PairSet, site_table
 from analysis.scoring.ranking import Universe
-from analysis.scoring.scaling import (UnitSampler, bootstrap_curve, composition_curve, composition_tests,
-                                      scaling_curve, scaling_tests, sign_test_degradation, unit_counts)
+from analysis.scoring.scaling import (UnitSampler, bootstrap_curve, cell_count_curves, composition_curve,
+                                      composition_tests, scaling_tests, sign_test_degradation, unit_counts)
 from analysis.scoring.tf_bootstrap import GLOBAL, tf_bootstrap
 
 N_GENES, N_TF = 40, 8
@@ -54,7 +54,7 @@ def test_union_of_units_equals_brute_force_pooling_and_sklearn(rng):
     cells = np.concatenate([np.nonzero(data.random_group == 1 + u)[0] for u in units])
     rho = spearmanr(data.expression[cells]).statistic.ravel()[pairs.columns]
     assert np.allclose(got[1], rho) and np.allclose(got[2], np.abs(rho))
-    full = scaling_curve(data, fractions=(1.0,), n_seeds=2, top_k=(5,))
+    full, _ = cell_count_curves(data, fractions=(1.0,), n_seeds=2, top_k=(5,))
     auroc = full[(full["metric"] == "auroc") & (full["edge_type"] == "attention_layer_mean")]["value"]
     assert np.allclose(auroc, roc_auc_score(pairs.labels, scores.mean(0)))
     assert unit_counts(40, (0.1, 0.25, 0.5, 1.0)) == [4, 10, 20, 40] and unit_counts(3, (0.1, 0.2)) == [1]
@@ -89,7 +89,7 @@ def dilution_data(rng, *, n_states: int = 10, edges_per_state: int = 5, signal: 
 
 def test_scaling_follows_the_dilution_model_top_k_f1_drops_and_auroc_rises(rng):
     data, k = dilution_data(rng)
-    curve = scaling_curve(data, fractions=(0.1, 1.0), n_seeds=9, top_k=(k,))
+    curve, _ = cell_count_curves(data, fractions=(0.1, 1.0), n_seeds=9, top_k=(k,))
     site = curve[curve["edge_type"] == "attention_layer_mean"]
     f1 = site[site["metric"] == "f1"].pivot_table(index="seed", columns="n_units", values="value")
     auroc = site[site["metric"] == "auroc"].pivot_table(index="seed", columns="n_units", values="value")
@@ -109,7 +109,8 @@ def test_random_subsamples_of_one_population_improve_with_cells(rng):
     labels = rng.random((N_TF, N_GENES)) < 0.1
     pairs = pair_set(labels)
     scores = rng.normal(0, 1.0, (20, pairs.labels.size)) + 0.4 * pairs.labels
-    curve = scaling_curve(unit_data(scores, pairs, 2, rng), fractions=(0.1, 0.5, 1.0), n_seeds=5, top_k=(10,))
+    curve, _ = cell_count_curves(unit_data(scores, pairs, 2, rng), fractions=(0.1, 0.5, 1.0), n_seeds=5,
+                                 top_k=(10,))
     sel = curve[(curve["edge_type"] == "attention_layer_mean") & (curve["metric"] == "auroc")]
     rho, _ = spearmanr(sel["n_cells"], sel["value"])
     assert rho > 0.7
@@ -170,8 +171,44 @@ def test_steps_where_every_seed_ties_are_not_registered(rng):
     """A random model's F1 is 0 at every count: the sign test has no untied pair, so no test enters the registry."""
     labels = rng.random((N_TF, N_GENES)) < 0.02
     pairs = pair_set(labels)
-    curve = scaling_curve(unit_data(np.zeros((8, pairs.labels.size)), pairs, 2, rng), fractions=(0.5, 1.0),
+    curve, _ = cell_count_curves(unit_data(np.zeros((8, pairs.labels.size)), pairs, 2, rng), fractions=(0.5, 1.0),
                           n_seeds=3, top_k=(5,))
     hypotheses = [r["hypothesis"] for r in scaling_tests(curve, readout_layer=0, reference="r").rows]
     assert not any("f1 (r) drops" in h for h in hypotheses)
     assert all(np.isfinite(r["effect"]) for r in scaling_tests(curve, readout_layer=0, reference="r").rows)
+
+
+def test_per_source_grn_f1_and_between_seed_jaccard_by_brute_force(rng):
+    """SN1's sparse GRN (each source's top-k targets), its F1, and registry 1's agreement across seeds: a loop over
+    sources with sorted(), set arithmetic on the chosen pairs, against the vectorised versions."""
+    from analysis.scoring.scaling import per_source_top
+
+    labels = rng.random((N_TF, N_GENES)) < 0.15
+    pairs = pair_set(labels)
+    scores = np.round(rng.random((2, pairs.labels.size)), 1)            # ties: broken by position
+    got = per_source_top(scores, pairs.tf, 5)
+    for s in range(2):
+        chosen = set()
+        for tf in np.unique(pairs.tf):
+            idx = [i for i in range(pairs.tf.size) if pairs.tf[i] == tf]
+            chosen |= set(sorted(idx, key=lambda i: (-scores[s, i], i))[:5])
+        assert set(np.flatnonzero(got[s])) == chosen
+    data = unit_data(rng.normal(size=(6, pairs.labels.size)), pairs, 3, rng)
+    curve, agreement = cell_count_curves(data, fractions=(0.5, 1.0), n_seeds=3, top_k=(5,), per_source_k=6)
+    sampler = UnitSampler(data)
+    grns = {}
+    for s in range(3):
+        order = np.random.default_rng([0, s, 17]).permutation(sampler.n_units)
+        for m in (3, 6):
+            grn = per_source_top(sampler.scores(order[:m]), pairs.tf, 6)[0]
+            hits = (grn & pairs.labels).sum()
+            f1 = curve.query(f"seed == {s} and n_units == {m} and metric == 'f1_per_source_6' and "
+                             "edge_type == 'attention_layer_mean'")["value"].iloc[0]
+            assert f1 == pytest.approx(2 * hits / (grn.sum() + pairs.labels.sum()))
+            grns[s, m] = set(np.flatnonzero(grn))
+    for m in (3, 6):
+        values = [len(grns[a, m] & grns[b, m]) / len(grns[a, m] | grns[b, m]) for a, b in ((0, 1), (0, 2), (1, 2))]
+        row = agreement.query(f"n_units == {m} and edge_type == 'attention_layer_mean'").iloc[0]
+        assert row["jaccard_mean"] == pytest.approx(np.mean(values)) and row["n_pairs"] == 3
+        assert row["jaccard_min"] == pytest.approx(min(values))
+        assert (min(values) < 1) == (m == 3)          # half the groups: the seeds' GRNs differ; all: they agree
