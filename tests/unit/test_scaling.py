@@ -186,7 +186,7 @@ def test_per_source_grn_f1_and_between_seed_jaccard_by_brute_force(rng):
     labels = rng.random((N_TF, N_GENES)) < 0.15
     pairs = pair_set(labels)
     scores = np.round(rng.random((2, pairs.labels.size)), 1)            # ties: broken by position
-    got = per_source_top(scores, pairs.tf, 5)
+    got = per_source_top(scores, pairs.tf, pairs.gene, 5)
     for s in range(2):
         chosen = set()
         for tf in np.unique(pairs.tf):
@@ -200,7 +200,7 @@ def test_per_source_grn_f1_and_between_seed_jaccard_by_brute_force(rng):
     for s in range(3):
         order = np.random.default_rng([0, s, 17]).permutation(sampler.n_units)
         for m in (3, 6):
-            grn = per_source_top(sampler.scores(order[:m]), pairs.tf, 6)[0]
+            grn = per_source_top(sampler.scores(order[:m]), pairs.tf, pairs.gene, 6)[0]
             hits = (grn & pairs.labels).sum()
             f1 = curve.query(f"seed == {s} and n_units == {m} and metric == 'f1_per_source_6' and "
                              "edge_type == 'attention_layer_mean'")["value"].iloc[0]
