@@ -51,6 +51,8 @@ CONF_METRIC = "conf-metric"
 CONF_NOTE = "conf-note"
 CONF_MATCHED = "conf-matched-incremental"
 CONF_PROPENSITY = "conf-propensity-table"
+CONF_PER_TF = "conf-per-tf"
+CONF_PER_TF_NOTE = "conf-per-tf-note"
 
 STATS_TABLE = "stats-table"
 STATS_NOTE = "stats-note"

@@ -31,6 +31,10 @@ def test_analysis_pages_render(server, browser, page, figures):
         assert "the paper: 63 of 95" in browser.find_element(By.ID, "stats-note").text
         tiers = browser.find_element(By.ID, "stats-tiers").text
         assert "Perturbation-first validation" in tiers and "beyond the paper" in tiers
+    if page == "confounds":
+        wait.until(lambda d: "TFs above their degree null" in d.find_element(By.ID, "conf-per-tf-note").text)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#conf-per-tf tbody tr")) > 2
+        wait.until(lambda d: "smallest detectable gain" in d.find_element(By.ID, "conf-note").text)
 
 
 def test_custom_de_runs_in_background_and_is_cached(server, browser):
