@@ -123,26 +123,33 @@ def test_propensity_matching_improves_balance(screen):
     assert (res.balance["smd_after"].abs() < res.balance["smd_before"].abs()).all()
 
 
-def test_matched_incremental_value_against_sklearn(screen):
-    """Gene + edge vs gene on the propensity-matched set (paper SN14.8): out-of-fold AUROC / AUPRC, their difference
-    and its perturbation-bootstrap CI, recomputed with scikit-learn's cross_val_predict and metrics."""
+def _sklearn_out_of_fold(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(labels, perturbations, out-of-fold predictions of gene-only and gene + oracle) recomputed with scikit-learn's
+    GroupKFold by perturbation and cross_val_predict, the independent reference for incremental value."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import GroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    y, groups = frame["label"].to_numpy().astype(int), frame["perturbation"].to_numpy()
+    cv = GroupKFold(n_splits=min(5, len(set(groups))))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1e4, max_iter=2000))
+    pred = {name: cross_val_predict(model, frame[cols].to_numpy(float), y, groups=groups, cv=cv,
+                                    method="predict_proba")[:, 1]
+            for name, cols in {"gene": ["mean", "variance", "detection"],
+                               "gene+oracle": ["mean", "variance", "detection", "oracle"]}.items()}
+    return y, groups, pred
+
+
+def test_matched_incremental_value_against_sklearn(screen):
+    """Gene + edge vs gene on the propensity-matched set (paper SN14.8): out-of-fold AUROC / AUPRC, their difference
+    and its perturbation-bootstrap CI, recomputed with scikit-learn's cross_val_predict and metrics."""
+    from sklearn.metrics import average_precision_score
     match = confounds.propensity_match(_observations(screen), seed=0)
     m = match.matched
     assert (m.groupby("perturbation")["label"].mean() == 0.5).all()   # 1:1 pairs within each perturbation
     inc = confounds.incremental_value(m, ["oracle"], models=("logistic",), splits=("perturbation",), n_boot=40,
                                       seed=0).set_index(["feature_set", "metric"])
-    y, groups = m["label"].to_numpy().astype(int), m["perturbation"].to_numpy()
-    cv = GroupKFold(n_splits=min(5, len(set(groups))))
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1e4, max_iter=2000))
-    pred = {name: cross_val_predict(model, m[cols].to_numpy(float), y, groups=groups, cv=cv,
-                                    method="predict_proba")[:, 1]
-            for name, cols in {"gene": ["mean", "variance", "detection"],
-                               "gene+oracle": ["mean", "variance", "detection", "oracle"]}.items()}
+    y, groups, pred = _sklearn_out_of_fold(m)
     for metric, fn in (("auroc", roc_auc_score), ("auprc", average_precision_score)):
         assert np.isclose(inc.loc[("gene", metric), "value"], fn(y, pred["gene"]))
         delta = fn(y, pred["gene+oracle"]) - fn(y, pred["gene"])
@@ -264,22 +271,12 @@ def test_incremental_value_power_and_tf_subgroups_against_sklearn(screen):
     """Registry 26's power analysis and TF-stratified rows: the smallest detectable gain is 2.49 bootstrap standard
     errors of delta (one-sided alpha 0.05, 80% power), and the TF / non-TF AUROCs are scikit-learn's on the same
     out-of-fold predictions within each subgroup, with the same perturbation bootstrap."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     obs = _observations(screen)
     perts = sorted(set(obs["perturbation"]))
     tfs = frozenset(perts[:2])
     inc = confounds.incremental_value(obs, ["oracle"], models=("logistic",), splits=("perturbation",), n_boot=40,
                                       seed=0, tf_perturbations=tfs).set_index(["feature_set", "metric"])
-    y, groups = obs["label"].to_numpy().astype(int), obs["perturbation"].to_numpy()
-    cv = GroupKFold(n_splits=min(5, len(set(groups))))
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1e4, max_iter=2000))
-    pred = {name: cross_val_predict(model, obs[cols].to_numpy(float), y, groups=groups, cv=cv,
-                                    method="predict_proba")[:, 1]
-            for name, cols in {"gene": ["mean", "variance", "detection"],
-                               "gene+oracle": ["mean", "variance", "detection", "oracle"]}.items()}
+    y, groups, pred = _sklearn_out_of_fold(obs)
     is_tf = np.isin(groups, list(tfs))
     for metric, mask in (("auroc_tf", is_tf), ("auroc_non_tf", ~is_tf)):
         assert np.isclose(inc.loc[("gene", metric), "value"], roc_auc_score(y[mask], pred["gene"][mask]))
