@@ -99,7 +99,8 @@ class Inputs:
 
     def protocol_record(self) -> dict:
         """The protocol the run follows and every departure from it: settings overridden, the read-out layer when
-        the model is not the paper's, and counts the data cannot reach (control cells, universe genes)."""
+        the model is not the paper's, data without a perturbation column (no control cells to draw, no
+        perturbation-first evaluation), and counts the data cannot reach (control cells, universe genes)."""
         cfg = self.cfg
         if cfg.protocol == "none":
             return {"name": "none", "deviations": []}
@@ -108,6 +109,10 @@ class Inputs:
             rows.append({"setting": "perturbation.readout_layer", "paper": "L13 of Geneformer-V2-316M",
                          "run": f"L{self.readout_layer} of {self.adapter.name} ({self.adapter.n_layers} layers)",
                          "source": "2.3: pre-specified from DLPFC data for V2-316M only"})
+        if not self.cells.perturbation_col:
+            rows.append({"setting": "perturbation column", "paper": "a CRISPR screen: perturbation labels and "
+                         "control cells", "run": "none: attention on every cell, no perturbation-first evaluation, "
+                         "DE, baselines, incremental value or ablation read-out", "source": "2.3-2.5, 4.3"})
         n_control = int(self.cells.select("control").size) if self.cells.perturbation_col else None
         want = cfg.perturbation.n_control
         if n_control is not None and want is not None and n_control < want:

@@ -64,6 +64,10 @@ def run_precompute(cfg: RunConfig, cache: Path, progress: bool = True, client=No
     with collector_on_run_objects():
         with timed("inputs"):
             inp = resolve_inputs(cfg, cache, progress=progress)
+        if departures := inp.protocol_record()["deviations"]:
+            log.warning("protocol %s, %d departure(s) (in the manifest and every page header): %s", cfg.protocol,
+                        len(departures), "; ".join(f"{d['setting']}: paper {d['paper']}, this run {d['run']}"
+                                                   for d in departures))
         with timed("plan"):
             limit = memory_limit or default_memory_limit()
             calibration = calibrate(inp, Path(cache))

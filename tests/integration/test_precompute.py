@@ -792,3 +792,19 @@ def test_an_on_target_failure_leaves_every_test_not_only_the_perturbation_first_
                     & (per["perturbation"] != failing)]["perturbation"].nunique()
     ablation = pd.read_parquet(run_dir / "ablation_results.parquet")
     assert set(ablation.loc[ablation["readout"] == "perturbation_auroc", "n"]) == {evaluable}
+
+
+def test_a_paper_protocol_on_data_without_a_perturbation_column_lists_the_departure(tmp_path, caplog):
+    """The paper's protocols are perturbation screens: on atlas data the run says, before any stage, that there is no
+    perturbation column to follow them with (and the manifest keeps the same rows)."""
+    data = mixology_h5ad(tmp_path / "mixology.h5ad", n_cells=40)
+    caplog.set_level(logging.WARNING, logger="precompute")
+    rc = precompute.main(["--cache", str(tmp_path / "cache"), "--quiet", "--plan", "--protocol", "paper-k562",
+                          "--data", str(data), "--model", str(shared_path("geneformer/configs/Geneformer-V1-10M")),
+                          "--random-weights", "--dictionaries", str(shared_path("geneformer/dict_gc30M")),
+                          "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
+                          "--set", "extraction.panel_size=300", "--set", "perturbation.universe_size=200"])
+    assert rc == 0
+    line = next(r.getMessage() for r in caplog.records if "departure(s)" in r.getMessage())
+    assert line.startswith("protocol paper-k562, ") and "perturbation column: paper a CRISPR screen" in line
+    assert "extraction.panel_size: paper 2500, this run 300" in line
