@@ -485,17 +485,30 @@ POSITIVE_SETTINGS = frozenset({"train.learning_rate", "sae.lr", "cssi.max_gib", 
 OPEN_UNIT_SETTINGS = frozenset({"perturbation.alpha", "simulation.control_fraction", "simulation.knockdown_residual"})
 
 
-def _numbers(cfg: RunConfig):
-    """``(dotted key, number)`` for every int or float setting, one per element of a tuple setting."""
+def _settings(cfg: RunConfig):
+    """``(dotted key, value)`` for every setting of every section."""
     for section in dataclasses.fields(cfg):
         group = getattr(cfg, section.name)
-        if not dataclasses.is_dataclass(group):
-            continue
-        for f in dataclasses.fields(group):
-            value = getattr(group, f.name)
-            for v in (value if isinstance(value, tuple) else (value,)):
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    yield f"{section.name}.{f.name}", v
+        if dataclasses.is_dataclass(group):
+            for f in dataclasses.fields(group):
+                yield f"{section.name}.{f.name}", getattr(group, f.name)
+
+
+def _numbers(cfg: RunConfig):
+    """``(dotted key, number)`` for every int or float setting, one per element of a tuple setting."""
+    for key, value in _settings(cfg):
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                yield key, v
+
+
+def check_no_repeats(cfg: RunConfig) -> None:
+    """A list setting names each value once (``cssi.layers = 1,1`` used to be taken and then broke a page)."""
+    for key, value in _settings(cfg):
+        if isinstance(value, tuple) and len(set(value)) < len(value):
+            repeated = sorted({v for v in value if value.count(v) > 1}, key=str)
+            raise ConfigError(f"{key} = {','.join(map(str, value))}: lists {', '.join(map(str, repeated))} more than "
+                              "once; list each value once")
 
 
 def check_ranges(cfg: RunConfig) -> None:
@@ -518,6 +531,7 @@ def check(cfg: RunConfig) -> RunConfig:
     """Refuse settings no stage can run with, before anything starts: a :class:`ConfigError` naming the setting,
     the value and what is allowed. Returns ``cfg``."""
     check_ranges(cfg)
+    check_no_repeats(cfg)
     at_least = {"extraction.batch_size": (cfg.extraction.batch_size, 1), "extraction.panel_size":
                 (cfg.extraction.panel_size, 2), "extraction.n_hvg": (cfg.extraction.n_hvg, 0),
                 "ranking.n_null": (cfg.ranking.n_null, 0), "ablation.n_cells": (cfg.ablation.n_cells, 0),

@@ -131,7 +131,12 @@ def test_config_layers(tmp_path):
     ("perturbation.n_degree_null", "-1", "perturbation.n_degree_null = -1: must not be negative"),
     ("train.learning_rate", "nan", "train.learning_rate = nan: must be a finite number"),
     ("sae.lr", "0", "sae.lr = 0.0: must be greater than 0"),
-    ("perturbation.location_test", "z", "perturbation.location_test = 'z' is not allowed")])
+    ("perturbation.location_test", "z", "perturbation.location_test = 'z' is not allowed"),
+    ("cssi.layers", "1,1", "cssi.layers = 1,1: lists 1 more than once"),
+    ("sae.layers", "0,2,0", "sae.layers = 0,2,0: lists 0 more than once"),
+    ("ablation.ks", "5,5,10", "ablation.ks = 5,5,10: lists 5 more than once"),
+    ("cssi.confirmatory_metric", "precision", "cssi.confirmatory_metric = 'precision' is not allowed"),
+    ("perturbation.residual_seeds", "0", "perturbation.residual_seeds = 0: must be at least 1")])
 def test_settings_are_checked_before_anything_runs(key, value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(cli={key: value})
