@@ -37,8 +37,12 @@ def _readout_auroc(a, universe: Universe, n_panel: int) -> float:
 
 def paired_row(values: np.ndarray, baseline: np.ndarray) -> dict:
     """One read-out against the baseline on the same cells (``[cells]`` each): means, the mean paired difference
-    with its normal 95% CI, and the two-sided Wilcoxon signed-rank p."""
+    with its normal 95% CI, and the two-sided Wilcoxon signed-rank p. A read-out that is not finite in some cell
+    (an edit that overflowed) is not a test: its CI and p are NaN, so it stays out of BH and the registry."""
     diff = values - baseline
+    if not np.isfinite(diff).all():
+        return {"value": float(values.mean()), "baseline": float(baseline.mean()), "delta": float(diff.mean()),
+                "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "n": int(diff.size)}
     se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.nan
     return {"value": float(values.mean()), "baseline": float(baseline.mean()), "delta": float(diff.mean()),
             "ci_low": float(diff.mean() - 1.96 * se), "ci_high": float(diff.mean() + 1.96 * se),

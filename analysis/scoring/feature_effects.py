@@ -34,7 +34,7 @@ def specificity_rows(readout, own: np.ndarray) -> list[dict]:
     seen = readout.change_count > 0
     per_gene = readout.change_sum[seen] / readout.change_count[seen]
     mine, rest = per_gene[own[seen]], per_gene[~own[seen]]
-    if mine.size and rest.size:
+    if mine.size and rest.size and np.isfinite(per_gene).all():
         p = float(mannwhitneyu(mine, rest, alternative="greater").pvalue)
         genes = {"value": float(mine.mean()), "baseline": float(rest.mean()),
                  "delta": float(mine.mean() - rest.mean()), "ci_low": np.nan, "ci_high": np.nan, "p": p}

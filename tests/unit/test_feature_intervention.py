@@ -147,3 +147,21 @@ def test_a_feature_edit_is_checked():
         FeatureEdit(0, (), 0)
     with pytest.raises(ValueError, match="finite"):
         FeatureEdit(0, (1,), float("nan"))
+
+
+def test_an_edit_whose_read_out_overflows_enters_no_test():
+    """A scale large enough to overflow gives non-finite read-outs in some cells: the row stays (it says what
+    happened) but with no p, so it is out of BH and out of the statistics registry; a finite edit is tested."""
+    from analysis.scoring.ablation import paired_row
+    from scipy.stats import wilcoxon
+
+    base = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    blown = paired_row(np.array([1.5, np.inf, 3.2, 4.1, np.nan, 6.3]), base)
+    assert np.isnan(blown["p"]) and np.isnan(blown["ci_low"]) and blown["n"] == 6
+    shift = np.array([0.5, 0.125, 0.25, -0.0625, 0.375, 0.75])            # distinct, exact in binary: scipy's exact
+    fine = paired_row(base + shift, base)
+    assert fine["p"] == pytest.approx(wilcoxon(shift, method="exact").pvalue)
+    results = pd.DataFrame([{"intervention": k, "layer": 0, "features": "3", "scale": s, "readout": "mlm_loss",
+                             **row} for k, s, row in (("blown", 1e30, blown), ("fine", 2.0, fine))])
+    hypotheses = [r["hypothesis"] for r in feature_edit_tests(results).rows]
+    assert len(hypotheses) == 1 and "x2 changes mlm_loss" in hypotheses[0]
