@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.errors import SchemaError
 from analysis.io import files, schemas
-from analysis.io.artifacts import RUN_ID, links_inside, read_manifest, scan_runs
+from analysis.io.artifacts import RUN_ID, links_inside, read_manifest, scan_runs, sha256_path
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.io.stores import AttentionStore
@@ -24,6 +24,10 @@ from analysis.scoring.strata import add_level
 
 class RunNotFound(LookupError):
     pass
+
+
+class DamagedFile(RunNotFound):
+    """A file of a finished run that differs from what its manifest recorded (sha256 or size)."""
 
 
 class ArtifactStore:
@@ -58,10 +62,30 @@ class ArtifactStore:
         except SchemaError as exc:
             raise RunNotFound(f"run {run_id!r} cannot be opened: {exc}") from exc
 
+    @lru_cache(maxsize=1024)
+    def verified(self, run_id: str, relative: str, *, full: bool = True) -> Path:
+        """The path of a run's file once it matches its manifest entry: the sha256 (``full``, on the first read of
+        a table) or the size (the large memory-mapped arrays, whose pages are read on demand); a file that differs
+        is :class:`DamagedFile`, naming it and the fix, instead of a failed read deep in a page."""
+        path = self.run_dir(run_id) / relative
+        entry = self.manifest(run_id).files.get(relative)
+        if entry is None or not path.is_file():
+            return path
+        damage = None
+        if path.stat().st_size != entry["bytes"]:
+            damage = f"{path.stat().st_size:,} bytes where the manifest recorded {entry['bytes']:,}"
+        elif full and sha256_path(path) != entry["sha256"]:
+            damage = "its sha256 differs from the manifest's"
+        if damage:
+            raise DamagedFile(f"run {run_id}: {relative} is damaged ({damage}); precompute the run again "
+                              "(its other files are not read)")
+        return path
+
     @lru_cache(maxsize=64)
     def table(self, run_id: str, name: str) -> pd.DataFrame:
-        """``<name>.parquet`` of a run, validated against its schema when one is declared."""
-        frame = pd.read_parquet(self.run_dir(run_id) / files.table(name))
+        """``<name>.parquet`` of a run (checked against the manifest on first read), validated against its schema
+        when one is declared."""
+        frame = pd.read_parquet(self.verified(run_id, files.table(name)))
         return schemas.validate(name, frame) if name in schemas.TABLES else frame
 
     def has_table(self, run_id: str, name: str) -> bool:
@@ -95,7 +119,11 @@ class ArtifactStore:
 
     @lru_cache(maxsize=8)
     def attention(self, run_id: str) -> AttentionStore:
-        """The run's pooled attention store, memory-mapped: a view reads only the rows and blocks it indexes."""
+        """The run's pooled attention store, memory-mapped: a view reads only the rows and blocks it indexes (its
+        arrays' sizes checked against the manifest first)."""
+        for relative in self.manifest(run_id).files:
+            if relative.endswith(".npy"):
+                self.verified(run_id, relative, full=False)
         return AttentionStore.load(self.run_dir(run_id))
 
     def head_edges(self, run_id: str) -> HeadEdges:

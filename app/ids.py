@@ -2,6 +2,7 @@
 
 RUN_SELECT = "app-run-select"
 SELECTED_HEAD = "app-selected-head"   # dcc.Store {"layer": int, "head": int}, shared by every page
+APP_ERROR = "app-error"
 RUN_HEADER = "app-run-header"         # model family, model and run of the run on screen, above every page
 
 OVERVIEW_SUMMARY = "overview-summary"

@@ -4,13 +4,15 @@ the figure the server published for the card (app.export), never one sent by the
 server was not started for are refused (app.security)."""
 from __future__ import annotations
 
+import logging
+
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update, set_props
 from threadpoolctl import threadpool_limits
 
 from . import ids
-from .data import ArtifactStore
+from .data import ArtifactStore, RunNotFound
 from .export import MIME, ExportRefused, FigureExports
 from .job_cache import open_job_cache
 from .jobs import ForkSafeDiskcacheManager
@@ -21,6 +23,7 @@ from .settings import PROJECT_ROOT, AppSettings
 from .timing import report_server_time
 from .view_cache import JobResults, ViewCache, not_a_view
 
+log = logging.getLogger("app")
 PAGES = (overview, heads, layers, ablation, cssi, perturbation, confounds, features, compare, claims, statistics,
          gene)
 
@@ -41,7 +44,17 @@ def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
     ], fluid=True), color="dark", dark=True, className="mb-3")
     return html.Div([nav, warning, dcc.Location(id=ids.URL, refresh="callback-nav"),
                      dcc.Store(id=ids.SELECTED_HEAD, storage_type="session"),
-                     html.Div(id=ids.RUN_HEADER, className="run-header mx-3 mb-2"), dash.page_container])
+                     html.Div(id=ids.RUN_HEADER, className="run-header mx-3 mb-2"),
+                     html.Div(id=ids.APP_ERROR, className="mx-3"), dash.page_container])
+
+
+def show_error(error: Exception) -> None:
+    """Every callback's failure on screen, not only in the server log (Dash's ``on_error``): a run that cannot be
+    opened or a damaged file of a run says which and what to do; anything else names the error."""
+    log.exception("callback failed", exc_info=error)
+    text = str(error) if isinstance(error, RunNotFound) else (
+        f"This view failed ({type(error).__name__}: {error}); the server log has the details.")
+    set_props(ids.APP_ERROR, {"children": dbc.Alert(text, color="danger", dismissable=True)})
 
 
 def _protocol_badge(m) -> list:
@@ -68,7 +81,7 @@ def create_app(settings: AppSettings | None = None) -> Dash:
                                        abandon_after_s=settings.abandon_after_s)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
                suppress_callback_exceptions=True, title="scFM attention explorer",
-               background_callback_manager=manager)
+               background_callback_manager=manager, on_error=show_error)
     exports = FigureExports(jobs, max_points=settings.export_max_points)
     if settings.view_cache_ttl_s >= exports.ttl_s:
         raise ValueError(f"view_cache_ttl_s ({settings.view_cache_ttl_s:g} s) must be under the export tokens' "

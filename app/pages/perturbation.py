@@ -131,10 +131,10 @@ def register(app, store, settings, jobs, exports):
                 + "; signed rho is the paper's (SN2, SN6.2), |rho| and sign-matched (the edge's sign times the "
                 "modality's direction against the observed direction of change) are the checks it lacked. Attention "
                 "is read A[perturbed gene (query), target (key)], the Heads page's TF -> target direction; an "
-                "attention weight has no sign, so it has no signed or sign-matched variant. ") + " ".join(
-                    f"By mean per-perturbation AUROC, {row['ordering'].replace(' vs second', '')}: {describe(row)}"
-                    for row in perturbation_flips(per).to_dict("records")) + direct_target_note(store, run_id)
-                + left_out_note(store, run_id))
+                "attention weight has no sign, so it has no signed or sign-matched variant. ")
+        orders = " ".join(f"By mean per-perturbation AUROC, {row['ordering'].replace(' vs second', '')}: "
+                          f"{describe(row)}" for row in perturbation_flips(per).to_dict("records"))
+        note += orders + direct_target_note(store, run_id) + left_out_note(store, run_id)
         if not store.has_table(run_id, "sensitivity_grid"):
             return (*exports.drawn("pert-box", box, frame), *exports.drawn("pert-scatter", scatter, pairs), note,
                     [], None)

@@ -808,3 +808,26 @@ def test_a_paper_protocol_on_data_without_a_perturbation_column_lists_the_depart
     line = next(r.getMessage() for r in caplog.records if "departure(s)" in r.getMessage())
     assert line.startswith("protocol paper-k562, ") and "perturbation column: paper a CRISPR screen" in line
     assert "extraction.panel_size: paper 2500, this run 300" in line
+
+
+def test_a_damaged_file_of_a_finished_run_is_named_on_first_read(embedded_cache, tmp_path):
+    """A table whose bytes changed (same size) fails its manifest sha256 on first read, and a truncated attention
+    array its recorded size, each with the file named and the fix, instead of a failed read deep in a page."""
+    from app.data import DamagedFile
+
+    _, runs = embedded_cache
+    source = runs["geneformer"]
+    run_dir = tmp_path / "cache" / "artifacts" / source.name
+    shutil.copytree(source, run_dir)
+    table = run_dir / "head_ranking.parquet"
+    raw = bytearray(table.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    table.write_bytes(bytes(raw))
+    store = ArtifactStore(tmp_path / "cache")
+    with pytest.raises(DamagedFile, match="head_ranking.parquet is damaged .its sha256 differs"):
+        store.ranking(source.name)
+    assert len(store.panel(source.name))                                # an intact table still opens
+    array = run_dir / "attention_layer_sums.npy"
+    array.write_bytes(array.read_bytes()[:-64])
+    with pytest.raises(DamagedFile, match="attention_layer_sums.npy is damaged .* bytes where the manifest recorded"):
+        store.attention(source.name)
