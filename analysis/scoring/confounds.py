@@ -225,10 +225,12 @@ def residualise(scores: np.ndarray, covariates: np.ndarray, labels: np.ndarray, 
 
 
 def residual_stability(scores: np.ndarray, covariates: np.ndarray, labels: np.ndarray, *, model: str,
-                       seeds: list[int]) -> dict[str, float]:
+                       seeds: list[int], known: dict[int, dict] | None = None) -> dict[str, float]:
     """The spread of :func:`residualise` over cross-fitting fold draws ``seeds`` (SN16.2 registry 15's 10-seed
-    stability): ``n_seeds`` and the standard deviations (ddof 1) of the residual AUROC and of the retained share."""
-    runs = [residualise(scores, covariates, labels, model=model, seed=s) for s in seeds]
+    stability): ``n_seeds`` and the standard deviations (ddof 1) of the residual AUROC and of the retained share.
+    ``known``: results already computed, by seed (the run's own fit is not fitted again)."""
+    known = known or {}
+    runs = [known[s] if s in known else residualise(scores, covariates, labels, model=model, seed=s) for s in seeds]
     return {"n_seeds": len(seeds), "auroc_residual_sd": float(np.std([r["auroc_residual"] for r in runs], ddof=1)),
             "retained_sd": float(np.nanstd([r["retained"] for r in runs], ddof=1))}
 

@@ -117,6 +117,17 @@ def differential_expression(cells: CellData, universe: pd.DataFrame, *, lfc_thre
     return DEResult(table, groups, params)
 
 
+def at_threshold(de: DEResult, lfc_threshold: float) -> DEResult:
+    """``de`` with its targets called again at another |log2FC| threshold: the same p, q and fold changes (they do
+    not depend on it), ``is_de`` and each group's ``n_de`` as :func:`differential_expression` would call them."""
+    table = de.table
+    is_de = ((table["q"] < de.params["alpha"]) & (table["lfc"].abs() >= lfc_threshold) & ~table["is_self"]).to_numpy()
+    table = table.assign(is_de=is_de)
+    n_de = table.groupby("perturbation", sort=False)["is_de"].sum()
+    groups = de.groups.assign(n_de=n_de.reindex(de.groups["perturbation"]).to_numpy())
+    return DEResult(table, groups, {**de.params, "lfc_threshold": lfc_threshold})
+
+
 def on_target_check(cells: CellData, modality: str, *, lfc: str = "scanpy", min_cells: int = 3) -> pd.DataFrame:
     """The on-target direction of every perturbation (``modality``: ``crispri`` knock-down must lower its gene,
     ``crispra`` activation raise it): columns perturbation, n_cells, on_target_lfc (perturbed vs all control cells,

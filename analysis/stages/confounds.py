@@ -60,7 +60,7 @@ def run(cells: CellData, panel: pd.DataFrame, attention: EdgeScores, corr: EdgeS
                 spread = {"n_seeds": 1, "auroc_residual_sd": np.nan, "retained_sd": np.nan}
                 if model in cfg.residual_seed_models and cfg.residual_seeds > 1:
                     spread = confounds.residual_stability(scores, pair_cov, labels, model=model, seeds=list(
-                        range(cfg.seed, cfg.seed + cfg.residual_seeds)))
+                        range(cfg.seed, cfg.seed + cfg.residual_seeds)), known={cfg.seed: res})
                     reg.register("residualisation", f"{name} vs {ref.name}, {model}: residual AUROC across "
                                  f"{cfg.residual_seeds} cross-fitting seeds", "standard deviation (descriptive)",
                                  np.nan, effect=spread["auroc_residual_sd"], effect_name="SD of residual AUROC",

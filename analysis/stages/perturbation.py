@@ -25,8 +25,8 @@ from ..scoring import confounds, layer_selection
 from ..scoring.edges import (CORRELATION_EDGE_TYPES, EdgeScores, EdgeSet, HeadEdges, combine, correlation_variants,
                              spearman_edges)
 from ..scoring.panel import highly_variable
-from ..scoring.perturbation import (differential_expression, direct_target_auroc, gene_level_scores,
-                                    on_target_check, perturbation_auroc)
+from ..scoring.perturbation import (at_threshold, differential_expression, direct_target_auroc,
+                                    gene_level_scores, on_target_check, perturbation_auroc)
 from ..scoring.registry import StatsRegistry
 from ..scoring.stats import ttest_p, wilcoxon_p
 from ..sim.simulate import constructed_edges as simulated_edges
@@ -357,9 +357,10 @@ def sensitivity_grid(cells: CellData, panel: pd.DataFrame, panel_edges: EdgeSet,
         for size, genes in universes.items():
             corr = spearman_edges(control_data, genes)
             universe = set(genes["symbol"])
-            for lfc in cfg.grid_lfc:
-                de = differential_expression(cells, genes, lfc_threshold=lfc, alpha=cfg.alpha, test=cfg.test,
-                                             lfc=cfg.lfc, seed=cfg.seed, control_cells=ctrl)
+            tested = differential_expression(cells, genes, lfc_threshold=cfg.grid_lfc[0], alpha=cfg.alpha,
+                                             test=cfg.test, lfc=cfg.lfc, seed=cfg.seed, control_cells=ctrl)
+            for lfc in cfg.grid_lfc:                      # one DE per controls and universe; thresholds re-call it
+                de = at_threshold(tested, lfc)
                 scored = pd.concat([perturbation_auroc(correlation_variants(corr, de.table, cfg.modality), de
                                                        ).assign(n_genes=len(universe)),
                                     perturbation_auroc(panel_edges, de, universe=universe

@@ -315,3 +315,15 @@ def test_residual_stability_is_the_spread_over_cross_fitting_seeds(rng):
         aurocs.append(roc_auc_score(labels, resid))
     assert got["n_seeds"] == 4 and got["auroc_residual_sd"] == pytest.approx(np.std(aurocs, ddof=1))
     assert got["auroc_residual_sd"] > 0
+
+
+def test_a_de_result_recalled_at_another_threshold_equals_de_run_at_it(screen):
+    """The sensitivity grid runs DE once per controls and universe and re-calls targets per |log2FC| threshold."""
+    from analysis.scoring.perturbation import at_threshold
+    cells, _, universe = screen
+    low = differential_expression(cells, universe, lfc_threshold=0.1)
+    high = differential_expression(cells, universe, lfc_threshold=1.5)
+    again = at_threshold(low, 1.5)
+    pd.testing.assert_frame_equal(again.table, high.table)
+    pd.testing.assert_frame_equal(again.groups, high.groups)
+    assert again.params == high.params and again.table["is_de"].sum() < low.table["is_de"].sum()
