@@ -29,17 +29,14 @@ N_BOOT = 200     # the paper's bootstrap iterations (section 4.6)
 class WeightedAUROC:
     """AUROC of ``scores`` ``[N]`` for bool ``labels`` ``[N]`` under any pair weights ``w`` ``[N]``: the sum over
     (positive i, negative j) of w_i w_j ([s_i > s_j] + [s_i = s_j] / 2), over (sum w_pos)(sum w_neg). The scores are
-    sorted once into tie groups; each weighting then costs two weighted bincounts (O(N), nothing of size draws x N)."""
+    sorted once into tie groups (each pair's rank among the distinct scores); each weighting then costs two weighted
+    bincounts (O(N), nothing of size draws x N)."""
 
     def __init__(self, scores: np.ndarray, labels: np.ndarray):
-        order = np.argsort(scores, kind="stable")
-        sorted_scores = scores[order]
-        group = np.concatenate([[0], np.cumsum(sorted_scores[1:] != sorted_scores[:-1])])
-        self.n_groups = int(group[-1]) + 1 if group.size else 0
-        in_order = np.empty_like(group)
-        in_order[order] = group                                     # each pair's tie group, in the input order
+        distinct, group = np.unique(scores, return_inverse=True)
+        self.n_groups = distinct.size
         self.positives, self.negatives = np.flatnonzero(labels), np.flatnonzero(~labels.astype(bool))
-        self.pos_group, self.neg_group = in_order[self.positives], in_order[self.negatives]
+        self.pos_group, self.neg_group = group[self.positives], group[self.negatives]
 
     def __call__(self, w: np.ndarray) -> float:
         return auroc_from_counts(np.bincount(self.pos_group, weights=w[self.positives], minlength=self.n_groups),
@@ -49,9 +46,9 @@ class WeightedAUROC:
 def tf_bootstrap_flip(edges: EdgeScores | HeadEdges, reference: ReferenceNetwork, *, direction: str,
                       n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """For the two sources of ``edges`` (first: the one shown on top), their global AUROCs on ``reference`` and the
-    share of TF-bootstrap draws in which the second's AUROC is at least the first's (``n``: the TFs resampled). Draws whose resampled pairs hold
-    no positive or no negative are left out (``n_boot`` reports the draws used). Memory: the two sources' scores over
-    the evaluable pairs and one draw's weights."""
+    share of TF-bootstrap draws in which the second's AUROC is at least the first's (``n``: the TFs resampled).
+    Draws whose resampled pairs hold no positive or no negative are left out (``n_boot`` reports the draws used).
+    Memory: the two sources' scores over the evaluable pairs and one draw's weights."""
     if len(edges.sources) != 2:
         raise ValueError(f"two sources to compare, got {len(edges.sources)}")
     uni = evaluable_universe(edges.panel, reference, edges.observed)

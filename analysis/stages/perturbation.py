@@ -323,7 +323,7 @@ def grid_universes(cells: CellData, panel: pd.DataFrame, cfg: PerturbationConfig
     out, seen = {}, set()
     for size in sizes:
         take = np.zeros(len(pool), dtype=bool)
-        take[order[:min(size, len(order))]] = True
+        take[order[:size]] = True
         genes = pool[take | forced]
         if frozenset(genes["symbol"]) not in seen:
             seen.add(frozenset(genes["symbol"]))
@@ -395,9 +395,9 @@ def _register_tf_split(grid: pd.DataFrame, primary: str, reg: StatsRegistry) -> 
     conditions where both groups are evaluable (SN6.3's TF vs non-TF comparison)."""
     split = grid[(grid["edge_type"] == primary) & (grid["perturbations"] != "all")].pivot_table(
         index=["lfc_threshold", "n_control", "universe_size"], columns="perturbations", values="mean_auroc")
-    if not {"TF", "non-TF"} <= set(split.columns) or split.dropna().empty:
+    both = split.dropna() if {"TF", "non-TF"} <= set(split.columns) else split.iloc[:0]
+    if both.empty:
         return
-    both = split.dropna()
     reg.register("sensitivity_grid", "TF vs non-TF perturbations: correlation mean AUROC difference (median over "
                  f"{len(both)} conditions)", "descriptive", np.nan, effect=float((both["TF"] - both["non-TF"]).median()),
                  effect_name="TF minus non-TF mean AUROC", n=len(both), confirmatory=False)
