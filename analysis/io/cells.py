@@ -136,9 +136,12 @@ def _raw_counts(adata: ad.AnnData) -> tuple[sp.csr_matrix, str]:
 
 def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: pd.Index) -> np.ndarray:
     """Reject normalised or log-transformed values (NaN / infinite, negative, non-integer, no non-zero count), and
-    integer-valued normalisations (:func:`_check_integer_normalisation`), in one streamed pass over row blocks
-    (temporaries the size of one block); returns every cell's total count ``[cells]`` from the same pass."""
+    integer-valued normalisations (:func:`_check_integer_normalisation`, :func:`_check_rounded_logs`), in one
+    streamed pass over row blocks (temporaries the size of one block); returns every cell's total count ``[cells]``
+    from the same pass."""
     totals = np.zeros(counts.shape[0])
+    cell_max = np.zeros(counts.shape[0])
+    value_counts = np.zeros(ROUNDED_LOG_MAX + 2, dtype=np.int64)   # non-zero values 1..20, then "21 or more"
     n_bad = n_negative = nnz = 0
     bad_rows: list[np.ndarray] = []
     non_integer = False
@@ -156,6 +159,9 @@ def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: 
         if not non_integer and values.size and divisor != 1:
             divisor = int(np.gcd.reduce(np.append(np.round(values).astype(np.int64), divisor)))
         totals[start:start + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
+        cell_max[start:start + block.shape[0]] = block.max(axis=1).toarray().ravel()
+        value_counts += np.bincount(np.clip(np.round(values), 0, ROUNDED_LOG_MAX + 1).astype(np.int64),
+                                    minlength=ROUNDED_LOG_MAX + 2)
     if n_bad:
         rows = np.concatenate(bad_rows)
         raise InputError(f"{source} holds {n_bad} NaN or infinite value(s) in {rows.size} cell(s) (first: "
@@ -169,6 +175,7 @@ def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: 
     if nnz == 0:
         raise InputError(f"{source} holds no non-zero counts")
     _check_integer_normalisation(totals, divisor, source)
+    _check_rounded_logs(cell_max, totals, value_counts[1:], counts.shape[1], source)
     return totals
 
 
@@ -191,6 +198,32 @@ def _check_integer_normalisation(totals: np.ndarray, divisor: int, source: str) 
             raise InputError(f"{source}: every cell's total is between {totals.min():,.0f} and {totals.max():,.0f} "
                              f"(near {target:,.0f}), so it looks normalised to a fixed total and made integer "
                              "(floored or rounded), not raw UMI counts; put raw counts in X or layers['counts']")
+
+
+ROUNDED_LOG_MAX = 20            # a rounded log of any normalisation up to 1e6 per cell (log2(1 + 1e6) = 19.9)
+MIN_TOP_GENE_SHARE = 0.005      # a real cell's most-counted gene: >= 0.53% of its UMIs in 571 sc_mixology cells
+
+
+def _check_rounded_logs(cell_max: np.ndarray, totals: np.ndarray, value_counts: np.ndarray, n_genes: int,
+                        source: str) -> None:
+    """Rounded log values (``round(log1p(CP10k))``, ``round(log2(1 + CPM))``): every value at most
+    :data:`ROUNDED_LOG_MAX`, with either a most frequent non-zero value above 1 (a count of 1 scaled to CP10k or CPM
+    and logged rounds to 2 or more; in raw UMI counts that shallow, 1 is the commonest value) or the median cell's
+    largest value under :data:`MIN_TOP_GENE_SHARE` of its total (a log scale flattens the dominant genes that every
+    real transcriptome has). ``cell_max`` and ``totals`` are ``[cells]``; ``value_counts[v - 1]`` counts the
+    non-zero values equal to ``v`` (1..20). Checked from 20 cells and 100 genes up (a transcriptome, not a toy
+    panel whose few genes are all well expressed)."""
+    if totals.size < 20 or n_genes < 100 or cell_max.max() > ROUNDED_LOG_MAX:
+        return
+    expressed = totals > 0
+    top_share = float(np.median(cell_max[expressed] / totals[expressed]))
+    commonest = int(np.argmax(value_counts)) + 1
+    if commonest > 1 or top_share < MIN_TOP_GENE_SHARE:
+        raise InputError(f"{source}: no value exceeds {cell_max.max():.0f}, the commonest non-zero value is "
+                         f"{commonest} and the median cell's largest value is {top_share:.2%} of its total, so it "
+                         "looks like rounded log-normalised values, not raw UMI counts (shallow raw counts are "
+                         "mostly 1s, and every real cell has a dominant gene); put raw counts in X or "
+                         "layers['counts']")
 
 
 def _gene_ids_and_symbols(var: pd.DataFrame, gene_id_col: str | None, symbol_to_id: Mapping[str, str] | None,

@@ -196,11 +196,38 @@ def _raw_counts(n_cells=60, n_genes=400, seed=0):
 @pytest.mark.parametrize("transform, message", [
     (lambda x: np.floor(x / x.sum(1, keepdims=True) * 1e4), "looks normalised to a fixed total"),
     (lambda x: np.round(x / x.sum(1, keepdims=True) * 1e6), "looks normalised to a fixed total"),
-    (lambda x: x * 3, "every non-zero value is a multiple of 3")])
+    (lambda x: x * 3, "every non-zero value is a multiple of 3"),
+    (lambda x: np.round(np.log1p(x / x.sum(1, keepdims=True) * 1e4)), "looks like rounded log-normalised values"),
+    (lambda x: np.round(np.log2(1 + x / x.sum(1, keepdims=True) * 1e6)), "looks like rounded log-normalised")])
 def test_integer_valued_normalised_data_is_refused(transform, message):
     with pytest.raises(InputError, match=message):
         from_anndata(_adata(transform(_raw_counts())))
 
 
+def _real_cells(n_genes=None):
+    """[297 cells, genes] raw CEL-seq2 UMI counts of five lung cancer lines (../shared/data, sc_mixology)."""
+    counts = pd.read_csv(shared_path("scrnaseq/sc_mixology/sc_celseq2_5cl_p1.count.csv.gz"), index_col=0)
+    x = counts.T.to_numpy(dtype=np.float64)
+    return x if n_genes is None else x[:, np.argsort(-x.var(axis=0))[:n_genes]]
+
+
+@pytest.mark.parametrize("n_genes", [None, 2000])
+@pytest.mark.parametrize("target", [1e4, 1e6])
+def test_rounded_logs_of_real_cells_are_refused_and_their_raw_counts_pass(n_genes, target):
+    raw = _real_cells(n_genes)
+    assert from_anndata(_adata(raw)).n_cells == 297
+    logged = np.round(np.log1p(raw / raw.sum(1, keepdims=True) * target))
+    with pytest.raises(InputError, match="looks like rounded log-normalised values"):
+        from_anndata(_adata(logged))
+
+
 def test_raw_counts_of_varied_depth_pass():
     assert from_anndata(_adata(_raw_counts())).n_cells == 60
+
+
+def test_shallow_raw_counts_that_never_exceed_the_log_bound_pass():
+    """Raw counts of a small panel at low depth: every value <= 20, yet mostly 1s and a dominant gene per cell."""
+    rng = np.random.default_rng(1)
+    x = rng.poisson(np.outer(rng.lognormal(3, 0.4, 80), rng.dirichlet(np.full(40, 0.5)))).astype(np.float64)
+    x = np.minimum(x, 20)
+    assert x.max() <= 20 and from_anndata(_adata(x)).n_cells == 80
