@@ -15,6 +15,7 @@ import json
 import threading
 import zipfile
 
+import dash
 import diskcache
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ import plotly.graph_objects as go
 
 from analysis.io.spreadsheet import to_csv
 
+from . import ids
 from .view_cache import note_export
 
 FORMATS = ("png", "svg", "pdf", "html", "csv", "zip")
@@ -77,7 +79,7 @@ class FigureExports:
     """Server-built figures waiting to be exported, in the app's diskcache (shared with background workers).
 
     ``publish`` is called by the callback that draws a figure and returns the token the browser keeps; ``lookup``
-    returns the figure and its data for a token. Tokens are content hashes, so redrawing the same figure reuses its
+    returns the figure, its data and the run it was drawn from for a token. Tokens are content hashes, so redrawing the same figure reuses its
     entry; entries expire after ``ttl_s`` seconds. One render at a time (``render``), waiting at most
     ``wait_s``: a second export waits its turn instead of starting another Chromium."""
 
@@ -86,11 +88,13 @@ class FigureExports:
         self._render_lock = threading.Lock()
 
     def publish(self, name: str, fig: go.Figure | dict, data) -> str:
-        """Store ``fig`` (the figure the callback is returning) and ``data`` (DataFrame or records) for ``name``."""
+        """Store ``fig`` (the figure the callback is returning), ``data`` (DataFrame or records) and the run it was
+        drawn from (:func:`drawing_run`) for ``name``."""
         figure_json = go.Figure(fig).to_json()
         data_json = pd.DataFrame(data if data is not None else []).to_json(orient="split", date_format="iso")
-        token = hashlib.sha256("\0".join((name, figure_json, data_json)).encode()).hexdigest()[:32]
-        self.cache.set(("export", token), (name, figure_json, data_json), expire=self.ttl_s)
+        run_id = drawing_run()
+        token = hashlib.sha256("\0".join((name, figure_json, data_json, run_id or "")).encode()).hexdigest()[:32]
+        self.cache.set(("export", token), (name, figure_json, data_json, run_id), expire=self.ttl_s)
         note_export(token)
         return token
 
@@ -98,12 +102,14 @@ class FigureExports:
         """``(fig, token)``: a figure card's two outputs (graph figure, export token) for a callback's return."""
         return fig, self.publish(name, fig, data)
 
-    def lookup(self, name: str, token) -> tuple[go.Figure, pd.DataFrame]:
+    def lookup(self, name: str, token) -> tuple[go.Figure, pd.DataFrame, str | None]:
+        """``(figure, data, run_id)`` published under ``token`` for figure ``name``; ``run_id`` is None for a figure
+        not drawn from one run (a comparison)."""
         entry = self.cache.get(("export", token)) if isinstance(token, str) else None
         if entry is None or entry[0] != name:
             raise ExportRefused("this figure is not one the server drew (or it expired): redraw it, then export")
-        _, figure_json, data_json = entry
-        return go.Figure(json.loads(figure_json)), pd.read_json(io.StringIO(data_json), orient="split")
+        _, figure_json, data_json, run_id = entry
+        return go.Figure(json.loads(figure_json)), pd.read_json(io.StringIO(data_json), orient="split"), run_id
 
     def render(self, fig: go.Figure, data: pd.DataFrame, manifest: dict, name: str, fmt: str) -> tuple[str, bytes]:
         """:func:`export_bytes` after :func:`check_renderable`, one render at a time."""
@@ -115,6 +121,19 @@ class FigureExports:
             return export_bytes(fig, data, manifest, name, fmt)
         finally:
             self._render_lock.release()
+
+
+def drawing_run() -> str | None:
+    """The run picker's value that the callback now running received, as an input or a state: the run a figure it
+    draws shows. None outside a callback, and for a callback that does not read the picker's value (the comparisons
+    read its options: their figures span runs)."""
+    try:
+        items = [*dash.callback_context.inputs_list, *dash.callback_context.states_list]
+    except dash.exceptions.MissingCallbackContextException:
+        return None
+    flat = [i for item in items for i in (item if isinstance(item, list) else [item])]
+    return next((i.get("value") for i in flat
+                 if i.get("id") == ids.RUN_SELECT and i.get("property") == "value"), None)
 
 
 def figure_bytes(fig: go.Figure, fmt: str) -> bytes:

@@ -111,19 +111,18 @@ def create_app(settings: AppSettings | None = None) -> Dash:
 
     @app.callback(Output(ids.download(MATCH), "data"), Output(ids.export_status(MATCH), "children"),
                   Input(ids.export_button(MATCH, ALL), "n_clicks"), State(ids.figdata(MATCH), "data"),
-                  State(ids.RUN_SELECT, "value"), prevent_initial_call=True)
+                  prevent_initial_call=True)
     @not_a_view
-    def export(_clicks, token, run_id):
+    def export(_clicks, token):
         """Render the figure the server drew for this card (named by its token, never sent by the browser)."""
         trigger = ctx.triggered_id
         if not trigger or not any(_clicks) or trigger.get("fmt") not in MIME:
             return no_update, no_update
         try:
-            figure, data = exports.lookup(trigger["figure"], token)
-            # a figure of one run names that run (its family, in the title and file name); a comparison's data names
-            # every run it shows, and the header's run is not its subject
-            spans_runs = trigger["figure"] in compare.FIGURES
-            manifest = store.manifest(run_id) if run_id and not spans_runs else None
+            figure, data, run_id = exports.lookup(trigger["figure"], token)
+            # a figure of one run names the run it was drawn from (its family, in the title and file name), whatever
+            # the picker shows now; a comparison's data names every run it shows
+            manifest = store.manifest(run_id) if run_id else None
             if manifest is not None:
                 title = figure.layout.title.text or ""
                 figure.update_layout(title={"text": f"{title}<br><sup>{manifest.title}</sup>" if title

@@ -23,8 +23,6 @@ PATH, NAME = "/compare", "Compare"
 SUMMARY_TABLES = ("incremental_value", "incremental_value_matched", "residualisation", "degree_null", "cssi_curve",
                   "ablation_results")
 MAX_RUNS = 6
-FIGURES = ("compare-layers", "compare-perturbation", "compare-replication", "compare-convergence",
-           "compare-agreement")   # each spans several runs (app.main's export names none)
 TABLE_COLUMNS = ("run", "model", "cells", "incremental_delta", "incremental_ci", "matched_delta", "matched_ci",
                  "retained_attention", "retained_correlation", "degree_excess", "degree_p", "cssi_gain",
                  "ablation_top_k", "ablation_delta", "ablation_p")

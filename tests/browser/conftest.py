@@ -102,7 +102,8 @@ def trace_types(driver, name):
 
 
 def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
-    """Click a figure card's export button and return the downloaded file (``<figure>*.<fmt>``)."""
+    """Click a figure card's export button and return the file it downloads (``<figure>*.<fmt>``, not one an
+    earlier test downloaded)."""
     import time
     from pathlib import Path
 
@@ -110,13 +111,27 @@ def export_and_wait(driver, figure: str, fmt: str, seconds: float = 90):
     button = driver.find_element(
         By.CSS_SELECTOR, f"button[id='{{\"figure\":\"{figure}\",\"fmt\":\"{fmt}\",\"type\":\"export-btn\"}}']")
     scroll_to(driver, button)
+    before = set(Path(driver.downloads).glob(f"{figure}*.{fmt}"))
     button.click()
     deadline, files = time.time() + seconds, []
     while time.time() < deadline and not files:
-        files = list(Path(driver.downloads).glob(f"{figure}*.{fmt}"))
+        files = [f for f in Path(driver.downloads).glob(f"{figure}*.{fmt}") if f not in before]
         time.sleep(0.3)
     assert files, f"no {fmt.upper()} of {figure} was downloaded"
     return files[0]
+
+
+def pick_run(browser, text: str) -> None:
+    """Open the run picker, search ``text`` and click the first matching run."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    button = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "app-run-select"))
+    button.click()
+    search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
+    search.send_keys(text)
+    option = WebDriverWait(browser, 10).until(lambda d: next(
+        (o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if text in o.text), None))
+    option.click()          # a single-value picker closes on its own
 
 
 def scroll_to(driver, element) -> None:

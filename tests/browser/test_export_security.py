@@ -18,7 +18,7 @@ def _prop_id(component: dict | str, prop: str) -> str:
     return f"{cid}.{prop}"
 
 
-def _export(server: str, deps: list[dict], figdata, run_id: str, fmt: str = "png"):
+def _export(server: str, deps: list[dict], figdata, fmt: str = "png"):
     buttons = [{"id": {"figure": FIGURE, "fmt": f, "type": "export-btn"}, "property": "n_clicks",
                 "value": int(f == fmt)} for f in FORMATS]
     output = next(d["output"] for d in deps if "export-dl" in d["output"])
@@ -26,8 +26,7 @@ def _export(server: str, deps: list[dict], figdata, run_id: str, fmt: str = "png
             "outputs": [{"id": {"figure": FIGURE, "type": "export-dl"}, "property": "data"},
                         {"id": {"figure": FIGURE, "type": "export-status"}, "property": "children"}],
             "inputs": [buttons],
-            "state": [{"id": {"figure": FIGURE, "type": "figdata"}, "property": "data", "value": figdata},
-                      {"id": "app-run-select", "property": "value", "value": run_id}],
+            "state": [{"id": {"figure": FIGURE, "type": "figdata"}, "property": "data", "value": figdata}],
             "changedPropIds": [_prop_id({"figure": FIGURE, "fmt": fmt, "type": "export-btn"}, "n_clicks")]}
     return requests.post(f"{server}/_dash-update-component", json=body, timeout=120)
 
@@ -54,9 +53,8 @@ def _overview_token(server: str, deps: list[dict], run_id: str) -> str:
     return token
 
 
-def test_crafted_figures_and_foreign_tokens_are_refused(server, embedded_cache, tmp_path):
+def test_crafted_figures_and_foreign_tokens_are_refused(server, tmp_path):
     deps = requests.get(f"{server}/_dash-dependencies", timeout=30).json()
-    run_id = embedded_cache[1]["geneformer"].name
     secret = tmp_path / "secret.png"
     secret.write_bytes(base64.b64decode(
         "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="))
@@ -65,7 +63,7 @@ def test_crafted_figures_and_foreign_tokens_are_refused(server, embedded_cache, 
                                       "sizex": 1, "sizey": 1},
                                      {"source": f"{server}/_dash-layout", "xref": "paper", "yref": "paper"}]}}
     for figdata in (crafted, [crafted], "0" * 32, None):
-        download, status = _outputs(_export(server, deps, figdata, run_id))
+        download, status = _outputs(_export(server, deps, figdata))
         assert not download.get("data"), "a figure the server did not draw was rendered"
         assert "Export refused" in status["children"] and "not one the server drew" in status["children"]
 
@@ -74,7 +72,7 @@ def test_a_figure_the_server_drew_exports_by_its_token(server, embedded_cache):
     deps = requests.get(f"{server}/_dash-dependencies", timeout=30).json()
     run_id = embedded_cache[1]["scgpt"].name
     token = _overview_token(server, deps, run_id)
-    download, status = _outputs(_export(server, deps, token, run_id, fmt="csv"))
+    download, status = _outputs(_export(server, deps, token, fmt="csv"))   # the token names its run
     assert status["children"] == ""
     assert download["data"]["filename"] == f"{FIGURE}_scgpt_{run_id}.csv"
     text = base64.b64decode(download["data"]["content"]).decode() if download["data"].get("base64") \

@@ -3,11 +3,10 @@ download the SVG of that view."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import choose, graph_selector, trace_types
+from tests.browser.conftest import choose, export_and_wait, graph_selector, pick_run, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -51,6 +50,26 @@ def test_custom_de_runs_in_background_and_is_cached(server, browser):
     browser.find_element(By.ID, "pert-custom-run").click()
     wait.until(lambda d: "cached" in d.find_element(By.ID, "pert-custom-progress").text)
     assert browser.find_element(By.ID, "pert-custom-status").text == first
+
+
+def test_an_export_names_the_run_its_figure_was_drawn_from(server, browser, embedded_cache):
+    """A custom DE result drawn for the Geneformer run stays on screen when the picker moves to the scGPT run; its
+    export still names the Geneformer run (title and file name), not the picker's."""
+    runs = embedded_cache[1]
+    browser.get(f"{server}/perturbation")
+    wait = WebDriverWait(browser, 90)
+    wait.until(lambda d: len(trace_types(d, "pert-box")) > 0)
+    lfc = browser.find_element(By.ID, "pert-custom-lfc")
+    lfc.clear()
+    lfc.send_keys("0.4")
+    browser.find_element(By.ID, "pert-custom-run").click()
+    wait.until(lambda d: "evaluable perturbations" in d.find_element(By.ID, "pert-custom-status").text)
+    pick_run(browser, "scgpt")
+    wait.until(lambda d: "scgpt" in d.find_element(By.ID, "app-run-header").text)
+    assert len(trace_types(browser, "pert-custom")) >= 3
+    svg = export_and_wait(browser, "pert-custom", "svg")
+    assert svg.name == f"pert-custom_geneformer_{runs['geneformer'].name}.svg"
+    assert "geneformer: embedded tiny geneformer" in svg.read_text()
 
 
 def test_live_ablation_of_two_heads(server, browser):
@@ -104,14 +123,6 @@ def test_click_head_then_download_svg(server, browser):
     assert title.startswith("Layer 1, head") and "TF as query" in title
     rows = browser.find_elements(By.CSS_SELECTOR, "#heads-top-edges tbody tr")
     assert len(rows) > 1
-    button = browser.find_element(By.CSS_SELECTOR,
-                                  "button[id='{\"figure\":\"heads-gene-gene\",\"fmt\":\"svg\",\"type\":\"export-btn\"}']")
-    button.click()
-    deadline = time.time() + 90
-    svgs = []
-    while time.time() < deadline and not svgs:
-        svgs = [p for p in Path(browser.downloads).glob("*.svg")]
-        time.sleep(0.5)
-    assert svgs, "no SVG was downloaded"
-    content = svgs[0].read_text()
+    svg = export_and_wait(browser, "heads-gene-gene", "svg")
+    content = svg.read_text()
     assert content.lstrip().startswith("<svg") and "Layer 1, head" in content

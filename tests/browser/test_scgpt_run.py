@@ -8,23 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import graph_selector, trace_types
+from tests.browser.conftest import graph_selector, pick_run, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-def pick_run(browser, text: str) -> None:
-    """Open the run picker, search ``text`` and click the first matching run."""
-    button = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "app-run-select"))
-    button.click()
-    search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
-    search.send_keys(text)
-    option = WebDriverWait(browser, 10).until(lambda d: next(
-        (o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]") if text in o.text), None))
-    option.click()          # a single-value picker closes on its own
 
 
 def test_scgpt_run_heads_page_names_the_family_and_exports(server, browser, embedded_cache):

@@ -58,8 +58,8 @@ def test_only_published_figures_are_found(tmp_path):
     exports = FigureExports(diskcache.Cache(str(tmp_path / "dc")), max_points=100)
     data = pd.DataFrame({"gene": ["A", "B"], "score": [0.5, 0.25]})
     token = exports.publish("heads-heatmap", _figure(), data)
-    fig, back = exports.lookup("heads-heatmap", token)
-    assert figure_points(fig) == 24
+    fig, back, run_id = exports.lookup("heads-heatmap", token)
+    assert figure_points(fig) == 24 and run_id is None                     # published outside a callback
     pd.testing.assert_frame_equal(back, data)
     assert exports.publish("heads-heatmap", _figure(), data) == token        # content-addressed
     for name, tok in (("heads-gene-gene", token), ("heads-heatmap", "0" * 32), ("heads-heatmap", None),
