@@ -596,7 +596,7 @@ def feature_map(frame: pd.DataFrame, *, layer: int) -> go.Figure:
         fig.add_scattergl(x=grp["firing_rate"], y=grp["mean_activation"], mode="markers",
                           name="visible to SVD" if visible else "not visible to SVD",
                           marker={"size": 6, "opacity": 0.7, "color": "#ff7f0e" if visible else "#1f77b4"},
-                          customdata=grp["feature"], text=grp["top_genes"],
+                          customdata=grp["feature"].tolist(), text=grp["top_genes"],
                           hovertemplate="feature %{customdata}<br>fires on %{x:.2%}<br>mean %{y:.3g}<br>%{text}"
                                         "<extra></extra>")
     fig.update_layout(title={"text": f"L{layer} SAE features<br><sup>click one for its card</sup>"},
@@ -689,7 +689,7 @@ def feature_modules(features: pd.DataFrame, edges: pd.DataFrame, *, layer: int) 
         fig.add_scattergl(x=grp["module_x"], y=grp["module_y"], mode="markers",
                           name="no module" if module < 0 else f"module {module} ({len(grp)})",
                           marker={"size": 8, "color": "#bbbbbb" if module < 0 else None},
-                          customdata=grp["feature"], text=grp["top_genes"],
+                          customdata=grp["feature"].tolist(), text=grp["top_genes"],
                           hovertemplate="feature %{customdata}<br>%{text}<extra></extra>")
     n_modules = int(features["module"].max() + 1) if len(features) else 0
     fig.update_layout(title={"text": f"L{layer}: {n_modules} co-activation modules<br><sup>features joined where their "

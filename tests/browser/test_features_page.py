@@ -245,3 +245,42 @@ def test_gene_search_modules_cell_states_and_regulatory_test(server, browser, em
                 if str(feature) in text.split(",")}
     knocked = {c.text for c in browser.find_elements(By.CSS_SELECTOR, "#features-knockdowns td[data-dash-column='tf']")}
     assert knocked == responds
+
+
+def click_point(browser, name: str, x: float, y: float) -> None:
+    """Click the plot of figure card ``name`` where the data point (x, y) is drawn, as a user's mouse does: the
+    pixel comes from the figure's own axes (``c2p``, which takes data values on log axes too)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from tests.browser.conftest import graph_selector
+    drag = browser.find_element(By.CSS_SELECTOR, graph_selector(name) + " .nsewdrag")
+    scroll_to(browser, drag)
+    px, py = browser.execute_script(
+        "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"
+        "return [g._fullLayout.xaxis.c2p(arguments[1]), g._fullLayout.yaxis.c2p(arguments[2])];",
+        graph_selector(name), x, y)
+    ActionChains(browser).move_to_element_with_offset(
+        drag, int(round(px - drag.size["width"] / 2)), int(round(py - drag.size["height"] / 2))).click().perform()
+
+
+@pytest.mark.parametrize("figure, x, y", [("features-map", "firing_rate", "mean_activation"),
+                                          ("features-modules", "module_x", "module_y")])
+def test_clicking_a_feature_point_opens_its_card(server, browser, embedded_cache, figure, x, y):
+    """The point a user clicks on the feature map or the co-activation graph opens that feature's card. The point
+    clicked is the one farthest from every other (in the run's stored coordinates), so the point nearest the pointer
+    is the one aimed at."""
+    frame = pd.read_parquet(embedded_cache[1]["geneformer"] / "sae_features.parquet").query("layer == 1")
+    frame = frame[frame[x].notna() & (frame[x] > 0)] if figure == "features-map" else frame[frame[x].notna()]
+    points = frame[[x, y]].to_numpy(dtype=float)
+    if figure == "features-map":
+        points[:, 0] = np.log10(points[:, 0])                    # the map's x axis is logarithmic
+    spread = np.ptp(points, axis=0)
+    gaps = np.linalg.norm((points[:, None] - points[None]) / np.where(spread > 0, spread, 1), axis=2)
+    np.fill_diagonal(gaps, np.inf)
+    target = frame.iloc[int(np.argmax(gaps.min(axis=1)))]
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{server}/features")
+    wait.until(lambda d: d.find_element(By.ID, "features-note").text.startswith("L1:"))
+    wait.until(lambda d: trace_types(d, figure))
+    click_point(browser, figure, float(target[x]), float(target[y]))
+    wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(
+        f"L1 feature {int(target['feature'])}:"))
