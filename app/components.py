@@ -9,7 +9,7 @@ from dash import Input, Output, dcc, html, no_update
 from dash.dash_table.Format import Format, Scheme
 
 from . import ids
-from .export import FORMATS
+from .export import FORMATS, OFFLINE_CONFIG
 
 
 SMALLEST_P = float(np.finfo(float).tiny)   # a p that underflowed to 0 is shown as this bound, never as 0
@@ -43,7 +43,7 @@ def figure_card(name: str, explanation: str = "", height: int | None = None, pla
     style = {"height": f"{height}px"} if height else None
     extra = {"figure": placeholder_figure(placeholder)} if placeholder else {}
     return html.Div(className="figure-card", children=[
-        dcc.Loading(dcc.Graph(id=ids.graph(name), style=style, config={"displaylogo": False}, **extra)),
+        dcc.Loading(dcc.Graph(id=ids.graph(name), style=style, config=OFFLINE_CONFIG, **extra)),
         dcc.Store(id=ids.figdata(name)),
         html.Div(className="export-bar", children=[html.Span("Export", className="label")] + [
             dbc.Button(fmt.upper(), id=ids.export_button(name, fmt), size="sm", color="secondary", outline=True,

@@ -31,6 +31,10 @@ MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "h
         "csv": "text/csv", "zip": "application/zip"}
 # every trace type the app's figures use (app/figures.py); anything else is refused before rendering
 DRAWN_TRACES = frozenset({"bar", "box", "heatmap", "histogram", "scatter", "scattergl", "violin"})
+# the plot toolbar (in the app and in exported HTML) offers only what works offline: no "Share chart..." upload to
+# Plotly Cloud, no Chart Studio link
+OFFLINE_CONFIG = {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False,
+                  "modeBarButtonsToRemove": ["sendChartToCloud", "sendDataToCloud", "editInChartStudio"]}
 # layout keys whose renderers load resources by URL (images, map tiles and styles)
 FETCHING_LAYOUT = ("images", "map", "geo")
 
@@ -140,7 +144,7 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
     if fmt in ("png", "svg", "pdf"):
         return fig.to_image(format=fmt, scale=2 if fmt == "png" else 1)
     if fmt == "html":
-        return fig.to_html(include_plotlyjs=True, full_html=True).encode()
+        return fig.to_html(include_plotlyjs=True, full_html=True, config=OFFLINE_CONFIG).encode()
     raise ValueError(f"not a figure format: {fmt}")
 
 

@@ -126,3 +126,16 @@ def test_click_head_then_download_svg(server, browser):
     svg = export_and_wait(browser, "heads-gene-gene", "svg")
     content = svg.read_text()
     assert content.lstrip().startswith("<svg") and "Layer 1, head" in content
+
+
+def test_the_plot_toolbar_offers_nothing_that_leaves_the_machine(server, browser):
+    """Hovering a figure shows its toolbar: a PNG download and the view tools, never an upload to Plotly Cloud."""
+    browser.get(server + "/heads")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "heatmap" in trace_types(d, "heads-heatmap"))
+    drag = browser.find_element(By.CSS_SELECTOR, graph_selector("heads-heatmap") + " .nsewdrag")
+    ActionChains(browser).move_to_element(drag).perform()
+    titles = wait.until(lambda d: [b.get_attribute("data-title") for b in d.find_elements(
+        By.CSS_SELECTOR, graph_selector("heads-heatmap") + " .modebar-btn")])
+    assert "Download plot as a PNG" in titles
+    assert not [t for t in titles if any(w in t.lower() for w in ("share", "cloud", "chart studio"))], titles

@@ -70,3 +70,10 @@ def test_only_published_figures_are_found(tmp_path):
     assert name == "x.csv" and content.decode().splitlines() == ["gene,score", "A,0.5", "B,0.25"]
     with pytest.raises(ExportRefused, match="export bound"):
         FigureExports(exports.cache, max_points=5).render(fig, back, {}, "x", "png")
+
+
+def test_exported_html_offers_no_cloud_upload():
+    from app.export import export_bytes
+    _, content = export_bytes(_figure(), pd.DataFrame(), {}, "x", "html")
+    text = content.decode()
+    assert '"showSendToCloud": false' in text and '"sendChartToCloud"' in text and '"displaylogo": false' in text
