@@ -91,3 +91,36 @@ def summarise(acc: dict, items: Sequence, universe: Universe, n_panel: int, *, r
         if grp["p"].notna().any():
             results.loc[grp.index, "q"] = benjamini_hochberg(grp["p"].to_numpy())
     return results, pd.DataFrame(fid)
+
+
+RANKING_READOUTS = ("mlm_loss", "perturbation_auroc")   # the behaviour the paper reads, then its perturbation read-out
+
+
+def ranking_comparison(results: pd.DataFrame, readout: str) -> pd.DataFrame:
+    """Does the head ranking pick heads that matter? Per k of an ablation sweep (schema ``ablation_results``), the
+    change in ``readout`` from ablating the top-ranked k heads beside the same-size random draws (``random_k``) and
+    the bottom-ranked k (``bottom_k``), with the one-sided empirical rank p of the top-k set among the random draws:
+    ``(1 + #{draws moving the read-out at least as much, |delta|}) / (1 + draws)``, whose smallest value is
+    ``1 / (1 + draws)`` (the paper compares top-ranked with random ablation, section 2.5 and SN14.4, "random ablation
+    causes drop"). Columns: k, top, random_mean (signed), random_abs_mean and random_abs_max (of |delta|),
+    n_random, bottom, rank_p, smallest_p; one row per k with a top-k set and at least one random draw that differs
+    from it (k = every head ranks nothing), structural nulls left out."""
+    rows = results[(results["readout"] == readout) & ~results["structural"].astype(bool)]
+    out = []
+    for k, grp in rows.groupby("k", sort=True):
+        top_rows, draw_rows = grp[grp["family"] == "top_k"], grp[grp["family"] == "random_k"]
+        top, draws = top_rows["delta"], draw_rows["delta"]
+        if top.empty or draws.empty or not np.isfinite(top.iloc[0]) or not np.isfinite(draws).all():
+            continue
+        if (draw_rows["intervention"] == top_rows["intervention"].iloc[0]).all():
+            continue                        # k = every head: no ranking left to compare
+        bottom = grp[grp["family"] == "bottom_k"]["delta"]
+        n = int(draws.size)
+        out.append({"k": int(k), "top": float(top.iloc[0]), "random_mean": float(draws.mean()),
+                    "random_abs_mean": float(draws.abs().mean()), "random_abs_max": float(draws.abs().max()),
+                    "n_random": n,
+                    "bottom": float(bottom.iloc[0]) if len(bottom) else np.nan,
+                    "rank_p": (1 + int((draws.abs() >= abs(top.iloc[0])).sum())) / (1 + n),
+                    "smallest_p": 1 / (1 + n)})
+    return pd.DataFrame(out, columns=["k", "top", "random_mean", "random_abs_mean", "random_abs_max", "n_random",
+                                      "bottom", "rank_p", "smallest_p"])

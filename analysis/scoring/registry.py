@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .ablation import RANKING_READOUTS, ranking_comparison
 from .paper_registry import CONFIRMATORY as PAPER_CONFIRMATORY
 from .paper_registry import paper_mapping
 from .stats import benjamini_hochberg
@@ -89,4 +90,12 @@ def ablation_tests(results: pd.DataFrame, exploratory: bool = False) -> StatsReg
                      f"{r.family} k={r.k}{draw} ({r.intervention}, {r.n} obs) changes {r.readout}",
                      "Wilcoxon signed-rank (paired)", r.p, effect=r.delta, effect_name=f"delta {r.readout}", n=r.n,
                      confirmatory=(r.family == "top_k") and not exploratory, exploratory=exploratory)
+    if not exploratory:
+        for readout in RANKING_READOUTS:
+            for r in ranking_comparison(results, readout).itertuples():
+                reg.register("ablation", f"top_k k={r.k} moves {readout} more than {r.n_random} random_k draws",
+                             f"empirical rank among random draws (one-sided; smallest possible p {r.smallest_p:.3g})",
+                             r.rank_p, effect=abs(r.top) - r.random_abs_mean,
+                             effect_name=f"|delta {readout}| top-k minus mean random-k", n=r.n_random + 1,
+                             confirmatory=False)
     return reg
