@@ -42,7 +42,7 @@ def figure_card(name: str, explanation: str = "", height: int | None = None, pla
     until the first figure is drawn."""
     style = {"height": f"{height}px"} if height else None
     extra = {"figure": placeholder_figure(placeholder)} if placeholder else {}
-    return html.Div(className="figure-card", children=[
+    return html.Div(className="figure-card", id=f"card-{name}", children=[
         dcc.Loading(dcc.Graph(id=ids.graph(name), style=style, config=OFFLINE_CONFIG, **extra)),
         dcc.Store(id=ids.figdata(name)),
         html.Div(className="export-bar", children=[html.Span("Export", className="label")] + [

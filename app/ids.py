@@ -4,9 +4,26 @@ RUN_SELECT = "app-run-select"
 SELECTED_HEAD = "app-selected-head"   # dcc.Store {"layer": int, "head": int}, shared by every page
 APP_ERROR = "app-error"
 RUN_HEADER = "app-run-header"         # model family, model and run of the run on screen, above every page
+URL = "app-url"                       # dcc.Location the gene search navigates with
+PAGE_TITLE = "app-page-title"         # target of the clientside callback that names page and run in the tab title
+RUN_URL = "app-run-url"               # dcc.Location (no refresh) through which the run goes into the URL and back
+NAV_TOGGLE = "app-nav-toggle"
+NAV_COLLAPSE = "app-nav-collapse"
+
+
+def bottom_line(page: str) -> str:
+    """The slot at the top of an evidence page for its verdicts (app.verdict_view)."""
+    return f"{page}-bottom-line"
+
+
+def nav_link(path: str) -> dict:
+    return {"type": "nav-link", "path": path}
 
 OVERVIEW_SUMMARY = "overview-summary"
 OVERVIEW_BEST = "overview-best-heads"
+OVERVIEW_PANEL = "overview-panel"
+OVERVIEW_VERDICTS = "overview-verdicts"
+OVERVIEW_CLAIMS = "overview-claims"
 
 HEADS_REFERENCE = "heads-reference"
 HEADS_DIRECTION = "heads-direction"
@@ -141,7 +158,6 @@ FEATURES_EDIT_VERSION = "features-edit-version"
 FEATURES_EDIT_READOUT = "features-edit-readout"
 FEATURES_EDIT_TABLE = "features-edit-table"
 
-URL = "app-url"                       # dcc.Location the gene search navigates with
 GENE_SEARCH = "app-gene-search"       # the navigation bar's gene search box
 GENE_TITLE = "gene-title"
 GENE_SYMBOL = "gene-symbol"

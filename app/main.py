@@ -11,7 +11,7 @@ import dash_bootstrap_components as dbc
 from dash import ALL, MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update, set_props
 from threadpoolctl import threadpool_limits
 
-from . import ids
+from . import ids, shell
 from .data import ArtifactStore, RunNotFound
 from .export import MIME, ExportRefused, FigureExports
 from .job_cache import open_job_cache
@@ -26,26 +26,6 @@ from .view_cache import JobResults, ViewCache, not_a_view
 log = logging.getLogger("app")
 PAGES = (overview, heads, layers, ablation, cssi, perturbation, confounds, features, compare, claims, statistics,
          gene)
-
-
-def _shell(store: ArtifactStore, settings: AppSettings) -> html.Div:
-    runs, skipped = store.runs()
-    options = [{"label": m.title, "value": m.run_id} for m in runs]
-    initial = settings.run_id or (runs[0].run_id if runs else None)
-    warning = dbc.Alert([html.B(f"{len(skipped)} run(s) in the cache cannot be opened and are not listed: "),
-                         "; ".join(skipped)], color="warning", className="mx-3") if skipped else None
-    nav = dbc.Navbar(dbc.Container([
-        dbc.NavbarBrand("scFM attention explorer"),
-        dbc.Nav([dbc.NavLink(p.NAME, href=p.PATH, active="exact") for p in PAGES if p is not gene]),
-        html.Div(dcc.Dropdown(id=ids.GENE_SEARCH, placeholder="find a gene...", clearable=True),
-                 style={"minWidth": "180px"}, className="me-2"),
-        html.Div(dcc.Dropdown(id=ids.RUN_SELECT, options=options, value=initial, clearable=False,
-                              placeholder="no runs in cache"), style={"minWidth": "420px"}),
-    ], fluid=True), color="dark", dark=True, className="mb-3")
-    return html.Div([nav, warning, dcc.Location(id=ids.URL, refresh="callback-nav"),
-                     dcc.Store(id=ids.SELECTED_HEAD, storage_type="session"),
-                     html.Div(id=ids.RUN_HEADER, className="run-header mx-3 mb-2"),
-                     html.Div(id=ids.APP_ERROR, className="mx-3"), dash.page_container])
 
 
 def show_error(error: Exception) -> None:
@@ -80,7 +60,7 @@ def create_app(settings: AppSettings | None = None) -> Dash:
     manager = ForkSafeDiskcacheManager(jobs, max_jobs=settings.max_jobs, max_queued_jobs=settings.max_queued_jobs,
                                        abandon_after_s=settings.abandon_after_s)
     app = Dash(__name__, use_pages=True, pages_folder="", assets_folder=str(PROJECT_ROOT / "assets"),
-               suppress_callback_exceptions=True, title="scFM attention explorer",
+               suppress_callback_exceptions=True, title="scFM attention explorer", update_title=None,
                background_callback_manager=manager, on_error=show_error)
     exports = FigureExports(jobs, max_points=settings.export_max_points)
     if settings.view_cache_ttl_s >= exports.ttl_s:
@@ -94,9 +74,10 @@ def create_app(settings: AppSettings | None = None) -> Dash:
         ViewCache(results, store.root, max_bytes=settings.view_cache_mib * 1024 ** 2,
                   ttl_s=settings.view_cache_ttl_s).install(app)
     for page in PAGES:
-        dash.register_page(page.__name__, path=page.PATH, name=page.NAME, layout=page.layout)
+        dash.register_page(page.__name__, path=page.PATH, name=page.NAME, title=page.NAME, layout=page.layout)
         page.register(app, store, settings, results, exports)
-    app.layout = lambda: _shell(store, settings)
+    app.layout = lambda: shell.layout(store, settings, [p for p in PAGES if p is not gene])
+    shell.register(app, store)
 
     @app.callback(Output(ids.RUN_HEADER, "children"), Input(ids.RUN_SELECT, "value"))
     def run_header(run_id):

@@ -13,6 +13,7 @@ from .. import ids
 from ..components import background_job, figure_card, live_cells_refusal, status_admission
 from ..jobs import admitted_by
 from ..figures import dose_response, fidelity_heatmap
+from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/ablation", "Ablation"
 LIVE_INDEX = "live-ablation-index"
@@ -27,6 +28,7 @@ def live_results(jobs, run_id: str) -> pd.DataFrame:
 def layout(**_):
     return dbc.Container([
         html.H3("Causal ablation"),
+        bottom_line_slot("ablation"),
         html.Div(id=ids.ABL_NOTE, className="explain mb-2"),
         dbc.Row([dbc.Col([dbc.Label("Read-out"), dcc.Dropdown(id=ids.ABL_READOUT, value="mlm_loss", clearable=False,
                                                                 options=[{"label": r.replace("_", " "), "value": r}
@@ -56,6 +58,8 @@ def layout(**_):
 
 
 def register(app, store, settings, jobs, exports):
+    register_bottom_line(app, store, "ablation", ("head_ranking",))
+
     @app.callback(Output(ids.ABL_HEADS, "options"), Output(ids.ABL_HEADS, "value"), Output(ids.ABL_NOTE, "children"),
                   Output(ids.ABL_READOUT, "options"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"), State(ids.ABL_HEADS, "value"))

@@ -8,6 +8,7 @@ from dash import Input, Output, dash_table, dcc, html
 from .. import ids
 from ..components import figure_card
 from ..figures import balance_plot, degree_decomposition, incremental_deltas, residualisation_bars
+from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/confounds", "Confounds"
 METRICS = {"auroc": "AUROC", "auprc": "AUPRC", "recall_at_10": "recall@10"}
@@ -16,6 +17,7 @@ METRICS = {"auroc": "AUROC", "auprc": "AUPRC", "recall_at_10": "recall@10"}
 def layout(**_):
     return dbc.Container([
         html.H3("Confound decomposition"),
+        bottom_line_slot("confounds"),
         html.P("Do edge scores add anything beyond gene-level features (mean, variance, detection of the target)? "
                "Rows named sim_* are the embedded simulation's planted controls: an oracle edge with real pairwise "
                "signal and a gene-level-only edge.", className="explain"),
@@ -42,6 +44,8 @@ def layout(**_):
 
 
 def register(app, store, settings, jobs, exports):
+    register_bottom_line(app, store, "confounds", ("degree", "incremental", "confounding"))
+
     @app.callback(Output(ids.graph("conf-incremental"), "figure"), Output(ids.figdata("conf-incremental"), "data"),
                   Output(ids.CONF_NOTE, "children"), Input(ids.RUN_SELECT, "value"), Input(ids.CONF_METRIC, "value"))
     def incremental(run_id, metric):

@@ -8,12 +8,13 @@ from __future__ import annotations
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, dash_table, dcc, html
+from dash import Input, Output, State, dash_table, dcc, html, no_update
 
 from analysis.scoring.cssi_levels import stratum_edges
 
 from .. import ids
 from ..components import table_column
+from ..shell import run_link
 
 PATH, NAME = "/gene", "Gene"
 N_HEADS = 12
@@ -48,9 +49,10 @@ def register(app, store, settings, jobs, exports):
     def options(run_id):
         return sorted(store.panel(run_id)["symbol"]) if run_id else []
 
-    @app.callback(Output(ids.URL, "href"), Input(ids.GENE_SEARCH, "value"), prevent_initial_call=True)
-    def go(symbol):
-        return f"{PATH}?symbol={symbol}" if symbol else None
+    @app.callback(Output(ids.URL, "href"), Input(ids.GENE_SEARCH, "value"), State(ids.RUN_SELECT, "value"),
+                  prevent_initial_call=True)
+    def go(symbol, run_id):
+        return run_link(PATH, run_id, symbol=symbol) if symbol else no_update
 
     @app.callback(Output(ids.GENE_BODY, "children"), Input(ids.RUN_SELECT, "value"), Input(ids.GENE_SYMBOL, "data"))
     def show(run_id, symbol):

@@ -1,12 +1,16 @@
-"""Run overview: what was run (model, data, references, config hash), how long each stage took, best heads."""
+"""Run overview: the answer first (the verdict panel: does attention carry regulatory signal in this run, question by
+question, each verdict computed from the registry with its test, the paper's finding beside it and a link to the
+page that shows it; then the paper's claims restated as what they say about the model), then what was run (model,
+data, references, config hash), how long each stage took, and the best heads."""
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, dash_table, html
+from dash import Input, Output, dash_table, dcc, html
 
 from .. import ids
 from ..components import figure_card
 from ..figures import layer_profile
+from ..verdict_view import verdict_panel
 
 PATH, NAME = "/", "Run overview"
 
@@ -14,6 +18,8 @@ PATH, NAME = "/", "Run overview"
 def layout(**_):
     return dbc.Container([
         html.H3("Run overview"),
+        dcc.Loading(html.Div(id=ids.OVERVIEW_PANEL)),
+        html.H4("What was run", className="mt-3"),
         html.Div(id=ids.OVERVIEW_SUMMARY),
         figure_card("overview-layer-profile", "Per layer: the best and median head, the layer-mean attention, the "
                     "Spearman-correlation baseline on the same gene pairs, and chance."),
@@ -24,6 +30,10 @@ def layout(**_):
 
 
 def register(app, store, settings, jobs, exports):
+    @app.callback(Output(ids.OVERVIEW_PANEL, "children"), Input(ids.RUN_SELECT, "value"))
+    def panel(run_id):
+        return verdict_panel(store, run_id) if run_id else None
+
     @app.callback(Output(ids.OVERVIEW_SUMMARY, "children"), Output(ids.graph("overview-layer-profile"), "figure"),
                   Output(ids.figdata("overview-layer-profile"), "data"), Output(ids.OVERVIEW_BEST, "data"),
                   Input(ids.RUN_SELECT, "value"))

@@ -16,6 +16,7 @@ from .. import ids
 from ..components import background_job, figure_card
 from ..jobs import admitted_by
 from ..figures import paired_scatter, perturbation_box, sensitivity_heatmap, source_label
+from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/perturbation", "Perturbation"
 
@@ -23,6 +24,7 @@ PATH, NAME = "/perturbation", "Perturbation"
 def layout(**_):
     return dbc.Container([
         html.H3("Perturbation-first evaluation"),
+        bottom_line_slot("perturbation"),
         html.Div(id=ids.PERT_NOTE, className="explain mb-2"),
         figure_card("pert-box"),
         dbc.Row([
@@ -92,6 +94,8 @@ def primary_correlation(manifest) -> str:
 
 
 def register(app, store, settings, jobs, exports):
+    register_bottom_line(app, store, "perturbation", ("perturbation", "baselines"))
+
     @app.callback(Output(ids.PERT_ON_TARGET, "data"), Output(ids.PERT_ON_TARGET, "columns"),
                   Input(ids.RUN_SELECT, "value"))
     def on_target(run_id):

@@ -126,6 +126,7 @@ def pick_run(browser, text: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     button = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "app-run-select"))
+    scroll_to(browser, button)
     button.click()
     search = WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "input.dash-dropdown-search"))
     search.send_keys(text)

@@ -4,6 +4,8 @@ HTML report naming its tests; the Layers page draws the per-layer profiles and t
 bar's gene search opens a gene's page."""
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlparse
+
 import time
 from pathlib import Path
 
@@ -59,7 +61,9 @@ def test_layers_page_and_gene_search(server, browser, embedded_cache):
     wait.until(lambda d: len(trace_types(d, "layers-tf-bootstrap") or []) == 1)
     assert "have a 95% CI entirely above 0.5" in browser.find_element(By.ID, "layers-tf-note").text
     choose(browser, "app-gene-search", "TF01")
-    wait.until(lambda d: d.current_url.endswith("/gene?symbol=TF01"))
+    wait.until(lambda d: urlparse(d.current_url).path == "/gene")
+    query = parse_qs(urlparse(browser.current_url).query)
+    assert query["symbol"] == ["TF01"] and query["run"] == [embedded_cache[1]["geneformer"].name]   # the run goes too
     wait.until(lambda d: "Reference partners" in d.find_element(By.ID, "gene-body").text)
     body = browser.find_element(By.ID, "gene-body").text
     assert "reference TF" in body and "Heads whose strongest edges involve it" in body
