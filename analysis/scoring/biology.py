@@ -27,6 +27,7 @@ from ..io.references import ReferenceNetwork
 from .edges import EdgeScores
 from .ranking import auroc_from_ranks
 from .registry import StatsRegistry
+from .stats import spearman
 
 
 @dataclass(frozen=True)
@@ -149,13 +150,13 @@ def biology_tests(profiles: pd.DataFrame, control: pd.DataFrame, agreement: pd.D
     wide = att.pivot_table(index="layer", columns="reference", values="auroc")
     if len(wide) >= 3:
         for ref in wide.columns:
-            rho, p = spearmanr(wide.index, wide[ref])
+            rho, p = spearman(wide.index, wide[ref])
             if not np.isfinite(rho):
                 continue
             reg.register("layer_biology", f"{ref} recovery trends with depth", "Spearman", p, effect=rho,
                          effect_name="Spearman rho (layer, AUROC)", n=len(wide))
         for a, b in combinations(wide.columns, 2):
-            rho, p = spearmanr(wide[a], wide[b])
+            rho, p = spearman(wide[a], wide[b])
             if not np.isfinite(rho):
                 continue
             reg.register("layer_biology", f"{a} and {b} layer profiles correlate", "Spearman", p, effect=rho,

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, spearmanr
+from scipy.stats import binomtest
 
 from .cssi import CSSIData, PairSet, recovery, spearman_by_stratum
 from .ranking import auroc_from_ranks, ranks_and_order, top_k_f1
 from .registry import StatsRegistry
+from .stats import spearman
 
 SCALED_SITES = ("attention_layer_mean", "spearman", "spearman_absolute")
 PER_SOURCE_K = 100      # SN1: "a sparse GRN by retaining the top-100 targets per source gene"
@@ -210,7 +211,7 @@ def scaling_tests(curve: pd.DataFrame, *, readout_layer: int, reference: str) ->
                              effect_name="share of seeds dropping", n=n,
                              confirmatory=step == 0 and metric == "f1" and etype != "spearman")
             if sel["value"].nunique() > 1 and sel["n_cells"].nunique() > 1:
-                rho, p = spearmanr(sel["n_cells"], sel["value"])
+                rho, p = spearman(sel["n_cells"], sel["value"])
                 reg.register("scaling", f"{label} {metric} ({reference}) trends with cell count", "Spearman", p,
                              effect=rho, effect_name="Spearman rho", n=len(sel), confirmatory=False)
     return reg
@@ -264,7 +265,7 @@ def composition_tests(table: pd.DataFrame, *, reference: str) -> StatsRegistry:
         sel = table[table["condition"] == condition]
         if sel[x_col].nunique() < 2 or sel["auroc"].nunique() < 2:
             continue
-        rho, p = spearmanr(sel[x_col], sel["auroc"])
+        rho, p = spearman(sel[x_col], sel["auroc"])
         reg.register("controlled_composition", f"{hypothesis} (Spearman edges, {reference})", "Spearman", p,
                      effect=rho, effect_name="Spearman rho", n=len(sel))
     return reg

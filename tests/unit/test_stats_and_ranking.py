@@ -143,3 +143,25 @@ def test_planted_head_is_significant(rng):
     res = rank_heads(edges, ref, direction="tf_to_target", n_null=99, seed=0)
     auroc = res.table[res.table["metric"] == "auroc"].set_index("head")
     assert auroc.loc[0, "rank"] == 1 and auroc.loc[0, "p"] <= 0.02
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_small_sample_spearman_is_exact_against_brute_force(n):
+    """Brute force: scipy's rho of every reordering of y against x, one at a time."""
+    from itertools import permutations
+
+    from scipy.stats import spearmanr
+
+    from analysis.scoring.stats import spearman
+    rng = np.random.default_rng(n)
+    x, y = rng.normal(size=n), np.round(rng.normal(size=n), 1)
+    observed = spearmanr(x, y).statistic
+    null = [abs(spearmanr(x, y[list(order)]).statistic) for order in permutations(range(n))]
+    rho, p = spearman(x, y)
+    assert rho == pytest.approx(observed) and p == pytest.approx(np.mean(np.array(null) >= abs(observed) - 1e-12))
+
+
+def test_a_perfect_order_of_four_layers_is_p_one_twelfth_not_zero():
+    from analysis.scoring.stats import spearman
+    assert spearman([0, 1, 2, 3], [0.1, 0.2, 0.3, 0.9]) == pytest.approx((1.0, 1 / 12))
+    assert all(np.isnan(spearman([0, 1, 2], [1, 1, 1])))
