@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
-import numpy as np
 import pandas as pd
 from dash import Input, Output, dcc, html, no_update
 from dash.dash_table.Format import Format, Scheme
+
+from analysis.numbers import SMALLEST_SHOWN_P
 
 from . import ids
 from .export import FORMATS, OFFLINE_CONFIG
 
 
-SMALLEST_P = float(np.finfo(float).tiny)   # a p that underflowed to 0 is shown as this bound, never as 0
+UNDERFLOW_NOTE = (f"A p or q shown as {SMALLEST_SHOWN_P:.0e} is below it (float underflow, 0 included): read it as "
+                  f"< {SMALLEST_SHOWN_P:.0e}.")
 
 
-def without_zero_p(frame: pd.DataFrame, columns) -> pd.DataFrame:
-    """``frame`` with exact zeros in the probability ``columns`` replaced by :data:`SMALLEST_P`."""
+def underflow_as_bound(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """``frame`` with probabilities in ``columns`` below :data:`analysis.numbers.SMALLEST_SHOWN_P` (0 included:
+    underflow, not a measurement) shown as that bound, never as 0 or 2.2e-308."""
     cols = [c for c in columns if c in frame]
-    return frame.assign(**{c: frame[c].mask(frame[c] == 0, SMALLEST_P) for c in cols})
+    return frame.assign(**{c: frame[c].mask(frame[c] < SMALLEST_SHOWN_P, SMALLEST_SHOWN_P) for c in cols})
 
 
 def table_column(name: str, numeric: tuple[str, ...] = ()) -> dict:

@@ -10,6 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.numbers import SMALLEST_SHOWN_P, probability
+
 CHANCE = {"auroc": 0.5, "per_tf_auroc_mean": 0.5, "auroc_null_mean": 0.5}
 METRIC_LABELS = {
     "auroc": "AUROC", "auprc": "AUPRC", "per_tf_auroc_mean": "mean per-TF AUROC",
@@ -253,15 +255,32 @@ def degree_decomposition(frame: pd.DataFrame) -> go.Figure:
 
 
 def effect_vs_q(frame: pd.DataFrame) -> go.Figure:
-    """Registry: effect size vs -log10 BH q (framework-wide), confirmatory tests filled, others open."""
+    """Registry: effect size vs -log10 BH q (framework-wide), confirmatory tests filled, others open. A q at or below
+    :data:`analysis.numbers.SMALLEST_SHOWN_P` is underflow, not a measured value: it is drawn as a triangle on a
+    ceiling just above the largest measured -log10 q (so one such point never squashes the rest), and says so on
+    hover; tests without any q (descriptive statistics) are not drawn."""
+    frame = frame.assign(q_shown=frame["q"].where(frame["q"].notna(), frame["q_all"]))
+    frame = frame[frame["q_shown"].notna()]
+    underflow = frame["q_shown"] <= SMALLEST_SHOWN_P
+    measured = -np.log10(frame.loc[~underflow, "q_shown"].astype(float))
+    ceiling = (measured.max() if len(measured) else 1.0) * 1.1 + 1.0
     fig = go.Figure()
     for analysis, grp in frame.groupby("analysis"):
-        q = grp["q"].where(grp["q"].notna(), grp["q_all"])
-        fig.add_scatter(x=grp["effect"], y=-np.log10(q.clip(lower=1e-300)), mode="markers", name=analysis,
-                        text=grp["hypothesis"],
-                        marker={"size": 9, "symbol": ["circle" if c else "circle-open" for c in grp["confirmatory"]]},
-                        hovertemplate="%{text}<br>effect %{x:.3f}<br>-log10 q %{y:.2f}<extra>" + analysis + "</extra>")
+        low = grp["q_shown"] <= SMALLEST_SHOWN_P
+        y = np.where(low, ceiling, -np.log10(grp["q_shown"].clip(lower=SMALLEST_SHOWN_P).astype(float)))
+        q_text = [f"q < {SMALLEST_SHOWN_P:.0e} (underflow)" if u else f"q = {probability(q)}"
+                  for u, q in zip(low, grp["q_shown"])]
+        symbols = [("triangle-up" if u else "circle") + ("" if c else "-open")
+                   for u, c in zip(low, grp["confirmatory"])]
+        fig.add_scatter(x=grp["effect"], y=y, mode="markers", name=analysis,
+                        customdata=np.column_stack([grp["hypothesis"], q_text]).tolist(),
+                        marker={"size": 9, "symbol": symbols},
+                        hovertemplate="%{customdata[0]}<br>effect %{x:.3g}<br>%{customdata[1]}<extra>" + analysis
+                                      + "</extra>")
     fig.add_hline(y=-np.log10(0.05), line_dash="dot", line_color="grey", annotation_text="q = 0.05")
+    if underflow.any():
+        fig.add_hline(y=ceiling, line_dash="dash", line_color="#999999",
+                      annotation_text=f"q < {SMALLEST_SHOWN_P:.0e} (underflow; triangles)")
     fig.update_layout(title={"text": "Statistics registry: effect vs framework-wide BH q<br><sup>filled = "
                                      "confirmatory family; open = descriptive / exploratory (q from the all-tests "
                                      "family)</sup>"},

@@ -16,7 +16,7 @@ from analysis.scoring.rank_reversal import describe, run_order_flip
 from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
-from ..components import figure_card, table_column, without_zero_p
+from ..components import figure_card, table_column, underflow_as_bound
 from ..figures import compare_layer_profiles, convergence_plot, feature_depth_profile, replication_profile
 
 PATH, NAME = "/compare", "Compare"
@@ -211,7 +211,7 @@ def register(app, store, settings, jobs, exports):
             out += [*exports.drawn("compare-perturbation", fig, pert)]
         else:
             out += [{}, []]
-        table = without_zero_p(pd.DataFrame(rows), ("degree_p", "ablation_p")).to_dict("records")
+        table = underflow_as_bound(pd.DataFrame(rows), ("degree_p", "ablation_p")).to_dict("records")
         n_pos = recovery.groupby("run")["n_pos"].first().to_dict()
         note = (f"{len(symbols)} genes are in every chosen run's panel; {reference} positive pairs among them: "
                 + ", ".join(f"{r} {int(n)}" for r, n in n_pos.items()) + ".")
@@ -230,7 +230,7 @@ def register(app, store, settings, jobs, exports):
         table, tests = replicate(runs)
         if table.empty:
             return {}, [], []
-        tests = without_zero_p(tests, ("p", "q"))
+        tests = underflow_as_bound(tests, ("p", "q"))
         return (*exports.drawn("compare-replication", replication_profile(table), table),
                 tests[list(REPLICATION_COLUMNS)].to_dict("records"))
 
@@ -248,7 +248,7 @@ def register(app, store, settings, jobs, exports):
         if not frames:
             return dbc.Alert("No chosen run has the check: it needs a perturbation screen whose universe forces "
                              "perturbed genes in (panel or hvg_plus_perturbed).", color="secondary")
-        table = without_zero_p(pd.concat(frames, ignore_index=True), ("p", "p_protocol"))
+        table = underflow_as_bound(pd.concat(frames, ignore_index=True), ("p", "p_protocol"))
         table = table.reindex(columns=UNIVERSE_COLUMNS)
         return [html.P("run: the run's own universe; hvg_only: its top genes by variance, no perturbed gene forced "
                        "in. p: attention vs correlation under that protocol; p_protocol: does the advantage move "
@@ -295,7 +295,7 @@ def register(app, store, settings, jobs, exports):
             out += [*exports.drawn("compare-agreement", fig, frame)]
         else:
             out += [{}, []]
-        consistency = without_zero_p(edge_consistency(edges), ("p",))
+        consistency = underflow_as_bound(edge_consistency(edges), ("p",))
         return (*out, consistency.to_dict("records"))
 
     @app.callback(Output(ids.graph("compare-features"), "figure"), Output(ids.figdata("compare-features"), "data"),

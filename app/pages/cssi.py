@@ -18,7 +18,7 @@ from analysis.io.references import ReferenceNetwork
 from analysis.scoring.strata import add_level
 
 from .. import ids
-from ..components import background_job, figure_card, table_column, without_zero_p
+from ..components import background_job, figure_card, table_column, underflow_as_bound
 from ..jobs import admitted_by
 from ..figures import (CSSI_AGGREGATIONS, composition_plot, cssi_curve, cssi_embedding, cssi_stratum_edges,
                        cssi_synthetic, scaling_curves)
@@ -101,7 +101,7 @@ def scaling_note(tests: pd.DataFrame, reference: str) -> dash_table.DataTable:
     sel = tests[tests["analysis"].isin(["scaling", "controlled_composition"])
                 & tests["hypothesis"].str.contains(f"({reference})", regex=False)]
     cols = ["hypothesis", "test", "effect_name", "effect", "n", "p", "q"]
-    return dash_table.DataTable(data=without_zero_p(sel, ("p", "q"))[cols].to_dict("records"), page_size=8,
+    return dash_table.DataTable(data=underflow_as_bound(sel, ("p", "q"))[cols].to_dict("records"), page_size=8,
                                 sort_action="native", columns=[table_column(c, ("effect", "p", "q")) for c in cols],
                                 style_table={"overflowX": "auto"})
 

@@ -19,7 +19,7 @@ from analysis.scoring.sae_features import top_genes
 
 from .. import ids
 from ..components import (background_job, figure_card, live_cells_refusal, status_admission, table_column,
-                          without_zero_p)
+                          underflow_as_bound)
 from ..figures import feature_dose_response, feature_specificity
 from ..jobs import admitted_by
 
@@ -167,7 +167,7 @@ def register(app, store, settings, jobs, exports, *, n_own: int):
         if results.empty:
             return no_update, None, []
         sel = results[results["readout"] == readout]
-        table = without_zero_p(results.round(5), ("p", "q")).to_dict("records")
+        table = underflow_as_bound(results.round(5), ("p", "q")).to_dict("records")
         return (*exports.drawn("features-dose", feature_dose_response(sel, readout=readout), sel), table)
 
     @app.callback(Output(ids.graph("features-specificity"), "figure"),

@@ -16,7 +16,7 @@ from dash import Input, Output, dash_table, dcc, html, no_update
 from analysis.scoring.sae_features import N_FEATURE_GENES
 
 from .. import ids
-from ..components import figure_card, table_column, without_zero_p
+from ..components import figure_card, table_column, underflow_as_bound
 from ..figures import feature_map, feature_modules, programme_matches, regulatory_counts, superposition
 from . import feature_card, feature_edits
 
@@ -155,6 +155,6 @@ def register(app, store, settings, jobs, exports):
                 "screen. Read a pass as a response specific to the TF's targets, not as regulation the model inferred: "
                 "the knock-down is already in the input (the targets' expression falls), so features keyed to those "
                 "genes respond wherever the data's effect is strong, as in the embedded simulation.")
-        rows = without_zero_p(here[list(REGULATORY_COLUMNS)].round(4), ("p", "q", "p_hypergeom", "rotated_q"))
+        rows = underflow_as_bound(here[list(REGULATORY_COLUMNS)].round(4), ("p", "q", "p_hypergeom", "rotated_q"))
         return (*exports.drawn("features-regulatory", regulatory_counts(table), table), rows.to_dict("records"),
                 note)

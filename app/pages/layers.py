@@ -12,7 +12,7 @@ from dash import Input, Output, dash_table, dcc, html
 from analysis.scoring.tf_bootstrap import GLOBAL
 
 from .. import ids
-from ..components import figure_card, table_column, without_zero_p
+from ..components import figure_card, table_column, underflow_as_bound
 from ..figures import biology_profiles, ci_forest
 
 PATH, NAME = "/layers", "Layers"
@@ -64,7 +64,7 @@ def register(app, store, settings, jobs, exports):
         profiles = store.table(run_id, "layer_biology")
         reg = store.table(run_id, "statistics_registry")
         tests = reg[reg["analysis"] == "layer_biology"]
-        tests = without_zero_p(tests[~tests["hypothesis"].str.contains("beyond expression")], ("p", "q"))
+        tests = underflow_as_bound(tests[~tests["hypothesis"].str.contains("beyond expression")], ("p", "q"))
         control = store.table(run_id, "layer_biology_control")
         agreement = store.table(run_id, "attention_expression")
         refs, sources = [], []
@@ -73,7 +73,7 @@ def register(app, store, settings, jobs, exports):
             refs, sources = list(dict.fromkeys(tfb["reference"])), list(dict.fromkeys(tfb["label"]))
         return (*exports.drawn("layers-biology", biology_profiles(profiles), profiles),
                 tests[list(TEST_COLUMNS)].to_dict("records"), control[list(CONTROL_COLUMNS)].to_dict("records"),
-                without_zero_p(agreement, ("p",))[list(AGREEMENT_COLUMNS)].to_dict("records"),
+                underflow_as_bound(agreement, ("p",))[list(AGREEMENT_COLUMNS)].to_dict("records"),
                 refs, refs[0] if refs else None, sources, sources[0] if sources else None)
 
     @app.callback(Output(ids.graph("layers-tf-bootstrap"), "figure"),

@@ -6,6 +6,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, dash_table, html
 
+from analysis.numbers import SMALLEST_SHOWN_P
 from analysis.scoring.feature_effects import feature_edit_tests
 from analysis.scoring.paper_registry import CONFIRMATORY as PAPER_TIER_CONFIRMATORY
 from analysis.scoring.paper_registry import PAPER_CONFIRMATORY_TOTAL, PAPER_SIGNIFICANT, tier_comparison
@@ -13,7 +14,7 @@ from analysis.scoring.registry import COLUMNS as REGISTRY_COLUMNS
 from analysis.scoring.registry import ablation_tests, correct
 
 from .. import ids
-from ..components import SMALLEST_P, figure_card, table_column, without_zero_p
+from ..components import UNDERFLOW_NOTE, figure_card, table_column, underflow_as_bound
 from ..figures import effect_vs_q
 from .ablation import live_results
 from .feature_edits import live_edit_results
@@ -60,9 +61,9 @@ def register(app, store, settings, jobs, exports):
                 f"have BH q < 0.05 framework-wide. {paper_family_sentence(reg)} Also shown: q over all tests, and "
                 f"over one primary test per analysis (Supplementary Note 16).")
         ordered = reg.sort_values(["confirmatory", "analysis"], ascending=[False, True], kind="stable")[list(COLUMNS)]
-        if (ordered[list(PROBABILITIES)] == 0).any(axis=None):
-            note += f" A p or q shown as {SMALLEST_P:.3g} underflowed: it is below the smallest representable number."
-        ordered = without_zero_p(ordered, PROBABILITIES)
+        if (ordered[list(PROBABILITIES)] < SMALLEST_SHOWN_P).any(axis=None):
+            note += " " + UNDERFLOW_NOTE
+        ordered = underflow_as_bound(ordered, PROBABILITIES)
         return ordered.round({"effect": 5}).to_dict("records"), note, tier_comparison(reg).to_dict("records")
 
     @app.callback(Output(ids.graph("stats-volcano"), "figure"), Output(ids.figdata("stats-volcano"), "data"),

@@ -1,8 +1,9 @@
-"""Issue 11's figure functions are pure: hand-built tables in, the traces and values they must draw out (no server)."""
+"""The figure functions are pure: hand-built tables in, the traces and values they must draw out (no server)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from app.figures import (biology_profiles, ci_forest, composition_plot, convergence_plot, replication_profile,
                          scaling_curves)
@@ -47,3 +48,18 @@ def test_composition_biology_forest_replication_and_convergence_figures():
                          "auroc_mean": [0.5, 0.52, 0.6], "ci_low": [0.45, 0.5, 0.55], "ci_high": [0.55, 0.54, 0.65]})
     fig = convergence_plot(conv)
     assert [t.name for t in fig.data] == ["a: attention", "a: correlation"] and fig.layout.xaxis.type == "log"
+
+
+def test_the_volcano_draws_underflow_on_a_ceiling_and_leaves_untested_rows_out():
+    from app.figures import effect_vs_q
+    frame = pd.DataFrame({"analysis": ["a", "a", "b", "b"], "hypothesis": ["h0", "h1", "h2", "h3"],
+                          "effect": [0.1, 0.2, 0.3, 0.4], "q": [0.0, 1e-5, np.nan, np.nan],
+                          "q_all": [0.0, 1e-5, 0.5, np.nan], "confirmatory": [True, True, False, False]})
+    fig = effect_vs_q(frame)
+    drawn = {h[0]: (y, s, h[1]) for trace in fig.data for y, s, h in zip(trace.y, trace.marker.symbol,
+                                                                           trace.customdata)}
+    assert set(drawn) == {"h0", "h1", "h2"}                                   # h3 has no q in any family
+    assert drawn["h1"][0] == pytest.approx(5.0) and drawn["h2"][0] == pytest.approx(np.log10(2))
+    assert drawn["h0"][0] == pytest.approx(5.0 * 1.1 + 1.0)                  # the ceiling, not -log10(1e-300)
+    assert drawn["h0"][1] == "triangle-up" and drawn["h0"][2] == "q < 1e-300 (underflow)"
+    assert drawn["h2"][1] == "circle-open" and drawn["h1"][2] == "q = 1e-05"
