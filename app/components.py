@@ -7,7 +7,7 @@ import pandas as pd
 from dash import Input, Output, dcc, html, no_update
 from dash.dash_table.Format import Format, Scheme
 
-from analysis.numbers import SMALLEST_SHOWN_P
+from analysis.scoring.numbers import SMALLEST_SHOWN_P
 
 from . import ids
 from .export import FORMATS, OFFLINE_CONFIG
@@ -18,8 +18,8 @@ UNDERFLOW_NOTE = (f"A p or q shown as {SMALLEST_SHOWN_P:.0e} is below it (float 
 
 
 def underflow_as_bound(frame: pd.DataFrame, columns) -> pd.DataFrame:
-    """``frame`` with probabilities in ``columns`` below :data:`analysis.numbers.SMALLEST_SHOWN_P` (0 included:
-    underflow, not a measurement) shown as that bound, never as 0 or 2.2e-308."""
+    """``frame`` with probabilities in ``columns`` below :data:`analysis.scoring.numbers.SMALLEST_SHOWN_P` (0
+    included: underflow, not a measurement) shown as that bound, never as 0 or 2.2e-308."""
     cols = [c for c in columns if c in frame]
     return frame.assign(**{c: frame[c].mask(frame[c] < SMALLEST_SHOWN_P, SMALLEST_SHOWN_P) for c in cols})
 

@@ -83,9 +83,9 @@ class FigureExports:
     """Server-built figures waiting to be exported, in the app's diskcache (shared with background workers).
 
     ``publish`` is called by the callback that draws a figure and returns the token the browser keeps; ``lookup``
-    returns the figure, its data and the run it was drawn from for a token. Tokens are content hashes, so redrawing the same figure reuses its
-    entry; entries expire after ``ttl_s`` seconds. One render at a time (``render``), waiting at most
-    ``wait_s``: a second export waits its turn instead of starting another Chromium."""
+    returns the figure, its data and the run it was drawn from for a token. Tokens are content hashes, so redrawing
+    the same figure reuses its entry; entries expire after ``ttl_s`` seconds. One render at a time (``render``),
+    waiting at most ``wait_s``: a second export waits its turn instead of starting another Chromium."""
 
     def __init__(self, cache: diskcache.Cache, *, max_points: int, ttl_s: int = 6 * 3600, wait_s: float = 60.0):
         self.cache, self.max_points, self.ttl_s, self.wait_s = cache, max_points, ttl_s, wait_s

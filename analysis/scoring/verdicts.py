@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..numbers import effect, probability, share
+from .numbers import effect, probability, share
 from .ablation import ranking_comparison
 
 FOR, AGAINST, OPEN, UNTESTABLE = "for", "against", "open", "untestable"
@@ -156,8 +156,8 @@ def incremental(r: _Reader) -> Verdict:
     power = r.row("incremental_value", "power: smallest gene+attention gain detectable (perturbation split, logistic)")
     detectable = float(power["effect"]) if power is not None else np.nan
     gain = r.significant(row) and row["effect"] > 0
-    sentence = (f"Adding attention to gene-level features changes held-out AUROC by {effect(row['effect'], signed=True)}"
-                f": {'a significant gain' if gain else 'no significant gain'}"
+    sentence = (f"Adding attention to gene-level features changes held-out AUROC by "
+                f"{effect(row['effect'], signed=True)}: {'a significant gain' if gain else 'no significant gain'}"
                 + (f"; this screen could detect a gain of {effect(detectable)} or more (80% power)"
                    if np.isfinite(detectable) else "") + ".")
     underpowered = np.isfinite(detectable) and detectable > 0.05

@@ -6,7 +6,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, dash_table, html
 
-from analysis.numbers import SMALLEST_SHOWN_P
+from analysis.scoring.numbers import SMALLEST_SHOWN_P
 from analysis.scoring.feature_effects import feature_edit_tests
 from analysis.scoring.paper_registry import CONFIRMATORY as PAPER_TIER_CONFIRMATORY
 from analysis.scoring.paper_registry import PAPER_CONFIRMATORY_TOTAL, PAPER_SIGNIFICANT, tier_comparison

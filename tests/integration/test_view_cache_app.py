@@ -92,8 +92,7 @@ def test_cached_answers_equal_uncached_ones_and_follow_live_ablations(apps):
                        "outputs": [{"id": ids.download("overview-layer-profile"), "property": "data"},
                                    {"id": ids.export_status("overview-layer-profile"), "property": "children"}],
                        "inputs": [buttons],
-                       "state": [{"id": ids.figdata("overview-layer-profile"), "property": "data", "value": token},
-                                 {"id": ids.RUN_SELECT, "property": "value", "value": run_id}],
+                       "state": [{"id": ids.figdata("overview-layer-profile"), "property": "data", "value": token}],
                        "changedPropIds": [f"{_key(ids.export_button('overview-layer-profile', 'csv'))}.n_clicks"]})
     response = _post(cached, body)
     assert HEADER not in response.headers                        # a download is never a cached view

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.numbers import probability
+from analysis.scoring.numbers import probability
 from analysis.scoring.ablation import ranking_comparison
 from analysis.scoring.registry import ablation_tests
 from analysis.scoring.verdicts import AGAINST, FOR, OPEN, UNTESTABLE, bottom_line, verdicts
