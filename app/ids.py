@@ -147,6 +147,8 @@ FEATURES_GENE_TABLE = "features-gene-table"
 FEATURES_REGULATORY = "features-regulatory-table"
 FEATURES_REGULATORY_NOTE = "features-regulatory-note"
 FEATURES_SELECTED = "features-selected"   # the open card's {layer, feature}
+FEATURES_LINK = "features-link"           # the {layer, feature} a link (?layer=&feature=) opens the page on
+FEATURES_CARD_SHOWN = "features-card-shown"   # target of the clientside callback that scrolls the card into view
 FEATURES_EDIT_FEATURES = "features-edit-features"
 FEATURES_EDIT_SCALES = "features-edit-scales"
 FEATURES_EDIT_CELLS = "features-edit-cells"

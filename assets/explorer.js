@@ -9,6 +9,12 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
             const title = [page, run, "scFM attention explorer"].filter(Boolean).join(" - ");
             window.setTimeout(function () { document.title = title; }, 0);
             return title;
+        },
+        /* Bring a card into view when it opens (the Features page's card opens far below the map clicked). */
+        scrollIntoView: function (_children, id) {
+            const element = document.getElementById(id);
+            if (element) { element.scrollIntoView({block: "start"}); }
+            return id;
         }
     }
 });

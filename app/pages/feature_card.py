@@ -77,17 +77,26 @@ def register(app, store, settings, jobs, exports):
                   Output(ids.FEATURES_NEIGHBOURS, "data"), Output(ids.FEATURES_SELECTED, "data"),
                   Input(ids.graph("features-map"), "clickData"), Input(ids.graph("features-modules"), "clickData"),
                   Input(ids.FEATURES_TABLE, "active_cell"), Input(ids.FEATURES_GENE_TABLE, "active_cell"),
-                  State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LAYER, "value"), prevent_initial_call=True)
-    def card(click_map, click_modules, table_cell, gene_cell, run_id, layer):
-        feature = picked_feature(ctx.triggered_id, click_map, click_modules, table_cell, gene_cell)
+                  Input(ids.FEATURES_LAYER, "value"), State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LINK, "data"),
+                  State(ids.FEATURES_SELECTED, "data"), prevent_initial_call=True)
+    def card(click_map, click_modules, table_cell, gene_cell, layer, run_id, link, selected):
+        """A picked feature's card; a link's feature (``?layer=&feature=``) once its layer is on screen."""
+        if ctx.triggered_id == ids.FEATURES_LAYER:
+            opens_link = link is not None and selected is None and link["layer"] == layer
+            feature = link["feature"] if opens_link else None
+        else:
+            feature = picked_feature(ctx.triggered_id, click_map, click_modules, table_cell, gene_cell)
         if feature is None or run_id is None or layer is None:
             return (no_update,) * 10
         feature = int(feature)
+        features = store.table(run_id, "sae_features").query("layer == @layer and feature == @feature")
+        if features.empty:
+            return (f"L{layer} has no feature {feature}.",) + (no_update,) * 9
         means, symbols = store.sae_gene_means(run_id, layer)
         order = np.argsort(-means[feature], kind="stable")[:N_FEATURE_GENES]
         order = order[means[feature][order] > 0]
         genes = pd.DataFrame({"symbol": symbols[order], "mean_activation": means[feature][order]})
-        row = store.table(run_id, "sae_features").query("layer == @layer and feature == @feature").iloc[0]
+        row = features.iloc[0]
         module = f", co-activation module {int(row['module'])}" if row["module"] >= 0 else ""
         title = (f"L{layer} feature {feature}: fires on {row['firing_rate']:.2%} of gene positions"
                  + (" (dead)" if row["dead"] else "") + (" (dense)" if row["dense"] else "") + module)

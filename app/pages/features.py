@@ -11,13 +11,14 @@ from __future__ import annotations
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, dash_table, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, dash_table, dcc, html, no_update
 
 from analysis.scoring.sae_features import N_FEATURE_GENES
 
 from .. import ids
 from ..components import figure_card, table_column, underflow_as_bound
 from ..figures import feature_map, feature_modules, programme_matches, regulatory_counts, superposition
+from ..shell import with_query
 from . import feature_card, feature_edits
 
 PATH, NAME = "/features", "Features"
@@ -28,8 +29,18 @@ REGULATORY_COLUMNS = ("tf", "n_perturbed", "preference", "null_preference", "p",
 N_GENE_FEATURES = 20
 
 
-def layout(**_):
+def linked_feature(layer, feature) -> dict | None:
+    """The ``{layer, feature}`` of a link's query (``?layer=1&feature=12``), or None when either is missing or not
+    a whole number (a link is text from anywhere: nothing of it is evaluated)."""
+    try:
+        return {"layer": int(layer), "feature": int(feature)} if layer is not None and feature is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def layout(layer=None, feature=None, **_):
     return dbc.Container([
+        dcc.Store(id=ids.FEATURES_LINK, data=linked_feature(layer, feature)),
         html.H3("Residual-stream features (sparse autoencoders)"),
         html.Div(id=ids.FEATURES_NOTE, className="explain mb-2"),
         dbc.Row([dbc.Col([dbc.Label("Layer"), dcc.Dropdown(id=ids.FEATURES_LAYER, clearable=False)], md=3)]),
@@ -52,7 +63,7 @@ def layout(**_):
                                                        "p_hypergeom", "rotated_q")) for c in REGULATORY_COLUMNS],
                              style_table={"overflowX": "auto"}),
         *feature_card.section(),
-        dcc.Store(id=ids.FEATURES_SELECTED),
+        dcc.Store(id=ids.FEATURES_SELECTED), html.Div(id=ids.FEATURES_CARD_SHOWN, hidden=True),
         *feature_edits.section(N_FEATURE_GENES),
     ], fluid=True)
 
@@ -87,13 +98,28 @@ def register(app, store, settings, jobs, exports):
     feature_edits.register(app, store, settings, jobs, exports, n_own=N_FEATURE_GENES)
 
     @app.callback(Output(ids.FEATURES_LAYER, "options"), Output(ids.FEATURES_LAYER, "value"),
-                  Input(ids.RUN_SELECT, "value"))
-    def layers(run_id):
+                  Input(ids.RUN_SELECT, "value"), State(ids.FEATURES_LINK, "data"))
+    def layers(run_id, link):
+        """The run's SAE layers; the page opens on a link's layer, else the read-out layer."""
         if not run_id or not store.has_table(run_id, "sae_layers"):
             return [], None
         layer_ids = [int(x) for x in store.table(run_id, "sae_layers")["layer"]]
         readout = store.manifest(run_id).readout_layer
-        return [{"label": f"L{x}", "value": x} for x in layer_ids], readout if readout in layer_ids else layer_ids[0]
+        first = link["layer"] if link and link["layer"] in layer_ids else readout if readout in layer_ids \
+            else layer_ids[0]
+        return [{"label": f"L{x}", "value": x} for x in layer_ids], first
+
+    @app.callback(Output(ids.RUN_URL, "search", allow_duplicate=True), Input(ids.FEATURES_SELECTED, "data"),
+                  State(ids.RUN_URL, "search"), prevent_initial_call=True)
+    def feature_in_url(selected, search):
+        """The open card's feature goes into the URL, so it has a link of its own."""
+        if not selected:
+            return no_update
+        return with_query(search, layer=selected["layer"], feature=selected["feature"])
+
+    app.clientside_callback(ClientsideFunction("explorer", "scrollIntoView"),
+                            Output(ids.FEATURES_CARD_SHOWN, "children"), Input(ids.FEATURES_CARD_TITLE, "children"),
+                            State(ids.FEATURES_CARD_TITLE, "id"), prevent_initial_call=True)
 
     @app.callback(Output(ids.FEATURES_NOTE, "children"), Output(ids.graph("features-map"), "figure"),
                   Output(ids.figdata("features-map"), "data"), Output(ids.FEATURES_TABLE, "data"),

@@ -284,3 +284,27 @@ def test_clicking_a_feature_point_opens_its_card(server, browser, embedded_cache
     click_point(browser, figure, float(target[x]), float(target[y]))
     wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(
         f"L1 feature {int(target['feature'])}:"))
+
+
+def test_a_feature_has_a_link_of_its_own(server, browser, embedded_cache):
+    """A link to a feature opens its card (scrolled into view); a feature picked goes into the URL, and a reload
+    opens that one; a link to a feature the layer lacks says so."""
+    from urllib.parse import parse_qs, urlparse
+    run_dir = embedded_cache[1]["geneformer"]
+    live = pd.read_parquet(run_dir / "sae_features.parquet").query("layer == 0 and not dead")
+    first, second = (int(f) for f in live.sort_values("firing_rate")["feature"].iloc[[-1, -2]])
+    wait = WebDriverWait(browser, 120)
+    browser.get(f"{server}/features?run={run_dir.name}&layer=0&feature={first}")
+    wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(f"L0 feature {first}:"))
+    top = browser.execute_script("return document.getElementById('features-card-title').getBoundingClientRect().top")
+    assert 0 <= top < browser.get_window_size()["height"]                      # the card is on screen
+    cell = wait.until(lambda d: next((c for c in d.find_elements(
+        By.CSS_SELECTOR, "#features-table td[data-dash-column='feature']") if c.text.strip() == str(second)), None)
+        or d.execute_script("document.querySelector('#features-table .next-page').click()"))
+    scroll_to(browser, cell)
+    cell.click()
+    wait.until(lambda d: parse_qs(urlparse(d.current_url).query).get("feature") == [str(second)])
+    browser.refresh()
+    wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(f"L0 feature {second}:"))
+    browser.get(f"{server}/features?run={run_dir.name}&layer=0&feature=99999")
+    wait.until(lambda d: d.find_element(By.ID, "features-card-title").text == "L0 has no feature 99999.")
