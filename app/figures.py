@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.numbers import SMALLEST_SHOWN_P, probability
+from analysis.scoring.numbers import SMALLEST_SHOWN_P, probability
 
 CHANCE = {"auroc": 0.5, "per_tf_auroc_mean": 0.5, "auroc_null_mean": 0.5}
 METRIC_LABELS = {
@@ -73,20 +73,34 @@ def head_heatmap(grid: pd.DataFrame, *, metric: str, reference: str, direction: 
     return fig
 
 
-def layer_profile(frame: pd.DataFrame, *, metric: str, reference: str, direction: str) -> go.Figure:
-    """Per layer: best head, head median, and layer-mean attention; Spearman baseline and chance as lines."""
-    heads = frame[frame["edge_type"] == "attention"]
-    per_layer = heads.groupby("layer")["value"].agg(["max", "median"]).reset_index()
-    layer_mean = frame[frame["edge_type"] == "attention_layer_mean"].sort_values("layer")
-    fig = go.Figure()
-    fig.add_scatter(x=per_layer["layer"], y=per_layer["max"], mode="lines+markers", name="best head")
-    fig.add_scatter(x=per_layer["layer"], y=per_layer["median"], mode="lines+markers", name="median head")
-    fig.add_scatter(x=layer_mean["layer"], y=layer_mean["value"], mode="lines+markers", name="layer mean (heads averaged)")
+def layer_profile_series(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
+    """The series :func:`layer_profile` draws, one row per layer (what its CSV export holds): best_head,
+    median_head, layer_mean, and the constant lines spearman and chance (NaN where the run or metric has none).
+    ``frame``: the head ranking's rows for one reference, direction and metric."""
+    heads = frame[frame["edge_type"] == "attention"].groupby("layer")["value"]
+    out = pd.DataFrame({"best_head": heads.max(), "median_head": heads.median()})
+    layer_mean = frame[frame["edge_type"] == "attention_layer_mean"].set_index("layer")["value"]
+    out = out.join(layer_mean.rename("layer_mean"), how="outer").rename_axis("layer").reset_index()
     spearman = frame.loc[frame["edge_type"] == "spearman", "value"]
-    if len(spearman):
-        fig.add_hline(y=float(spearman.iloc[0]), line_dash="dash", annotation_text="Spearman correlation")
-    if metric in CHANCE:
-        fig.add_hline(y=CHANCE[metric], line_dash="dot", line_color="grey", annotation_text="chance")
+    return out.assign(spearman=float(spearman.iloc[0]) if len(spearman) else np.nan,
+                      chance=CHANCE.get(metric, np.nan))
+
+
+def layer_profile(frame: pd.DataFrame, *, metric: str, reference: str, direction: str) -> go.Figure:
+    """Per layer: best head, head median, and layer-mean attention; Spearman baseline and chance as lines
+    (:func:`layer_profile_series`)."""
+    series = layer_profile_series(frame, metric=metric)
+    fig = go.Figure()
+    for column, name, dash, symbol in (("best_head", "best head", "solid", "circle"),
+                                       ("median_head", "median head", "dash", "square"),
+                                       ("layer_mean", "layer mean (heads averaged)", "dot", "diamond")):
+        drawn = series[series[column].notna()]
+        fig.add_scatter(x=drawn["layer"], y=drawn[column], mode="lines+markers", name=name,
+                        line={"dash": dash}, marker={"symbol": symbol})
+    if series["spearman"].notna().any():
+        fig.add_hline(y=float(series["spearman"].iloc[0]), line_dash="dash", annotation_text="Spearman correlation")
+    if len(series) and np.isfinite(series["chance"].iloc[0]):
+        fig.add_hline(y=float(series["chance"].iloc[0]), line_dash="dot", line_color="grey", annotation_text="chance")
     fig.update_layout(title={"text": f"{metric_label(metric)} by layer vs {reference}<br>"
                                      f"<sup>{DIRECTION_LABELS.get(direction, direction)}</sup>"},
                       xaxis={"title": "layer", "dtick": 1}, yaxis={"title": metric_label(metric)},
@@ -256,9 +270,9 @@ def degree_decomposition(frame: pd.DataFrame) -> go.Figure:
 
 def effect_vs_q(frame: pd.DataFrame) -> go.Figure:
     """Registry: effect size vs -log10 BH q (framework-wide), confirmatory tests filled, others open. A q at or below
-    :data:`analysis.numbers.SMALLEST_SHOWN_P` is underflow, not a measured value: it is drawn as a triangle on a
-    ceiling just above the largest measured -log10 q (so one such point never squashes the rest), and says so on
-    hover; tests without any q (descriptive statistics) are not drawn."""
+    :data:`analysis.scoring.numbers.SMALLEST_SHOWN_P` is underflow, not a measured value: it is drawn as a triangle
+    on a ceiling just above the largest measured -log10 q (so one such point never squashes the rest), and says so
+    on hover; tests without any q (descriptive statistics) are not drawn."""
     frame = frame.assign(q_shown=frame["q"].where(frame["q"].notna(), frame["q_all"]))
     frame = frame[frame["q_shown"].notna()]
     underflow = frame["q_shown"] <= SMALLEST_SHOWN_P

@@ -9,7 +9,7 @@ from dash import Input, Output, dash_table, dcc, html
 
 from .. import ids
 from ..components import figure_card
-from ..figures import layer_profile
+from ..figures import layer_profile, layer_profile_series
 from ..verdict_view import verdict_panel
 
 PATH, NAME = "/", "Run overview"
@@ -65,4 +65,5 @@ def register(app, store, settings, jobs, exports):
         fig = layer_profile(sel, metric="auroc", reference=ref, direction="tf_to_target")
         best = (sel[sel["edge_type"] == "attention"].sort_values("value", ascending=False).head(10)
                 [["layer", "head", "value", "ci_low", "ci_high", "p", "q", "n_pos", "n_neg"]].round(4))
-        return summary, fig, exports.publish("overview-layer-profile", fig, sel), best.to_dict("records")
+        series = layer_profile_series(sel, metric="auroc")
+        return summary, fig, exports.publish("overview-layer-profile", fig, series), best.to_dict("records")

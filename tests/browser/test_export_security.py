@@ -9,6 +9,8 @@ import json
 
 import requests
 
+from analysis.io.artifacts import read_manifest
+
 FIGURE = "overview-layer-profile"
 FORMATS = ("png", "svg", "pdf", "html", "csv", "zip")
 
@@ -77,7 +79,9 @@ def test_a_figure_the_server_drew_exports_by_its_token(server, embedded_cache):
     assert download["data"]["filename"] == f"{FIGURE}_scgpt_{run_id}.csv"
     text = base64.b64decode(download["data"]["content"]).decode() if download["data"].get("base64") \
         else download["data"]["content"]
-    assert text.splitlines()[0].startswith("reference,") and len(text.splitlines()) > 10
+    n_layers = read_manifest(embedded_cache[1]["scgpt"]).model.n_layers
+    assert text.splitlines()[0] == "layer,best_head,median_head,layer_mean,spearman,chance"   # the plotted series
+    assert len(text.splitlines()) == 1 + n_layers
 
 
 def test_unknown_host_header_is_refused(server):

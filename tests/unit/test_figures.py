@@ -63,3 +63,15 @@ def test_the_volcano_draws_underflow_on_a_ceiling_and_leaves_untested_rows_out()
     assert drawn["h0"][0] == pytest.approx(5.0 * 1.1 + 1.0)                  # the ceiling, not -log10(1e-300)
     assert drawn["h0"][1] == "triangle-up" and drawn["h0"][2] == "q < 1e-300 (underflow)"
     assert drawn["h2"][1] == "circle-open" and drawn["h1"][2] == "q = 1e-05"
+
+
+def test_the_layer_profile_exports_the_series_it_draws():
+    from app.figures import layer_profile, layer_profile_series
+    frame = pd.DataFrame({"edge_type": ["attention"] * 4 + ["attention_layer_mean"] * 2 + ["spearman"],
+                          "layer": [0, 0, 1, 1, 0, 1, -1], "value": [0.5, 0.6, 0.7, 0.4, 0.55, 0.56, 0.61]})
+    series = layer_profile_series(frame, metric="auroc")
+    assert series.to_dict("list") == {"layer": [0, 1], "best_head": [0.6, 0.7], "median_head": [0.55, 0.55],
+                                      "layer_mean": [0.55, 0.56], "spearman": [0.61, 0.61], "chance": [0.5, 0.5]}
+    fig = layer_profile(frame, metric="auroc", reference="R", direction="tf_to_target")
+    assert [list(t.y) for t in fig.data] == [[0.6, 0.7], [0.55, 0.55], [0.55, 0.56]]
+    assert len({t.line.dash for t in fig.data}) == 3                     # told apart without colour
