@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.browser.conftest import choose, export_and_wait, graph_selector, pick_run, trace_types
+from tests.browser.conftest import choose, export_and_wait, graph_selector, pick_run, scroll_to, trace_types
 
 selenium = pytest.importorskip("selenium")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -36,15 +36,25 @@ def test_analysis_pages_render(server, browser, page, figures):
         wait.until(lambda d: "smallest detectable gain" in d.find_element(By.ID, "conf-note").text)
 
 
-def test_custom_de_runs_in_background_and_is_cached(server, browser):
+def run_custom_de(server, browser, lfc_threshold: str) -> WebDriverWait:
+    """Open the Perturbation page, run custom DE at ``lfc_threshold`` and wait for its result; the page's wait."""
     browser.get(f"{server}/perturbation")
     wait = WebDriverWait(browser, 90)
     wait.until(lambda d: len(trace_types(d, "pert-box")) > 0)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#perturbation-bottom-line .verdict"))   # layout settled
     lfc = browser.find_element(By.ID, "pert-custom-lfc")
+    scroll_to(browser, lfc)
     lfc.clear()
-    lfc.send_keys("0.3")
-    browser.find_element(By.ID, "pert-custom-run").click()
+    lfc.send_keys(lfc_threshold)
+    run = browser.find_element(By.ID, "pert-custom-run")
+    scroll_to(browser, run)
+    run.click()
     wait.until(lambda d: "evaluable perturbations" in d.find_element(By.ID, "pert-custom-status").text)
+    return wait
+
+
+def test_custom_de_runs_in_background_and_is_cached(server, browser):
+    wait = run_custom_de(server, browser, "0.3")
     assert len(trace_types(browser, "pert-custom")) >= 3
     first = browser.find_element(By.ID, "pert-custom-status").text
     browser.find_element(By.ID, "pert-custom-run").click()
@@ -56,14 +66,7 @@ def test_an_export_names_the_run_its_figure_was_drawn_from(server, browser, embe
     """A custom DE result drawn for the Geneformer run stays on screen when the picker moves to the scGPT run; its
     export still names the Geneformer run (title and file name), not the picker's."""
     runs = embedded_cache[1]
-    browser.get(f"{server}/perturbation")
-    wait = WebDriverWait(browser, 90)
-    wait.until(lambda d: len(trace_types(d, "pert-box")) > 0)
-    lfc = browser.find_element(By.ID, "pert-custom-lfc")
-    lfc.clear()
-    lfc.send_keys("0.4")
-    browser.find_element(By.ID, "pert-custom-run").click()
-    wait.until(lambda d: "evaluable perturbations" in d.find_element(By.ID, "pert-custom-status").text)
+    wait = run_custom_de(server, browser, "0.4")
     pick_run(browser, "scgpt")
     wait.until(lambda d: "scgpt" in d.find_element(By.ID, "app-run-header").text)
     assert len(trace_types(browser, "pert-custom")) >= 3
