@@ -102,3 +102,10 @@ def test_a_run_without_the_analyses_says_so():
     found = verdicts(empty, {}, reference=REF)
     assert {v.stance for v in found} == {UNTESTABLE}
     assert bottom_line(found) == "This run has none of the analyses the verdicts read."
+
+
+def test_a_margin_too_small_to_apportion_is_not_read_as_a_share():
+    found = {v.key: v for v in verdicts(_full(), {"residualisation": _residualisation(auroc=0.5037, retained=401.2)},
+                                        reference=REF)}
+    assert found["confounding"].stance == AGAINST and "Too little to apportion" in found["confounding"].sentence
+    assert "0.5037" in found["confounding"].sentence and "%" not in found["confounding"].sentence
