@@ -77,7 +77,7 @@ def create_app(settings: AppSettings | None = None) -> Dash:
         dash.register_page(page.__name__, path=page.PATH, name=page.NAME, title=page.NAME, layout=page.layout)
         page.register(app, store, settings, results, exports)
     app.layout = lambda: shell.layout(store, settings, [p for p in PAGES if p is not gene])
-    shell.register(app, store)
+    shell.register(app)
 
     @app.callback(Output(ids.RUN_HEADER, "children"), Input(ids.RUN_SELECT, "value"))
     def run_header(run_id):

@@ -62,7 +62,7 @@ def layout(store: ArtifactStore, settings: AppSettings, pages) -> html.Div:
                      html.Div(id=ids.APP_ERROR, className="mx-3"), dash.page_container])
 
 
-def register(app: dash.Dash, store: ArtifactStore) -> None:
+def register(app: dash.Dash) -> None:
     @app.callback(Output(ids.RUN_URL, "search"), Output(ids.RUN_SELECT, "value"),
                   Input(ids.RUN_URL, "search"), Input(ids.RUN_SELECT, "value"), State(ids.RUN_SELECT, "options"))
     def run_in_url(search, run_id, options):

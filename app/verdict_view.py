@@ -56,9 +56,9 @@ def verdict_panel(store, run_id: str) -> html.Div:
         html.P(bottom_line(found), className="lead verdict-bottom-line"),
         html.Ul([verdict_item(v, run_id) for v in found], className="verdict-list"),
         html.H5("The paper's claims, read on this run"),
-        html.P("Each headline claim of the paper (all held in its K562 analysis), this run's verdict in the "
-               "confirmatory family, and what that verdict says about the model. The Claims page has every family, "
-               "the reasons and the tests.", className="explain"),
+        html.P("Each headline claim of the paper, what the paper found, this run's verdict in the confirmatory "
+               "family, and what that verdict says about the model. The Claims page has every family, the reasons "
+               "and the tests.", className="explain"),
         dash_table.DataTable(id=ids.OVERVIEW_CLAIMS, data=readings.to_dict("records"), page_size=10,
                              columns=[{"name": CLAIM_HEADERS[c], "id": c} for c in CLAIM_HEADERS],
                              style_cell={"whiteSpace": "normal", "height": "auto", "textAlign": "left",

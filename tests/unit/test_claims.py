@@ -140,3 +140,17 @@ def test_under_the_paper_family_the_ablation_claim_reads_perturbation_auroc():
                                                                                                   "reason"]
     assert out.loc["paper", "verdict"] == NOT_SUPPORTED and "perturbation_auroc" in out.loc["paper", "reason"]
     assert not out["stable"].any()
+
+
+def test_model_readings_restate_each_verdict_with_the_papers_finding():
+    from analysis.scoring.claims import model_readings
+    claims = claim_map(registry(extra_nulls=0), tables())
+    readings = model_readings(claims).set_index("claim")
+    by_key = {c.key: c for c in CLAIMS}
+    first = claims[claims["family"] == "confirmatory"].set_index("claim")
+    assert list(readings.index) == [c.key for c in CLAIMS]
+    for key, row in readings.iterrows():
+        verdict = first.loc[key, "verdict"]
+        assert row["verdict"] == verdict and row["paper"] == by_key[key].paper
+        want = {SUPPORTED: by_key[key].if_supported, NOT_SUPPORTED: by_key[key].if_not}.get(verdict)
+        assert row["reading"] == want if want else row["reading"].startswith("Not testable here: ")
