@@ -26,7 +26,8 @@ from .ablation import ranking_comparison
 FOR, AGAINST, OPEN, UNTESTABLE = "for", "against", "open", "untestable"
 READOUT_WORDS = {"mlm_loss": "the masked-gene loss", "perturbation_auroc": "perturbation AUROC"}
 # an above-chance AUROC margin under this is too small to split into retained and removed shares: the share is a ratio
-# over the margin, and on the embedded default a margin of 0.004 gave "40124% retained" with a seed spread of 3300%
+# over the margin, and on the embedded default an AUROC of 0.5000 (four digits) gave "40124% retained" (seed spread
+# 3300%)
 MIN_MARGIN = 0.02
 
 
@@ -187,9 +188,9 @@ def confounding(r: _Reader, residualisation: pd.DataFrame | None, reference: str
     line = ("cross-fitted OLS residual AUROC (descriptive: the share retained has no test; its spread over "
             f"{int(att['n_seeds'])} cross-fitting seeds is {effect(att['retained_sd'])})")
     if att["auroc"] - 0.5 < MIN_MARGIN:
-        sentence = (f"Too little to apportion: attention's {reference} AUROC is {effect(att['auroc'], digits=4)} "
-                    f"before any adjustment, within {MIN_MARGIN:g} of chance, so the share of it that survives is not "
-                    "a stable number.")
+        sentence = (f"Too little to apportion: before any adjustment attention's {reference} AUROC is "
+                    f"{effect(att['auroc'] - 0.5, signed=True)} from chance, under the {MIN_MARGIN:g} a share of it "
+                    "needs to be a stable number.")
         return Verdict("confounding", question, AGAINST, sentence, line, ids, "residualisation", paper)
     corr = res.loc["correlation"] if "correlation" in res.index else None
     kept = float(att["retained"])

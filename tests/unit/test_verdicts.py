@@ -108,4 +108,4 @@ def test_a_margin_too_small_to_apportion_is_not_read_as_a_share():
     found = {v.key: v for v in verdicts(_full(), {"residualisation": _residualisation(auroc=0.5037, retained=401.2)},
                                         reference=REF)}
     assert found["confounding"].stance == AGAINST and "Too little to apportion" in found["confounding"].sentence
-    assert "0.5037" in found["confounding"].sentence and "%" not in found["confounding"].sentence
+    assert "+0.0037 from chance" in found["confounding"].sentence and "%" not in found["confounding"].sentence
