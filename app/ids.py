@@ -149,6 +149,8 @@ FEATURES_REGULATORY_NOTE = "features-regulatory-note"
 FEATURES_SELECTED = "features-selected"   # the open card's {layer, feature}
 FEATURES_LINK = "features-link"           # the {layer, feature} a link (?layer=&feature=) opens the page on
 FEATURES_CARD_SHOWN = "features-card-shown"   # target of the clientside callback that scrolls the card into view
+FEATURES_CARD_HINT = "features-card-hint"     # what to click, until a feature's card opens
+FEATURES_CARD_BODY = "features-card-body"     # the card's figures and tables, hidden until a feature is picked
 FEATURES_EDIT_FEATURES = "features-edit-features"
 FEATURES_EDIT_SCALES = "features-edit-scales"
 FEATURES_EDIT_CELLS = "features-edit-cells"

@@ -24,11 +24,19 @@ TOP_CELLS = 0.1
 
 
 def section() -> list:
+    """The card: a title and a hint until a feature is picked, then its figures and tables (hidden before, so no
+    empty axes or header-only tables stand in for it)."""
     return [
         html.H5(id=ids.FEATURES_CARD_TITLE, className="mt-3"),
-        dbc.Row([dbc.Col(figure_card("features-card", placeholder="Click a feature on the map, in the table, on the "
-                                                                  "co-activation graph or in the gene search"), md=5),
-                 dbc.Col(figure_card("features-card-cells"), md=7)]),
+        html.P("Click a feature on the map, in the table, on the co-activation graph or in the gene search to open "
+               "its card here.", id=ids.FEATURES_CARD_HINT, className="explain"),
+        html.Div(id=ids.FEATURES_CARD_BODY, hidden=True, children=card_body()),
+    ]
+
+
+def card_body() -> list:
+    return [
+        dbc.Row([dbc.Col(figure_card("features-card"), md=5), dbc.Col(figure_card("features-card-cells"), md=7)]),
         html.H6(f"Reference regulons and interaction neighbourhoods (STRING; co-regulation pairs in the simulation) "
                 f"among the feature's top {N_FEATURE_GENES} genes (BH over every feature x set of the layer)",
                 className="mt-2"),
@@ -75,6 +83,7 @@ def register(app, store, settings, jobs, exports):
                   Output(ids.figdata("features-card-cells"), "data"), Output(ids.FEATURES_ENRICHMENT, "data"),
                   Output(ids.FEATURES_STATES, "data"), Output(ids.FEATURES_KNOCKDOWNS, "data"),
                   Output(ids.FEATURES_NEIGHBOURS, "data"), Output(ids.FEATURES_SELECTED, "data"),
+                  Output(ids.FEATURES_CARD_BODY, "hidden"), Output(ids.FEATURES_CARD_HINT, "hidden"),
                   Input(ids.graph("features-map"), "clickData"), Input(ids.graph("features-modules"), "clickData"),
                   Input(ids.FEATURES_TABLE, "active_cell"), Input(ids.FEATURES_GENE_TABLE, "active_cell"),
                   Input(ids.FEATURES_LAYER, "value"), State(ids.RUN_SELECT, "value"), State(ids.FEATURES_LINK, "data"),
@@ -87,11 +96,11 @@ def register(app, store, settings, jobs, exports):
         else:
             feature = picked_feature(ctx.triggered_id, click_map, click_modules, table_cell, gene_cell)
         if feature is None or run_id is None or layer is None:
-            return (no_update,) * 10
+            return (no_update,) * 12
         feature = int(feature)
         features = store.table(run_id, "sae_features").query("layer == @layer and feature == @feature")
         if features.empty:
-            return (f"L{layer} has no feature {feature}.",) + (no_update,) * 9
+            return (f"L{layer} has no feature {feature}.",) + (no_update,) * 11
         means, symbols = store.sae_gene_means(run_id, layer)
         order = np.argsort(-means[feature], kind="stable")[:N_FEATURE_GENES]
         order = order[means[feature][order] > 0]
@@ -112,4 +121,5 @@ def register(app, store, settings, jobs, exports):
                 underflow_as_bound(enriched, ("p", "q")).to_dict("records"),
                 underflow_as_bound(states, ("p", "q")).to_dict("records"),
                 underflow_as_bound(kd.round({"preference": 4}), ("p", "q")).to_dict("records"),
-                store.sae_neighbours(run_id, layer, feature).to_dict("records"), {"layer": layer, "feature": feature})
+                store.sae_neighbours(run_id, layer, feature).to_dict("records"), {"layer": layer, "feature": feature},
+                False, True)

@@ -31,6 +31,8 @@ def test_feature_map_table_and_card(server, browser, embedded_cache):
     browser.get(f"{server}/features")
     wait.until(lambda d: "fraction of variance explained" in d.find_element(By.ID, "features-note").text)
     assert browser.find_element(By.ID, "features-note").text.startswith("L1: 256 features")
+    assert browser.find_element(By.ID, "features-card-hint").is_displayed()          # no empty card before a pick
+    assert not browser.find_element(By.ID, "features-enrichment").is_displayed()
     wait.until(lambda d: trace_types(d, "features-map") and trace_types(d, "features-programmes"))
     wait.until(lambda d: trace_types(d, "features-superposition") == ["histogram"])
     hist = pd.read_csv(export_and_wait(browser, "features-superposition", "csv"))
@@ -50,6 +52,8 @@ def test_feature_map_table_and_card(server, browser, embedded_cache):
     cell.click()
     wait.until(lambda d: d.find_element(By.ID, "features-card-title").text.startswith(f"L1 feature {feature}:"))
     wait.until(lambda d: trace_types(d, "features-card") == ["bar"])
+    assert browser.find_element(By.ID, "features-enrichment").is_displayed()
+    assert not browser.find_element(By.ID, "features-card-hint").is_displayed()
     with np.load(run_dir / files.SAE_ROWS) as rows, np.load(run_dir / files.sae_latents(1)) as latents:
         means, _ = feature_gene_means(latents["indices"], latents["values"], rows["row_gene"],
                                       rows["gene_symbol"].size, 256)
