@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .numbers import effect, probability, share
-from .ablation import ranking_comparison
+from .ablation import RANKING_READOUTS, ranking_comparison
 
 FOR, AGAINST, OPEN, UNTESTABLE = "for", "against", "open", "untestable"
 READOUT_WORDS = {"mlm_loss": "the masked-gene loss", "perturbation_auroc": "perturbation AUROC"}
@@ -45,41 +45,31 @@ class Verdict:
     paper: str
 
 
-def _row(registry: pd.DataFrame, analysis: str, hypothesis: str) -> pd.Series | None:
-    rows = registry[(registry["analysis"] == analysis) & (registry["hypothesis"] == hypothesis)]
-    return rows.iloc[0] if len(rows) else None
-
-
-def _q(row: pd.Series, family: str) -> float:
-    q = row.get(f"q_{family}", np.nan)
-    return float(q) if q is not None and np.isfinite(q) else np.nan
-
-
-def _test_line(row: pd.Series, family: str) -> str:
-    q = _q(row, family)
-    where = f"q = {probability(q)} ({family} family)" if np.isfinite(q) else f"p = {probability(row['p'])} (not in " \
-        f"the {family} family)"
-    return f"{row['test']}; {where}"
-
-
-def _significant(row: pd.Series | None, family: str, alpha: float) -> bool:
-    return row is not None and np.isfinite(_q(row, family)) and _q(row, family) < alpha
-
-
 class _Reader:
-    """The registry read under one family and ``alpha``."""
+    """The registry read under one BH family (``q_<family>``) and ``alpha``."""
 
     def __init__(self, registry: pd.DataFrame, family: str, alpha: float):
         self.registry, self.family, self.alpha = registry, family, alpha
 
     def row(self, analysis: str, hypothesis: str) -> pd.Series | None:
-        return _row(self.registry, analysis, hypothesis)
+        """The registry row of one test, or None."""
+        rows = self.registry[(self.registry["analysis"] == analysis) & (self.registry["hypothesis"] == hypothesis)]
+        return rows.iloc[0] if len(rows) else None
+
+    def q(self, row: pd.Series) -> float:
+        """The row's q in this family; NaN when the test is outside it."""
+        q = row.get(f"q_{self.family}", np.nan)
+        return float(q) if q is not None and np.isfinite(q) else np.nan
 
     def significant(self, row: pd.Series | None) -> bool:
-        return _significant(row, self.family, self.alpha)
+        return row is not None and self.q(row) < self.alpha            # NaN (outside the family) is never < alpha
 
     def line(self, row: pd.Series) -> str:
-        return _test_line(row, self.family)
+        """The test behind a verdict: its name and its q in this family (or its p, outside it)."""
+        q = self.q(row)
+        where = (f"q = {probability(q)} ({self.family} family)" if np.isfinite(q)
+                 else f"p = {probability(row['p'])} (not in the {self.family} family)")
+        return f"{row['test']}; {where}"
 
 
 def degree(r: _Reader, reference: str) -> Verdict:
@@ -207,12 +197,12 @@ def head_ranking(r: _Reader, ablation_results: pd.DataFrame | None) -> Verdict:
     if ablation_results is None or ablation_results.empty:
         return Verdict("head_ranking", question, UNTESTABLE, "No ablation sweep in this run.", "", (), "ablation",
                        paper)
-    readout = next((x for x in ("mlm_loss", "perturbation_auroc")
-                    if len(ranking_comparison(ablation_results, x))), None)
+    compared = {x: ranking_comparison(ablation_results, x) for x in RANKING_READOUTS}
+    readout = next((x for x in RANKING_READOUTS if len(compared[x])), None)
     if readout is None:
         return Verdict("head_ranking", question, UNTESTABLE, "The sweep has no top-k set beside random draws of the "
                        "same size.", "", (), "ablation", paper)
-    table = ranking_comparison(ablation_results, readout)
+    table = compared[readout]
     more = table["top"].abs() > table["random_abs_mean"]
     worst_bottom = (table["bottom"].abs() > table["top"].abs()).sum()
     ks = ", ".join(str(k) for k in table["k"])
