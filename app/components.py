@@ -33,12 +33,20 @@ def table_column(name: str, numeric: tuple[str, ...] = ()) -> dict:
     return {"name": name, "id": name}
 
 
-def figure_card(name: str, explanation: str = "", height: int | None = None) -> html.Div:
-    """A graph with its export bar (PNG, SVG, PDF, CSV, ZIP) and an explanation; the card's id is ``card-<name>``
-    (links from the verdicts point at it)."""
+def placeholder_figure(message: str) -> dict:
+    """A figure with no axes that says what will be drawn, instead of an empty frame with bare axes."""
+    return {"data": [], "layout": {"xaxis": {"visible": False}, "yaxis": {"visible": False}, "height": 160,
+                                   "annotations": [{"text": message, "showarrow": False, "font": {"size": 14}}]}}
+
+
+def figure_card(name: str, explanation: str = "", height: int | None = None, placeholder: str | None = None
+                ) -> html.Div:
+    """A graph with its export bar (PNG, SVG, PDF, CSV, ZIP) and an explanation; ``placeholder``: the message shown
+    until the first figure is drawn."""
     style = {"height": f"{height}px"} if height else None
+    extra = {"figure": placeholder_figure(placeholder)} if placeholder else {}
     return html.Div(className="figure-card", id=f"card-{name}", children=[
-        dcc.Loading(dcc.Graph(id=ids.graph(name), style=style, config=OFFLINE_CONFIG)),
+        dcc.Loading(dcc.Graph(id=ids.graph(name), style=style, config=OFFLINE_CONFIG, **extra)),
         dcc.Store(id=ids.figdata(name)),
         html.Div(className="export-bar", children=[html.Span("Export", className="label")] + [
             dbc.Button(fmt.upper(), id=ids.export_button(name, fmt), size="sm", color="secondary", outline=True,
