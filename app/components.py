@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, dcc, html, no_update
-from dash.dash_table.Format import Format, Scheme
+from dash import Input, Output, dash_table, dcc, html, no_update
+from dash.dash_table.Format import Format, Scheme, Trim
 
 from analysis.scoring.numbers import SMALLEST_SHOWN_P
 
@@ -17,6 +17,11 @@ UNDERFLOW_NOTE = (f"A p or q shown as {SMALLEST_SHOWN_P:.0e} is below it (float 
                   f"< {SMALLEST_SHOWN_P:.0e}.")
 
 
+def is_probability(name: str) -> bool:
+    """A p- or q-value column by its name: ``p``, ``q``, ``p_*``, ``q_*``, ``*_p``, ``*_q``."""
+    return name in ("p", "q") or name.startswith(("p_", "q_")) or name.endswith(("_p", "_q"))
+
+
 def underflow_as_bound(frame: pd.DataFrame, columns) -> pd.DataFrame:
     """``frame`` with probabilities in ``columns`` below :data:`analysis.scoring.numbers.SMALLEST_SHOWN_P` (0
     included: underflow, not a measurement) shown as that bound, never as 0 or 2.2e-308."""
@@ -24,13 +29,46 @@ def underflow_as_bound(frame: pd.DataFrame, columns) -> pd.DataFrame:
     return frame.assign(**{c: frame[c].mask(frame[c] < SMALLEST_SHOWN_P, SMALLEST_SHOWN_P) for c in cols})
 
 
+NOT_A_POSITION = ("layer", "head", "draw")   # -1 there means "a layer mean / baseline / no draw", not a position
+
+
+def table_records(frame: pd.DataFrame) -> list[dict]:
+    """DataTable rows of ``frame``: probabilities (by name, :func:`is_probability`) below the smallest shown p as
+    that bound, -1 in layer / head / draw blank (it marks a row that has none, never a value), NaN blank; numbers
+    keep their precision and are shown through the columns' format (:func:`table_column`)."""
+    frame = underflow_as_bound(frame, [c for c in frame.columns if is_probability(str(c))])
+    frame = frame.astype(object).where(frame.notna(), None)
+    for column in NOT_A_POSITION:
+        if column in frame:
+            frame[column] = frame[column].mask(frame[column].eq(-1), None)
+    return frame.to_dict("records")
+
+
+SIGNIFICANT_DIGITS = 3
+EXACT_DIGITS = 6                   # a value beside its baseline: 3 digits would show 217 / 217 for a real change
+EXACT_COLUMNS = ("value", "baseline")
+
+
 def table_column(name: str, numeric: tuple[str, ...] = ()) -> dict:
-    """A DataTable column; those in ``numeric`` are numbers shown to 3 significant digits (1.2e-7, not 0), still
-    sortable and filterable as numbers."""
+    """A DataTable column; those in ``numeric`` are numbers shown to 3 significant digits (1.2e-7, not 0; 6 for a
+    value and its baseline), still sortable and filterable as numbers, missing values blank."""
     if name in numeric:
+        digits = EXACT_DIGITS if name in EXACT_COLUMNS else SIGNIFICANT_DIGITS
         return {"name": name, "id": name, "type": "numeric",
-                "format": Format(precision=3, scheme=Scheme.decimal_or_exponent)}
+                "format": Format(precision=digits, scheme=Scheme.decimal_or_exponent, trim=Trim.yes)}
     return {"name": name, "id": name}
+
+
+def float_columns(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The columns of ``frame`` holding non-integer numbers (those :func:`table_column` formats)."""
+    return tuple(c for c in frame.columns if pd.api.types.is_float_dtype(frame[c]))
+
+
+def data_table(frame: pd.DataFrame, **kwargs) -> dash_table.DataTable:
+    """A sortable DataTable of ``frame`` with the one number format (:func:`table_column`, :func:`table_records`)."""
+    numeric = float_columns(frame)
+    return dash_table.DataTable(data=table_records(frame), columns=[table_column(c, numeric) for c in frame.columns],
+                                sort_action="native", **kwargs)
 
 
 def placeholder_figure(message: str) -> dict:

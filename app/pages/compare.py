@@ -16,7 +16,7 @@ from analysis.scoring.rank_reversal import describe, run_order_flip
 from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
-from ..components import figure_card, table_column, underflow_as_bound
+from ..components import figure_card, table_column, table_records
 from ..figures import compare_layer_profiles, convergence_plot, feature_depth_profile, replication_profile
 
 PATH, NAME = "/compare", "Compare"
@@ -211,7 +211,7 @@ def register(app, store, settings, jobs, exports):
             out += [*exports.drawn("compare-perturbation", fig, pert)]
         else:
             out += [{}, []]
-        table = underflow_as_bound(pd.DataFrame(rows), ("degree_p", "ablation_p")).to_dict("records")
+        table = table_records(pd.DataFrame(rows))
         n_pos = recovery.groupby("run")["n_pos"].first().to_dict()
         note = (f"{len(symbols)} genes are in every chosen run's panel; {reference} positive pairs among them: "
                 + ", ".join(f"{r} {int(n)}" for r, n in n_pos.items()) + ".")
@@ -230,9 +230,8 @@ def register(app, store, settings, jobs, exports):
         table, tests = replicate(runs)
         if table.empty:
             return {}, [], []
-        tests = underflow_as_bound(tests, ("p", "q"))
         return (*exports.drawn("compare-replication", replication_profile(table), table),
-                tests[list(REPLICATION_COLUMNS)].to_dict("records"))
+                table_records(tests[list(REPLICATION_COLUMNS)]))
 
     @app.callback(Output(ids.COMPARE_UNIVERSE, "children"), Input(ids.COMPARE_UNIVERSE_BUTTON, "n_clicks"),
                   State(ids.COMPARE_RUNS, "value"), prevent_initial_call=True)
@@ -248,12 +247,11 @@ def register(app, store, settings, jobs, exports):
         if not frames:
             return dbc.Alert("No chosen run has the check: it needs a perturbation screen whose universe forces "
                              "perturbed genes in (panel or hvg_plus_perturbed).", color="secondary")
-        table = underflow_as_bound(pd.concat(frames, ignore_index=True), ("p", "p_protocol"))
-        table = table.reindex(columns=UNIVERSE_COLUMNS)
+        table = pd.concat(frames, ignore_index=True).reindex(columns=UNIVERSE_COLUMNS)
         return [html.P("run: the run's own universe; hvg_only: its top genes by variance, no perturbed gene forced "
                        "in. p: attention vs correlation under that protocol; p_protocol: does the advantage move "
                        "between the two (paired, perturbations evaluable under both).", className="explain"),
-                dash_table.DataTable(data=table.to_dict("records"), sort_action="native", page_size=16,
+                dash_table.DataTable(data=table_records(table), sort_action="native", page_size=16,
                                      columns=[table_column(c, tuple(UNIVERSE_COLUMNS[4:])) for c in UNIVERSE_COLUMNS],
                                      id=ids.COMPARE_UNIVERSE + "-table")]
 
@@ -295,8 +293,7 @@ def register(app, store, settings, jobs, exports):
             out += [*exports.drawn("compare-agreement", fig, frame)]
         else:
             out += [{}, []]
-        consistency = underflow_as_bound(edge_consistency(edges), ("p",))
-        return (*out, consistency.to_dict("records"))
+        return (*out, table_records(edge_consistency(edges)))
 
     @app.callback(Output(ids.graph("compare-features"), "figure"), Output(ids.figdata("compare-features"), "data"),
                   Output(ids.COMPARE_FEATURES, "data"), Input(ids.COMPARE_RUNS, "value"))
@@ -306,4 +303,4 @@ def register(app, store, settings, jobs, exports):
             return {}, None, []
         frame = pd.concat(frames, ignore_index=True)[list(FEATURE_COLUMNS)]
         return (*exports.drawn("compare-features", feature_depth_profile(frame), frame),
-                frame.round(4).to_dict("records"))
+                table_records(frame))

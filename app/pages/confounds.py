@@ -6,12 +6,14 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, dash_table, dcc, html
 
 from .. import ids
-from ..components import figure_card
+from ..components import figure_card, float_columns, table_column, table_records
 from ..figures import balance_plot, degree_decomposition, incremental_deltas, residualisation_bars
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/confounds", "Confounds"
 METRICS = {"auroc": "AUROC", "auprc": "AUPRC", "recall_at_10": "recall@10"}
+PROPENSITY_COLUMNS = ("edge", "auroc_unmatched", "auroc_matched", "n_pairs")
+MATCHED_COLUMNS = ("model", "feature_set", "value", "delta", "delta_ci_low", "delta_ci_high", "p_delta", "n_obs")
 
 
 def layout(**_):
@@ -29,13 +31,15 @@ def layout(**_):
         dbc.Row([dbc.Col(figure_card("conf-residual"), md=6), dbc.Col(figure_card("conf-degree"), md=6)]),
         dbc.Row([dbc.Col(figure_card("conf-balance"), md=6),
                  dbc.Col([html.H6("Edge AUROC on the propensity-matched set"),
-                          dash_table.DataTable(id=ids.CONF_PROPENSITY)], md=6)]),
+                          dash_table.DataTable(id=ids.CONF_PROPENSITY, columns=[table_column(
+                              c, PROPENSITY_COLUMNS[1:3]) for c in PROPENSITY_COLUMNS])], md=6)]),
         html.H6("Incremental value on the propensity-matched set (SN14.8; the paper's \"exactly zero\")",
                 className="mt-3"),
         html.P("Gene-level features alone vs gene-level features + each edge, on DE-positive targets matched 1:1 to "
                "DE-negative targets of the same perturbation with similar mean, variance and detection; GroupKFold by "
                "perturbation; delta = gene + edge - gene, 95% CI from 200 perturbation bootstraps.", className="explain"),
-        dash_table.DataTable(id=ids.CONF_MATCHED, sort_action="native", page_size=20),
+        dash_table.DataTable(id=ids.CONF_MATCHED, sort_action="native", page_size=20,
+                             columns=[table_column(c, MATCHED_COLUMNS[2:7]) for c in MATCHED_COLUMNS]),
         html.H6("Each TF against the degree-preserving null (SN16.2 registry 16)", className="mt-3"),
         html.P(id=ids.CONF_PER_TF_NOTE, className="explain"),
         dash_table.DataTable(id=ids.CONF_PER_TF, sort_action="native", filter_action="native", page_size=15,
@@ -75,7 +79,7 @@ def register(app, store, settings, jobs, exports):
         if run_id and store.has_table(run_id, "propensity"):
             bal, prop = store.table(run_id, "propensity_balance"), store.table(run_id, "propensity")
             out[4:7] = [*exports.drawn("conf-balance", balance_plot(bal), bal),
-                        prop[["edge", "auroc_unmatched", "auroc_matched", "n_pairs"]].round(3).to_dict("records")]
+                        table_records(prop[list(PROPENSITY_COLUMNS)])]
         return tuple(out)
 
     @app.callback(Output(ids.CONF_PER_TF, "data"), Output(ids.CONF_PER_TF, "columns"), Output(ids.CONF_PER_TF_NOTE,
@@ -92,17 +96,15 @@ def register(app, store, settings, jobs, exports):
                 "top-k genes (k = its targets) beside chance. " + "; ".join(
                     f"{edge} vs {ref}: {r.above} of {r.tfs} TFs above their degree null, mean excess {r.excess:.3f}"
                     for (ref, edge), r in above.iterrows()) + ".")
-        columns = [{"name": c, "id": c} for c in table.columns]
-        return table.round(4).to_dict("records"), columns, note
+        columns = [table_column(c, float_columns(table)) for c in table.columns]
+        return table_records(table), columns, note
 
     @app.callback(Output(ids.CONF_MATCHED, "data"), Input(ids.RUN_SELECT, "value"), Input(ids.CONF_METRIC, "value"))
     def matched(run_id, metric):
         if not run_id or not store.has_table(run_id, "incremental_value_matched"):
             return []
         inc = store.table(run_id, "incremental_value_matched")
-        rows = inc[inc["metric"] == metric][["model", "feature_set", "value", "delta", "delta_ci_low", "delta_ci_high",
-                                             "p_delta", "n_obs"]]
-        return rows.round(4).to_dict("records")
+        return table_records(inc[inc["metric"] == metric][list(MATCHED_COLUMNS)])
 
 
 def power_note(inc) -> str:

@@ -14,7 +14,7 @@ from dash import Input, Output, State, ctx, dash_table, html, no_update
 from analysis.scoring.sae_features import N_FEATURE_GENES
 
 from .. import ids
-from ..components import figure_card, table_column, underflow_as_bound
+from ..components import figure_card, table_column, table_records
 from ..figures import feature_cells, feature_genes
 
 ENRICHMENT_COLUMNS = ("gene_set", "overlap", "feature_genes", "set_genes", "universe", "fold", "p", "q")
@@ -118,8 +118,6 @@ def register(app, store, settings, jobs, exports):
         cells = feature_cells(positions, list(genes["symbol"]), layer=layer, feature=feature)
         return (title, *exports.drawn("features-card", feature_genes(genes, layer=layer, feature=feature), genes),
                 *exports.drawn("features-card-cells", cells, positions[positions["symbol"].isin(genes["symbol"])]),
-                underflow_as_bound(enriched, ("p", "q")).to_dict("records"),
-                underflow_as_bound(states, ("p", "q")).to_dict("records"),
-                underflow_as_bound(kd.round({"preference": 4}), ("p", "q")).to_dict("records"),
-                store.sae_neighbours(run_id, layer, feature).to_dict("records"), {"layer": layer, "feature": feature},
+                table_records(enriched), table_records(states), table_records(kd),
+                table_records(store.sae_neighbours(run_id, layer, feature)), {"layer": layer, "feature": feature},
                 False, True)

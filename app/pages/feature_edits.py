@@ -19,7 +19,7 @@ from analysis.scoring.sae_features import top_genes
 
 from .. import ids
 from ..components import (background_job, figure_card, live_cells_refusal, status_admission, table_column,
-                          underflow_as_bound)
+                          table_records)
 from ..figures import feature_dose_response, feature_specificity
 from ..jobs import admitted_by
 
@@ -167,8 +167,8 @@ def register(app, store, settings, jobs, exports, *, n_own: int):
         if results.empty:
             return no_update, None, []
         sel = results[results["readout"] == readout]
-        table = underflow_as_bound(results.round(5), ("p", "q")).to_dict("records")
-        return (*exports.drawn("features-dose", feature_dose_response(sel, readout=readout), sel), table)
+        return (*exports.drawn("features-dose", feature_dose_response(sel, readout=readout), sel),
+                table_records(results))
 
     @app.callback(Output(ids.graph("features-specificity"), "figure"),
                   Output(ids.figdata("features-specificity"), "data"),

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, State, dash_table, dcc, html, no_update
+from dash import Input, Output, State, dcc, html, no_update
 
 from analysis.scoring.cssi_levels import stratum_edges
 
 from .. import ids
-from ..components import table_column
+from ..components import data_table
 from ..shell import run_link
 
 PATH, NAME = "/gene", "Gene"
@@ -75,8 +75,7 @@ def register(app, store, settings, jobs, exports):
         body = [html.P(f"Panel gene {g}, expressed in {int(info['n_cells'])} cells; " + (", ".join(flags) or "no flags")
                        + f". {len(partners)} reference partners in the panel."),
                 html.H5("Reference partners"),
-                dash_table.DataTable(data=partners[["reference", "role", "partner", "mode"]].to_dict("records"),
-                                     page_size=8, sort_action="native")]
+                data_table(partners[["reference", "role", "partner", "mode"]], page_size=8)]
         sources, rows, cols, kept = store.gene_edges(run_id, symbol)
         heads = head_rows(sources, rows, cols, symbols, g)
         keyed = g in set(store.attention(run_id).column_rows.tolist())
@@ -87,24 +86,21 @@ def register(app, store, settings, jobs, exports):
         body += [html.H5("Heads whose strongest edges involve it", className="mt-3"),
                  html.P("Per head and layer mean: the gene's strongest partner as query (row) and as key (column); "
                         "vs_typical = that edge over the gene's mean edge there." + scope, className="explain"),
-                 dash_table.DataTable(data=heads.round(4).to_dict("records"), sort_action="native", page_size=N_HEADS,
-                                      columns=[table_column(c, ("attention", "vs_typical")) for c in heads.columns])]
+                 data_table(heads, page_size=N_HEADS)]
         per_tf = store.table(run_id, "per_tf")
         own = per_tf[(per_tf["tf"] == symbol) & (per_tf["edge_type"] == "attention")
                      & (per_tf["direction"] == "tf_to_target")]
         if len(own):
             best = own.sort_values("auroc", ascending=False).head(N_HEADS)
             body += [html.H5("Heads that rank its own targets best (per-TF AUROC)", className="mt-3"),
-                     dash_table.DataTable(data=best[["reference", "layer", "head", "auroc", "n_pos", "n_neg"]]
-                                          .round(4).to_dict("records"), sort_action="native")]
+                     data_table(best[["reference", "layer", "head", "auroc", "n_pos", "n_neg"]])]
         body += strata_section(store, run_id, g, symbols)
         if store.has_table(run_id, "perturbation_auroc"):
             per = store.table(run_id, "perturbation_auroc").query("perturbation == @symbol")
             if len(per):
                 per = per[per["head"] < 0].sort_values(["edge_type", "layer"])
                 body += [html.H5("As a perturbation (perturbation-first AUROC)", className="mt-3"),
-                         dash_table.DataTable(data=per[["edge_type", "layer", "auroc", "n_pos", "n_neg"]].round(4)
-                                              .to_dict("records"), sort_action="native")]
+                         data_table(per[["edge_type", "layer", "auroc", "n_pos", "n_neg"]])]
         return body
 
 
@@ -132,4 +128,4 @@ def strata_section(store, run_id: str, g: int, symbols: np.ndarray) -> list:
                      "strongest_partner": symbols[best] if best is not None else "-",
                      "attention": float(edge[best]) if best is not None else np.nan})
     return [html.H5(f"Cell-state strata ({k}, L{m.readout_layer} head mean)", className="mt-3"),
-            dash_table.DataTable(data=pd.DataFrame(rows).round(4).to_dict("records"), sort_action="native")]
+            data_table(pd.DataFrame(rows))]

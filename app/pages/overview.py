@@ -8,11 +8,13 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, dash_table, dcc, html
 
 from .. import ids
-from ..components import figure_card
+from ..components import figure_card, table_column, table_records
 from ..figures import layer_profile, layer_profile_series
 from ..verdict_view import verdict_panel
 
 PATH, NAME = "/", "Run overview"
+BEST_COLUMNS = ("layer", "head", "auroc", "ci_low", "ci_high", "p", "q", "n_pos", "n_neg")
+BEST_NUMERIC = ("auroc", "ci_low", "ci_high", "p", "q")
 
 
 def layout(**_):
@@ -25,6 +27,7 @@ def layout(**_):
                     "Spearman-correlation baseline on the same gene pairs, and chance."),
         html.H5("Best heads (AUROC, first reference, TF -> target)"),
         dash_table.DataTable(id=ids.OVERVIEW_BEST, page_size=10, sort_action="native",
+                             columns=[table_column(c, BEST_NUMERIC) for c in BEST_COLUMNS],
                              style_table={"overflowX": "auto"}),
     ], fluid=True)
 
@@ -64,6 +67,6 @@ def register(app, store, settings, jobs, exports):
         ]), className="mb-3")
         fig = layer_profile(sel, metric="auroc", reference=ref, direction="tf_to_target")
         best = (sel[sel["edge_type"] == "attention"].sort_values("value", ascending=False).head(10)
-                [["layer", "head", "value", "ci_low", "ci_high", "p", "q", "n_pos", "n_neg"]].round(4))
+                .rename(columns={"value": "auroc"})[list(BEST_COLUMNS)])
         series = layer_profile_series(sel, metric="auroc")
-        return summary, fig, exports.publish("overview-layer-profile", fig, series), best.to_dict("records")
+        return summary, fig, exports.publish("overview-layer-profile", fig, series), table_records(best)

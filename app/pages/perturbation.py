@@ -13,7 +13,7 @@ from analysis.scoring.panel import describe_left_out
 from analysis.scoring.rank_reversal import describe, perturbation_flips
 
 from .. import ids
-from ..components import background_job, figure_card
+from ..components import background_job, figure_card, float_columns, table_column, table_records
 from ..jobs import admitted_by
 from ..figures import paired_scatter, perturbation_box, sensitivity_heatmap, source_label
 from ..verdict_view import bottom_line_slot, register_bottom_line
@@ -101,8 +101,9 @@ def register(app, store, settings, jobs, exports):
     def on_target(run_id):
         if not run_id or not store.has_table(run_id, "on_target"):
             return [], []
-        table = store.table(run_id, "on_target").round(3)
-        return table.to_dict("records"), [{"name": c.replace("_", " "), "id": c} for c in table.columns]
+        table = store.table(run_id, "on_target")
+        return table_records(table), [{**table_column(c, float_columns(table)), "name": c.replace("_", " ")}
+                                      for c in table.columns]
 
     @app.callback(Output(ids.graph("pert-box"), "figure"), Output(ids.figdata("pert-box"), "data"),
                   Output(ids.graph("pert-scatter"), "figure"), Output(ids.figdata("pert-scatter"), "data"),

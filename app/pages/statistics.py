@@ -14,7 +14,8 @@ from analysis.scoring.registry import COLUMNS as REGISTRY_COLUMNS
 from analysis.scoring.registry import ablation_tests, correct
 
 from .. import ids
-from ..components import UNDERFLOW_NOTE, figure_card, table_column, underflow_as_bound
+from ..components import UNDERFLOW_NOTE, figure_card, table_column, table_records
+from ..table_filter import FilterError, filter_rows
 from ..figures import effect_vs_q
 from .ablation import live_results
 from .feature_edits import live_edit_results
@@ -32,11 +33,13 @@ def layout(**_):
     return dbc.Container([
         html.H3("Statistics registry"),
         html.Div(id=ids.STATS_NOTE, className="explain mb-2"),
-        dash_table.DataTable(id=ids.STATS_TABLE, columns=[table_column(c, PROBABILITIES) for c in COLUMNS], page_size=15,
-                             filter_action="native", sort_action="native", style_table={"overflowX": "auto"},
+        dash_table.DataTable(id=ids.STATS_TABLE, columns=[table_column(c, (*PROBABILITIES, "effect")) for c in COLUMNS],
+                             page_size=15,
+                             filter_action="custom", sort_action="native", style_table={"overflowX": "auto"},
                              style_cell={"maxWidth": "420px", "whiteSpace": "normal", "textAlign": "left"}),
-        html.P("Type in the header filters (e.g. perturbation in 'analysis', < 0.05 in 'q'); the plot follows "
-               "the filtered rows.", className="explain mt-1"),
+        html.P("Type in the header filters (e.g. perturbation in 'analysis', < 0.05 in 'q'; a blank q never passes a "
+               "comparison, 'is blank' finds it); the plot follows the filtered rows.", className="explain mt-1"),
+        html.Div(id=ids.STATS_FILTER_STATUS, className="text-danger small"),
         figure_card("stats-volcano"),
         html.H5("The paper's registry, entry by entry (SN16.2)", className="mt-3"),
         html.P("Tests per entry of the paper's registry: how many are confirmatory in this project, how many the "
@@ -50,10 +53,11 @@ def layout(**_):
 
 def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.STATS_TABLE, "data"), Output(ids.STATS_NOTE, "children"), Output(ids.STATS_TIERS, "data"),
-                  Input(ids.RUN_SELECT, "value"))
-    def table(run_id):
+                  Output(ids.STATS_FILTER_STATUS, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.STATS_TABLE, "filter_query"))
+    def table(run_id, query):
         if not run_id or not store.has_table(run_id, "statistics_registry"):
-            return [], "No statistics registry in this run.", []
+            return [], "No statistics registry in this run.", [], ""
         reg = with_live_tests(store.table(run_id, "statistics_registry"), live_results(jobs, run_id),
                               live_edit_results(jobs, run_id))
         conf = reg[reg["confirmatory"]]
@@ -63,8 +67,11 @@ def register(app, store, settings, jobs, exports):
         ordered = reg.sort_values(["confirmatory", "analysis"], ascending=[False, True], kind="stable")[list(COLUMNS)]
         if (ordered[list(PROBABILITIES)] < SMALLEST_SHOWN_P).any(axis=None):
             note += " " + UNDERFLOW_NOTE
-        ordered = underflow_as_bound(ordered, PROBABILITIES)
-        return ordered.round({"effect": 5}).to_dict("records"), note, tier_comparison(reg).to_dict("records")
+        try:
+            shown, problem = filter_rows(ordered, query), ""
+        except FilterError as exc:
+            shown, problem = ordered, f"Filter not applied: {exc}."
+        return table_records(shown), note, tier_comparison(reg).to_dict("records"), problem
 
     @app.callback(Output(ids.graph("stats-volcano"), "figure"), Output(ids.figdata("stats-volcano"), "data"),
                   Input(ids.STATS_TABLE, "derived_virtual_data"))
