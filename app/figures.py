@@ -303,55 +303,108 @@ def effect_vs_q(frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
-ABLATION_STYLE = {  # family -> (label, colour, dash)
-    "top_k": ("top-k heads (zero)", "#c44e52", "solid"), "bottom_k": ("bottom-k heads (zero)", "#4c72b0", "solid"),
-    "composite_top_k": ("top-k by composite score (zero)", "#937860", "solid"),
-    "random_k": ("random-k heads (zero)", "#8c8c8c", "dot"),
-    "layer_matched_random_k": ("random-k, layer-matched (zero)", "#64b5cd", "dot"),
-    "entropy_matched_random_k": ("random-k, entropy-matched (zero)", "#da8bc3", "dot"),
-    "uniform_top_k": ("top-k heads (uniform)", "#dd8452", "dash"),
-    "uniform_random_k": ("random-k heads (uniform)", "#b0b0b0", "dash"), "custom": ("your selection", "#2ca02c", None),
+ABLATION_STYLE = {  # family -> (label, colour, dash, marker): Okabe-Ito colours, each also told apart by dash and marker
+    "top_k": ("top-k heads (zero)", "#D55E00", "solid", "circle"),
+    "random_k": ("random-k heads (zero)", "#666666", "dot", "diamond"),
+    "bottom_k": ("bottom-k heads (zero)", "#0072B2", "dash", "square"),
+    "custom": ("your selection (live)", "#000000", None, "star"),
+    "composite_top_k": ("top-k by composite score (zero)", "#CC79A7", "dashdot", "triangle-up"),
+    "layer_matched_random_k": ("random-k, layer-matched (zero)", "#56B4E9", "dot", "triangle-down"),
+    "entropy_matched_random_k": ("random-k, entropy-matched (zero)", "#009E73", "dot", "pentagon"),
+    "uniform_top_k": ("top-k heads (uniform)", "#E69F00", "longdash", "hexagon"),
+    "uniform_random_k": ("random-k heads (uniform)", "#999999", "longdashdot", "cross"),
 }
+DECISIVE_FAMILIES = ("top_k", "random_k", "bottom_k", "custom")   # the comparison that says whether a ranking matters
+LAYER_FAMILIES = ("whole_layer", "mlp_layer", "mlp_block")
 
 
-def dose_response(frame: pd.DataFrame, *, readout: str) -> go.Figure:
-    """Change of ``readout`` vs number of heads ablated, per family (random draws: mean line + each draw), with
-    95% CIs; whole-layer, MLP and custom (live) interventions as labelled points; structural nulls (``structural``,
-    :func:`analysis.scoring.ablation.structural_null`) crossed out."""
-    fig = go.Figure()
-    for family, (label, color, dash) in ABLATION_STYLE.items():
-        grp = frame[frame["family"] == family].sort_values("k")
+def layer_intervention_label(family: str, k: int, draw: int) -> str:
+    """Plain name of a whole-layer or MLP intervention (schema ``ablation_results``: ``draw`` holds the layer, the
+    first layer of an MLP block)."""
+    if family == "whole_layer":
+        return f"all heads of L{draw}"
+    if family == "mlp_layer":
+        return f"MLP of L{draw}"
+    return f"MLPs of L{draw}-L{draw + k - 1}"
+
+
+def dose_response(frame: pd.DataFrame, *, readout: str, families: tuple[str, ...] = DECISIVE_FAMILIES) -> go.Figure:
+    """Change of ``readout`` (intervened - unablated, 95% CI) in two panels. Left: head sets of ``families`` by
+    number of heads ablated (log axis ticked at the sizes run); random draws as their min-max band, mean line and
+    each draw. Right: whole layers and MLPs, one labelled row each. Structural nulls (``structural``,
+    :func:`analysis.scoring.ablation.structural_null`: at or after the read-out layer, cannot change an attention
+    read-out) are crossed out in both panels and left out of lines and bands."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.66, 0.34], horizontal_spacing=0.2,
+                        subplot_titles=("head sets, by number of heads ablated", "whole layers and MLPs"))
+    structural = frame["structural"].astype(bool) if "structural" in frame else pd.Series(False, index=frame.index)
+    live, ks = frame[~structural], set()
+    for family in families:
+        label, color, dash, symbol = ABLATION_STYLE[family]
+        grp = live[live["family"] == family].sort_values("k")
         if grp.empty:
             continue
+        ks |= set(grp["k"].astype(int))
         if family.endswith("random_k"):
             fig.add_scatter(x=grp["k"], y=grp["delta"], mode="markers", name=f"{label}, each draw",
-                            marker={"color": color, "size": 6, "opacity": 0.6}, customdata=grp["intervention"],
-                            hovertemplate="%{customdata}<br>delta %{y:.4g}<extra></extra>")
-            grp = grp.groupby("k", as_index=False)[["delta", "ci_low", "ci_high"]].mean()
-        mode = "markers" if dash is None else "lines+markers"
+                            legendgroup=family, showlegend=False, customdata=grp["intervention"],
+                            marker={"color": color, "size": 5, "opacity": 0.45, "symbol": symbol},
+                            hovertemplate="%{customdata}<br>delta %{y:.3g}<extra></extra>", row=1, col=1)
+            spread = grp.groupby("k")["delta"].agg(["min", "max", "mean"]).reset_index()
+            fig.add_scatter(x=list(spread["k"]) + list(spread["k"])[::-1],
+                            y=list(spread["max"]) + list(spread["min"])[::-1], fill="toself", mode="none",
+                            fillcolor=_translucent(color), name=f"{label}: range of draws", legendgroup=family,
+                            hoverinfo="skip", row=1, col=1)
+            fig.add_scatter(x=spread["k"], y=spread["mean"], mode="lines+markers", name=f"{label}: mean of draws",
+                            legendgroup=family, line={"color": color, "dash": dash},
+                            marker={"color": color, "size": 8, "symbol": symbol},
+                            hovertemplate="k %{x}<br>mean delta %{y:.3g}<extra></extra>", row=1, col=1)
+            continue
         err = {"type": "data", "symmetric": False, "array": (grp["ci_high"] - grp["delta"]).fillna(0),
                "arrayminus": (grp["delta"] - grp["ci_low"]).fillna(0)}
-        fig.add_scatter(x=grp["k"], y=grp["delta"], mode=mode, name=label, error_y=err,
-                        line={"color": color, "dash": dash} if dash else None, marker={"color": color, "size": 9})
-    others = frame[frame["family"].isin(["whole_layer", "mlp_layer", "mlp_block"])]
-    if len(others):
-        fig.add_scatter(x=others["k"], y=others["delta"], mode="markers+text", name="layer / MLP",
-                        text=others["intervention"].str.replace("zero_", ""), textposition="top center",
-                        marker={"symbol": "diamond", "size": 10, "color": "#8172b2"})
-    structural = frame[frame["structural"].astype(bool)] if "structural" in frame else frame.iloc[:0]
-    if len(structural):
-        fig.add_scatter(x=structural["k"], y=structural["delta"], mode="markers",
-                        name="structural null: at or after the read-out layer, cannot change this read-out",
-                        marker={"symbol": "x-thin-open", "size": 16, "color": "#444", "line": {"width": 2}},
-                        customdata=structural["intervention"],
-                        hovertemplate="%{customdata}<br>structural null (delta exactly 0)<extra></extra>")
-    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+        fig.add_scatter(x=grp["k"], y=grp["delta"], mode="markers" if dash is None else "lines+markers", name=label,
+                        legendgroup=family, error_y=err, line={"color": color, "dash": dash} if dash else None,
+                        marker={"color": color, "size": 12 if dash is None else 9, "symbol": symbol},
+                        customdata=grp["intervention"],
+                        hovertemplate="%{customdata}<br>delta %{y:.3g}<extra></extra>", row=1, col=1)
+    crossed = frame[structural & frame["family"].isin(families)]
+    if len(crossed):
+        ks |= set(crossed["k"].astype(int))
+        fig.add_scatter(x=crossed["k"], y=crossed["delta"], mode="markers", legendgroup="structural",
+                        name="structural null (crossed out): at or after the read-out layer, cannot change it",
+                        marker={"symbol": "x-thin-open", "size": 14, "color": "#444", "line": {"width": 2}},
+                        customdata=crossed["intervention"],
+                        hovertemplate="%{customdata}<br>structural null, not tested<extra></extra>", row=1, col=1)
+    layers = frame[frame["family"].isin(LAYER_FAMILIES)].sort_values(["family", "draw"], ascending=[False, True])
+    if len(layers):
+        names = [layer_intervention_label(f, int(k), int(d)) for f, k, d in
+                 zip(layers["family"], layers["k"], layers["draw"])]
+        is_structural = structural[layers.index].to_numpy()
+        names = [f"{n} (structural)" if s else n for n, s in zip(names, is_structural)]
+        err = {"type": "data", "symmetric": False, "array": (layers["ci_high"] - layers["delta"]).fillna(0),
+               "arrayminus": (layers["delta"] - layers["ci_low"]).fillna(0)}
+        fig.add_scatter(x=layers["delta"], y=names, mode="markers", name="whole layer / MLP (zero)", error_x=err,
+                        marker={"symbol": np.where(is_structural, "x-thin-open", "diamond"), "size": 10,
+                                "color": np.where(is_structural, "#444", "#7B3294"), "line": {"width": 2}},
+                        customdata=layers["intervention"],
+                        hovertemplate="%{y}<br>%{customdata}<br>delta %{x:.3g}<extra></extra>", row=1, col=2)
+        fig.add_vline(x=0, line_dash="dot", line_color="grey", row=1, col=2)
+        fig.update_yaxes(autorange="reversed", automargin=True, row=1, col=2)
+        fig.update_xaxes(title={"text": f"delta {readout.replace('_', ' ')}"}, row=1, col=2)
+    fig.add_hline(y=0, line_dash="dot", line_color="grey", row=1, col=1)
+    ticks = sorted(ks)
+    fig.update_xaxes(type="log", tickmode="array", tickvals=ticks, ticktext=[str(k) for k in ticks],
+                     title={"text": "heads ablated (k)"}, row=1, col=1)
+    fig.update_yaxes(title={"text": f"delta {readout.replace('_', ' ')}"}, row=1, col=1)
     fig.update_layout(title={"text": f"Ablation dose-response: change in {readout.replace('_', ' ')}<br><sup>"
                                      "intervened - unablated, paired per cell (per perturbation for perturbation AUROC); "
                                      "95% CI</sup>"},
-                      xaxis={"title": "heads (or layers) ablated", "type": "log"},
-                      yaxis={"title": f"delta {readout.replace('_', ' ')}"}, height=460, margin={"t": 90})
+                      height=520, margin={"t": 100}, legend={"orientation": "h", "y": -0.18, "yanchor": "top"})
     return fig
+
+
+def _translucent(hex_colour: str, alpha: float = 0.18) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
 
 
 def fidelity_heatmap(frame: pd.DataFrame) -> go.Figure:

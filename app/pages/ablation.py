@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dash_bootstrap_components as dbc
+import numpy as np
 import pandas as pd
 from dash import Input, Output, State, dash_table, dcc, html, no_update
 
@@ -10,14 +11,17 @@ from analysis.interp.interventions import READOUTS, InterventionSpec, interventi
 from analysis.io.schemas import ABLATION_RESULTS
 
 from .. import ids
-from ..components import background_job, figure_card, live_cells_refusal, status_admission
+from ..components import (background_job, figure_card, live_cells_refusal, status_admission, table_column,
+                          table_records)
 from ..jobs import admitted_by
-from ..figures import dose_response, fidelity_heatmap
+from ..figures import ABLATION_STYLE, DECISIVE_FAMILIES, dose_response, fidelity_heatmap
+from ..table_filter import FilterError, filter_rows
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/ablation", "Ablation"
 LIVE_INDEX = "live-ablation-index"
 LIVE_KINDS = ("zero_head", "mean_head", "uniform_head")
+NUMERIC = ("value", "baseline", "delta", "ci_low", "ci_high", "p", "q")
 
 
 def live_results(jobs, run_id: str) -> pd.DataFrame:
@@ -32,7 +36,12 @@ def layout(**_):
         html.Div(id=ids.ABL_NOTE, className="explain mb-2"),
         dbc.Row([dbc.Col([dbc.Label("Read-out"), dcc.Dropdown(id=ids.ABL_READOUT, value="mlm_loss", clearable=False,
                                                                 options=[{"label": r.replace("_", " "), "value": r}
-                                                                         for r in READOUTS])], md=4)]),
+                                                                         for r in READOUTS])], md=4),
+                 dbc.Col([dbc.Label("Head sets shown (top-k against random-k and bottom-k decides whether the "
+                                    "ranking matters; the controls are on demand)"),
+                          dbc.Checklist(id=ids.ABL_FAMILIES, value=list(DECISIVE_FAMILIES), inline=True,
+                                        options=[{"label": ABLATION_STYLE[f][0], "value": f} for f in ABLATION_STYLE])],
+                         md=8)]),
         figure_card("abl-dose"),
         figure_card("abl-fidelity"),
         html.H5("Live ablation", className="mt-3"),
@@ -51,9 +60,16 @@ def layout(**_):
         html.Div(id=ids.ABL_STATUS, className="explain my-2"),
         dcc.Store(id=ids.ABL_LIVE_VERSION, data=0),
         html.H5("Results"),
-        dash_table.DataTable(id=ids.ABL_TABLE, page_size=12, sort_action="native", filter_action="native",
-                             columns=[{"name": c, "id": c} for c in ABLATION_RESULTS[0]],
-                             style_table={"overflowX": "auto"}),
+        html.P("Your live ablations come first; structural rows (at or after the read-out layer, so they cannot "
+               "change an attention read-out) are crossed out and carry no test.", className="explain"),
+        html.Div(id=ids.ABL_FILTER_STATUS, className="text-danger small"),
+        dash_table.DataTable(id=ids.ABL_TABLE, page_size=12, sort_action="native", filter_action="custom",
+                             columns=[table_column(c, NUMERIC) for c in ABLATION_RESULTS[0]],
+                             style_table={"overflowX": "auto"},
+                             style_data_conditional=[{"if": {"filter_query": "{structural} = yes"},
+                                                      "textDecoration": "line-through", "color": "#6c757d"},
+                                                     {"if": {"filter_query": '{family} = "custom"'},
+                                                      "fontWeight": "bold"}]),
     ], fluid=True)
 
 
@@ -85,17 +101,34 @@ def register(app, store, settings, jobs, exports):
 
     @app.callback(Output(ids.graph("abl-dose"), "figure"), Output(ids.figdata("abl-dose"), "data"),
                   Output(ids.graph("abl-fidelity"), "figure"), Output(ids.figdata("abl-fidelity"), "data"),
-                  Output(ids.ABL_TABLE, "data"),
-                  Input(ids.RUN_SELECT, "value"), Input(ids.ABL_READOUT, "value"), Input(ids.ABL_LIVE_VERSION, "data"))
-    def precomputed(run_id, readout, _version):
+                  Input(ids.RUN_SELECT, "value"), Input(ids.ABL_READOUT, "value"), Input(ids.ABL_FAMILIES, "value"),
+                  Input(ids.ABL_LIVE_VERSION, "data"))
+    def precomputed(run_id, readout, families, _version):
         if not run_id or not store.has_table(run_id, "ablation_results"):
-            return {}, [], {}, [], []
-        res = pd.concat([store.table(run_id, "ablation_results"), live_results(jobs, run_id)], ignore_index=True)
+            return {}, [], {}, []
+        res = all_results(run_id)
         sel = res[res["readout"] == readout]
         fid = store.table(run_id, "ablation_fidelity")
-        table = res.round(5).to_dict("records")
-        return (*exports.drawn("abl-dose", dose_response(sel, readout=readout), sel),
-                *exports.drawn("abl-fidelity", fidelity_heatmap(fid), fid), table)
+        figure = dose_response(sel, readout=readout, families=tuple(f for f in ABLATION_STYLE if f in (families or [])))
+        return (*exports.drawn("abl-dose", figure, sel), *exports.drawn("abl-fidelity", fidelity_heatmap(fid), fid))
+
+    @app.callback(Output(ids.ABL_TABLE, "data"), Output(ids.ABL_FILTER_STATUS, "children"),
+                  Input(ids.RUN_SELECT, "value"), Input(ids.ABL_LIVE_VERSION, "data"),
+                  Input(ids.ABL_TABLE, "filter_query"))
+    def results_table(run_id, _version, query):
+        if not run_id or not store.has_table(run_id, "ablation_results"):
+            return [], ""
+        res = all_results(run_id)
+        shown = res.assign(structural=np.where(res["structural"].fillna(False).astype(bool), "yes", ""))
+        try:
+            return table_records(filter_rows(shown, query)), ""
+        except FilterError as exc:
+            return table_records(shown), f"Filter not applied: {exc}."
+
+    def all_results(run_id: str) -> pd.DataFrame:
+        """The run's precomputed sweep with this session's live ablations first, newest first."""
+        return pd.concat([live_results(jobs, run_id).iloc[::-1], store.table(run_id, "ablation_results")],
+                         ignore_index=True)
 
     def live_request(run_id, heads, kind, n_cells):
         """(specs, cache key) of a valid request, or (None, the status that refuses it)."""
@@ -142,7 +175,7 @@ def register(app, store, settings, jobs, exports):
         loss = results[results["readout"] == "mlm_loss"].iloc[0]
         status = (f"{intervention_key(specs)} on {n_cells} cells: {m.readout_label('mlm_loss')} {loss['baseline']:.4f} -> "
                   f"{loss['value']:.4f} (delta {loss['delta']:+.4g}, Wilcoxon p {loss['p']:.3g}); "
-                  "added to the dose-response (green) and to the statistics registry as exploratory.")
+                  "added to the dose-response (black star), first in the results table and to the statistics registry as exploratory.")
         jobs.set(key, status)
         set_progress((100, "done"))
         return status, (version or 0) + 1

@@ -60,28 +60,36 @@ def test_cached_answers_equal_uncached_ones_and_follow_live_ablations(apps):
                      [(ids.OVERVIEW_SUMMARY, "children"), (ids.graph("overview-layer-profile"), "figure"),
                       (ids.figdata("overview-layer-profile"), "data"), (ids.OVERVIEW_BEST, "data")],
                      [(ids.RUN_SELECT, "value", run_id)])
-    ablation = _body(deps, ids.ABL_TABLE,
+    ablation = _body(deps, "\"figure\":\"abl-fidelity\"",
                      [(ids.graph("abl-dose"), "figure"), (ids.figdata("abl-dose"), "data"),
-                      (ids.graph("abl-fidelity"), "figure"), (ids.figdata("abl-fidelity"), "data"),
-                      (ids.ABL_TABLE, "data")],
+                      (ids.graph("abl-fidelity"), "figure"), (ids.figdata("abl-fidelity"), "data")],
                      [(ids.RUN_SELECT, "value", run_id), (ids.ABL_READOUT, "value", "mlm_loss"),
+                      (ids.ABL_FAMILIES, "value", ["top_k", "random_k", "bottom_k", "custom"]),
                       (ids.ABL_LIVE_VERSION, "data", 0)])
-    for body in (overview, ablation):
+    results = _body(deps, ids.ABL_FILTER_STATUS, [(ids.ABL_TABLE, "data"), (ids.ABL_FILTER_STATUS, "children")],
+                    [(ids.RUN_SELECT, "value", run_id), (ids.ABL_LIVE_VERSION, "data", 0),
+                     (ids.ABL_TABLE, "filter_query", "")])
+    for body in (overview, ablation, results):
         first, second, plain = _post(cached, body), _post(cached, body), _post(uncached, body)
         assert (first.headers[HEADER], second.headers[HEADER]) == ("miss", "hit")
         assert HEADER not in plain.headers
         assert first.get_data() == second.get_data() == plain.get_data()
 
     table = _key(ids.ABL_TABLE)
-    before = json.loads(_post(cached, ablation).get_data())["response"][table]["data"]
-    row = dict(before[0], intervention="zero_head L1H1", n=7, value=123.0, source="live")
+    before = json.loads(_post(cached, results).get_data())["response"][table]["data"]
+    figure_before = _post(cached, ablation).get_data()
+    row = dict(before[0], intervention="zero_head@L1[1]", family="custom", k=1, draw=-1, readout="mlm_loss", n=7,
+               value=123.0, delta=0.5, structural=False)
     jobs = JobResults(open_job_cache(cache_dir))   # the job's own handle, as in a worker
     jobs.set((LIVE_INDEX, run_id), [row])
-    after = _post(cached, ablation)
-    assert after.headers[HEADER] == "miss"
-    rows = json.loads(after.get_data())["response"][table]["data"]
-    assert len(rows) == len(before) + 1 and any(r["value"] == 123.0 for r in rows)
-    assert after.get_data() == _post(uncached, ablation).get_data()
+    for body in (ablation, results):
+        after = _post(cached, body)
+        assert after.headers[HEADER] == "miss"
+        assert after.get_data() == _post(uncached, body).get_data()
+    rows = json.loads(_post(cached, results).get_data())["response"][table]["data"]
+    assert len(rows) == len(before) + 1 and rows[0]["value"] == 123.0         # the live row comes first
+    assert _post(cached, ablation).get_data() != figure_before
+    assert "zero_head@L1[1]" in _post(cached, ablation).get_data(as_text=True)
     assert _post(cached, overview).headers[HEADER] == "hit"       # it reads no job result
 
     store = _key(ids.figdata("overview-layer-profile"))

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.figures import (biology_profiles, ci_forest, composition_plot, convergence_plot, replication_profile,
-                         scaling_curves)
+from app.figures import (biology_profiles, ci_forest, composition_plot, convergence_plot, dose_response,
+                         replication_profile, scaling_curves)
 
 
 def test_scaling_curves_draw_seeds_means_and_the_bootstrap_band():
@@ -75,3 +75,40 @@ def test_the_layer_profile_exports_the_series_it_draws():
     fig = layer_profile(frame, metric="auroc", reference="R", direction="tf_to_target")
     assert [list(t.y) for t in fig.data] == [[0.6, 0.7], [0.55, 0.55], [0.55, 0.56]]
     assert len({t.line.dash for t in fig.data}) == 3                     # told apart without colour
+
+
+def _sweep() -> pd.DataFrame:
+    rows = [("zero_head@L0[0]", "top_k", 1, -1, 0.3, False), ("zero_head@L0[1]", "random_k", 1, 0, 0.1, False),
+            ("zero_head@L1[2]", "random_k", 1, 1, -0.2, False), ("zero_head@L0[3]", "bottom_k", 1, -1, 0.05, False),
+            ("zero_head@L0[0,1]", "top_k", 2, -1, 0.5, False), ("zero_head@L0[2,3]", "random_k", 2, 0, 0.2, False),
+            ("zero_head@L1[0,1]", "random_k", 2, 1, 0.4, False), ("zero_head@L1[1,2]", "bottom_k", 2, -1, 0.1, False),
+            ("zero_head@L3[0]", "top_k", 5, -1, 0.0, True),
+            ("uniform_head@L0[0]", "uniform_top_k", 1, -1, 0.7, False),
+            ("zero_head@L1[0,1,2,3]", "whole_layer", 4, 1, 0.6, False),
+            ("zero_head@L3[0,1,2,3]", "whole_layer", 4, 3, 0.0, True),
+            ("zero_mlp@L0", "mlp_layer", 1, 0, 0.2, False), ("zero_mlp@L2+zero_mlp@L3", "mlp_block", 2, 2, 0.3, False)]
+    frame = pd.DataFrame(rows, columns=["intervention", "family", "k", "draw", "delta", "structural"])
+    return frame.assign(readout="reference_auroc", ci_low=frame["delta"] - 0.1, ci_high=frame["delta"] + 0.1)
+
+
+def test_the_dose_response_shows_the_decisive_comparison_and_keeps_the_rest_on_demand():
+    fig = dose_response(_sweep(), readout="reference_auroc")
+    names = [t.name for t in fig.data]
+    assert not any("uniform" in n for n in names)                      # controls only on demand
+    band = next(t for t in fig.data if t.name.endswith("range of draws"))
+    assert list(band.x) == [1, 2, 2, 1] and list(band.y) == [0.1, 0.4, 0.2, -0.2]       # max over k, then min back
+    mean = next(t for t in fig.data if t.name.endswith("mean of draws"))
+    assert list(mean.y) == pytest.approx([-0.05, 0.3])
+    top = next(t for t in fig.data if t.name == "top-k heads (zero)")
+    assert list(top.x) == [1, 2]                                       # the structural k = 5 is not on the line
+    crossed = next(t for t in fig.data if t.name.startswith("structural null"))
+    assert list(crossed.customdata) == ["zero_head@L3[0]"]
+    assert list(fig.layout.xaxis.tickvals) == [1, 2, 5] and fig.layout.xaxis.type == "log"
+    layers = next(t for t in fig.data if t.name == "whole layer / MLP (zero)")
+    assert list(layers.y) == ["all heads of L1", "all heads of L3 (structural)", "MLP of L0", "MLPs of L2-L3"]
+    assert len(set(layers.y)) == len(layers.y)                         # one labelled row each: nothing overprints
+    assert list(layers.marker.symbol) == ["diamond", "x-thin-open", "diamond", "diamond"]   # structural crossed out
+    styles = {(t.line.dash, t.marker.symbol) for t in fig.data if t.mode == "lines+markers"}
+    assert len(styles) == sum(t.mode == "lines+markers" for t in fig.data)     # told apart without colour
+    more = dose_response(_sweep(), readout="reference_auroc", families=("top_k", "uniform_top_k"))
+    assert [t.name for t in more.data if "uniform" in t.name] == ["top-k heads (uniform)"]
