@@ -1,5 +1,5 @@
 """The run's verdicts on screen (:mod:`analysis.scoring.verdicts`): the Run overview's verdict panel and the bottom line
-at the top of each evidence page, each sentence with its stance in words and colour, its test, the paper's finding
+at the top of each evidence page (with the page findings of :mod:`analysis.scoring.page_findings`), each sentence with its stance in words and colour, its test, the paper's finding
 and a link to the page and figure that show it (the run kept in the link)."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, dash_table, dcc, html
 
 from analysis.scoring.claims import model_readings
+from analysis.scoring.page_findings import page_findings
 from analysis.scoring.verdicts import AGAINST, FOR, OPEN, Verdict, bottom_line, verdicts
 
 from . import ids
@@ -67,9 +68,18 @@ def verdict_panel(store, run_id: str) -> html.Div:
     ])
 
 
+def run_page_findings(store, run_id: str) -> list[Verdict]:
+    """The findings of the pages the verdict panel does not cover (:mod:`analysis.scoring.page_findings`)."""
+    m = store.manifest(run_id)
+    tables = {t: store.table(run_id, t) for t in ("head_ranking", "layer_biology", "sae_regulatory")
+              if store.has_table(run_id, t)}
+    found = page_findings(store.table(run_id, "statistics_registry"), tables, reference=m.reference_names[0])
+    return list(found.values())
+
+
 def page_bottom_line(store, run_id: str, keys: tuple[str, ...]) -> html.Div | None:
-    """The verdicts ``keys`` of the run, for the top of the evidence page that shows them."""
-    found = [v for v in run_verdicts(store, run_id) if v.key in keys]
+    """The verdicts and page findings ``keys`` of the run, for the top of the evidence page that shows them."""
+    found = [v for v in run_verdicts(store, run_id) + run_page_findings(store, run_id) if v.key in keys]
     if not found:
         return None
     return html.Div(className="verdict-panel page-bottom-line mb-3", children=[

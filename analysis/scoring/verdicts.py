@@ -45,7 +45,7 @@ class Verdict:
     paper: str
 
 
-class _Reader:
+class RegistryReader:
     """The registry read under one BH family (``q_<family>``) and ``alpha``."""
 
     def __init__(self, registry: pd.DataFrame, family: str, alpha: float):
@@ -72,7 +72,7 @@ class _Reader:
         return f"{row['test']}; {where}"
 
 
-def degree(r: _Reader, reference: str) -> Verdict:
+def degree(r: RegistryReader, reference: str) -> Verdict:
     question = f"Does attention recover {reference} edges beyond what gene degree explains?"
     paper = "The paper tests recovery against a degree-preserving null too (SN6); recovery that degree explains is " \
             "not regulatory knowledge."
@@ -91,7 +91,7 @@ def degree(r: _Reader, reference: str) -> Verdict:
     return Verdict("degree", question, FOR if beyond else AGAINST, sentence, r.line(att), ids, "degree_null", paper)
 
 
-def perturbation(r: _Reader) -> Verdict:
+def perturbation(r: RegistryReader) -> Verdict:
     question = "Does attention predict which genes respond when a regulator is knocked down?"
     paper = "The paper (K562 CRISPRi): perturbation-first AUROC near 0.5 in all 27 sensitivity conditions, and " \
             "attention no better than correlation (null)."
@@ -116,7 +116,7 @@ def perturbation(r: _Reader) -> Verdict:
     return Verdict("perturbation", question, stance, sentence, r.line(att), ids, "perturbation_first", paper)
 
 
-def baselines(r: _Reader) -> Verdict:
+def baselines(r: RegistryReader) -> Verdict:
     question = "Do simple gene-level statistics, which need no model, do better?"
     paper = "The paper: trivial gene-level baselines outperform attention and correlation (paired tests, all " \
             "significant)."
@@ -140,7 +140,7 @@ def baselines(r: _Reader) -> Verdict:
     return Verdict("baselines", question, OPEN, sentence, r.line(best), ids, "trivial_baselines", paper)
 
 
-def incremental(r: _Reader) -> Verdict:
+def incremental(r: RegistryReader) -> Verdict:
     question = "Does attention add predictive value beyond gene-level features?"
     paper = "The paper: no incremental pairwise value (bootstrap AUROC, descriptive)."
     row = r.row("incremental_value", "gene+attention > gene (perturbation split, logistic)")
@@ -160,7 +160,7 @@ def incremental(r: _Reader) -> Verdict:
     return Verdict("incremental", question, stance, sentence, r.line(row), ids, "incremental_value", paper)
 
 
-def confounding(r: _Reader, residualisation: pd.DataFrame | None, reference: str) -> Verdict:
+def confounding(r: RegistryReader, residualisation: pd.DataFrame | None, reference: str) -> Verdict:
     question = "How much of attention's signal survives removing expression and degree?"
     paper = "The paper: edge scores track expression (residualisation, significant edge-expression correlation)."
     if residualisation is None or residualisation.empty:
@@ -190,7 +190,7 @@ def confounding(r: _Reader, residualisation: pd.DataFrame | None, reference: str
     return Verdict("confounding", question, stance, sentence, line, ids, "residualisation", paper)
 
 
-def head_ranking(r: _Reader, ablation_results: pd.DataFrame | None) -> Verdict:
+def head_ranking(r: RegistryReader, ablation_results: pd.DataFrame | None) -> Verdict:
     question = "Does the model rely on the heads that rank best against the reference?"
     paper = "The paper: ablating the regulatory-ranked heads left behaviour unchanged (null), while random ablation " \
             "caused a drop."
@@ -234,7 +234,7 @@ def verdicts(registry: pd.DataFrame, tables: dict[str, pd.DataFrame], *, referen
     """The run's verdicts, in the paper's order of argument. ``registry``: schema ``statistics_registry``;
     ``tables``: the run's tables by name (``residualisation``, ``ablation_results`` are read when present);
     ``reference``: the reference the run ranks heads against (its first)."""
-    r = _Reader(registry, family, alpha)
+    r = RegistryReader(registry, family, alpha)
     return [degree(r, reference), perturbation(r), baselines(r), incremental(r),
             confounding(r, tables.get("residualisation"), reference),
             head_ranking(r, tables.get("ablation_results"))]

@@ -18,10 +18,11 @@ from analysis.io.references import ReferenceNetwork
 from analysis.scoring.strata import add_level
 
 from .. import ids
-from ..components import background_job, figure_card, table_column, underflow_as_bound
+from ..components import background_job, figure_card, float_columns, table_column, table_records
 from ..jobs import admitted_by
 from ..figures import (CSSI_AGGREGATIONS, composition_plot, cssi_curve, cssi_embedding, cssi_stratum_edges,
                        cssi_synthetic, scaling_curves)
+from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/cssi", "CSSI"
 MAX_STRATA = 20
@@ -35,6 +36,7 @@ def live_key(run_id: str, reference: str, direction: str, n_strata: int) -> tupl
 def layout(**_):
     return dbc.Container([
         html.H3("Cell-State Stratified Interpretability"),
+        bottom_line_slot("cssi"),
         html.Div(id=ids.CSSI_NOTE, className="explain mb-2"),
         dbc.Row([
             dbc.Col([dbc.Label("Reference"), dcc.Dropdown(id=ids.CSSI_REFERENCE, clearable=False)], md=3),
@@ -101,7 +103,7 @@ def scaling_note(tests: pd.DataFrame, reference: str) -> dash_table.DataTable:
     sel = tests[tests["analysis"].isin(["scaling", "controlled_composition"])
                 & tests["hypothesis"].str.contains(f"({reference})", regex=False)]
     cols = ["hypothesis", "test", "effect_name", "effect", "n", "p", "q"]
-    return dash_table.DataTable(data=underflow_as_bound(sel, ("p", "q"))[cols].to_dict("records"), page_size=8,
+    return dash_table.DataTable(data=table_records(sel[cols]), page_size=8,
                                 sort_action="native", columns=[table_column(c, ("effect", "p", "q")) for c in cols],
                                 style_table={"overflowX": "auto"})
 
@@ -124,6 +126,7 @@ def agreement_sentence(agreement: pd.DataFrame, curve: pd.DataFrame, reference: 
 
 
 def register(app, store, settings, jobs, exports):
+    register_bottom_line(app, store, "cssi", ("cssi_gain",))
     @app.callback(Output(ids.graph("cssi-scaling"), "figure"), Output(ids.figdata("cssi-scaling"), "data"),
                   Output(ids.graph("cssi-composition"), "figure"), Output(ids.figdata("cssi-composition"), "data"),
                   Output(ids.CSSI_SCALING_NOTE, "children"),
@@ -275,6 +278,5 @@ def register(app, store, settings, jobs, exports):
         if not run_id or not store.has_table(run_id, "cssi_synthetic"):
             return {}, [], [], []
         summary = synthetic_summary(store.table(run_id, "cssi_synthetic"))
-        table = summary.round(3)
-        return (*exports.drawn("cssi-synthetic", cssi_synthetic(summary), summary), table.to_dict("records"),
-                [{"name": c, "id": c} for c in table.columns])
+        return (*exports.drawn("cssi-synthetic", cssi_synthetic(summary), summary), table_records(summary),
+                [table_column(c, float_columns(summary)) for c in summary.columns])

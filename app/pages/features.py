@@ -16,9 +16,10 @@ from dash import ClientsideFunction, Input, Output, State, dash_table, dcc, html
 from analysis.scoring.sae_features import N_FEATURE_GENES
 
 from .. import ids
-from ..components import figure_card, table_column, underflow_as_bound
+from ..components import figure_card, table_column, table_records
 from ..figures import feature_map, feature_modules, programme_matches, regulatory_counts, superposition
 from ..shell import with_query
+from ..verdict_view import bottom_line_slot, register_bottom_line
 from . import feature_card, feature_edits
 
 PATH, NAME = "/features", "Features"
@@ -42,6 +43,7 @@ def layout(layer=None, feature=None, **_):
     return dbc.Container([
         dcc.Store(id=ids.FEATURES_LINK, data=linked_feature(layer, feature)),
         html.H3("Residual-stream features (sparse autoencoders)"),
+        bottom_line_slot("features"),
         html.Div(id=ids.FEATURES_NOTE, className="explain mb-2"),
         dbc.Row([dbc.Col([dbc.Label("Layer"), dcc.Dropdown(id=ids.FEATURES_LAYER, clearable=False)], md=3)]),
         dbc.Row([dbc.Col(figure_card("features-map"), md=4), dbc.Col(figure_card("features-superposition"), md=4),
@@ -94,6 +96,7 @@ def features_on_gene(means: np.ndarray, symbols: np.ndarray, features: pd.DataFr
 
 
 def register(app, store, settings, jobs, exports):
+    register_bottom_line(app, store, "features", ("sae_specificity",))
     feature_card.register(app, store, settings, jobs, exports)
     feature_edits.register(app, store, settings, jobs, exports, n_own=N_FEATURE_GENES)
 
@@ -138,7 +141,7 @@ def register(app, store, settings, jobs, exports):
         m = store.manifest(run_id)
         summary = store.table(run_id, "sae_layers").set_index("layer", drop=False).loc[layer]
         feats = store.table(run_id, "sae_features").query("layer == @layer")
-        table = feats[list(COLUMNS)].assign(id=feats["feature"]).round(5).to_dict("records")
+        table = table_records(feats[list(COLUMNS)].assign(id=feats["feature"]))
         progs = (store.table(run_id, "sae_programmes").query("layer == @layer")
                  if store.has_table(run_id, "sae_programmes") else pd.DataFrame())
         prog_fig = programme_matches(progs, layer=layer) if len(progs) else {}
@@ -162,7 +165,7 @@ def register(app, store, settings, jobs, exports):
             return []
         feats = store.table(run_id, "sae_features").query("layer == @layer")
         found = features_on_gene(means, symbols, feats, symbol)
-        return found.assign(id=found["feature"]).round(5).to_dict("records")
+        return table_records(found.assign(id=found["feature"]))
 
     @app.callback(Output(ids.graph("features-regulatory"), "figure"),
                   Output(ids.figdata("features-regulatory"), "data"),
@@ -181,6 +184,5 @@ def register(app, store, settings, jobs, exports):
                 "screen. Read a pass as a response specific to the TF's targets, not as regulation the model inferred: "
                 "the knock-down is already in the input (the targets' expression falls), so features keyed to those "
                 "genes respond wherever the data's effect is strong, as in the embedded simulation.")
-        rows = underflow_as_bound(here[list(REGULATORY_COLUMNS)].round(4), ("p", "q", "p_hypergeom", "rotated_q"))
-        return (*exports.drawn("features-regulatory", regulatory_counts(table), table), rows.to_dict("records"),
-                note)
+        return (*exports.drawn("features-regulatory", regulatory_counts(table), table),
+                table_records(here[list(REGULATORY_COLUMNS)]), note)

@@ -8,11 +8,13 @@ from dash import Input, Output, dash_table, dcc, html, no_update
 from analysis.scoring.rank_reversal import describe
 
 from .. import ids
-from ..components import figure_card
+from ..components import figure_card, table_column, table_records
 from ..data import head_view, reference_tf_rows
 from ..figures import DIRECTION_LABELS, gene_gene_heatmap, head_grid, head_heatmap, metric_label
+from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/heads", "Heads"
+EDGE_COLUMNS = ("tf", "target", "score", "n_cells", "in_reference", "mode")   # app.data.head_view's edges
 
 
 def layout(**_):
@@ -25,6 +27,7 @@ def layout(**_):
     ], className="mb-2")
     return dbc.Container([
         html.H3("Attention heads"),
+        bottom_line_slot("heads"),
         html.P("Each cell is one attention head scored against the reference over the evaluable universe "
                "(reference TFs in the gene panel x co-observed panel genes). Click a head to open it.",
                className="explain"),
@@ -37,12 +40,14 @@ def layout(**_):
                     "the input. Crosses mark reference edges."),
         html.H5("Top edges of the selected head"),
         dash_table.DataTable(id=ids.HEADS_EDGES, page_size=15, sort_action="native", style_table={"overflowX": "auto"},
+                             columns=[table_column(c, ("score",)) for c in EDGE_COLUMNS],
                              style_data_conditional=[{"if": {"filter_query": "{in_reference} eq 'True'"},
                                                       "backgroundColor": "#fff3cd"}]),
     ], fluid=True)
 
 
 def register(app, store, settings, jobs, exports):
+    register_bottom_line(app, store, "heads", ("head_screen",))
     @app.callback(Output(ids.HEADS_CONVENTION, "children"), Input(ids.RUN_SELECT, "value"))
     def convention(run_id):
         """How the run's model family reads attention as edges (its tools' direction convention)."""
@@ -124,6 +129,6 @@ def register(app, store, settings, jobs, exports):
                                  n_edges=settings.top_edges)
         title = f"Layer {layer}, head {head} ({reference})"
         fig = gene_gene_heatmap(block, title=title, direction=direction)
-        table = edges.assign(score=edges["score"].round(5), in_reference=edges["in_reference"].astype(str))
-        return (fig, exports.publish("heads-gene-gene", fig, block), table.to_dict("records"),
+        table = edges.assign(in_reference=edges["in_reference"].astype(str))
+        return (fig, exports.publish("heads-gene-gene", fig, block), table_records(table),
                 label or f"Selected: layer {layer}, head {head}")

@@ -12,8 +12,9 @@ from dash import Input, Output, dash_table, dcc, html
 from analysis.scoring.tf_bootstrap import GLOBAL
 
 from .. import ids
-from ..components import figure_card, table_column, underflow_as_bound
+from ..components import figure_card, table_column, table_records
 from ..figures import biology_profiles, ci_forest
+from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/layers", "Layers"
 TEST_COLUMNS = ("analysis", "hypothesis", "effect", "p", "q")
@@ -25,6 +26,7 @@ def layout(**_):
     numeric = ("effect", "p", "q", "r_raw", "r_partial", "retained", "p_partial", "rho")
     return dbc.Container([
         html.H3("Layer-wise organisation"),
+        bottom_line_slot("layers"),
         html.P("Each layer's head-mean attention scored over every co-observed pair of universe genes, "
                "(A[i, j] + A[j, i]) / 2, against each reference read as undirected pairs (paper SN17). Solid lines: "
                "pair references (STRING protein interactions; on the embedded default the simulated network's "
@@ -52,6 +54,7 @@ def layout(**_):
 
 
 def register(app, store, settings, jobs, exports):
+    register_bottom_line(app, store, "layers", ("layer_trend",))
     @app.callback(Output(ids.graph("layers-biology"), "figure"), Output(ids.figdata("layers-biology"), "data"),
                   Output(ids.LAYERS_TESTS, "data"), Output(ids.LAYERS_CONTROL, "data"),
                   Output(ids.LAYERS_AGREEMENT, "data"),
@@ -64,7 +67,7 @@ def register(app, store, settings, jobs, exports):
         profiles = store.table(run_id, "layer_biology")
         reg = store.table(run_id, "statistics_registry")
         tests = reg[reg["analysis"] == "layer_biology"]
-        tests = underflow_as_bound(tests[~tests["hypothesis"].str.contains("beyond expression")], ("p", "q"))
+        tests = tests[~tests["hypothesis"].str.contains("beyond expression")]
         control = store.table(run_id, "layer_biology_control")
         agreement = store.table(run_id, "attention_expression")
         refs, sources = [], []
@@ -72,8 +75,8 @@ def register(app, store, settings, jobs, exports):
             tfb = store.table(run_id, "tf_bootstrap")
             refs, sources = list(dict.fromkeys(tfb["reference"])), list(dict.fromkeys(tfb["label"]))
         return (*exports.drawn("layers-biology", biology_profiles(profiles), profiles),
-                tests[list(TEST_COLUMNS)].to_dict("records"), control[list(CONTROL_COLUMNS)].to_dict("records"),
-                underflow_as_bound(agreement, ("p",))[list(AGREEMENT_COLUMNS)].to_dict("records"),
+                table_records(tests[list(TEST_COLUMNS)]), table_records(control[list(CONTROL_COLUMNS)]),
+                table_records(agreement[list(AGREEMENT_COLUMNS)]),
                 refs, refs[0] if refs else None, sources, sources[0] if sources else None)
 
     @app.callback(Output(ids.graph("layers-tf-bootstrap"), "figure"),
