@@ -59,8 +59,8 @@ def depth_trend(r: RegistryReader, layer_biology: pd.DataFrame | None, reference
              "regulation late (SN17); best pooled layer L13, AUROC 0.694 (SN11).")
     row = r.row("layer_biology", f"{reference} recovery trends with depth")
     if row is None:
-        return Verdict("layer_trend", question, UNTESTABLE, f"No depth-trend test against {reference} in this run.",
-                       "", (), "layer_biology", paper)
+        return Verdict("layer_trend", question, UNTESTABLE, f"No depth-trend test against {reference} in this run: "
+                       "it needs three layers or more and a profile that varies.", "", (), "layer_biology", paper)
     n_layers, rho = int(row["n"]), float(row["effect"])
     significant = r.significant(row)
     stance = FOR if significant else OPEN if n_layers < FEW_LAYERS else AGAINST

@@ -1,7 +1,8 @@
 """Real headless Chromium on the answer-first screens: the Run overview opens with the verdict panel, whose sentences
 and stances are those :func:`analysis.scoring.verdicts.verdicts` computes from the run's own registry and tables
 (read here from the run's files), with the bottom line over them and the claim map restated; a verdict's link opens
-the page that shows it, on the same run, whose bottom line repeats that verdict."""
+the page that shows it, on the same run, whose bottom line repeats that verdict; the Heads, Layers, CSSI and Features
+pages open with the finding :func:`analysis.scoring.page_findings.page_findings` computes from the run's files."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pandas as pd
 import pytest
 
+from analysis.scoring.page_findings import page_findings
 from analysis.scoring.verdicts import bottom_line, verdicts
 
 selenium = pytest.importorskip("selenium")
@@ -53,3 +55,23 @@ def test_a_verdicts_link_opens_its_page_on_the_same_run(server, browser, embedde
     assert parse_qs(urlparse(browser.current_url).query)["run"] == [run_dir.name]
     line = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#ablation-bottom-line .verdict-sentence"))
     assert line.text == ranking.sentence
+
+
+@pytest.mark.parametrize("page,key", [("heads", "heads"), ("layers", "layers"), ("cssi", "cssi"),
+                                      ("features", "features")])
+def test_each_evidence_page_opens_with_its_finding(server, browser, embedded_cache, page, key):
+    run_dir = embedded_cache[1]["geneformer"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    tables = {t: pd.read_parquet(run_dir / f"{t}.parquet") for t in ("head_ranking", "layer_biology", "sae_regulatory")
+              if (run_dir / f"{t}.parquet").exists()}
+    expected = page_findings(pd.read_parquet(run_dir / "statistics_registry.parquet"), tables,
+                             reference=manifest["references"][0]["name"])[key]
+    # the test-size run has every analysis these pages read; a depth trend needs three layers and it has two
+    assert expected.stance != "untestable" or (key == "layers" and manifest["model"]["n_layers"] < 3)
+    browser.get(f"{server}/{page}?run={run_dir.name}")
+    item = WebDriverWait(browser, 90).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f"#{page}-bottom-line li.verdict"))
+    assert item.get_attribute("data-stance") == expected.stance
+    assert item.find_element(By.CSS_SELECTOR, ".verdict-sentence").text == expected.sentence
+    if expected.test:
+        assert expected.test in item.find_element(By.CSS_SELECTOR, ".verdict-evidence").text

@@ -25,6 +25,8 @@ def test_a_blank_q_never_passes_a_comparison_and_is_blank_finds_it():
 
 
 def test_terms_combine_and_text_matches_as_the_header_filter_writes_it():
+    # what DataTable writes for "< 0.05" typed under q and "perturbation" under analysis (case-sensitive default)
+    assert filter_rows(REGISTRY, "{q} s< 0.05 && {analysis} scontains perturbation")["n"].tolist() == [10]
     assert filter_rows(REGISTRY, '{analysis} contains "perturbation" && {q} < 0.05')["n"].tolist() == [10]
     assert filter_rows(REGISTRY, "{analysis} icontains layer")["n"].tolist() == [40]
     assert filter_rows(REGISTRY, "{analysis} scontains layer").empty
