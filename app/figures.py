@@ -10,7 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.scoring.numbers import SMALLEST_SHOWN_P, probability
+from analysis.scoring.numbers import SMALLEST_SHOWN_P, probability, share
+from analysis.scoring.verdicts import MIN_RETAINABLE_MARGIN
 
 CHANCE = {"auroc": 0.5, "per_tf_auroc_mean": 0.5, "auroc_null_mean": 0.5}
 METRIC_LABELS = {
@@ -219,24 +220,34 @@ def incremental_deltas(frame: pd.DataFrame, *, metric: str) -> go.Figure:
 
 def retained_label(auroc: float, retained: float) -> str:
     """The share of above-chance AUROC kept, said only where it means something: a raw AUROC at or below chance has
-    no above-chance signal to keep (the ratio's sign and size are then meaningless, e.g. "-340%")."""
+    no above-chance signal to keep, and one within :data:`analysis.scoring.verdicts.MIN_RETAINABLE_MARGIN` of it too
+    little to split (the ratio's sign and size are then meaningless, e.g. "-340%" or "40124%")."""
     if not np.isfinite(retained) or auroc <= 0.5 + 1e-9:
         return "raw AUROC at/below chance: no share to keep"
-    return f"{retained:.0%} kept" + (" (residual above raw)" if retained > 1 else "")
+    if auroc - 0.5 < MIN_RETAINABLE_MARGIN:
+        return "raw AUROC too close to chance to apportion"
+    return f"{share(retained)} kept" + (" (residual above raw)" if retained > 1 else "")
 
 
 def residualisation_bars(frame: pd.DataFrame) -> go.Figure:
-    """Reference AUROC before and after cross-fitted residualisation on expression covariates."""
+    """Reference AUROC before and after cross-fitted residualisation on expression covariates, one labelled row per
+    edge score and residualising model (horizontal, so labels never rotate or overprint), the share of above-chance
+    AUROC kept written beside each residual bar."""
+    labels = [f"{e} ({m}) vs {r}" for e, m, r in zip(frame["edge"], frame["model"], frame["reference"])]
     fig = go.Figure()
-    labels = [f"{e} ({m})<br>{r}" for e, m, r in zip(frame["edge"], frame["model"], frame["reference"])]
-    fig.add_bar(x=labels, y=frame["auroc"], name="raw", marker_color="#4c72b0")
-    fig.add_bar(x=labels, y=frame["auroc_residual"], name="residual", marker_color="#dd8452",
-                text=[retained_label(a, r) for a, r in zip(frame["auroc"], frame["retained"])], textposition="outside")
-    fig.add_hline(y=0.5, line_dash="dot", line_color="grey")
+    fig.add_bar(y=labels, x=frame["auroc"], name="raw", orientation="h", marker_color="#0072B2",
+                hovertemplate="%{y}<br>raw AUROC %{x:.3f}<extra></extra>")
+    fig.add_bar(y=labels, x=frame["auroc_residual"], name="residual", orientation="h", marker_color="#E69F00",
+                marker_pattern_shape="/", text=[retained_label(a, r) for a, r in zip(frame["auroc"], frame["retained"])],
+                textposition="outside", cliponaxis=False,
+                hovertemplate="%{y}<br>residual AUROC %{x:.3f}<br>%{text}<extra></extra>")
+    fig.add_vline(x=0.5, line_dash="dot", line_color="grey", annotation_text="chance", annotation_position="top")
     fig.update_layout(barmode="group", title={"text": "Residualisation on expression covariates<br><sup>share of "
                                               "above-chance AUROC retained after removing mean / variance / detection "
                                               "of both genes (5-fold cross-fitted)</sup>"},
-                      yaxis={"title": "AUROC", "range": [0.3, 1]}, height=420, margin={"t": 90})
+                      xaxis={"title": "AUROC", "range": [0.3, 1.25]}, yaxis={"autorange": "reversed", "automargin": True},
+                      height=max(320, 46 * len(labels) + 140), margin={"t": 90, "r": 20},
+                      legend={"orientation": "h", "y": -0.15, "yanchor": "top"})
     return fig
 
 
@@ -528,8 +539,10 @@ def compare_layer_profiles(frame: pd.DataFrame, *, value: str, title: str, y_tit
                         line={"color": colour}, customdata=att["layer"],
                         hovertemplate="L%{customdata} (depth %{x:.2f}): %{y:.3f}<extra>" + run + "</extra>")
         for j, (kind, base) in enumerate(grp[grp["kind"] != "attention"].groupby("kind", sort=False)):
-            fig.add_scatter(x=[0, 1], y=[float(base[value].iloc[0])] * 2, mode="lines", name=f"{run}: {kind}",
-                            line={"color": colour, "dash": ("dash", "dot", "dashdot")[j % 3], "width": 1.5})
+            level = float(base[value].iloc[0])            # the value in the name: equal baselines overlap exactly
+            fig.add_scatter(x=[0, 1], y=[level] * 2, mode="lines", name=f"{run}: {kind} {level:.3f}",
+                            line={"color": colour, "dash": ("dash", "dot", "dashdot")[j % 3], "width": 1.5},
+                            hovertemplate=f"{run}: {kind} {level:.3f}<extra></extra>")
     if reference_line is not None:
         fig.add_hline(y=reference_line[0], line_color="grey", line_dash="dot", annotation_text=reference_line[1])
     fig.update_layout(title={"text": title}, xaxis={"title": "relative depth (layer / (layers - 1))",
@@ -608,10 +621,15 @@ def biology_profiles(frame: pd.DataFrame) -> go.Figure:
         fig.add_scatter(x=att["layer"], y=att["auroc"], mode="lines+markers", name=f"{ref} ({grp['kind'].iloc[0]})",
                         line={"color": colour, "dash": dash})
         corr = grp[grp["edge_type"] == "spearman"]
-        if len(corr):
-            fig.add_hline(y=float(corr["auroc"].iloc[0]), line_color=colour, line_dash="dot", line_width=1)
+        if len(corr) and len(att):
+            level = float(corr["auroc"].iloc[0])
+            fig.add_scatter(x=[att["layer"].min(), att["layer"].max()], y=[level, level], mode="lines",
+                            name=f"Spearman baseline, {ref}: {level:.3f}", line={"color": colour, "dash": "dot",
+                                                                                  "width": 1.5},
+                            hovertemplate=f"Spearman baseline, {ref}: {level:.3f}<extra></extra>")
     fig.add_hline(y=0.5, line_color="grey", line_dash="dot", annotation_text="chance")
-    fig.update_layout(title={"text": "Layer-wise recovery over all universe gene pairs (dotted: Spearman)"},
+    fig.update_layout(title={"text": "Layer-wise recovery over all universe gene pairs (dotted: each reference's "
+                                     "Spearman baseline)"},
                       xaxis={"title": "layer", "dtick": 1}, yaxis={"title": "AUROC (pairs, undirected)"},
                       height=420, margin={"t": 80})
     return fig

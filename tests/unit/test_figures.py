@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.figures import (biology_profiles, ci_forest, composition_plot, convergence_plot, dose_response,
-                         replication_profile, scaling_curves)
+from app.figures import (biology_profiles, ci_forest, compare_layer_profiles, composition_plot, convergence_plot,
+                         dose_response, replication_profile, residualisation_bars, scaling_curves)
 
 
 def test_scaling_curves_draw_seeds_means_and_the_bootstrap_band():
@@ -35,7 +35,9 @@ def test_composition_biology_forest_replication_and_convergence_figures():
                              "edge_type": ["attention_layer_mean", "attention_layer_mean", "spearman"] * 2,
                              "layer": [0, 1, -1] * 2, "auroc": [0.6, 0.55, 0.58, 0.5, 0.7, 0.6]})
     fig = biology_profiles(profiles)
-    assert [t.line.dash for t in fig.data] == ["solid", "dash"] and list(fig.data[1].y) == [0.5, 0.7]
+    assert [t.line.dash for t in fig.data] == ["solid", "dot", "dash", "dot"] and list(fig.data[2].y) == [0.5, 0.7]
+    assert [t.name for t in fig.data if t.line.dash == "dot"] == ["Spearman baseline, P: 0.580",
+                                                                  "Spearman baseline, T: 0.600"]   # each labelled
     forest = pd.DataFrame({"tf": ["A", "B"], "auroc": [0.7, 0.52], "ci_low": [0.6, 0.45], "ci_high": [0.8, 0.6]})
     fig = ci_forest(forest, label="tf", value="auroc", title="t", x_title="x", null=0.5)
     assert list(fig.data[0].marker.color) == ["#1f3b73", "#9aa9c7"]       # only A's CI excludes 0.5
@@ -112,3 +114,21 @@ def test_the_dose_response_shows_the_decisive_comparison_and_keeps_the_rest_on_d
     assert len(styles) == sum(t.mode == "lines+markers" for t in fig.data)     # told apart without colour
     more = dose_response(_sweep(), readout="reference_auroc", families=("top_k", "uniform_top_k"))
     assert [t.name for t in more.data if "uniform" in t.name] == ["top-k heads (uniform)"]
+
+
+def test_equal_baselines_of_two_runs_stay_readable_and_residualisation_rows_are_labelled_apart():
+    frame = pd.DataFrame({"run": ["a", "a", "a", "b", "b", "b"], "relative_depth": [0, 1, 0, 0, 1, 0],
+                          "layer": [0, 1, -1, 0, 1, -1], "auroc": [0.5, 0.6, 0.62, 0.55, 0.58, 0.62],
+                          "kind": ["attention", "attention", "correlation"] * 2})
+    fig = compare_layer_profiles(frame, value="auroc", title="t", y_title="y")
+    baselines = [t.name for t in fig.data if t.name.endswith("0.620")]
+    assert baselines == ["a: correlation 0.620", "b: correlation 0.620"]      # both named with their value
+    res = pd.DataFrame({"edge": ["attention", "attention", "correlation", "correlation"],
+                        "model": ["ols", "gbdt", "ols", "gbdt"], "reference": "R", "auroc": [0.6, 0.6, 0.45, 0.51],
+                        "auroc_residual": [0.55, 0.6, 0.5, 0.6], "retained": [0.5, 1.0, float("nan"), 10.0]})
+    fig = residualisation_bars(res)
+    assert all(t.orientation == "h" for t in fig.data)                       # horizontal: labels never rotate
+    assert list(fig.data[1].y) == ["attention (ols) vs R", "attention (gbdt) vs R", "correlation (ols) vs R",
+                                   "correlation (gbdt) vs R"]
+    assert list(fig.data[1].text) == ["50% kept", "100% kept", "raw AUROC at/below chance: no share to keep",
+                                      "raw AUROC too close to chance to apportion"]      # 0.01 above: no "1000%"
