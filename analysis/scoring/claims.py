@@ -19,7 +19,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .numbers import effect, share
 from .registry import FAMILIES
+from .verdicts import MIN_RETAINABLE_MARGIN
 
 SUPPORTED, NOT_SUPPORTED, NOT_TESTABLE = "supported", "not supported", "not testable"
 FIDELITY_MIN = 1e-3   # max hidden-state cosine distance below which an intervention counts as a no-op
@@ -110,12 +112,15 @@ def attention_more_confounded(ev: Evidence) -> Verdict:
         return NOT_TESTABLE, "residualisation lacks attention or correlation", []
     att, corr = res.loc["attention"], res.loc["correlation"]
     ids = _ids(ev.tests("residualisation", f"vs {first}, ols"))
-    if att["auroc"] <= 0.5:
-        return NOT_TESTABLE, (f"attention's {first} AUROC is {att['auroc']:.3f}, at or below chance: there is no "
-                              "above-chance signal whose share could be retained"), ids
+    if att["auroc"] - 0.5 < MIN_RETAINABLE_MARGIN:
+        return NOT_TESTABLE, (f"attention's {first} AUROC is {effect(att['auroc'] - 0.5, signed=True)} from chance, "
+                              f"under the {MIN_RETAINABLE_MARGIN:g} a retained share needs to be a stable number"), ids
+    if corr["auroc"] - 0.5 < MIN_RETAINABLE_MARGIN:
+        return NOT_TESTABLE, (f"correlation's {first} AUROC is {effect(corr['auroc'] - 0.5, signed=True)} from "
+                              f"chance: no stable share to compare attention's with"), ids
     verdict = SUPPORTED if att["retained"] < corr["retained"] else NOT_SUPPORTED
-    return verdict, (f"OLS residualisation keeps {att['retained']:.0%} of attention's above-chance {first} signal "
-                     f"and {corr['retained']:.0%} of correlation's"), ids
+    return verdict, (f"OLS residualisation keeps {share(att['retained'])} of attention's above-chance {first} "
+                     f"signal and {share(corr['retained'])} of correlation's"), ids
 
 
 def ablation_null_with_fidelity(ev: Evidence) -> Verdict:

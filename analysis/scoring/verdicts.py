@@ -25,10 +25,10 @@ from .ablation import RANKING_READOUTS, ranking_comparison
 
 FOR, AGAINST, OPEN, UNTESTABLE = "for", "against", "open", "untestable"
 READOUT_WORDS = {"mlm_loss": "the masked-gene loss", "perturbation_auroc": "perturbation AUROC"}
-# an above-chance AUROC margin under this is too small to split into retained and removed shares: the share is a ratio
-# over the margin, and on the embedded default an AUROC of 0.5000 (four digits) gave "40124% retained" (seed spread
+# an above-chance AUROC margin under this is too small to split into retained and removed shares (residualisation's
+# share is a ratio over the margin: on the embedded default an AUROC of 0.5000 gave "40124% retained", seed spread
 # 3300%)
-MIN_MARGIN = 0.02
+MIN_RETAINABLE_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,9 @@ def confounding(r: RegistryReader, residualisation: pd.DataFrame | None, referen
     ids = tuple(rows["test_id"])
     line = ("cross-fitted OLS residual AUROC (descriptive: the share retained has no test; its spread over "
             f"{int(att['n_seeds'])} cross-fitting seeds is {effect(att['retained_sd'])})")
-    if att["auroc"] - 0.5 < MIN_MARGIN:
+    if att["auroc"] - 0.5 < MIN_RETAINABLE_MARGIN:
         sentence = (f"Too little to apportion: before any adjustment attention's {reference} AUROC is "
-                    f"{effect(att['auroc'] - 0.5, signed=True)} from chance, under the {MIN_MARGIN:g} a share of it "
+                    f"{effect(att['auroc'] - 0.5, signed=True)} from chance, under the {MIN_RETAINABLE_MARGIN:g} a share of it "
                     "needs to be a stable number.")
         return Verdict("confounding", question, AGAINST, sentence, line, ids, "residualisation", paper)
     corr = res.loc["correlation"] if "correlation" in res.index else None

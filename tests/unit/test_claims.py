@@ -83,7 +83,10 @@ def test_a_verdict_that_depends_on_the_family_is_flagged_unstable():
 def test_premises_make_claims_untestable_and_reversals_are_not_supported():
     out = claim_map(registry(extra_nulls=0), tables(attention_auroc=0.48))
     row = out[(out["claim"] == "attention_more_confounded") & (out["family"] == "all")].iloc[0]
-    assert row["verdict"] == NOT_TESTABLE and "below chance" in row["reason"]
+    assert row["verdict"] == NOT_TESTABLE and "-0.02 from chance" in row["reason"]
+    near = claim_map(registry(extra_nulls=0), tables(attention_auroc=0.505))      # a margin too small to apportion
+    row = near[(near["claim"] == "attention_more_confounded") & (near["family"] == "all")].iloc[0]
+    assert row["verdict"] == NOT_TESTABLE and "+0.005 from chance, under the 0.02" in row["reason"]
     bare = StatsRegistry()
     bare.register("incremental_value", "gene+attention > gene (perturbation split, logistic)", "bootstrap", 1e-5,
                   effect=0.05, effect_name="delta", n=500)
