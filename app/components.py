@@ -32,15 +32,26 @@ def underflow_as_bound(frame: pd.DataFrame, columns) -> pd.DataFrame:
 NOT_A_POSITION = ("layer", "head", "draw")   # -1 there means "a layer mean / baseline / no draw", not a position
 
 
+def _is_position(name: str) -> bool:
+    """``layer``, ``head``, ``draw`` and their pairs in a comparison (``layer_a``, ``head_b``)."""
+    return name in NOT_A_POSITION or name.rpartition("_")[0] in NOT_A_POSITION
+
+
+def underflow_note(frame: pd.DataFrame) -> str:
+    """:data:`UNDERFLOW_NOTE` when a probability of ``frame`` (by name) is below the smallest shown, else ""."""
+    cols = [c for c in frame.columns if is_probability(str(c))]
+    values = frame[cols].apply(pd.to_numeric, errors="coerce")
+    return UNDERFLOW_NOTE if (values < SMALLEST_SHOWN_P).any(axis=None) else ""
+
+
 def table_records(frame: pd.DataFrame) -> list[dict]:
     """DataTable rows of ``frame``: probabilities (by name, :func:`is_probability`) below the smallest shown p as
     that bound, -1 in layer / head / draw blank (it marks a row that has none, never a value), NaN blank; numbers
     keep their precision and are shown through the columns' format (:func:`table_column`)."""
     frame = underflow_as_bound(frame, [c for c in frame.columns if is_probability(str(c))])
     frame = frame.astype(object).where(frame.notna(), None)
-    for column in NOT_A_POSITION:
-        if column in frame:
-            frame[column] = frame[column].mask(frame[column].eq(-1), None)
+    for column in filter(_is_position, map(str, frame.columns)):
+        frame[column] = frame[column].mask(frame[column].eq(-1), None)
     return frame.to_dict("records")
 
 

@@ -115,6 +115,7 @@ COMPARE_REPLICATION = "compare-replication-tests"
 COMPARE_UNIVERSE_BUTTON = "compare-universe-button"
 COMPARE_UNIVERSE = "compare-universe"
 COMPARE_CONSISTENCY = "compare-consistency"
+COMPARE_CONSISTENCY_NOTE = "compare-consistency-note"
 COMPARE_FEATURES = "compare-features"
 
 

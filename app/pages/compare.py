@@ -16,7 +16,7 @@ from analysis.scoring.rank_reversal import describe, run_order_flip
 from analysis.scoring.replication import replicate, universe_protocols
 
 from .. import ids
-from ..components import figure_card, table_column, table_records
+from ..components import figure_card, table_column, table_records, underflow_note
 from ..figures import compare_layer_profiles, convergence_plot, feature_depth_profile, replication_profile
 
 PATH, NAME = "/compare", "Compare"
@@ -58,7 +58,7 @@ def layout(**_):
         html.Div(id=ids.COMPARE_NOTE, className="explain my-2"),
         html.Div([dbc.Label("Head per run (starred on the recovery profile)"), dbc.Row(id=ids.COMPARE_HEADS)],
                  className="mb-2"),
-        dbc.Row([dbc.Col(figure_card("compare-layers"), md=6), dbc.Col(figure_card("compare-perturbation"), md=6)]),
+        dbc.Row([dbc.Col(figure_card("compare-layers"), lg=6), dbc.Col(figure_card("compare-perturbation"), lg=6)]),
         html.H5("Confound battery, one row per run", className="mt-3"),
         html.P("incremental / matched: gene + attention minus gene-only AUROC (GroupKFold by perturbation, logistic; "
                "95% perturbation-bootstrap CI); retained: share of above-chance reference AUROC left after OLS "
@@ -82,10 +82,11 @@ def layout(**_):
                "group-bootstrap CI) on each run's own panel; how far each layer's attention follows expression "
                "correlation; and how consistent two runs' edge scores are on the genes they share (layers matched at "
                "relative depth).", className="explain"),
-        dbc.Row([dbc.Col(figure_card("compare-convergence"), md=7),
-                 dbc.Col(figure_card("compare-agreement"), md=5)]),
+        dbc.Row([dbc.Col(figure_card("compare-convergence"), lg=7),
+                 dbc.Col(figure_card("compare-agreement"), lg=5)]),
         dash_table.DataTable(id=ids.COMPARE_CONSISTENCY, sort_action="native", page_size=12,
                              columns=[table_column(c, ("rho", "p")) for c in CONSISTENCY_COLUMNS]),
+        html.Small(id=ids.COMPARE_CONSISTENCY_NOTE, className="explain"),
         *figure_with_table("Residual-stream features (SAEs), one row per run and layer",
                            "Per layer's TopK SAE: fraction of variance explained (fve), the behaviour read-out's "
                            "change with the reconstruction spliced in, dead, dense and SVD-visible features, "
@@ -258,11 +259,11 @@ def register(app, store, settings, jobs, exports):
     @app.callback(Output(ids.graph("compare-convergence"), "figure"),
                   Output(ids.figdata("compare-convergence"), "data"),
                   Output(ids.graph("compare-agreement"), "figure"), Output(ids.figdata("compare-agreement"), "data"),
-                  Output(ids.COMPARE_CONSISTENCY, "data"),
+                  Output(ids.COMPARE_CONSISTENCY, "data"), Output(ids.COMPARE_CONSISTENCY_NOTE, "children"),
                   Input(ids.COMPARE_RUNS, "value"), Input(ids.COMPARE_REFERENCE, "value"))
     def convergence(run_ids, reference):
         if not run_ids or len(run_ids) < 2 or not reference:
-            return {}, [], {}, [], []
+            return {}, [], {}, [], [], ""
         boots, agreement, edges = [], [], {}
         symbols = tuple(shared_symbols([store.panel(r) for r in run_ids]))
         for run_id in run_ids[:MAX_RUNS]:
@@ -293,7 +294,8 @@ def register(app, store, settings, jobs, exports):
             out += [*exports.drawn("compare-agreement", fig, frame)]
         else:
             out += [{}, []]
-        return (*out, table_records(edge_consistency(edges)))
+        consistency = edge_consistency(edges)
+        return (*out, table_records(consistency), underflow_note(consistency))
 
     @app.callback(Output(ids.graph("compare-features"), "figure"), Output(ids.figdata("compare-features"), "data"),
                   Output(ids.COMPARE_FEATURES, "data"), Input(ids.COMPARE_RUNS, "value"))

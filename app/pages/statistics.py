@@ -6,7 +6,6 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, dash_table, html
 
-from analysis.scoring.numbers import SMALLEST_SHOWN_P
 from analysis.scoring.feature_effects import feature_edit_tests
 from analysis.scoring.paper_registry import CONFIRMATORY as PAPER_TIER_CONFIRMATORY
 from analysis.scoring.paper_registry import PAPER_CONFIRMATORY_TOTAL, PAPER_SIGNIFICANT, tier_comparison
@@ -14,7 +13,7 @@ from analysis.scoring.registry import COLUMNS as REGISTRY_COLUMNS
 from analysis.scoring.registry import ablation_tests, correct
 
 from .. import ids
-from ..components import UNDERFLOW_NOTE, figure_card, table_column, table_records
+from ..components import figure_card, table_column, table_records, underflow_note
 from ..table_filter import FilterError, filter_rows
 from ..figures import effect_vs_q
 from .ablation import live_results
@@ -65,8 +64,7 @@ def register(app, store, settings, jobs, exports):
                 f"have BH q < 0.05 framework-wide. {paper_family_sentence(reg)} Also shown: q over all tests, and "
                 f"over one primary test per analysis (Supplementary Note 16).")
         ordered = reg.sort_values(["confirmatory", "analysis"], ascending=[False, True], kind="stable")[list(COLUMNS)]
-        if (ordered[list(PROBABILITIES)] < SMALLEST_SHOWN_P).any(axis=None):
-            note += " " + UNDERFLOW_NOTE
+        note = " ".join(filter(None, (note, underflow_note(ordered))))
         try:
             shown, problem = filter_rows(ordered, query), ""
         except FilterError as exc:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.components import data_table, table_column, table_records
+from app.components import data_table, table_column, table_records, underflow_note
 from app.table_filter import FilterError, filter_rows
 
 REGISTRY = pd.DataFrame({
@@ -55,3 +55,10 @@ def test_numbers_are_formatted_to_significant_digits_and_a_value_beside_its_base
     assert "format" not in table_column("tf", ("delta",))
     table = data_table(pd.DataFrame({"tf": ["A"], "n": [3], "auroc": [0.5]}))
     assert [c.get("type") for c in table.columns] == [None, None, "numeric"]
+
+
+def test_a_compared_pair_of_layers_is_blank_where_it_is_a_baseline_and_underflow_is_explained():
+    frame = pd.DataFrame({"layer_a": [-1, 2], "layer_b": [-1, 2], "p": [0.0, 0.3]})
+    assert [(r["layer_a"], r["layer_b"]) for r in table_records(frame)] == [(None, None), (2, 2)]
+    assert "float underflow" in underflow_note(frame)
+    assert underflow_note(frame.assign(p=[0.01, 0.3])) == "" and underflow_note(frame[["layer_a"]]) == ""
