@@ -59,7 +59,7 @@ def layout(**_):
         html.Div(id=ids.CSSI_JOB_STATUS, className="explain mb-2"),
         dcc.Interval(id=ids.CSSI_POLL, interval=1000, disabled=True),
         figure_card("cssi-curve"),
-        dbc.Row([dbc.Col(figure_card("cssi-embedding"), md=6), dbc.Col(figure_card("cssi-edges"), md=6)]),
+        dbc.Row([dbc.Col(figure_card("cssi-embedding"), lg=6), dbc.Col(figure_card("cssi-edges"), lg=6)]),
         html.H5("Recovery against the number of cells (Supplementary Note 1)", className="mt-3"),
         html.P("Why stratify: pooled attention's top-k recovery can fall as cells (and with them cell states) are "
                "added, while AUROC rises. Subsamples are unions of the random groups of CSSI's extraction pass, so "
@@ -174,7 +174,8 @@ def register(app, store, settings, jobs, exports):
         top = min(MAX_STRATA, run.strata.n_fine - 1)
         primary = m.config.cssi.primary_n_strata
         value = primary if primary in grid else grid[0]
-        marks = {k: {"label": str(k), "style": {"fontWeight": "bold"}} for k in grid if k <= top}
+        marks = {k: {"label": str(k), "style": {"fontWeight": "bold", "color": "#D55E00"} if k == primary else {}}
+                 for k in grid if k <= top}
         c = m.config.cssi
         rep = run.params["representation"]
         if run.params.get("cell_embedding"):
@@ -183,8 +184,10 @@ def register(app, store, settings, jobs, exports):
                 f"nested in {run.strata.n_fine} fine clusters (so any number of strata is a sum of clusters). "
                 f"Attention layers accumulated per stratum: {', '.join(f'L{x}' for x in run.params['layers'])}. "
                 f"Null band: {c.n_null} random strata of the same sizes; p-values also against {c.n_null} "
-                f"label shuffles and {c.n_gene_null} gene-permuted references. Bold marks are precomputed; "
-                f"other positions are computed in the background. Pre-specified level: {primary} strata.")
+                f"label shuffles and {c.n_gene_null} gene-permuted references. The marked positions "
+                f"({', '.join(str(k) for k in marks)}) are precomputed; any other position from 2 to {top} is "
+                f"computed in the background when the slider stops there. Pre-specified level: {primary} strata "
+                f"(the bold mark).")
         return ([{"label": r, "value": r} for r in refs], refs[0], [{"label": d, "value": d} for d in dirs], dirs[0],
                 [{"label": x, "value": x} for x in labels], site, top, marks, value, note)
 
