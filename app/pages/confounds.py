@@ -28,11 +28,11 @@ def layout(**_):
             options=[{"label": v, "value": k} for k, v in METRICS.items()])])]),
         html.Div(id=ids.CONF_NOTE, className="explain"),
         figure_card("conf-incremental"),
-        dbc.Row([dbc.Col(figure_card("conf-residual"), md=6), dbc.Col(figure_card("conf-degree"), md=6)]),
-        dbc.Row([dbc.Col(figure_card("conf-balance"), md=6),
+        dbc.Row([dbc.Col(figure_card("conf-residual"), lg=6), dbc.Col(figure_card("conf-degree"), lg=6)]),
+        dbc.Row([dbc.Col(figure_card("conf-balance"), lg=6),
                  dbc.Col([html.H6("Edge AUROC on the propensity-matched set"),
                           dash_table.DataTable(id=ids.CONF_PROPENSITY, columns=[table_column(
-                              c, PROPENSITY_COLUMNS[1:3]) for c in PROPENSITY_COLUMNS])], md=6)]),
+                              c, PROPENSITY_COLUMNS[1:3]) for c in PROPENSITY_COLUMNS])], lg=6)]),
         html.H6("Incremental value on the propensity-matched set (SN14.8; the paper's \"exactly zero\")",
                 className="mt-3"),
         html.P("Gene-level features alone vs gene-level features + each edge, on DE-positive targets matched 1:1 to "

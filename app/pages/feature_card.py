@@ -36,7 +36,7 @@ def section() -> list:
 
 def card_body() -> list:
     return [
-        dbc.Row([dbc.Col(figure_card("features-card"), md=5), dbc.Col(figure_card("features-card-cells"), md=7)]),
+        dbc.Row([dbc.Col(figure_card("features-card"), lg=5), dbc.Col(figure_card("features-card-cells"), lg=7)]),
         html.H6(f"Reference regulons and interaction neighbourhoods (STRING; co-regulation pairs in the simulation) "
                 f"among the feature's top {N_FEATURE_GENES} genes (BH over every feature x set of the layer)",
                 className="mt-2"),

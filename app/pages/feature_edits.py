@@ -70,9 +70,9 @@ def section(n_own: int) -> list:
         dbc.Row([dbc.Col([dbc.Label("Read-out"), dcc.Dropdown(
             id=ids.FEATURES_EDIT_READOUT, value="mlm_loss", clearable=False,
             options=[{"label": r.replace("_", " "), "value": r} for r in READOUTS])], md=4)]),
-        dbc.Row([dbc.Col(figure_card("features-dose", placeholder="Run a feature intervention"), md=6),
+        dbc.Row([dbc.Col(figure_card("features-dose", placeholder="Run a feature intervention"), lg=6),
                  dbc.Col(figure_card("features-specificity", placeholder="Every gene's prediction change of the "
-                                                                         "edit picked on the dose-response"), md=6)]),
+                                                                         "edit picked on the dose-response"), lg=6)]),
         dash_table.DataTable(id=ids.FEATURES_EDIT_TABLE, page_size=10, sort_action="native", filter_action="native",
                              columns=[table_column(c, ("scale", "value", "baseline", "delta", "ci_low", "ci_high", "p",
                                                        "q")) for c in FEATURE_EDIT_RESULTS[0] + ("n_cells",)],

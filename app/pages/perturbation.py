@@ -28,9 +28,9 @@ def layout(**_):
         html.Div(id=ids.PERT_NOTE, className="explain mb-2"),
         figure_card("pert-box"),
         dbc.Row([
-            dbc.Col(figure_card("pert-scatter"), md=6),
+            dbc.Col(figure_card("pert-scatter"), lg=6),
             dbc.Col([dbc.Label("Grid source"), dcc.Dropdown(id=ids.PERT_GRID_SOURCE, clearable=False),
-                     figure_card("pert-grid")], md=6),
+                     figure_card("pert-grid")], lg=6),
         ]),
         html.H5("On-target check", className="mt-3"),
         html.P("Each perturbation's own gene must move the modality's way (CRISPRi: down, CRISPRa: up; Scanpy's log2 "
