@@ -84,5 +84,11 @@ def test_at_900_px_the_navigation_collapses_and_nothing_overflows(server, browse
         heads.click()
         wait.until(lambda d: urlparse(d.current_url).path == "/heads")
         assert browser.execute_script("return document.documentElement.scrollWidth") <= 900
+        browser.get(f"{server}/features")                 # three figures side by side on a wide screen
+        cards = ("features-map", "features-superposition", "features-programmes")
+        wait.until(lambda d: all(d.find_elements(By.CSS_SELECTOR, f"#card-{c} .main-svg") for c in cards))
+        widths = [browser.find_element(By.ID, f"card-{c}").rect["width"] for c in cards]
+        assert min(widths) > 600, widths                  # stacked full width, not squeezed to a third
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 900
     finally:
         browser.set_window_size(size["width"], size["height"])
