@@ -454,14 +454,16 @@ def cssi_curve(frame: pd.DataFrame, *, metric: str, aggregation: str, site: str,
                     name="random strata, mean")
     fig.add_scatter(x=frame["n_strata"], y=frame["pooled"], mode="lines", line={"color": "black", "dash": "dash"},
                     name="pooled (all cells)")
-    for source, color in (("grid", "#4c72b0"), ("live", "#2ca02c")):
+    for source, color in (("grid", "#0072B2"), ("live", "#D55E00")):
         grp = frame[frame["source"] == source]
         if grp.empty:
             continue
         fig.add_scatter(x=grp["n_strata"], y=grp["value"], mode="lines+markers" if source == "grid" else "markers",
                         name=CSSI_AGGREGATIONS.get(aggregation, aggregation) + (" (computed here)" if source == "live"
                                                                                  else ""),
-                        marker={"color": color, "size": 9}, line={"color": color}, customdata=grp["p_random_strata"],
+                        marker={"color": color, "size": 9 if source == "grid" else 12,
+                                "symbol": "circle" if source == "grid" else "diamond"},
+                        line={"color": color}, customdata=grp["p_random_strata"],
                         hovertemplate="%{x} strata: %{y:.4f}<br>random-strata p = %{customdata:.3g}<extra></extra>")
     if selected is not None:
         fig.add_vline(x=selected, line_color="#dd8452", line_width=2, annotation_text=f"{selected} strata")
@@ -523,7 +525,13 @@ def cssi_synthetic(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-COMPARE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860")
+SERIES_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")   # Okabe-Ito: colour-blind safe
+SERIES_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star")
+
+
+def series_style(i: int) -> tuple[str, str]:
+    """(colour, marker symbol) of the i-th run or reference in a figure: told apart by marker as well as colour."""
+    return SERIES_COLOURS[i % len(SERIES_COLOURS)], SERIES_SYMBOLS[i % len(SERIES_SYMBOLS)]
 
 
 def compare_layer_profiles(frame: pd.DataFrame, *, value: str, title: str, y_title: str,
@@ -533,10 +541,10 @@ def compare_layer_profiles(frame: pd.DataFrame, *, value: str, title: str, y_tit
     of a dotted line (chance for AUROCs), or None."""
     fig = go.Figure()
     for i, (run, grp) in enumerate(frame.groupby("run", sort=False)):
-        colour = COMPARE_COLOURS[i % len(COMPARE_COLOURS)]
+        colour, symbol = series_style(i)
         att = grp[grp["kind"] == "attention"].sort_values("relative_depth")
         fig.add_scatter(x=att["relative_depth"], y=att[value], mode="lines+markers", name=f"{run}: attention",
-                        line={"color": colour}, customdata=att["layer"],
+                        line={"color": colour}, marker={"symbol": symbol, "size": 8}, customdata=att["layer"],
                         hovertemplate="L%{customdata} (depth %{x:.2f}): %{y:.3f}<extra>" + run + "</extra>")
         for j, (kind, base) in enumerate(grp[grp["kind"] != "attention"].groupby("kind", sort=False)):
             level = float(base[value].iloc[0])            # the value in the name: equal baselines overlap exactly
@@ -615,11 +623,11 @@ def biology_profiles(frame: pd.DataFrame) -> go.Figure:
     as STRING; dashed: regulatory references), with each reference's Spearman baseline as a dotted line."""
     fig = go.Figure()
     for i, (ref, grp) in enumerate(frame.groupby("reference", sort=False)):
-        colour = COMPARE_COLOURS[i % len(COMPARE_COLOURS)]
+        colour, symbol = series_style(i)
         att = grp[grp["edge_type"] == "attention_layer_mean"].sort_values("layer")
         dash = "solid" if grp["kind"].iloc[0] == "pairs" else "dash"
         fig.add_scatter(x=att["layer"], y=att["auroc"], mode="lines+markers", name=f"{ref} ({grp['kind'].iloc[0]})",
-                        line={"color": colour, "dash": dash})
+                        line={"color": colour, "dash": dash}, marker={"symbol": symbol, "size": 8})
         corr = grp[grp["edge_type"] == "spearman"]
         if len(corr) and len(att):
             level = float(corr["auroc"].iloc[0])
@@ -659,8 +667,9 @@ def replication_profile(table: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for i, (run, grp) in enumerate(table.groupby("run", sort=False)):
         grp = grp.sort_values("relative_depth")
+        colour, symbol = series_style(i)
         fig.add_scatter(x=grp["relative_depth"], y=grp["advantage"], mode="lines+markers", name=run,
-                        line={"color": COMPARE_COLOURS[i % len(COMPARE_COLOURS)]}, customdata=grp[["layer", "n"]],
+                        line={"color": colour}, marker={"symbol": symbol, "size": 8}, customdata=grp[["layer", "n"]],
                         error_y={"type": "data", "symmetric": False, "array": grp["ci_high"] - grp["advantage"],
                                  "arrayminus": grp["advantage"] - grp["ci_low"]},
                         hovertemplate="L%{customdata[0]}: %{y:+.3f} (%{customdata[1]} perturbations)<extra>"
@@ -678,11 +687,12 @@ def convergence_plot(frame: pd.DataFrame) -> go.Figure:
     ci_high)."""
     fig = go.Figure()
     for i, (run, grp) in enumerate(frame.groupby("run", sort=False)):
-        colour = COMPARE_COLOURS[i % len(COMPARE_COLOURS)]
+        colour, symbol = series_style(i)
         for kind, sub in grp.groupby("kind", sort=False):
             sub = sub.sort_values("n_cells")
             fig.add_scatter(x=sub["n_cells"], y=sub["auroc_mean"], mode="lines+markers", name=f"{run}: {kind}",
                             line={"color": colour, "dash": "solid" if kind == "attention" else "dash"},
+                            marker={"symbol": symbol, "size": 8},
                             error_y={"type": "data", "symmetric": False, "array": sub["ci_high"] - sub["auroc_mean"],
                                      "arrayminus": sub["auroc_mean"] - sub["ci_low"]})
     fig.add_hline(y=0.5, line_color="grey", line_dash="dot", annotation_text="chance")
@@ -819,9 +829,6 @@ def regulatory_counts(frame: pd.DataFrame, *, run_label: str = "") -> go.Figure:
     return fig
 
 
-RUN_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860")
-
-
 def feature_depth_profile(frame: pd.DataFrame) -> go.Figure:
     """The Compare page's SAE summary (``analysis.scoring.compare.feature_summary`` rows with ``run``) against
     relative depth: fraction of variance explained, and the share of knocked-down TFs passing the regulatory test
@@ -830,10 +837,10 @@ def feature_depth_profile(frame: pd.DataFrame) -> go.Figure:
                                                         "regulatory test: share of TFs passing"],
                         horizontal_spacing=0.12)
     for i, (run, grp) in enumerate(frame.groupby("run", sort=False)):
-        color = RUN_COLORS[i % len(RUN_COLORS)]
+        color, symbol = series_style(i)
         grp = grp.sort_values("relative_depth")
         fig.add_scatter(x=grp["relative_depth"], y=grp["fve"], mode="lines+markers", name=run, legendgroup=run,
-                        line={"color": color}, row=1, col=1)
+                        line={"color": color}, marker={"symbol": symbol, "size": 8}, row=1, col=1)
         if grp["regulatory_tfs"].notna().any():
             share = grp["regulatory_passing"] / grp["regulatory_tfs"]
             fig.add_scatter(x=grp["relative_depth"], y=share, mode="lines+markers", name=f"{run}: own targets",
