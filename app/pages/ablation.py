@@ -14,7 +14,7 @@ from .. import ids
 from ..components import (background_job, figure_card, live_cells_refusal, status_admission, table_column,
                           table_records)
 from ..jobs import admitted_by
-from ..figures import ABLATION_STYLE, DECISIVE_FAMILIES, dose_response, fidelity_heatmap
+from ..figures import ABLATION_STYLE, DECISIVE_FAMILIES, LAYER_FAMILIES, dose_response, fidelity_heatmap
 from ..table_filter import FilterError, filter_rows
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
@@ -43,7 +43,9 @@ def layout(**_):
                                         options=[{"label": ABLATION_STYLE[f][0], "value": f} for f in ABLATION_STYLE])],
                          md=8)]),
         figure_card("abl-dose"),
-        figure_card("abl-fidelity"),
+        figure_card("abl-fidelity", "Rows: the head sets shown above, then whole layers and MLPs. A row of zeros "
+                    "after the intervened layer would mean the intervention did nothing (the paper's fidelity check, "
+                    "SN14)."),
         html.H5("Live ablation", className="mt-3"),
         dbc.Row([
             dbc.Col([dbc.Label("Heads (the head selected on the Heads page is added)"),
@@ -108,8 +110,10 @@ def register(app, store, settings, jobs, exports):
             return {}, [], {}, []
         res = all_results(run_id)
         sel = res[res["readout"] == readout]
+        shown = tuple(f for f in ABLATION_STYLE if f in (families or []))
         fid = store.table(run_id, "ablation_fidelity")
-        figure = dose_response(sel, readout=readout, families=tuple(f for f in ABLATION_STYLE if f in (families or [])))
+        fid = fid[fid["family"].isin(shown + LAYER_FAMILIES)]                 # the fidelity of what is shown
+        figure = dose_response(sel, readout=readout, families=shown)
         return (*exports.drawn("abl-dose", figure, sel), *exports.drawn("abl-fidelity", fidelity_heatmap(fid), fid))
 
     @app.callback(Output(ids.ABL_TABLE, "data"), Output(ids.ABL_FILTER_STATUS, "children"),

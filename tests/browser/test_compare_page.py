@@ -6,6 +6,7 @@ cross-model convergence are drawn for both runs."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_geneformer_and_scgpt_side_by_side(server, browser):
     names = trace_names(browser, "compare-layers")
     for family in ("geneformer", "scgpt"):
         assert any(n.startswith(family) and n.endswith("attention") for n in names), names
-        assert any(n.startswith(family) and n.endswith("correlation") for n in names), names
+        assert any(n.startswith(family) and re.search(r": correlation \d\.\d{3}$", n) for n in names), names
     wait.until(lambda d: len(trace_types(d, "compare-perturbation") or []) >= 6)
     rows = browser.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr")
     assert len(rows) >= 3                                     # header row + one per run
