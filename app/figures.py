@@ -238,14 +238,16 @@ def residualisation_bars(frame: pd.DataFrame) -> go.Figure:
     fig.add_bar(y=labels, x=frame["auroc"], name="raw", orientation="h", marker_color="#0072B2",
                 hovertemplate="%{y}<br>raw AUROC %{x:.3f}<extra></extra>")
     fig.add_bar(y=labels, x=frame["auroc_residual"], name="residual", orientation="h", marker_color="#E69F00",
-                marker_pattern_shape="/", text=[retained_label(a, r) for a, r in zip(frame["auroc"], frame["retained"])],
+                marker_pattern_shape="/",
+                text=[retained_label(a, r) for a, r in zip(frame["auroc"], frame["retained"])],
                 textposition="outside", cliponaxis=False,
                 hovertemplate="%{y}<br>residual AUROC %{x:.3f}<br>%{text}<extra></extra>")
     fig.add_vline(x=0.5, line_dash="dot", line_color="grey", annotation_text="chance", annotation_position="top")
     fig.update_layout(barmode="group", title={"text": "Residualisation on expression covariates<br><sup>share of "
                                               "above-chance AUROC retained after removing mean / variance / detection "
                                               "of both genes (5-fold cross-fitted)</sup>"},
-                      xaxis={"title": "AUROC", "range": [0.3, 1.25]}, yaxis={"autorange": "reversed", "automargin": True},
+                      xaxis={"title": "AUROC", "range": [0.3, 1.25]},
+                      yaxis={"autorange": "reversed", "automargin": True},
                       height=max(320, 46 * len(labels) + 140), margin={"t": 90, "r": 20},
                       legend={"orientation": "h", "y": -0.15, "yanchor": "top"})
     return fig
@@ -314,7 +316,8 @@ def effect_vs_q(frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
-ABLATION_STYLE = {  # family -> (label, colour, dash, marker): Okabe-Ito colours, each also told apart by dash and marker
+# family -> (label, colour, dash, marker): Okabe-Ito colours, each family also told apart by dash and marker
+ABLATION_STYLE = {
     "top_k": ("top-k heads (zero)", "#D55E00", "solid", "circle"),
     "random_k": ("random-k heads (zero)", "#666666", "dot", "diamond"),
     "bottom_k": ("bottom-k heads (zero)", "#0072B2", "dash", "square"),
@@ -737,9 +740,10 @@ def programme_matches(frame: pd.DataFrame, *, layer: int) -> go.Figure:
     if frame["null_r"].notna().any():
         fig.add_bar(x=frame["programme"], y=frame["null_r"], name="shuffled activations (null)",
                     marker={"color": "#bbbbbb"})
-    fig.update_layout(title={"text": f"L{layer}: cell programmes tracked by a feature<br><sup>Pearson r of the best "
-                                     "feature's per-cell activity with each cell state and TF regulon activity"
-                                     "</sup>"}, yaxis={"title": "r"}, barmode="group", height=380, margin={"t": 80})
+    fig.update_layout(title={"text": f"L{layer}: cell programmes<br>tracked by a feature<br><sup>Pearson r of the "
+                                     "best feature's per-cell activity<br>with each cell state and TF regulon "
+                                     "activity</sup>"},
+                      yaxis={"title": "r"}, barmode="group", height=420, margin={"t": 120})
     return fig
 
 
@@ -886,9 +890,9 @@ def superposition(frame: pd.DataFrame, *, layer: int, threshold: float, directio
                                  marker={"color": "#4c72b0"}, hovertemplate="|cos| %{x}: %{y} features<extra></extra>"))
     fig.add_vline(x=threshold, line={"dash": "dash", "color": "#c44e52"},
                   annotation_text=f"visible to SVD: {visible} of {len(live)}", annotation_position="top left")
-    fig.update_layout(title={"text": f"L{layer} superposition: {1 - visible / max(len(live), 1):.1%} of live features "
-                                     f"invisible to SVD<br><sup>largest |cos| of each decoder direction with the top "
-                                     f"{directions} singular directions</sup>"},
+    fig.update_layout(title={"text": f"L{layer} superposition: {1 - visible / max(len(live), 1):.1%}<br>of live "
+                                     f"features invisible to SVD<br><sup>largest |cos| of each decoder direction "
+                                     f"with<br>the top {directions} singular directions</sup>"},
                       xaxis={"title": "max |cos| with a top singular direction", "range": [0, 1]},
-                      yaxis={"title": "features"}, height=420, margin={"t": 80}, showlegend=False)
+                      yaxis={"title": "features"}, height=440, margin={"t": 120}, showlegend=False)
     return fig

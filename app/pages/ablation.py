@@ -9,6 +9,7 @@ from dash import Input, Output, State, dash_table, dcc, html, no_update
 
 from analysis.interp.interventions import READOUTS, InterventionSpec, intervention_key
 from analysis.io.schemas import ABLATION_RESULTS
+from analysis.scoring.numbers import effect, probability
 
 from .. import ids
 from ..components import (background_job, figure_card, live_cells_refusal, status_admission, table_column,
@@ -177,9 +178,11 @@ def register(app, store, settings, jobs, exports):
         index = jobs.get((LIVE_INDEX, run_id), [])
         jobs.set((LIVE_INDEX, run_id), index + results.to_dict("records"))
         loss = results[results["readout"] == "mlm_loss"].iloc[0]
-        status = (f"{intervention_key(specs)} on {n_cells} cells: {m.readout_label('mlm_loss')} {loss['baseline']:.4f} -> "
-                  f"{loss['value']:.4f} (delta {loss['delta']:+.4g}, Wilcoxon p {loss['p']:.3g}); "
-                  "added to the dose-response (black star), first in the results table and to the statistics registry as exploratory.")
+        status = (f"{intervention_key(specs)} on {n_cells} cells: {m.readout_label('mlm_loss')} "
+                  f"{effect(loss['baseline'], digits=6)} -> {effect(loss['value'], digits=6)} (delta "
+                  f"{effect(loss['delta'], signed=True)}, Wilcoxon p {probability(loss['p'])}); added to the "
+                  "dose-response (black star), first in the results table, and to the statistics registry as "
+                  "exploratory.")
         jobs.set(key, status)
         set_progress((100, "done"))
         return status, (version or 0) + 1

@@ -15,6 +15,7 @@ from dash import Input, Output, State, ctx, dash_table, dcc, html
 
 from analysis.io.spreadsheet import to_csv
 from analysis.scoring.claims import CLAIM_TABLES, claim_map
+from analysis.scoring.numbers import effect, probability
 from analysis.scoring.registry import FAMILIES
 from analysis.scoring.replication import replicate
 from analysis.scoring.untrained_control import (ARCHITECTURE, claims_beside_control, ranking_beside_control,
@@ -135,8 +136,8 @@ def report_html(manifest, claims: pd.DataFrame, registry: pd.DataFrame) -> str:
     cited = {t for ts in claims["tests"] for t in ts.split("; ") if t}
     tests = registry[registry["test_id"].isin(cited)]
     test_rows = "".join(
-        f"<tr><td>{esc(t.test_id)}</td><td>{esc(t.test)}</td><td>{t.p:.3g}</td><td>{t.effect:.3g} "
-        f"({esc(t.effect_name)})</td><td>{t.n}</td>" + "".join(f"<td>{getattr(t, 'q_' + f):.3g}</td>" for f in FAMILIES)
+        f"<tr><td>{esc(t.test_id)}</td><td>{esc(t.test)}</td><td>{probability(t.p)}</td><td>{effect(t.effect)} "
+        f"({esc(t.effect_name)})</td><td>{t.n}</td>" + "".join(f"<td>{probability(getattr(t, 'q_' + f))}</td>" for f in FAMILIES)
         + "</tr>" for t in tests.itertuples())
     head = "".join(f"<th>{f}</th>" for f in FAMILIES)
     q_head = "".join(f"<th>q ({f})</th>" for f in FAMILIES)

@@ -14,6 +14,7 @@ from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
 
 from analysis.scoring.cssi import AGGREGATIONS
 from analysis.scoring.cssi_levels import score_level, stratum_top_edges, synthetic_summary
+from analysis.scoring.numbers import probability
 from analysis.io.references import ReferenceNetwork
 from analysis.scoring.strata import add_level
 
@@ -91,10 +92,10 @@ def level_summary(r: pd.Series, n_strata: int, aggregation: str, metric: str) ->
     text = (f"{n_strata} strata ({int(r['n_found'])} found, Leiden resolution {r['resolution']:.3g}; {where}): "
             f"{CSSI_AGGREGATIONS[aggregation]} {metric.upper()} {r['value']:.4f} vs pooled {r['pooled']:.4f} "
             f"(delta {r['delta']:+.4f}); random-strata null {r['null_mean']:.4f} [{r['null_low']:.4f}, "
-            f"{r['null_high']:.4f}], p = {r['p_random_strata']:.3g}")
+            f"{r['null_high']:.4f}], p = {probability(r['p_random_strata'])}")
     if metric == "auroc":
-        text += (f"; label-shuffle p = {r['p_label_shuffle']:.3g}; gene-permuted reference mean "
-                 f"{r['gene_permuted_mean']:.4f}, p = {r['p_gene_permuted']:.3g}")
+        text += (f"; label-shuffle p = {probability(r['p_label_shuffle'])}; gene-permuted reference mean "
+                 f"{r['gene_permuted_mean']:.4f}, p = {probability(r['p_gene_permuted'])}")
     return text
 
 

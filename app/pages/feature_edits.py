@@ -15,6 +15,7 @@ from dash import Input, Output, State, dash_table, dcc, html, no_update
 from analysis.interp.interventions import FeatureEdit
 from analysis.io import files
 from analysis.io.schemas import FEATURE_EDIT_RESULTS
+from analysis.scoring.numbers import probability
 from analysis.scoring.sae_features import top_genes
 
 from .. import ids
@@ -151,7 +152,7 @@ def register(app, store, settings, jobs, exports, *, n_own: int):
         m = store.manifest(run_id)
         status = (f"L{layer} features {edits[0].features} on {n_cells} cells, {m.readout_label('mlm_loss')}: "
                   + "; ".join(f"x{s:g} {loss.loc[s, 'baseline']:.4f} -> {loss.loc[s, 'value']:.4f} (p "
-                              f"{loss.loc[s, 'p']:.3g}, own/other genes {spec.loc[s, 'value']:.3g}/"
+                              f"{probability(loss.loc[s, 'p'])}, own/other genes {spec.loc[s, 'value']:.3g}/"
                               f"{spec.loc[s, 'baseline']:.3g})" for s in loss.index)
                   + ". Added to the dose-response and to the statistics registry as exploratory.")
         jobs.set(key, status)

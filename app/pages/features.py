@@ -75,8 +75,8 @@ def layer_note(row: pd.Series, family: str) -> str:
             f"trained on {int(row['n_rows']):,} gene positions of {int(row['n_cells'])} cells; fraction of variance "
             f"explained {row['fraction_variance_explained']:.3f}; {family} behaviour read-out "
             f"{row['behaviour_loss']:.4g} -> {row['behaviour_loss_spliced']:.4g} with the reconstruction spliced in; "
-            f"{int(row['n_dead'])} dead, {int(row['n_dense'])} dense; {int(row['n_svd_visible'])} features aligned "
-            f"with one of the top {int(row['svd_directions'])} singular directions (visible to SVD); "
+            f"{int(row['n_dead'])} dead, {int(row['n_dense'])} dense; {int(row['n_svd_visible'])} "
+            f"feature{'' if int(row['n_svd_visible']) == 1 else 's'} aligned with one of the top {int(row['svd_directions'])} singular directions (visible to SVD); "
             f"{int(row['n_modules'])} co-activation modules; causal specificity "
             + (f"{row['causal_specificity']:.2f}x (median over {int(row['specificity_features'])} features ablated "
                "alone: their own genes' prediction change over the rest's)." if np.isfinite(row["causal_specificity"])
