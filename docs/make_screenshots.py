@@ -15,11 +15,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.browser.conftest import headless_chromium, serve_app  # noqa: E402
 
-# file -> (page path, CSS selector of the element to capture, selector that must be present first)
-SHOTS = {"verdict-panel.png": ("/", "#overview-verdicts", "#overview-verdicts li.verdict"),
-         "overview.png": ("/", "body", "#overview-verdicts li.verdict"),
-         "ablation.png": ("/ablation", "body", "#ablation-bottom-line .verdict-sentence"),
-         "features.png": ("/features", "body", "#features-note")}
+# file -> (page path, CSS selector of the element to capture, selector that must be present first, window height)
+SHOTS = {"verdict-panel.png": ("/", "#overview-verdicts", "#overview-verdicts li.verdict", 1100),
+         "overview.png": ("/", "body", "#overview-verdicts li.verdict", 1100),
+         "ablation.png": ("/ablation", "body", "#ablation-bottom-line .verdict-sentence", 1500),
+         "features.png": ("/features", "body", "#features-note", 1100)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(__import__("tempfile").mkdtemp())
     driver = headless_chromium(work)
     try:
-        driver.set_window_size(1400, 1100)
-        for name, (path, target, ready) in SHOTS.items():
+        for name, (path, target, ready, height) in SHOTS.items():
+            driver.set_window_size(1400, height)
             driver.get(f"{url}{path}?run={run}")
             WebDriverWait(driver, 120).until(lambda d, r=ready: d.find_elements(By.CSS_SELECTOR, r))
             time.sleep(3)                                  # figures finish drawing
