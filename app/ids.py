@@ -29,6 +29,8 @@ HEADS_REFERENCE = "heads-reference"
 HEADS_DIRECTION = "heads-direction"
 HEADS_METRIC = "heads-metric"
 HEADS_EDGES = "heads-top-edges"
+HEADS_LINK = "heads-link"          # dcc.Store: the {layer, head} of a link's ?head=L1H2
+HEADS_SHOWN = "heads-shown"        # dcc.Store: the {layer, head} on screen (it goes into the URL)
 HEADS_HEAD_LABEL = "heads-head-label"
 HEADS_ORDER = "heads-order"
 HEADS_CONVENTION = "heads-convention"
@@ -98,6 +100,7 @@ CSSI_SITE = "cssi-site"
 CSSI_AGGREGATION = "cssi-aggregation"
 CSSI_METRIC = "cssi-metric"
 CSSI_SLIDER = "cssi-n-strata"
+CSSI_LINK = "cssi-link"            # dcc.Store: the number of strata of a link's ?strata=7
 CSSI_STATUS = "cssi-status"
 CSSI_PROGRESS = "cssi-progress"
 CSSI_CANCEL = "cssi-cancel"

@@ -23,6 +23,7 @@ from ..components import background_job, figure_card, float_columns, table_colum
 from ..jobs import admitted_by
 from ..figures import (CSSI_AGGREGATIONS, composition_plot, cssi_curve, cssi_embedding, cssi_stratum_edges,
                        cssi_synthetic, scaling_curves)
+from ..shell import with_query
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/cssi", "CSSI"
@@ -34,8 +35,15 @@ def live_key(run_id: str, reference: str, direction: str, n_strata: int) -> tupl
     return ("cssi-level", run_id, reference, direction, int(n_strata))
 
 
-def layout(**_):
+def linked_strata(strata) -> int | None:
+    """The number of strata of a link's ``?strata=7``, or None when it is not a whole number (a link is text from
+    anywhere: nothing of it is evaluated)."""
+    return int(strata) if isinstance(strata, str) and strata.isdigit() and len(strata) < 4 else None
+
+
+def layout(strata=None, **_):
     return dbc.Container([
+        dcc.Store(id=ids.CSSI_LINK, data=linked_strata(strata)),
         html.H3("Cell-State Stratified Interpretability"),
         bottom_line_slot("cssi"),
         html.Div(id=ids.CSSI_NOTE, className="explain mb-2"),
@@ -154,10 +162,11 @@ def register(app, store, settings, jobs, exports):
                   Output(ids.CSSI_SITE, "options"), Output(ids.CSSI_SITE, "value"),
                   Output(ids.CSSI_SLIDER, "max"), Output(ids.CSSI_SLIDER, "marks"), Output(ids.CSSI_SLIDER, "value"),
                   Output(ids.CSSI_NOTE, "children"),
-                  Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"), State(ids.CSSI_SITE, "value"))
-    def setup(run_id, selected, site):
-        """Options of a run; the slider opens at the pre-specified number of strata. A head selected on another
-        page becomes the edge source."""
+                  Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"), State(ids.CSSI_SITE, "value"),
+                  State(ids.CSSI_LINK, "data"))
+    def setup(run_id, selected, site, link):
+        """Options of a run; the slider opens at a link's number of strata when the run has it, else at the
+        pre-specified one. A head selected on another page becomes the edge source."""
         if not run_id or not store.has_table(run_id, "cssi_curve"):
             return [], None, [], None, [], None, MAX_STRATA, {}, 5, "This run has no CSSI results."
         run = store.cssi(run_id)
@@ -174,7 +183,7 @@ def register(app, store, settings, jobs, exports):
         grid = sorted(int(k) for k in run.strata.levels["n_strata"].unique())
         top = min(MAX_STRATA, run.strata.n_fine - 1)
         primary = m.config.cssi.primary_n_strata
-        value = primary if primary in grid else grid[0]
+        value = link if link is not None and 2 <= link <= top else primary if primary in grid else grid[0]
         marks = {k: {"label": str(k), "style": {"fontWeight": "bold", "color": "#D55E00"} if k == primary else {}}
                  for k in grid if k <= top}
         c = m.config.cssi
@@ -191,6 +200,12 @@ def register(app, store, settings, jobs, exports):
                 f"(the bold mark).")
         return ([{"label": r, "value": r} for r in refs], refs[0], [{"label": d, "value": d} for d in dirs], dirs[0],
                 [{"label": x, "value": x} for x in labels], site, top, marks, value, note)
+
+    @app.callback(Output(ids.RUN_URL, "search", allow_duplicate=True), Input(ids.CSSI_SLIDER, "value"),
+                  State(ids.RUN_URL, "search"), prevent_initial_call=True)
+    def strata_in_url(n_strata, search):
+        """The slider's position goes into the URL, so a link reopens it."""
+        return with_query(search, strata=int(n_strata)) if n_strata else no_update
 
     @app.callback(Output(ids.graph("cssi-curve"), "figure"), Output(ids.figdata("cssi-curve"), "data"),
                   Output(ids.CSSI_STATUS, "children"), Output(ids.CSSI_POLL, "disabled"),

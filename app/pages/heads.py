@@ -1,9 +1,12 @@
 """Heads: layer x head heatmap of any ranking metric, how stable the lead of the best head and layer is (rank reversal
-under a TF bootstrap); click a head for its gene x gene attention and top edges."""
+under a TF bootstrap); click a head for its gene x gene attention and top edges. The head shown is in the URL
+(``?head=L1H2``), so a link opens it."""
 from __future__ import annotations
 
+import re
+
 import dash_bootstrap_components as dbc
-from dash import Input, Output, dash_table, dcc, html, no_update
+from dash import Input, Output, State, dash_table, dcc, html, no_update
 
 from analysis.scoring.rank_reversal import describe
 
@@ -11,13 +14,21 @@ from .. import ids
 from ..components import figure_card, table_column, table_records
 from ..data import head_view, reference_tf_rows
 from ..figures import DIRECTION_LABELS, gene_gene_heatmap, head_grid, head_heatmap, metric_label
+from ..shell import with_query
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/heads", "Heads"
 EDGE_COLUMNS = ("tf", "target", "score", "n_cells", "in_reference", "mode")   # app.data.head_view's edges
 
 
-def layout(**_):
+def linked_head(head) -> dict | None:
+    """The ``{layer, head}`` of a link's ``?head=L1H2``, or None (a link is text from anywhere: only that pattern is
+    read, nothing of it is evaluated)."""
+    match = re.fullmatch(r"L(\d{1,4})H(\d{1,4})", head) if isinstance(head, str) else None
+    return {"layer": int(match[1]), "head": int(match[2])} if match else None
+
+
+def layout(head=None, **_):
     controls = dbc.Row([
         dbc.Col([dbc.Label("Reference"), dcc.Dropdown(id=ids.HEADS_REFERENCE, clearable=False)], md=3),
         dbc.Col([dbc.Label("Metric"), dcc.Dropdown(id=ids.HEADS_METRIC, clearable=False)], md=3),
@@ -26,6 +37,7 @@ def layout(**_):
             options=[{"label": k, "value": k} for k in DIRECTION_LABELS])], md=6),
     ], className="mb-2")
     return dbc.Container([
+        dcc.Store(id=ids.HEADS_LINK, data=linked_head(head)), dcc.Store(id=ids.HEADS_SHOWN),
         html.H3("Attention heads"),
         bottom_line_slot("heads"),
         html.P("Each cell is one attention head scored against the reference over the evaluable universe "
@@ -48,6 +60,19 @@ def layout(**_):
 
 def register(app, store, settings, jobs, exports):
     register_bottom_line(app, store, "heads", ("head_screen",))
+
+    @app.callback(Output(ids.SELECTED_HEAD, "data", allow_duplicate=True), Input(ids.HEADS_LINK, "data"),
+                  prevent_initial_call="initial_duplicate")
+    def head_from_link(link):
+        """A link's head becomes the selected head (shared with the other pages)."""
+        return link or no_update
+
+    @app.callback(Output(ids.RUN_URL, "search", allow_duplicate=True), Input(ids.HEADS_SHOWN, "data"),
+                  State(ids.RUN_URL, "search"), prevent_initial_call=True)
+    def head_in_url(shown, search):
+        """The head on screen goes into the URL, so the page has a link of its own."""
+        return with_query(search, head=f"L{shown['layer']}H{shown['head']}") if shown else no_update
+
     @app.callback(Output(ids.HEADS_CONVENTION, "children"), Input(ids.RUN_SELECT, "value"))
     def convention(run_id):
         """How the run's model family reads attention as edges (its tools' direction convention)."""
@@ -101,18 +126,19 @@ def register(app, store, settings, jobs, exports):
 
     @app.callback(Output(ids.graph("heads-gene-gene"), "figure"), Output(ids.figdata("heads-gene-gene"), "data"),
                   Output(ids.HEADS_EDGES, "data"), Output(ids.HEADS_HEAD_LABEL, "children"),
+                  Output(ids.HEADS_SHOWN, "data"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.SELECTED_HEAD, "data"),
                   Input(ids.HEADS_REFERENCE, "value"), Input(ids.HEADS_DIRECTION, "value"))
     def head_detail(run_id, selected, reference, direction):
         if not (run_id and reference):
-            return {}, [], [], ""
+            return {}, [], [], "", None
         label = None
         if not selected:   # open on the best head rather than an empty frame
             r = store.ranking(run_id)
             best = r[(r["reference"] == reference) & (r["direction"] == direction) & (r["metric"] == "auroc")
                      & (r["edge_type"] == "attention")]
             if best.empty:
-                return {}, [], [], "Click a head in the heatmap to open its gene x gene attention."
+                return {}, [], [], "Click a head in the heatmap to open its gene x gene attention.", None
             top = best.loc[best["value"].idxmax()]
             selected = {"layer": int(top["layer"]), "head": int(top["head"])}
             label = (f"Showing the best head by AUROC, layer {selected['layer']}, head {selected['head']}; click "
@@ -123,7 +149,7 @@ def register(app, store, settings, jobs, exports):
         try:
             scores = store.head_scores(run_id, layer, head, tf_rows, direction)
         except KeyError as exc:
-            return {}, [], [], str(exc)
+            return {}, [], [], exc.args[0], None
         block, edges = head_view(scores, tf_rows, store.pair_counts(run_id), panel, ref_edges, reference=reference,
                                  n_rows=min(25, settings.max_genes_drawn), n_cols=settings.max_genes_drawn,
                                  n_edges=settings.top_edges)
@@ -131,4 +157,4 @@ def register(app, store, settings, jobs, exports):
         fig = gene_gene_heatmap(block, title=title, direction=direction)
         table = edges.assign(in_reference=edges["in_reference"].astype(str))
         return (fig, exports.publish("heads-gene-gene", fig, block), table_records(table),
-                label or f"Selected: layer {layer}, head {head}")
+                label or f"Selected: layer {layer}, head {head}", {"layer": layer, "head": head})

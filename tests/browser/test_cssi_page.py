@@ -1,7 +1,10 @@
 """Real headless Chromium on the CSSI page: moving the strata slider redraws the embedding, the per-stratum edges
 and the curve marker from the precomputed grid; a position off the grid is drawn at once and scored by a
-background job whose point joins the curve; the curve exports as CSV with that point."""
+background job whose point joins the curve; the curve exports as CSV with that point; the slider's position is in
+the URL and a link reopens it."""
 from __future__ import annotations
+
+from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 import pytest
@@ -51,3 +54,8 @@ def test_slider_moves_views_and_scores_off_grid_in_background(server, browser):
     data = pd.read_csv(export_and_wait(browser, "cssi-curve", "csv"))
     assert sorted(data["n_strata"]) == [2, 3, 4, 5]
     assert {"value", "pooled", "null_low", "null_high", "p_random_strata"} <= set(data.columns)
+
+    wait.until(lambda d: parse_qs(urlparse(d.current_url).query).get("strata") == ["4"])   # the position is linked
+    browser.get(browser.current_url.replace("strata=4", "strata=2"))
+    wait.until(lambda d: status(d).startswith("2 strata (") and plot(d, "cssi-embedding", "g.data.length") == 2)
+    assert browser.find_element(By.CSS_SELECTOR, "#cssi-n-strata [role=slider]").get_attribute("aria-valuenow") == "2"

@@ -3,6 +3,7 @@ download the SVG of that view."""
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -119,6 +120,7 @@ def test_click_head_then_download_svg(server, browser):
     ActionChains(browser).move_to_element_with_offset(drag, drag.size["width"] // 4,
                                                       drag.size["height"] // 4).click().perform()
     wait.until(lambda d: "Selected: layer 1, head" in d.find_element(By.ID, "heads-head-label").text)
+    wait.until(lambda d: parse_qs(urlparse(d.current_url).query).get("head", [""])[0].startswith("L1H"))
     wait.until(lambda d: "heatmap" in trace_types(d, "heads-gene-gene"))
     title = browser.execute_script(
         "return document.querySelector(arguments[0] + ' .js-plotly-plot').layout.title.text;",
@@ -142,3 +144,15 @@ def test_the_plot_toolbar_offers_nothing_that_leaves_the_machine(server, browser
         By.CSS_SELECTOR, graph_selector("heads-heatmap") + " .modebar-btn")])
     assert "Download plot as a PNG" in titles
     assert not [t for t in titles if any(w in t.lower() for w in ("share", "cloud", "chart studio"))], titles
+
+
+def test_the_head_on_screen_is_in_the_url_and_a_link_opens_it(server, browser):
+    wait = WebDriverWait(browser, 60)
+    browser.get(server + "/heads?head=L0H3")
+    wait.until(lambda d: "Selected: layer 0, head 3" in d.find_element(By.ID, "heads-head-label").text)
+    wait.until(lambda d: parse_qs(urlparse(d.current_url).query).get("head") == ["L0H3"])
+    title = browser.execute_script("return document.querySelector(arguments[0] + ' .js-plotly-plot').layout.title"
+                                   ".text;", graph_selector("heads-gene-gene"))
+    assert title.startswith("Layer 0, head 3")
+    browser.get(server + "/heads?head=L9H9")                       # a head the run lacks says so
+    wait.until(lambda d: "has no attention for layer 9 head 9" in d.find_element(By.ID, "heads-head-label").text)
