@@ -78,6 +78,7 @@ STATS_TABLE = "stats-table"
 STATS_NOTE = "stats-note"
 STATS_TIERS = "stats-tiers"
 STATS_FILTER_STATUS = "stats-filter-status"
+STATS_BOTTOM_LINE = "statistics-bottom-line"
 
 ABL_READOUT = "abl-readout"
 ABL_TABLE = "abl-table"

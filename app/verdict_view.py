@@ -86,6 +86,17 @@ def page_bottom_line(store, run_id: str, keys: tuple[str, ...]) -> html.Div | No
         html.Ul([verdict_item(v, run_id, link=False) for v in found], className="verdict-list mb-0")])
 
 
+def overall_line(store, run_id: str) -> html.Div:
+    """The run's bottom line over its verdicts, linked to the Run overview that lists them (for pages that hold the
+    evidence of every verdict at once, as Statistics does)."""
+    found = run_verdicts(store, run_id)
+    cited = sorted({i for v in found for i in v.test_ids})
+    return html.Div(className="verdict-panel page-bottom-line mb-3", children=[
+        html.P(bottom_line(found), className="lead verdict-bottom-line mb-1"),
+        html.Small([f"The verdicts read {len(cited)} of the tests below; each is listed with its test on the ",
+                    dcc.Link("Run overview", href=run_link("/", run_id)), "."], className="text-muted")])
+
+
 def bottom_line_slot(page: str) -> dcc.Loading:
     """Where an evidence page shows its bottom line (:func:`register_bottom_line`)."""
     return dcc.Loading(html.Div(id=ids.bottom_line(page)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, dash_table, html
+from dash import Input, Output, dash_table, dcc, html
 
 from analysis.scoring.feature_effects import feature_edit_tests
 from analysis.scoring.paper_registry import CONFIRMATORY as PAPER_TIER_CONFIRMATORY
@@ -15,6 +15,7 @@ from analysis.scoring.registry import ablation_tests, correct
 from .. import ids
 from ..components import figure_card, table_column, table_records, underflow_note
 from ..table_filter import FilterError, filter_rows
+from ..verdict_view import overall_line
 from ..figures import effect_vs_q
 from .ablation import live_results
 from .feature_edits import live_edit_results
@@ -31,6 +32,7 @@ TIER_COLUMNS = ("paper_entry", "title", "tests", "confirmatory_here", "confirmat
 def layout(**_):
     return dbc.Container([
         html.H3("Statistics registry"),
+        dcc.Loading(html.Div(id=ids.STATS_BOTTOM_LINE)),
         html.Div(id=ids.STATS_NOTE, className="explain mb-2"),
         dash_table.DataTable(id=ids.STATS_TABLE, columns=[table_column(c, (*PROBABILITIES, "effect")) for c in COLUMNS],
                              page_size=15,
@@ -51,6 +53,10 @@ def layout(**_):
 
 
 def register(app, store, settings, jobs, exports):
+    @app.callback(Output(ids.STATS_BOTTOM_LINE, "children"), Input(ids.RUN_SELECT, "value"))
+    def bottom(run_id):
+        return overall_line(store, run_id) if run_id and store.has_table(run_id, "statistics_registry") else None
+
     @app.callback(Output(ids.STATS_TABLE, "data"), Output(ids.STATS_NOTE, "children"), Output(ids.STATS_TIERS, "data"),
                   Output(ids.STATS_FILTER_STATUS, "children"),
                   Input(ids.RUN_SELECT, "value"), Input(ids.STATS_TABLE, "filter_query"))

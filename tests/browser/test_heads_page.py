@@ -29,6 +29,8 @@ def test_analysis_pages_render(server, browser, page, figures):
         rows = browser.find_elements(By.CSS_SELECTOR, "#stats-table tbody tr")
         assert len(rows) > 2
         assert "the paper: 63 of 95" in browser.find_element(By.ID, "stats-note").text
+        wait.until(lambda d: "questions this run can test" in d.find_element(By.ID, "statistics-bottom-line").text)
+        assert "of the tests below" in browser.find_element(By.ID, "statistics-bottom-line").text
         tiers = browser.find_element(By.ID, "stats-tiers").text
         assert "Perturbation-first validation" in tiers and "beyond the paper" in tiers
     if page == "confounds":
