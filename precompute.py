@@ -20,7 +20,8 @@ from analysis.threads import bound_threads
 
 FLAGS = {  # flag -> dotted config key
     "data": "data.path", "perturbation_col": "data.perturbation_col", "control_label": "data.control_label",
-    "cell_state_col": "data.cell_state_col", "gene_id_col": "data.gene_id_col", "max_cells": "data.max_cells",
+    "cell_state_col": "data.cell_state_col", "gene_id_col": "data.gene_id_col", "counts_layer": "data.counts_layer",
+    "max_cells": "data.max_cells",
     "model": "model.path", "model_family": "model.family", "dictionaries": "model.dictionaries",
     "device": "model.device",
     "batch_size": "extraction.batch_size", "n_hvg": "extraction.n_hvg", "panel_size": "extraction.panel_size",
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--control-label", help="label of control cells in the perturbation column")
     ap.add_argument("--cell-state-col", help="obs column with cell state / type")
     ap.add_argument("--gene-id-col", help="var column holding Ensembl ids")
+    ap.add_argument("--counts-layer", help="where the raw counts are: X, raw (raw.X) or a layer's name (default: "
+                    "layers['counts'], else raw.X when X is normalised, else X)")
     ap.add_argument("--max-cells", type=int, help="subsample to at most this many cells")
     ap.add_argument("--model", help="local checkpoint directory: Geneformer (config.json + weights) or scGPT "
                                     "(args.json + vocab.json + best_model.pt); default: the embedded tiny models")

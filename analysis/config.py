@@ -77,6 +77,7 @@ class DataConfig:
     control_label: str = "control"
     cell_state_col: str | None = None
     gene_id_col: str | None = None
+    counts_layer: str | None = None     # X, raw, or a layer's name; None: found (analysis.io.cells.choose_counts)
     max_cells: int | None = None
 
 

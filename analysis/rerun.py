@@ -37,6 +37,7 @@ def load_cells_for(data: DataConfig, tokenizer: Tokenizer, *, seed: int) -> Cell
     required only when it looks genes up by them; ``data.max_cells`` subsampled with ``seed``."""
     return load_cells(data.path, perturbation_col=data.perturbation_col, control_label=data.control_label,
                       cell_state_col=data.cell_state_col, gene_id_col=data.gene_id_col,
+                      counts_layer=data.counts_layer,
                       symbol_to_id=tokenizer.symbol_to_id or None, require_ensembl=tokenizer.requires_ensembl,
                       max_cells=data.max_cells, seed=seed)
 

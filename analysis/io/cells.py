@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import anndata as ad
 import h5py
@@ -27,6 +27,8 @@ from . import backed as on_disk
 from .backed import BackedCounts, row_blocks, stored_bytes, take_rows
 from .moments import GroupMoments, moments_of
 
+COUNTS_HINT = ("put raw UMI counts in X, layers['counts'] or raw.X, or say where they are with --counts-layer (X, raw "
+               "or a layer's name)")
 ENSEMBL_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "ensembl")
 SYMBOL_COLUMNS = ("symbol", "gene_symbol", "gene_symbols", "feature_name", "gene_name")
 
@@ -50,6 +52,7 @@ class CellData:
     perturbation_col: str | None = None
     control_label: str = "control"
     cell_state_col: str | None = None
+    counts_source: str = "X"           # which matrix held the counts and why (:func:`choose_counts`)
 
     @property
     def n_cells(self) -> int:
@@ -125,13 +128,77 @@ def _unreadable(p: Path, exc: Exception) -> InputError:
                       "Save your cells with adata.write_h5ad(...) and pass that file.")
 
 
-def _raw_counts(adata: ad.AnnData) -> tuple[sp.csr_matrix, str]:
-    """The in-memory counts, ``layers['counts']`` when present else ``X``, as CSR, and where they came from."""
-    source = "layers['counts']" if "counts" in adata.layers else "X"
-    matrix = adata.layers["counts"] if source != "X" else adata.X
+PROBE_ROWS = 1024     # rows read to tell integer counts from normalised values before choosing a matrix
+
+
+def choose_counts(requested: str | None, layers: Sequence[str], has_raw: bool,
+                  integer_at: Callable[[str], bool]) -> tuple[str, str]:
+    """Where the raw counts are, as ``(location, why)``: location ``X``, ``raw.X`` or ``layers['<name>']``.
+    ``requested`` (``--counts-layer``: ``X``, ``raw`` / ``raw.X``, or a layer's name) wins; otherwise
+    ``layers['counts']`` (the scverse convention), else ``raw.X`` when ``X`` holds non-integer values and ``raw.X``
+    integers (CELLxGENE / Census files: normalised ``X``, counts in ``.raw``), else ``X`` (then validated, and refused
+    with :data:`COUNTS_HINT` when it holds no counts). ``integer_at(location)``: whether the first
+    :data:`PROBE_ROWS` rows of that matrix hold only integers."""
+    if requested is not None:
+        if requested == "X":
+            return "X", "--counts-layer X"
+        if requested in ("raw", "raw.X", "raw/X"):
+            if not has_raw:
+                raise InputError(f"--counts-layer {requested}: the file has no raw.X ({_matrices(layers, has_raw)})")
+            return "raw.X", f"--counts-layer {requested}"
+        name = requested.removeprefix("layers/")
+        if name not in layers:
+            raise InputError(f"--counts-layer {requested}: the file has no such matrix ({_matrices(layers, has_raw)})")
+        return f"layers['{name}']", f"--counts-layer {requested}"
+    if "counts" in layers:
+        return "layers['counts']", "layers['counts'] is where scverse keeps raw counts"
+    if has_raw and not integer_at("X") and integer_at("raw.X"):
+        return "raw.X", "X holds non-integer (normalised) values and raw.X integers, as CELLxGENE and Census files do"
+    return "X", "no layers['counts']" + (", and X holds integers" if has_raw else " and no raw.X")
+
+
+def _matrices(layers: Sequence[str], has_raw: bool) -> str:
+    return "it has X" + (", raw.X" if has_raw else "") + "".join(f", layers['{n}']" for n in layers)
+
+
+def _integer_rows(matrix) -> bool:
+    """Whether the first :data:`PROBE_ROWS` rows of ``matrix`` (dense, sparse or on disk) hold only integers."""
+    block = matrix[:min(PROBE_ROWS, matrix.shape[0])]
+    values = block.data if sp.issparse(block) else np.asarray(block).ravel()
+    return bool(np.isfinite(values).all() and np.all(values == np.round(values)))
+
+
+def _matrix_of(adata: ad.AnnData, location: str):
+    if location == "X":
+        return adata.X
+    if location == "raw.X":
+        return adata.raw.X
+    return adata.layers[_layer_name(location)]
+
+
+def _layer_name(location: str) -> str:
+    """``name`` of the location ``layers['name']``."""
+    return location[len("layers['"):-len("']")]
+
+
+def _raw_var(var: pd.DataFrame, raw_var: pd.DataFrame) -> pd.DataFrame:
+    """The genes of raw.X: ``raw.var``, with ``var``'s columns (symbols, ids) where it lacks them (CELLxGENE keeps
+    annotations in ``var`` and only the index in ``raw.var``)."""
+    if raw_var.index.equals(var.index):
+        return var
+    return raw_var.combine_first(var.reindex(raw_var.index))[list(dict.fromkeys([*raw_var.columns, *var.columns]))]
+
+
+def _raw_counts(adata: ad.AnnData, requested: str | None) -> tuple[sp.csr_matrix, pd.DataFrame, str, str]:
+    """The in-memory counts as CSR, their genes (``var``), where they came from and why (:func:`choose_counts`)."""
+    has_raw = adata.raw is not None
+    location, why = choose_counts(requested, list(adata.layers.keys()), has_raw,
+                                  lambda loc: _integer_rows(_matrix_of(adata, loc)))
+    matrix = _matrix_of(adata, location)
     if matrix is None:
         raise InputError("the AnnData has no expression matrix in X")
-    return sp.csr_matrix(matrix), source
+    var = _raw_var(adata.var, adata.raw.var) if location == "raw.X" else adata.var
+    return sp.csr_matrix(matrix), var, location, why
 
 
 def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: pd.Index) -> np.ndarray:
@@ -167,11 +234,10 @@ def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: 
         raise InputError(f"{source} holds {n_bad} NaN or infinite value(s) in {rows.size} cell(s) (first: "
                          f"{obs_names[rows[0]]!r}); raw counts are required: fix or drop those cells")
     if n_negative:
-        raise InputError(f"{source} holds {n_negative} negative value(s); raw counts are required "
-                         "(put raw UMI counts in X or layers['counts'])")
+        raise InputError(f"{source} holds {n_negative} negative value(s); raw counts are required: {COUNTS_HINT}")
     if non_integer:
         raise InputError(f"{source} holds non-integer values, so it looks normalised or log-transformed; the "
-                         "models tokenise raw counts: put raw UMI counts in X or layers['counts']")
+                         f"models tokenise raw counts: {COUNTS_HINT}")
     if nnz == 0:
         raise InputError(f"{source} holds no non-zero counts")
     _check_integer_normalisation(totals, divisor, source)
@@ -189,7 +255,7 @@ def _check_integer_normalisation(totals: np.ndarray, divisor: int, source: str) 
     0.1; raw UMI totals vary several-fold between cells). Checked from 20 cells up."""
     if divisor > 1:
         raise InputError(f"{source}: every non-zero value is a multiple of {divisor}, so it looks scaled, not raw "
-                         "UMI counts (raw counts hold 1s); put raw counts in X or layers['counts']")
+                         f"UMI counts (raw counts hold 1s); {COUNTS_HINT}")
     if totals.size < 20 or totals.mean() <= 0:
         return
     spread = totals.std() / totals.mean()
@@ -197,7 +263,7 @@ def _check_integer_normalisation(totals: np.ndarray, divisor: int, source: str) 
         if spread < 0.1 and totals.min() >= 0.5 * target and totals.max() <= 1.05 * target:
             raise InputError(f"{source}: every cell's total is between {totals.min():,.0f} and {totals.max():,.0f} "
                              f"(near {target:,.0f}), so it looks normalised to a fixed total and made integer "
-                             "(floored or rounded), not raw UMI counts; put raw counts in X or layers['counts']")
+                             f"(floored or rounded), not raw UMI counts; {COUNTS_HINT}")
 
 
 ROUNDED_LOG_MAX = 20            # a rounded log of any normalisation up to 1e6 per cell (log2(1 + 1e6) = 19.9)
@@ -222,8 +288,7 @@ def _check_rounded_logs(cell_max: np.ndarray, totals: np.ndarray, value_counts: 
         raise InputError(f"{source}: no value exceeds {cell_max.max():.0f}, the commonest non-zero value is "
                          f"{commonest} and the median cell's largest value is {top_share:.2%} of its total, so it "
                          "looks like rounded log-normalised values, not raw UMI counts (shallow raw counts are "
-                         "mostly 1s, and every real cell has a dominant gene); put raw counts in X or "
-                         "layers['counts']")
+                         f"mostly 1s, and every real cell has a dominant gene); {COUNTS_HINT}")
 
 
 def _gene_ids_and_symbols(var: pd.DataFrame, gene_id_col: str | None, symbol_to_id: Mapping[str, str] | None,
@@ -259,13 +324,13 @@ def _gene_ids_and_symbols(var: pd.DataFrame, gene_id_col: str | None, symbol_to_
     return ids, np.char.upper(symbols.astype(str)), symbols.astype(str)
 
 
-def from_anndata(adata: ad.AnnData, **kwargs) -> CellData:
-    """Validate an in-memory AnnData into :class:`CellData` (the input is not modified); keyword arguments as
-    :func:`validated`."""
+def from_anndata(adata: ad.AnnData, *, counts_layer: str | None = None, **kwargs) -> CellData:
+    """Validate an in-memory AnnData into :class:`CellData` (the input is not modified); ``counts_layer`` as
+    :func:`choose_counts`' ``requested``; other keyword arguments as :func:`validated`."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputError(f"the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
-    counts, source = _raw_counts(adata)
-    return validated(counts, source, adata.obs, adata.var, **kwargs)
+    counts, var, source, why = _raw_counts(adata, counts_layer)
+    return validated(counts, source, adata.obs, var, why=why, **kwargs)
 
 
 MISSING_SPELLINGS = frozenset({"", "nan", "none", "null", "na", "n/a", "missing", "unknown", "?"})
@@ -307,11 +372,11 @@ def _checked_totals(column: pd.Series) -> pd.Series:
 
 
 def validated(counts: sp.csr_matrix | BackedCounts, source: str, obs: pd.DataFrame, var: pd.DataFrame, *,
-              perturbation_col: str | None = None, control_label: str = "control", cell_state_col: str | None = None,
+              why: str = "", perturbation_col: str | None = None, control_label: str = "control", cell_state_col: str | None = None,
               gene_id_col: str | None = None, symbol_to_id: Mapping[str, str] | None = None,
               require_ensembl: bool = True, max_cells: int | None = None, seed: int = 0) -> CellData:
     """Check raw ``counts`` ``[cells, genes]`` (in memory or on disk; ``source`` names them in errors) with their
-    ``obs`` and ``var`` and return :class:`CellData`.
+    ``obs`` and ``var`` and return :class:`CellData`; ``why`` says why that matrix was chosen.
 
     Columns named but absent are errors; ``perturbation_col`` must contain ``control_label`` and at least one
     other label with cells, and no cell without a label. Without ``require_ensembl`` (a model that matches genes by
@@ -343,28 +408,41 @@ def validated(counts: sp.csr_matrix | BackedCounts, source: str, obs: pd.DataFra
         keep = np.sort(np.random.default_rng(seed).choice(counts.shape[0], max_cells, replace=False))
         counts, obs = take_rows(counts, keep), obs.iloc[keep]
     return CellData(counts=counts, gene_ids=ids, symbols=symbols, obs=obs, raw_symbols=raw_symbols,
-                    perturbation_col=perturbation_col, control_label=control_label, cell_state_col=cell_state_col)
+                    perturbation_col=perturbation_col, control_label=control_label, cell_state_col=cell_state_col,
+                    counts_source=f"{source} ({why})" if why else source)
 
 
-def load_cells(path: str | Path, *, backed: bool | None = None, **kwargs) -> CellData:
-    """Read and validate an .h5ad file (keyword arguments as :func:`validated`). ``backed``: leave the counts on
-    disk (:class:`analysis.io.backed.BackedCounts`, read in row blocks; ``obs`` and ``var`` are read whole); None
+def _element(location: str) -> str:
+    """The HDF5 path of a :func:`choose_counts` location."""
+    return {"X": "X", "raw.X": "raw/X"}.get(location) or f"layers/{_layer_name(location)}"
+
+
+def load_cells(path: str | Path, *, backed: bool | None = None, counts_layer: str | None = None,
+               **kwargs) -> CellData:
+    """Read and validate an .h5ad file: the counts where :func:`choose_counts` finds them (``counts_layer`` as its
+    ``requested``), other keyword arguments as :func:`validated`. ``backed``: leave the counts on disk
+    (:class:`analysis.io.backed.BackedCounts`, read in row blocks; ``obs`` and ``var`` are read whole); None
     (default) does so when they would take more than ``IN_MEMORY_LIMIT`` bytes in memory. Results are the same
     either way."""
     p = _existing(path)
     try:
         with h5py.File(p, "r") as f:
-            element = "layers/counts" if "layers" in f and "counts" in f["layers"] else "X"
-            if element not in f:
+            layers = list(f["layers"].keys()) if "layers" in f else []
+            has_raw = "raw" in f and "X" in f["raw"]
+            if "X" not in f and not layers and not has_raw:
                 raise InputError("the AnnData has no expression matrix in X")
+            location, why = choose_counts(counts_layer, layers, has_raw,
+                                          lambda loc: _integer_rows(BackedCounts(p, _element(loc))))
+            element = _element(location)
             keep_on_disk = stored_bytes(f[element]) > on_disk.IN_MEMORY_LIMIT if backed is None else backed
             if keep_on_disk:
                 obs, var = read_elem(f["obs"]), read_elem(f["var"])
+                if location == "raw.X":
+                    var = _raw_var(var, read_elem(f["raw/var"]))
     except (OSError, KeyError, ValueError, TypeError) as exc:   # not HDF5, or not anndata's layout
         raise _unreadable(p, exc) from exc
     if not keep_on_disk:
-        return from_anndata(read_h5ad(p), **kwargs)
+        return from_anndata(read_h5ad(p), counts_layer=counts_layer, **kwargs)
     if len(obs) == 0 or len(var) == 0:
         raise InputError(f"the AnnData is empty ({len(obs)} cells x {len(var)} genes)")
-    source = "layers['counts']" if element != "X" else "X"
-    return validated(BackedCounts(p, element), source, obs, var, **kwargs)
+    return validated(BackedCounts(p, element), location, obs, var, why=why, **kwargs)

@@ -71,6 +71,7 @@ class DataInfo:
     universe: str = "panel"                   # ``perturbation.universe`` and its size in genes
     universe_genes: int = 0
     perturbations_left_out: int = 0          # perturbed genes not in the panel (table perturbations_left_out)
+    counts_source: str = "X"                  # the matrix the counts came from and why
 
     @property
     def cells_line(self) -> str:

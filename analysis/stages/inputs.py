@@ -258,6 +258,7 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     check_sae(cfg.sae, adapter.n_layers, adapter.d_model)
     tokenizer = adapter.tokenizer(cfg.tokenizer, cfg.model.dictionaries)
     cells = load_cells_for(data_cfg, tokenizer, seed=cfg.extraction.seed)
+    log.info("counts: %s", cells.counts_source)
     check_perturbation_groups(cells)
     references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]
     if not references:

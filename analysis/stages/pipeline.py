@@ -43,7 +43,7 @@ def manifest(inp: Inputs, store_panel: pd.DataFrame, run_key: str, wall_seconds:
                  "perturbations": inp.cells.perturbed_genes(), "cell_state_col": inp.cells.cell_state_col,
                  "attention_cells": int(inp.attention_cells.size), "attention_cell_selection": cfg.extraction.cells,
                  "universe": cfg.perturbation.universe, "universe_genes": int(store_panel["in_universe"].sum()),
-                 "perturbations_left_out": len(inp.left_out)},
+                 "perturbations_left_out": len(inp.left_out), "counts_source": inp.cells.counts_source},
         "protocol": inp.protocol_record(),
         "readout_layer": inp.readout_layer,
         "references": [r.params | {"name": r.name} for r in inp.references],

@@ -61,7 +61,8 @@ def register(app, store, settings, jobs, exports):
                    + f"; cell embedding {model.native_embedding}; behaviour read-out: "
                      f"{m.readout_label('mlm_loss')}"),
             html.P(f"Data: {m.data.n_cells} cells, {m.data.n_vocab_genes} genes in the vocabulary, "
-                   f"panel of {m.data.panel_size} genes; {len(m.data.perturbations)} perturbations"),
+                   f"panel of {m.data.panel_size} genes; {len(m.data.perturbations)} perturbations; counts from "
+                   f"{m.data.counts_source}"),
             html.P("References: " + "; ".join(f"{r['name']} ({r['n_edges']} edges)" for r in m.references)),
             html.P(f"Stages: {timings}; total {m.wall_seconds}s"),
         ]), className="mb-3")

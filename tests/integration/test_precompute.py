@@ -35,6 +35,7 @@ def test_embedded_default_writes_one_complete_run_per_family(embedded_cache):
         assert m.family == family and m.config.model.family == family and m.run_id.startswith(f"small-{family}-")
         assert m.model.n_layers == 2 and m.reference_names == ["simulated truth"] and m.readout_layer == 1
         assert m.versions["torch"] and m.inputs["data"] and m.model.readout_labels["mlm_loss"]
+        assert m.data.counts_source == "X (no layers['counts'] and no raw.X)"
     assert read_manifest(runs["scgpt"]).tokenizer["mode"] == "panel"
     assert read_manifest(runs["scgpt"]).model.native_embedding == "cls"
     assert read_manifest(runs["geneformer"]).tokenizer["method"] == "geneformer_rank_value"
@@ -359,6 +360,7 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
                           "--random-weights", "--dictionaries", str(shared_path("geneformer/dict_gc30M")),
                           "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
                           "--cell-state-col", "cell_line_demuxlet", "--max-cells", "24", "--panel-size", "200",
+                          "--counts-layer", "X",
                           "--n-null", "20", "--name", "mixology", "--set", "ablation.n_cells=2", "--set",
                           "ablation.ks=1", "--set", "ablation.n_random=1", *CSSI_24_CELLS, "--set",
                           f"biology.pair_references=string:{shared_path(STRING)}", "--set",
@@ -367,7 +369,7 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     (run_dir,) = (cache / "artifacts").iterdir()
     m = read_manifest(run_dir)
     assert m.family == "geneformer" and (m.model.n_layers, m.model.n_heads, m.model.max_len) == (6, 4, 2048)
-    assert m.data.n_cells == 24 and m.model.random_init
+    assert m.data.n_cells == 24 and m.model.random_init and m.data.counts_source == "X (--counts-layer X)"
     ranking = pd.read_parquet(run_dir / "head_ranking.parquet")
     heads = ranking[(ranking["edge_type"] == "attention") & (ranking["metric"] == "auroc")]
     assert len(heads) == 6 * 4 * 3 and heads["n_pos"].iloc[0] > 0
