@@ -25,6 +25,7 @@ from anndata.io import read_elem
 from ..errors import InputError
 from . import backed as on_disk
 from .backed import BackedCounts, row_blocks, stored_bytes, take_rows
+from .formats import format_of, read_cells_file
 from .moments import GroupMoments, moments_of
 
 COUNTS_HINT = ("put raw UMI counts in X, layers['counts'] or raw.X, or say where they are with --counts-layer (X, raw "
@@ -419,11 +420,18 @@ def _element(location: str) -> str:
 
 def load_cells(path: str | Path, *, backed: bool | None = None, counts_layer: str | None = None,
                **kwargs) -> CellData:
-    """Read and validate an .h5ad file: the counts where :func:`choose_counts` finds them (``counts_layer`` as its
+    """Read and validate a cell file (an .h5ad, or a 10x .h5, .loom or .zarr: :mod:`analysis.io.formats`): the
+    counts where :func:`choose_counts` finds them (``counts_layer`` as its
     ``requested``), other keyword arguments as :func:`validated`. ``backed``: leave the counts on disk
     (:class:`analysis.io.backed.BackedCounts`, read in row blocks; ``obs`` and ``var`` are read whole); None
     (default) does so when they would take more than ``IN_MEMORY_LIMIT`` bytes in memory. Results are the same
     either way."""
+    kind = format_of(Path(path))
+    if kind is not None:                    # 10x .h5, .loom, .zarr: read whole, through their own readers
+        if not Path(path).exists():
+            raise InputError(f"data file {path} does not exist")
+        cells = from_anndata(read_cells_file(Path(path)), counts_layer=counts_layer, **kwargs)
+        return dataclasses.replace(cells, counts_source=f"{cells.counts_source}, from a {kind} file")
     p = _existing(path)
     try:
         with h5py.File(p, "r") as f:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -78,3 +79,61 @@ def test_a_file_with_no_counts_anywhere_is_refused_naming_raw_x(tmp_path):
     adata.write_h5ad(tmp_path / "normalised_only.h5ad")
     with pytest.raises(InputError, match=r"non-integer values.*layers\['counts'\] or raw.X.*--counts-layer"):
         load_cells(tmp_path / "normalised_only.h5ad")
+
+
+def tenx_h5(path, counts, ids, symbols, barcodes):
+    """Cell Ranger 3's feature-barcode matrix layout, written by hand: genes x cells as CSC, with one antibody
+    capture feature that is not a gene."""
+    matrix = sp.csc_matrix(np.vstack([counts.T, np.ones((1, counts.shape[0]))]).astype(np.int32))
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m["data"], m["indices"], m["indptr"] = matrix.data, matrix.indices, matrix.indptr
+        m["shape"] = np.array(matrix.shape, dtype=np.int32)
+        m["barcodes"] = np.array([b.encode() for b in barcodes])
+        features = m.create_group("features")
+        features["id"] = np.array([i.encode() for i in [*ids, "CD3_TotalSeqB"]])
+        features["name"] = np.array([s.encode() for s in [*symbols, "CD3"]])
+        features["feature_type"] = np.array([b"Gene Expression"] * len(ids) + [b"Antibody Capture"])
+        features["genome"] = np.array([b"GRCh38"] * (len(ids) + 1))
+    return path
+
+
+def test_a_10x_h5_reads_as_scanpy_reads_it_and_loads_its_gene_counts(tmp_path):
+    import scanpy as sc
+
+    from analysis.io.formats import read_10x_h5
+
+    counts, ids, symbols, _ = _real_counts(n_cells=40, n_genes=300)
+    path = tenx_h5(tmp_path / "filtered_feature_bc_matrix.h5", counts, list(ids), symbols,
+                   [f"AAAC{i:04d}-1" for i in range(len(counts))])
+    ours, reference = read_10x_h5(path), sc.read_10x_h5(path)        # scanpy keeps gene expression too
+    assert list(ours.var_names) == list(reference.var_names) and list(ours.obs_names) == list(reference.obs_names)
+    assert list(ours.var["gene_ids"]) == list(reference.var["gene_ids"])
+    assert np.array_equal(ours.X.toarray(), reference.X.toarray())
+    cells = load_cells(path)
+    assert cells.counts_source.endswith("from a 10x Genomics HDF5 file")
+    assert np.array_equal(cells.counts.toarray(), counts) and list(cells.gene_ids) == list(ids)
+
+
+@pytest.mark.parametrize("suffix", [".loom", ".zarr"])
+def test_loom_and_zarr_files_load_through_anndatas_readers(tmp_path, suffix):
+    counts, ids, symbols, cell_line = _real_counts(n_cells=40, n_genes=300)
+    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=pd.DataFrame({"cell_line": cell_line.to_numpy()},
+                                                                index=[f"c{i}" for i in range(len(counts))]),
+                       var=pd.DataFrame({"gene_name": symbols}, index=pd.Index(ids)))
+    path = tmp_path / f"cells{suffix}"
+    adata.write_loom(path) if suffix == ".loom" else adata.write_zarr(path)
+    cells = load_cells(path, cell_state_col="cell_line")
+    assert cells.counts_source.endswith(f"from a {'loom' if suffix == '.loom' else 'zarr AnnData'} file")
+    assert np.array_equal(cells.counts.toarray(), counts)
+    assert list(cells.raw_symbols) == symbols and list(cells.obs["cell_line"]) == list(cell_line)
+
+
+def test_a_file_that_is_not_what_its_suffix_says_is_named(tmp_path):
+    (tmp_path / "cells.loom").write_text("not a loom file")
+    with pytest.raises(InputError, match="cells.loom is not a readable loom file"):
+        load_cells(tmp_path / "cells.loom")
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.create_group("GRCh38")                                        # Cell Ranger 2's layout
+    with pytest.raises(InputError, match="not a Cell Ranger 3\\+ feature-barcode matrix"):
+        load_cells(tmp_path / "old.h5")
