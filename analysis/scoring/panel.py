@@ -7,6 +7,8 @@ vocabulary can be in the panel.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -82,19 +84,35 @@ def select_panel(cells: CellData, genes: pd.DataFrame, present: np.ndarray, *, r
     })
 
 
+COMBINATION_SEPARATORS = re.compile(r"[+|_]")   # scPerturb's and the screens' spellings of A and B together
+
+
+def combination_parts(label: str, symbols) -> list[str] | None:
+    """The genes of a combinatorial perturbation label (``A+B``, ``A_B``, ``A|B``: every part one of ``symbols``,
+    at least two), or None for a single perturbation or a label that is not such a combination."""
+    parts = [p for p in COMBINATION_SEPARATORS.split(label) if p]
+    return parts if len(parts) > 1 and all(p in symbols for p in parts) else None
+
+
 def perturbations_left_out(cells: CellData, genes: pd.DataFrame, present: np.ndarray, panel: pd.DataFrame,
                            panel_size: int) -> pd.DataFrame:
     """The screen's perturbed genes that are not panel genes, so that no perturbation-first AUROC can be scored for
-    them, each with the reason (columns perturbation, reason): not a vocabulary gene of the data (``genes``), in no
-    cell's model input (``present`` = 0), or cut when the panel was full (:func:`select_panel` takes the universe,
-    then the perturbed genes in the data's gene order, then TFs and HVGs, up to ``panel_size``)."""
+    them, each with the reason (columns perturbation, reason): a combination of genes (:func:`combination_parts`:
+    only single perturbations are scored; the combination's genes are scored from their own single-perturbation
+    cells), not a vocabulary gene of the data (``genes``), in no cell's model input (``present`` = 0), or cut when
+    the panel was full (:func:`select_panel` takes the universe, then the perturbed genes in the data's gene order,
+    then TFs and HVGs, up to ``panel_size``)."""
     index = {s: i for i, s in enumerate(genes["symbol"].to_numpy())}
     in_panel = set(panel["symbol"])
+    data_symbols = set(cells.symbols)
     rows = []
     for gene in cells.perturbed_genes():
         if gene in in_panel:
             continue
-        if gene not in index:
+        parts = combination_parts(gene.upper(), data_symbols)
+        if parts is not None:
+            reason = "a combination of perturbations: only single perturbations are scored"
+        elif gene not in index:
             reason = "not a vocabulary gene of the model among the data's genes"
         elif present[index[gene]] <= 0:
             reason = "in no cell's model input (not expressed, or never tokenised)"

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .. import protocols
-from ..config import AblationConfig, PerturbationConfig, RunConfig, SAEConfig, mlp_block_layers, stable_hash
+from ..config import (MODALITIES, AblationConfig, PerturbationConfig, RunConfig, SAEConfig, mlp_block_layers,
+                      stable_hash)
 from ..errors import ConfigError, InputError
 from ..io import schemas
 from ..io.artifacts import sha256_path
@@ -214,6 +215,22 @@ def check_perturbation_groups(cells: CellData) -> None:
                          "out --perturbation-col to run without it")
 
 
+PERTURBATION_TYPE_COLUMN = "perturbation_type"     # scPerturb's column: CRISPRi, CRISPRa, CRISPR, drug, ...
+
+
+def check_modality(cells: CellData, modality: str) -> None:
+    """Refuse a screen whose ``obs['perturbation_type']`` (scPerturb's harmonised column) names one CRISPR modality
+    for every perturbed cell while ``perturbation.modality`` is the other: the on-target check would call every
+    perturbation failed (knock-down expected, activation found) and leave none evaluable."""
+    if cells.perturbation_col is None or PERTURBATION_TYPE_COLUMN not in cells.obs:
+        return
+    perturbed = cells.obs[cells.perturbation_col].astype(str) != cells.control_label
+    kinds = set(cells.obs.loc[perturbed, PERTURBATION_TYPE_COLUMN].astype(str).str.strip().str.lower())
+    if len(kinds) == 1 and (kind := kinds.pop()) in MODALITIES and kind != modality:
+        raise InputError(f"obs['{PERTURBATION_TYPE_COLUMN}'] says every perturbed cell is {kind}, but "
+                         f"perturbation.modality is {modality}: pass --set perturbation.modality={kind}")
+
+
 def check_ablation_layers(cfg: AblationConfig, n_layers: int) -> None:
     """Refuse whole-layer and MLP-block settings that name a layer the model does not have."""
     named = [("ablation.whole_layers", l) for l in cfg.whole_layers]
@@ -260,6 +277,7 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     cells = load_cells_for(data_cfg, tokenizer, seed=cfg.extraction.seed)
     log.info("counts: %s", cells.counts_source)
     check_perturbation_groups(cells)
+    check_modality(cells, cfg.perturbation.modality)
     references += [load_reference(spec, cfg.ranking.dorothea_min_confidence) for spec in cfg.ranking.references]
     if not references:
         raise InputError("no reference network: pass --reference trrust_rawdata.human.tsv (or dorothea:PATH)")

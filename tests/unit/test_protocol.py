@@ -214,6 +214,27 @@ def test_perturbed_genes_left_out_of_the_panel_are_named_with_their_reason():
     assert set(perturbations_left_out(cells, genes, present, wide, 5)["perturbation"]) == {"D", "Z"}
 
 
+@pytest.mark.parametrize("combined", ["A+B", "A_B", "A|B"])
+def test_a_combinatorial_label_is_listed_as_a_combination_never_as_an_unknown_gene(combined):
+    """scPerturb and the combinatorial screens write two genes perturbed together as A+B, A_B or A|B: such a label is
+    left out as a combination (its genes are scored from their own single-perturbation cells), not as a gene the
+    data lacks; a label whose parts are not all genes of the data stays an unknown gene."""
+    from analysis.scoring.panel import combination_parts, perturbations_left_out
+
+    rng = np.random.default_rng(2)
+    symbols = ["A", "B", "C", "D", "E"]
+    labels = ["control"] * 20 + ["A"] * 5 + ["B"] * 5 + [combined] * 5 + ["A+Q"] * 5
+    cells = _cells(rng.poisson(5, (40, 5)) + 1, symbols, labels)
+    genes = pd.DataFrame({"gene_id": cells.gene_ids, "symbol": cells.symbols})
+    present = (expression_matrix(cells, cells.gene_ids) > 0).sum(0)
+    panel = select_panel(cells, genes, present, reference_tfs=set(), n_hvg=5, panel_size=5)
+    assert {"A", "B"} <= set(panel["symbol"])                          # the single perturbations are scored
+    left = perturbations_left_out(cells, genes, present, panel, 5).set_index("perturbation")["reason"]
+    assert left[combined] == "a combination of perturbations: only single perturbations are scored"
+    assert left["A+Q"].startswith("not a vocabulary gene")            # Q is not a gene of the data
+    assert combination_parts(combined, {"A", "B"}) == ["A", "B"] and combination_parts("A", {"A"}) is None
+
+
 def test_the_attention_cells_are_one_seeded_draw_and_de_can_use_the_same_controls(hand_screen):
     """``extraction.n_cells``: at most that many of the selected cells, one seeded draw; DE given those control
     cells equals DE on a screen holding only them as controls (an independent path: the subset, then every
@@ -293,3 +314,21 @@ def test_each_sensitivity_grid_condition_builds_its_own_universe_controls_and_co
     other = spearman[(spearman["lfc_threshold"] == 0.5) & (spearman["n_control"] == 80)
                      & (spearman["universe_size"] == 80)]
     assert other["mean_auroc"].iloc[0] != pytest.approx(np.mean(expected))   # other controls, other edges and DE
+
+
+def test_a_screen_whose_perturbation_type_names_the_other_modality_is_refused_before_anything_runs():
+    """scPerturb's obs['perturbation_type']: CRISPRa on every perturbed cell under the default crispri modality
+    would fail every on-target check; the run is refused with the setting to pass. Mixed or non-CRISPR types are
+    left to the modality setting."""
+    from analysis.stages.inputs import check_modality
+
+    labels = ["control"] * 10 + ["A"] * 5 + ["B"] * 5
+    cells = _cells(np.random.default_rng(3).poisson(5, (20, 3)) + 1, ["A", "B", "C"], labels)
+    typed = dataclasses.replace(cells, obs=cells.obs.assign(perturbation_type=["control"] * 10 + ["CRISPRa"] * 10))
+    with pytest.raises(InputError, match=r"every perturbed cell is crispra.*--set perturbation.modality=crispra"):
+        check_modality(typed, "crispri")
+    check_modality(typed, "crispra")
+    mixed = dataclasses.replace(cells, obs=cells.obs.assign(perturbation_type=["control"] * 10 + ["CRISPRa"] * 5
+                                                            + ["CRISPRi"] * 5))
+    check_modality(mixed, "crispri")
+    check_modality(cells, "crispri")                                   # no such column
