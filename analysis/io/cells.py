@@ -29,7 +29,8 @@ from .formats import format_of, read_cells_file
 from .moments import GroupMoments, moments_of
 
 COUNTS_HINT = ("put raw UMI counts in X, layers['counts'] or raw.X, or say where they are with --counts-layer (X, raw "
-               "or a layer's name)")
+               "or a layer's name); log1p(CP10k) values are turned back into counts when obs holds each cell's "
+               "total count (n_counts, total_counts or nCount_RNA)")
 ENSEMBL_COLUMNS = ("ensembl_id", "gene_ids", "gene_id", "ensembl")
 SYMBOL_COLUMNS = ("symbol", "gene_symbol", "gene_symbols", "feature_name", "gene_name")
 
@@ -199,7 +200,40 @@ def _raw_counts(adata: ad.AnnData, requested: str | None) -> tuple[sp.csr_matrix
     if matrix is None:
         raise InputError("the AnnData has no expression matrix in X")
     var = _raw_var(adata.var, adata.raw.var) if location == "raw.X" else adata.var
-    return sp.csr_matrix(matrix), var, location, why
+    matrix = sp.csr_matrix(matrix)
+    if requested is None and location == "X" and not _integer_rows(matrix):
+        recovered = recover_counts(matrix, adata.obs)
+        if recovered is not None:
+            counts, column, target = recovered
+            return counts, var, "X", (f"recovered: X is log1p of counts per {target:,.0f}, and expm1(X) x "
+                                      f"obs['{column}'] / {target:,.0f} gives integers")
+    return matrix, var, location, why
+
+
+TOTAL_COLUMNS = ("n_counts", "total_counts", "nCount_RNA")   # scanpy, scanpy's QC metrics, Seurat
+NORMALISATION_TARGETS = (1e4, 1e6)                            # scanpy's default CP10k, and CPM
+RECOVERY_TOLERANCE = 0.01      # |recovered - nearest integer|, well above float32 rounding of log1p values
+
+
+def recover_counts(x: sp.csr_matrix, obs: pd.DataFrame) -> tuple[sp.csr_matrix, str, float] | None:
+    """Integer counts from log-normalised ``x`` ``[cells, genes]`` (``log1p(counts / total x target)``, scanpy's
+    ``normalize_total`` + ``log1p``) and each cell's total count before normalisation in ``obs`` (a column of
+    :data:`TOTAL_COLUMNS`), as ``(counts, column, target)`` when every recovered value is within
+    :data:`RECOVERY_TOLERANCE` of a positive integer for one of :data:`NORMALISATION_TARGETS`; None otherwise (no
+    totals, another transformation, or totals that are not the ones normalised by)."""
+    column = next((c for c in TOTAL_COLUMNS if c in obs.columns), None)
+    if column is None or x.nnz == 0:
+        return None
+    totals = pd.to_numeric(obs[column], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(totals).all() or (totals <= 0).any():
+        return None
+    per_value = np.repeat(totals, np.diff(x.indptr))
+    for target in NORMALISATION_TARGETS:
+        values = np.expm1(x.data.astype(np.float64)) * per_value / target
+        rounded = np.round(values)
+        if np.all(rounded >= 1) and np.abs(values - rounded).max() <= RECOVERY_TOLERANCE:
+            return sp.csr_matrix((rounded, x.indices, x.indptr), shape=x.shape), column, target
+    return None
 
 
 def _check_counts(counts: sp.csr_matrix | BackedCounts, source: str, obs_names: pd.Index) -> np.ndarray:

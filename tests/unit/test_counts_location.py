@@ -137,3 +137,28 @@ def test_a_file_that_is_not_what_its_suffix_says_is_named(tmp_path):
         f.create_group("GRCh38")                                        # Cell Ranger 2's layout
     with pytest.raises(InputError, match="not a Cell Ranger 3\\+ feature-barcode matrix"):
         load_cells(tmp_path / "old.h5")
+
+
+def _log_normalised(tmp_path, name, totals_factor=1.0, column="total_counts"):
+    counts, ids, symbols, _ = _real_counts(n_cells=50, n_genes=300)
+    totals = counts.sum(axis=1)          # over the kept genes: the totals the normalisation divided by
+    x = np.log1p(counts / totals[:, None] * 1e4).astype(np.float32)
+    obs = pd.DataFrame({column: totals * totals_factor}, index=[f"c{i}" for i in range(len(counts))])
+    path = tmp_path / name
+    ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame({"feature_name": symbols}, index=pd.Index(ids))
+               ).write_h5ad(path)
+    return path, counts
+
+
+def test_log1p_cp10k_with_its_totals_is_turned_back_into_the_exact_counts_and_says_so(tmp_path):
+    path, counts = _log_normalised(tmp_path, "lognorm.h5ad")
+    cells = load_cells(path)
+    assert np.array_equal(cells.counts.toarray(), counts)                       # exactly the real counts
+    assert cells.counts_source == ("X (recovered: X is log1p of counts per 10,000, and expm1(X) x "
+                                   "obs['total_counts'] / 10,000 gives integers)")
+    wrong, _ = _log_normalised(tmp_path, "wrong_totals.h5ad", totals_factor=1.37)
+    with pytest.raises(InputError, match="non-integer values.*n_counts, total_counts or nCount_RNA"):
+        load_cells(wrong)                                 # totals that were not the ones normalised by: refused
+    bare, _ = _log_normalised(tmp_path, "no_totals.h5ad", column="batch")
+    with pytest.raises(InputError, match="non-integer values"):
+        load_cells(bare)
