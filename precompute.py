@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from analysis.config import load_config
+from analysis.config import default_cache_dir, load_config
 from analysis.errors import ConfigError, InputError
 from analysis.threads import bound_threads
 
@@ -51,7 +51,8 @@ def positive_int(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default=str(Path(__file__).resolve().parent / "cache"), help="cache directory")
+    ap.add_argument("--cache", default=str(default_cache_dir()),
+                    help="cache directory (default: cache/ of the checkout, or of the working directory when installed)")
     ap.add_argument("--config", help="TOML file with [data], [model], [extraction], [ranking] ... sections")
     ap.add_argument("--data", help="AnnData .h5ad with raw counts (default: embedded simulation)")
     ap.add_argument("--perturbation-col", help="obs column with the perturbed gene per cell")

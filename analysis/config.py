@@ -34,6 +34,14 @@ TOKENIZER_MODES = ("panel", "zero_shot")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def default_cache_dir() -> Path:
+    """Where runs are cached by default: ``cache/`` of the checkout the code runs from (the README's layout), or of
+    the working directory when the code is an installed package (no checkout, so no ``requirements.txt``, around
+    it)."""
+    root = Path(__file__).resolve().parents[1]
+    return root / "cache" if (root / "requirements.txt").is_file() else Path.cwd() / "cache"
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """The embedded default's GRN-driven synthetic screen (see analysis.sim.simulate)."""

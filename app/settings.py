@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from analysis.config import default_cache_dir
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]     # the checkout, or site-packages when installed
 
 
 @dataclass(frozen=True)
 class AppSettings:
-    cache_dir: Path = PROJECT_ROOT / "cache"
+    cache_dir: Path = field(default_factory=default_cache_dir)
     run_id: str | None = None
     host: str = "127.0.0.1"
     port: int = 8050
