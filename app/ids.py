@@ -31,6 +31,16 @@ HEADS_METRIC = "heads-metric"
 HEADS_EDGES = "heads-top-edges"
 HEADS_LINK = "heads-link"          # dcc.Store: the {layer, head} of a link's ?head=L1H2
 HEADS_SHOWN = "heads-shown"        # dcc.Store: the {layer, head} on screen (it goes into the URL)
+NET_SOURCE = "net-source"
+NET_TOP = "net-top"
+NET_DOWNLOAD = "net-download"
+NET_STATUS = "net-status"
+
+
+def net_button(fmt: str) -> dict:
+    return {"type": "net-btn", "fmt": fmt}
+
+
 HEADS_HEAD_LABEL = "heads-head-label"
 HEADS_ORDER = "heads-order"
 HEADS_CONVENTION = "heads-convention"

@@ -14,6 +14,7 @@ from .. import ids
 from ..components import figure_card, table_column, table_records
 from ..data import head_view, reference_tf_rows
 from ..figures import DIRECTION_LABELS, gene_gene_heatmap, head_grid, head_heatmap, metric_label
+from ..network_export import network_bar, register_network_export
 from ..shell import with_query
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
@@ -50,7 +51,8 @@ def layout(head=None, **_):
         html.H5(id=ids.HEADS_HEAD_LABEL, className="mt-3"),
         figure_card("heads-gene-gene", "Edge score = attention summed over cells / cells in which both genes are in "
                     "the input. Crosses mark reference edges."),
-        html.H5("Top edges of the selected head"),
+        network_bar(),
+        html.H5("Top edges of the selected head", className="mt-3"),
         dash_table.DataTable(id=ids.HEADS_EDGES, page_size=15, sort_action="native", style_table={"overflowX": "auto"},
                              columns=[table_column(c, ("score",)) for c in EDGE_COLUMNS],
                              style_data_conditional=[{"if": {"filter_query": "{in_reference} eq 'True'"},
@@ -60,6 +62,7 @@ def layout(head=None, **_):
 
 def register(app, store, settings, jobs, exports):
     register_bottom_line(app, store, "heads", ("head_screen",))
+    register_network_export(app, store)
 
     @app.callback(Output(ids.SELECTED_HEAD, "data", allow_duplicate=True), Input(ids.HEADS_LINK, "data"),
                   prevent_initial_call="initial_duplicate")

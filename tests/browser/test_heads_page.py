@@ -158,3 +158,32 @@ def test_the_head_on_screen_is_in_the_url_and_a_link_opens_it(server, browser):
     assert title.startswith("Layer 0, head 3")
     browser.get(server + "/heads?head=L9H9")                       # a head the run lacks says so
     wait.until(lambda d: "has no attention for layer 9 head 9" in d.find_element(By.ID, "heads-head-label").text)
+
+
+def test_the_network_of_the_head_on_screen_downloads_for_cytoscape_and_networkx(server, browser, embedded_cache):
+    import networkx as nx
+
+    from tests.browser.conftest import choose
+
+    run_dir = embedded_cache[1]["geneformer"]
+    wait = WebDriverWait(browser, 60)
+    browser.get(f"{server}/heads?run={run_dir.name}&head=L1H2")
+    wait.until(lambda d: "L1H2" in d.find_element(By.ID, "net-source").text)
+    choose(browser, "net-source", "L1 mean")
+    top = browser.find_element(By.ID, "net-top")
+    scroll_to(browser, top)
+    top.clear()
+    top.send_keys("3")
+    before = set(browser.downloads.glob("*_network.graphml"))
+    button = browser.find_element(By.CSS_SELECTOR, "button[id='{\"fmt\":\"graphml\",\"type\":\"net-btn\"}']")
+    scroll_to(browser, button)
+    button.click()
+    deadline = time.time() + 60
+    while time.time() < deadline and not (set(browser.downloads.glob("*_network.graphml")) - before):
+        time.sleep(0.3)
+    (path,) = set(browser.downloads.glob("*_network.graphml")) - before
+    assert "L1_mean" in path.name
+    graph = nx.read_graphml(path)
+    regulators = [n for n, d in graph.nodes(data=True) if d["regulator"]]
+    assert regulators and all(graph.out_degree(n) <= 3 for n in regulators)
+    assert all("weight" in d and "n_cells" in d for _, _, d in graph.edges(data=True))
