@@ -7,11 +7,13 @@ The public API, scanpy-style, resolved lazily so that importing a torch-free lay
     adapter = analysis.load_adapter("/path/to/scGPT_human")          # family detected from the directory
     cells = analysis.load_cells("cells.h5ad", symbol_to_id=None, require_ensembl=False)
     store = analysis.extract_attention(adapter, tokens, panel)
+    run = analysis.open_run("cache")                                 # a finished run: tables, verdicts, networks
     edges = analysis.run_network("cache/artifacts/<run>", "L3 mean")   # source, target, weight for decoupler
     analysis.write_network(edges, "L3_mean.graphml")                   # or .tsv, .csv, .cyjs (Cytoscape)
 
 Layers (DESIGN.md section 2; each imports only those listed for it): ``io`` -> ``models`` -> ``interp``;
-``scoring`` (torch-free, on ``io``); ``stages`` (precompute only); ``rerun``; ``sim``.
+``scoring`` (torch-free, on ``io``); ``results`` (a finished run for notebooks, on ``io`` and ``scoring``); ``stages``
+(precompute only); ``rerun``; ``sim``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ _API = {
     "attention_edges": "analysis.scoring.edges", "rank_heads": "analysis.scoring.ranking",
     "RunContext": "analysis.rerun", "load_config": "analysis.config",
     "run_network": "analysis.scoring.networks", "write_network": "analysis.io.network_files",
+    "open_run": "analysis.results",
 }
 __all__ = sorted(_API)
 
