@@ -76,3 +76,31 @@ def test_a_source_the_run_lacks_or_a_wrong_format_is_named(embedded_cache, tmp_p
         run_network(run_dir, "best")
     with pytest.raises(InputError, match=r"write a network as \.tsv"):
         write_network(run_network(run_dir, "spearman", top=2), tmp_path / "edges.xlsx")
+
+
+def test_the_run_as_anndata_reads_back_in_scanpy_with_the_stored_matrices(embedded_cache, tmp_path):
+    import scanpy as sc
+
+    from analysis.results import open_run
+
+    run_dir = embedded_cache[1]["geneformer"]
+    run = open_run(run_dir)
+    run.to_anndata(layers=(0, 1)).write_h5ad(tmp_path / "run.h5ad")
+    adata = sc.read_h5ad(tmp_path / "run.h5ad")
+    panel = pd.read_parquet(run_dir / "panel.parquet")
+    counts = np.load(run_dir / "pair_counts.npy")
+    sums = np.load(run_dir / "attention_layer_sums.npy")
+    assert list(adata.var_names) == list(panel["symbol"]) and set(adata.varp) == {"attention_L0", "attention_L1",
+                                                                                    "spearman"}
+    seen = counts > 0
+    hand = np.where(seen, sums[1] / np.maximum(counts, 1), np.nan)
+    assert np.allclose(adata.varp["attention_L1"][seen], hand[seen], rtol=1e-5) and np.isnan(
+        adata.varp["attention_L1"][~seen]).all()
+    assert np.allclose(adata.varp["spearman"][seen], np.load(run_dir / "edges_spearman.npy")[0][seen], atol=1e-6)
+    embedding = np.load(run_dir / "cell_embeddings_mean_penultimate.npy")
+    assert np.allclose(adata.obsm["X_mean_penultimate"], embedding)
+    assert adata.n_obs == embedding.shape[0] and "cell_state" in adata.obs
+    perturbed = adata.var.loc[adata.var["is_perturbed"].astype(bool)]
+    assert perturbed["on_target_status"].notna().all()
+    assert json.loads(adata.uns["manifest"])["run_id"] == run_dir.name
+    assert list(adata.uns["verdicts"]["key"]) == [v.key for v in run.verdicts()]
