@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--protocol", help="the paper's settings for a context: paper-k562, paper-rpe1, paper-crispra "
                                        "or paper-k562-lenient (SN6.5's lenient DE); any other setting given "
                                        "overrides it and is listed as a deviation")
+    ap.add_argument("--gene-sets", action="append", default=[], metavar="PATH.gmt",
+                    help="a GMT gene-set collection (MSigDB, Reactome, GO BP) read as pairs of genes sharing a set, "
+                         "for the layer-biology analysis (SN17); repeatable")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any config key, e.g. --set train.epochs=4")
     ap.add_argument("--threads", type=positive_int,
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         cli[key] = value
+    if args.gene_sets:                      # beside any pair reference named with --set, not instead of it
+        named = cli.get("biology.pair_references", ())
+        named = tuple(x for x in named.split(",") if x) if isinstance(named, str) else tuple(named)
+        cli["biology.pair_references"] = (*named, *(f"gmt:{path}" for path in args.gene_sets))
     try:
         cfg = load_config(args.config, cli)
         logging.getLogger("precompute").info("thread pools bounded to %d (BLAS, OpenMP, torch)", n_threads)

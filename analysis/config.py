@@ -301,7 +301,8 @@ class BiologyConfig:
     """Layer-wise biological organisation (analysis.scoring.biology; paper Supplementary Note 17): every layer's
     head-mean attention scored over all gene pairs of the universe against undirected pair references
     (``pair_references``: ``string:PATH``, STRING's ``gene_a``/``gene_b``/``score`` table kept at ``score >=
-    string_min_score``, 0.7 = the paper's STRING >= 700) next to the run's regulatory references read as
+    string_min_score``, 0.7 = the paper's STRING >= 700; ``gmt:PATH``, a gene-set collection such as Reactome or GO
+    BP, pairs of panel genes sharing a set of at most 500, ``--gene-sets``) next to the run's regulatory references read as
     undirected pairs. ``n_negatives``: negative pairs per positive in the expression-controlled partial correlation
     (the paper's matched positive and negative pairs)."""
 

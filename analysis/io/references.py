@@ -153,7 +153,7 @@ def load_reference(spec: str, dorothea_min_confidence: str = "B") -> ReferenceNe
     return ref
 
 
-PAIR_KINDS = ("string",)
+PAIR_KINDS = ("string", "gmt")
 STRING_COLUMNS = ("gene_a", "gene_b", "score")
 
 
@@ -190,12 +190,68 @@ def load_string(path: str | Path, min_score: float = 0.7, name: str | None = Non
                                           "min_score": min_score, "undirected": True})
 
 
-def load_pair_reference(spec: str, min_score: float = 0.7) -> ReferenceNetwork:
-    """Load an undirected pair reference ``kind:path`` (kind in :data:`PAIR_KINDS`)."""
+MAX_SET_SIZE = 500     # GSEA's default upper bound: larger sets (generic GO terms) make pairs of nearly everything
+
+
+def read_gmt(path: str | Path) -> dict[str, list[str]]:
+    """An MSigDB / Enrichr / Reactome GMT file: one set per line, ``name<TAB>description<TAB>gene<TAB>gene...``,
+    as name -> upper-cased genes (blank fields dropped). An InputError names the first line that is not a set."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"gene-set file {p} does not exist")
+    sets: dict[str, list[str]] = {}
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p} is not a readable GMT text file ({exc})") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        genes = [g.strip().upper() for g in fields[2:] if g.strip()]
+        if len(fields) < 3 or not fields[0].strip() or not genes:
+            raise InputError(f"{p} line {number} is not a gene set (GMT: name, description, then genes, "
+                             "tab-separated)")
+        sets[fields[0].strip()] = genes
+    if not sets:
+        raise InputError(f"{p} holds no gene set")
+    return sets
+
+
+def load_gene_set_pairs(path: str | Path, genes: set[str] | None = None, *, max_set_size: int = MAX_SET_SIZE,
+                        name: str | None = None) -> ReferenceNetwork:
+    """A GMT collection (:func:`read_gmt`; Reactome and GO BP are the paper's SN17 references) as an undirected pair
+    reference: two genes are a pair when they share a set of at most ``max_set_size`` genes; only ``genes`` (upper-
+    cased symbols, e.g. the run's panel) are kept, so the pairs grow with the panel, not with the collection.
+    ``confidence`` is the number of sets the pair shares."""
+    sets = read_gmt(path)
+    shared: dict[tuple[str, str], int] = {}
+    kept_sets = 0
+    for members in sets.values():
+        if len(set(members)) > max_set_size:
+            continue
+        kept_sets += 1
+        inside = sorted({g for g in members if genes is None or g in genes})
+        for i, a in enumerate(inside):
+            for b in inside[i + 1:]:
+                shared[(a, b)] = shared.get((a, b), 0) + 1
+    name = name or f"{Path(path).stem} gene sets"
+    if not shared:
+        raise InputError(f"gene sets {path}: no two {'panel ' if genes is not None else ''}genes share a set of at "
+                         f"most {max_set_size} genes ({len(sets)} sets read); check that symbols match")
+    edges = pd.DataFrame([(name, a, b, "undirected", str(n)) for (a, b), n in shared.items()],
+                         columns=["reference", "tf", "target", "mode", "confidence"])
+    return ReferenceNetwork(name, edges, {"kind": "gmt", "path": str(path), "n_edges": len(edges),
+                                          "n_sets": kept_sets, "max_set_size": max_set_size, "undirected": True})
+
+
+def load_pair_reference(spec: str, min_score: float = 0.7, genes: set[str] | None = None) -> ReferenceNetwork:
+    """Load an undirected pair reference ``kind:path`` (kind in :data:`PAIR_KINDS`: a STRING table, or a GMT gene-set
+    collection restricted to ``genes``)."""
     head, sep, rest = spec.partition(":")
     if not sep or head not in PAIR_KINDS:
         raise InputError(f"pair reference {spec!r}: write KIND:PATH with KIND one of {PAIR_KINDS}")
-    return load_string(rest, min_score)
+    return load_string(rest, min_score) if head == "string" else load_gene_set_pairs(rest, genes)
 
 
 def coregulation_pairs(reference: ReferenceNetwork, name: str | None = None) -> ReferenceNetwork:

@@ -292,7 +292,9 @@ def resolve_inputs(cfg: RunConfig, cache: Path, progress: bool = True) -> Inputs
     if cfg.cssi.n_fine > 0:
         check_cssi(cfg.cssi, int(attention_cells.size), adapter.n_layers, native_embedding=adapter.native_embedding,
                    has_cls=tokens.params.get("cls_position") is not None)
-    pair_references = [load_pair_reference(spec, cfg.biology.string_min_score) for spec in cfg.biology.pair_references]
+    panel_symbols = set(panel["symbol"].astype(str).str.upper())
+    pair_references = [load_pair_reference(spec, cfg.biology.string_min_score, panel_symbols)
+                       for spec in cfg.biology.pair_references]
     if provenance.get("data") == "embedded simulation":   # simulated symbols: STRING cannot match them
         pair_references.append(coregulation_pairs(references[0]))
     hashes = {"data": sha256_path(Path(data_cfg.path))}

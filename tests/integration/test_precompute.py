@@ -361,6 +361,7 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
                           "--reference", str(shared_path("regulatory/trrust_rawdata.human.tsv")),
                           "--cell-state-col", "cell_line_demuxlet", "--max-cells", "24", "--panel-size", "200",
                           "--counts-layer", "X",
+                          "--gene-sets", str(shared_path("genesets/h.all.v2025.1.Hs.symbols.gmt")),
                           "--n-null", "20", "--name", "mixology", "--set", "ablation.n_cells=2", "--set",
                           "ablation.ks=1", "--set", "ablation.n_random=1", *CSSI_24_CELLS, "--set",
                           f"biology.pair_references=string:{shared_path(STRING)}", "--set",
@@ -395,7 +396,9 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     assert curve.loc[curve["edge_type"] == "attention", "layer"].nunique() == 6
     # SN17 on real genes: the real STRING subset (score >= 0.4) and TRRUST as pairs, every layer, depth trends
     biology = pd.read_parquet(run_dir / "layer_biology.parquet")
-    assert set(biology["reference"]) == {"STRING>=400", "TRRUST"}
+    hallmark = "h.all.v2025.1.Hs.symbols gene sets"                  # --gene-sets, beside the --set STRING
+    assert set(biology["reference"]) == {"STRING>=400", "TRRUST", hallmark}
+    assert biology.query("reference == @hallmark")["n_pos"].iloc[0] > 0
     assert biology.groupby("reference")["layer"].nunique().eq(7).all()          # 6 layers + the Spearman rows (-1)
     assert biology.query("reference == 'STRING>=400'")["n_pos"].iloc[0] > 0
     reg = pd.read_parquet(run_dir / "statistics_registry.parquet")
