@@ -290,17 +290,25 @@ class ArtifactStore:
     def sae_enrichment(self, run_id: str, layer: int, n_genes: int, min_targets: int = 3) -> pd.DataFrame:
         """Every feature of ``layer`` (its ``n_genes`` genes of highest mean activation) against every reference TF's
         regulon and every gene's neighbourhood in the run's pair references (STRING; the embedded default's
-        co-regulation pairs) with at least ``min_targets`` members among the captured genes: hypergeometric
+        co-regulation pairs) and every gene set of the run's ``--gene-sets`` collections, with at least
+        ``min_targets`` members among the captured genes: hypergeometric
         over-representation over the genes the captured cells hold, BH over the layer's features x sets
-        (:func:`analysis.scoring.sae_features.gene_set_enrichment`); sets named ``<reference>: <TF> regulon`` and
-        ``<reference>: neighbours of <gene>``."""
+        (:func:`analysis.scoring.sae_features.gene_set_enrichment`); sets named ``<reference>: <TF> regulon``,
+        ``<reference>: neighbours of <gene>`` and ``<collection>: <set>``."""
         means, symbols = self.sae_gene_means(run_id, layer)
         observed = (means > 0).any(axis=0)
         index = {s: i for i, s in enumerate(symbols)}
         groups = [(f"{ref}: {tf} regulon", grp["target"])
                   for (ref, tf), grp in self.reference_edges(run_id).groupby(["reference", "tf"], sort=True)]
+        collections = set()
+        if self.has_table(run_id, "gene_set_members"):          # --gene-sets: annotate by the sets themselves
+            members = self.table(run_id, "gene_set_members")
+            collections = set(members["collection"])
+            groups += [(f"{collection}: {name}", grp["gene"])
+                       for (collection, name), grp in members.groupby(["collection", "gene_set"], sort=True)]
         if self.has_table(run_id, "pair_reference_edges"):
             pairs = self.table(run_id, "pair_reference_edges")
+            pairs = pairs[~pairs["reference"].isin(collections)]     # a set's co-members are not a neighbourhood
             both = pd.concat([pairs[["reference", "tf", "target"]],
                               pairs.rename(columns={"tf": "target", "target": "tf"})[["reference", "tf", "target"]]])
             groups += [(f"{ref}: neighbours of {gene}", grp["target"])

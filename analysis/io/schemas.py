@@ -17,6 +17,7 @@ HEAD_RANKING = (
 PER_TF = (("reference", "direction", "edge_type", "layer", "head", "tf", "auroc", "n_pos", "n_neg"), ())
 PANEL = (("gene_index", "gene_id", "symbol", "is_hvg", "is_tf", "is_perturbed", "n_cells", "in_universe"), ())
 REFERENCE_EDGES = (("reference", "tf", "target", "mode", "confidence"), ())
+GENE_SET_MEMBERS = (("collection", "gene_set", "gene"), ())
 STAGE_TIMINGS = (("stage", "seconds", "skipped", "peak_rss_gib"), ("peak_rss_gib",))
 
 PERTURBATION_AUROC = (("perturbation", "edge_type", "layer", "head", "auroc", "n_pos", "n_neg"), ())
@@ -99,6 +100,7 @@ TABLES = {
     "panel": PANEL,
     "reference_edges": REFERENCE_EDGES,
     "pair_reference_edges": REFERENCE_EDGES,      # undirected pair references (STRING), among the SAE's genes
+    "gene_set_members": GENE_SET_MEMBERS,         # GMT gene sets (--gene-sets) among the SAE's genes
     "stage_timings": STAGE_TIMINGS,
     "perturbation_auroc": PERTURBATION_AUROC,
     "de_results": DE_RESULTS,

@@ -16,7 +16,8 @@ Co-activation modules per layer (:mod:`analysis.scoring.sae_modules`), and causa
 ablated alone: their own genes' prediction change over the rest's, :func:`causal_specificity`).
 
 Written into the run: ``sae_layers``, ``sae_features``, ``sae_coactivation``, ``sae_programmes``, ``sae_regulatory``
-and ``pair_reference_edges`` (the pair references among the SAE's genes, for the card's neighbourhoods) tables, each
+and ``pair_reference_edges`` (the pair references among the SAE's genes, for the card's neighbourhoods; with
+``--gene-sets``, ``gene_set_members``: the sets among them) tables, each
 layer's weights (``sae_L<l>.npz``) and its latents at every captured row (``sae_latents_L<l>.npz``, the ``k`` active
 features per row) with the rows' cells and genes (``sae_rows.npz``). The dense activations are deleted once the SAEs
 are trained (the latents and weights hold what the app needs)."""
@@ -36,10 +37,11 @@ from ..interp.interventions import FeatureEdit
 from ..interp.residual import capture_residual_stream, feature_activity
 from ..interp.sae import TopKSAE, TrainingReport, save_sae, train_sae
 from ..interp.sae_splice import behaviour_with_reconstruction
-from ..io import files
+from ..io import files, schemas
 from ..io.activations import ActivationStore, shuffled_copy
 from ..io.artifacts import RunWriter
 from ..io.expression import expression_matrix
+from ..io.references import read_gmt
 from ..models.base import TokenizedCells, tokens_of
 from ..scoring.feature_effects import summarise_feature_edits
 from ..scoring.registry import StatsRegistry
@@ -259,6 +261,26 @@ def pair_reference_edges(inp: Inputs, symbols: np.ndarray) -> pd.DataFrame | Non
     return pd.concat(frames, ignore_index=True)[["reference", "tf", "target", "mode", "confidence"]] if frames else None
 
 
+MIN_SET_GENES = 3      # a gene set annotates features only with this many members among the SAE's genes
+
+
+def gene_set_members(inp: Inputs, symbols: np.ndarray) -> pd.DataFrame | None:
+    """The gene sets of the run's GMT pair references (``--gene-sets``: Hallmark, Reactome, GO BP), each restricted
+    to the SAE's genes and kept with at least :data:`MIN_SET_GENES` of them (and at most the pair reference's
+    ``max_set_size`` genes in all), one row per (collection, set, gene), for the feature card's gene-set
+    enrichment; None without GMT references."""
+    known = set(map(str, symbols))
+    rows = []
+    for ref in inp.pair_references:
+        if ref.params.get("kind") != "gmt":
+            continue
+        for name, members in read_gmt(ref.params["path"]).items():
+            inside = sorted(set(members) & known)
+            if len(set(members)) <= ref.params["max_set_size"] and len(inside) >= MIN_SET_GENES:
+                rows += [(ref.name, name, gene) for gene in inside]
+    return pd.DataFrame(rows, columns=list(schemas.GENE_SET_MEMBERS[0])) if rows else None
+
+
 def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, progress: bool) -> StatsRegistry:
     """Train and describe the run's SAEs (module doc); nothing when ``sae.run`` leaves this run out. ``panel``: the
     attention store's panel (the behaviour read-out's masking is the ablation's)."""
@@ -338,6 +360,9 @@ def stage(inp: Inputs, panel: pd.DataFrame, writer: RunWriter, run_key: str, pro
         pairs = pair_reference_edges(inp, symbols)
         if pairs is not None:
             writer.write_table("pair_reference_edges", pairs)
+        sets = gene_set_members(inp, symbols)
+        if sets is not None:
+            writer.write_table("gene_set_members", sets)
         if matches:
             writer.write_table("sae_programmes", pd.concat(matches, ignore_index=True))
         regulatory = regulatory_rows(inp, panel, saes, means, genes_in)

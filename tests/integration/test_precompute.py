@@ -362,6 +362,7 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
                           "--cell-state-col", "cell_line_demuxlet", "--max-cells", "24", "--panel-size", "200",
                           "--counts-layer", "X",
                           "--gene-sets", str(shared_path("genesets/h.all.v2025.1.Hs.symbols.gmt")),
+                          "--set", "sae.run=on", "--set", "sae.layers=5", "--set", "sae.epochs=1",
                           "--n-null", "20", "--name", "mixology", "--set", "ablation.n_cells=2", "--set",
                           "ablation.ks=1", "--set", "ablation.n_random=1", *CSSI_24_CELLS, "--set",
                           f"biology.pair_references=string:{shared_path(STRING)}", "--set",
@@ -404,6 +405,13 @@ def test_real_dataset_v1_shape_real_trrust(tmp_path):
     reg = pd.read_parquet(run_dir / "statistics_registry.parquet")
     assert {"STRING>=400 recovery trends with depth", "TRRUST recovery trends with depth",
             "STRING>=400 and TRRUST layer profiles correlate"} <= set(reg["hypothesis"])
+    # the same gene sets annotate the SAE's features: each Hallmark set with 3+ of its genes, by its own name
+    members = pd.read_parquet(run_dir / "gene_set_members.parquet")
+    assert set(members["collection"]) == {hallmark} and members.groupby("gene_set").size().min() >= 3
+    enrichment = ArtifactStore(cache).sae_enrichment(run_dir.name, 5, 20)
+    tested = set(enrichment["gene_set"])
+    assert {f"{hallmark}: {name}" for name in members["gene_set"]} <= tested
+    assert not any(name.startswith(f"{hallmark}: neighbours of") for name in tested)
 
 
 @pytest.fixture(scope="module")
