@@ -15,8 +15,9 @@ from analysis.io.artifacts import RUN_ID, links_inside, read_manifest, scan_runs
 from analysis.io.manifest import RunManifest
 from analysis.scoring.cssi_levels import CSSIRun, load_cssi
 from analysis.io.stores import AttentionStore
-from analysis.scoring.edges import (CORRELATION_EDGE_TYPES, EdgeScores, HeadEdges, attention_edges, mean_scores,
+from analysis.scoring.edges import (CORRELATION_EDGE_TYPES, EdgeScores, HeadEdges, mean_scores,
                                     panel_positions)
+from analysis.scoring.edges import head_edges as store_heads
 from analysis.scoring.sae_features import (activation_correlation, cell_feature_activity, feature_gene_means,
                                            gene_set_enrichment, latent_matrix, top_genes)
 from analysis.scoring.strata import add_level
@@ -128,7 +129,7 @@ class ArtifactStore:
 
     def head_edges(self, run_id: str) -> HeadEdges:
         """Every head of the run at its source genes (:class:`analysis.scoring.edges.HeadEdges`), memory-mapped."""
-        return attention_edges(self.attention(run_id))[0]
+        return store_heads(self.attention(run_id))          # views: no layer means computed
 
     def head_scores(self, run_id: str, layer: int, head: int, rows: np.ndarray, direction: str) -> np.ndarray:
         """``[len(rows), G]`` mean attention of one head (head = -1: the layer's head mean) for the panel ``rows``

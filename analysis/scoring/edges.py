@@ -204,15 +204,21 @@ class EdgeSet:
         return EdgeSet(tuple(p.select(edge_type) for p in self.parts if (p.sources["edge_type"] == edge_type).any()))
 
 
+def head_edges(store: AttentionStore) -> HeadEdges:
+    """Every head of ``store`` at its source genes (views of its arrays: nothing computed, nothing copied)."""
+    n_layers, n_heads = store.n_layers, store.n_heads
+    return HeadEdges(store.head_rows.reshape(n_layers * n_heads, *store.head_rows.shape[2:]),
+                     store.head_cols.reshape(n_layers * n_heads, *store.head_cols.shape[2:]), store.source_rows,
+                     store.counts, pd.DataFrame({"edge_type": "attention", "layer": np.repeat(np.arange(n_layers),
+                                                                                              n_heads),
+                                                 "head": np.tile(np.arange(n_heads), n_layers)}),
+                     store.panel, {"kind": "attention", "n_cells": store.n_cells})
+
+
 def attention_edges(store: AttentionStore) -> tuple[HeadEdges, EdgeScores]:
     """(every head at the store's source genes, each layer's head mean over every pair ``[L, G, G]`` float64)."""
-    n_layers, n_heads = store.n_layers, store.n_heads
-    heads = HeadEdges(store.head_rows.reshape(n_layers * n_heads, *store.head_rows.shape[2:]),
-                      store.head_cols.reshape(n_layers * n_heads, *store.head_cols.shape[2:]), store.source_rows,
-                      store.counts, pd.DataFrame({"edge_type": "attention", "layer": np.repeat(np.arange(n_layers),
-                                                                                               n_heads),
-                                                  "head": np.tile(np.arange(n_heads), n_layers)}),
-                      store.panel, {"kind": "attention", "n_cells": store.n_cells})
+    n_layers = store.n_layers
+    heads = head_edges(store)
     sources = pd.DataFrame({"edge_type": "attention_layer_mean", "layer": np.arange(n_layers), "head": -1})
     counts = np.asarray(store.counts)
     layer_means = EdgeScores(layer_mean_scores(store.layer_sums, counts), sources, counts > 0, store.panel,

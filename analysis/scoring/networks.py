@@ -21,7 +21,7 @@ import pandas as pd
 from ..errors import InputError
 from ..io import files
 from ..io.stores import AttentionStore
-from .edges import attention_edges, mean_scores
+from .edges import head_edges, mean_scores
 
 COLUMNS = ("source", "target", "weight", "n_cells", "references", "mode")
 DEFAULT_TOP = 50
@@ -88,8 +88,7 @@ def _scores(run_dir: Path, store: AttentionStore, source: EdgeSource, rows: np.n
             counts: np.ndarray) -> np.ndarray:
     """``[regulators, G]`` scores of one source at the regulator rows (float64)."""
     if source.kind == "head":
-        heads, _ = attention_edges(store)
-        return heads.head(source.layer, source.head).oriented(np.asarray(store.source_rows), "tf_to_target")[0]
+        return head_edges(store).head(source.layer, source.head).oriented(rows, "tf_to_target")[0]
     if source.kind == "layer_mean":
         return mean_scores(np.asarray(store.layer_sums[source.layer][rows], dtype=np.float64), counts)
     spearman = np.load(run_dir / files.EDGES_SPEARMAN, mmap_mode="r")
