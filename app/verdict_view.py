@@ -7,7 +7,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, dash_table, dcc, html
 
 from analysis.scoring.claims import model_readings
-from analysis.scoring.page_findings import page_findings
+from analysis.scoring.page_findings import FINDING_KEYS, page_findings
 from analysis.scoring.verdicts import AGAINST, FOR, OPEN, Verdict, bottom_line, verdicts
 
 from . import ids
@@ -79,7 +79,8 @@ def run_page_findings(store, run_id: str) -> list[Verdict]:
 
 def page_bottom_line(store, run_id: str, keys: tuple[str, ...]) -> html.Div | None:
     """The verdicts and page findings ``keys`` of the run, for the top of the evidence page that shows them."""
-    found = [v for v in run_verdicts(store, run_id) + run_page_findings(store, run_id) if v.key in keys]
+    read = run_page_findings if set(keys) <= set(FINDING_KEYS) else run_verdicts   # only what the page shows
+    found = [v for v in read(store, run_id) if v.key in keys]
     if not found:
         return None
     return html.Div(className="verdict-panel page-bottom-line mb-3", children=[

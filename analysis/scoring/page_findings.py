@@ -19,6 +19,7 @@ import pandas as pd
 from .numbers import effect, probability
 from .verdicts import AGAINST, FOR, OPEN, UNTESTABLE, RegistryReader, Verdict
 
+FINDING_KEYS = ("head_screen", "layer_trend", "cssi_gain", "sae_specificity")   # the keys of page_findings' Verdicts
 # fewer layers than this cannot show a depth trend: an exact Spearman test over 4 layers cannot go below p = 1/12
 FEW_LAYERS = 8
 

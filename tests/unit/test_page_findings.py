@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.scoring.page_findings import page_findings
+from analysis.scoring.page_findings import FINDING_KEYS, page_findings
 from analysis.scoring.verdicts import AGAINST, FOR, OPEN, UNTESTABLE
 
 REF = "TRRUST"
@@ -61,6 +61,7 @@ def test_each_page_finding_counts_by_hand():
     assert "highest at L1 (head-mean AUROC 0.62, Spearman correlation 0.58)" in layers.sentence
     cssi = found["cssi"]
     assert cssi.stance == FOR and "L3 mean CSSI-max at 5 strata" in cssi.sentence and "+0.03" in cssi.sentence
+    assert tuple(v.key for v in found.values()) == FINDING_KEYS          # the app picks its reader by these keys
     features = found["features"]
     assert features.stance == FOR and "At L0" in features.sentence            # 3 of 4 pass, none with rotated targets
     assert "for 3 of 4 TFs, and another TF's targets for 0 (layers L0 3, L1 1)" in features.sentence
