@@ -21,7 +21,9 @@ import pandas as pd
 from ..errors import InputError
 from ..io import files
 from ..io.stores import AttentionStore
+from .cssi_levels import load_cssi, stratum_edges
 from .edges import head_edges, mean_scores
+from .strata import add_level
 
 COLUMNS = ("source", "target", "weight", "n_cells", "references", "mode")
 DEFAULT_TOP = 50
@@ -57,18 +59,23 @@ def parse_source(text: str, n_layers: int, n_heads: int) -> EdgeSource:
     return source
 
 
-def run_network(run_dir: Path, source: str, *, top: int = DEFAULT_TOP) -> pd.DataFrame:
+def run_network(run_dir: Path, source: str, *, top: int = DEFAULT_TOP,
+                stratum: tuple[int, int] | None = None) -> pd.DataFrame:
     """The network of ``source`` (:func:`parse_source`) in the finished run ``run_dir``: one row per edge, columns
     :data:`COLUMNS` (weight: the source's score; n_cells: cells in which both genes were in the input;
     references: the run's reference networks holding the edge, ``;``-joined; mode: their sign where one is given),
-    each regulator's ``top`` strongest co-observed targets, strongest first."""
+    each regulator's ``top`` strongest co-observed targets, strongest first. ``stratum = (n_strata, k)``: the
+    source's scores within CSSI stratum ``k`` of ``n_strata`` (:func:`analysis.scoring.cssi_levels.stratum_edges`;
+    pairs never co-observed in the stratum are left out; n_cells stays the pair's count over all cells)."""
     if top < 1:
         raise InputError(f"top = {top}: keep at least one target per regulator")
     store = AttentionStore.load(Path(run_dir))
     edge_source = parse_source(source, store.n_layers, store.n_heads)
     rows = np.asarray(store.source_rows, dtype=np.int64)
     counts = np.asarray(store.counts[rows])                                     # [regulators, G]
-    scores = _scores(Path(run_dir), store, edge_source, rows, counts)
+    scores = (_scores(Path(run_dir), store, edge_source, rows, counts) if stratum is None
+              else _stratum_scores(Path(run_dir), edge_source, rows, *stratum))
+    counts = np.where(np.isfinite(scores), counts, 0)
     symbols = store.panel["symbol"].to_numpy()
     observed = counts > 0
     observed[np.arange(len(rows)), rows] = False                               # no self-edges
@@ -93,6 +100,24 @@ def _scores(run_dir: Path, store: AttentionStore, source: EdgeSource, rows: np.n
         return mean_scores(np.asarray(store.layer_sums[source.layer][rows], dtype=np.float64), counts)
     spearman = np.load(run_dir / files.EDGES_SPEARMAN, mmap_mode="r")
     return np.asarray(spearman[0][rows], dtype=np.float64)
+
+
+def _stratum_scores(run_dir: Path, source: EdgeSource, rows: np.ndarray, n_strata: int, k: int) -> np.ndarray:
+    """``[regulators, G]`` scores of one source within stratum ``k`` of ``n_strata`` (NaN where never co-observed
+    there); an InputError names a run without CSSI, a source CSSI did not accumulate, or a stratum out of range."""
+    if not (run_dir / files.CSSI_PARAMS).is_file():
+        raise InputError(f"run {run_dir.name} has no CSSI strata (cssi.n_fine = 0 or no cell embedding)")
+    run = load_cssi(run_dir)
+    label = "Spearman" if source.kind == "spearman" else source.label
+    sites = run.source.sites
+    if label not in set(sites["label"]):
+        raise InputError(f"CSSI kept no {source.label} per stratum (it accumulates layers "
+                         f"{', '.join(f'L{x}' for x in run.params['layers'])}); pick one of those")
+    if not 2 <= n_strata <= run.strata.n_fine or not 0 <= k < n_strata:
+        raise InputError(f"stratum {k} of {n_strata}: choose 2-{run.strata.n_fine} strata and a stratum below that")
+    assignment = add_level(run.strata, n_strata).assignment(n_strata)
+    site = sites[sites["label"] == label].iloc[0]
+    return stratum_edges(run, assignment, n_strata, site, rows)[k]
 
 
 def _with_references(table: pd.DataFrame, reference_edges: pd.DataFrame) -> pd.DataFrame:

@@ -104,3 +104,25 @@ def test_the_run_as_anndata_reads_back_in_scanpy_with_the_stored_matrices(embedd
     assert perturbed["on_target_status"].notna().all()
     assert json.loads(adata.uns["manifest"])["run_id"] == run_dir.name
     assert list(adata.uns["verdicts"]["key"]) == [v.key for v in run.verdicts()]
+
+
+def test_a_cssi_stratums_correlation_network_is_scipys_spearman_on_that_stratums_cells(embedded_cache):
+    from scipy.stats import spearmanr
+
+    from analysis.scoring.cssi_levels import load_cssi
+    from analysis.scoring.strata import add_level
+
+    run_dir = embedded_cache[1]["geneformer"]
+    table = run_network(run_dir, "spearman", top=4, stratum=(2, 1))
+    run = load_cssi(run_dir)
+    cells = add_level(run.strata, 2).assignment(2)[run.source.fine] == 1
+    expression = np.load(run_dir / "cssi_expression.npy")[cells]
+    column = {s: i for i, s in enumerate(pd.read_parquet(run_dir / "panel.parquet")["symbol"])}   # [cells, G]
+    regulator = table["source"].iloc[0]
+    mine = table[table["source"] == regulator].set_index("target")["weight"]
+    rho = [spearmanr(expression[:, column[regulator]], expression[:, column[t]]).statistic for t in mine.index]
+    assert np.allclose(mine.to_numpy(), rho)
+    whole = run_network(run_dir, "spearman", top=4)
+    assert not whole[["source", "target"]].equals(table[["source", "target"]])     # the stratum changes the network
+    with pytest.raises(InputError, match="stratum 5 of 2"):
+        run_network(run_dir, "spearman", stratum=(2, 5))
