@@ -31,6 +31,7 @@ HEADS_METRIC = "heads-metric"
 HEADS_EDGES = "heads-top-edges"
 HEADS_LINK = "heads-link"          # dcc.Store: the {layer, head} of a link's ?head=L1H2
 HEADS_SHOWN = "heads-shown"        # dcc.Store: the {layer, head} on screen (it goes into the URL)
+HEADS_URL_HEAD = "heads-url-head"  # the head last written into the URL (explorer.js headInUrl)
 NET_SOURCE = "net-source"
 NET_TOP = "net-top"
 NET_DOWNLOAD = "net-download"
@@ -112,6 +113,7 @@ CSSI_AGGREGATION = "cssi-aggregation"
 CSSI_METRIC = "cssi-metric"
 CSSI_SLIDER = "cssi-n-strata"
 CSSI_LINK = "cssi-link"            # dcc.Store: the number of strata of a link's ?strata=7
+CSSI_URL_STRATA = "cssi-url-strata"  # the slider position last written into the URL (explorer.js strataInUrl)
 CSSI_STATUS = "cssi-status"
 CSSI_PROGRESS = "cssi-progress"
 CSSI_CANCEL = "cssi-cancel"

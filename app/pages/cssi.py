@@ -10,7 +10,7 @@ import dataclasses
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, State, ctx, dash_table, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, ctx, dash_table, dcc, html, no_update
 
 from analysis.scoring.cssi import AGGREGATIONS
 from analysis.scoring.cssi_levels import score_level, stratum_top_edges, synthetic_summary
@@ -23,7 +23,6 @@ from ..components import background_job, figure_card, float_columns, table_colum
 from ..jobs import admitted_by
 from ..figures import (CSSI_AGGREGATIONS, composition_plot, cssi_curve, cssi_embedding, cssi_stratum_edges,
                        cssi_synthetic, scaling_curves)
-from ..shell import with_query
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/cssi", "CSSI"
@@ -43,7 +42,7 @@ def linked_strata(strata) -> int | None:
 
 def layout(strata=None, **_):
     return dbc.Container([
-        dcc.Store(id=ids.CSSI_LINK, data=linked_strata(strata)),
+        dcc.Store(id=ids.CSSI_LINK, data=linked_strata(strata)), html.Div(id=ids.CSSI_URL_STRATA, hidden=True),
         html.H3("Cell-State Stratified Interpretability"),
         bottom_line_slot("cssi"),
         html.Div(id=ids.CSSI_NOTE, className="explain mb-2"),
@@ -201,11 +200,9 @@ def register(app, store, settings, jobs, exports):
         return ([{"label": r, "value": r} for r in refs], refs[0], [{"label": d, "value": d} for d in dirs], dirs[0],
                 [{"label": x, "value": x} for x in labels], site, top, marks, value, note)
 
-    @app.callback(Output(ids.RUN_URL, "search", allow_duplicate=True), Input(ids.CSSI_SLIDER, "value"),
-                  State(ids.RUN_URL, "search"), prevent_initial_call=True)
-    def strata_in_url(n_strata, search):
-        """The slider's position goes into the URL, so a link reopens it."""
-        return with_query(search, strata=int(n_strata)) if n_strata else no_update
+    # the slider's position goes into the URL in place (no history entry), so a link reopens it
+    app.clientside_callback(ClientsideFunction("explorer", "strataInUrl"), Output(ids.CSSI_URL_STRATA, "children"),
+                            Input(ids.CSSI_SLIDER, "value"), prevent_initial_call=True)
 
     @app.callback(Output(ids.graph("cssi-curve"), "figure"), Output(ids.figdata("cssi-curve"), "data"),
                   Output(ids.CSSI_STATUS, "children"), Output(ids.CSSI_POLL, "disabled"),

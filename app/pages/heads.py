@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, dash_table, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, dash_table, dcc, html, no_update
 
 from analysis.scoring.rank_reversal import describe
 
@@ -15,7 +15,6 @@ from ..components import figure_card, table_column, table_records
 from ..data import head_view, reference_tf_rows
 from ..figures import DIRECTION_LABELS, gene_gene_heatmap, head_grid, head_heatmap, metric_label
 from ..network_export import network_bar, register_network_export
-from ..shell import with_query
 from ..verdict_view import bottom_line_slot, register_bottom_line
 
 PATH, NAME = "/heads", "Heads"
@@ -39,6 +38,7 @@ def layout(head=None, **_):
     ], className="mb-2")
     return dbc.Container([
         dcc.Store(id=ids.HEADS_LINK, data=linked_head(head)), dcc.Store(id=ids.HEADS_SHOWN),
+        html.Div(id=ids.HEADS_URL_HEAD, hidden=True),
         html.H3("Attention heads"),
         bottom_line_slot("heads"),
         html.P("Each cell is one attention head scored against the reference over the evaluable universe "
@@ -70,11 +70,9 @@ def register(app, store, settings, jobs, exports):
         """A link's head becomes the selected head (shared with the other pages)."""
         return link or no_update
 
-    @app.callback(Output(ids.RUN_URL, "search", allow_duplicate=True), Input(ids.HEADS_SHOWN, "data"),
-                  State(ids.RUN_URL, "search"), prevent_initial_call=True)
-    def head_in_url(shown, search):
-        """The head on screen goes into the URL, so the page has a link of its own."""
-        return with_query(search, head=f"L{shown['layer']}H{shown['head']}") if shown else no_update
+    # the head on screen goes into the URL in place (no history entry), so the page has a link of its own
+    app.clientside_callback(ClientsideFunction("explorer", "headInUrl"), Output(ids.HEADS_URL_HEAD, "children"),
+                            Input(ids.HEADS_SHOWN, "data"), prevent_initial_call=True)
 
     @app.callback(Output(ids.HEADS_CONVENTION, "children"), Input(ids.RUN_SELECT, "value"))
     def convention(run_id):
