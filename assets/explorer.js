@@ -29,7 +29,14 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         /* Bring a card into view when it opens (the Features page's card opens far below the map clicked). */
         scrollIntoView: function (_children, id) {
             const element = document.getElementById(id);
-            if (element) { element.scrollIntoView({block: "start"}); }
+            if (element) {
+                element.scrollIntoView({block: "start"});
+                /* the page above may still be drawing (figures, the page's finding) and push the card down: keep it
+                   in view while the page settles */
+                const observer = new ResizeObserver(function () { element.scrollIntoView({block: "start"}); });
+                observer.observe(document.body);
+                window.setTimeout(function () { observer.disconnect(); }, 3000);
+            }
             return id;
         }
     }
